@@ -1,0 +1,1 @@
+//! The outbox operator: custom resource types and their reconcilers.

@@ -1,0 +1,217 @@
+//! Connects integration tests to the testbed's real components.
+//!
+//! `make testbed-up` (or `make test`, which brings the testbed up and down around the
+//! test run) writes `.testbed/env`; this crate reads it once per test binary. Nothing
+//! here stands in for a component: a test that needs the testbed fails with a message
+//! saying how to start it when it is not running.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where the testbed's real components listen, as written by `testbed/up.sh`.
+#[derive(Debug, Clone)]
+pub struct Testbed {
+    /// Admin kubeconfig for the testbed's kube-apiserver.
+    pub kubeconfig: PathBuf,
+    /// `host:port` of the single KRaft broker.
+    pub kafka_bootstrap_servers: String,
+    /// `postgres://` URL of the `outbox` database (owner `outbox`, may create databases).
+    pub database_url: String,
+    /// The testbed's state directory (`.testbed/`), holding logs and the env file.
+    pub state_dir: PathBuf,
+}
+
+/// Why the testbed could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("the testbed is not running: {path} not found. Run `make testbed-up` first (or `make test`, which does it)")]
+    NotRunning { path: PathBuf },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} has no `{key}`: rerun `make testbed-up`")]
+    MissingKey { path: PathBuf, key: &'static str },
+    #[error("loading the testbed kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("building a Kubernetes client: {0}")]
+    KubeClient(#[from] kube::Error),
+    #[error("connecting to the testbed's PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl Testbed {
+    /// Reads the env file at `path` (`export KEY='value'` lines).
+    pub fn from_env_file(path: &Path) -> Result<Self, TestbedError> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                TestbedError::NotRunning {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                TestbedError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
+        let vars = parse_env_file(&text);
+        let get = |key: &'static str| {
+            vars.get(key).cloned().ok_or(TestbedError::MissingKey {
+                path: path.to_path_buf(),
+                key,
+            })
+        };
+        Ok(Testbed {
+            kubeconfig: PathBuf::from(get("KUBECONFIG")?),
+            kafka_bootstrap_servers: get("KAFKA_BOOTSTRAP_SERVERS")?,
+            database_url: get("DATABASE_URL")?,
+            state_dir: PathBuf::from(get("TESTBED_STATE_DIR")?),
+        })
+    }
+
+    /// A client for the testbed's kube-apiserver, as the admin user.
+    pub async fn kube_client(&self) -> Result<kube::Client, TestbedError> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A fresh PostgreSQL schema for one test, and a database URL whose connections use
+    /// it as their `search_path`, so tests never see each other's tables.
+    pub async fn fresh_schema(&self, prefix: &str) -> Result<String, TestbedError> {
+        let schema = unique_name(prefix).replace('-', "_");
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await?;
+        drop(client);
+        let _ = task.await;
+        let sep = if self.database_url.contains('?') { '&' } else { '?' };
+        Ok(format!(
+            "{}{sep}options=-csearch_path%3D{schema}",
+            self.database_url
+        ))
+    }
+
+    /// An rdkafka client config pointing at the testbed broker.
+    pub fn kafka_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.kafka_bootstrap_servers);
+        config
+    }
+}
+
+/// The testbed this test binary uses, read once from `$TESTBED_ENV` or `<repo>/.testbed/env`.
+///
+/// Panics with a message saying how to start the testbed when it is not running:
+/// integration tests must never pass silently without their real components.
+pub fn testbed() -> &'static Testbed {
+    static TESTBED: OnceLock<Testbed> = OnceLock::new();
+    TESTBED.get_or_init(|| match Testbed::from_env_file(&env_file_path()) {
+        Ok(testbed) => testbed,
+        Err(e) => panic!("{e}"),
+    })
+}
+
+/// The env file this test binary reads.
+pub fn env_file_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("TESTBED_ENV") {
+        return PathBuf::from(path);
+    }
+    repo_root().join(".testbed").join("env")
+}
+
+/// The workspace root (the directory holding `testbed/`).
+pub fn repo_root() -> PathBuf {
+    // This crate lives at <root>/testbed/support.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A name unique to this test run: `prefix-<pid>-<seconds>-<counter>`, lower case, valid
+/// as a Kubernetes name, a Kafka topic, a consumer group and (with `_`) a SQL identifier.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() % 100_000)
+        .unwrap_or(0);
+    format!("{prefix}-{}-{secs}-{n}", std::process::id()).to_lowercase()
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or gives up after `timeout`
+/// and panics with `what`, the thing the test was waiting for.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn parse_env_file(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("export "))
+        .filter_map(|assignment| assignment.split_once('='))
+        .map(|(key, value)| {
+            let value = value.trim();
+            let unquoted = value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(value);
+            (key.trim().to_string(), unquoted.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_values_are_unquoted() {
+        let vars = parse_env_file(
+            "# comment\nexport KUBECONFIG='/x/kubeconfig'\nexport DATABASE_URL=postgres://a@b/c\n",
+        );
+        assert_eq!(vars["KUBECONFIG"], "/x/kubeconfig");
+        assert_eq!(vars["DATABASE_URL"], "postgres://a@b/c");
+        assert_eq!(vars.len(), 2);
+    }
+
+    #[test]
+    fn missing_env_file_says_how_to_start_the_testbed() {
+        let err = Testbed::from_env_file(Path::new("/nonexistent/.testbed/env")).unwrap_err();
+        assert!(err.to_string().contains("make testbed-up"), "{err}");
+    }
+
+    #[test]
+    fn unique_names_differ_and_are_valid_kubernetes_names() {
+        let a = unique_name("Smoke");
+        let b = unique_name("Smoke");
+        assert_ne!(a, b);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+}

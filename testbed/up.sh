@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Brings the testbed up: etcd, kube-apiserver, kube-controller-manager, a single-node
+# KRaft Kafka broker and a throwaway PostgreSQL, all on loopback. Idempotent: parts that
+# already run are left alone. Waits until each part is really ready, then writes
+# .testbed/env. On any failure it names the part and its log, and stops everything.
+. "$(dirname "$0")/lib.sh"
+
+"$TESTBED_DIR/build.sh"
+
+mkdir -p "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/pki"
+chmod 755 "$STATE_DIR" "$RUN_DIR"
+
+on_failure() {
+  log "bring-up failed; stopping every testbed process (logs stay in $LOG_DIR)"
+  "$TESTBED_DIR/down.sh" --keep-logs || true
+}
+trap on_failure ERR
+
+# Ports are chosen once per testbed and kept, so a second `up` reuses them.
+PORTS=$STATE_DIR/ports.env
+if [ ! -f "$PORTS" ]; then
+  {
+    echo "ETCD_PORT=$(free_port)"
+    echo "ETCD_PEER_PORT=$(free_port)"
+    echo "APISERVER_PORT=$(free_port)"
+    echo "KCM_PORT=$(free_port)"
+    echo "KAFKA_PORT=$(free_port)"
+    echo "KAFKA_CONTROLLER_PORT=$(free_port)"
+    echo "PG_PORT=$(free_port)"
+  } >"$PORTS"
+fi
+# shellcheck source=/dev/null
+. "$PORTS"
+
+running() { # running NAME: true when NAME's recorded pid is alive
+  local pidfile=$RUN_DIR/$1.pid
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+start() { # start NAME CMD...: run CMD detached in its own session, log to logs/NAME.log
+  local name=$1; shift
+  if running "$name"; then log "$name: already running (pid $(cat "$RUN_DIR/$name.pid"))"; return 0; fi
+  log "$name: starting (log: $LOG_DIR/$name.log)"
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/$name.pid"
+}
+
+fail_part() { # fail_part NAME: report which part failed and where its log is
+  log "$1 failed to start; its log is $LOG_DIR/$1.log"
+  false
+}
+
+# ---------------------------------------------------------------- certificates
+PKI=$STATE_DIR/pki
+gen_pki() {
+  [ -f "$PKI/.complete" ] && return 0
+  log "pki: generating a CA, serving and client certificates, service-account keys"
+  local o="openssl"
+  $o req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=outbox-testbed-ca" \
+    -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+  cat >"$PKI/serving.ext" <<EOF
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+extendedKeyUsage=serverAuth
+EOF
+  printf 'extendedKeyUsage=clientAuth\n' >"$PKI/client.ext"
+  issue() { # issue NAME SUBJECT EXTFILE
+    $o req -newkey rsa:2048 -nodes -subj "$2" -keyout "$PKI/$1.key" -out "$PKI/$1.csr" 2>/dev/null
+    $o x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$3" -out "$PKI/$1.crt" 2>/dev/null
+  }
+  issue apiserver "/CN=kube-apiserver" "$PKI/serving.ext"
+  issue admin "/O=system:masters/CN=admin" "$PKI/client.ext"
+  issue controller-manager "/CN=system:kube-controller-manager" "$PKI/client.ext"
+  $o genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  $o rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  touch "$PKI/.complete"
+}
+
+kubeconfig() { # kubeconfig CLIENT-CERT-NAME USER > file
+  local b64="base64 -w0"
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $($b64 <"$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $($b64 <"$PKI/$1.crt")
+    client-key-data: $($b64 <"$PKI/$1.key")
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $2, namespace: default}
+current-context: testbed
+EOF
+}
+
+gen_pki
+kubeconfig admin admin >"$STATE_DIR/kubeconfig"
+kubeconfig controller-manager system:kube-controller-manager >"$PKI/controller-manager.kubeconfig"
+chmod 600 "$STATE_DIR/kubeconfig"
+
+# ---------------------------------------------------------------- etcd
+start etcd "$ETCD_BIN/etcd" --name testbed --data-dir "$STATE_DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "testbed=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --unsafe-no-fsync --quota-backend-bytes=4294967296 --log-level=warn
+wait_for etcd 60 "$LOG_DIR/etcd.log" curl -fsS "http://127.0.0.1:$ETCD_PORT/health" || fail_part etcd
+
+# ---------------------------------------------------------------- kube-apiserver
+start kube-apiserver "$K8S_BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" \
+  --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
+  --authorization-mode RBAC \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --api-audiences https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+  --endpoint-reconciler-type none --profiling=false --v=1
+apiserver_ready() { "$K8S_BIN/kubectl" --kubeconfig "$STATE_DIR/kubeconfig" get --raw /readyz; }
+wait_for kube-apiserver 120 "$LOG_DIR/kube-apiserver.log" apiserver_ready || fail_part kube-apiserver
+
+# ---------------------------------------------------------------- kube-controller-manager
+# Runs garbage collection (owner references), Deployments, ReplicaSets, Jobs and the
+# service-account token controller. No node runs at this level, so pods stay Pending.
+start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+  --kubeconfig "$PKI/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$PKI/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$PKI/controller-manager.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
+  --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+  --use-service-account-credentials=false --leader-elect=false \
+  --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder,-attachdetach' \
+  --profiling=false --v=1
+wait_for kube-controller-manager 90 "$LOG_DIR/kube-controller-manager.log" \
+  curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz" || fail_part kube-controller-manager
+
+# ---------------------------------------------------------------- Kafka (KRaft)
+KAFKA_DIR=$STATE_DIR/kafka
+mkdir -p "$KAFKA_DIR"
+cat >"$KAFKA_DIR/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+message.max.bytes=10485760
+EOF
+cat >"$KAFKA_DIR/log4j.properties" <<'EOF'
+log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+log4j.logger.org.apache.kafka.storage=WARN
+EOF
+KAFKA_JAVA=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+  "-Dlog4j.configuration=file:$KAFKA_DIR/log4j.properties" -cp "$KAFKA_LIB/*")
+if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+  cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')
+  log "kafka: formatting storage (cluster id $cluster_id)"
+  "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+    -c "$KAFKA_DIR/server.properties" >>"$LOG_DIR/kafka.log" 2>&1 || fail_part kafka
+fi
+start kafka "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_DIR/server.properties"
+wait_for kafka 120 "$LOG_DIR/kafka.log" python3 "$TESTBED_DIR/kafka_metadata.py" "127.0.0.1:$KAFKA_PORT" \
+  || fail_part kafka
+
+# ---------------------------------------------------------------- PostgreSQL
+# PostgreSQL refuses to run as root; the cluster belongs to Debian's `postgres` user.
+PG_DIR=$STATE_DIR/postgres
+PG_BIN=$(pg_bindir)
+[ -x "$PG_BIN/pg_ctl" ] || die "PostgreSQL $PG_MAJOR server binaries not found in $PG_BIN (apt-get install postgresql-$PG_MAJOR)"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ ! -f "$PG_DIR/PG_VERSION" ]; then
+  log "postgres: initdb in $PG_DIR"
+  mkdir -p "$PG_DIR"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DIR" "$LOG_DIR" && touch "$LOG_DIR/postgres.log" && chown postgres "$LOG_DIR/postgres.log"
+  as_pg "$PG_BIN/initdb" -D "$PG_DIR" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    -E UTF8 --locale=C.UTF-8 >>"$LOG_DIR/postgres.log" 2>&1 || fail_part postgres
+  cat >>"$PG_DIR/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$RUN_DIR'
+max_connections = 300
+shared_buffers = 1GB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+EOF
+fi
+if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" status >/dev/null 2>&1; then
+  log "postgres: starting (log: $LOG_DIR/postgres.log)"
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null || fail_part postgres
+else
+  log "postgres: already running"
+fi
+as_pg "$PG_BIN/psql" -h "$RUN_DIR" -p "$PG_PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<'EOF' || fail_part postgres
+SELECT 'CREATE ROLE outbox LOGIN PASSWORD ''outbox'' CREATEDB'
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'outbox') \gexec
+SELECT 'CREATE DATABASE outbox OWNER outbox'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'outbox') \gexec
+EOF
+DATABASE_URL="postgres://outbox:outbox@127.0.0.1:$PG_PORT/outbox"
+wait_for postgres 30 "$LOG_DIR/postgres.log" psql "$DATABASE_URL" -qAt -c 'select 1' || fail_part postgres
+
+# ---------------------------------------------------------------- env file
+cat >"$STATE_DIR/env" <<EOF
+# Written by testbed/up.sh: source it to use the testbed.
+export KUBECONFIG='$STATE_DIR/kubeconfig'
+export KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:$KAFKA_PORT'
+export DATABASE_URL='$DATABASE_URL'
+export TESTBED_STATE_DIR='$STATE_DIR'
+export PATH='$K8S_BIN:$HELM_BIN':"\$PATH"
+EOF
+trap - ERR
+log "ready: source $STATE_DIR/env (KUBECONFIG, KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, PATH with kubectl and helm)"

@@ -1,0 +1,1 @@
+//! Workers of the outbox system: producer, relay, consumer and load-test runner.
