@@ -10,11 +10,15 @@
 mkdir -p "$LOG_DIR" "$RUN_DIR" "$STATE_DIR/pki"
 chmod 755 "$STATE_DIR" "$RUN_DIR"
 
-on_failure() {
+# Any exit before the end (a failed part, an error, an interrupt) stops everything.
+up_complete=0
+on_exit() {
+  ((up_complete)) && return 0
   log "bring-up failed; stopping every testbed process (logs stay in $LOG_DIR)"
   "$TESTBED_DIR/down.sh" --keep-logs || true
 }
-trap on_failure ERR
+trap on_exit EXIT
+trap 'exit 130' INT TERM
 
 # Ports are chosen once per testbed and kept, so a second `up` reuses them.
 PORTS=$STATE_DIR/ports.env
@@ -45,9 +49,9 @@ start() { # start NAME CMD...: run CMD detached in its own session, log to logs/
   echo $! >"$RUN_DIR/$name.pid"
 }
 
-fail_part() { # fail_part NAME: report which part failed and where its log is
+fail_part() { # fail_part NAME: report which part failed and where its log is, and stop
   log "$1 failed to start; its log is $LOG_DIR/$1.log"
-  false
+  exit 1
 }
 
 # ---------------------------------------------------------------- certificates
@@ -191,19 +195,21 @@ wait_for kafka 120 "$LOG_DIR/kafka.log" python3 "$TESTBED_DIR/kafka_metadata.py"
 # ---------------------------------------------------------------- PostgreSQL
 # PostgreSQL refuses to run as root; the cluster belongs to Debian's `postgres` user.
 PG_DIR=$STATE_DIR/postgres
+PG_SOCK=$STATE_DIR/pgsock
 PG_BIN=$(pg_bindir)
 [ -x "$PG_BIN/pg_ctl" ] || die "PostgreSQL $PG_MAJOR server binaries not found in $PG_BIN (apt-get install postgresql-$PG_MAJOR)"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 if [ ! -f "$PG_DIR/PG_VERSION" ]; then
   log "postgres: initdb in $PG_DIR"
-  mkdir -p "$PG_DIR"
-  [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DIR" "$LOG_DIR" && touch "$LOG_DIR/postgres.log" && chown postgres "$LOG_DIR/postgres.log"
+  mkdir -p "$PG_DIR" "$PG_SOCK"
+  touch "$LOG_DIR/postgres.log"
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PG_DIR" "$PG_SOCK" "$LOG_DIR/postgres.log"; fi
   as_pg "$PG_BIN/initdb" -D "$PG_DIR" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
     -E UTF8 --locale=C.UTF-8 >>"$LOG_DIR/postgres.log" 2>&1 || fail_part postgres
   cat >>"$PG_DIR/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
-unix_socket_directories = '$RUN_DIR'
+unix_socket_directories = '$PG_SOCK'
 max_connections = 300
 shared_buffers = 1GB
 max_wal_size = 4GB
@@ -216,7 +222,7 @@ if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" status >/dev/null 2>&1; then
 else
   log "postgres: already running"
 fi
-as_pg "$PG_BIN/psql" -h "$RUN_DIR" -p "$PG_PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<'EOF' || fail_part postgres
+as_pg "$PG_BIN/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<'EOF' || fail_part postgres
 SELECT 'CREATE ROLE outbox LOGIN PASSWORD ''outbox'' CREATEDB'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'outbox') \gexec
 SELECT 'CREATE DATABASE outbox OWNER outbox'
@@ -234,5 +240,5 @@ export DATABASE_URL='$DATABASE_URL'
 export TESTBED_STATE_DIR='$STATE_DIR'
 export PATH='$K8S_BIN:$HELM_BIN':"\$PATH"
 EOF
-trap - ERR
+up_complete=1
 log "ready: source $STATE_DIR/env (KUBECONFIG, KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, PATH with kubectl and helm)"

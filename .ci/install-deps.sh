@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the build and the testbed need on a fresh machine of this kind (Debian
+# bookworm with Go, Rust, Java 17 + Maven preinstalled). Only installs what is missing.
+set -euo pipefail
+log() { printf '[deps] %s\n' "$*" >&2; }
+
+need_pkgs=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_pkgs+=(postgresql-15)
+command -v psql >/dev/null || need_pkgs+=(postgresql-client-15)
+command -v cmake >/dev/null || need_pkgs+=(cmake)
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v mvn >/dev/null || need_pkgs+=(maven)
+command -v java >/dev/null || need_pkgs+=(openjdk-17-jre-headless)
+command -v g++ >/dev/null || need_pkgs+=(g++)
+dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "apt-get install ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# Debian's postgresql package may start a cluster of its own; the testbed runs its own.
+command -v go >/dev/null || { log "Go is required (preinstalled on this machine kind)"; exit 1; }
+command -v cargo >/dev/null || { log "Rust is required (preinstalled on this machine kind)"; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+log "all build and testbed dependencies present"

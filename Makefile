@@ -1,0 +1,32 @@
+# The project's commands. `make demo` runs the main job, `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+TESTBED_ENV := .testbed/env
+
+.PHONY: help testbed-build testbed-up testbed-down test test-unit lint fmt crds crds-check demo bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+testbed-build: ## build or fetch every testbed component into the cache (no processes)
+	testbed/build.sh
+
+testbed-up: ## start etcd, kube-apiserver, kube-controller-manager, Kafka, PostgreSQL; write .testbed/env
+	testbed/up.sh
+
+testbed-down: ## stop every testbed process and remove .testbed/
+	testbed/down.sh
+
+test: ## all tests on the real testbed: brings it up, runs them, takes it down again
+	@testbed/with-testbed.sh $(CARGO) test --workspace --no-fail-fast
+
+test-unit: ## unit tests only (no testbed needed)
+	$(CARGO) test --workspace --lib --bins
+
+fmt: ## format the Rust code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt, clippy -D warnings, CRD drift
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
