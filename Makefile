@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED_ENV := .testbed/env
 
-.PHONY: help testbed-build testbed-up testbed-down test test-unit lint fmt crds crds-check demo bench
+.PHONY: help testbed-build testbed-up testbed-down test test-unit lint fmt crds crds-check chart-check demo bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ testbed-down: ## stop every testbed process and remove .testbed/
 	testbed/down.sh
 
 test: ## all tests on the real testbed: brings it up, runs them, takes it down again
-	@testbed/with-testbed.sh $(CARGO) test --workspace --no-fail-fast
+	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) test --workspace --no-fail-fast'
 
 test-unit: ## unit tests only (no testbed needed)
 	$(CARGO) test --workspace --lib --bins
@@ -27,6 +27,20 @@ test-unit: ## unit tests only (no testbed needed)
 fmt: ## format the Rust code
 	$(CARGO) fmt --all
 
-lint: ## rustfmt, clippy -D warnings, CRD drift
+crds: ## regenerate crds/ from the Rust types and copy them into the chart
+	$(CARGO) run -q -p outbox-operator --bin crdgen -- crds
+	cp crds/*.yaml charts/outbox-operator/crds/
+
+crds-check: ## fail when crds/ or the chart's copy differ from what crdgen writes
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(CARGO) run -q -p outbox-operator --bin crdgen -- $$tmp >/dev/null && \
+	diff -ru $$tmp crds && diff -ru crds charts/outbox-operator/crds && \
+	echo "crds/ and charts/outbox-operator/crds/ match crdgen's output"
+
+chart-check: ## helm lint, and the rendered chart validated by the testbed's v1.33 API server
+	@testbed/with-testbed.sh testbed/chart-check.sh
+
+lint: ## rustfmt, clippy -D warnings, CRD drift, helm lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) --no-print-directory crds-check
