@@ -44,3 +44,26 @@ lint: ## rustfmt, clippy -D warnings, CRD drift, helm lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) --no-print-directory crds-check
+
+# ------------------------------------------------------------------ images and kind
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+OPERATOR_IMAGE ?= ghcr.io/outbox-dev/outbox-operator:$(VERSION)
+WORKER_IMAGE ?= ghcr.io/outbox-dev/outbox-worker:$(VERSION)
+KIND_CLUSTER ?= outbox
+
+.PHONY: images kind-up kind-load kind-install
+images: ## build the operator and worker images (needs a Docker engine)
+	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -f workers/Dockerfile -t $(WORKER_IMAGE) .
+
+kind-up: ## create the kind cluster from manifests/kind/cluster.yaml with dev Kafka and PostgreSQL
+	kind create cluster --config manifests/kind/cluster.yaml
+	kubectl apply -f manifests/kind/postgres.yaml -f manifests/kind/kafka.yaml
+	kubectl rollout status deployment/outbox-postgres deployment/outbox-kafka --timeout=5m
+
+kind-load: images ## load both images into the kind cluster
+	kind load docker-image --name $(KIND_CLUSTER) $(OPERATOR_IMAGE) $(WORKER_IMAGE)
+
+kind-install: kind-load ## helm install the chart into the kind cluster
+	helm upgrade --install outbox-operator charts/outbox-operator --namespace outbox-system --create-namespace \
+	  --set loadtest.namespaces='{default}' --wait
