@@ -1,0 +1,56 @@
+//! What every reconcile gets: the client, the event recorder, metrics and settings.
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+
+use crate::metrics::Metrics;
+
+/// Settings of the operator that reconciles read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// ServiceAccount the load-test runner Jobs run as.
+    pub loadtest_service_account: String,
+    /// How often a healthy OutboxSystem is re-read to refresh lag and backlog.
+    pub status_refresh: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            loadtest_service_account: "outbox-loadtest".to_string(),
+            status_refresh: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared state of both controllers.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Operator settings.
+    pub settings: Settings,
+}
+
+/// Field manager of every server-side apply, and the Events' reporting controller.
+pub const MANAGER: &str = "outbox-operator";
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, metrics: Metrics, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+        }
+    }
+}

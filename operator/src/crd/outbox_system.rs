@@ -1,0 +1,407 @@
+//! The `OutboxSystem` custom resource: a Kafka topic, producer services and consumer groups.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Declares one transactional-outbox messaging system: a Kafka topic, the producer
+/// services that write into the PostgreSQL outbox and relay it to Kafka, and named
+/// consumer groups that acknowledge every message.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "outbox.dev",
+    version = "v1alpha1",
+    kind = "OutboxSystem",
+    plural = "outboxsystems",
+    shortname = "obs",
+    namespaced,
+    status = "OutboxSystemStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Topic","type":"string","jsonPath":".spec.topic.name"}"#,
+    printcolumn = r#"{"name":"Partitions","type":"integer","description":"Partitions found in Kafka","jsonPath":".status.topic.partitions"}"#,
+    printcolumn = r#"{"name":"Producers","type":"string","description":"Ready/desired producer replicas","jsonPath":".status.producers.summary"}"#,
+    printcolumn = r#"{"name":"Groups","type":"string","description":"Consumer groups with all replicas ready / all groups","jsonPath":".status.groupsSummary"}"#,
+    printcolumn = r#"{"name":"Backlog","type":"integer","description":"Outbox rows not yet relayed to Kafka","jsonPath":".status.backlog.pending"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxSystemSpec {
+    /// Stops reconciliation while true: the operator leaves the topic and the workloads
+    /// as they are and reports `Paused` in status. Deletion is still handled.
+    #[serde(default)]
+    pub paused: bool,
+    /// Worker image for every role (`outbox-worker` binary). Defaults to
+    /// `ghcr.io/outbox-dev/outbox-worker:<operator version>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Image pull policy for the worker pods (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
+    /// Log filter for the workers, passed as `RUST_LOG` (default `info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// How the operator and the workers reach Kafka.
+    pub kafka: KafkaSpec,
+    /// How the workers reach PostgreSQL (by Secret reference only).
+    pub database: DatabaseSpec,
+    /// The Kafka topic the producers publish to and the consumer groups read.
+    pub topic: TopicSpec,
+    /// The producer service (HTTP API plus outbox relay).
+    #[serde(default)]
+    pub producers: ProducersSpec,
+    /// The consumer groups reading the topic.
+    #[serde(default)]
+    pub consumers: ConsumersSpec,
+}
+
+/// Connection to Kafka.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Comma-separated `host:port` list of Kafka brokers.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Optional Secret with librdkafka client settings (SASL, TLS). Every key named
+    /// `KAFKA_CLIENT_<PROPERTY>` becomes a client property, e.g.
+    /// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`. Used by the operator's
+    /// admin client and passed to the workers with `envFrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_settings_secret_ref: Option<SecretRef>,
+}
+
+/// A reference to a Secret in the OutboxSystem's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// A reference to one key of a Secret in the OutboxSystem's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// Connection to PostgreSQL.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The Secret key holding the `postgres://` URL of the outbox database. Never a plain
+    /// string: the URL carries the password.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// What happens to the Kafka topic when the OutboxSystem is deleted.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum DeletionPolicy {
+    /// Keep the topic and its messages (default).
+    #[default]
+    Retain,
+    /// Delete the topic.
+    Delete,
+}
+
+/// The Kafka topic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.partitions >= oldSelf.partitions").message("spec.topic.partitions may not decrease (Kafka cannot remove partitions)").field_path(".partitions"))]
+#[x_kube(validation = Rule::new("self.name == oldSelf.name").message("spec.topic.name is immutable").field_path(".name"))]
+#[x_kube(validation = Rule::new("self.replicationFactor == oldSelf.replicationFactor").message("spec.topic.replicationFactor is immutable").field_path(".replicationFactor"))]
+pub struct TopicSpec {
+    /// Topic name (immutable).
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub name: String,
+    /// Number of partitions, at least 1. May be raised, never lowered.
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+    /// Replicas per partition (immutable), at least 1.
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i16,
+    /// Topic-level configuration (e.g. `retention.ms`), applied to the topic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Retain (default) keeps the topic when the OutboxSystem is deleted; Delete removes it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_replication_factor() -> i16 {
+    1
+}
+
+/// The producer service: HTTP API writing into the outbox, plus the relay to Kafka.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProducersSpec {
+    /// Number of producer pods, at least 0.
+    #[serde(default = "default_producer_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// Image override for the producers (defaults to `spec.image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of a producer container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// How the relay batches outbox rows into Kafka.
+    #[serde(default)]
+    pub batching: BatchingSpec,
+    /// Container port of the HTTP API, health and metrics endpoints.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for ProducersSpec {
+    fn default() -> Self {
+        ProducersSpec {
+            replicas: default_producer_replicas(),
+            image: None,
+            resources: None,
+            batching: BatchingSpec::default(),
+            port: default_port(),
+        }
+    }
+}
+
+fn default_producer_replicas() -> i32 {
+    1
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+/// Relay batching settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSpec {
+    /// Outbox rows the relay publishes per batch (`RELAY_BATCH_SIZE`).
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub batch_size: i32,
+    /// How long the relay waits to fill a batch, in milliseconds (`RELAY_LINGER_MS`).
+    #[serde(default = "default_linger_ms")]
+    #[schemars(range(min = 0, max = 60000))]
+    pub linger_ms: i32,
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        BatchingSpec {
+            batch_size: default_batch_size(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+fn default_batch_size() -> i32 {
+    10_000
+}
+
+fn default_linger_ms() -> i32 {
+    5
+}
+
+/// The consumer side: named consumer groups.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.groups.all(g, self.groups.exists_one(h, h.name == g.name))").message("spec.consumers.groups: group names must be unique").field_path(".groups"))]
+pub struct ConsumersSpec {
+    /// Image override for the consumers (defaults to `spec.image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory requests and limits of a consumer container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Container port of the health and metrics endpoints.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Consumer groups; each gets its own Deployment. Names must be unique.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub groups: Vec<ConsumerGroupSpec>,
+}
+
+impl Default for ConsumersSpec {
+    fn default() -> Self {
+        ConsumersSpec {
+            image: None,
+            resources: None,
+            port: default_port(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// One Kafka consumer group.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerGroupSpec {
+    /// Consumer group id (a DNS label: lower case, digits, '-').
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Number of consumer pods in this group, at least 0.
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// What a consumer does when handling a message fails.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Topic receiving messages that failed their last retry (unused with maxRetries -1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// Retry policy of a consumer group.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxBackoffMs >= self.backoffMs").message("spec.consumers.groups[].retry.maxBackoffMs must be at least backoffMs").field_path(".maxBackoffMs"))]
+pub struct RetrySpec {
+    /// Retries before a message goes to the dead-letter topic; -1 retries forever.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = -1, max = 1000000))]
+    pub max_retries: i32,
+    /// First retry delay in milliseconds (doubles on each retry).
+    #[serde(default = "default_backoff_ms")]
+    #[schemars(range(min = 0, max = 3600000))]
+    pub backoff_ms: i64,
+    /// Upper bound of the retry delay in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    #[schemars(range(min = 0, max = 3600000))]
+    pub max_backoff_ms: i64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            max_retries: default_max_retries(),
+            backoff_ms: default_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+fn default_max_retries() -> i32 {
+    -1
+}
+
+fn default_backoff_ms() -> i64 {
+    100
+}
+
+fn default_max_backoff_ms() -> i64 {
+    30_000
+}
+
+/// What the operator observed about an OutboxSystem.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxSystemStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, TopicReady, ProducersReady, ConsumersReady, Degraded, BacklogObserved, Paused.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The topic as found in Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<TopicStatus>,
+    /// Producer replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producers: Option<ReplicaStatus>,
+    /// Per consumer group: replicas and lag.
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+    /// Groups whose replicas are all ready, over all groups, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_summary: Option<String>,
+    /// Rows waiting in the outbox; absent when the database could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogStatus>,
+}
+
+/// The topic as found in Kafka.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// Partitions found in Kafka (absent when the topic does not exist yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// Replicas per partition found in Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
+}
+
+/// Ready and desired replicas of a workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Pods ready.
+    pub ready: i32,
+    /// Pods wanted.
+    pub desired: i32,
+    /// `ready/desired`, for printer columns.
+    pub summary: String,
+}
+
+impl ReplicaStatus {
+    /// Builds the status and its `ready/desired` summary.
+    pub fn new(ready: i32, desired: i32) -> Self {
+        ReplicaStatus {
+            ready,
+            desired,
+            summary: format!("{ready}/{desired}"),
+        }
+    }
+}
+
+/// One consumer group as observed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStatus {
+    /// Consumer group name.
+    pub name: String,
+    /// Pods ready.
+    pub ready: i32,
+    /// Pods wanted.
+    pub desired: i32,
+    /// Messages in the topic not yet committed by this group (sum over partitions);
+    /// absent when Kafka could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// The outbox backlog, from the `outbox_backlog` view.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogStatus {
+    /// Rows accepted but not yet relayed to Kafka.
+    pub pending: i64,
+    /// Age of the oldest pending row in seconds (absent when nothing is pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_seconds: Option<f64>,
+}

@@ -1,0 +1,192 @@
+//! The Job that runs a LoadTest (pure builder).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::crd::{LoadTest, OutboxSystem};
+use crate::workloads::{
+    common_env, container_security_context, default_image, env_from, pod_security_context,
+    COMPONENT_LABEL, SYSTEM_LABEL, WORKER_BINARY,
+};
+
+/// Label naming the LoadTest a Job runs.
+pub const LOADTEST_LABEL: &str = "outbox.dev/loadtest";
+
+/// The deterministic Job name of a LoadTest: one LoadTest, one Job, ever.
+pub fn job_name(loadtest: &str) -> String {
+    format!("{loadtest}-run")
+}
+
+/// What the Job builder needs.
+#[derive(Debug, Clone)]
+pub struct RunnerParams<'a> {
+    /// LoadTest name.
+    pub name: &'a str,
+    /// Namespace of the LoadTest and its system.
+    pub namespace: &'a str,
+    /// Controller owner reference to the LoadTest.
+    pub owner_ref: OwnerReference,
+    /// ServiceAccount of the runner.
+    pub service_account: &'a str,
+}
+
+/// The runner Job: `outbox-worker loadtest --namespace <ns> --name <loadtest>`, with the
+/// system's settings in its environment, never retried (a second run would send the
+/// messages twice).
+pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &OutboxSystem) -> Job {
+    let system_name = system.metadata.name.clone().unwrap_or_default();
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            WORKER_BINARY.to_string(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            system_name.clone(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "outbox-operator".to_string(),
+        ),
+        (COMPONENT_LABEL.to_string(), "loadtest".to_string()),
+        (SYSTEM_LABEL.to_string(), system_name.clone()),
+        (LOADTEST_LABEL.to_string(), params.name.to_string()),
+    ]);
+    let image = loadtest
+        .spec
+        .image
+        .clone()
+        .or_else(|| system.spec.image.clone())
+        .unwrap_or_else(default_image);
+    let container = Container {
+        name: "runner".to_string(),
+        image: Some(image),
+        image_pull_policy: system.spec.image_pull_policy.clone(),
+        command: Some(vec![WORKER_BINARY.to_string()]),
+        args: Some(vec![
+            "loadtest".to_string(),
+            "--namespace".to_string(),
+            params.namespace.to_string(),
+            "--name".to_string(),
+            params.name.to_string(),
+        ]),
+        env: Some(common_env(&system.spec, 8080)),
+        env_from: Some(env_from(&system_name, &system.spec)),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_string(),
+            mount_path: "/tmp".to_string(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(params.name)),
+            namespace: Some(params.namespace.to_string()),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![params.owner_ref.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_string()),
+                    service_account_name: Some(params.service_account.to_string()),
+                    containers: vec![container],
+                    security_context: Some(pod_security_context()),
+                    volumes: Some(vec![Volume {
+                        name: "tmp".to_string(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::*;
+
+    fn system() -> OutboxSystem {
+        let spec: OutboxSystemSpec = serde_json::from_value(serde_json::json!({
+            "kafka": {"bootstrapServers": "kafka:9092"},
+            "database": {"urlSecretRef": {"name": "outbox-postgres", "key": "url"}},
+            "topic": {"name": "shared-events", "partitions": 6},
+            "image": "example/worker:1"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        OutboxSystem::new("demo", spec)
+    }
+
+    fn loadtest() -> LoadTest {
+        let spec: LoadTestSpec = serde_json::from_value(serde_json::json!({
+            "systemRef": {"name": "demo"},
+            "scenarios": [{"name": "batch", "messages": 30000, "batching": true}]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        LoadTest::new("small", spec)
+    }
+
+    fn params() -> RunnerParams<'static> {
+        RunnerParams {
+            name: "small",
+            namespace: "ns",
+            owner_ref: OwnerReference {
+                api_version: "outbox.dev/v1alpha1".into(),
+                kind: "LoadTest".into(),
+                name: "small".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+            service_account: "outbox-loadtest",
+        }
+    }
+
+    #[test]
+    fn job_runs_the_runner_for_this_loadtest_once() {
+        let job = runner_job(&params(), &loadtest(), &system());
+        assert_eq!(job.metadata.name.as_deref(), Some("small-run"));
+        let spec = job.spec.unwrap_or_default();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap_or_default();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.service_account_name.as_deref(), Some("outbox-loadtest"));
+        let c = &pod.containers[0];
+        assert_eq!(c.command, Some(vec!["outbox-worker".to_string()]));
+        assert_eq!(
+            c.args.clone().unwrap_or_default(),
+            ["loadtest", "--namespace", "ns", "--name", "small"]
+        );
+        assert_eq!(c.image.as_deref(), Some("example/worker:1"));
+    }
+
+    #[test]
+    fn loadtest_image_overrides_the_system_image() {
+        let mut lt = loadtest();
+        lt.spec.image = Some("example/runner:2".into());
+        let job = runner_job(&params(), &lt, &system());
+        let image = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].image.clone());
+        assert_eq!(image, Some(Some("example/runner:2".to_string())));
+    }
+}

@@ -1,0 +1,591 @@
+//! The OutboxSystem reconciler: read -> validate -> build children -> apply -> topic ->
+//! observe -> status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, instrument, warn};
+
+use crate::backlog::{read_backlog, BacklogUnavailable};
+use crate::conditions;
+use crate::context::{Context, MANAGER};
+use crate::crd::{DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus};
+use crate::error::{Error, Result};
+use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
+use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
+use crate::validation::validate;
+use crate::workloads::{self, COMPONENT_LABEL, SYSTEM_LABEL};
+
+/// Finalizer guarding the Kafka topic.
+pub const TOPIC_FINALIZER: &str = "outbox.dev/topic";
+/// Controller name in metrics.
+pub const CONTROLLER: &str = "outboxsystem";
+
+/// Reconciles one OutboxSystem.
+#[instrument(skip_all, fields(outboxsystem = %system.name_any(), namespace = system.namespace().unwrap_or_default()))]
+pub async fn reconcile(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let namespace = system
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let api: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, TOPIC_FINALIZER, system, |event| async move {
+        match event {
+            Finalizer::Apply(system) => apply(system, ctx).await,
+            Finalizer::Cleanup(system) => cleanup(system, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer {
+        source: Box::new(e),
+    })
+}
+
+/// Logs and counts a failed reconcile; waits for a spec change when a retry cannot
+/// help, backs off otherwise.
+pub fn error_policy(system: Arc<OutboxSystem>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(CONTROLLER, error);
+    if error.is_permanent() {
+        warn!(outboxsystem = %system.name_any(), %error, "reconcile failed; waiting for a spec change");
+        Action::await_change()
+    } else {
+        warn!(outboxsystem = %system.name_any(), %error, "reconcile failed; retrying");
+        Action::requeue(std::time::Duration::from_secs(15))
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    system: &OutboxSystem,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &system.object_ref(&())).await {
+        warn!(%error, reason, "could not publish an Event");
+    }
+}
+
+async fn apply(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
+    let name = system.name_any();
+    let namespace = system
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let spec = &system.spec;
+    let current = system.status.clone().unwrap_or_default();
+
+    // Validate (no client).
+    let problems = validate(&name, spec);
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        let conditions = conditions::merge(
+            &current.conditions,
+            &[
+                conditions::Desired::no(types::READY, "InvalidSpec", message.clone()),
+                conditions::Desired::yes(types::DEGRADED, "InvalidSpec", message.clone()),
+            ],
+            system.metadata.generation,
+            Timestamp::now(),
+        );
+        let mut status = current.clone();
+        status.observed_generation = system.metadata.generation;
+        replace_conditions(&mut status.conditions, conditions);
+        patch_status(&ctx, &namespace, &name, &status).await?;
+        publish(
+            &ctx,
+            &system,
+            EventType::Warning,
+            "InvalidSpec",
+            message.clone(),
+        )
+        .await;
+        return Err(Error::InvalidSpec(message));
+    }
+
+    if spec.paused {
+        let conditions = conditions::merge(
+            &current.conditions,
+            &[conditions::Desired::yes(
+                types::PAUSED,
+                "Paused",
+                "spec.paused is true: the operator leaves the topic and workloads as they are",
+            )],
+            system.metadata.generation,
+            Timestamp::now(),
+        );
+        let was_paused = conditions::find(&current.conditions, types::PAUSED)
+            .is_some_and(|c| c.status == "True");
+        let mut status = current.clone();
+        status.observed_generation = system.metadata.generation;
+        replace_conditions(&mut status.conditions, conditions);
+        patch_status(&ctx, &namespace, &name, &status).await?;
+        if !was_paused {
+            publish(
+                &ctx,
+                &system,
+                EventType::Normal,
+                "Paused",
+                "reconciliation paused".into(),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Build the children (pure) and apply them.
+    let owner = workloads::owner_of(&system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let children = workloads::build(&owner, spec);
+    let client = ctx.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    server_side_apply(&config_maps, &children.config_map).await?;
+    let producer = server_side_apply(&deployments, &children.producer).await?;
+    server_side_apply(&services, &children.producer_service).await?;
+    let mut consumers = Vec::new();
+    for deployment in &children.consumers {
+        consumers.push(server_side_apply(&deployments, deployment).await?);
+    }
+    for service in &children.consumer_services {
+        server_side_apply(&services, service).await?;
+    }
+    prune_removed_groups(&ctx, &system, &namespace, spec).await?;
+
+    // The Kafka topic.
+    let kafka_properties = kafka_client_properties(&ctx, &namespace, spec).await;
+    let topic = match kafka_properties {
+        Ok(properties) => reconcile_topic(&ctx, &system, spec, &properties).await,
+        Err(e) => (
+            TopicOutcome {
+                name: spec.topic.name.clone(),
+                error: Some(e.to_string()),
+                ..TopicOutcome::default()
+            },
+            None,
+        ),
+    };
+    let (topic, admin) = topic;
+
+    // Observe.
+    let group_names: Vec<String> = spec
+        .consumers
+        .groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect();
+    let lags = match (&admin, topic.observed.as_ref()) {
+        (Some(admin), Some(found)) => {
+            admin
+                .consumer_lag(&spec.topic.name, found.partitions, &group_names)
+                .await
+        }
+        _ => BTreeMap::new(),
+    };
+    let ready = |d: &Deployment| {
+        d.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    };
+    let observation = Observation {
+        topic: topic.clone(),
+        producers: (ready(&producer), spec.producers.replicas),
+        groups: spec
+            .consumers
+            .groups
+            .iter()
+            .zip(&consumers)
+            .map(|(g, d)| GroupObservation {
+                name: g.name.clone(),
+                ready: ready(d),
+                desired: g.replicas,
+                lag: lags.get(&g.name).copied().flatten(),
+            })
+            .collect(),
+        backlog: backlog(&ctx, &namespace, spec).await,
+    };
+
+    // Status.
+    let computed = system_status::compute(&observation);
+    let new_conditions = conditions::merge(
+        &current.conditions,
+        &computed.conditions,
+        system.metadata.generation,
+        Timestamp::now(),
+    );
+    for changed in conditions::changed(&current.conditions, &new_conditions) {
+        let good = (changed.status == "True") != (changed.type_ == types::DEGRADED);
+        if changed.type_ == types::PAUSED && current.conditions.is_empty() {
+            continue;
+        }
+        publish(
+            &ctx,
+            &system,
+            if good {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            &changed.reason,
+            format!("{}={}: {}", changed.type_, changed.status, changed.message),
+        )
+        .await;
+    }
+    let status = OutboxSystemStatus {
+        observed_generation: system.metadata.generation,
+        conditions: new_conditions,
+        topic: Some(computed.topic),
+        producers: Some(computed.producers),
+        groups: computed.groups,
+        groups_summary: Some(computed.groups_summary),
+        backlog: computed.backlog,
+    };
+    if Some(&status) != system.status.as_ref() {
+        patch_status(&ctx, &namespace, &name, &status).await?;
+    }
+    if let Some(error) = topic.error {
+        // Status says what is wrong; back off through the error policy.
+        return Err(Error::TopicNotReconciled {
+            topic: spec.topic.name.clone(),
+            message: error,
+        });
+    }
+    Ok(Action::requeue(ctx.settings.status_refresh))
+}
+
+fn replace_conditions(
+    current: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    updated: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) {
+    for condition in updated {
+        match current.iter_mut().find(|c| c.type_ == condition.type_) {
+            Some(slot) => *slot = condition,
+            None => current.push(condition),
+        }
+    }
+}
+
+/// Applies `object` with the operator's field manager, taking over conflicting fields.
+async fn server_side_apply<K>(api: &Api<K>, object: &K) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let mut body = serde_json::to_value(object).map_err(|source| Error::Serialize {
+        what: name.clone(),
+        source,
+    })?;
+    if let Some(map) = body.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            K::api_version(&Default::default()).into(),
+        );
+        map.insert("kind".into(), K::kind(&Default::default()).into());
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "applying {} {name}",
+        K::kind(&Default::default())
+    )))
+}
+
+async fn patch_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &OutboxSystemStatus,
+) -> Result<()> {
+    let api: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = serde_json::json!({
+        "apiVersion": "outbox.dev/v1alpha1",
+        "kind": "OutboxSystem",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "writing the status of OutboxSystem {name}"
+    )))?;
+    Ok(())
+}
+
+/// Deletes consumer Deployments and Services of groups no longer in the spec.
+async fn prune_removed_groups(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    spec: &OutboxSystemSpec,
+) -> Result<()> {
+    let name = system.name_any();
+    let wanted: BTreeSet<String> = spec
+        .consumers
+        .groups
+        .iter()
+        .map(|g| workloads::consumer_name(&name, &g.name))
+        .collect();
+    let selector =
+        ListParams::default().labels(&format!("{SYSTEM_LABEL}={name},{COMPONENT_LABEL}=consumer"));
+    let uid = system.uid();
+    let owned_by_us = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|r| Some(&r.uid) == uid.as_ref() && r.controller == Some(true))
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    for d in deployments
+        .list(&selector)
+        .await
+        .map_err(Error::kube("listing consumer Deployments"))?
+    {
+        let child = d.name_any();
+        if !wanted.contains(&child) && owned_by_us(&d.metadata) {
+            info!(deployment = %child, "deleting the Deployment of a removed consumer group");
+            deployments
+                .delete(&child, &DeleteParams::background())
+                .await
+                .map_err(Error::kube(format!("deleting Deployment {child}")))?;
+            publish(
+                ctx,
+                system,
+                EventType::Normal,
+                "ConsumerGroupRemoved",
+                format!("deleted Deployment {child}"),
+            )
+            .await;
+        }
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    for s in services
+        .list(&selector)
+        .await
+        .map_err(Error::kube("listing consumer Services"))?
+    {
+        let child = s.name_any();
+        if !wanted.contains(&child) && owned_by_us(&s.metadata) {
+            services
+                .delete(&child, &DeleteParams::background())
+                .await
+                .map_err(Error::kube(format!("deleting Service {child}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka properties from the Kafka client-settings Secret (empty without one).
+async fn kafka_client_properties(
+    ctx: &Context,
+    namespace: &str,
+    spec: &OutboxSystemSpec,
+) -> Result<BTreeMap<String, String>> {
+    let Some(secret_ref) = &spec.kafka.client_settings_secret_ref else {
+        return Ok(BTreeMap::new());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {}", secret_ref.name)))?
+        .ok_or_else(|| Error::Secret {
+            namespace: namespace.to_string(),
+            name: secret_ref.name.clone(),
+            problem: "not found (spec.kafka.clientSettingsSecretRef)".into(),
+        })?;
+    Ok(kafka::client_properties(&secret.data.unwrap_or_default()))
+}
+
+/// Creates or adjusts the topic; never fails the reconcile on a Kafka problem, which
+/// goes into the outcome instead.
+async fn reconcile_topic(
+    ctx: &Context,
+    system: &OutboxSystem,
+    spec: &OutboxSystemSpec,
+    properties: &BTreeMap<String, String>,
+) -> (TopicOutcome, Option<KafkaAdmin>) {
+    let mut outcome = TopicOutcome {
+        name: spec.topic.name.clone(),
+        ..TopicOutcome::default()
+    };
+    let admin = match KafkaAdmin::new(client_config(&spec.kafka.bootstrap_servers, properties)) {
+        Ok(admin) => admin,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return (outcome, None);
+        }
+    };
+    let observed = match admin.describe_topic(&spec.topic).await {
+        Ok(observed) => observed,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return (outcome, Some(admin));
+        }
+    };
+    let plan = plan_topic(&spec.topic, observed.as_ref());
+    outcome.conflicts = plan.conflicts.clone();
+    outcome.observed = observed.clone();
+    let changes =
+        plan.create || plan.raise_partitions_to.is_some() || !plan.config_changes.is_empty();
+    if !changes {
+        return (outcome, Some(admin));
+    }
+    if let Err(e) = admin
+        .apply_plan(&spec.topic, observed.as_ref(), &plan)
+        .await
+    {
+        outcome.error = Some(e.to_string());
+        publish(
+            ctx,
+            system,
+            EventType::Warning,
+            "TopicUpdateFailed",
+            e.to_string(),
+        )
+        .await;
+        return (outcome, Some(admin));
+    }
+    let (reason, note) = if plan.create {
+        (
+            "TopicCreated",
+            format!(
+                "created topic {} with {} partitions",
+                spec.topic.name, spec.topic.partitions
+            ),
+        )
+    } else if let Some(n) = plan.raise_partitions_to {
+        (
+            "PartitionsRaised",
+            format!("raised topic {} to {n} partitions", spec.topic.name),
+        )
+    } else {
+        (
+            "TopicConfigUpdated",
+            format!(
+                "set {} on topic {}",
+                plan.config_changes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                spec.topic.name
+            ),
+        )
+    };
+    info!(topic = %spec.topic.name, reason, "{note}");
+    publish(ctx, system, EventType::Normal, reason, note).await;
+    match admin.describe_topic(&spec.topic).await {
+        Ok(after) => {
+            outcome.conflicts = plan_topic(&spec.topic, after.as_ref()).conflicts;
+            outcome.observed = after;
+        }
+        Err(e) => outcome.error = Some(e.to_string()),
+    }
+    (outcome, Some(admin))
+}
+
+async fn backlog(
+    ctx: &Context,
+    namespace: &str,
+    spec: &OutboxSystemSpec,
+) -> Result<crate::crd::BacklogStatus, BacklogUnavailable> {
+    let secret_ref = &spec.database.url_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = match secrets.get_opt(&secret_ref.name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(BacklogUnavailable {
+                reason: "DatabaseSecretMissing",
+                message: format!(
+                    "Secret {} (spec.database.urlSecretRef) not found",
+                    secret_ref.name
+                ),
+            })
+        }
+        Err(e) => {
+            return Err(BacklogUnavailable {
+                reason: "DatabaseSecretUnreadable",
+                message: format!("reading Secret {}: {e}", secret_ref.name),
+            })
+        }
+    };
+    let url = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&secret_ref.key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    let Some(url) = url else {
+        return Err(BacklogUnavailable {
+            reason: "DatabaseSecretMissing",
+            message: format!(
+                "Secret {} has no key {} (spec.database.urlSecretRef)",
+                secret_ref.name, secret_ref.key
+            ),
+        });
+    };
+    read_backlog(&url).await
+}
+
+async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
+    let spec = &system.spec;
+    match spec.topic.deletion_policy {
+        DeletionPolicy::Retain => {
+            info!(topic = %spec.topic.name, "keeping the topic (deletionPolicy Retain)");
+            publish(
+                &ctx,
+                &system,
+                EventType::Normal,
+                "TopicRetained",
+                format!("kept topic {} (deletionPolicy Retain)", spec.topic.name),
+            )
+            .await;
+        }
+        DeletionPolicy::Delete => {
+            let namespace = system
+                .namespace()
+                .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+            let properties = kafka_client_properties(&ctx, &namespace, spec).await?;
+            let admin = KafkaAdmin::new(client_config(&spec.kafka.bootstrap_servers, &properties))?;
+            admin.delete_topic(&spec.topic.name).await?;
+            info!(topic = %spec.topic.name, "deleted the topic (deletionPolicy Delete)");
+            publish(
+                &ctx,
+                &system,
+                EventType::Normal,
+                "TopicDeleted",
+                format!("deleted topic {} (deletionPolicy Delete)", spec.topic.name),
+            )
+            .await;
+        }
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,305 @@
+//! Status of an OutboxSystem from what the reconcile observed (pure).
+
+use crate::backlog::BacklogUnavailable;
+use crate::conditions::Desired;
+use crate::crd::{BacklogStatus, GroupStatus, ReplicaStatus, TopicStatus};
+use crate::kafka::ObservedTopic;
+
+/// Condition types of an OutboxSystem.
+pub mod types {
+    /// Topic, producers and consumers are all ready.
+    pub const READY: &str = "Ready";
+    /// The topic exists in Kafka as the spec says.
+    pub const TOPIC_READY: &str = "TopicReady";
+    /// Every producer pod is ready.
+    pub const PRODUCERS_READY: &str = "ProducersReady";
+    /// Every consumer pod of every group is ready.
+    pub const CONSUMERS_READY: &str = "ConsumersReady";
+    /// Something needs a human: a conflict, an invalid spec, an unreachable dependency.
+    pub const DEGRADED: &str = "Degraded";
+    /// The outbox backlog could be read from PostgreSQL.
+    pub const BACKLOG_OBSERVED: &str = "BacklogObserved";
+    /// Reconciliation is paused by `spec.paused`.
+    pub const PAUSED: &str = "Paused";
+}
+
+/// What the reconcile found out about the topic.
+#[derive(Debug, Clone, Default)]
+pub struct TopicOutcome {
+    /// Topic name from the spec.
+    pub name: String,
+    /// The topic as found in Kafka after the changes (None: missing or unknown).
+    pub observed: Option<ObservedTopic>,
+    /// Mismatches the operator does not fix.
+    pub conflicts: Vec<String>,
+    /// The Kafka error that stopped the topic step, if any.
+    pub error: Option<String>,
+}
+
+/// One consumer group as observed.
+#[derive(Debug, Clone)]
+pub struct GroupObservation {
+    /// Group name.
+    pub name: String,
+    /// Ready pods.
+    pub ready: i32,
+    /// Desired pods.
+    pub desired: i32,
+    /// Lag, when Kafka answered.
+    pub lag: Option<i64>,
+}
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The topic step.
+    pub topic: TopicOutcome,
+    /// Ready and desired producer pods.
+    pub producers: (i32, i32),
+    /// Each consumer group, in spec order.
+    pub groups: Vec<GroupObservation>,
+    /// The backlog or why it is unknown.
+    pub backlog: Result<BacklogStatus, BacklogUnavailable>,
+}
+
+/// Status fields other than conditions and observedGeneration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComputedStatus {
+    /// Conditions to write.
+    pub conditions: Vec<Desired>,
+    /// Topic status.
+    pub topic: TopicStatus,
+    /// Producer replicas.
+    pub producers: ReplicaStatus,
+    /// Group replicas and lag.
+    pub groups: Vec<GroupStatus>,
+    /// `k/n` groups fully ready.
+    pub groups_summary: String,
+    /// Backlog, when known.
+    pub backlog: Option<BacklogStatus>,
+}
+
+/// Computes conditions and status fields from an observation.
+pub fn compute(obs: &Observation) -> ComputedStatus {
+    use types::*;
+    let topic = &obs.topic;
+    let topic_condition = if let Some(error) = &topic.error {
+        Desired::no(TOPIC_READY, "KafkaUnavailable", error.clone())
+    } else if !topic.conflicts.is_empty() {
+        Desired::no(TOPIC_READY, "TopicConflict", topic.conflicts.join("; "))
+    } else if let Some(found) = &topic.observed {
+        Desired::yes(
+            TOPIC_READY,
+            "TopicReady",
+            format!("topic {} has {} partitions", topic.name, found.partitions),
+        )
+    } else {
+        Desired::no(
+            TOPIC_READY,
+            "TopicMissing",
+            format!("topic {} is not in Kafka yet", topic.name),
+        )
+    };
+
+    let (p_ready, p_desired) = obs.producers;
+    let producers_condition = if p_ready >= p_desired {
+        Desired::yes(
+            PRODUCERS_READY,
+            "ReplicasReady",
+            format!("{p_ready}/{p_desired} producer pods ready"),
+        )
+    } else {
+        Desired::no(
+            PRODUCERS_READY,
+            "ReplicasNotReady",
+            format!("{p_ready}/{p_desired} producer pods ready"),
+        )
+    };
+
+    let not_ready: Vec<String> = obs
+        .groups
+        .iter()
+        .filter(|g| g.ready < g.desired)
+        .map(|g| format!("{} {}/{}", g.name, g.ready, g.desired))
+        .collect();
+    let ready_groups = obs.groups.len() - not_ready.len();
+    let consumers_condition = if not_ready.is_empty() {
+        Desired::yes(
+            CONSUMERS_READY,
+            "ReplicasReady",
+            format!("all {} consumer groups ready", obs.groups.len()),
+        )
+    } else {
+        Desired::no(
+            CONSUMERS_READY,
+            "ReplicasNotReady",
+            format!("pods ready per group: {}", not_ready.join(", ")),
+        )
+    };
+
+    let failing: Vec<&Desired> = [&topic_condition, &producers_condition, &consumers_condition]
+        .into_iter()
+        .filter(|c| !c.status)
+        .collect();
+    let ready_condition = match failing.first() {
+        None => Desired::yes(
+            READY,
+            "AllReady",
+            "topic, producers and consumers are ready",
+        ),
+        Some(first) => Desired::no(
+            READY,
+            format!("{}NotReady", first.type_.trim_end_matches("Ready")),
+            failing
+                .iter()
+                .map(|c| c.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+
+    let degraded_condition = if let Some(error) = &topic.error {
+        Desired::yes(DEGRADED, "KafkaUnavailable", error.clone())
+    } else if !topic.conflicts.is_empty() {
+        Desired::yes(DEGRADED, "TopicConflict", topic.conflicts.join("; "))
+    } else {
+        Desired::no(DEGRADED, "AsExpected", "no conflicts or errors")
+    };
+
+    let backlog_condition = match &obs.backlog {
+        Ok(b) => Desired::yes(
+            BACKLOG_OBSERVED,
+            "BacklogRead",
+            format!("{} rows pending in the outbox", b.pending),
+        ),
+        Err(e) => Desired::no(BACKLOG_OBSERVED, e.reason, e.message.clone()),
+    };
+
+    ComputedStatus {
+        conditions: vec![
+            ready_condition,
+            topic_condition,
+            producers_condition,
+            consumers_condition,
+            degraded_condition,
+            backlog_condition,
+            Desired::no(PAUSED, "Reconciling", "spec.paused is false"),
+        ],
+        topic: TopicStatus {
+            name: topic.name.clone(),
+            partitions: topic.observed.as_ref().map(|t| t.partitions),
+            replication_factor: topic.observed.as_ref().map(|t| t.replication_factor),
+        },
+        producers: ReplicaStatus::new(p_ready, p_desired),
+        groups: obs
+            .groups
+            .iter()
+            .map(|g| GroupStatus {
+                name: g.name.clone(),
+                ready: g.ready,
+                desired: g.desired,
+                lag: g.lag,
+            })
+            .collect(),
+        groups_summary: format!("{ready_groups}/{}", obs.groups.len()),
+        backlog: obs.backlog.as_ref().ok().cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn observation() -> Observation {
+        Observation {
+            topic: TopicOutcome {
+                name: "events".into(),
+                observed: Some(ObservedTopic {
+                    partitions: 6,
+                    replication_factor: 1,
+                    dynamic_config: BTreeMap::new(),
+                    effective_config: BTreeMap::new(),
+                }),
+                conflicts: vec![],
+                error: None,
+            },
+            producers: (3, 3),
+            groups: vec![GroupObservation {
+                name: "group-a".into(),
+                ready: 3,
+                desired: 3,
+                lag: Some(0),
+            }],
+            backlog: Ok(BacklogStatus {
+                pending: 0,
+                oldest_age_seconds: None,
+            }),
+        }
+    }
+
+    fn condition<'a>(s: &'a ComputedStatus, t: &str) -> &'a Desired {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t}"))
+    }
+
+    #[test]
+    fn everything_ready_means_ready_and_not_degraded() {
+        let s = compute(&observation());
+        assert!(condition(&s, types::READY).status);
+        assert!(!condition(&s, types::DEGRADED).status);
+        assert_eq!(s.topic.partitions, Some(6));
+        assert_eq!(s.producers.summary, "3/3");
+        assert_eq!(s.groups_summary, "1/1");
+    }
+
+    #[test]
+    fn pods_not_ready_make_ready_false_with_counts() {
+        let mut obs = observation();
+        obs.producers = (0, 3);
+        obs.groups[0].ready = 1;
+        let s = compute(&obs);
+        let ready = condition(&s, types::READY);
+        assert!(!ready.status);
+        assert_eq!(ready.reason, "ProducersNotReady");
+        assert!(
+            ready.message.contains("0/3 producer pods"),
+            "{}",
+            ready.message
+        );
+        assert!(condition(&s, types::CONSUMERS_READY)
+            .message
+            .contains("group-a 1/3"));
+        assert_eq!(s.groups_summary, "0/1");
+    }
+
+    #[test]
+    fn topic_conflict_is_reported_as_degraded() {
+        let mut obs = observation();
+        obs.topic.conflicts = vec!["spec.topic.partitions is 4 but ...".into()];
+        let s = compute(&obs);
+        assert_eq!(condition(&s, types::TOPIC_READY).reason, "TopicConflict");
+        assert!(condition(&s, types::DEGRADED).status);
+        assert_eq!(condition(&s, types::READY).reason, "TopicNotReady");
+    }
+
+    #[test]
+    fn unknown_backlog_is_said_and_left_empty() {
+        let mut obs = observation();
+        obs.backlog = Err(BacklogUnavailable {
+            reason: "BacklogViewMissing",
+            message: "the view outbox_backlog does not exist yet".into(),
+        });
+        let s = compute(&obs);
+        assert!(s.backlog.is_none());
+        let c = condition(&s, types::BACKLOG_OBSERVED);
+        assert!(!c.status);
+        assert_eq!(c.reason, "BacklogViewMissing");
+        assert!(
+            condition(&s, types::READY).status,
+            "backlog does not gate readiness"
+        );
+    }
+}

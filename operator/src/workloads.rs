@@ -1,0 +1,731 @@
+//! Desired child objects of an OutboxSystem (pure functions, no client): the producer
+//! Deployment and Service, one Deployment and Service per consumer group, and the
+//! ConfigMap with the non-secret settings.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::{ConsumerGroupSpec, OutboxSystem, OutboxSystemSpec};
+
+/// Name of the worker binary in the image.
+pub const WORKER_BINARY: &str = "outbox-worker";
+/// Default worker image repository; the tag is the operator's version.
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/outbox-dev/outbox-worker";
+/// Producer health endpoint.
+pub const PRODUCER_HEALTH_PATH: &str = "/api/messages/health";
+/// Consumer health endpoint.
+pub const CONSUMER_HEALTH_PATH: &str = "/api/consumer/health";
+/// Label naming the OutboxSystem a child belongs to.
+pub const SYSTEM_LABEL: &str = "outbox.dev/system";
+/// Label naming the consumer group of a consumer child.
+pub const GROUP_LABEL: &str = "outbox.dev/group";
+/// Label naming the role (`producer`, `consumer`, `loadtest`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Pod-template annotation carrying a hash of the ConfigMap's data, so that a config
+/// change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "outbox.dev/config-hash";
+
+/// The worker image of the default release.
+pub fn default_image() -> String {
+    format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Name of the producer Deployment and Service.
+pub fn producer_name(system: &str) -> String {
+    format!("{system}-producer")
+}
+
+/// Name of a consumer group's Deployment and Service.
+pub fn consumer_name(system: &str, group: &str) -> String {
+    format!("{system}-consumer-{group}")
+}
+
+/// Name of the ConfigMap with the non-secret settings.
+pub fn config_map_name(system: &str) -> String {
+    format!("{system}-config")
+}
+
+/// Everything the builders need from the OutboxSystem's metadata.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// Name of the OutboxSystem.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Controller owner reference pointing at it.
+    pub owner_ref: OwnerReference,
+}
+
+/// All children of one OutboxSystem.
+#[derive(Debug, Clone)]
+pub struct Children {
+    /// The ConfigMap with the non-secret settings.
+    pub config_map: ConfigMap,
+    /// The producer Deployment.
+    pub producer: Deployment,
+    /// The producer Service.
+    pub producer_service: Service,
+    /// One Deployment per consumer group, in spec order.
+    pub consumers: Vec<Deployment>,
+    /// One Service per consumer group, in spec order.
+    pub consumer_services: Vec<Service>,
+}
+
+/// Builds every child of `system`.
+pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
+    let config_map = config_map(owner, spec);
+    let config_hash = hash_config(&config_map);
+    Children {
+        producer: producer_deployment(owner, spec, &config_hash),
+        producer_service: service(
+            owner,
+            &producer_name(&owner.name),
+            labels(owner, "producer", None),
+            spec.producers.port,
+            false,
+        ),
+        consumers: spec
+            .consumers
+            .groups
+            .iter()
+            .map(|g| consumer_deployment(owner, spec, g, &config_hash))
+            .collect(),
+        consumer_services: spec
+            .consumers
+            .groups
+            .iter()
+            .map(|g| {
+                service(
+                    owner,
+                    &consumer_name(&owner.name, &g.name),
+                    labels(owner, "consumer", Some(&g.name)),
+                    spec.consumers.port,
+                    true,
+                )
+            })
+            .collect(),
+        config_map,
+    }
+}
+
+/// Labels of a child (and the selector of its pods).
+pub fn labels(owner: &Owner, component: &str, group: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            WORKER_BINARY.to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), owner.name.clone()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "outbox-operator".to_string(),
+        ),
+        (COMPONENT_LABEL.to_string(), component.to_string()),
+        (SYSTEM_LABEL.to_string(), owner.name.clone()),
+    ]);
+    if let Some(group) = group {
+        labels.insert(GROUP_LABEL.to_string(), group.to_string());
+    }
+    labels
+}
+
+fn meta(owner: &Owner, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(owner.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(vec![owner.owner_ref.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The non-secret settings every worker of the system reads (through `envFrom`).
+pub fn config_map(owner: &Owner, spec: &OutboxSystemSpec) -> ConfigMap {
+    let data = BTreeMap::from([
+        (
+            "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+            spec.kafka.bootstrap_servers.clone(),
+        ),
+        ("KAFKA_TOPICS".to_string(), spec.topic.name.clone()),
+        (
+            "RUST_LOG".to_string(),
+            spec.log_level.clone().unwrap_or_else(|| "info".to_string()),
+        ),
+    ]);
+    ConfigMap {
+        metadata: meta(
+            owner,
+            &config_map_name(&owner.name),
+            labels(owner, "config", None),
+        ),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+fn hash_config(config_map: &ConfigMap) -> String {
+    let mut hasher = DefaultHasher::new();
+    config_map.data.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+fn plain_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+/// Environment shared by every role: pod name as SERVICE_ID, the database URL from the
+/// referenced Secret key, and the HTTP port.
+pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
+    vec![
+        EnvVar {
+            name: "SERVICE_ID".to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        EnvVar {
+            name: "DATABASE_URL".to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: spec.database.url_secret_ref.name.clone(),
+                    key: spec.database.url_secret_ref.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        plain_env("HTTP_PORT", port.to_string()),
+    ]
+}
+
+/// `envFrom`: the ConfigMap, and the Kafka client-settings Secret when there is one.
+pub fn env_from(system: &str, spec: &OutboxSystemSpec) -> Vec<EnvFromSource> {
+    let mut sources = vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: config_map_name(system),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }];
+    if let Some(secret) = &spec.kafka.client_settings_secret_ref {
+        sources.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.name.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        });
+    }
+    sources
+}
+
+/// The locked-down container security context every worker runs with.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod security context every worker runs with.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// A writable `/tmp` (the root filesystem is read-only).
+fn tmp_volume() -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "tmp".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "tmp".to_string(),
+            mount_path: "/tmp".to_string(),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// An HTTP probe on the container's named port `http`.
+fn probe(path: &str, initial_delay: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+struct PodParams<'a> {
+    component: &'a str,
+    group: Option<&'a str>,
+    image: String,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    port: i32,
+    health_path: &'a str,
+    resources: Option<ResourceRequirements>,
+    replicas: i32,
+    name: String,
+}
+
+fn deployment(
+    owner: &Owner,
+    spec: &OutboxSystemSpec,
+    params: PodParams<'_>,
+    config_hash: &str,
+) -> Deployment {
+    let labels = labels(owner, params.component, params.group);
+    let (volume, mount) = tmp_volume();
+    let container = Container {
+        name: params.component.to_string(),
+        image: Some(params.image),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec![WORKER_BINARY.to_string()]),
+        args: Some(params.args),
+        env: Some(params.env),
+        env_from: Some(env_from(&owner.name, spec)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".to_string()),
+            container_port: params.port,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe(params.health_path, 10, 6)),
+        readiness_probe: Some(probe(params.health_path, 2, 3)),
+        resources: params.resources,
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![mount]),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(owner, &params.name, labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(params.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(pod_security_context()),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![volume]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The producer Deployment.
+pub fn producer_deployment(
+    owner: &Owner,
+    spec: &OutboxSystemSpec,
+    config_hash: &str,
+) -> Deployment {
+    let mut env = common_env(spec, spec.producers.port);
+    env.push(plain_env(
+        "RELAY_BATCH_SIZE",
+        spec.producers.batching.batch_size.to_string(),
+    ));
+    env.push(plain_env(
+        "RELAY_LINGER_MS",
+        spec.producers.batching.linger_ms.to_string(),
+    ));
+    let image = spec
+        .producers
+        .image
+        .clone()
+        .or_else(|| spec.image.clone())
+        .unwrap_or_else(default_image);
+    deployment(
+        owner,
+        spec,
+        PodParams {
+            component: "producer",
+            group: None,
+            image,
+            args: vec!["producer".to_string()],
+            env,
+            port: spec.producers.port,
+            health_path: PRODUCER_HEALTH_PATH,
+            resources: spec.producers.resources.clone(),
+            replicas: spec.producers.replicas,
+            name: producer_name(&owner.name),
+        },
+        config_hash,
+    )
+}
+
+/// The Deployment of one consumer group.
+pub fn consumer_deployment(
+    owner: &Owner,
+    spec: &OutboxSystemSpec,
+    group: &ConsumerGroupSpec,
+    config_hash: &str,
+) -> Deployment {
+    let mut env = common_env(spec, spec.consumers.port);
+    env.push(plain_env("KAFKA_CONSUMER_GROUP", group.name.clone()));
+    env.push(plain_env(
+        "RETRY_MAX_RETRIES",
+        group.retry.max_retries.to_string(),
+    ));
+    env.push(plain_env(
+        "RETRY_BACKOFF_MS",
+        group.retry.backoff_ms.to_string(),
+    ));
+    env.push(plain_env(
+        "RETRY_MAX_BACKOFF_MS",
+        group.retry.max_backoff_ms.to_string(),
+    ));
+    if let Some(topic) = &group.dead_letter_topic {
+        env.push(plain_env("DEAD_LETTER_TOPIC", topic.clone()));
+    }
+    let image = spec
+        .consumers
+        .image
+        .clone()
+        .or_else(|| spec.image.clone())
+        .unwrap_or_else(default_image);
+    deployment(
+        owner,
+        spec,
+        PodParams {
+            component: "consumer",
+            group: Some(&group.name),
+            image,
+            args: vec!["consumer".to_string()],
+            env,
+            port: spec.consumers.port,
+            health_path: CONSUMER_HEALTH_PATH,
+            resources: spec.consumers.resources.clone(),
+            replicas: group.replicas,
+            name: consumer_name(&owner.name, &group.name),
+        },
+        config_hash,
+    )
+}
+
+fn service(
+    owner: &Owner,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    port: i32,
+    headless: bool,
+) -> Service {
+    Service {
+        metadata: meta(owner, name, labels.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(labels),
+            cluster_ip: headless.then(|| "None".to_string()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".to_string()),
+                port,
+                target_port: Some(IntOrString::String("http".to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Builds the owner description of `system` (None when the API server has not given it
+/// a name, namespace or uid yet).
+pub fn owner_of(system: &OutboxSystem) -> Option<Owner> {
+    use kube::Resource;
+    Some(Owner {
+        name: system.metadata.name.clone()?,
+        namespace: system.metadata.namespace.clone()?,
+        owner_ref: system.controller_owner_ref(&())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::*;
+
+    pub(crate) fn reference_spec() -> OutboxSystemSpec {
+        let group = |name: &str, replicas| ConsumerGroupSpec {
+            name: name.to_string(),
+            replicas,
+            retry: RetrySpec::default(),
+            dead_letter_topic: None,
+        };
+        OutboxSystemSpec {
+            paused: false,
+            image: None,
+            image_pull_policy: None,
+            log_level: None,
+            kafka: KafkaSpec {
+                bootstrap_servers: "kafka:9092".into(),
+                client_settings_secret_ref: Some(SecretRef {
+                    name: "kafka-client".into(),
+                }),
+            },
+            database: DatabaseSpec {
+                url_secret_ref: SecretKeyRef {
+                    name: "outbox-postgres".into(),
+                    key: "url".into(),
+                },
+            },
+            topic: TopicSpec {
+                name: "shared-events".into(),
+                partitions: 6,
+                replication_factor: 1,
+                config: BTreeMap::new(),
+                deletion_policy: DeletionPolicy::Retain,
+            },
+            producers: ProducersSpec {
+                replicas: 3,
+                ..ProducersSpec::default()
+            },
+            consumers: ConsumersSpec {
+                groups: vec![
+                    group("group-a", 3),
+                    group("group-b", 2),
+                    group("group-c", 1),
+                ],
+                ..ConsumersSpec::default()
+            },
+        }
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            name: "demo".into(),
+            namespace: "ns".into(),
+            owner_ref: OwnerReference {
+                api_version: "outbox.dev/v1alpha1".into(),
+                kind: "OutboxSystem".into(),
+                name: "demo".into(),
+                uid: "uid-1".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        }
+    }
+
+    fn env_value(d: &Deployment, name: &str) -> Option<String> {
+        d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    }
+
+    #[test]
+    fn reference_topology_gives_one_producer_and_three_consumer_deployments() {
+        let children = build(&owner(), &reference_spec());
+        assert_eq!(
+            children.producer.metadata.name.as_deref(),
+            Some("demo-producer")
+        );
+        assert_eq!(
+            children.producer.spec.as_ref().and_then(|s| s.replicas),
+            Some(3)
+        );
+        let consumers: Vec<(String, i32)> = children
+            .consumers
+            .iter()
+            .map(|d| {
+                (
+                    d.metadata.name.clone().unwrap_or_default(),
+                    d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(-1),
+                )
+            })
+            .collect();
+        assert_eq!(
+            consumers,
+            vec![
+                ("demo-consumer-group-a".to_string(), 3),
+                ("demo-consumer-group-b".to_string(), 2),
+                ("demo-consumer-group-c".to_string(), 1)
+            ]
+        );
+        assert_eq!(children.consumer_services.len(), 3);
+    }
+
+    #[test]
+    fn consumer_env_carries_group_and_retry_policy() {
+        let children = build(&owner(), &reference_spec());
+        let b = &children.consumers[1];
+        assert_eq!(
+            env_value(b, "KAFKA_CONSUMER_GROUP").as_deref(),
+            Some("group-b")
+        );
+        assert_eq!(env_value(b, "RETRY_MAX_RETRIES").as_deref(), Some("-1"));
+        assert_eq!(env_value(b, "HTTP_PORT").as_deref(), Some("8080"));
+        assert_eq!(env_value(b, "DEAD_LETTER_TOPIC"), None);
+        let args = b
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].args.clone());
+        assert_eq!(args, Some(Some(vec!["consumer".to_string()])));
+    }
+
+    #[test]
+    fn database_url_comes_only_from_the_secret() {
+        let children = build(&owner(), &reference_spec());
+        let container = &children
+            .producer
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .map(|p| p.containers[0].clone());
+        let Some(container) = container else {
+            panic!("no container")
+        };
+        let db = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "DATABASE_URL");
+        let secret = db
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref());
+        assert_eq!(
+            secret.map(|s| (s.name.as_str(), s.key.as_str())),
+            Some(("outbox-postgres", "url"))
+        );
+        assert!(db.and_then(|e| e.value.as_ref()).is_none());
+        let from = container.env_from.clone().unwrap_or_default();
+        assert_eq!(
+            from[0].config_map_ref.as_ref().map(|c| c.name.as_str()),
+            Some("demo-config")
+        );
+        assert_eq!(
+            from[1].secret_ref.as_ref().map(|c| c.name.as_str()),
+            Some("kafka-client")
+        );
+        let data = children.config_map.data.unwrap_or_default();
+        assert_eq!(data["KAFKA_TOPICS"], "shared-events");
+        assert!(!data.values().any(|v| v.contains("postgres://")));
+    }
+
+    #[test]
+    fn pods_are_locked_down_and_probed() {
+        let children = build(&owner(), &reference_spec());
+        let pod = children.producer.spec.and_then(|s| s.template.spec);
+        let Some(pod) = pod else {
+            panic!("no pod spec")
+        };
+        let c = &pod.containers[0];
+        let sc = c.security_context.clone().unwrap_or_default();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(
+            path(&c.liveness_probe).as_deref(),
+            Some(PRODUCER_HEALTH_PATH)
+        );
+        assert_eq!(
+            path(&c.readiness_probe).as_deref(),
+            Some(PRODUCER_HEALTH_PATH)
+        );
+        assert_eq!(c.image.as_deref(), Some(default_image().as_str()));
+    }
+
+    #[test]
+    fn every_child_is_controlled_by_the_system() {
+        let children = build(&owner(), &reference_spec());
+        let metas = [
+            &children.config_map.metadata,
+            &children.producer.metadata,
+            &children.producer_service.metadata,
+        ]
+        .into_iter()
+        .chain(children.consumers.iter().map(|d| &d.metadata))
+        .chain(children.consumer_services.iter().map(|s| &s.metadata));
+        for m in metas {
+            let refs = m.owner_references.clone().unwrap_or_default();
+            assert_eq!(refs.len(), 1, "{:?}", m.name);
+            assert_eq!(refs[0].controller, Some(true));
+        }
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template_hash() {
+        let mut spec = reference_spec();
+        let before = build(&owner(), &spec);
+        spec.kafka.bootstrap_servers = "other:9092".into();
+        let after = build(&owner(), &spec);
+        let hash = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+        };
+        assert_ne!(hash(&before.producer), hash(&after.producer));
+    }
+}

@@ -1,0 +1,760 @@
+//! The operator against the testbed's real kube-apiserver (with kube-controller-manager
+//! for garbage collection) and real Kafka. One namespace per test; the operator runs
+//! in-process scoped to that namespace, or as the built binary for the restart test.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
+use outbox_operator::metrics::Metrics;
+use outbox_operator::{Context, Scope, Settings};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use testbed_support::{eventually, testbed, unique_name};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Installs the CRDs from `crds/` (server-side apply) and waits until they are Established.
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in ["crds/outboxsystem.yaml", "crds/loadtest.yaml"] {
+        let text =
+            std::fs::read_to_string(repo_file(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        eventually(&format!("CRD {name} Established"), WAIT, || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// A client, the CRDs installed, and a fresh namespace holding the database Secret.
+async fn setup(prefix: &str) -> (Client, String) {
+    let client = testbed()
+        .kube_client()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    install_crds(&client).await;
+    let namespace = unique_name(prefix);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace: {e}"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("outbox-postgres".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "url".to_string(),
+            ByteString(testbed().database_url.clone().into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("creating Secret: {e}"));
+    (client, namespace)
+}
+
+/// The operator running in this test's runtime, stopped when dropped.
+struct InProcessOperator {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for InProcessOperator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+fn start_operator(client: &Client, namespace: &str) -> InProcessOperator {
+    let settings = Settings {
+        status_refresh: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let ctx = Context::new(client.clone(), Metrics::default(), settings);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scope = Scope::Namespace(namespace.to_string());
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = outbox_operator::run(ctx, scope, shutdown).await {
+            panic!("operator stopped with an error: {e}");
+        }
+    });
+    InProcessOperator {
+        task,
+        stop: Some(stop),
+    }
+}
+
+/// The operator binary as a child process, killed when dropped (also on test failure).
+struct OperatorProcess {
+    child: Child,
+    metrics_port: u16,
+}
+
+impl OperatorProcess {
+    fn spawn(namespace: &str, log_name: &str) -> Self {
+        let metrics_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("finding a free port: {e}"));
+        let log = std::env::temp_dir().join(format!("{log_name}.log"));
+        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_operator"))
+            .args(["--namespace", namespace])
+            .args([
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
+            .args(["--status-refresh-seconds", "5"])
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .env("LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the operator binary: {e}"));
+        OperatorProcess {
+            child,
+            metrics_port,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        body.starts_with("HTTP/1.1 200").then_some(body)
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference OutboxSystem from `manifests/`, pointed at the testbed's Kafka with a
+/// topic of its own.
+fn reference_system(topic: &str) -> OutboxSystem {
+    let text = std::fs::read_to_string(repo_file("manifests/outbox-system.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut system: OutboxSystem = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    system.spec.kafka.bootstrap_servers = testbed().kafka_bootstrap_servers.clone();
+    system.spec.topic.name = topic.to_string();
+    system
+}
+
+async fn create_system(
+    client: &Client,
+    namespace: &str,
+    system: &OutboxSystem,
+) -> Api<OutboxSystem> {
+    let api: Api<OutboxSystem> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), system)
+        .await
+        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
+    api
+}
+
+/// Partitions of `topic` in the testbed's Kafka (None: no such topic). Lists all topics,
+/// which never auto-creates one.
+async fn kafka_partitions(topic: &str) -> Option<usize> {
+    let config = testbed().kafka_config();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().ok()?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .ok()?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+fn env_of(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| {
+            p.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .map(|e| {
+                    (
+                        e.name.clone(),
+                        e.value.clone().unwrap_or_else(|| "<from>".into()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn condition(system: &OutboxSystem, type_: &str) -> Option<(String, String, String)> {
+    system
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn delete_namespace(client: &Client, namespace: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_grow() {
+    let (client, ns) = setup("obs-ref").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("shared-events");
+    let systems = create_system(&client, &ns, &reference_system(&topic)).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+
+    // Deployments with the reference replicas and the worker contract's env.
+    let producer = eventually("the producer Deployment", WAIT, || {
+        let d = deployments.clone();
+        async move { d.get_opt("outbox-producer").await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(producer.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    let env = env_of(&producer);
+    assert_eq!(
+        env.get("RELAY_BATCH_SIZE").map(String::as_str),
+        Some("10000")
+    );
+    assert_eq!(env.get("DATABASE_URL").map(String::as_str), Some("<from>"));
+    assert_eq!(env.get("HTTP_PORT").map(String::as_str), Some("8080"));
+    for (group, replicas) in [("group-a", 3), ("group-b", 2), ("group-c", 1)] {
+        let name = format!("outbox-consumer-{group}");
+        let d = eventually(&format!("Deployment {name}"), WAIT, || {
+            let api = deployments.clone();
+            let name = name.clone();
+            async move { api.get_opt(&name).await.ok().flatten() }
+        })
+        .await;
+        assert_eq!(
+            d.spec.as_ref().and_then(|s| s.replicas),
+            Some(replicas),
+            "{name}"
+        );
+        let env = env_of(&d);
+        assert_eq!(
+            env.get("KAFKA_CONSUMER_GROUP").map(String::as_str),
+            Some(group)
+        );
+        assert_eq!(env.get("RETRY_MAX_RETRIES").map(String::as_str), Some("-1"));
+        let owner = d.metadata.owner_references.clone().unwrap_or_default();
+        assert_eq!(owner.first().map(|o| o.kind.as_str()), Some("OutboxSystem"));
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let config = config_maps
+        .get("outbox-config")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.data.unwrap_or_default().get("KAFKA_TOPICS"),
+        Some(&topic)
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let service_names: Vec<String> = services
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|s| s.name_any())
+        .collect();
+    for wanted in [
+        "outbox-producer",
+        "outbox-consumer-group-a",
+        "outbox-consumer-group-b",
+        "outbox-consumer-group-c",
+    ] {
+        assert!(
+            service_names.iter().any(|s| s == wanted),
+            "{wanted} not in {service_names:?}"
+        );
+    }
+
+    // The topic in the real Kafka, and the status saying so.
+    eventually("6 partitions in Kafka", WAIT, || {
+        let topic = topic.clone();
+        async move { (kafka_partitions(&topic).await == Some(6)).then_some(()) }
+    })
+    .await;
+    let system = eventually("status with TopicReady and 6 partitions", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            let status = s.status.as_ref()?;
+            let ok = status.topic.as_ref()?.partitions == Some(6)
+                && condition(&s, "TopicReady")?.0 == "True"
+                && status.observed_generation == s.metadata.generation;
+            ok.then_some(s)
+        }
+    })
+    .await;
+    let (ready, reason, _) = condition(&system, "Ready").unwrap_or_default();
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "ProducersNotReady"),
+        "no kubelet: no pod is ever ready"
+    );
+    let (status, _, message) = condition(&system, "ProducersReady").unwrap_or_default();
+    assert_eq!(status, "False");
+    assert!(message.contains("0/3"), "{message}");
+    assert_eq!(
+        condition(&system, "Degraded").map(|c| c.0),
+        Some("False".into())
+    );
+    let status = system.status.clone().unwrap_or_default();
+    assert_eq!(status.producers.map(|p| (p.ready, p.desired)), Some((0, 3)));
+    let groups: Vec<(String, i32)> = status
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.desired))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("group-a".to_string(), 3),
+            ("group-b".to_string(), 2),
+            ("group-c".to_string(), 1)
+        ]
+    );
+    assert!(
+        status.groups.iter().all(|g| g.lag == Some(0)),
+        "empty topic, no lag: {:?}",
+        status.groups
+    );
+    let backlog = condition(&system, "BacklogObserved").unwrap_or_default();
+    assert!(
+        backlog.0 == "True" || backlog.1 == "BacklogViewMissing",
+        "{backlog:?}"
+    );
+
+    // Raise partitions to 8: Kafka follows.
+    let raise = serde_json::json!({"spec": {"topic": {"partitions": 8}}});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&raise))
+        .await
+        .unwrap_or_else(|e| panic!("raising partitions: {e}"));
+    eventually("8 partitions in Kafka", WAIT, || {
+        let topic = topic.clone();
+        async move { (kafka_partitions(&topic).await == Some(8)).then_some(()) }
+    })
+    .await;
+    eventually("status with 8 partitions", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            (s.status?.topic?.partitions == Some(8)).then_some(())
+        }
+    })
+    .await;
+
+    // Lower them: the API server refuses, naming the field.
+    let lower = serde_json::json!({"spec": {"topic": {"partitions": 4}}});
+    let refused = systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&lower))
+        .await;
+    let message = match refused {
+        Err(kube::Error::Api(s)) => s.message,
+        other => panic!("lowering partitions was not refused: {other:?}"),
+    };
+    assert!(message.contains("spec.topic.partitions"), "{message}");
+    assert_eq!(kafka_partitions(&topic).await, Some(8));
+
+    // A removed consumer group loses its Deployment.
+    let fewer = serde_json::json!({"spec": {"consumers": {"groups": [
+        {"name": "group-a", "replicas": 3, "retry": {"maxRetries": -1}},
+        {"name": "group-b", "replicas": 2, "retry": {"maxRetries": -1}}
+    ]}}});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&fewer))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("group-c's Deployment deleted", WAIT, || {
+        let api = deployments.clone();
+        async move {
+            api.get_opt("outbox-consumer-group-c")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
+    let (client, ns) = setup("obs-invalid").await;
+    let api: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
+    let base = || {
+        let mut v = serde_json::to_value(reference_system("invalid-topic")).unwrap_or_default();
+        v["metadata"]["name"] = "bad".into();
+        v
+    };
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "partitions 0",
+            {
+                let mut v = base();
+                v["spec"]["topic"]["partitions"] = 0.into();
+                v
+            },
+            "spec.topic.partitions",
+        ),
+        (
+            "producer replicas -1",
+            {
+                let mut v = base();
+                v["spec"]["producers"]["replicas"] = (-1).into();
+                v
+            },
+            "spec.producers.replicas",
+        ),
+        (
+            "group replicas -1",
+            {
+                let mut v = base();
+                v["spec"]["consumers"]["groups"][0]["replicas"] = (-1).into();
+                v
+            },
+            "spec.consumers.groups[0].replicas",
+        ),
+        (
+            "maxRetries -2",
+            {
+                let mut v = base();
+                v["spec"]["consumers"]["groups"][1]["retry"]["maxRetries"] = (-2).into();
+                v
+            },
+            "spec.consumers.groups[1].retry.maxRetries",
+        ),
+        (
+            "duplicate group names",
+            {
+                let mut v = base();
+                v["spec"]["consumers"]["groups"][2]["name"] = "group-a".into();
+                v
+            },
+            "spec.consumers.groups",
+        ),
+    ];
+    for (what, body, field) in cases {
+        let system: OutboxSystem =
+            serde_json::from_value(body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        match api.create(&PostParams::default(), &system).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{what}: {status:?}");
+                assert!(
+                    status.message.contains(field),
+                    "{what}: {:?} does not name {field}",
+                    status.message
+                );
+                if what == "duplicate group names" {
+                    assert!(
+                        status.message.contains("group names must be unique"),
+                        "{}",
+                        status.message
+                    );
+                }
+            }
+            other => panic!("{what} was not refused: {other:?}"),
+        }
+    }
+    let valid: OutboxSystem = serde_json::from_value(base()).unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &valid)
+        .await
+        .unwrap_or_else(|e| panic!("the valid base spec was refused: {e}"));
+    delete_namespace(&client, &ns).await;
+}
+
+async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) {
+    let (client, ns) = setup(&format!("obs-del-{}", policy.to_lowercase())).await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("del-events");
+    let mut system = reference_system(&topic);
+    system.spec.topic.deletion_policy =
+        serde_json::from_value(policy.into()).unwrap_or_else(|e| panic!("{e}"));
+    let systems = create_system(&client, &ns, &system).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually("topic created", WAIT, || {
+        let topic = topic.clone();
+        async move { kafka_partitions(&topic).await.map(|_| ()) }
+    })
+    .await;
+    eventually("four Deployments", WAIT, || {
+        let api = deployments.clone();
+        async move { (api.list(&ListParams::default()).await.ok()?.items.len() == 4).then_some(()) }
+    })
+    .await;
+    systems
+        .delete("outbox", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the OutboxSystem gone (finalizer released)", WAIT, || {
+        let api = systems.clone();
+        async move { api.get_opt("outbox").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    eventually("Deployments garbage-collected", WAIT, || {
+        let api = deployments.clone();
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually("ConfigMap garbage-collected", WAIT, || {
+        let api = config_maps.clone();
+        async move {
+            api.get_opt("outbox-config")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    // Give a Delete time to show in metadata before reading the outcome.
+    let partitions = if policy == "Delete" {
+        eventually("topic deleted", WAIT, || {
+            let topic = topic.clone();
+            async move { kafka_partitions(&topic).await.is_none().then_some(()) }
+        })
+        .await;
+        None
+    } else {
+        kafka_partitions(&topic).await
+    };
+    delete_namespace(&client, &ns).await;
+    (partitions, topic)
+}
+
+#[tokio::test]
+async fn deleting_a_system_collects_its_children_and_retains_the_topic() {
+    let (partitions, topic) = delete_system_and_check_topic("Retain").await;
+    assert_eq!(partitions, Some(6), "topic {topic} should be kept");
+}
+
+#[tokio::test]
+async fn deleting_a_system_with_delete_policy_deletes_the_topic() {
+    let (partitions, topic) = delete_system_and_check_topic("Delete").await;
+    assert_eq!(partitions, None, "topic {topic} should be gone");
+}
+
+fn small_loadtest(name: &str, system: &str) -> LoadTest {
+    let text = std::fs::read_to_string(repo_file("manifests/loadtest-small.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut lt: LoadTest = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    lt.metadata.name = Some(name.to_string());
+    lt.spec.system_ref.name = system.to_string();
+    lt
+}
+
+#[tokio::test]
+async fn loadtest_for_a_missing_system_gets_system_not_found_and_no_job() {
+    let (client, ns) = setup("lt-missing").await;
+    let _operator = start_operator(&client, &ns);
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(
+            &PostParams::default(),
+            &small_loadtest("orphan", "no-such-system"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lt = eventually("SystemNotFound condition", WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let lt = api.get("orphan").await.ok()?;
+            let found = lt.status.as_ref()?.conditions.iter().any(|c| {
+                c.type_ == "Scheduled" && c.status == "False" && c.reason == "SystemNotFound"
+            });
+            found.then_some(lt)
+        }
+    })
+    .await;
+    let message = lt.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("no-such-system"), "{message}");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .items
+        .is_empty());
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_not_flap() {
+    let (client, ns) = setup("lt-restart").await;
+    let mut operator = OperatorProcess::spawn(&ns, &format!("{ns}-operator-1"));
+    let topic = unique_name("lt-events");
+    create_system(&client, &ns, &reference_system(&topic)).await;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(&PostParams::default(), &small_loadtest("small", "outbox"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = eventually("the runner Job", WAIT, || {
+        let api = jobs.clone();
+        async move { api.get_opt("small-run").await.ok().flatten() }
+    })
+    .await;
+    let args = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers[0].args.clone());
+    assert_eq!(
+        args,
+        Some(
+            ["loadtest", "--namespace", ns.as_str(), "--name", "small"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        job.owner_references().first().map(|o| o.kind.as_str()),
+        Some("LoadTest")
+    );
+    let before = eventually("phase Pending with jobName", WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let lt = api.get("small").await.ok()?;
+            let status = lt.status.clone()?;
+            (status.phase == Some(LoadTestPhase::Pending)
+                && status.job_name.as_deref() == Some("small-run"))
+            .then_some(status)
+        }
+    })
+    .await;
+    let health = eventually("/healthz", WAIT, || operator.get("/healthz")).await;
+    assert!(health.ends_with("ok"), "{health}");
+
+    // Restart: kill the process, start a new one, make it reconcile the LoadTest again.
+    drop(operator);
+    operator = OperatorProcess::spawn(&ns, &format!("{ns}-operator-2"));
+    let poke = serde_json::json!({"metadata": {"annotations": {"test/poke": "1"}}});
+    loadtests
+        .patch("small", &PatchParams::default(), &Patch::Merge(&poke))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the restarted operator reconciled LoadTests", WAIT, || {
+        let operator = &operator;
+        async move {
+            let metrics = operator.get("/metrics").await?;
+            metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("outbox_operator_reconciliations_total{controller=\"loadtest\"}")
+                        && !l.ends_with(" 0")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all_jobs = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = all_jobs.iter().map(|j| j.name_any()).collect();
+    assert_eq!(names, ["small-run"], "exactly one Job");
+    assert_eq!(
+        all_jobs.items[0].uid(),
+        job.uid(),
+        "the same Job, not a new one"
+    );
+    let after = loadtests
+        .get("small")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status
+        .unwrap_or_default();
+    assert_eq!(after.phase, Some(LoadTestPhase::Pending));
+    assert_eq!(
+        after.conditions, before.conditions,
+        "conditions did not flap across the restart"
+    );
+    drop(operator);
+    delete_namespace(&client, &ns).await;
+}
