@@ -67,3 +67,6 @@ kind-load: images ## load both images into the kind cluster
 kind-install: kind-load ## helm install the chart into the kind cluster
 	helm upgrade --install outbox-operator charts/outbox-operator --namespace outbox-system --create-namespace \
 	  --set loadtest.namespaces='{default}' --wait
+
+demo: ## the main job: testbed up, chart installed, reference OutboxSystem + LoadTest run and verified
+	scripts/demo.sh
