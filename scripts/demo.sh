@@ -58,7 +58,7 @@ done
 
 step "build (release)"
 cargo build --release -p outbox-operator -p outbox-workers --bins
-BIN=$REPO_ROOT/target/release
+BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
 
 step "helm install the chart (CRDs, RBAC, operator Deployment)"
 helm upgrade --install outbox-operator charts/outbox-operator --namespace outbox-system --create-namespace \
