@@ -22,10 +22,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
-{{- define "outbox-operator.workerImage" -}}
-{{- default (printf "ghcr.io/outbox-dev/outbox-worker:%s" .Chart.AppVersion) .Values.workerImage -}}
-{{- end -}}
-
 {{- define "outbox-operator.loadtestNamespaces" -}}
 {{- if .Values.loadtest.namespaces -}}
 {{- toJson .Values.loadtest.namespaces -}}
