@@ -1,0 +1,148 @@
+//! Settings shared by every role: each one a flag with an environment fallback.
+
+use std::collections::BTreeMap;
+
+/// Settings every role needs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Name of this instance in logs, metrics and the relay's leader record.
+    #[arg(long, env = "SERVICE_ID", default_value = "outbox-worker")]
+    pub service_id: String,
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        value_name = "KAFKA_BOOTSTRAP_SERVERS"
+    )]
+    pub kafka_bootstrap_servers: String,
+    /// PostgreSQL URL, `postgres://user:password@host:port/db`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "DATABASE_URL"
+    )]
+    pub database_url: String,
+    /// Comma-separated topics: the producer accepts messages for these only, the
+    /// consumer subscribes to them.
+    #[arg(
+        long,
+        env = "KAFKA_TOPICS",
+        value_delimiter = ',',
+        required = true,
+        value_name = "KAFKA_TOPICS"
+    )]
+    pub kafka_topics: Vec<String>,
+    /// Port of the HTTP API, health and metrics.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Address the HTTP server binds (all interfaces in a pod; tests use 127.0.0.1).
+    #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0")]
+    pub http_address: std::net::IpAddr,
+}
+
+impl CommonArgs {
+    /// Topics with surrounding blanks and empty entries removed.
+    pub fn topics(&self) -> Vec<String> {
+        clean_topics(&self.kafka_topics)
+    }
+
+    /// Refuses settings that parse but cannot work.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.topics().is_empty() {
+            return Err(crate::Error::Config(
+                "KAFKA_TOPICS (--kafka-topics) names no topic".into(),
+            ));
+        }
+        if self.kafka_bootstrap_servers.trim().is_empty() {
+            return Err(crate::Error::Config(
+                "KAFKA_BOOTSTRAP_SERVERS (--kafka-bootstrap-servers) is empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Trims topic names and drops empty ones.
+pub fn clean_topics(raw: &[String]) -> Vec<String> {
+    raw.iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// rdkafka properties from `KAFKA_CLIENT_<PROPERTY>` variables: the prefix dropped,
+/// underscores become dots, lower case (`KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL` gives
+/// `security.protocol=SASL_SSL`).
+pub fn kafka_client_properties_from<I>(vars: I) -> BTreeMap<String, String>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    vars.into_iter()
+        .filter_map(|(name, value)| {
+            let property = name.strip_prefix("KAFKA_CLIENT_")?;
+            if property.is_empty() {
+                return None;
+            }
+            Some((property.to_lowercase().replace('_', "."), value))
+        })
+        .collect()
+}
+
+/// [`kafka_client_properties_from`] over this process's environment.
+pub fn kafka_client_properties() -> BTreeMap<String, String> {
+    kafka_client_properties_from(std::env::vars())
+}
+
+/// The URL with its password replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_client_variables_become_rdkafka_properties() {
+        let props = kafka_client_properties_from([
+            (
+                "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string(),
+                "SASL_SSL".to_string(),
+            ),
+            (
+                "KAFKA_CLIENT_SASL_MECHANISM".to_string(),
+                "PLAIN".to_string(),
+            ),
+            ("KAFKA_TOPICS".to_string(), "a".to_string()),
+            ("KAFKA_CLIENT_".to_string(), "x".to_string()),
+        ]);
+        assert_eq!(props.len(), 2);
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["sasl.mechanism"], "PLAIN");
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://outbox:secret@127.0.0.1:5432/outbox"),
+            "postgres://outbox:***@127.0.0.1:5432/outbox"
+        );
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn topic_lists_are_trimmed() {
+        let raw = vec![" a".to_string(), String::new(), "b ".to_string()];
+        assert_eq!(clean_topics(&raw), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,497 @@
+//! The consumer role: a Kafka consumer-group member that acknowledges each message into
+//! the ledger, in batches, and commits offsets only once the acknowledgements are
+//! durable.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tokio_postgres::Client;
+use tracing::Instrument;
+
+use crate::config::{kafka_client_properties, CommonArgs};
+use crate::error::{Error, KafkaContext, Result};
+use crate::headers;
+use crate::ledger::{Ack, AckRecorder};
+use crate::metrics::ConsumerMetrics;
+use crate::shutdown::{self, ShutdownSignal};
+
+/// Consumer settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsumerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The consumer group this member joins.
+    #[arg(
+        long,
+        env = "KAFKA_CONSUMER_GROUP",
+        value_name = "KAFKA_CONSUMER_GROUP"
+    )]
+    pub group: String,
+    /// Tries after the first failure before dead-lettering; -1 retries forever.
+    #[arg(long, env = "RETRY_MAX_RETRIES", default_value_t = -1, allow_negative_numbers = true)]
+    pub retry_max_retries: i64,
+    /// First retry delay, doubled on each further try.
+    #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 200)]
+    pub retry_backoff_ms: u64,
+    /// Longest retry delay.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000)]
+    pub retry_max_backoff_ms: u64,
+    /// Where messages go after the last try (must exist); without it the consumer keeps
+    /// retrying rather than drop a message.
+    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// Most messages acknowledged per ledger transaction.
+    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 5_000)]
+    pub batch_size: usize,
+    /// How long a batch waits to fill up.
+    #[arg(long, env = "CONSUMER_BATCH_LINGER_MS", default_value_t = 20)]
+    pub batch_linger_ms: u64,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    database_url: String,
+    group: String,
+    consumer: Arc<StreamConsumer>,
+    metrics: ConsumerMetrics,
+    registry: Arc<Registry>,
+}
+
+/// Runs a consumer-group member until `shutdown`, finishing its in-flight batch.
+pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
+    args.common.validate()?;
+    if args.group.trim().is_empty() {
+        return Err(Error::Config(
+            "KAFKA_CONSUMER_GROUP (--group) is empty".into(),
+        ));
+    }
+    if args.retry_max_retries < -1 {
+        return Err(Error::Config(
+            "RETRY_MAX_RETRIES must be -1 (forever) or at least 0".into(),
+        ));
+    }
+    let span =
+        tracing::info_span!("consumer", service_id = %args.common.service_id, group = %args.group);
+    run_member(args, shutdown).instrument(span).await
+}
+
+async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<()> {
+    let topics = args.common.topics();
+    let mut db = crate::db::connect(&args.common.database_url).await?;
+    crate::schema::migrate(&mut db).await?;
+    let base = crate::kafka::client_config(
+        &args.common.kafka_bootstrap_servers,
+        &kafka_client_properties(),
+    );
+    let mut required = topics.clone();
+    required.extend(args.dead_letter_topic.iter().cloned());
+    crate::kafka::check_topics_async(&base, &required, Duration::from_secs(10)).await?;
+
+    let mut config = base.clone();
+    config
+        .set("group.id", &args.group)
+        .set("client.id", &args.common.service_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("enable.partition.eof", "false");
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(config.create().kafka("creating the Kafka consumer")?);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .kafka("subscribing to the topics")?;
+    let dead_letters = match &args.dead_letter_topic {
+        Some(topic) => Some((topic.clone(), crate::kafka::relay_producer(&base)?)),
+        None => None,
+    };
+
+    let metrics = ConsumerMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let health = HealthState {
+        database_url: args.common.database_url.clone(),
+        group: args.group.clone(),
+        consumer: consumer.clone(),
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+    };
+    let address = SocketAddr::new(args.common.http_address, args.common.http_port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("binding the HTTP port {address}"),
+            source,
+        })?;
+    let app = Router::new()
+        .route("/api/consumer/health", get(health_check))
+        .route("/metrics", get(render_metrics))
+        .with_state(health);
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown::wait(&mut http_shutdown).await })
+            .await
+    });
+    let lag = tokio::spawn(
+        track_lag(consumer.clone(), metrics.clone(), shutdown.clone()).in_current_span(),
+    );
+    tracing::info!(%address, topics = ?topics, "consumer started");
+
+    let mut member = Member {
+        args: &args,
+        consumer: &consumer,
+        db: Some(db),
+        recorder: AckRecorder::new(args.group.clone()),
+        metrics: &metrics,
+        dead_letters,
+    };
+    let result = member.consume(&mut shutdown).await;
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "final offset commit");
+    }
+    consumer.unsubscribe();
+    let _ = server.await;
+    lag.abort();
+    tracing::info!("consumer stopped");
+    result
+}
+
+struct Member<'a> {
+    args: &'a ConsumerArgs,
+    consumer: &'a StreamConsumer,
+    db: Option<Client>,
+    recorder: AckRecorder,
+    metrics: &'a ConsumerMetrics,
+    dead_letters: Option<(String, FutureProducer)>,
+}
+
+enum Outcome {
+    Recorded,
+    DeadLettered,
+    Stopped,
+}
+
+impl Member<'_> {
+    async fn consume(&mut self, shutdown: &mut ShutdownSignal) -> Result<()> {
+        let linger = Duration::from_millis(self.args.batch_linger_ms);
+        loop {
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = shutdown::wait(shutdown) => return Ok(()),
+            };
+            let mut batch = match first {
+                Ok(m) => vec![m.detach()],
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < self.args.batch_size {
+                tokio::select! {
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => batch.push(m.detach()),
+                        Err(e) => { tracing::warn!(error = %e, "Kafka consumer error"); break; }
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.metrics.consumed.inc_by(batch.len() as u64);
+            match self.process(&batch, shutdown).await? {
+                Outcome::Stopped => return Ok(()),
+                Outcome::Recorded | Outcome::DeadLettered => self.commit(&batch),
+            }
+        }
+    }
+
+    /// Acknowledges a batch, retrying with backoff; after the last try (unless
+    /// retries are infinite) the batch goes to the dead-letter topic.
+    async fn process(
+        &mut self,
+        batch: &[OwnedMessage],
+        shutdown: &mut ShutdownSignal,
+    ) -> Result<Outcome> {
+        let (acks, foreign) = parse_batch(batch);
+        if !foreign.is_empty() {
+            // Not outbox messages (no id): nothing to acknowledge, never retriable.
+            tracing::warn!(
+                count = foreign.len(),
+                "messages without a valid {} header",
+                headers::MESSAGE_ID
+            );
+            if self.dead_letters.is_some() {
+                self.dead_letter(&foreign, "no valid outbox message id header")
+                    .await?;
+            }
+        }
+        let mut attempt: i64 = 0;
+        let mut backoff = Duration::from_millis(self.args.retry_backoff_ms.max(1));
+        let max_backoff = Duration::from_millis(
+            self.args
+                .retry_max_backoff_ms
+                .max(self.args.retry_backoff_ms),
+        );
+        loop {
+            match self.record(&acks).await {
+                Ok(()) => {
+                    self.metrics.retrying.set(0);
+                    return Ok(Outcome::Recorded);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.metrics.retried.inc_by(acks.len() as u64);
+                    let max = self.args.retry_max_retries;
+                    if max >= 0 && attempt > max {
+                        if self.dead_letters.is_some() {
+                            tracing::error!(error = %crate::error_chain(&e), attempts = attempt, "giving up on a batch: dead-lettering it");
+                            let messages: Vec<&OwnedMessage> = batch.iter().collect();
+                            self.dead_letter(
+                                &messages,
+                                &format!("acknowledgement failed {attempt} times: {e}"),
+                            )
+                            .await?;
+                            if let Some(db) = self.db.as_ref() {
+                                if let Err(e) = self.recorder.record_dead_letters(db, &acks).await {
+                                    tracing::warn!(error = %e, "could not record dead letters in the ledger");
+                                }
+                            }
+                            self.metrics.retrying.set(0);
+                            return Ok(Outcome::DeadLettered);
+                        }
+                        tracing::error!(error = %crate::error_chain(&e), attempt, "retries exhausted and no DEAD_LETTER_TOPIC: retrying on rather than drop messages");
+                    } else if max < 0 {
+                        tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?backoff, "acknowledging failed; retrying forever (RETRY_MAX_RETRIES=-1)");
+                    } else {
+                        tracing::warn!(error = %crate::error_chain(&e), attempt, max_retries = max, retry_in = ?backoff, "acknowledging failed; retrying");
+                    }
+                    self.metrics.retrying.set(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown::wait(shutdown) => return Ok(Outcome::Stopped),
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn record(&mut self, acks: &[Ack]) -> Result<()> {
+        if self.db.as_ref().is_none_or(Client::is_closed) {
+            self.db = None;
+            self.db = Some(crate::db::connect(&self.args.common.database_url).await?);
+        }
+        let Some(db) = self.db.as_mut() else {
+            return Err(Error::Relay("no database session".into()));
+        };
+        let outcome = self.recorder.record(db, acks).await?;
+        self.metrics.acknowledged.inc_by(outcome.acknowledged);
+        self.metrics.duplicates.inc_by(outcome.duplicates);
+        self.metrics.out_of_order.inc_by(outcome.out_of_order);
+        if outcome.out_of_order > 0 {
+            tracing::error!(
+                count = outcome.out_of_order,
+                "messages arrived out of order for their key"
+            );
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, messages: &[&OwnedMessage], reason: &str) -> Result<()> {
+        let Some((topic, producer)) = &self.dead_letters else {
+            return Ok(());
+        };
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut h = OwnedHeaders::new();
+            if let Some(original) = m.headers() {
+                for header in original.iter() {
+                    h = h.insert(Header {
+                        key: header.key,
+                        value: header.value,
+                    });
+                }
+            }
+            h = h
+                .insert(Header {
+                    key: headers::DEAD_LETTER_REASON,
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: headers::DEAD_LETTER_GROUP,
+                    value: Some(self.recorder.group()),
+                });
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(h);
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            deliveries.push(producer.send(record, Duration::from_secs(30)));
+        }
+        for delivery in deliveries {
+            delivery
+                .await
+                .map_err(|(e, _)| e)
+                .kafka(format!("dead-lettering to {topic}"))?;
+        }
+        self.metrics.dead_lettered.inc_by(messages.len() as u64);
+        Ok(())
+    }
+
+    fn commit(&self, batch: &[OwnedMessage]) {
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in batch {
+            let entry = next.entry((m.topic(), m.partition())).or_insert(0);
+            *entry = (*entry).max(m.offset() + 1);
+        }
+        let mut list = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            if let Err(e) = list.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(error = %e, "building the offset commit");
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            // After a rebalance the new owner redelivers: duplicates, never loss.
+            tracing::warn!(error = %e, "committing offsets");
+        }
+    }
+}
+
+/// Splits a batch into acknowledgements and messages that carry no outbox id.
+fn parse_batch(batch: &[OwnedMessage]) -> (Vec<Ack>, Vec<&OwnedMessage>) {
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut foreign = Vec::new();
+    for m in batch {
+        let mut id = None;
+        let mut txid = None;
+        let mut created = None;
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                match h.key {
+                    headers::MESSAGE_ID => id = value.and_then(|v| v.parse::<i64>().ok()),
+                    headers::TRANSACTION_ID => txid = value.and_then(|v| v.parse::<u64>().ok()),
+                    headers::CREATED_AT_MICROS => {
+                        created = value.and_then(|v| v.parse::<i64>().ok())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let Some(id) = id.filter(|id| *id >= 0) else {
+            foreign.push(m);
+            continue;
+        };
+        let key_hash = m.key().map(|k| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            m.topic().hash(&mut hasher);
+            k.hash(&mut hasher);
+            hasher.finish()
+        });
+        acks.push(Ack {
+            id,
+            partition: m.partition(),
+            offset: m.offset(),
+            key_hash,
+            order: txid.map(|t| (t, id)),
+            created_at_us: created,
+        });
+    }
+    (acks, foreign)
+}
+
+async fn track_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: ConsumerMetrics,
+    mut shutdown: ShutdownSignal,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown::wait(&mut shutdown) => return,
+        }
+        let c = consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = c.position().ok()?;
+            let mut total = 0;
+            for element in positions.elements() {
+                let (low, high) = c
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
+                    .ok()?;
+                let position = match element.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                total += (high - position).max(0);
+            }
+            Some(total)
+        })
+        .await;
+        if let Ok(Some(lag)) = lag {
+            metrics.lag.set(lag);
+        }
+    }
+}
+
+async fn health_check(State(state): State<HealthState>) -> Response {
+    let database = match tokio::time::timeout(
+        Duration::from_secs(3),
+        crate::db::connect(&state.database_url),
+    )
+    .await
+    {
+        Ok(Ok(client)) => match client.simple_query("SELECT 1").await {
+            Ok(_) => "UP".to_string(),
+            Err(e) => format!("DOWN: {e}"),
+        },
+        Ok(Err(e)) => format!("DOWN: {e}"),
+        Err(_) => "DOWN: no answer within 3s".to_string(),
+    };
+    let c = state.consumer.clone();
+    let kafka =
+        match tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(3)))
+            .await
+        {
+            Ok(Ok(_)) => "UP".to_string(),
+            Ok(Err(e)) => format!("DOWN: {e}"),
+            Err(e) => format!("DOWN: {e}"),
+        };
+    let up = database == "UP" && kafka == "UP";
+    let body = json!({
+        "status": if up { "UP" } else { "DOWN" },
+        "group": state.group,
+        "database": database,
+        "kafka": kafka,
+        "retrying": state.metrics.retrying.get() == 1,
+        "lag": state.metrics.lag.get(),
+    });
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn render_metrics(State(state): State<HealthState>) -> Response {
+    crate::metrics::render(&state.registry)
+}

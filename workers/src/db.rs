@@ -1,0 +1,96 @@
+//! PostgreSQL connections: single sessions, pools and start-up checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::config::redact_url;
+use crate::error::{Error, Result};
+
+/// How long a connection attempt may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens one session; its connection is driven by a spawned task that ends with it.
+pub async fn connect(database_url: &str) -> Result<Client> {
+    connect_with_notifications(database_url, None).await
+}
+
+/// Opens one session whose `NOTIFY`s (after a `LISTEN`) wake `wake`.
+pub async fn connect_with_notifications(
+    database_url: &str,
+    wake: Option<Arc<Notify>>,
+) -> Result<Client> {
+    let config = parse_url(database_url)?;
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await;
+    let (client, mut connection) = match attempt {
+        Err(_) => {
+            return Err(Error::DbTimeout {
+                url: redact_url(database_url),
+                timeout: CONNECT_TIMEOUT,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(Error::DbConnect {
+                url: redact_url(database_url),
+                source,
+            })
+        }
+        Ok(Ok(pair)) => pair,
+    };
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if let Some(wake) = &wake {
+                        wake.notify_one();
+                    }
+                }
+                Ok(AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(%notice, "PostgreSQL notice");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "PostgreSQL session ended");
+                    break;
+                }
+            }
+        }
+    });
+    Ok(client)
+}
+
+/// A pool of sessions for request handlers; connections open lazily.
+pub fn pool(database_url: &str, size: usize) -> Result<deadpool_postgres::Pool> {
+    let config = parse_url(database_url)?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| Error::Config(format!("building the PostgreSQL pool: {e}")))
+}
+
+fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = database_url.parse().map_err(|e| {
+        Error::Config(format!(
+            "DATABASE_URL {} is not a PostgreSQL URL: {e}",
+            redact_url(database_url)
+        ))
+    })?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.keepalives_idle(Duration::from_secs(10));
+    Ok(config)
+}

@@ -1,0 +1,102 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in a worker, with the context needed to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// PostgreSQL could not be reached at start-up or on reconnect.
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    DbConnect {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// PostgreSQL could not be reached within the time allowed.
+    #[error("PostgreSQL at {url} did not answer within {timeout:?}")]
+    DbTimeout { url: String, timeout: Duration },
+    /// A statement failed.
+    #[error("PostgreSQL: {context}: {source}")]
+    Db {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No pooled connection could be had.
+    #[error("PostgreSQL pool: {context}: {source}")]
+    Pool {
+        context: &'static str,
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    /// A Kafka client operation failed.
+    #[error("Kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Kafka is reachable but lacks something we need (a topic).
+    #[error("Kafka: {0}")]
+    KafkaMissing(String),
+    /// Local I/O (binding the HTTP port, writing a report).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The acknowledgement ledger holds data this version cannot read.
+    #[error("acknowledgement ledger: {0}")]
+    Ledger(String),
+    /// The relay lost its leadership or its session while publishing.
+    #[error("relay: {0}")]
+    Relay(String),
+}
+
+impl Error {
+    /// A short stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::DbConnect { .. } | Error::DbTimeout { .. } => "db_connect",
+            Error::Db { .. } => "db",
+            Error::Pool { .. } => "db_pool",
+            Error::Kafka { .. } | Error::KafkaMissing(_) => "kafka",
+            Error::Io { .. } => "io",
+            Error::Ledger(_) => "ledger",
+            Error::Relay(_) => "relay",
+        }
+    }
+}
+
+/// Crate-wide result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds a context to PostgreSQL errors: `client.query(..).await.db("reading the watermark")?`.
+pub trait DbContext<T> {
+    fn db(self, context: &'static str) -> Result<T>;
+}
+
+impl<T> DbContext<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn db(self, context: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Db { context, source })
+    }
+}
+
+/// Adds a context to Kafka errors.
+pub trait KafkaContext<T> {
+    fn kafka(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> KafkaContext<T> for std::result::Result<T, rdkafka::error::KafkaError> {
+    fn kafka(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| Error::Kafka {
+            context: context.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! Prometheus metrics of each role, served at `/metrics`.
+
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Producer service and relay metrics.
+#[derive(Debug, Default, Clone)]
+pub struct ProducerMetrics {
+    pub accepted: Counter,
+    pub rejected: Counter,
+    pub unavailable: Counter,
+    pub published: Counter,
+    pub relay_batches: Counter,
+    pub relay_errors: Counter,
+    pub relay_leader: Gauge,
+}
+
+impl ProducerMetrics {
+    /// Registers every metric under `outbox_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("outbox");
+        r.register(
+            "messages_accepted",
+            "Messages stored in the outbox (2xx answered)",
+            self.accepted.clone(),
+        );
+        r.register(
+            "requests_rejected",
+            "Requests refused for bad input (4xx)",
+            self.rejected.clone(),
+        );
+        r.register(
+            "requests_unavailable",
+            "Requests refused because PostgreSQL failed (503)",
+            self.unavailable.clone(),
+        );
+        r.register(
+            "relay_published",
+            "Messages the relay published and Kafka confirmed",
+            self.published.clone(),
+        );
+        r.register(
+            "relay_batches",
+            "Relay batches confirmed by Kafka",
+            self.relay_batches.clone(),
+        );
+        r.register(
+            "relay_errors",
+            "Relay restarts after an error",
+            self.relay_errors.clone(),
+        );
+        r.register(
+            "relay_leader",
+            "1 while this instance holds the relay lock",
+            self.relay_leader.clone(),
+        );
+    }
+}
+
+/// Consumer metrics.
+#[derive(Debug, Default, Clone)]
+pub struct ConsumerMetrics {
+    pub consumed: Counter,
+    pub acknowledged: Counter,
+    pub duplicates: Counter,
+    pub out_of_order: Counter,
+    pub retried: Counter,
+    pub retrying: Gauge,
+    pub dead_lettered: Counter,
+    pub lag: Gauge,
+}
+
+impl ConsumerMetrics {
+    /// Registers every metric under `outbox_consumer_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("outbox_consumer");
+        r.register(
+            "consumed",
+            "Messages received from Kafka",
+            self.consumed.clone(),
+        );
+        r.register(
+            "acknowledged",
+            "Messages acknowledged for the first time",
+            self.acknowledged.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Redelivered messages (already acknowledged)",
+            self.duplicates.clone(),
+        );
+        r.register(
+            "out_of_order",
+            "Messages that arrived before an earlier message of their key",
+            self.out_of_order.clone(),
+        );
+        r.register(
+            "retried",
+            "Processing attempts that failed and will be retried",
+            self.retried.clone(),
+        );
+        r.register(
+            "retrying",
+            "1 while a batch is being retried (forever when max retries is -1)",
+            self.retrying.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Messages sent to the dead-letter topic",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "lag",
+            "Messages in the assigned partitions not yet consumed",
+            self.lag.clone(),
+        );
+    }
+}
+
+/// Renders a registry in the OpenMetrics text format.
+pub fn render(registry: &Arc<Registry>) -> Response {
+    let mut body = String::new();
+    match encode(&mut body, registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+            .into_response(),
+    }
+}

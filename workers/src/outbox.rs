@@ -1,0 +1,139 @@
+//! Writing messages into the outbox: one row per message, bulk COPY for batches.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::GenericClient;
+
+use crate::error::{DbContext, Result};
+use crate::schema::ID_BLOCK;
+
+/// The notification channel the relay listens on (immediate path only).
+pub const NOTIFY_CHANNEL: &str = "outbox_relay";
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: String,
+    /// Carried to Kafka headers as they are.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+impl NewMessage {
+    fn headers_json(&self) -> Option<serde_json::Value> {
+        self.headers.as_ref().filter(|h| !h.is_empty()).map(|h| {
+            serde_json::Value::Object(
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// Stores one message and wakes the relay (NOTIFY, in the same transaction): the
+/// immediate path. Returns the message id.
+pub async fn insert_one<C: GenericClient>(client: &C, message: &NewMessage) -> Result<i64> {
+    let headers = message.headers_json();
+    let row = client
+        .query_one(
+            "WITH m AS (
+                 INSERT INTO outbox_messages (id, topic, key, payload, headers)
+                 VALUES (nextval('outbox_message_id_seq'), $1, $2, $3, $4)
+                 RETURNING id)
+             SELECT id, pg_notify('outbox_relay', '') FROM m",
+            &[&message.topic, &message.key, &message.payload, &headers],
+        )
+        .await
+        .db("inserting a message")?;
+    Ok(row.get(0))
+}
+
+/// Stores all `messages` or none, with one binary COPY in one transaction and no
+/// NOTIFY (the batching path: the relay picks them up on its next poll). Returns their
+/// ids in request order.
+pub async fn insert_batch(
+    client: &mut tokio_postgres::Client,
+    messages: &[NewMessage],
+) -> Result<Vec<i64>> {
+    let tx = client.transaction().await.db("starting a batch")?;
+    let ids = allocate_ids(&tx, messages.len()).await?;
+    let sink = tx
+        .copy_in(
+            "COPY outbox_messages (id, topic, key, payload, headers) FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .db("starting COPY")?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB],
+    );
+    futures::pin_mut!(writer);
+    for (id, message) in ids.iter().zip(messages) {
+        let headers = message.headers_json();
+        let row: [&(dyn ToSql + Sync); 5] =
+            [id, &message.topic, &message.key, &message.payload, &headers];
+        writer.as_mut().write(&row).await.db("writing COPY rows")?;
+    }
+    writer.finish().await.db("finishing COPY")?;
+    tx.commit().await.db("committing a batch")?;
+    Ok(ids)
+}
+
+/// Reserves `n` unique ids: `ceil(n / ID_BLOCK)` sequence blocks, increasing.
+pub async fn allocate_ids<C: GenericClient>(client: &C, n: usize) -> Result<Vec<i64>> {
+    let blocks = n.div_ceil(ID_BLOCK as usize) as i64;
+    let rows = client
+        .query(
+            "SELECT nextval('outbox_message_id_seq') FROM generate_series(1, $1::bigint)",
+            &[&blocks],
+        )
+        .await
+        .db("allocating message ids")?;
+    let mut starts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    starts.sort_unstable();
+    Ok(expand_blocks(&starts, n))
+}
+
+/// The first `n` ids of the blocks starting at `starts`.
+fn expand_blocks(starts: &[i64], n: usize) -> Vec<i64> {
+    starts
+        .iter()
+        .flat_map(|&start| start..start + ID_BLOCK)
+        .take(n)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_expand_to_exactly_the_requested_ids_in_order() {
+        let ids = expand_blocks(&[1, 257], 130);
+        assert_eq!(ids.len(), 130);
+        assert_eq!(ids[0], 1);
+        assert_eq!(ids[127], 128);
+        assert_eq!(ids[128], 257);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn empty_header_maps_are_stored_as_null() {
+        let mut message = NewMessage {
+            topic: "t".into(),
+            key: None,
+            payload: "p".into(),
+            headers: Some(BTreeMap::new()),
+        };
+        assert_eq!(message.headers_json(), None);
+        message.headers = Some(BTreeMap::from([("run".to_string(), "r1".to_string())]));
+        assert_eq!(
+            message.headers_json(),
+            Some(serde_json::json!({"run": "r1"}))
+        );
+    }
+}

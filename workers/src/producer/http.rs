@@ -1,0 +1,329 @@
+//! The producer's HTTP API: validation, ingest, health and metrics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use rdkafka::producer::{FutureProducer, Producer};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::metrics::ProducerMetrics;
+use crate::outbox::{self, NewMessage};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: deadpool_postgres::Pool,
+    pub topics: Arc<HashSet<String>>,
+    pub wake: Arc<Notify>,
+    pub metrics: ProducerMetrics,
+    pub registry: Arc<Registry>,
+    pub kafka: FutureProducer,
+    pub max_body_bytes: usize,
+}
+
+/// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
+/// `GET /api/messages/health`, `GET /metrics`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/api/messages/send", post(send))
+        .route("/api/messages/batch", post(batch))
+        .route("/api/messages/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// One message as the API takes it.
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {
+    pub topic: String,
+    pub message: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Many messages, stored all or none.
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    pub messages: Vec<SendRequest>,
+}
+
+/// A refused request: status and a JSON body naming the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>, field: Option<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"status": "rejected", "error": self.message});
+        if let Some(field) = self.field {
+            body["field"] = field.into();
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Checks the content type and body, and parses JSON into `T` with the failing field's
+/// path in the error.
+fn parse<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    max_body_bytes: usize,
+) -> Result<T, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: if content_type.is_empty() {
+                "missing Content-Type: expected application/json".into()
+            } else {
+                format!("unsupported Content-Type `{content_type}`: expected application/json")
+            },
+            field: None,
+        });
+    }
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError {
+                status,
+                message: format!("request body is larger than the limit of {max_body_bytes} bytes (MAX_BODY_BYTES)"),
+                field: None,
+            }
+        } else {
+            ApiError { status, message: format!("unreadable request body: {rejection}"), field: None }
+        }
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_slice(&body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = (path != "." && !inner.is_syntax() && !inner.is_eof()).then_some(path);
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else {
+            match &field {
+                Some(field) => format!("invalid field `{field}`: {inner}"),
+                None => format!("invalid request: {inner}"),
+            }
+        };
+        ApiError::bad(message, field)
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad(format!("malformed JSON: {e}"), None))?;
+    Ok(value)
+}
+
+fn validate(
+    request: SendRequest,
+    topics: &HashSet<String>,
+    field_prefix: &str,
+) -> Result<NewMessage, ApiError> {
+    if !topics.contains(&request.topic) {
+        let mut known: Vec<&String> = topics.iter().collect();
+        known.sort();
+        return Err(ApiError::bad(
+            format!(
+                "unknown topic `{}`: this producer accepts {}",
+                request.topic,
+                known
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(format!("{field_prefix}topic")),
+        ));
+    }
+    Ok(NewMessage {
+        topic: request.topic,
+        key: request.key,
+        payload: request.message,
+        headers: request.headers,
+    })
+}
+
+fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
+    metrics.unavailable.inc();
+    tracing::warn!(error = %crate::error_chain(&e), "refusing a request: database unavailable");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable", "error": format!("database unavailable, nothing was stored: {e}")})),
+    )
+        .into_response()
+}
+
+async fn send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let message = match parse::<SendRequest>(&headers, body, state.max_body_bytes)
+        .and_then(|r| validate(r, &state.topics, ""))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            state.metrics.rejected.inc();
+            return e.into_response();
+        }
+    };
+    let client = match state.pool.get().await {
+        Ok(c) => c,
+        Err(source) => {
+            return unavailable(
+                &state.metrics,
+                crate::Error::Pool {
+                    context: "getting a connection",
+                    source,
+                },
+            )
+        }
+    };
+    match outbox::insert_one(&**client, &message).await {
+        Ok(id) => {
+            state.wake.notify_one();
+            state.metrics.accepted.inc();
+            (
+                StatusCode::OK,
+                Json(json!({"status": "accepted", "id": id, "topic": message.topic})),
+            )
+                .into_response()
+        }
+        Err(e) => unavailable(&state.metrics, e),
+    }
+}
+
+async fn batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request = match parse::<BatchRequest>(&headers, body, state.max_body_bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.rejected.inc();
+            return e.into_response();
+        }
+    };
+    if request.messages.is_empty() {
+        state.metrics.rejected.inc();
+        return ApiError::bad(
+            "`messages` is empty: send at least one message",
+            Some("messages".into()),
+        )
+        .into_response();
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (i, m) in request.messages.into_iter().enumerate() {
+        match validate(m, &state.topics, &format!("messages[{i}].")) {
+            Ok(m) => messages.push(m),
+            Err(e) => {
+                state.metrics.rejected.inc();
+                return e.into_response();
+            }
+        }
+    }
+    let mut client = match state.pool.get().await {
+        Ok(c) => c,
+        Err(source) => {
+            return unavailable(
+                &state.metrics,
+                crate::Error::Pool {
+                    context: "getting a connection",
+                    source,
+                },
+            )
+        }
+    };
+    match outbox::insert_batch(&mut client, &messages).await {
+        Ok(ids) => {
+            state.metrics.accepted.inc_by(ids.len() as u64);
+            (
+                StatusCode::OK,
+                Json(json!({"status": "accepted", "count": ids.len(), "ids": ids})),
+            )
+                .into_response()
+        }
+        Err(e) => unavailable(&state.metrics, e),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let database = match tokio::time::timeout(Duration::from_secs(3), async {
+        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    })
+    .await
+    {
+        Ok(Ok(())) => "UP".to_string(),
+        Ok(Err(e)) => format!("DOWN: {e}"),
+        Err(_) => "DOWN: no answer within 3s".to_string(),
+    };
+    let kafka = state.kafka.clone();
+    let kafka = match tokio::task::spawn_blocking(move || {
+        kafka.client().fetch_metadata(None, Duration::from_secs(3))
+    })
+    .await
+    {
+        Ok(Ok(_)) => "UP".to_string(),
+        Ok(Err(e)) => format!("DOWN: {e}"),
+        Err(e) => format!("DOWN: {e}"),
+    };
+    let up = database == "UP" && kafka == "UP";
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let relay_leader = state.metrics.relay_leader.get() == 1;
+    (
+        status,
+        Json(json!({"status": if up {"UP"} else {"DOWN"}, "database": database, "kafka": kafka, "relayLeader": relay_leader})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics::render(&state.registry)
+}

@@ -1,0 +1,117 @@
+//! The producer role: HTTP ingest into the outbox, and the relay to Kafka.
+
+pub mod http;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::config::{kafka_client_properties, CommonArgs};
+use crate::error::{Error, Result};
+use crate::metrics::ProducerMetrics;
+use crate::relay::{Relay, RelaySettings};
+use crate::shutdown::{self, ShutdownSignal};
+
+/// Producer settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProducerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Outbox rows the relay publishes per batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 10_000)]
+    pub relay_batch_size: i64,
+    /// How long an idle relay waits before polling the outbox again (the immediate
+    /// path wakes it at once).
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 50)]
+    pub relay_linger_ms: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// PostgreSQL connections for request handlers.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: usize,
+    /// Serve the API without running a relay (another process relays).
+    #[arg(long, env = "RELAY_DISABLED", default_value_t = false)]
+    pub relay_disabled: bool,
+}
+
+/// Runs the producer until `shutdown`: checks PostgreSQL (migrating the schema) and
+/// Kafka (every topic must exist), then serves HTTP and relays.
+pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
+    args.common.validate()?;
+    if args.relay_batch_size < 1 {
+        return Err(Error::Config("RELAY_BATCH_SIZE must be at least 1".into()));
+    }
+    let span = tracing::info_span!("producer", service_id = %args.common.service_id);
+    async move {
+        let topics = args.common.topics();
+        let mut client = crate::db::connect(&args.common.database_url).await?;
+        crate::schema::migrate(&mut client).await?;
+        drop(client);
+        let kafka_config = crate::kafka::client_config(
+            &args.common.kafka_bootstrap_servers,
+            &kafka_client_properties(),
+        );
+        crate::kafka::check_topics_async(&kafka_config, &topics, Duration::from_secs(10)).await?;
+        let kafka = crate::kafka::relay_producer(&kafka_config)?;
+
+        let metrics = ProducerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let wake = Arc::new(Notify::new());
+        let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
+        let state = http::AppState {
+            pool,
+            topics: Arc::new(topics.iter().cloned().collect::<HashSet<_>>()),
+            wake: wake.clone(),
+            metrics: metrics.clone(),
+            registry: Arc::new(registry),
+            kafka: kafka.clone(),
+            max_body_bytes: args.max_body_bytes,
+        };
+        let address = SocketAddr::new(args.common.http_address, args.common.http_port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("binding the HTTP port {address}"),
+                source,
+            })?;
+        tracing::info!(%address, topics = ?topics, "producer listening");
+
+        let relay = (!args.relay_disabled).then(|| {
+            let relay = Relay::new(
+                args.common.database_url.clone(),
+                kafka,
+                RelaySettings {
+                    batch_size: args.relay_batch_size,
+                    linger: Duration::from_millis(args.relay_linger_ms),
+                    ..RelaySettings::default()
+                },
+                wake,
+                metrics,
+                args.common.service_id.clone(),
+            );
+            tokio::spawn(relay.run(shutdown.clone()).in_current_span())
+        });
+        let mut server_shutdown = shutdown.clone();
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move { shutdown::wait(&mut server_shutdown).await })
+            .await
+            .map_err(|source| Error::Io {
+                context: "serving HTTP".into(),
+                source,
+            })?;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
+        tracing::info!("producer stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,143 @@
+//! The outbox and ledger schema, and migrations that are safe when several workers
+//! start at once (serialised by an advisory lock keyed on the schema).
+
+use tokio_postgres::Client;
+
+use crate::error::{DbContext, Result};
+
+/// Ids are handed out in blocks of this size by one `nextval`, so a batch of 10,000
+/// messages costs 79 sequence calls, not 10,000. Ids stay unique and increase within a
+/// request; blocks of concurrent requests interleave.
+pub const ID_BLOCK: i64 = 128;
+
+/// Ordered migrations; each applied once, in one transaction, recorded by version.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE SEQUENCE outbox_message_id_seq INCREMENT BY 128 START WITH 1 MINVALUE 1;
+
+-- One row per accepted message. Rows are never updated or deleted by the relay: it
+-- advances a watermark over (txid, id) instead.
+CREATE TABLE outbox_messages (
+    id          bigint      NOT NULL,
+    txid        xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    topic       text        NOT NULL,
+    key         text,
+    payload     text        NOT NULL,
+    headers     jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (txid, id)
+);
+
+-- The relay's progress: every message with (txid, id) <= (wm_txid, wm_id) is confirmed
+-- by Kafka. The relay only reads rows whose txid is below the oldest running
+-- transaction, so no row can commit later behind the watermark.
+CREATE TABLE outbox_relay_state (
+    singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    wm_txid     xid8        NOT NULL DEFAULT '0',
+    wm_id       bigint      NOT NULL DEFAULT 0,
+    leader      text,
+    published   bigint      NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO outbox_relay_state DEFAULT VALUES;
+
+-- Read by the operator's status.
+CREATE VIEW outbox_backlog AS
+SELECT count(m.id)::bigint AS pending,
+       COALESCE(EXTRACT(EPOCH FROM (now() - min(m.created_at))), 0)::double precision
+           AS oldest_age_seconds
+FROM outbox_relay_state s
+LEFT JOIN outbox_messages m ON (m.txid, m.id) > (s.wm_txid, s.wm_id);
+
+-- Acknowledgement ledger: per consumer group, one row per 8,192 consecutive ids, with a
+-- bitmap of the acknowledged ones and a histogram of their end-to-end latency.
+CREATE TABLE outbox_ack_chunks (
+    group_name  text        NOT NULL,
+    chunk       bigint      NOT NULL,
+    bits        bytea       NOT NULL,
+    acked       integer     NOT NULL DEFAULT 0,
+    latency     bytea,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_name, chunk)
+) WITH (fillfactor = 50);
+
+-- The rare events, one row each: redeliveries, per-key reorderings, dead letters.
+CREATE TABLE outbox_ack_anomalies (
+    group_name   text        NOT NULL,
+    id           bigint      NOT NULL,
+    kind         text        NOT NULL CHECK (kind IN ('duplicate', 'out_of_order', 'dead_lettered')),
+    kafka_partition integer,
+    kafka_offset bigint,
+    recorded_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX outbox_ack_anomalies_by_id ON outbox_ack_anomalies (group_name, id);
+"#,
+)];
+
+/// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the
+/// current schema, so exactly one applies each migration.
+pub async fn migrate(client: &mut Client) -> Result<()> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .or_else(|e| {
+            // Two first-time starters may race on CREATE TABLE IF NOT EXISTS itself.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .db("creating the migrations table")?;
+    let tx = client.transaction().await.db("starting the migration")?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.outbox-migrations'))",
+        &[],
+    )
+    .await
+    .db("taking the migration lock")?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM outbox_schema_migrations", &[])
+        .await
+        .db("reading applied migrations")?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tracing::info!(version, "applying outbox schema migration");
+        tx.batch_execute(sql).await.db("applying a migration")?;
+        tx.execute(
+            "INSERT INTO outbox_schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .db("recording a migration")?;
+    }
+    tx.commit().await.db("committing the migration")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_ordered_and_the_id_block_matches_the_sequence() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        let mut sorted = versions.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(versions, sorted);
+        assert!(MIGRATIONS[0]
+            .1
+            .contains(&format!("INCREMENT BY {ID_BLOCK} ")));
+    }
+}
