@@ -1,0 +1,507 @@
+//! Sending a scenario's messages to the producers: every producer in parallel, a few
+//! requests in flight each, through the batch endpoint (batching scenarios) or one
+//! message per request (immediate scenarios).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::discover::Producer;
+use super::ids::IdCollector;
+use super::measure::{ProducerOutcome, ScenarioOutcome, Tally};
+use crate::ledger::IdSet;
+
+/// Header carrying the run id on every message the runner sends.
+pub const RUN_HEADER: &str = "loadtest-run";
+/// Header carrying the scenario name on every message the runner sends.
+pub const SCENARIO_HEADER: &str = "loadtest-scenario";
+
+/// Attempts per request when the producer says nothing was stored (503, 429) or the
+/// connection was refused; the request is then counted as failed.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// What every message of the run shares.
+#[derive(Debug, Clone)]
+pub struct MessageShape {
+    /// Kafka topic.
+    pub topic: String,
+    /// Run id, stamped into [`RUN_HEADER`].
+    pub run_id: String,
+    /// Payload bytes.
+    pub message_size: usize,
+    /// Distinct keys: message `i` of a scenario gets key `key-<i mod keys>`.
+    pub keys: u64,
+}
+
+/// One scenario as it is about to be sent.
+#[derive(Debug, Clone)]
+pub struct ScenarioSend {
+    /// Scenario name.
+    pub name: String,
+    /// Batch endpoint or one message per request.
+    pub batching: bool,
+    /// Messages the scenario asks for in total.
+    pub messages: u64,
+    /// Messages an earlier attempt of this run already got accepted.
+    pub already_accepted: u64,
+    /// This attempt's share per producer (same order as the producers).
+    pub shares: Vec<u64>,
+    /// Messages per request (1 for immediate scenarios).
+    pub batch_size: usize,
+    /// Requests in flight per producer.
+    pub concurrency: usize,
+}
+
+/// Live counters of a scenario, read by the progress reporter.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages accepted so far in this attempt.
+    pub accepted: AtomicU64,
+    /// Messages failed so far in this attempt.
+    pub failed: AtomicU64,
+}
+
+impl Counters {
+    /// Accepted plus failed.
+    pub fn done(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// What sending a scenario produced.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Figures for status and report.
+    pub outcome: ScenarioOutcome,
+    /// Ids the producers assigned to the accepted messages.
+    pub ids: IdSet,
+    /// Messages whose fate is unknown (timeout, broken connection, 5xx other than 503,
+    /// a 2xx without ids): they may be in the outbox. Verification then takes the set
+    /// of expected ids from the outbox itself.
+    pub uncertain: u64,
+}
+
+/// Sends a scenario; returns when every producer is done with its share.
+pub async fn send_scenario(
+    http: &reqwest::Client,
+    producers: &[Producer],
+    shape: &MessageShape,
+    send: &ScenarioSend,
+    counters: Arc<Counters>,
+) -> Sent {
+    let started = Instant::now();
+    let shape = Arc::new(shape.clone());
+    let mut tasks = Vec::with_capacity(producers.len());
+    // Message indexes continue after the earlier attempt's, producer after producer.
+    let mut first_index = send.already_accepted;
+    for (producer, &share) in producers.iter().zip(&send.shares) {
+        let job = ProducerJob {
+            http: http.clone(),
+            producer: producer.clone(),
+            shape: shape.clone(),
+            scenario: send.name.clone(),
+            batching: send.batching,
+            first_index,
+            share,
+            batch_size: if send.batching {
+                send.batch_size.max(1)
+            } else {
+                1
+            },
+            concurrency: send.concurrency.max(1),
+            counters: counters.clone(),
+        };
+        first_index += share;
+        tasks.push(tokio::spawn(job.run()));
+    }
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut ids = IdCollector::default();
+    let mut uncertain = 0;
+    for (task, (producer, &share)) in tasks.into_iter().zip(producers.iter().zip(&send.shares)) {
+        match task.await {
+            Ok(done) => {
+                ids.extend(&done.ids);
+                uncertain += done.uncertain;
+                outcomes.push(done.outcome);
+            }
+            Err(e) => {
+                // A panicked sender: its whole share counts as failed and uncertain.
+                tracing::error!(producer = %producer.name, error = %e, "sender task failed");
+                let mut tally = Tally::default();
+                tally.failed(share, "runnerPanic", None);
+                uncertain += share;
+                outcomes.push(ProducerOutcome {
+                    producer: producer.name.clone(),
+                    messages: share,
+                    tally,
+                    duration: started.elapsed(),
+                });
+            }
+        }
+    }
+    Sent {
+        outcome: ScenarioOutcome {
+            name: send.name.clone(),
+            batching: send.batching,
+            messages: send.messages,
+            already_accepted: send.already_accepted,
+            producers: outcomes,
+            duration: started.elapsed(),
+        },
+        ids: ids.finish(),
+        uncertain,
+    }
+}
+
+struct ProducerJob {
+    http: reqwest::Client,
+    producer: Producer,
+    shape: Arc<MessageShape>,
+    scenario: String,
+    batching: bool,
+    first_index: u64,
+    share: u64,
+    batch_size: usize,
+    concurrency: usize,
+    counters: Arc<Counters>,
+}
+
+struct ProducerDone {
+    outcome: ProducerOutcome,
+    ids: IdSet,
+    uncertain: u64,
+}
+
+struct WorkerDone {
+    tally: Tally,
+    ids: IdCollector,
+    uncertain: u64,
+}
+
+impl ProducerJob {
+    async fn run(self) -> ProducerDone {
+        let started = Instant::now();
+        let job = Arc::new(self);
+        let next_request = Arc::new(AtomicU64::new(0));
+        let requests = job.share.div_ceil(job.batch_size as u64);
+        let workers = (job.concurrency as u64).min(requests).max(1);
+        let mut handles = Vec::with_capacity(workers as usize);
+        for _ in 0..workers {
+            let job = job.clone();
+            let next_request = next_request.clone();
+            handles.push(tokio::spawn(async move {
+                let mut done = WorkerDone {
+                    tally: Tally::default(),
+                    ids: IdCollector::default(),
+                    uncertain: 0,
+                };
+                loop {
+                    let request = next_request.fetch_add(1, Ordering::Relaxed);
+                    if request >= requests {
+                        break;
+                    }
+                    let offset = request * job.batch_size as u64;
+                    let count = (job.share - offset).min(job.batch_size as u64);
+                    job.request(job.first_index + offset, count, &mut done)
+                        .await;
+                }
+                done
+            }));
+        }
+        let mut tally = Tally::default();
+        let mut ids = IdCollector::default();
+        let mut uncertain = 0;
+        for handle in handles {
+            match handle.await {
+                Ok(done) => {
+                    tally.merge(&done.tally);
+                    ids.extend(&done.ids.finish());
+                    uncertain += done.uncertain;
+                }
+                Err(e) => {
+                    tracing::error!(producer = %job.producer.name, error = %e, "request worker failed")
+                }
+            }
+        }
+        // Requests a crashed worker never reported are failures of unknown fate.
+        let unreported = job.share.saturating_sub(tally.accepted + tally.failed);
+        if unreported > 0 {
+            tally.failed(unreported, "runnerPanic", None);
+            uncertain += unreported;
+        }
+        ProducerDone {
+            outcome: ProducerOutcome {
+                producer: job.producer.name.clone(),
+                messages: job.share,
+                tally,
+                duration: started.elapsed(),
+            },
+            ids: ids.finish(),
+            uncertain,
+        }
+    }
+
+    /// Sends messages `first..first + count` in one request (with retries where nothing
+    /// was stored) and counts the answer.
+    async fn request(&self, first: u64, count: u64, done: &mut WorkerDone) {
+        let (url, body) = if self.batching {
+            (
+                format!("{}/api/messages/batch", self.producer.base_url),
+                batch_body(&self.shape, &self.scenario, first, count),
+            )
+        } else {
+            (
+                format!("{}/api/messages/send", self.producer.base_url),
+                single_body(&self.shape, &self.scenario, first),
+            )
+        };
+        let mut attempt = 1;
+        loop {
+            let sent_at = Instant::now();
+            let answer = self
+                .http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let verdict = match answer {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_success() {
+                        match response.bytes().await {
+                            Ok(bytes) => Verdict::Accepted(parse_ids(&bytes)),
+                            Err(e) => Verdict::Uncertain(transport_reason(&e)),
+                        }
+                    } else {
+                        let reason = format!("http{}", status.as_u16());
+                        match status.as_u16() {
+                            429 | 503 => Verdict::Retry(reason),
+                            400..=499 => Verdict::Refused(reason),
+                            _ => Verdict::Uncertain(reason),
+                        }
+                    }
+                }
+                Err(e) if e.is_connect() => Verdict::Retry(transport_reason(&e)),
+                Err(e) => Verdict::Uncertain(transport_reason(&e)),
+            };
+            let latency = sent_at.elapsed();
+            match verdict {
+                Verdict::Accepted(ids) => {
+                    done.tally.accepted(count, latency);
+                    if ids.len() as u64 == count {
+                        for id in ids {
+                            done.ids.push(id);
+                        }
+                    } else {
+                        tracing::warn!(producer = %self.producer.name, expected = count, got = ids.len(), "accepted answer without the assigned ids");
+                        done.uncertain += count;
+                    }
+                    self.counters.accepted.fetch_add(count, Ordering::Relaxed);
+                    return;
+                }
+                Verdict::Retry(reason) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(producer = %self.producer.name, %reason, attempt, "retrying a request nothing was stored for");
+                    let backoff = Duration::from_millis(200u64 << attempt.min(4));
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                }
+                Verdict::Retry(reason) | Verdict::Refused(reason) => {
+                    done.tally.failed(count, &reason, Some(latency));
+                    self.counters.failed.fetch_add(count, Ordering::Relaxed);
+                    return;
+                }
+                Verdict::Uncertain(reason) => {
+                    tracing::warn!(producer = %self.producer.name, %reason, messages = count, "request failed; the messages may or may not be stored");
+                    done.tally.failed(count, &reason, Some(latency));
+                    done.uncertain += count;
+                    self.counters.failed.fetch_add(count, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Verdict {
+    /// 2xx, with the ids the answer named.
+    Accepted(Vec<i64>),
+    /// Nothing was stored; worth another try.
+    Retry(String),
+    /// Nothing was stored; another try would fail the same way.
+    Refused(String),
+    /// Maybe stored, maybe not.
+    Uncertain(String),
+}
+
+fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect".into()
+    } else if e.is_body() || e.is_decode() {
+        "responseBody".into()
+    } else {
+        "transport".into()
+    }
+}
+
+/// An id as a JSON number or a decimal string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyId {
+    Number(i64),
+    Text(String),
+}
+
+impl AnyId {
+    fn value(&self) -> Option<i64> {
+        match self {
+            AnyId::Number(n) => Some(*n),
+            AnyId::Text(s) => s.parse().ok(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    id: Option<AnyId>,
+    #[serde(default)]
+    ids: Vec<AnyId>,
+}
+
+/// The ids a producer's 2xx answer names: `{"id": n}` for one message,
+/// `{"ids": [..]}` for a batch (other fields ignored).
+pub fn parse_ids(body: &[u8]) -> Vec<i64> {
+    let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<i64> = answer.ids.iter().filter_map(AnyId::value).collect();
+    if let Some(id) = answer.id.as_ref().and_then(AnyId::value) {
+        ids.push(id);
+    }
+    ids
+}
+
+/// The key of message `index`.
+fn write_key(out: &mut Vec<u8>, index: u64, keys: u64) {
+    use std::io::Write;
+    let _ = write!(out, "\"key-{}\"", index % keys.max(1));
+}
+
+/// The payload of message `index`: `m<index>` padded with `x` to `size` bytes.
+fn write_payload(out: &mut Vec<u8>, index: u64, size: usize) {
+    use std::io::Write;
+    out.push(b'"');
+    let start = out.len();
+    let _ = write!(out, "m{index:012}-");
+    let written = out.len() - start;
+    if written > size {
+        out.truncate(start + size);
+    } else {
+        out.resize(start + size, b'x');
+    }
+    out.push(b'"');
+}
+
+/// JSON of one message object, built by hand: 10,000,000 of them must not cost an
+/// allocation each. Strings that could need escaping are escaped once per run.
+fn write_message(out: &mut Vec<u8>, pre: &Prebuilt, index: u64, shape: &MessageShape) {
+    out.extend_from_slice(b"{\"topic\":");
+    out.extend_from_slice(pre.topic.as_bytes());
+    out.extend_from_slice(b",\"key\":");
+    write_key(out, index, shape.keys);
+    out.extend_from_slice(b",\"message\":");
+    write_payload(out, index, shape.message_size);
+    out.extend_from_slice(b",\"headers\":");
+    out.extend_from_slice(pre.headers.as_bytes());
+    out.push(b'}');
+}
+
+struct Prebuilt {
+    topic: String,
+    headers: String,
+}
+
+fn prebuilt(shape: &MessageShape, scenario: &str) -> Prebuilt {
+    let headers = serde_json::json!({ RUN_HEADER: shape.run_id, SCENARIO_HEADER: scenario });
+    Prebuilt {
+        topic: serde_json::Value::String(shape.topic.clone()).to_string(),
+        headers: headers.to_string(),
+    }
+}
+
+/// Body of `POST /api/messages/batch` for messages `first..first + count`.
+pub fn batch_body(shape: &MessageShape, scenario: &str, first: u64, count: u64) -> Vec<u8> {
+    let pre = prebuilt(shape, scenario);
+    let per_message = shape.message_size + pre.topic.len() + pre.headers.len() + 64;
+    let mut out = Vec::with_capacity(16 + per_message * count as usize);
+    out.extend_from_slice(b"{\"messages\":[");
+    for i in 0..count {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_message(&mut out, &pre, first + i, shape);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Body of `POST /api/messages/send` for message `index`.
+pub fn single_body(shape: &MessageShape, scenario: &str, index: u64) -> Vec<u8> {
+    let pre = prebuilt(shape, scenario);
+    let mut out = Vec::with_capacity(shape.message_size + pre.headers.len() + 96);
+    write_message(&mut out, &pre, index, shape);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> MessageShape {
+        MessageShape {
+            topic: "t\"1".into(),
+            run_id: "run-1".into(),
+            message_size: 32,
+            keys: 10,
+        }
+    }
+
+    #[test]
+    fn batch_bodies_are_valid_json_carrying_run_and_scenario() {
+        let body = batch_body(&shape(), "batch", 7, 3);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+        let messages = v["messages"].as_array().expect("messages array");
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0]["topic"], "t\"1");
+        assert_eq!(messages[0]["key"], "key-7");
+        assert_eq!(messages[2]["key"], "key-9");
+        assert_eq!(messages[1]["message"].as_str().map(str::len), Some(32));
+        assert_eq!(messages[1]["headers"][RUN_HEADER], "run-1");
+        assert_eq!(messages[1]["headers"][SCENARIO_HEADER], "batch");
+    }
+
+    #[test]
+    fn single_bodies_have_the_requested_payload_size() {
+        let mut s = shape();
+        s.message_size = 5;
+        let v: serde_json::Value =
+            serde_json::from_slice(&single_body(&s, "immediate", 12)).expect("valid JSON");
+        assert_eq!(v["message"].as_str().map(str::len), Some(5));
+        assert_eq!(v["key"], "key-2");
+    }
+
+    #[test]
+    fn answers_name_their_ids_as_numbers_or_strings() {
+        assert_eq!(parse_ids(br#"{"id": 42}"#), vec![42]);
+        assert_eq!(
+            parse_ids(br#"{"ids": [1, "2", 3], "count": 3}"#),
+            vec![1, 2, 3]
+        );
+        assert!(parse_ids(b"not json").is_empty());
+    }
+}

@@ -1,0 +1,294 @@
+//! Counting what the producers answered: accepted and failed messages, failure reasons,
+//! request latency (HdrHistogram), per producer and per scenario.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use outbox_operator::crd::{LatencyPercentiles, ProducerResult, ScenarioResult};
+
+/// Highest latency the histograms track exactly: one hour, in microseconds. Longer
+/// samples are clamped to it (a request never takes that long: the client times out).
+const MAX_TRACKABLE_MICROS: u64 = 3_600_000_000;
+
+/// A latency histogram in microseconds with three significant digits.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies::new()
+    }
+}
+
+impl Latencies {
+    /// An empty histogram from 1 µs to one hour.
+    pub fn new() -> Self {
+        // Constant bounds that hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig
+        // <= 5): creation cannot fail at run time.
+        let histogram = Histogram::new_with_bounds(1, MAX_TRACKABLE_MICROS, 3)
+            .unwrap_or_else(|e| unreachable!("constant histogram bounds refused: {e}"));
+        Latencies(histogram)
+    }
+
+    /// Records one sample.
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_TRACKABLE_MICROS);
+        self.0.saturating_record(micros);
+    }
+
+    /// Records `count` samples of the same value (e.g. one per message of a row range).
+    pub fn record_n(&mut self, micros: u64, count: u64) {
+        let micros = micros.clamp(1, MAX_TRACKABLE_MICROS);
+        // Within bounds after the clamp: recording cannot fail.
+        let _ = self.0.record_n(micros, count);
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &Latencies) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// p50, p90, p99, p99.9 and max in milliseconds; `None` without samples.
+    pub fn percentiles(&self) -> Option<LatencyPercentiles> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let ms = |micros: u64| (micros as f64 / 1000.0 * 1000.0).round() / 1000.0;
+        Some(LatencyPercentiles {
+            p50: ms(self.0.value_at_quantile(0.50)),
+            p90: ms(self.0.value_at_quantile(0.90)),
+            p99: ms(self.0.value_at_quantile(0.99)),
+            p999: ms(self.0.value_at_quantile(0.999)),
+            max: ms(self.0.max()),
+        })
+    }
+}
+
+/// What one producer (or a whole scenario, once merged) answered.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Messages accepted with a 2xx.
+    pub accepted: u64,
+    /// Messages refused or lost in transport.
+    pub failed: u64,
+    /// Failed messages by reason.
+    pub reasons: BTreeMap<String, u64>,
+    /// Request latency.
+    pub latency: Latencies,
+}
+
+impl Tally {
+    /// A request carrying `messages` messages was accepted after `latency`.
+    pub fn accepted(&mut self, messages: u64, latency: Duration) {
+        self.accepted += messages;
+        self.latency.record(latency);
+    }
+
+    /// A request carrying `messages` messages failed for `reason`.
+    pub fn failed(&mut self, messages: u64, reason: &str, latency: Option<Duration>) {
+        self.failed += messages;
+        *self.reasons.entry(reason.to_string()).or_default() += messages;
+        if let Some(latency) = latency {
+            self.latency.record(latency);
+        }
+    }
+
+    /// Adds another tally.
+    pub fn merge(&mut self, other: &Tally) {
+        self.accepted += other.accepted;
+        self.failed += other.failed;
+        for (reason, n) in &other.reasons {
+            *self.reasons.entry(reason.clone()).or_default() += n;
+        }
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// Messages per second, 0 for an empty interval.
+pub fn throughput(messages: u64, duration: Duration) -> f64 {
+    let secs = duration.as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    ((messages as f64 / secs) * 10.0).round() / 10.0
+}
+
+fn seconds(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+fn reasons(map: &BTreeMap<String, u64>) -> BTreeMap<String, i64> {
+    map.iter().map(|(k, v)| (k.clone(), to_i64(*v))).collect()
+}
+
+/// Counts fit in an i64 (the API's integer type); saturate rather than wrap.
+pub fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One producer's share of a scenario: what it was given and what it answered.
+#[derive(Debug, Clone)]
+pub struct ProducerOutcome {
+    /// Producer name (pod or URL).
+    pub producer: String,
+    /// Messages assigned to it by the split of this attempt.
+    pub messages: u64,
+    /// What it answered in this attempt.
+    pub tally: Tally,
+    /// Wall time of its share.
+    pub duration: Duration,
+}
+
+impl ProducerOutcome {
+    /// The status entry for this producer.
+    pub fn result(&self) -> ProducerResult {
+        ProducerResult {
+            producer: self.producer.clone(),
+            accepted: to_i64(self.tally.accepted),
+            failed: to_i64(self.tally.failed),
+            messages: to_i64(self.messages),
+            failure_reasons: reasons(&self.tally.reasons),
+            duration_seconds: seconds(self.duration),
+            throughput: throughput(self.tally.accepted, self.duration),
+            latency: self.tally.latency.percentiles(),
+        }
+    }
+}
+
+/// A whole scenario: its producers' outcomes and its wall time.
+#[derive(Debug, Clone)]
+pub struct ScenarioOutcome {
+    /// Scenario name.
+    pub name: String,
+    /// True when sent through the batch endpoint.
+    pub batching: bool,
+    /// Messages the scenario asked for.
+    pub messages: u64,
+    /// Messages an earlier attempt of the same run got accepted (found in the outbox
+    /// when this attempt started): counted as accepted, not sent again. The per-producer
+    /// figures describe this attempt only.
+    pub already_accepted: u64,
+    /// Per producer, in the order of the split.
+    pub producers: Vec<ProducerOutcome>,
+    /// Wall time of this attempt's sending.
+    pub duration: Duration,
+}
+
+impl ScenarioOutcome {
+    /// All producers' tallies together (this attempt only).
+    pub fn tally(&self) -> Tally {
+        let mut total = Tally::default();
+        for p in &self.producers {
+            total.merge(&p.tally);
+        }
+        total
+    }
+
+    /// Accepted messages, including those an earlier attempt got accepted.
+    pub fn accepted(&self) -> u64 {
+        self.already_accepted + self.producers.iter().map(|p| p.tally.accepted).sum::<u64>()
+    }
+
+    /// Percentage of the scenario's messages accepted (100 for an empty scenario).
+    pub fn accepted_percent(&self) -> f64 {
+        if self.messages == 0 {
+            return 100.0;
+        }
+        self.accepted() as f64 * 100.0 / self.messages as f64
+    }
+
+    /// The status entry for this scenario.
+    pub fn result(&self) -> ScenarioResult {
+        let tally = self.tally();
+        ScenarioResult {
+            name: self.name.clone(),
+            messages: to_i64(self.messages),
+            accepted: to_i64(self.accepted()),
+            failed: to_i64(tally.failed),
+            failure_reasons: reasons(&tally.reasons),
+            duration_seconds: seconds(self.duration),
+            throughput: throughput(tally.accepted, self.duration),
+            latency: tally.latency.percentiles(),
+            per_producer: self.producers.iter().map(ProducerOutcome::result).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_recorded_latencies() {
+        let mut l = Latencies::new();
+        for ms in 1..=1000u64 {
+            l.record(Duration::from_millis(ms));
+        }
+        let p = l.percentiles().expect("samples were recorded");
+        assert!((p.p50 - 500.0).abs() < 1.0, "{p:?}");
+        assert!((p.p90 - 900.0).abs() < 1.0, "{p:?}");
+        assert!((p.p99 - 990.0).abs() < 1.0, "{p:?}");
+        assert!((p.max - 1000.0).abs() < 1.0, "{p:?}");
+    }
+
+    #[test]
+    fn no_samples_means_no_percentiles() {
+        assert!(Latencies::new().percentiles().is_none());
+    }
+
+    #[test]
+    fn failures_are_counted_per_message_and_by_reason() {
+        let mut t = Tally::default();
+        t.accepted(2000, Duration::from_millis(5));
+        t.failed(2000, "http503", Some(Duration::from_millis(1)));
+        t.failed(1, "timeout", None);
+        assert_eq!(t.accepted, 2000);
+        assert_eq!(t.failed, 2001);
+        assert_eq!(t.reasons["http503"], 2000);
+        assert_eq!(t.reasons["timeout"], 1);
+        assert_eq!(t.latency.count(), 2);
+    }
+
+    #[test]
+    fn scenario_results_add_up_the_producers_and_earlier_attempts() {
+        let producer = |name: &str, accepted| {
+            let mut tally = Tally::default();
+            tally.accepted(accepted, Duration::from_millis(3));
+            ProducerOutcome {
+                producer: name.into(),
+                messages: accepted,
+                tally,
+                duration: Duration::from_secs(2),
+            }
+        };
+        let s = ScenarioOutcome {
+            name: "batch".into(),
+            batching: true,
+            messages: 10,
+            already_accepted: 2,
+            producers: vec![producer("p0", 4), producer("p1", 2), producer("p2", 2)],
+            duration: Duration::from_secs(2),
+        };
+        let r = s.result();
+        assert_eq!(r.accepted, 10);
+        assert_eq!(r.failed, 0);
+        assert_eq!(
+            r.throughput, 4.0,
+            "only this attempt's messages count for speed"
+        );
+        assert_eq!(
+            r.per_producer[1].accepted, 2,
+            "per producer: this attempt only"
+        );
+        assert_eq!(s.accepted_percent(), 100.0);
+    }
+}

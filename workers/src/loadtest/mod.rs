@@ -1,0 +1,754 @@
+//! The load-test runner (`outbox-worker loadtest`): drives every producer of an
+//! OutboxSystem in parallel through the LoadTest's scenarios, verifies that every
+//! consumer group acknowledged every accepted message, and writes the results into the
+//! LoadTest's status, a JSON report and a summary table.
+//!
+//! A run is identified by its run id (the LoadTest's uid; a fresh UUID in local mode)
+//! stamped into every message as the `loadtest-run` header, with the scenario in
+//! `loadtest-scenario`. Verification is exact: the runner collects the ids the
+//! producers assign to the accepted messages and asks the acknowledgement ledger, per
+//! group, which of exactly those ids were acknowledged.
+//!
+//! Reruns do not double-count: a runner that finds its LoadTest Succeeded or Failed
+//! does nothing; one that finds it Running or Verifying (its pod restarted) keeps the
+//! scenarios already recorded in status, looks up in the outbox which messages of the
+//! run were accepted for the others, counts those as accepted and sends only the
+//! remainder. `--run-id` does the same outside Kubernetes.
+
+pub mod args;
+pub mod discover;
+pub mod drive;
+pub mod error;
+pub mod ids;
+pub mod measure;
+pub mod progress;
+pub mod report;
+pub mod split;
+pub mod status;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use outbox_operator::crd::{LoadTestPhase, LoadTestStatus, Scenario};
+use tracing::Instrument;
+
+pub use args::LoadTestArgs;
+pub use error::{LoadTestError, Result};
+
+use discover::Producer;
+use drive::{Counters, MessageShape, ScenarioSend};
+use progress::Display;
+use report::{Report, ReportSettings};
+use status::{StatusBook, Target, COMPLETE, VERIFIED};
+
+use crate::ledger::IdSet;
+use crate::shutdown::{self, ShutdownSignal};
+
+/// Requests in flight per producer for batching scenarios unless told otherwise.
+const DEFAULT_BATCH_CONCURRENCY: usize = 2;
+/// Requests in flight per producer for immediate scenarios unless told otherwise.
+const DEFAULT_IMMEDIATE_CONCURRENCY: usize = 16;
+/// How often verification looks at the ledger.
+const VERIFY_POLL: Duration = Duration::from_secs(1);
+
+/// Everything a run needs, resolved from flags and (in a Job) the API server.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Run id stamped into every message.
+    pub run_id: String,
+    /// `namespace/name` of the LoadTest, if any.
+    pub load_test: Option<String>,
+    /// Kafka topic.
+    pub topic: String,
+    /// Producers to drive.
+    pub producers: Vec<Producer>,
+    /// Consumer groups to verify.
+    pub groups: Vec<String>,
+    /// Scenarios in order.
+    pub scenarios: Vec<Scenario>,
+    /// Payload bytes per message.
+    pub message_size: usize,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Percentage that must be accepted.
+    pub success_threshold: f64,
+    /// How long verification waits.
+    pub verification_timeout: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The LoadTest had finished before this runner started: nothing was done.
+    AlreadyFinished(LoadTestPhase),
+    /// The run finished with this phase (Succeeded or Failed).
+    Finished(LoadTestPhase),
+}
+
+/// Entry point of the subcommand: runs, logs, and maps the outcome to an exit code
+/// (0 succeeded or nothing to do; 2 the run failed, in local mode; 1 the runner failed).
+/// With a LoadTest the result lives in its status, so a failed run still exits 0 and
+/// the Job completes rather than being retried.
+pub async fn main(args: LoadTestArgs, shutdown: ShutdownSignal) -> ExitCode {
+    let with_status = args.name.is_some();
+    match run(args, shutdown).await {
+        Ok(Outcome::Finished(LoadTestPhase::Failed)) if !with_status => ExitCode::from(2),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(
+                reason = e.reason(),
+                "load test runner failed: {}",
+                crate::error_chain(&e)
+            );
+            eprintln!("outbox-worker loadtest: {}", crate::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the load test described by `args`.
+pub async fn run(args: LoadTestArgs, shutdown: ShutdownSignal) -> Result<Outcome> {
+    let label = match (&args.namespace, &args.name) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        _ => "local".to_string(),
+    };
+    let span = tracing::info_span!("loadtest", loadtest = %label);
+    run_inner(args, shutdown).instrument(span).await
+}
+
+async fn run_inner(args: LoadTestArgs, shutdown: ShutdownSignal) -> Result<Outcome> {
+    let (plan, target, current) = match resolve(&args).await? {
+        Resolved::Finished(phase) => return Ok(Outcome::AlreadyFinished(phase)),
+        Resolved::Run(prepared) => {
+            let Prepared {
+                plan,
+                target,
+                current,
+            } = *prepared;
+            (plan, target, current)
+        }
+    };
+    let mut book = StatusBook::new(target, current, args.progress_interval);
+    let result = execute(&args, &plan, &mut book, shutdown).await;
+    match result {
+        Ok(outcome) => Ok(outcome),
+        Err(LoadTestError::Interrupted) => {
+            book.status_mut().message = Some("the runner was stopped before the run finished; a rerun of the same run id resumes it".into());
+            let _ = book.write_now().await;
+            Err(LoadTestError::Interrupted)
+        }
+        Err(e) => {
+            // The result of the run is this error: record it where users look.
+            let message = format!("the load-test runner failed: {}", crate::error_chain(&e));
+            book.advance(LoadTestPhase::Failed);
+            book.set_condition(COMPLETE, true, e.reason(), message.clone());
+            let status = book.status_mut();
+            status.message = Some(message);
+            status.completion_time = Some(Time(Timestamp::now()));
+            if let Err(write) = book.write_now().await {
+                tracing::error!(error = %crate::error_chain(&write), "could not record the failure in the LoadTest status");
+            }
+            Err(e)
+        }
+    }
+}
+
+enum Resolved {
+    Finished(LoadTestPhase),
+    Run(Box<Prepared>),
+}
+
+struct Prepared {
+    plan: Plan,
+    target: Option<Target>,
+    current: LoadTestStatus,
+}
+
+/// Resolves the plan from flags and, with `--namespace/--name`, the API server.
+async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
+    let producers_from_flags: Vec<Producer> = args
+        .producer_urls
+        .iter()
+        .map(|u| Producer::from_url(u))
+        .collect();
+    let (Some(namespace), Some(name)) = (&args.namespace, &args.name) else {
+        let plan = local_plan(args, producers_from_flags)?;
+        return Ok(Resolved::Run(Box::new(Prepared {
+            plan,
+            target: None,
+            current: LoadTestStatus::default(),
+        })));
+    };
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|source| LoadTestError::KubeConfig { source })?;
+    let lt = discover::load_test(&client, namespace, name).await?;
+    let current = lt.status.clone().unwrap_or_default();
+    if let Some(phase) = current.phase.filter(|p| p.is_finished()) {
+        tracing::info!(?phase, "the LoadTest has already finished; nothing to do");
+        return Ok(Resolved::Finished(phase));
+    }
+    let run_id = lt.metadata.uid.clone().ok_or_else(|| {
+        LoadTestError::Settings(format!("LoadTest {namespace}/{name} has no metadata.uid"))
+    })?;
+    let spec = &lt.spec;
+    let need_system =
+        args.topic.is_none() || args.groups.is_empty() || producers_from_flags.is_empty();
+    let system = if need_system {
+        Some(discover::outbox_system(&client, namespace, &spec.system_ref.name).await?)
+    } else {
+        None
+    };
+    let producers = if producers_from_flags.is_empty() {
+        let port = system
+            .as_ref()
+            .map(|s| s.spec.producers.port)
+            .unwrap_or(8080);
+        discover::producers(&client, namespace, &spec.system_ref.name, port).await?
+    } else {
+        producers_from_flags
+    };
+    let topic = match (&args.topic, &system) {
+        (Some(t), _) => t.clone(),
+        (None, Some(s)) => s.spec.topic.name.clone(),
+        (None, None) => return Err(LoadTestError::Settings("no topic: give --topic".into())),
+    };
+    let groups = if args.groups.is_empty() {
+        system
+            .as_ref()
+            .map(|s| {
+                s.spec
+                    .consumers
+                    .groups
+                    .iter()
+                    .map(|g| g.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        args.groups.clone()
+    };
+    let plan = Plan {
+        run_id,
+        load_test: Some(format!("{namespace}/{name}")),
+        topic,
+        producers,
+        groups,
+        scenarios: spec.scenarios.clone(),
+        message_size: usize::try_from(spec.message_size.max(1)).unwrap_or(256),
+        keys: u64::try_from(spec.keys.max(1)).unwrap_or(1),
+        success_threshold: spec.success_threshold,
+        verification_timeout: Duration::from_secs(
+            u64::try_from(spec.verification_timeout_seconds.max(1)).unwrap_or(600),
+        ),
+    };
+    validate(&plan)?;
+    let target = Target {
+        api: Api::namespaced(client, namespace),
+        name: name.clone(),
+        generation: lt.metadata.generation,
+    };
+    Ok(Resolved::Run(Box::new(Prepared {
+        plan,
+        target: Some(target),
+        current,
+    })))
+}
+
+/// The plan of a run outside Kubernetes, from flags only.
+fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
+    let topic = args.topic.clone().ok_or_else(|| {
+        LoadTestError::Settings("--topic is required without --namespace/--name".into())
+    })?;
+    if producers.is_empty() {
+        return Err(LoadTestError::Settings(
+            "--producer-url is required without --namespace/--name (e.g. --producer-url http://127.0.0.1:5301)".into(),
+        ));
+    }
+    if args.scenarios.is_empty() {
+        return Err(LoadTestError::Settings(
+            "at least one --scenario is required without --namespace/--name (e.g. --scenario batch:30000:batched)".into(),
+        ));
+    }
+    let plan = Plan {
+        run_id: args
+            .run_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        load_test: None,
+        topic,
+        producers,
+        groups: args.groups.clone(),
+        scenarios: args.scenarios.clone(),
+        message_size: usize::try_from(args.message_size.unwrap_or(256).max(1)).unwrap_or(256),
+        keys: u64::try_from(args.keys.unwrap_or(1000).max(1)).unwrap_or(1),
+        success_threshold: args.success_threshold.unwrap_or(95.0),
+        verification_timeout: args
+            .verification_timeout
+            .unwrap_or(Duration::from_secs(600)),
+    };
+    validate(&plan)?;
+    Ok(plan)
+}
+
+fn validate(plan: &Plan) -> Result<()> {
+    if !(0.0..=100.0).contains(&plan.success_threshold) {
+        return Err(LoadTestError::Settings(format!(
+            "the success threshold {} is not a percentage between 0 and 100",
+            plan.success_threshold
+        )));
+    }
+    let mut names: Vec<&str> = plan.scenarios.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(LoadTestError::Settings(
+            "scenario names must be unique".into(),
+        ));
+    }
+    if plan.groups.is_empty() {
+        tracing::warn!("no consumer group to verify: the run cannot be Verified");
+    }
+    Ok(())
+}
+
+/// Sends every scenario, verifies, and records the result.
+async fn execute(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    book: &mut StatusBook,
+    mut shutdown: ShutdownSignal,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let display = Display::new(args.progress_interval);
+    let http = reqwest::Client::builder()
+        .timeout(args.request_timeout)
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|source| LoadTestError::Http { source })?;
+    let db = verify::connect(&args.database_url).await?;
+    tracing::info!(
+        run_id = %plan.run_id,
+        topic = %plan.topic,
+        producers = ?plan.producers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        groups = ?plan.groups,
+        "starting the load test"
+    );
+
+    // A rerun of the same run id: scenarios recorded in status are done; for the others
+    // the outbox says what was already accepted.
+    let resumed = book.status().run_id.is_some() || args.run_id.is_some();
+    let earlier: BTreeMap<String, IdSet> = if resumed {
+        let found = verify::run_ids_by_scenario(&db, &plan.run_id).await?;
+        let total: u64 = found.values().map(IdSet::len).sum();
+        tracing::info!(
+            messages = total,
+            "resuming run {}: found its earlier messages in the outbox",
+            plan.run_id
+        );
+        found
+    } else {
+        BTreeMap::new()
+    };
+    let finished_before: Vec<String> = book
+        .status()
+        .scenarios
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+
+    {
+        let status = book.status_mut();
+        status.run_id = Some(plan.run_id.clone());
+        if status.start_time.is_none() {
+            status.start_time = Some(Time(Timestamp::now()));
+        }
+        status.message = Some(format!(
+            "sending {} scenario(s) to {} producer(s)",
+            plan.scenarios.len(),
+            plan.producers.len()
+        ));
+    }
+    book.advance(LoadTestPhase::Running);
+    book.set_condition(COMPLETE, false, "Running", "sending messages");
+    book.set_condition(
+        VERIFIED,
+        false,
+        "NotYetVerified",
+        "verification starts when every scenario is sent",
+    );
+    book.write_now().await?;
+
+    let shape = MessageShape {
+        topic: plan.topic.clone(),
+        run_id: plan.run_id.clone(),
+        message_size: plan.message_size,
+        keys: plan.keys,
+    };
+    let mut expected = IdSet::default();
+    let mut uncertain = 0u64;
+    let mut attempt_accepted = 0u64;
+    let mut attempt_seconds = 0f64;
+    for scenario in &plan.scenarios {
+        let before = earlier.get(&scenario.name).cloned().unwrap_or_default();
+        expected = expected.union(&before);
+        if finished_before.contains(&scenario.name) {
+            tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
+            continue;
+        }
+        let messages = u64::try_from(scenario.messages.max(0)).unwrap_or(0);
+        let already = before.len().min(messages);
+        let remaining = messages - already;
+        let concurrency = scenario
+            .concurrency
+            .and_then(|c| usize::try_from(c).ok())
+            .or(args.concurrency)
+            .unwrap_or(if scenario.batching {
+                DEFAULT_BATCH_CONCURRENCY
+            } else {
+                DEFAULT_IMMEDIATE_CONCURRENCY
+            });
+        let send = ScenarioSend {
+            name: scenario.name.clone(),
+            batching: scenario.batching,
+            messages,
+            already_accepted: already,
+            shares: split::split(remaining, plan.producers.len()),
+            batch_size: args.batch_size,
+            concurrency,
+        };
+        tracing::info!(
+            scenario = %send.name,
+            messages,
+            already_accepted = already,
+            shares = ?send.shares,
+            batching = send.batching,
+            concurrency,
+            "sending"
+        );
+        let sent =
+            send_with_progress(&http, plan, &shape, &send, book, &display, &mut shutdown).await?;
+        expected = expected.union(&sent.ids);
+        uncertain += sent.uncertain;
+        attempt_accepted += sent.outcome.tally().accepted;
+        attempt_seconds += sent.outcome.duration.as_secs_f64();
+        let result = sent.outcome.result();
+        tracing::info!(
+            scenario = %result.name,
+            accepted = result.accepted,
+            failed = result.failed,
+            seconds = result.duration_seconds,
+            throughput = result.throughput,
+            "scenario sent"
+        );
+        let status = book.status_mut();
+        status.scenarios.retain(|s| s.name != result.name);
+        status.scenarios.push(result);
+        status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
+        book.write_now().await?;
+    }
+    {
+        let status = book.status_mut();
+        status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
+        if attempt_seconds > 0.0 {
+            status.throughput =
+                Some((attempt_accepted as f64 / attempt_seconds * 10.0).round() / 10.0);
+        } else if status.throughput.is_none() {
+            status.throughput = Some(0.0);
+        }
+    }
+
+    // Requests of unknown fate may have stored messages: take the truth from the outbox.
+    if uncertain > 0 {
+        tracing::warn!(
+            uncertain,
+            "some requests had an unknown outcome; taking the run's messages from the outbox"
+        );
+        let found = verify::run_ids_by_scenario(&db, &plan.run_id).await?;
+        for ids in found.values() {
+            expected = expected.union(ids);
+        }
+    }
+
+    // Verification.
+    book.advance(LoadTestPhase::Verifying);
+    book.set_condition(
+        COMPLETE,
+        false,
+        "Verifying",
+        "every scenario is sent; waiting for the consumer groups",
+    );
+    book.set_condition(
+        VERIFIED,
+        false,
+        "Verifying",
+        format!(
+            "waiting up to {}s for {} groups to acknowledge {} messages",
+            plan.verification_timeout.as_secs(),
+            plan.groups.len(),
+            expected.len()
+        ),
+    );
+    book.status_mut().message = Some(format!(
+        "verifying {} messages in {} groups",
+        expected.len(),
+        plan.groups.len()
+    ));
+    book.write_now().await?;
+    let verification =
+        verify_with_progress(&db, plan, &expected, book, &display, &mut shutdown).await?;
+
+    // Result.
+    let below: Vec<String> = book
+        .status()
+        .scenarios
+        .iter()
+        .filter(|s| {
+            let pct = if s.messages > 0 {
+                s.accepted as f64 * 100.0 / s.messages as f64
+            } else {
+                100.0
+            };
+            pct < plan.success_threshold
+        })
+        .map(|s| {
+            let pct = if s.messages > 0 {
+                s.accepted as f64 * 100.0 / s.messages as f64
+            } else {
+                100.0
+            };
+            format!(
+                "{}: {:.2}% accepted ({} of {})",
+                s.name, pct, s.accepted, s.messages
+            )
+        })
+        .collect();
+    let sending_ok = below.is_empty();
+    let (verified, verified_reason, verified_message) = verification.condition();
+    let phase = if sending_ok && verified {
+        LoadTestPhase::Succeeded
+    } else {
+        LoadTestPhase::Failed
+    };
+    let (complete_reason, complete_message) = if !sending_ok {
+        (
+            "ThresholdNotMet",
+            format!(
+                "below the {}% success threshold: {}",
+                plan.success_threshold,
+                below.join("; ")
+            ),
+        )
+    } else if !verified {
+        (
+            "NotVerified",
+            format!(
+                "sending met the {}% threshold; verification failed: {verified_message}",
+                plan.success_threshold
+            ),
+        )
+    } else {
+        (
+            "Succeeded",
+            format!(
+                "every scenario met the {}% threshold and every group acknowledged every message",
+                plan.success_threshold
+            ),
+        )
+    };
+    book.set_condition(
+        VERIFIED,
+        verified,
+        verified_reason,
+        verified_message.clone(),
+    );
+    book.set_condition(COMPLETE, true, complete_reason, complete_message.clone());
+    book.advance(phase);
+    {
+        let status = book.status_mut();
+        status.groups = verification
+            .reports
+            .iter()
+            .map(verify::group_status)
+            .collect();
+        status.end_to_end_latency = verify::overall_latency(&verification.reports);
+        status.completion_time = Some(Time(Timestamp::now()));
+        status.message = Some(if verified {
+            complete_message
+        } else {
+            verified_message
+        });
+    }
+    book.write_now().await?;
+    let final_phase = book.phase();
+
+    let report = Report {
+        run_id: plan.run_id.clone(),
+        load_test: plan.load_test.clone(),
+        settings: ReportSettings {
+            topic: plan.topic.clone(),
+            producers: plan.producers.iter().map(|p| p.name.clone()).collect(),
+            groups: plan.groups.clone(),
+            message_size: plan.message_size,
+            keys: plan.keys,
+            success_threshold: plan.success_threshold,
+            verification_timeout_seconds: plan.verification_timeout.as_secs(),
+            batch_size: args.batch_size,
+        },
+        resumed,
+        uncertain_messages: uncertain,
+        wall_time_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        verification_seconds: (verification.waited.as_secs_f64() * 1000.0).round() / 1000.0,
+        verification: verification.reports.clone(),
+        status: book.status().clone(),
+    };
+    if let Some(path) = &args.report {
+        report.write(path)?;
+        tracing::info!(path = %path.display(), "wrote the JSON report");
+    }
+    let table = report::summary_table(&plan.run_id, book.status());
+    if display.is_terminal() {
+        println!("{table}");
+    } else {
+        for line in table.lines() {
+            tracing::info!(target: "loadtest", "{line}");
+        }
+    }
+    tracing::info!(phase = ?final_phase, verified, "load test finished");
+    Ok(Outcome::Finished(final_phase))
+}
+
+/// Sends one scenario while showing progress and writing it into the status.
+async fn send_with_progress(
+    http: &reqwest::Client,
+    plan: &Plan,
+    shape: &MessageShape,
+    send: &ScenarioSend,
+    book: &mut StatusBook,
+    display: &Display,
+    shutdown: &mut ShutdownSignal,
+) -> Result<drive::Sent> {
+    let counters = Arc::new(Counters::default());
+    let to_send: u64 = send.shares.iter().sum();
+    let mut bar = display.bar(&send.name, send.messages);
+    let accepted_before: i64 = book
+        .status()
+        .scenarios
+        .iter()
+        .filter(|s| s.name != send.name)
+        .map(|s| s.accepted)
+        .sum();
+    let task = drive::send_scenario(http, &plan.producers, shape, send, counters.clone());
+    tokio::pin!(task);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let sent = loop {
+        tokio::select! {
+            sent = &mut task => break sent,
+            _ = tick.tick() => {
+                let accepted = counters.accepted.load(Ordering::Relaxed);
+                let failed = counters.failed.load(Ordering::Relaxed);
+                let note = format!("accepted {} failed {failed}", accepted + send.already_accepted);
+                bar.set(send.already_accepted + counters.done(), &note);
+                let status = book.status_mut();
+                status.message = Some(format!(
+                    "{}: {}/{} sent ({} accepted, {failed} failed)",
+                    send.name,
+                    send.already_accepted + counters.done(),
+                    send.messages,
+                    accepted + send.already_accepted
+                ));
+                status.accepted_messages = Some(accepted_before + measure::to_i64(accepted + send.already_accepted));
+                book.write_progress().await;
+            }
+            _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
+        }
+    };
+    let done = sent.outcome.accepted();
+    bar.finish(
+        send.already_accepted + counters.done(),
+        &format!(
+            "accepted {done}, failed {} of {to_send} sent",
+            sent.outcome.tally().failed
+        ),
+    );
+    Ok(sent)
+}
+
+/// Waits for the acknowledgements while showing progress and writing it into the status.
+async fn verify_with_progress(
+    db: &tokio_postgres::Client,
+    plan: &Plan,
+    expected: &IdSet,
+    book: &mut StatusBook,
+    display: &Display,
+    shutdown: &mut ShutdownSignal,
+) -> Result<verify::Verification> {
+    let bars: std::sync::Mutex<Vec<progress::Bar>> = std::sync::Mutex::new(
+        plan.groups
+            .iter()
+            .map(|g| display.bar(g, expected.len()))
+            .collect(),
+    );
+    let latest: std::sync::Mutex<Option<verify::VerifyProgress>> = std::sync::Mutex::new(None);
+    let wait = verify::wait_for_acknowledgements(
+        db,
+        &plan.groups,
+        expected,
+        plan.verification_timeout,
+        VERIFY_POLL,
+        |p| {
+            if let Ok(mut bars) = bars.lock() {
+                for (bar, r) in bars.iter_mut().zip(&p.reports) {
+                    bar.set(
+                        r.acknowledged,
+                        &format!("missing {} duplicates {}", r.missing, r.duplicates),
+                    );
+                }
+            }
+            if let Ok(mut latest) = latest.lock() {
+                *latest = Some(p.clone());
+            }
+        },
+    );
+    tokio::pin!(wait);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let verification = loop {
+        tokio::select! {
+            done = &mut wait => break done?,
+            _ = tick.tick() => {
+                // Progress into the status from the last look at the ledger.
+                let last = latest.lock().ok().and_then(|l| l.clone());
+                if let Some(p) = last {
+                    let groups = p.reports.iter().map(verify::group_status).collect();
+                    let summary: Vec<String> = p.reports.iter().map(|r| format!("{} {}/{}", r.group, r.acknowledged, r.expected)).collect();
+                    let status = book.status_mut();
+                    status.groups = groups;
+                    status.message = Some(format!("verifying ({}s): {}", p.waited.as_secs(), summary.join(", ")));
+                    book.write_progress().await;
+                }
+            }
+            _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
+        }
+    };
+    if let Ok(mut bars) = bars.lock() {
+        for (bar, r) in bars.iter_mut().zip(&verification.reports) {
+            bar.finish(
+                r.acknowledged,
+                &format!(
+                    "missing {} duplicates {} out of order {}",
+                    r.missing, r.duplicates, r.out_of_order
+                ),
+            );
+        }
+    }
+    Ok(verification)
+}

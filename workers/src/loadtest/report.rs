@@ -1,0 +1,235 @@
+//! The JSON report and the summary table printed at the end.
+//!
+//! The report embeds the very status written to the LoadTest (`status`), so the two
+//! cannot disagree, plus what does not fit in a status: the producers and groups used,
+//! the settings, and per group a sample of missing ids.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use outbox_operator::crd::{LatencyPercentiles, LoadTestStatus};
+use serde::Serialize;
+
+use super::error::{LoadTestError, Result};
+use crate::ledger::GroupReport;
+
+/// Settings the run used.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportSettings {
+    /// Kafka topic.
+    pub topic: String,
+    /// Producers, by name.
+    pub producers: Vec<String>,
+    /// Consumer groups verified.
+    pub groups: Vec<String>,
+    /// Payload bytes per message.
+    pub message_size: usize,
+    /// Distinct keys.
+    pub keys: u64,
+    /// Percentage of messages that must be accepted.
+    pub success_threshold: f64,
+    /// Verification timeout in seconds.
+    pub verification_timeout_seconds: u64,
+    /// Messages per batch request.
+    pub batch_size: usize,
+}
+
+/// The JSON report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The run id stamped into every message (`loadtest-run` header).
+    pub run_id: String,
+    /// `namespace/name` of the LoadTest, when the run had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_test: Option<String>,
+    /// Settings used.
+    pub settings: ReportSettings,
+    /// True when this attempt resumed an earlier one of the same run id.
+    pub resumed: bool,
+    /// Messages whose requests had an unknown outcome (they were looked up in the outbox).
+    pub uncertain_messages: u64,
+    /// Wall time of this attempt, seconds.
+    pub wall_time_seconds: f64,
+    /// Seconds spent waiting for acknowledgements.
+    pub verification_seconds: f64,
+    /// Per group, the ledger's full report (with up to 20 missing ids).
+    pub verification: Vec<GroupReport>,
+    /// Exactly the status written to the LoadTest.
+    pub status: LoadTestStatus,
+}
+
+impl Report {
+    /// Writes the report as pretty JSON to `path` (through a temporary file, so a
+    /// reader never sees half a report).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(|source| LoadTestError::Json {
+            context: "the report",
+            source,
+        })?;
+        let tmp = path.with_extension("json.tmp");
+        let io = |source| LoadTestError::Report {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+fn ms(l: &Option<LatencyPercentiles>) -> [String; 5] {
+    match l {
+        Some(l) => [l.p50, l.p90, l.p99, l.p999, l.max].map(|v| format!("{v:.1}")),
+        None => std::array::from_fn(|_| "-".to_string()),
+    }
+}
+
+/// The summary table of a finished run.
+pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
+    let mut out = String::new();
+    let phase = status
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "Pending".into());
+    let _ = writeln!(out, "load test {run_id}: {phase}");
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "scenario / producer",
+        "messages",
+        "accepted",
+        "failed",
+        "seconds",
+        "msg/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms"
+    );
+    for s in &status.scenarios {
+        let [p50, p90, p99, p999, max] = ms(&s.latency);
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>8} {:>9.2} {:>11.1} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            s.name,
+            s.messages,
+            s.accepted,
+            s.failed,
+            s.duration_seconds,
+            s.throughput,
+            p50,
+            p90,
+            p99,
+            p999,
+            max
+        );
+        for p in &s.per_producer {
+            let [p50, p90, p99, p999, max] = ms(&p.latency);
+            let _ = writeln!(
+                out,
+                "  {:<22} {:>10} {:>10} {:>8} {:>9.2} {:>11.1} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                p.producer,
+                p.messages,
+                p.accepted,
+                p.failed,
+                p.duration_seconds,
+                p.throughput,
+                p50,
+                p90,
+                p99,
+                p999,
+                max
+            );
+        }
+        if !s.failure_reasons.is_empty() {
+            let reasons: Vec<String> = s
+                .failure_reasons
+                .iter()
+                .map(|(r, n)| format!("{r}: {n}"))
+                .collect();
+            let _ = writeln!(out, "  failures: {}", reasons.join(", "));
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10} {:>10} {:>10}",
+        "consumer group",
+        "expected",
+        "acknowledged",
+        "missing",
+        "duplicates",
+        "out of order",
+        "e2e p50",
+        "e2e p99",
+        "e2e max"
+    );
+    for g in &status.groups {
+        let [p50, _, p99, _, max] = ms(&g.latency);
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>12} {:>8} {:>10} {:>12} {:>10} {:>10} {:>10}",
+            g.group,
+            g.expected,
+            g.acknowledged,
+            g.missing,
+            g.duplicates,
+            g.out_of_order,
+            p50,
+            p99,
+            max
+        );
+    }
+    let _ = writeln!(out);
+    for c in &status.conditions {
+        let _ = writeln!(
+            out,
+            "{}: {} ({}) {}",
+            c.type_, c.status, c.reason, c.message
+        );
+    }
+    if let (Some(accepted), Some(throughput)) = (status.accepted_messages, status.throughput) {
+        let _ = writeln!(
+            out,
+            "accepted {accepted} messages, {throughput:.1} msg/s while sending"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbox_operator::crd::{GroupVerification, LoadTestPhase, ScenarioResult};
+
+    #[test]
+    fn the_summary_names_every_scenario_and_group() {
+        let status = LoadTestStatus {
+            phase: Some(LoadTestPhase::Failed),
+            scenarios: vec![ScenarioResult {
+                name: "batch".into(),
+                messages: 30_000,
+                accepted: 30_000,
+                ..Default::default()
+            }],
+            groups: vec![GroupVerification {
+                group: "group-c".into(),
+                expected: 30_000,
+                missing: 30_000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let table = summary_table("run-1", &status);
+        assert!(table.starts_with("load test run-1: Failed"), "{table}");
+        assert!(table.contains("batch"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("group-c") && l.contains("30000")),
+            "{table}"
+        );
+    }
+}

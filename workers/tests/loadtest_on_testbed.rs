@@ -1,0 +1,614 @@
+//! The load-test runner against the testbed's real PostgreSQL, Kafka and kube-apiserver,
+//! with producers and consumer groups running as processes of the `outbox-worker`
+//! binary. Each test has its own topic, schema and group names; every process is
+//! stopped when its test ends, passed or failed.
+//!
+//! The tests take turns (one at a time): each runs about ten processes on a 2-core
+//! machine.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, CustomResourceExt, ResourceExt};
+use outbox_operator::crd::{LoadTest, LoadTestSpec, Scenario, SystemRef};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use serde_json::Value;
+use testbed_support::{testbed, unique_name};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbox-worker");
+
+/// One test at a time: each starts many processes.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Child processes, killed and reaped on drop, so a failing test leaves none behind.
+struct Processes {
+    children: Vec<(String, Child)>,
+    logs: PathBuf,
+}
+
+impl Processes {
+    fn new(name: &str) -> Self {
+        let logs = std::env::temp_dir().join(unique_name(name));
+        std::fs::create_dir_all(&logs).expect("a log directory");
+        Processes {
+            children: Vec::new(),
+            logs,
+        }
+    }
+
+    fn log_path(&self, label: &str) -> PathBuf {
+        self.logs.join(format!("{label}.log"))
+    }
+
+    fn spawn(&mut self, label: &str, mut command: Command) -> usize {
+        let log = std::fs::File::create(self.log_path(label)).expect("a log file");
+        let err = log.try_clone().expect("a log file");
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {label}: {e}"));
+        self.children.push((label.to_string(), child));
+        self.children.len() - 1
+    }
+
+    fn kill(&mut self, index: usize) {
+        let (_, child) = &mut self.children[index];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits for process `index` to exit, killing it after `timeout`.
+    async fn wait(&mut self, index: usize, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (label, child) = &mut self.children[index];
+            if let Some(status) = child.try_wait().expect("polling a child") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let label = label.clone();
+                self.kill(index);
+                panic!(
+                    "{label} did not finish within {timeout:?}:\n{}",
+                    self.log_tail(&label)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn log_tail(&self, label: &str) -> String {
+        let text = std::fs::read_to_string(self.log_path(label)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = testbed()
+        .kafka_config()
+        .create()
+        .expect("a Kafka admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("creating the topic");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// One consumer group: its Kafka group id and the indexes of its member processes.
+struct Group {
+    name: String,
+    members: Vec<usize>,
+}
+
+/// A topic, a schema, and running producers and consumer groups.
+struct System {
+    topic: String,
+    database_url: String,
+    producer_urls: Vec<String>,
+    groups: Vec<Group>,
+    processes: Processes,
+}
+
+impl System {
+    /// Creates the topic and schema, starts `producers` producers and the groups
+    /// `(suffix, replicas)`, and returns once every process answers its health check.
+    async fn start(name: &str, producers: usize, groups: &[(&str, usize)]) -> System {
+        let tb = testbed();
+        let topic = unique_name(name);
+        let database_url = tb.fresh_schema(name).await.expect("a fresh schema");
+        create_topic(&topic, 3).await;
+        let mut system = System {
+            topic,
+            database_url,
+            producer_urls: Vec::new(),
+            groups: Vec::new(),
+            processes: Processes::new(name),
+        };
+        let mut health = Vec::new();
+        for i in 0..producers {
+            let port = free_port();
+            let label = format!("producer-{i}");
+            let mut c = system.worker("producer", &label, port);
+            c.env("RELAY_LINGER_MS", "20");
+            system.processes.spawn(&label, c);
+            let url = format!("http://127.0.0.1:{port}");
+            health.push((label, format!("{url}/api/messages/health")));
+            system.producer_urls.push(url);
+        }
+        for (suffix, replicas) in groups {
+            let group = unique_name(&format!("{name}-{suffix}"));
+            let mut members = Vec::new();
+            for r in 0..*replicas {
+                let port = free_port();
+                let label = format!("consumer-{suffix}-{r}");
+                let mut c = system.worker("consumer", &label, port);
+                c.env("KAFKA_CONSUMER_GROUP", &group);
+                members.push(system.processes.spawn(&label, c));
+                health.push((
+                    label,
+                    format!("http://127.0.0.1:{port}/api/consumer/health"),
+                ));
+            }
+            system.groups.push(Group {
+                name: group,
+                members,
+            });
+        }
+        let http = reqwest::Client::new();
+        for (label, url) in health {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let ok = http
+                    .get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{label} did not become healthy at {url}:\n{}",
+                    system.processes.log_tail(&label)
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        system
+    }
+
+    fn worker(&self, role: &str, service_id: &str, port: u16) -> Command {
+        let tb = testbed();
+        let mut c = Command::new(BIN);
+        c.arg(role)
+            .env("SERVICE_ID", service_id)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &tb.kafka_bootstrap_servers)
+            .env("DATABASE_URL", &self.database_url)
+            .env("KAFKA_TOPICS", &self.topic)
+            .env("HTTP_PORT", port.to_string())
+            .env("HTTP_ADDRESS", "127.0.0.1");
+        c
+    }
+
+    fn group_names(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.name.clone()).collect()
+    }
+
+    /// `outbox-worker loadtest` against this system, with its report at `report`.
+    fn runner(&self, report: &Path, extra: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("loadtest")
+            .arg("--topic")
+            .arg(&self.topic)
+            .arg("--database-url")
+            .arg(&self.database_url)
+            .arg("--report")
+            .arg(report)
+            .arg("--progress-interval")
+            .arg("2s")
+            .env_remove("DATABASE_URL")
+            .env_remove("LOADTEST_NAMESPACE")
+            .env_remove("LOADTEST_NAME");
+        for url in &self.producer_urls {
+            c.arg("--producer-url").arg(url);
+        }
+        for group in self.group_names() {
+            c.arg("--group").arg(group);
+        }
+        c.args(extra);
+        c
+    }
+
+    /// Runs the runner to its end; returns its exit status and report.
+    async fn run(&mut self, label: &str, extra: &[&str], timeout: Duration) -> (ExitStatus, Value) {
+        let report = self.processes.logs.join(format!("{label}-report.json"));
+        let runner = self.runner(&report, extra);
+        let index = self.processes.spawn(label, runner);
+        let status = self.processes.wait(index, timeout).await;
+        let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
+            panic!(
+                "{label} wrote no report ({e}); exit {status}:\n{}",
+                self.processes.log_tail(label)
+            )
+        });
+        let report: Value = serde_json::from_str(&text).expect("the report is JSON");
+        (status, report)
+    }
+}
+
+fn group<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["status"]["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == name))
+        .unwrap_or_else(|| panic!("no group {name} in {:#}", report["status"]["groups"]))
+}
+
+fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["status"]["scenarios"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no scenario {name} in {:#}", report["status"]["scenarios"]))
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no condition {type_} in {:#}", status["conditions"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-ref", 3, &[("a", 3), ("b", 2), ("c", 1)]).await;
+    let (exit, report) = system
+        .run(
+            "runner",
+            &[
+                "--scenario",
+                "batch:30000:batched",
+                "--scenario",
+                "immediate:500:immediate",
+                "--verification-timeout",
+                "240s",
+            ],
+            Duration::from_secs(420),
+        )
+        .await;
+    let status = &report["status"];
+    assert!(exit.success(), "runner exit {exit}: {:#}", status);
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    assert_eq!(
+        condition(status, "Verified")["status"],
+        "True",
+        "{status:#}"
+    );
+    assert_eq!(condition(status, "Complete")["status"], "True");
+    assert_eq!(status["acceptedMessages"], 30_500);
+
+    let batch = scenario(&report, "batch");
+    assert_eq!(batch["accepted"], 30_000);
+    assert_eq!(batch["failed"], 0);
+    let split: Vec<i64> = batch["perProducer"]
+        .as_array()
+        .expect("per-producer results")
+        .iter()
+        .map(|p| p["accepted"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        split,
+        vec![10_000, 10_000, 10_000],
+        "the batch is split evenly across the 3 producers"
+    );
+    assert!(batch["latency"]["p99"].as_f64().is_some_and(|v| v > 0.0));
+    let immediate = scenario(&report, "immediate");
+    assert_eq!(immediate["accepted"], 500);
+    assert_eq!(
+        immediate["perProducer"].as_array().map(Vec::len),
+        Some(3),
+        "the immediate scenario is spread across all producers"
+    );
+
+    for name in system.group_names() {
+        let g = group(&report, &name);
+        assert_eq!(g["expected"], 30_500, "{g:#}");
+        assert_eq!(g["acknowledged"], 30_500, "{g:#}");
+        assert_eq!(g["missing"], 0, "{g:#}");
+        assert_eq!(g["outOfOrder"], 0, "{g:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_consumer_group_leaves_the_run_unverified_with_its_missing_count() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-stop", 3, &[("a", 1), ("c", 1)]).await;
+    // Group c stops before the run: it acknowledges none of the run's messages.
+    let stopped = system.groups[1].members[0];
+    system.processes.kill(stopped);
+    let (exit, report) = system
+        .run(
+            "runner",
+            &[
+                "--scenario",
+                "batch:3000:batched",
+                "--scenario",
+                "immediate:100:immediate",
+                "--verification-timeout",
+                "25s",
+            ],
+            Duration::from_secs(240),
+        )
+        .await;
+    let status = &report["status"];
+    assert_eq!(
+        exit.code(),
+        Some(2),
+        "a failed run exits 2 in local mode: {status:#}"
+    );
+    assert_eq!(status["phase"], "Failed", "{status:#}");
+    let verified = condition(status, "Verified");
+    assert_eq!(verified["status"], "False");
+    assert_eq!(verified["reason"], "MessagesMissing");
+    let stopped_group = &system.groups[1].name;
+    let message = verified["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("{stopped_group} missing 3100 of 3100")),
+        "the reason names the group and its count: {message}"
+    );
+    assert!(message.contains("verification timeout"), "{message}");
+    assert_eq!(condition(status, "Complete")["reason"], "NotVerified");
+
+    let running = group(&report, &system.groups[0].name);
+    assert_eq!(running["missing"], 0, "{running:#}");
+    assert_eq!(running["acknowledged"], 3100);
+    let stopped = group(&report, stopped_group);
+    assert_eq!(stopped["expected"], 3100);
+    assert_eq!(stopped["acknowledged"], 0);
+    assert_eq!(stopped["missing"], 3100);
+    // The report carries the ledger's sample of missing ids for investigation.
+    let sample = report["verification"]
+        .as_array()
+        .and_then(|v| v.iter().find(|g| g["group"] == stopped_group.as_str()))
+        .map(|g| g["missing_sample"].as_array().map(Vec::len).unwrap_or(0));
+    assert_eq!(sample, Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_with_the_same_run_id_sends_nothing_twice() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-rerun", 2, &[("a", 1)]).await;
+    let run_id = unique_name("run");
+    let args = [
+        "--scenario",
+        "batch:2000:batched",
+        "--run-id",
+        run_id.as_str(),
+        "--verification-timeout",
+        "60s",
+    ];
+    let (first_exit, first) = system.run("first", &args, Duration::from_secs(180)).await;
+    assert!(first_exit.success(), "{:#}", first["status"]);
+    let (second_exit, second) = system.run("second", &args, Duration::from_secs(180)).await;
+    assert!(second_exit.success(), "{:#}", second["status"]);
+    assert_eq!(second["resumed"], true);
+    let batch = scenario(&second, "batch");
+    assert_eq!(
+        batch["accepted"], 2000,
+        "the earlier attempt's messages count once"
+    );
+    let sent_again: i64 = batch["perProducer"]
+        .as_array()
+        .map(|p| p.iter().map(|p| p["accepted"].as_i64().unwrap_or(0)).sum())
+        .unwrap_or(-1);
+    assert_eq!(sent_again, 0, "nothing is sent a second time");
+    let g = group(&second, &system.groups[0].name);
+    assert_eq!(g["expected"], 2000, "{g:#}");
+    assert_eq!(g["missing"], 0, "{g:#}");
+}
+
+/// Installs (or updates) the LoadTest CRD from the Rust type with server-side apply and
+/// waits until it is served.
+async fn install_loadtest_crd(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = LoadTest::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("loadtest-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("applying the LoadTest CRD");
+    testbed_support::eventually(
+        "the LoadTest CRD to be established",
+        Duration::from_secs(30),
+        || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The runner's fields of a status, for comparison.
+fn runner_fields(status: &Value) -> Value {
+    let keep = [
+        "phase",
+        "runId",
+        "acceptedMessages",
+        "throughput",
+        "scenarios",
+        "groups",
+        "endToEndLatency",
+        "message",
+        "startTime",
+        "completionTime",
+    ];
+    let mut out = serde_json::Map::new();
+    for k in keep {
+        if let Some(v) = status.get(k) {
+            out.insert(k.to_string(), v.clone());
+        }
+    }
+    let conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter(|c| c["type"] == "Complete" || c["type"] == "Verified")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    out.insert("conditions".into(), Value::Array(conditions));
+    Value::Object(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_on_the_api_server_and_the_json_report_agree() {
+    let _turn = TURN.lock().await;
+    let tb = testbed();
+    let client = tb.kube_client().await.expect("a client for the testbed");
+    install_loadtest_crd(&client).await;
+    let namespace = unique_name("lt-status");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+                .expect("a namespace"),
+        )
+        .await
+        .expect("creating the namespace");
+    let mut system = System::start("lt-status", 3, &[("a", 1), ("b", 1)]).await;
+    let name = "quick";
+    let spec = LoadTestSpec {
+        system_ref: SystemRef {
+            name: "not-needed".into(),
+        },
+        scenarios: vec![
+            Scenario {
+                name: "batch".into(),
+                messages: 3001,
+                batching: true,
+                concurrency: None,
+            },
+            Scenario {
+                name: "immediate".into(),
+                messages: 100,
+                batching: false,
+                concurrency: Some(4),
+            },
+        ],
+        message_size: 128,
+        keys: 50,
+        success_threshold: 95.0,
+        verification_timeout_seconds: 90,
+        ttl_seconds_after_finished: None,
+        image: None,
+    };
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
+    let created = loadtests
+        .create(&PostParams::default(), &LoadTest::new(name, spec))
+        .await
+        .expect("creating the LoadTest");
+    let uid = created.uid().expect("a uid");
+
+    let report = system.processes.logs.join("k8s-report.json");
+    let mut runner = system.runner(&report, &["--namespace", &namespace, "--name", name]);
+    runner.env("KUBECONFIG", &tb.kubeconfig);
+    let index = system.processes.spawn("k8s-runner", runner);
+    let exit = system.processes.wait(index, Duration::from_secs(240)).await;
+    assert!(
+        exit.success(),
+        "{}",
+        system.processes.log_tail("k8s-runner")
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("a report")).expect("JSON");
+
+    let lt = loadtests
+        .get_status(name)
+        .await
+        .expect("reading the LoadTest");
+    let server = serde_json::to_value(lt.status.expect("a status")).expect("JSON");
+    assert_eq!(
+        server["runId"],
+        uid.as_str(),
+        "the run id is the LoadTest's uid"
+    );
+    assert_eq!(server["phase"], "Succeeded", "{server:#}");
+    assert_eq!(report["runId"], uid.as_str());
+    assert_eq!(runner_fields(&server), runner_fields(&report["status"]));
+    let split: Vec<i64> = server["scenarios"][0]["perProducer"]
+        .as_array()
+        .expect("per producer")
+        .iter()
+        .map(|p| p["accepted"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(split, vec![1001, 1001, 999]);
+
+    // Started again (a restarted Job pod), the runner finds the run finished and does
+    // nothing: the status stays as it was.
+    let again = system.processes.logs.join("k8s-report-2.json");
+    let mut rerun = system.runner(&again, &["--namespace", &namespace, "--name", name]);
+    rerun.env("KUBECONFIG", &tb.kubeconfig);
+    let index = system.processes.spawn("k8s-rerun", rerun);
+    let exit = system.processes.wait(index, Duration::from_secs(60)).await;
+    assert!(exit.success(), "{}", system.processes.log_tail("k8s-rerun"));
+    assert!(!again.exists(), "a finished run is not run again");
+    let after = loadtests
+        .get_status(name)
+        .await
+        .expect("reading the LoadTest");
+    let after = serde_json::to_value(after.status.expect("a status")).expect("JSON");
+    assert_eq!(runner_fields(&after), runner_fields(&server));
+
+    let _ = namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await;
+}
