@@ -323,23 +323,19 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
         Some(&topic)
     );
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let service_names: Vec<String> = services
-        .list(&ListParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .map(|s| s.name_any())
-        .collect();
     for wanted in [
         "outbox-producer",
         "outbox-consumer-group-a",
         "outbox-consumer-group-b",
         "outbox-consumer-group-c",
     ] {
-        assert!(
-            service_names.iter().any(|s| s == wanted),
-            "{wanted} not in {service_names:?}"
-        );
+        let service = eventually(&format!("Service {wanted}"), WAIT, || {
+            let api = services.clone();
+            async move { api.get_opt(wanted).await.ok().flatten() }
+        })
+        .await;
+        let headless = service.spec.and_then(|s| s.cluster_ip).as_deref() == Some("None");
+        assert_eq!(headless, wanted != "outbox-producer", "{wanted}");
     }
 
     // The topic in the real Kafka, and the status saying so.
@@ -567,6 +563,18 @@ async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) 
         async move { api.get_opt("outbox").await.ok()?.is_none().then_some(()) }
     })
     .await;
+    // The topic per policy (checked before garbage collection, which is the
+    // kube-controller-manager's job, not the operator's).
+    let partitions = if policy == "Delete" {
+        eventually("topic deleted", WAIT, || {
+            let topic = topic.clone();
+            async move { kafka_partitions(&topic).await.is_none().then_some(()) }
+        })
+        .await;
+        None
+    } else {
+        kafka_partitions(&topic).await
+    };
     eventually("Deployments garbage-collected", WAIT, || {
         let api = deployments.clone();
         async move {
@@ -591,17 +599,6 @@ async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) 
         }
     })
     .await;
-    // Give a Delete time to show in metadata before reading the outcome.
-    let partitions = if policy == "Delete" {
-        eventually("topic deleted", WAIT, || {
-            let topic = topic.clone();
-            async move { kafka_partitions(&topic).await.is_none().then_some(()) }
-        })
-        .await;
-        None
-    } else {
-        kafka_partitions(&topic).await
-    };
     delete_namespace(&client, &ns).await;
     (partitions, topic)
 }
