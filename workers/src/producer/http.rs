@@ -159,9 +159,10 @@ fn validate(
     if !topics.contains(&request.topic) {
         let mut known: Vec<&String> = topics.iter().collect();
         known.sort();
+        let field = format!("{field_prefix}topic");
         return Err(ApiError::bad(
             format!(
-                "unknown topic `{}`: this producer accepts {}",
+                "{field}: unknown topic `{}`: this producer accepts {}",
                 request.topic,
                 known
                     .iter()
@@ -169,7 +170,7 @@ fn validate(
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Some(format!("{field_prefix}topic")),
+            Some(field),
         ));
     }
     Ok(NewMessage {

@@ -1,0 +1,261 @@
+//! Helpers for the workers' integration tests: worker processes that are stopped on
+//! drop, topics, HTTP sends and ledger checks against the testbed.
+#![allow(dead_code)]
+
+pub mod throwaway;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use outbox_workers::ledger::{self, GroupReport, IdSet};
+use serde_json::{json, Value};
+use testbed_support::{eventually, testbed, unique_name};
+
+/// Where the brokers and the database of one test are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub bootstrap: String,
+    /// A URL whose sessions use the test's own schema.
+    pub database_url: String,
+    pub topic: String,
+}
+
+impl Env {
+    /// A fresh schema and a fresh topic with `partitions` on the shared testbed.
+    pub async fn on_testbed(name: &str, partitions: i32) -> Env {
+        let tb = testbed();
+        let database_url = tb.fresh_schema(name).await.expect("fresh schema");
+        let topic = unique_name(name);
+        create_topic(&tb.kafka_bootstrap_servers, &topic, partitions).await;
+        Env {
+            bootstrap: tb.kafka_bootstrap_servers.clone(),
+            database_url,
+            topic,
+        }
+    }
+}
+
+/// Creates `topic` with `partitions`.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let config = outbox_workers::kafka::client_config(bootstrap, &Default::default());
+    outbox_workers::kafka::create_topic(&config, topic, partitions, 1)
+        .await
+        .expect("create topic");
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A worker process (`outbox-worker <role>`), killed on drop.
+pub struct Worker {
+    pub name: String,
+    pub port: u16,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// Starts `outbox-worker producer` for `env`.
+    pub fn producer(env: &Env, name: &str, extra: &[(&str, &str)]) -> Worker {
+        Worker::start("producer", env, name, extra)
+    }
+
+    /// Starts `outbox-worker consumer` in `group` for `env`.
+    pub fn consumer(env: &Env, name: &str, group: &str, extra: &[(&str, &str)]) -> Worker {
+        let mut all = vec![("KAFKA_CONSUMER_GROUP", group)];
+        all.extend_from_slice(extra);
+        Worker::start("consumer", env, name, &all)
+    }
+
+    fn start(role: &str, env: &Env, name: &str, extra: &[(&str, &str)]) -> Worker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join("outbox-worker-tests");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{}.log", unique_name(name)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-worker"));
+        command
+            .arg(role)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SERVICE_ID", name)
+            .env("KAFKA_BOOTSTRAP_SERVERS", &env.bootstrap)
+            .env("DATABASE_URL", &env.database_url)
+            .env("KAFKA_TOPICS", &env.topic)
+            .env("HTTP_PORT", port.to_string())
+            .env("HTTP_ADDRESS", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err));
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn outbox-worker");
+        Worker {
+            name: name.to_string(),
+            port,
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `path` answers 200.
+    pub async fn wait_healthy(&mut self, path: &str) {
+        let url = self.url(path);
+        let what = format!(
+            "{} to answer 200 on {path} (log: {})",
+            self.name,
+            self.log.display()
+        );
+        let log = self.log.clone();
+        let child = self.child.as_mut().expect("running");
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{} exited with {status}; log:\n{}",
+                    what,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..150 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends one message; returns its id.
+pub async fn send_one(producer: &Worker, topic: &str, key: &str, message: &str) -> i64 {
+    let response = reqwest::Client::new()
+        .post(producer.url("/api/messages/send"))
+        .json(&json!({"topic": topic, "message": message, "key": key}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status(),
+        200,
+        "send answered {}",
+        response.text().await.unwrap_or_default()
+    );
+    let body: Value = response.json().await.expect("json");
+    body["id"].as_i64().expect("id")
+}
+
+/// Sends a batch of `(key, message)`; returns the ids in order.
+pub async fn send_batch(producer: &Worker, topic: &str, messages: &[(String, String)]) -> Vec<i64> {
+    let body = json!({"messages": messages.iter().map(|(k, m)| json!({"topic": topic, "key": k, "message": m})).collect::<Vec<_>>()});
+    let response = reqwest::Client::new()
+        .post(producer.url("/api/messages/batch"))
+        .json(&body)
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(
+        response.status(),
+        200,
+        "batch answered {}",
+        response.text().await.unwrap_or_default()
+    );
+    let body: Value = response.json().await.expect("json");
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_i64().expect("id"))
+        .collect()
+}
+
+/// Waits until `group` acknowledged every id in `expected`, then returns its report.
+pub async fn wait_acknowledged(
+    database_url: &str,
+    group: &str,
+    expected: &IdSet,
+    timeout: Duration,
+) -> GroupReport {
+    let client = outbox_workers::db::connect(database_url)
+        .await
+        .expect("connect");
+    let what = format!("group {group} to acknowledge {} messages", expected.len());
+    let report = eventually(&what, timeout, || async {
+        let report = ledger::group_report(&client, group, expected).await.ok()?;
+        (report.missing == 0).then_some(report)
+    })
+    .await;
+    // Let late redeliveries land before counting duplicates.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = report;
+    ledger::group_report(&client, group, expected)
+        .await
+        .expect("report")
+}
+
+/// `n` messages over `keys` keys, numbered per key so order can be read off.
+pub fn keyed_messages(prefix: &str, n: usize, keys: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("{prefix}-key-{}", i % keys),
+                format!("{prefix}-{i}"),
+            )
+        })
+        .collect()
+}
