@@ -232,7 +232,9 @@ async fn apply(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     );
     for changed in conditions::changed(&current.conditions, &new_conditions) {
         let good = (changed.status == "True") != (changed.type_ == types::DEGRADED);
-        if changed.type_ == types::PAUSED && current.conditions.is_empty() {
+        let first = conditions::find(&current.conditions, &changed.type_).is_none();
+        if first && (good || changed.type_ == types::PAUSED) {
+            // A good state seen for the first time is not news.
             continue;
         }
         publish(

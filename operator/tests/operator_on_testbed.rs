@@ -615,6 +615,106 @@ async fn deleting_a_system_with_delete_policy_deletes_the_topic() {
     assert_eq!(partitions, None, "topic {topic} should be gone");
 }
 
+#[tokio::test]
+async fn existing_topic_with_more_partitions_is_reported_as_a_conflict_not_ignored() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let (client, ns) = setup("obs-conflict").await;
+    let topic = unique_name("conflict-events");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = testbed()
+        .kafka_config()
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let created = admin
+        .create_topics(
+            [&NewTopic::new(&topic, 8, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let _operator = start_operator(&client, &ns);
+    let systems = create_system(&client, &ns, &reference_system(&topic)).await;
+    let system = eventually("TopicConflict in status", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            (condition(&s, "TopicReady")?.1 == "TopicConflict").then_some(s)
+        }
+    })
+    .await;
+    let (status, _, message) = condition(&system, "TopicReady").unwrap_or_default();
+    assert_eq!(status, "False");
+    assert!(message.contains("spec.topic.partitions is 6"), "{message}");
+    assert!(message.contains("has 8 partitions"), "{message}");
+    assert_eq!(
+        condition(&system, "Degraded").map(|c| (c.0, c.1)),
+        Some(("True".into(), "TopicConflict".into()))
+    );
+    assert_eq!(
+        system
+            .status
+            .and_then(|s| s.topic)
+            .and_then(|t| t.partitions),
+        Some(8)
+    );
+    assert_eq!(
+        kafka_partitions(&topic).await,
+        Some(8),
+        "the operator never shrinks a topic"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn paused_system_is_left_as_it_is_until_unpaused() {
+    let (client, ns) = setup("obs-paused").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("paused-events");
+    let systems = create_system(&client, &ns, &reference_system(&topic)).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let replicas = |want: i32| {
+        let api = deployments.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let d = api.get_opt("outbox-producer").await.ok()??;
+                (d.spec?.replicas == Some(want)).then_some(())
+            }
+        }
+    };
+    eventually("producer Deployment with 3 replicas", WAIT, replicas(3)).await;
+    let pause = serde_json::json!({"spec": {"paused": true, "producers": {"replicas": 1}}});
+    let paused = systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&pause))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("Paused condition for the new generation", WAIT, || {
+        let api = systems.clone();
+        let generation = paused.metadata.generation;
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            let status = s.status.as_ref()?;
+            (condition(&s, "Paused")?.0 == "True" && status.observed_generation == generation)
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually("producer Deployment still at 3 replicas", WAIT, replicas(3)).await;
+    let resume = serde_json::json!({"spec": {"paused": false}});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&resume))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually(
+        "producer Deployment scaled to 1 after unpausing",
+        WAIT,
+        replicas(1),
+    )
+    .await;
+    delete_namespace(&client, &ns).await;
+}
+
 fn small_loadtest(name: &str, system: &str) -> LoadTest {
     let text = std::fs::read_to_string(repo_file("manifests/loadtest-small.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
