@@ -1,14 +1,520 @@
-//! The benchmark: raw baselines and the outbox pipeline side by side.
+//! The benchmark: raw baselines and the outbox pipeline side by side, in one run on the
+//! same machine, with each stage's rate and its ratio to its baseline.
+//!
+//! Stages, each over the same N messages (same payload size, same keys):
+//! 1. `raw_copy`: binary COPY into a plain table with the outbox's columns, in batches of
+//!    `--batch-size`, `--concurrency` sessions at once.
+//! 2. `raw_produce`: librdkafka produce with the relay's producer settings.
+//! 3. `raw_consume`: librdkafka consume of those messages (first message to last).
+//! 4. `ingest`: the producer's HTTP batch endpoint (in-process server, relay off),
+//!    `--concurrency` requests of `--batch-size` at once; vs raw_copy.
+//! 5. `relay`: the relay draining that backlog to Kafka until the watermark covers it;
+//!    vs raw_produce.
+//! 6. `consume`: one consumer group acknowledging everything into the ledger (first
+//!    acknowledgement to last); vs raw_consume.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::config::{kafka_client_properties, CommonArgs};
+use crate::consumer::ConsumerArgs;
+use crate::error::{DbContext, Error, KafkaContext, Result};
+use crate::ledger::{self, IdSet};
+use crate::metrics::ProducerMetrics;
+use crate::producer::ProducerArgs;
+use crate::relay::{Relay, RelaySettings};
 
 /// Benchmark settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Messages per stage.
     #[arg(long, default_value_t = 1_000_000)]
-    pub messages: u64,
+    pub messages: usize,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: String,
+    /// PostgreSQL URL; the benchmark works in a schema of its own.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    /// Messages per COPY transaction and per HTTP batch request.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_size: usize,
+    /// COPY sessions / HTTP requests at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "bench-report.json")]
+    pub report: std::path::PathBuf,
+    /// Keep the benchmark schema and topics afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
-/// Runs the benchmark.
-pub async fn run(_args: BenchArgs) -> crate::Result<()> {
-    Err(crate::Error::Config("bench: not built yet".into()))
+/// One timed stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: &'static str,
+    pub messages: usize,
+    pub seconds: f64,
+    pub messages_per_second: f64,
+    /// The raw baseline this stage is compared with, and the ratio to it.
+    pub baseline: Option<&'static str>,
+    pub ratio: Option<f64>,
+}
+
+/// The JSON report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub messages: usize,
+    pub payload_bytes: usize,
+    pub partitions: i32,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub cores: usize,
+    pub stages: Vec<Stage>,
+}
+
+fn stage(name: &'static str, messages: usize, elapsed: Duration) -> Stage {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    Stage {
+        name,
+        messages,
+        seconds,
+        messages_per_second: messages as f64 / seconds,
+        baseline: None,
+        ratio: None,
+    }
+}
+
+fn compare(mut s: Stage, baseline: &Stage) -> Stage {
+    s.baseline = Some(baseline.name);
+    s.ratio = Some(s.messages_per_second / baseline.messages_per_second);
+    s
+}
+
+/// Runs every stage and writes the report.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let n = args.messages;
+    let tag = format!("bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let schema_url = create_schema(&args.database_url, &tag).await?;
+    let db = ledger::connect_and_migrate(&schema_url).await?;
+    let kafka =
+        crate::kafka::client_config(&args.kafka_bootstrap_servers, &kafka_client_properties());
+    let raw_topic = format!("{tag}-raw").replace('_', "-");
+    let topic = format!("{tag}-pipeline").replace('_', "-");
+    crate::kafka::create_topic(&kafka, &raw_topic, args.partitions, 1).await?;
+    crate::kafka::create_topic(&kafka, &topic, args.partitions, 1).await?;
+    let payload = "x".repeat(args.payload_bytes);
+    let key = |i: usize| format!("key-{}", i % args.keys.max(1));
+    println!(
+        "benchmark: {n} messages of {} bytes, {} partitions, schema {tag}",
+        args.payload_bytes, args.partitions
+    );
+
+    // 1. raw COPY
+    db.batch_execute(
+        "CREATE TABLE raw_copy (id bigint, topic text, key text, payload text, headers jsonb,
+                                created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .db("creating the raw COPY table")?;
+    drop(db);
+    let started = Instant::now();
+    let chunks: Vec<(usize, usize)> = (0..n)
+        .step_by(args.batch_size)
+        .map(|s| (s, (s + args.batch_size).min(n)))
+        .collect();
+    let results: Vec<Result<()>> = futures::stream::iter(chunks.into_iter().map(|(from, to)| {
+        let url = schema_url.clone();
+        let topic = raw_topic.clone();
+        let payload = payload.clone();
+        async move { raw_copy(&url, &topic, &payload, from, to, key).await }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect()
+    .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    let raw_copy_stage = stage("raw_copy", n, started.elapsed());
+    report_stage(&raw_copy_stage);
+
+    // 2. raw produce
+    let producer = crate::kafka::relay_producer(&kafka)?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(n);
+    for i in 0..n {
+        let k = key(i);
+        let id = i.to_string();
+        let mut record = FutureRecord::to(&raw_topic)
+            .payload(&payload)
+            .key(&k)
+            .headers(
+                rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                    key: crate::headers::MESSAGE_ID,
+                    value: Some(&id),
+                }),
+            );
+        loop {
+            match producer.send_result(record) {
+                Ok(d) => {
+                    deliveries.push(d);
+                    break;
+                }
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => {
+                    return Err(Error::Kafka {
+                        context: "raw produce".into(),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(Error::Kafka {
+                    context: "raw produce delivery".into(),
+                    source: e,
+                })
+            }
+            Err(_) => return Err(Error::Relay("raw produce: delivery report dropped".into())),
+        }
+    }
+    let raw_produce = stage("raw_produce", n, started.elapsed());
+    report_stage(&raw_produce);
+
+    // 3. raw consume
+    let mut config = kafka.clone();
+    config
+        .set("group.id", format!("{tag}-raw"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = config.create().kafka("creating the raw consumer")?;
+    consumer
+        .subscribe(&[raw_topic.as_str()])
+        .kafka("subscribing")?;
+    let mut seen = 0usize;
+    let mut first = None;
+    while seen < n {
+        let m = consumer.recv().await.kafka("raw consume")?;
+        first.get_or_insert_with(Instant::now);
+        let _ = rdkafka::Message::headers(&m);
+        seen += 1;
+    }
+    let raw_consume = stage(
+        "raw_consume",
+        n,
+        first.map(|f| f.elapsed()).unwrap_or_default(),
+    );
+    report_stage(&raw_consume);
+    drop(consumer);
+
+    // 4. ingest through the producer's HTTP batch endpoint, relay off
+    let (stop, signal) = crate::shutdown::channel();
+    let port = free_port()?;
+    let common = CommonArgs {
+        service_id: "bench-producer".into(),
+        kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
+        database_url: schema_url.clone(),
+        kafka_topics: vec![topic.clone()],
+        http_port: port,
+        http_address: std::net::IpAddr::from([127, 0, 0, 1]),
+    };
+    let producer_task = tokio::spawn(crate::producer::run(
+        ProducerArgs {
+            common: common.clone(),
+            relay_batch_size: 10_000,
+            relay_linger_ms: 50,
+            max_body_bytes: 256 * 1024 * 1024,
+            db_pool_size: args.concurrency.max(1) + 2,
+            relay_disabled: true,
+        },
+        signal.clone(),
+    ));
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for_http(&http, &format!("{base}/api/messages/health")).await?;
+    let bodies: Vec<bytes::Bytes> = (0..n)
+        .step_by(args.batch_size)
+        .map(|s| {
+            let messages: Vec<serde_json::Value> = (s..(s + args.batch_size).min(n))
+                .map(|i| serde_json::json!({"topic": topic, "key": key(i), "message": payload}))
+                .collect();
+            bytes::Bytes::from(serde_json::json!({ "messages": messages }).to_string())
+        })
+        .collect();
+    let started = Instant::now();
+    let answers: Vec<Result<Vec<i64>>> = futures::stream::iter(bodies.into_iter().map(|body| {
+        let http = http.clone();
+        let url = format!("{base}/api/messages/batch");
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| Error::Relay(format!("batch request: {e}")))?;
+            if !r.status().is_success() {
+                return Err(Error::Relay(format!(
+                    "batch request answered {}",
+                    r.status()
+                )));
+            }
+            let v: serde_json::Value = r
+                .json()
+                .await
+                .map_err(|e| Error::Relay(format!("batch answer: {e}")))?;
+            Ok(v["ids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
+                .unwrap_or_default())
+        }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect()
+    .await;
+    let mut ids = Vec::with_capacity(n);
+    for a in answers {
+        ids.extend(a?);
+    }
+    let ingest = compare(stage("ingest", n, started.elapsed()), &raw_copy_stage);
+    report_stage(&ingest);
+    let expected = IdSet::from_ids(ids);
+    if expected.len() != n as u64 {
+        return Err(Error::Relay(format!(
+            "ingest returned {} distinct ids for {n} messages",
+            expected.len()
+        )));
+    }
+
+    // 5. relay the backlog
+    let metrics = ProducerMetrics::default();
+    let relay = Relay::new(
+        schema_url.clone(),
+        crate::kafka::relay_producer(&kafka)?,
+        RelaySettings::default(),
+        Arc::new(Notify::new()),
+        metrics.clone(),
+        "bench-relay".into(),
+    );
+    let started = Instant::now();
+    let relay_task = tokio::spawn(relay.run(signal.clone()));
+    let db = crate::db::connect(&schema_url).await?;
+    loop {
+        let pending: i64 = db
+            .query_one("SELECT pending FROM outbox_backlog", &[])
+            .await
+            .db("reading the backlog")?
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let relay_stage = compare(stage("relay", n, started.elapsed()), &raw_produce);
+    report_stage(&relay_stage);
+
+    // 6. one consumer group
+    let group = format!("{tag}-group");
+    let consumer_task = tokio::spawn(crate::consumer::run(
+        ConsumerArgs {
+            common: CommonArgs {
+                service_id: "bench-consumer".into(),
+                http_port: free_port()?,
+                ..common
+            },
+            group: group.clone(),
+            retry_max_retries: -1,
+            retry_backoff_ms: 200,
+            retry_max_backoff_ms: 10_000,
+            dead_letter_topic: None,
+            batch_size: 5_000,
+            batch_linger_ms: 20,
+        },
+        signal.clone(),
+    ));
+    let mut first = None;
+    loop {
+        let acked: Option<i64> = db
+            .query_one(
+                "SELECT sum(acked)::bigint FROM outbox_ack_chunks WHERE group_name = $1",
+                &[&group],
+            )
+            .await
+            .db("counting acknowledgements")?
+            .get(0);
+        let acked = acked.unwrap_or(0);
+        if acked > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if acked as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let consume = compare(
+        stage("consume", n, first.map(|f| f.elapsed()).unwrap_or_default()),
+        &raw_consume,
+    );
+    report_stage(&consume);
+    let verify_started = Instant::now();
+    let verified = ledger::group_report(&db, &group, &expected).await?;
+    println!(
+        "verification of {n} ids took {:.3}s: acknowledged {} missing {} duplicates {} out of order {}",
+        verify_started.elapsed().as_secs_f64(),
+        verified.acknowledged,
+        verified.missing,
+        verified.duplicates,
+        verified.out_of_order
+    );
+
+    let _ = stop.send(true);
+    let _ = relay_task.await;
+    let _ = producer_task.await;
+    let _ = consumer_task.await;
+    if !args.keep {
+        let _ = db
+            .batch_execute(&format!("DROP SCHEMA \"{tag}\" CASCADE"))
+            .await;
+    }
+
+    let report = BenchReport {
+        messages: n,
+        payload_bytes: args.payload_bytes,
+        partitions: args.partitions,
+        batch_size: args.batch_size,
+        concurrency: args.concurrency,
+        cores: std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(1),
+        stages: vec![
+            raw_copy_stage,
+            raw_produce,
+            raw_consume,
+            ingest,
+            relay_stage,
+            consume,
+        ],
+    };
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| Error::Config(format!("encoding the report: {e}")))?;
+    std::fs::write(&args.report, json).map_err(|source| Error::Io {
+        context: format!("writing {}", args.report.display()),
+        source,
+    })?;
+    println!(
+        "\n{:<12} {:>12} {:>10} {:>14}",
+        "stage", "msg/s", "seconds", "vs baseline"
+    );
+    for s in &report.stages {
+        let ratio = match (s.baseline, s.ratio) {
+            (Some(b), Some(r)) => format!("{r:.2} x {b}"),
+            _ => "baseline".into(),
+        };
+        println!(
+            "{:<12} {:>12.0} {:>10.2} {:>14}",
+            s.name, s.messages_per_second, s.seconds, ratio
+        );
+    }
+    println!("report written to {}", args.report.display());
+    Ok(())
+}
+
+fn report_stage(s: &Stage) {
+    println!(
+        "{:<12} {:>10.0} msg/s ({:.2}s)",
+        s.name, s.messages_per_second, s.seconds
+    );
+}
+
+async fn raw_copy(
+    url: &str,
+    topic: &str,
+    payload: &str,
+    from: usize,
+    to: usize,
+    key: impl Fn(usize) -> String,
+) -> Result<()> {
+    let mut client = crate::db::connect(url).await?;
+    let tx = client.transaction().await.db("raw COPY transaction")?;
+    let sink = tx
+        .copy_in("COPY raw_copy (id, topic, key, payload, headers) FROM STDIN (FORMAT binary)")
+        .await
+        .db("raw COPY")?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB],
+    );
+    futures::pin_mut!(writer);
+    let none: Option<serde_json::Value> = None;
+    for i in from..to {
+        let id = i as i64;
+        let k = key(i);
+        let row: [&(dyn ToSql + Sync); 5] = [&id, &topic, &k, &payload, &none];
+        writer.as_mut().write(&row).await.db("raw COPY rows")?;
+    }
+    writer.finish().await.db("raw COPY finish")?;
+    tx.commit().await.db("raw COPY commit")?;
+    Ok(())
+}
+
+async fn create_schema(database_url: &str, schema: &str) -> Result<String> {
+    let client = crate::db::connect(database_url).await?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+        .await
+        .db("creating the benchmark schema")?;
+    let sep = if database_url.contains('?') { '&' } else { '?' };
+    Ok(format!(
+        "{database_url}{sep}options=-csearch_path%3D{schema}"
+    ))
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| Error::Io {
+            context: "finding a free port".into(),
+            source,
+        })
+}
+
+async fn wait_for_http(http: &reqwest::Client, url: &str) -> Result<()> {
+    for _ in 0..300 {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::Relay(format!("{url} did not become healthy")))
 }
