@@ -10,6 +10,7 @@ pub mod context;
 pub mod crd;
 pub mod error;
 pub mod kafka;
+pub mod leader;
 pub mod loadtest_controller;
 pub mod metrics;
 pub mod run;

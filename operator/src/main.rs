@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use std::sync::Arc;
+
+use outbox_operator::leader::{Elector, LeaseSettings};
 use outbox_operator::metrics::Metrics;
 use outbox_operator::{run, server, Context, Scope, Settings};
 use tracing_subscriber::EnvFilter;
@@ -35,6 +38,25 @@ struct Args {
     /// Seconds between status refreshes of a healthy OutboxSystem (lag, backlog).
     #[arg(long, env = "STATUS_REFRESH_SECONDS", default_value_t = 30)]
     status_refresh_seconds: u64,
+    /// Elect a leader through a Lease before reconciling (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_NAME",
+        default_value = "outbox-operator"
+    )]
+    leader_election_lease_name: String,
+    /// Seconds a leader's Lease stays valid without renewal.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_SECONDS", default_value_t = 15)]
+    leader_election_lease_seconds: u64,
+    /// This replica's identity in the Lease (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -90,11 +112,36 @@ async fn main() -> anyhow::Result<()> {
         loadtest_service_account: args.loadtest_service_account,
         status_refresh: Duration::from_secs(args.status_refresh_seconds.max(1)),
     };
+    let elector = match (args.leader_elect, args.leader_election_namespace) {
+        (false, _) => None,
+        (true, None) => anyhow::bail!(
+            "--leader-elect needs --leader-election-namespace (or POD_NAMESPACE) for its Lease"
+        ),
+        (true, Some(namespace)) => {
+            let identity = args
+                .identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("outbox-operator-{}", std::process::id()));
+            Some(Arc::new(Elector::new(
+                client.clone(),
+                LeaseSettings {
+                    namespace,
+                    name: args.leader_election_lease_name,
+                    identity,
+                    lease_duration: Duration::from_secs(args.leader_election_lease_seconds.max(2)),
+                },
+            )))
+        }
+    };
     let ctx = Context::new(client, metrics.clone(), settings);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
     };
     let server = tokio::spawn(server::serve(
         args.metrics_bind_address,
@@ -105,8 +152,44 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let result = run(ctx, scope, stopped(stop_rx)).await;
+
+    // With leader election: wait for the Lease (or a signal), and stop reconciling
+    // when it is lost.
+    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = stopped(stop_rx.clone()) => {
+                server.abort();
+                return Ok(());
+            }
+        }
+        let keeper = elector.clone();
+        tokio::spawn(async move {
+            keeper.keep().await;
+            let _ = lost_tx.send(true);
+        });
+    }
+    let shutdown = {
+        let stop = stopped(stop_rx);
+        let lost = stopped(lost_rx.clone());
+        async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = lost => {}
+            }
+        }
+    };
+    let result = run(ctx, scope, shutdown).await;
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
     server.abort();
     result.context("running the controllers")?;
+    if *lost_rx.borrow() {
+        anyhow::bail!(
+            "lost the leader-election Lease; exiting so that this replica restarts as a candidate"
+        );
+    }
     Ok(())
 }

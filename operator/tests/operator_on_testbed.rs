@@ -142,6 +142,10 @@ struct OperatorProcess {
 
 impl OperatorProcess {
     fn spawn(namespace: &str, log_name: &str) -> Self {
+        Self::spawn_with(namespace, log_name, &[])
+    }
+
+    fn spawn_with(namespace: &str, log_name: &str, extra_args: &[&str]) -> Self {
         let metrics_port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -156,6 +160,7 @@ impl OperatorProcess {
                 &format!("127.0.0.1:{metrics_port}"),
             ])
             .args(["--status-refresh-seconds", "5"])
+            .args(extra_args)
             .env("KUBECONFIG", &testbed().kubeconfig)
             .env("LOG_LEVEL", "info")
             .stdin(Stdio::null())
@@ -180,6 +185,16 @@ impl OperatorProcess {
         let mut body = String::new();
         stream.read_to_string(&mut body).await.ok()?;
         body.starts_with("HTTP/1.1 200").then_some(body)
+    }
+
+    /// Whether this process has reconciled a LoadTest, from its own /metrics.
+    async fn reconciled_loadtests(&self) -> bool {
+        self.get("/metrics").await.is_some_and(|metrics| {
+            metrics.lines().any(|l| {
+                l.starts_with("outbox_operator_reconciliations_total{controller=\"loadtest\"}")
+                    && !l.ends_with(" 0")
+            })
+        })
     }
 }
 
@@ -815,19 +830,11 @@ async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_
         .patch("small", &PatchParams::default(), &Patch::Merge(&poke))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("the restarted operator reconciled LoadTests", WAIT, || {
-        let operator = &operator;
-        async move {
-            let metrics = operator.get("/metrics").await?;
-            metrics
-                .lines()
-                .any(|l| {
-                    l.starts_with("outbox_operator_reconciliations_total{controller=\"loadtest\"}")
-                        && !l.ends_with(" 0")
-                })
-                .then_some(())
-        }
-    })
+    eventually(
+        "the restarted operator reconciled LoadTests",
+        WAIT,
+        || async { operator.reconciled_loadtests().await.then_some(()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let all_jobs = jobs
@@ -853,5 +860,69 @@ async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_
         "conditions did not flap across the restart"
     );
     drop(operator);
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_another_replica_takes_over_when_it_dies() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (client, ns) = setup("leader").await;
+    let elect = |identity: &'static str| {
+        [
+            "--leader-elect",
+            "--leader-election-namespace",
+            ns.as_str(),
+            "--leader-election-lease-seconds",
+            "3",
+            "--identity",
+            identity,
+        ]
+    };
+    let a = OperatorProcess::spawn_with(&ns, &format!("{ns}-a"), &elect("replica-a"));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = || {
+        let leases = leases.clone();
+        async move {
+            let lease = leases.get_opt("outbox-operator").await.ok()??;
+            lease.spec?.holder_identity
+        }
+    };
+    let first = eventually("replica-a holds the Lease", WAIT, || async {
+        holder().await.filter(|h| h == "replica-a")
+    })
+    .await;
+    assert_eq!(first, "replica-a");
+    let b = OperatorProcess::spawn_with(&ns, &format!("{ns}-b"), &elect("replica-b"));
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(
+            &PostParams::default(),
+            &small_loadtest("probe", "no-such-system"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the leader reconciles", WAIT, || async {
+        a.reconciled_loadtests().await.then_some(())
+    })
+    .await;
+    eventually("/healthz of the waiting replica", WAIT, || {
+        b.get("/healthz")
+    })
+    .await;
+    assert!(
+        !b.reconciled_loadtests().await,
+        "the replica without the Lease must not reconcile"
+    );
+
+    drop(a); // SIGKILL: no release, the Lease has to expire
+    eventually("replica-b takes the Lease over", WAIT, || async {
+        holder().await.filter(|h| h == "replica-b")
+    })
+    .await;
+    eventually("the new leader reconciles", WAIT, || async {
+        b.reconciled_loadtests().await.then_some(())
+    })
+    .await;
+    drop(b);
     delete_namespace(&client, &ns).await;
 }
