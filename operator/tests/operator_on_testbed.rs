@@ -730,6 +730,144 @@ async fn paused_system_is_left_as_it_is_until_unpaused() {
     delete_namespace(&client, &ns).await;
 }
 
+/// The value of `key` in the config of `topic`, as Kafka reports it.
+async fn kafka_topic_config(topic: &str, key: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        testbed().kafka_config().create().ok()?;
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    resource.get(key)?.value.clone()
+}
+
+#[tokio::test]
+async fn topic_config_from_the_spec_is_applied_and_updated_in_kafka() {
+    let (client, ns) = setup("obs-config").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("config-events");
+    let mut system = reference_system(&topic);
+    system
+        .spec
+        .topic
+        .config
+        .insert("retention.ms".into(), "3600000".into());
+    let systems = create_system(&client, &ns, &system).await;
+    eventually("retention.ms 3600000 in Kafka", WAIT, || {
+        let topic = topic.clone();
+        async move {
+            (kafka_topic_config(&topic, "retention.ms").await.as_deref() == Some("3600000"))
+                .then_some(())
+        }
+    })
+    .await;
+    let change = serde_json::json!({"spec": {"topic": {"config": {"retention.ms": "7200000", "cleanup.policy": "delete"}}}});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("retention.ms 7200000 in Kafka", WAIT, || {
+        let topic = topic.clone();
+        async move {
+            (kafka_topic_config(&topic, "retention.ms").await.as_deref() == Some("7200000"))
+                .then_some(())
+        }
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
+    let (client, ns) = setup("obs-backlog").await;
+    // A schema of its own with the view the workers' migrations create.
+    let url = testbed()
+        .fresh_schema("backlog")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let connection = tokio::spawn(connection);
+    db.batch_execute(
+        "CREATE TABLE pending_rows (created_at timestamptz NOT NULL);
+         INSERT INTO pending_rows SELECT now() - interval '90 seconds' FROM generate_series(1, 5);
+         CREATE VIEW outbox_backlog AS
+           SELECT count(*)::bigint AS pending,
+                  extract(epoch FROM now() - min(created_at))::double precision AS oldest_age_seconds
+           FROM pending_rows;",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(db);
+    let _ = connection.await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("backlog-db".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "dsn".to_string(),
+            ByteString(url.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _operator = start_operator(&client, &ns);
+    let mut system = reference_system(&unique_name("backlog-events"));
+    system.spec.database.url_secret_ref.name = "backlog-db".into();
+    system.spec.database.url_secret_ref.key = "dsn".into();
+    let systems = create_system(&client, &ns, &system).await;
+    let backlog = eventually("backlog in status", WAIT, || {
+        let api = systems.clone();
+        async move { api.get("outbox").await.ok()?.status?.backlog }
+    })
+    .await;
+    assert_eq!(backlog.pending, 5);
+    let age = backlog.oldest_age_seconds.unwrap_or_default();
+    assert!((89.0..600.0).contains(&age), "oldest age {age}");
+    let s = systems
+        .get("outbox")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        condition(&s, "BacklogObserved").map(|c| c.0),
+        Some("True".into())
+    );
+
+    // Point the Secret at a database that is not there: said in a condition, reconcile goes on.
+    let broken = serde_json::json!({"stringData": {"dsn": "postgres://nobody@127.0.0.1:1/none?connect_timeout=2"}});
+    secrets
+        .patch(
+            "backlog-db",
+            &PatchParams::default(),
+            &Patch::Merge(&broken),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = eventually("DatabaseUnreachable condition", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            (condition(&s, "BacklogObserved")?.1 == "DatabaseUnreachable").then_some(s)
+        }
+    })
+    .await;
+    let status = s.status.unwrap_or_default();
+    assert_eq!(status.backlog, None, "an unknown backlog is left empty");
+    assert!(
+        status.topic.and_then(|t| t.partitions).is_some(),
+        "the rest of the status is still written"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
 fn small_loadtest(name: &str, system: &str) -> LoadTest {
     let text = std::fs::read_to_string(repo_file("manifests/loadtest-small.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
