@@ -88,6 +88,12 @@ impl Processes {
         }
     }
 
+    /// The exit status of process `label` if it has exited.
+    fn exited(&mut self, label: &str) -> Option<ExitStatus> {
+        let (_, child) = self.children.iter_mut().find(|(l, _)| l == label)?;
+        child.try_wait().ok().flatten()
+    }
+
     fn log_tail(&self, label: &str) -> String {
         let text = std::fs::read_to_string(self.log_path(label)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -169,6 +175,8 @@ impl System {
             health.push((label, format!("{url}/api/messages/health")));
             system.producer_urls.push(url);
         }
+        // Producers first: they create the schema before the consumers look for it.
+        system.wait_healthy(std::mem::take(&mut health)).await;
         for (suffix, replicas) in groups {
             let group = unique_name(&format!("{name}-{suffix}"));
             let mut members = Vec::new();
@@ -188,6 +196,12 @@ impl System {
                 members,
             });
         }
+        system.wait_healthy(health).await;
+        system
+    }
+
+    /// Waits until every `(label, health URL)` answers 2xx.
+    async fn wait_healthy(&mut self, health: Vec<(String, String)>) {
         let http = reqwest::Client::new();
         for (label, url) in health {
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -201,15 +215,20 @@ impl System {
                 if ok {
                     break;
                 }
+                if let Some(status) = self.processes.exited(&label) {
+                    panic!(
+                        "{label} exited ({status}) before becoming healthy:\n{}",
+                        self.processes.log_tail(&label)
+                    );
+                }
                 assert!(
                     Instant::now() < deadline,
                     "{label} did not become healthy at {url}:\n{}",
-                    system.processes.log_tail(&label)
+                    self.processes.log_tail(&label)
                 );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        system
     }
 
     fn worker(&self, role: &str, service_id: &str, port: u16) -> Command {
