@@ -12,9 +12,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
-use outbox_operator::crd::{LoadTest, LoadTestSpec, Scenario, SystemRef};
+use outbox_operator::crd::{LoadTest, LoadTestSpec, OutboxSystem, Scenario, SystemRef};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
@@ -273,6 +275,25 @@ impl System {
         c
     }
 
+    /// `outbox-worker loadtest --namespace <ns> --name <lt>` as the operator's Job runs
+    /// it: the database URL in the environment, everything else from the API server.
+    fn job_runner(&self, namespace: &str, name: &str, report: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(["loadtest", "--namespace", namespace, "--name", name])
+            .arg("--report")
+            .arg(report)
+            .args(["--progress-interval", "2s"])
+            .env("DATABASE_URL", &self.database_url)
+            .env(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                &testbed().kafka_bootstrap_servers,
+            )
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .env_remove("LOADTEST_NAMESPACE")
+            .env_remove("LOADTEST_NAME");
+        c
+    }
+
     /// Runs the runner to its end; returns its exit status and report.
     async fn run(&mut self, label: &str, extra: &[&str], timeout: Duration) -> (ExitStatus, Value) {
         let report = self.processes.logs.join(format!("{label}-report.json"));
@@ -460,12 +481,10 @@ async fn a_rerun_with_the_same_run_id_sends_nothing_twice() {
     assert_eq!(g["missing"], 0, "{g:#}");
 }
 
-/// Installs (or updates) the LoadTest CRD from the Rust type with server-side apply and
+/// Installs (or updates) a CRD generated from the Rust types with server-side apply and
 /// waits until it is served.
-async fn install_loadtest_crd(client: &kube::Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+async fn install_crd(client: &kube::Client, crd: CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = LoadTest::crd();
     let name = crd.name_any();
     crds.patch(
         &name,
@@ -473,24 +492,20 @@ async fn install_loadtest_crd(client: &kube::Client) {
         &Patch::Apply(&crd),
     )
     .await
-    .expect("applying the LoadTest CRD");
-    testbed_support::eventually(
-        "the LoadTest CRD to be established",
-        Duration::from_secs(30),
-        || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let crd = crds.get(&name).await.ok()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
-            }
-        },
-    )
+    .unwrap_or_else(|e| panic!("applying the CRD {name}: {e}"));
+    testbed_support::eventually("the CRD to be established", Duration::from_secs(30), || {
+        let crds = crds.clone();
+        let name = name.clone();
+        async move {
+            let crd = crds.get(&name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        }
+    })
     .await;
 }
 
@@ -532,7 +547,8 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let _turn = TURN.lock().await;
     let tb = testbed();
     let client = tb.kube_client().await.expect("a client for the testbed");
-    install_loadtest_crd(&client).await;
+    install_crd(&client, OutboxSystem::crd()).await;
+    install_crd(&client, LoadTest::crd()).await;
     let namespace = unique_name("lt-status");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -544,11 +560,34 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         .await
         .expect("creating the namespace");
     let mut system = System::start("lt-status", 3, &[("a", 1), ("b", 1)]).await;
+
+    // The OutboxSystem names the topic and the groups. Its producers are the local
+    // processes, given by URL: EndpointSlices may not hold loopback addresses (their
+    // discovery is tested on its own below).
+    let sys = "demo";
+    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &namespace);
+    let system_object: OutboxSystem = serde_json::from_value(serde_json::json!({
+        "apiVersion": "outbox.dev/v1alpha1",
+        "kind": "OutboxSystem",
+        "metadata": {"name": sys},
+        "spec": {
+            "kafka": {"bootstrapServers": tb.kafka_bootstrap_servers},
+            "database": {"urlSecretRef": {"name": "outbox-db", "key": "url"}},
+            "topic": {"name": system.topic, "partitions": 3},
+            "producers": {"replicas": 3},
+            "consumers": {"groups": system.group_names().iter()
+                .map(|g| serde_json::json!({"name": g, "replicas": 1}))
+                .collect::<Vec<_>>()},
+        }
+    }))
+    .expect("an OutboxSystem");
+    systems
+        .create(&PostParams::default(), &system_object)
+        .await
+        .expect("creating the OutboxSystem");
     let name = "quick";
     let spec = LoadTestSpec {
-        system_ref: SystemRef {
-            name: "not-needed".into(),
-        },
+        system_ref: SystemRef { name: sys.into() },
         scenarios: vec![
             Scenario {
                 name: "batch".into(),
@@ -578,8 +617,10 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let uid = created.uid().expect("a uid");
 
     let report = system.processes.logs.join("k8s-report.json");
-    let mut runner = system.runner(&report, &["--namespace", &namespace, "--name", name]);
-    runner.env("KUBECONFIG", &tb.kubeconfig);
+    let mut runner = system.job_runner(&namespace, name, &report);
+    for url in &system.producer_urls {
+        runner.arg("--producer-url").arg(url);
+    }
     let index = system.processes.spawn("k8s-runner", runner);
     let exit = system.processes.wait(index, Duration::from_secs(240)).await;
     assert!(
@@ -610,12 +651,28 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         .map(|p| p["accepted"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(split, vec![1001, 1001, 999]);
+    assert_eq!(report["settings"]["topic"], system.topic.as_str());
+    let groups: Vec<&str> = server["groups"]
+        .as_array()
+        .map(|g| g.iter().filter_map(|g| g["group"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        groups,
+        system.group_names(),
+        "the OutboxSystem's groups were verified"
+    );
+    for g in server["groups"].as_array().into_iter().flatten() {
+        assert_eq!(g["expected"], 3101, "{g:#}");
+        assert_eq!(g["missing"], 0, "{g:#}");
+    }
 
     // Started again (a restarted Job pod), the runner finds the run finished and does
     // nothing: the status stays as it was.
     let again = system.processes.logs.join("k8s-report-2.json");
-    let mut rerun = system.runner(&again, &["--namespace", &namespace, "--name", name]);
-    rerun.env("KUBECONFIG", &tb.kubeconfig);
+    let mut rerun = system.job_runner(&namespace, name, &again);
+    for url in &system.producer_urls {
+        rerun.arg("--producer-url").arg(url);
+    }
     let index = system.processes.spawn("k8s-rerun", rerun);
     let exit = system.processes.wait(index, Duration::from_secs(60)).await;
     assert!(exit.success(), "{}", system.processes.log_tail("k8s-rerun"));
@@ -627,6 +684,114 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let after = serde_json::to_value(after.status.expect("a status")).expect("JSON");
     assert_eq!(runner_fields(&after), runner_fields(&server));
 
+    let _ = namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await;
+}
+
+fn slice(name: &str, service: &str, endpoints: Value, port: i32) -> EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "loadtest-tests",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }))
+    .expect("an EndpointSlice")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_are_found_through_every_ready_endpoint_slice() {
+    let client = testbed()
+        .kube_client()
+        .await
+        .expect("a client for the testbed");
+    let namespace = unique_name("lt-discover");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+                .expect("a namespace"),
+        )
+        .await
+        .expect("creating the namespace");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
+    let pod = |name: &str, ip: &str, ready: bool| {
+        serde_json::json!({
+            "addresses": [ip],
+            "conditions": {"ready": ready},
+            "targetRef": {"kind": "Pod", "name": name, "namespace": namespace},
+        })
+    };
+    let wanted = [
+        slice(
+            "demo-producer-abc",
+            "demo-producer",
+            serde_json::json!([
+                pod("demo-producer-1", "10.1.0.11", true),
+                pod("demo-producer-9", "10.1.0.19", false)
+            ]),
+            8080,
+        ),
+        slice(
+            "demo-producer-def",
+            "demo-producer",
+            serde_json::json!([
+                pod("demo-producer-0", "10.1.0.10", true),
+                pod("demo-producer-2", "10.1.0.12", true)
+            ]),
+            8080,
+        ),
+        // Another system's producers are not ours.
+        slice(
+            "other-producer-abc",
+            "other-producer",
+            serde_json::json!([pod("other-producer-0", "10.1.0.20", true)]),
+            8080,
+        ),
+    ];
+    for s in &wanted {
+        slices
+            .create(&PostParams::default(), s)
+            .await
+            .expect("creating an EndpointSlice");
+    }
+    let found = outbox_workers::loadtest::discover::producers(&client, &namespace, "demo", 1)
+        .await
+        .expect("producers found");
+    let found: Vec<(String, String)> = found.into_iter().map(|p| (p.name, p.base_url)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                "demo-producer-0".to_string(),
+                "http://10.1.0.10:8080".to_string()
+            ),
+            (
+                "demo-producer-1".to_string(),
+                "http://10.1.0.11:8080".to_string()
+            ),
+            (
+                "demo-producer-2".to_string(),
+                "http://10.1.0.12:8080".to_string()
+            ),
+        ],
+        "every ready replica of demo-producer, across slices, and nothing else"
+    );
+    let none =
+        outbox_workers::loadtest::discover::producers(&client, &namespace, "absent", 1).await;
+    assert!(
+        none.as_ref()
+            .is_err_and(|e| e.to_string().contains("no ready producer endpoint")),
+        "a system without ready producers is an error naming the Service: {:?}",
+        none.map(|p| p.len())
+    );
     let _ = namespaces
         .delete(&namespace, &DeleteParams::default())
         .await;
