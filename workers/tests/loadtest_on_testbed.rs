@@ -549,16 +549,8 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let client = tb.kube_client().await.expect("a client for the testbed");
     install_crd(&client, OutboxSystem::crd()).await;
     install_crd(&client, LoadTest::crd()).await;
-    let namespace = unique_name("lt-status");
+    let namespace = namespace(&client, "lt-status").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
-                .expect("a namespace"),
-        )
-        .await
-        .expect("creating the namespace");
     let mut system = System::start("lt-status", 3, &[("a", 1), ("b", 1)]).await;
 
     // The OutboxSystem names the topic and the groups. Its producers are the local
@@ -711,16 +703,8 @@ async fn producers_are_found_through_every_ready_endpoint_slice() {
         .kube_client()
         .await
         .expect("a client for the testbed");
-    let namespace = unique_name("lt-discover");
+    let namespace = namespace(&client, "lt-discover").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
-                .expect("a namespace"),
-        )
-        .await
-        .expect("creating the namespace");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
     let pod = |name: &str, ip: &str, ready: bool| {
         serde_json::json!({
@@ -793,6 +777,124 @@ async fn producers_are_found_through_every_ready_endpoint_slice() {
         none.map(|p| p.len())
     );
     let _ = namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await;
+}
+
+/// A namespace for one test.
+async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    let name = unique_name(prefix);
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+                .expect("a namespace"),
+        )
+        .await
+        .expect("creating the namespace");
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
+    let _turn = TURN.lock().await;
+    let tb = testbed();
+    let client = tb.kube_client().await.expect("a client for the testbed");
+    install_crd(&client, LoadTest::crd()).await;
+    let namespace = namespace(&client, "lt-resume").await;
+    let mut system = System::start("lt-resume", 3, &[("a", 1)]).await;
+    let name = "resumed";
+    let spec = LoadTestSpec {
+        system_ref: SystemRef {
+            name: "unused".into(),
+        },
+        scenarios: vec![Scenario {
+            name: "batch".into(),
+            messages: 3000,
+            batching: true,
+            concurrency: None,
+        }],
+        message_size: 64,
+        keys: 10,
+        success_threshold: 95.0,
+        verification_timeout_seconds: 90,
+        ttl_seconds_after_finished: None,
+        image: None,
+    };
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
+    let created = loadtests
+        .create(&PostParams::default(), &LoadTest::new(name, spec))
+        .await
+        .expect("creating the LoadTest");
+    let uid = created.uid().expect("a uid");
+
+    // An earlier attempt of this run got 1,200 of the 3,000 messages accepted, wrote
+    // Running and died (its pod restarted).
+    let (exit, _) = system
+        .run(
+            "earlier-attempt",
+            &["--scenario", "batch:1200:batched", "--run-id", &uid],
+            Duration::from_secs(120),
+        )
+        .await;
+    assert!(exit.success());
+    loadtests
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"phase": "Running", "runId": uid}})),
+        )
+        .await
+        .expect("marking the run as started");
+
+    let report = system.processes.logs.join("resumed-report.json");
+    let mut runner = system.job_runner(&namespace, name, &report);
+    runner.arg("--topic").arg(&system.topic);
+    for url in &system.producer_urls {
+        runner.arg("--producer-url").arg(url);
+    }
+    for group in system.group_names() {
+        runner.arg("--group").arg(group);
+    }
+    let index = system.processes.spawn("resumed-runner", runner);
+    let exit = system.processes.wait(index, Duration::from_secs(180)).await;
+    assert!(
+        exit.success(),
+        "{}",
+        system.processes.log_tail("resumed-runner")
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("a report")).expect("JSON");
+    assert_eq!(report["resumed"], true);
+
+    let lt = loadtests
+        .get_status(name)
+        .await
+        .expect("reading the LoadTest");
+    let status = serde_json::to_value(lt.status.expect("a status")).expect("JSON");
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    assert_eq!(status["runId"], uid.as_str());
+    let batch = &status["scenarios"][0];
+    assert_eq!(
+        batch["accepted"], 3000,
+        "earlier and new messages, each once: {batch:#}"
+    );
+    let sent_now: Vec<i64> = batch["perProducer"]
+        .as_array()
+        .expect("per producer")
+        .iter()
+        .map(|p| p["accepted"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        sent_now,
+        vec![600, 600, 600],
+        "only the remaining 1,800 were sent"
+    );
+    let g = &status["groups"][0];
+    assert_eq!(g["expected"], 3000, "{g:#}");
+    assert_eq!(g["acknowledged"], 3000, "{g:#}");
+    assert_eq!(g["missing"], 0, "{g:#}");
+    let _ = Api::<Namespace>::all(client)
         .delete(&namespace, &DeleteParams::default())
         .await;
 }
