@@ -26,6 +26,9 @@ impl Default for Settings {
 /// Shared state of both controllers.
 #[derive(Clone)]
 pub struct Context {
+    /// When each OutboxSystem's status (by uid) was last written, to pace gauge updates.
+    pub status_writes:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
     /// Kubernetes client.
     pub client: Client,
     /// Publishes Events.
@@ -47,6 +50,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
+            status_writes: Default::default(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,

@@ -259,8 +259,11 @@ async fn apply(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         groups_summary: Some(computed.groups_summary),
         backlog: computed.backlog,
     };
-    if Some(&status) != system.status.as_ref() {
+    if status_needs_write(&ctx, &system, &status) {
         patch_status(&ctx, &namespace, &name, &status).await?;
+        if let (Some(uid), Ok(mut writes)) = (system.uid(), ctx.status_writes.lock()) {
+            writes.insert(uid, std::time::Instant::now());
+        }
     }
     if let Some(error) = topic.error {
         // Status says what is wrong; back off through the error policy.
@@ -270,6 +273,24 @@ async fn apply(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         });
     }
     Ok(Action::requeue(ctx.settings.status_refresh))
+}
+
+/// Significant changes are written at once; changes of lag and backlog alone at most
+/// once per refresh period.
+fn status_needs_write(ctx: &Context, system: &OutboxSystem, status: &OutboxSystemStatus) -> bool {
+    let Some(current) = system.status.as_ref() else {
+        return true;
+    };
+    if current == status {
+        return false;
+    }
+    if system_status::without_gauges(current) != system_status::without_gauges(status) {
+        return true;
+    }
+    let last = system
+        .uid()
+        .and_then(|uid| ctx.status_writes.lock().ok()?.get(&uid).copied());
+    last.is_none_or(|at| at.elapsed() >= ctx.settings.status_refresh)
 }
 
 fn replace_conditions(
@@ -558,6 +579,9 @@ async fn backlog(
 }
 
 async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
+    if let (Some(uid), Ok(mut writes)) = (system.uid(), ctx.status_writes.lock()) {
+        writes.remove(&uid);
+    }
     let spec = &system.spec;
     match spec.topic.deletion_policy {
         DeletionPolicy::Retain => {

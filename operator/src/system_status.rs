@@ -167,10 +167,10 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
     };
 
     let backlog_condition = match &obs.backlog {
-        Ok(b) => Desired::yes(
+        Ok(_) => Desired::yes(
             BACKLOG_OBSERVED,
             "BacklogRead",
-            format!("{} rows pending in the outbox", b.pending),
+            "status.backlog is read from the outbox_backlog view",
         ),
         Err(e) => Desired::no(BACKLOG_OBSERVED, e.reason, e.message.clone()),
     };
@@ -204,6 +204,22 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
         groups_summary: format!("{ready_groups}/{}", obs.groups.len()),
         backlog: obs.backlog.as_ref().ok().cloned(),
     }
+}
+
+/// The status without the fields that move all the time (lag, backlog): a change in
+/// those alone is written at most once per refresh period, so that the status write
+/// (which triggers the next reconcile) cannot turn into a loop.
+pub fn without_gauges(status: &crate::crd::OutboxSystemStatus) -> crate::crd::OutboxSystemStatus {
+    let mut status = status.clone();
+    // Known or unknown still counts; only the values are gauges.
+    if let Some(backlog) = status.backlog.as_mut() {
+        backlog.pending = 0;
+        backlog.oldest_age_seconds = None;
+    }
+    for group in &mut status.groups {
+        group.lag = group.lag.map(|_| 0);
+    }
+    status
 }
 
 #[cfg(test)]
@@ -283,6 +299,39 @@ mod tests {
         assert_eq!(condition(&s, types::TOPIC_READY).reason, "TopicConflict");
         assert!(condition(&s, types::DEGRADED).status);
         assert_eq!(condition(&s, types::READY).reason, "TopicNotReady");
+    }
+
+    #[test]
+    fn gauges_alone_do_not_make_a_significant_change() {
+        let mut a = crate::crd::OutboxSystemStatus {
+            groups: vec![GroupStatus {
+                name: "g".into(),
+                ready: 1,
+                desired: 1,
+                lag: Some(5),
+            }],
+            backlog: Some(BacklogStatus {
+                pending: 3,
+                oldest_age_seconds: Some(1.0),
+            }),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.groups[0].lag = Some(9);
+        b.backlog = Some(BacklogStatus {
+            pending: 4,
+            oldest_age_seconds: Some(2.5),
+        });
+        assert_eq!(without_gauges(&a), without_gauges(&b));
+        b.groups[0].lag = None;
+        assert_ne!(
+            without_gauges(&a),
+            without_gauges(&b),
+            "lag becoming unknown is news"
+        );
+        b.groups[0].lag = Some(1);
+        a.groups[0].ready = 0;
+        assert_ne!(without_gauges(&a), without_gauges(&b));
     }
 
     #[test]
