@@ -8,8 +8,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::ListParams;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::context::Context;
@@ -96,8 +97,21 @@ pub async fn run(
                 Err(error) => tracing::debug!(%error, "OutboxSystem controller"),
             }
         });
-    let loadtests = Controller::new(scope.api::<LoadTest>(&client), config.clone())
-        .owns(scope.api::<Job>(&client), config)
+    let loadtest_controller = Controller::new(scope.api::<LoadTest>(&client), config.clone());
+    let loadtest_store = loadtest_controller.store();
+    let loadtests = loadtest_controller
+        .owns(scope.api::<Job>(&client), config.clone())
+        // A LoadTest waiting for its OutboxSystem starts as soon as the system appears.
+        .watches(scope.api::<OutboxSystem>(&client), config, move |system| {
+            let namespace = system.namespace();
+            let name = system.name_any();
+            loadtest_store
+                .state()
+                .into_iter()
+                .filter(|lt| lt.namespace() == namespace && lt.spec.system_ref.name == name)
+                .map(|lt| ObjectRef::from_obj(&*lt))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(wait(stop_rx))
         .run(
             loadtest_controller::reconcile,

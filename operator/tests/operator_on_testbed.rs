@@ -566,6 +566,20 @@ async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
     api.create(&PostParams::default(), &valid)
         .await
         .unwrap_or_else(|e| panic!("the valid base spec was refused: {e}"));
+    let rename = serde_json::json!({"spec": {"topic": {"name": "other-topic"}}});
+    match api
+        .patch("bad", &PatchParams::default(), &Patch::Merge(&rename))
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert!(
+                status.message.contains("spec.topic.name is immutable"),
+                "{}",
+                status.message
+            )
+        }
+        other => panic!("renaming the topic was not refused: {other:?}"),
+    }
     delete_namespace(&client, &ns).await;
 }
 
@@ -897,7 +911,7 @@ fn small_loadtest(name: &str, system: &str) -> LoadTest {
 }
 
 #[tokio::test]
-async fn loadtest_for_a_missing_system_gets_system_not_found_and_no_job() {
+async fn loadtest_for_a_missing_system_gets_system_not_found_and_no_job_until_it_exists() {
     let (client, ns) = setup("lt-missing").await;
     let _operator = start_operator(&client, &ns);
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
@@ -928,6 +942,33 @@ async fn loadtest_for_a_missing_system_gets_system_not_found_and_no_job() {
         .unwrap_or_else(|e| panic!("{e}"))
         .items
         .is_empty());
+
+    // The system appears: the LoadTest gets its one Job without waiting for a retry.
+    let mut system = reference_system(&unique_name("late-events"));
+    system.metadata.name = Some("no-such-system".into());
+    create_system(&client, &ns, &system).await;
+    eventually(
+        "the Job once the system exists",
+        Duration::from_secs(10),
+        || {
+            let api = jobs.clone();
+            async move { api.get_opt("orphan-run").await.ok().flatten() }
+        },
+    )
+    .await;
+    eventually("Scheduled True", WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let lt = api.get("orphan").await.ok()?;
+            let status = lt.status?;
+            let scheduled = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.status == "True" && c.reason == "JobCreated");
+            (scheduled && status.message.is_none()).then_some(())
+        }
+    })
+    .await;
     delete_namespace(&client, &ns).await;
 }
 
