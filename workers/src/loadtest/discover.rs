@@ -73,6 +73,38 @@ pub async fn producers(
     Ok(found)
 }
 
+/// Waits until `desired` producers of `system` are ready (a Job may start while the
+/// OutboxSystem's producers are still coming up), checking every two seconds for up to
+/// `timeout`; then goes on with the ready ones, or fails if there are none.
+pub async fn wait_for_producers(
+    client: &Client,
+    namespace: &str,
+    system: &str,
+    default_port: i32,
+    desired: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<Producer>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let found = producers(client, namespace, system, default_port).await;
+        let ready = found.as_ref().map(Vec::len).unwrap_or(0);
+        if ready >= desired.max(1) || tokio::time::Instant::now() >= deadline {
+            if let Ok(found) = &found {
+                if found.len() < desired {
+                    tracing::warn!(
+                        ready = found.len(),
+                        desired,
+                        "not every producer is ready; driving the ready ones"
+                    );
+                }
+            }
+            return found;
+        }
+        tracing::info!(ready, desired, "waiting for the producers to be ready");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// The ready endpoints of `slices` as producers (pure, so it is unit-tested): one per
 /// address of a ready endpoint, on the slice's `http` port (else its first port, else
 /// `default_port`), deduplicated, sorted by name.

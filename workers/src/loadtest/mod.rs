@@ -55,6 +55,8 @@ use crate::shutdown::{self, ShutdownSignal};
 const DEFAULT_BATCH_CONCURRENCY: usize = 2;
 /// Requests in flight per producer for immediate scenarios unless told otherwise.
 const DEFAULT_IMMEDIATE_CONCURRENCY: usize = 16;
+/// How long a runner in a Job waits for every producer replica to be ready.
+const PRODUCER_WAIT: Duration = Duration::from_secs(300);
 /// How often verification looks at the ledger.
 const VERIFY_POLL: Duration = Duration::from_secs(1);
 
@@ -211,7 +213,19 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
             .as_ref()
             .map(|s| s.spec.producers.port)
             .unwrap_or(8080);
-        discover::producers(&client, namespace, &spec.system_ref.name, port).await?
+        let desired = system
+            .as_ref()
+            .map(|s| usize::try_from(s.spec.producers.replicas).unwrap_or(0))
+            .unwrap_or(1);
+        discover::wait_for_producers(
+            &client,
+            namespace,
+            &spec.system_ref.name,
+            port,
+            desired,
+            PRODUCER_WAIT,
+        )
+        .await?
     } else {
         producers_from_flags
     };
