@@ -187,6 +187,20 @@ impl OperatorProcess {
         body.starts_with("HTTP/1.1 200").then_some(body)
     }
 
+    /// Sends SIGTERM and waits for the process to exit; None if it did not within 20 s.
+    async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().ok()?;
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
     /// Whether this process has reconciled a LoadTest, from its own /metrics.
     async fn reconciled_loadtests(&self) -> bool {
         self.get("/metrics").await.is_some_and(|metrics| {
@@ -1062,7 +1076,8 @@ async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_
 }
 
 #[tokio::test]
-async fn only_the_lease_holder_reconciles_and_another_replica_takes_over_when_it_dies() {
+async fn only_the_lease_holder_reconciles_another_replica_takes_over_when_it_dies_and_sigterm_releases_the_lease(
+) {
     use k8s_openapi::api::coordination::v1::Lease;
     let (client, ns) = setup("leader").await;
     let elect = |identity: &'static str| {
@@ -1121,6 +1136,14 @@ async fn only_the_lease_holder_reconciles_and_another_replica_takes_over_when_it
         b.reconciled_loadtests().await.then_some(())
     })
     .await;
-    drop(b);
+
+    // SIGTERM: a clean exit that hands the Lease back at once.
+    let mut b = b;
+    let exit = b.terminate().await;
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "exit on SIGTERM: {exit:?}"
+    );
+    assert_eq!(holder().await, None, "the Lease is released on shutdown");
     delete_namespace(&client, &ns).await;
 }
