@@ -175,6 +175,8 @@ async fn apply(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         Err(e) => (
             TopicOutcome {
                 name: spec.topic.name.clone(),
+                error_reason: matches!(e, Error::Secret { .. })
+                    .then_some("KafkaSettingsSecretMissing"),
                 error: Some(e.to_string()),
                 ..TopicOutcome::default()
             },

@@ -34,6 +34,8 @@ pub struct TopicOutcome {
     pub conflicts: Vec<String>,
     /// The Kafka error that stopped the topic step, if any.
     pub error: Option<String>,
+    /// PascalCase reason of `error` (default `KafkaUnavailable`).
+    pub error_reason: Option<&'static str>,
 }
 
 /// One consumer group as observed.
@@ -83,8 +85,9 @@ pub struct ComputedStatus {
 pub fn compute(obs: &Observation) -> ComputedStatus {
     use types::*;
     let topic = &obs.topic;
+    let error_reason = topic.error_reason.unwrap_or("KafkaUnavailable");
     let topic_condition = if let Some(error) = &topic.error {
-        Desired::no(TOPIC_READY, "KafkaUnavailable", error.clone())
+        Desired::no(TOPIC_READY, error_reason, error.clone())
     } else if !topic.conflicts.is_empty() {
         Desired::no(TOPIC_READY, "TopicConflict", topic.conflicts.join("; "))
     } else if let Some(found) = &topic.observed {
@@ -159,7 +162,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
     };
 
     let degraded_condition = if let Some(error) = &topic.error {
-        Desired::yes(DEGRADED, "KafkaUnavailable", error.clone())
+        Desired::yes(DEGRADED, error_reason, error.clone())
     } else if !topic.conflicts.is_empty() {
         Desired::yes(DEGRADED, "TopicConflict", topic.conflicts.join("; "))
     } else {
@@ -239,6 +242,7 @@ mod tests {
                 }),
                 conflicts: vec![],
                 error: None,
+                error_reason: None,
             },
             producers: (3, 3),
             groups: vec![GroupObservation {

@@ -915,6 +915,66 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
     delete_namespace(&client, &ns).await;
 }
 
+#[tokio::test]
+async fn kafka_client_settings_come_from_the_referenced_secret() {
+    let (client, ns) = setup("obs-kafka-secret").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("secret-events");
+    let mut system = reference_system(&topic);
+    system.spec.kafka.client_settings_secret_ref = Some(outbox_operator::crd::SecretRef {
+        name: "kafka-client".into(),
+    });
+    let systems = create_system(&client, &ns, &system).await;
+    let s = eventually("KafkaSettingsSecretMissing", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            (condition(&s, "TopicReady")?.1 == "KafkaSettingsSecretMissing").then_some(s)
+        }
+    })
+    .await;
+    let message = condition(&s, "TopicReady").map(|c| c.2).unwrap_or_default();
+    assert!(
+        message.contains("spec.kafka.clientSettingsSecretRef"),
+        "{message}"
+    );
+    assert_eq!(kafka_partitions(&topic).await, None);
+
+    // The Secret appears with a librdkafka property: the topic gets created through it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kafka-client"},
+        "stringData": {"KAFKA_CLIENT_SECURITY_PROTOCOL": "PLAINTEXT"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("topic created once the Secret exists", WAIT, || {
+        let topic = topic.clone();
+        async move { (kafka_partitions(&topic).await == Some(6)).then_some(()) }
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let producer = deployments
+        .get("outbox-producer")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let env_from = producer
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].env_from.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        env_from
+            .iter()
+            .any(|e| e.secret_ref.as_ref().map(|r| r.name.as_str()) == Some("kafka-client")),
+        "{env_from:?}"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
 fn small_loadtest(name: &str, system: &str) -> LoadTest {
     let text = std::fs::read_to_string(repo_file("manifests/loadtest-small.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
