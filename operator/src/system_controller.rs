@@ -83,11 +83,25 @@ async fn publish(
     }
 }
 
-async fn apply(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
-    let name = system.name_any();
-    let namespace = system
+async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
+    let name = cached.name_any();
+    let namespace = cached
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    // The watch cache can lag behind this operator's own last status write; deciding on
+    // a stale status would move lastTransitionTime and write again. Read it fresh.
+    let api: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(system) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("reading OutboxSystem {name}")))?
+    else {
+        return Ok(Action::await_change());
+    };
+    if system.metadata.deletion_timestamp.is_some() {
+        // Cleanup runs on the next event.
+        return Ok(Action::await_change());
+    }
     let spec = &system.spec;
     let current = system.status.clone().unwrap_or_default();
 

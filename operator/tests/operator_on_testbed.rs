@@ -440,7 +440,9 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
     assert_eq!(
         settled.resource_version(),
         later.resource_version(),
-        "status churned without a change"
+        "status churned without a change: {:?} then {:?}",
+        settled.status,
+        later.status
     );
 
     // Raise partitions to 8: Kafka follows.
