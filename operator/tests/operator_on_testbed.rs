@@ -1049,6 +1049,82 @@ async fn loadtest_for_a_missing_system_gets_system_not_found_and_no_job_until_it
 }
 
 #[tokio::test]
+async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_the_ttl() {
+    let (client, ns) = setup("lt-ttl").await;
+    let _operator = start_operator(&client, &ns);
+    create_system(&client, &ns, &reference_system(&unique_name("ttl-events"))).await;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let mut lt = small_loadtest("short", "outbox");
+    lt.spec.ttl_seconds_after_finished = Some(3);
+    loadtests
+        .create(&PostParams::default(), &lt)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    eventually("the runner Job", WAIT, || {
+        let api = jobs.clone();
+        async move { api.get_opt("short-run").await.ok().flatten() }
+    })
+    .await;
+
+    // The runner's final report, written the way the runner writes it (its own manager).
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let report = serde_json::json!({
+        "apiVersion": "outbox.dev/v1alpha1",
+        "kind": "LoadTest",
+        "status": {
+            "phase": "Succeeded",
+            "completionTime": now,
+            "acceptedMessages": 30500,
+            "throughput": 12345.0,
+            "conditions": [
+                {"type": "Complete", "status": "True", "reason": "Finished", "message": "done", "lastTransitionTime": now},
+                {"type": "Verified", "status": "True", "reason": "AllAcknowledged", "message": "ok", "lastTransitionTime": now}
+            ]
+        }
+    });
+    loadtests
+        .patch_status(
+            "short",
+            &PatchParams::apply("test-runner").force(),
+            &Patch::Apply(&report),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the Job deleted after the TTL", WAIT, || {
+        let api = jobs.clone();
+        async move { api.get_opt("short-run").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jobs_left = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        jobs_left.items.is_empty(),
+        "no second Job after the first was cleaned up"
+    );
+    let status = loadtests
+        .get("short")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        status.phase,
+        Some(LoadTestPhase::Succeeded),
+        "the operator never moves a finished phase"
+    );
+    assert_eq!(status.accepted_messages, Some(30500));
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    for wanted in ["Scheduled", "Complete", "Verified"] {
+        assert!(types.contains(&wanted), "{wanted} missing from {types:?}");
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_not_flap() {
     let (client, ns) = setup("lt-restart").await;
     let mut operator = OperatorProcess::spawn(&ns, &format!("{ns}-operator-1"));
