@@ -500,6 +500,65 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
     delete_namespace(&client, &ns).await;
 }
 
+/// True when every field of `part` is in `whole` with the same value (numbers compared
+/// as numbers).
+fn is_subset(part: &serde_json::Value, whole: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (part, whole) {
+        (Value::Object(p), Value::Object(w)) => p
+            .iter()
+            .all(|(k, v)| w.get(k).is_some_and(|wv| is_subset(v, wv))),
+        (Value::Array(p), Value::Array(w)) => {
+            p.len() == w.len() && p.iter().zip(w).all(|(a, b)| is_subset(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
+/// Parses a sample into its Rust type, failing if any field of the file would be lost.
+fn parse_sample<K: serde::de::DeserializeOwned + serde::Serialize>(file: &str) -> K {
+    let text = std::fs::read_to_string(repo_file(file)).unwrap_or_else(|e| panic!("{e}"));
+    let raw: serde_json::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let typed: K = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let back = serde_json::to_value(&typed).unwrap_or_default();
+    assert!(
+        is_subset(&raw, &back),
+        "{file} has fields the CRD types do not know"
+    );
+    typed
+}
+
+#[tokio::test]
+async fn sample_manifests_are_accepted_by_the_api_server_as_written() {
+    let (client, ns) = setup("manifests").await;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
+    let system: OutboxSystem = parse_sample("manifests/outbox-system.yaml");
+    systems
+        .create(&dry_run, &system)
+        .await
+        .unwrap_or_else(|e| panic!("manifests/outbox-system.yaml refused: {e}"));
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    for file in [
+        "manifests/loadtest-reference.yaml",
+        "manifests/loadtest-small.yaml",
+    ] {
+        let lt: LoadTest = parse_sample(file);
+        let created = loadtests
+            .create(&dry_run, &lt)
+            .await
+            .unwrap_or_else(|e| panic!("{file} refused: {e}"));
+        let messages: i64 = created.spec.scenarios.iter().map(|s| s.messages).sum();
+        assert!(messages > 0, "{file}");
+    }
+    delete_namespace(&client, &ns).await;
+}
+
 #[tokio::test]
 async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
     let (client, ns) = setup("obs-invalid").await;
