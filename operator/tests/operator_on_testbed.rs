@@ -101,6 +101,7 @@ async fn setup(prefix: &str) -> (Client, String) {
 struct InProcessOperator {
     task: tokio::task::JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    metrics: Metrics,
 }
 
 impl Drop for InProcessOperator {
@@ -117,7 +118,8 @@ fn start_operator(client: &Client, namespace: &str) -> InProcessOperator {
         status_refresh: Duration::from_secs(5),
         ..Settings::default()
     };
-    let ctx = Context::new(client.clone(), Metrics::default(), settings);
+    let metrics = Metrics::default();
+    let ctx = Context::new(client.clone(), metrics.clone(), settings);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let scope = Scope::Namespace(namespace.to_string());
     let task = tokio::spawn(async move {
@@ -131,6 +133,7 @@ fn start_operator(client: &Client, namespace: &str) -> InProcessOperator {
     InProcessOperator {
         task,
         stop: Some(stop),
+        metrics,
     }
 }
 
@@ -477,6 +480,23 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
     assert!(message.contains("spec.topic.partitions"), "{message}");
     assert_eq!(kafka_partitions(&topic).await, Some(8));
 
+    // Events tell what happened.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("OutboxSystem"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for wanted in ["TopicCreated", "PartitionsRaised"] {
+        assert!(
+            reasons.iter().any(|r| r == wanted),
+            "{wanted} not in {reasons:?}"
+        );
+    }
+
     // A removed consumer group loses its Deployment.
     let fewer = serde_json::json!({"spec": {"consumers": {"groups": [
         {"name": "group-a", "replicas": 3, "retry": {"maxRetries": -1}},
@@ -528,6 +548,54 @@ fn parse_sample<K: serde::de::DeserializeOwned + serde::Serialize>(file: &str) -
         "{file} has fields the CRD types do not know"
     );
     typed
+}
+
+#[tokio::test]
+async fn spec_the_schema_cannot_catch_is_reported_and_not_retried_in_a_loop() {
+    let (client, ns) = setup("obs-badname").await;
+    let operator = start_operator(&client, &ns);
+    let mut system = reference_system(&unique_name("badname-events"));
+    let long_group = "g".repeat(40);
+    system.metadata.name = Some("a-rather-long-outbox-system-name".into());
+    system.spec.consumers.groups[0].name = long_group.clone();
+    let systems = create_system(&client, &ns, &system).await;
+    let s = eventually("Degraded with InvalidSpec", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("a-rather-long-outbox-system-name").await.ok()?;
+            (condition(&s, "Degraded")?.1 == "InvalidSpec").then_some(s)
+        }
+    })
+    .await;
+    let message = condition(&s, "Degraded").map(|c| c.2).unwrap_or_default();
+    assert!(
+        message.contains("spec.consumers.groups[].name"),
+        "{message}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let children = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        children.items.is_empty(),
+        "nothing is built from an invalid spec"
+    );
+    let metrics = operator.metrics.encode().unwrap_or_default();
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("outbox_operator_reconciliation_errors_total")
+                && l.contains("invalid_spec")
+        })
+        .filter_map(|l| l.rsplit(" ").next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (1.0..=3.0).contains(&failures),
+        "invalid spec reconciled {failures} times in 5 s: {metrics}"
+    );
+    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
