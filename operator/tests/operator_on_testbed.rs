@@ -795,6 +795,40 @@ async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) 
 }
 
 #[tokio::test]
+async fn deleting_a_system_whose_topic_never_existed_completes() {
+    let (client, ns) = setup("obs-never").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("never-events");
+    let mut system = reference_system(&topic);
+    system.spec.paused = true; // apply never touches Kafka
+    system.spec.topic.deletion_policy =
+        serde_json::from_value("Delete".into()).unwrap_or_else(|e| panic!("{e}"));
+    let systems = create_system(&client, &ns, &system).await;
+    eventually("the topic finalizer added", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            s.finalizers()
+                .iter()
+                .any(|f| f == "outbox.dev/topic")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(kafka_partitions(&topic).await, None);
+    systems
+        .delete("outbox", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("the OutboxSystem gone", WAIT, || {
+        let api = systems.clone();
+        async move { api.get_opt("outbox").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn deleting_a_system_collects_its_children_and_retains_the_topic() {
     let (partitions, topic) = delete_system_and_check_topic("Retain").await;
     assert_eq!(partitions, Some(6), "topic {topic} should be kept");
