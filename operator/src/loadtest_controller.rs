@@ -297,7 +297,7 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         )
         .await;
     }
-    write_status(&ctx, &loadtests, &lt, &current, &update).await?;
+    write_status(&loadtests, &lt, &current, &update).await?;
 
     if update.phase.is_finished() {
         return finish(&ctx, &lt, &jobs, job.as_ref(), &current).await;
@@ -335,7 +335,6 @@ async fn create_job(jobs: &Api<Job>, job: &Job) -> Result<Job> {
 }
 
 async fn write_status(
-    ctx: &Context,
     api: &Api<LoadTest>,
     lt: &LoadTest,
     current: &LoadTestStatus,
@@ -360,7 +359,6 @@ async fn write_status(
     if unchanged {
         return Ok(());
     }
-    let _ = ctx;
     let mut status = serde_json::json!({
         "phase": update.phase,
         "observedGeneration": lt.metadata.generation,
