@@ -990,6 +990,65 @@ async fn topic_config_from_the_spec_is_applied_and_updated_in_kafka() {
 }
 
 #[tokio::test]
+async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let (client, ns) = setup("obs-lag").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("lag-events");
+    let systems = create_system(&client, &ns, &reference_system(&topic)).await;
+    eventually("topic created", WAIT, || {
+        let topic = topic.clone();
+        async move { (kafka_partitions(&topic).await == Some(6)).then_some(()) }
+    })
+    .await;
+
+    // Ten messages into partition 0; group-a has committed offset 4 there, the others nothing.
+    let config = testbed().kafka_config();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            config.create().unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..10 {
+            let payload = format!("m{i}");
+            producer
+                .send(BaseRecord::<(), _>::to(&t).partition(0).payload(&payload))
+                .unwrap_or_else(|(e, _)| panic!("{e}"));
+        }
+        producer
+            .flush(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut group_config = testbed().kafka_config();
+        group_config.set("group.id", "group-a");
+        let consumer: BaseConsumer = group_config.create().unwrap_or_else(|e| panic!("{e}"));
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&t, 0, Offset::Offset(4))
+            .unwrap_or_else(|e| panic!("{e}"));
+        consumer
+            .commit(&offsets, CommitMode::Sync)
+            .unwrap_or_else(|e| panic!("{e}"));
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let lags = eventually("lag 6 for group-a and 10 for the others", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let groups = api.get("outbox").await.ok()?.status?.groups;
+            let lags: Vec<(String, Option<i64>)> =
+                groups.into_iter().map(|g| (g.name, g.lag)).collect();
+            (lags.iter().map(|(_, l)| *l).collect::<Vec<_>>() == [Some(6), Some(10), Some(10)])
+                .then_some(lags)
+        }
+    })
+    .await;
+    assert_eq!(lags[0].0, "group-a");
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
     let (client, ns) = setup("obs-backlog").await;
     // A schema of its own with the view the workers' migrations create.
