@@ -891,6 +891,43 @@ async fn existing_topic_with_more_partitions_is_reported_as_a_conflict_not_ignor
 }
 
 #[tokio::test]
+async fn unreachable_kafka_is_reported_as_degraded_while_the_workloads_are_still_applied() {
+    let (client, ns) = setup("obs-nokafka").await;
+    let _operator = start_operator(&client, &ns);
+    let mut system = reference_system(&unique_name("nokafka-events"));
+    system.spec.kafka.bootstrap_servers = "127.0.0.1:1".into();
+    let systems = create_system(&client, &ns, &system).await;
+    let s = eventually("Degraded with KafkaUnavailable", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            (condition(&s, "Degraded")?.1 == "KafkaUnavailable").then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(condition(&s, "Degraded").map(|c| c.0), Some("True".into()));
+    assert_eq!(
+        condition(&s, "TopicReady").map(|c| (c.0, c.1)),
+        Some(("False".into(), "KafkaUnavailable".into()))
+    );
+    assert_eq!(
+        s.status.and_then(|s| s.topic).and_then(|t| t.partitions),
+        None
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .len(),
+        4
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn paused_system_is_left_as_it_is_until_unpaused() {
     let (client, ns) = setup("obs-paused").await;
     let _operator = start_operator(&client, &ns);
