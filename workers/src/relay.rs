@@ -62,12 +62,13 @@ impl Default for RelaySettings {
     }
 }
 
-const FETCH: &str = "SELECT id, txid::text, topic, key, payload, headers,
-        (EXTRACT(EPOCH FROM created_at) * 1000000)::bigint
-    FROM outbox_messages
-    WHERE (txid, id) > ($1::text::xid8, $2::bigint)
-      AND txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY txid, id
+// Output columns are aliased so that ORDER BY names the xid8 column, not its text.
+const FETCH: &str = "SELECT m.id, m.txid::text AS txid_text, m.topic, m.key, m.payload, m.headers,
+        (EXTRACT(EPOCH FROM m.created_at) * 1000000)::bigint AS created_us
+    FROM outbox_messages m
+    WHERE (m.txid, m.id) > ($1::text::xid8, $2::bigint)
+      AND m.txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY m.txid, m.id
     LIMIT $3";
 
 const PERSIST: &str = "UPDATE outbox_relay_state

@@ -1,2 +1,294 @@
-//! Throwaway Kafka brokers and PostgreSQL servers for tests that stop and restart them
-//! (filled in by the failure tests).
+//! Throwaway Kafka brokers and PostgreSQL servers for tests that stop and restart them,
+//! started the way `testbed/up.sh` starts the shared ones (Debian's PostgreSQL binaries
+//! as the `postgres` user, the cached Kafka jars), on loopback ports of their own.
+//! Everything they start is stopped on drop, also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use testbed_support::{repo_root, unique_name};
+
+use super::free_port;
+
+fn versions_value(name: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("testbed").join("versions.env"))
+        .expect("testbed/versions.env");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("{name} not in testbed/versions.env"))
+}
+
+fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(prefix));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn as_postgres(program: &Path) -> Command {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    if is_root {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A PostgreSQL server of one test; `stop` and `start` it at will.
+pub struct ThrowawayPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl ThrowawayPostgres {
+    pub fn start() -> ThrowawayPostgres {
+        let bin = PathBuf::from(format!(
+            "/usr/lib/postgresql/{}/bin",
+            versions_value("PG_MAJOR")
+        ));
+        let dir = scratch_dir("pg");
+        let _ = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status();
+        let data = dir.join("data");
+        run(as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]));
+        let port = free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nmax_connections = 50\n",
+            dir.display()
+        );
+        let conf_path = data.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        let pg = ThrowawayPostgres { dir, bin, port };
+        pg.start_again();
+        run(as_postgres(&pg.bin.join("psql"))
+            .args(["-h"])
+            .arg(&pg.dir)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qAt",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-c", "CREATE ROLE outbox LOGIN PASSWORD 'outbox' CREATEDB"])
+            .args(["-c", "CREATE DATABASE outbox OWNER outbox"]));
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://outbox:outbox@127.0.0.1:{}/outbox", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut c = as_postgres(&self.bin.join("pg_ctl"));
+        c.arg("-D").arg(self.dir.join("data")).args(args);
+        c
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut).
+    pub fn stop(&self) {
+        run(&mut self.pg_ctl(&["-m", "fast", "-w", "stop"]));
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn start_again(&self) {
+        run(&mut self
+            .pg_ctl(&["-l"])
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "60", "start"]));
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl(&["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A single-node KRaft broker of one test; `stop` and `start` it at will.
+pub struct ThrowawayKafka {
+    dir: PathBuf,
+    lib: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl ThrowawayKafka {
+    pub fn start() -> ThrowawayKafka {
+        let cache = std::env::var_os("OUTBOX_TESTBED_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+                    })
+                    .join("outbox-testbed")
+            });
+        let lib = cache
+            .join(format!("kafka-{}", versions_value("KAFKA_VERSION")))
+            .join("lib");
+        assert!(
+            lib.is_dir(),
+            "Kafka jars not found in {} (run `make testbed-up` once)",
+            lib.display()
+        );
+        let dir = scratch_dir("kafka");
+        let port = free_port();
+        let controller = free_port();
+        let properties = format!(
+            "process.roles=broker,controller\nnode.id=1\ncontroller.quorum.voters=1@127.0.0.1:{controller}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
+             log.dirs={}\nnum.partitions=1\nauto.create.topics.enable=false\n\
+             offsets.topic.replication.factor=1\noffsets.topic.num.partitions=3\n\
+             transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("server.properties"), properties).expect("server.properties");
+        std::fs::write(dir.join("log4j.properties"), "log4j.rootLogger=WARN, stdout\nlog4j.appender.stdout=org.apache.log4j.ConsoleAppender\nlog4j.appender.stdout.layout=org.apache.log4j.PatternLayout\nlog4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n").expect("log4j");
+        let mut kafka = ThrowawayKafka {
+            dir,
+            lib,
+            port,
+            child: None,
+        };
+        let cluster_id = {
+            let out = kafka
+                .java()
+                .arg("kafka.tools.StorageTool")
+                .arg("random-uuid")
+                .output()
+                .expect("random-uuid");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        run(kafka
+            .java()
+            .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+            .arg(kafka.dir.join("server.properties")));
+        kafka.start_again();
+        kafka
+    }
+
+    fn java(&self) -> Command {
+        let mut c = Command::new("java");
+        c.args([
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-Djava.awt.headless=true",
+        ])
+        .arg(format!(
+            "-Dlog4j.configuration=file:{}",
+            self.dir.join("log4j.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/*", self.lib.display()));
+        c
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (again) and waits until it answers metadata requests.
+    pub fn start_again(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("kafka.log"))
+            .expect("log");
+        let err = log.try_clone().expect("log");
+        let child = self
+            .java()
+            .arg("kafka.Kafka")
+            .arg(self.dir.join("server.properties"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start kafka");
+        self.child = Some(child);
+        let config = outbox_workers::kafka::client_config(&self.bootstrap(), &Default::default());
+        for _ in 0..120 {
+            if outbox_workers::kafka::check_topics(&config, &[], Duration::from_secs(1)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "throwaway Kafka did not start; log in {}",
+            self.dir.join("kafka.log").display()
+        );
+    }
+
+    /// Stops the broker gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            for _ in 0..300 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ThrowawayKafka {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
