@@ -1,0 +1,352 @@
+//! Helpers shared by the operator's testbed tests: CRD installation, a namespace per
+//! test, the operator in-process or as a child process, and reads from Kafka.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use outbox_operator::crd::{LoadTest, OutboxSystem};
+use outbox_operator::metrics::Metrics;
+use outbox_operator::{Context, Scope, Settings};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use testbed_support::{eventually, testbed, unique_name};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Installs the CRDs from `crds/` (server-side apply) and waits until they are Established.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in ["crds/outboxsystem.yaml", "crds/loadtest.yaml"] {
+        let text =
+            std::fs::read_to_string(repo_file(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+        eventually(&format!("CRD {name} Established"), WAIT, || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// A client, the CRDs installed, and a fresh namespace holding the database Secret.
+pub async fn setup(prefix: &str) -> (Client, String) {
+    let client = testbed()
+        .kube_client()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    install_crds(&client).await;
+    let namespace = unique_name(prefix);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace: {e}"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("outbox-postgres".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "url".to_string(),
+            ByteString(testbed().database_url.clone().into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("creating Secret: {e}"));
+    (client, namespace)
+}
+
+/// The operator running in this test's runtime, stopped when dropped.
+pub struct InProcessOperator {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The in-process operator's metrics.
+    pub metrics: Metrics,
+}
+
+impl Drop for InProcessOperator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+pub fn start_operator(client: &Client, namespace: &str) -> InProcessOperator {
+    let settings = Settings {
+        status_refresh: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let metrics = Metrics::default();
+    let ctx = Context::new(client.clone(), metrics.clone(), settings);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let scope = Scope::Namespace(namespace.to_string());
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = outbox_operator::run(ctx, scope, shutdown).await {
+            panic!("operator stopped with an error: {e}");
+        }
+    });
+    InProcessOperator {
+        task,
+        stop: Some(stop),
+        metrics,
+    }
+}
+
+/// The operator binary as a child process, killed when dropped (also on test failure).
+pub struct OperatorProcess {
+    child: Child,
+    metrics_port: u16,
+}
+
+impl OperatorProcess {
+    pub fn spawn(namespace: &str, log_name: &str) -> Self {
+        Self::spawn_with(namespace, log_name, &[])
+    }
+
+    pub fn spawn_with(namespace: &str, log_name: &str, extra_args: &[&str]) -> Self {
+        let metrics_port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("finding a free port: {e}"));
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log_name}.log"));
+        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_operator"))
+            .args(["--namespace", namespace])
+            .args([
+                "--metrics-bind-address",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
+            .args(["--status-refresh-seconds", "5"])
+            .args(extra_args)
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .env("LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the operator binary: {e}"));
+        OperatorProcess {
+            child,
+            metrics_port,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        body.starts_with("HTTP/1.1 200").then_some(body)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; None if it did not within 20 s.
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().ok()?;
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
+    /// Whether this process has reconciled a LoadTest, from its own /metrics.
+    pub async fn reconciled_loadtests(&self) -> bool {
+        self.get("/metrics").await.is_some_and(|metrics| {
+            metrics.lines().any(|l| {
+                l.starts_with("outbox_operator_reconciliations_total{controller=\"loadtest\"}")
+                    && !l.ends_with(" 0")
+            })
+        })
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference OutboxSystem from `manifests/`, pointed at the testbed's Kafka with a
+/// topic of its own.
+pub fn reference_system(topic: &str) -> OutboxSystem {
+    let text = std::fs::read_to_string(repo_file("manifests/outbox-system.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut system: OutboxSystem = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    system.spec.kafka.bootstrap_servers = testbed().kafka_bootstrap_servers.clone();
+    system.spec.topic.name = topic.to_string();
+    system
+}
+
+pub async fn create_system(
+    client: &Client,
+    namespace: &str,
+    system: &OutboxSystem,
+) -> Api<OutboxSystem> {
+    let api: Api<OutboxSystem> = Api::namespaced(client.clone(), namespace);
+    api.create(&PostParams::default(), system)
+        .await
+        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
+    api
+}
+
+/// Partitions of `topic` in the testbed's Kafka (None: no such topic). Lists all topics,
+/// which never auto-creates one.
+pub async fn kafka_partitions(topic: &str) -> Option<usize> {
+    let config = testbed().kafka_config();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().ok()?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .ok()?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+pub fn env_of(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| {
+            p.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .map(|e| {
+                    (
+                        e.name.clone(),
+                        e.value.clone().unwrap_or_else(|| "<from>".into()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn condition(system: &OutboxSystem, type_: &str) -> Option<(String, String, String)> {
+    system
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub async fn delete_namespace(client: &Client, namespace: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+}
+
+/// True when every field of `part` is in `whole` with the same value (numbers compared
+/// as numbers).
+pub fn is_subset(part: &serde_json::Value, whole: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (part, whole) {
+        (Value::Object(p), Value::Object(w)) => p
+            .iter()
+            .all(|(k, v)| w.get(k).is_some_and(|wv| is_subset(v, wv))),
+        (Value::Array(p), Value::Array(w)) => {
+            p.len() == w.len() && p.iter().zip(w).all(|(a, b)| is_subset(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
+/// Parses a sample into its Rust type, failing if any field of the file would be lost.
+pub fn parse_sample<K: serde::de::DeserializeOwned + serde::Serialize>(file: &str) -> K {
+    let text = std::fs::read_to_string(repo_file(file)).unwrap_or_else(|e| panic!("{e}"));
+    let raw: serde_json::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let typed: K = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let back = serde_json::to_value(&typed).unwrap_or_default();
+    assert!(
+        is_subset(&raw, &back),
+        "{file} has fields the CRD types do not know"
+    );
+    typed
+}
+
+/// The value of `key` in the config of `topic`, as Kafka reports it.
+pub async fn kafka_topic_config(topic: &str, key: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        testbed().kafka_config().create().ok()?;
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    resource.get(key)?.value.clone()
+}
+
+pub fn small_loadtest(name: &str, system: &str) -> LoadTest {
+    let text = std::fs::read_to_string(repo_file("manifests/loadtest-small.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut lt: LoadTest = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    lt.metadata.name = Some(name.to_string());
+    lt.spec.system_ref.name = system.to_string();
+    lt
+}
