@@ -140,7 +140,7 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --authorization-kubeconfig "$PKI/controller-manager.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
-  --use-service-account-credentials=false --leader-elect=false \
+  --use-service-account-credentials=true --leader-elect=false \
   --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder,-attachdetach' \
   --profiling=false --v=1
 wait_for kube-controller-manager 90 "$LOG_DIR/kube-controller-manager.log" \
