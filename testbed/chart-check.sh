@@ -8,7 +8,7 @@ chart=$REPO_ROOT/charts/outbox-operator
 diff -ru "$REPO_ROOT/crds" "$chart/crds" || die "charts/outbox-operator/crds differs from crds/: run make crds"
 helm lint --strict "$chart" >/dev/null || { helm lint --strict "$chart"; die "helm lint failed"; }
 kubectl get namespace outbox-system >/dev/null 2>&1 || kubectl create namespace outbox-system >/dev/null
-for values in "" "--set watchNamespace=outbox-system"; do
+for values in "" "--set watchNamespace=outbox-system" "--set leaderElection.enabled=true"; do
   # shellcheck disable=SC2086
   helm template chart-check "$chart" --namespace outbox-system --kube-version "$K8S_VERSION" \
     --include-crds $values | kubectl apply --server-side --field-manager=chart-check --dry-run=server -f - >/dev/null \
