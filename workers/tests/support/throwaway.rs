@@ -126,10 +126,11 @@ impl ThrowawayPostgres {
 
     /// Starts it again on the same port and data.
     pub fn start_again(&self) {
-        run(&mut self
-            .pg_ctl(&["-l"])
+        let mut command = self.pg_ctl(&["-l"]);
+        command
             .arg(self.dir.join("postgres.log"))
-            .args(["-w", "-t", "60", "start"]));
+            .args(["-w", "-t", "60", "start"]);
+        run(&mut command);
     }
 }
 
