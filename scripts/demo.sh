@@ -78,7 +78,7 @@ SYSTEM_JSON=$(kubectl -n "$NAMESPACE" get outboxsystem outbox -o json)
 TOPIC=$(jq -r .spec.topic.name <<<"$SYSTEM_JSON")
 
 step "workers as local processes: producers on 5301-5303, consumers on 5401-5406"
-common=(KAFKA_BOOTSTRAP_SERVERS="$KAFKA_BOOTSTRAP_SERVERS" DATABASE_URL="$DATABASE_URL" KAFKA_TOPICS="$TOPIC" LOG_FORMAT=text)
+common=(KAFKA_BOOTSTRAP_SERVERS="$KAFKA_BOOTSTRAP_SERVERS" DATABASE_URL="$DATABASE_URL" KAFKA_TOPICS="$TOPIC" HTTP_ADDRESS=127.0.0.1 LOG_FORMAT=text)
 for i in 1 2 3; do
   spawn "producer-$i" env "${common[@]}" SERVICE_ID="producer-$i" HTTP_PORT=$((5300 + i)) "$BIN/outbox-worker" producer
 done
