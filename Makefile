@@ -68,5 +68,12 @@ kind-install: kind-load ## helm install the chart into the kind cluster
 	helm upgrade --install outbox-operator charts/outbox-operator --namespace outbox-system --create-namespace \
 	  --set loadtest.namespaces='{default}' --wait
 
+BENCH_MESSAGES ?= 1000000
+bench: ## workers benchmark: raw COPY / produce / consume baselines beside ingest, relay, consume (release)
+	$(CARGO) build --release -p outbox-workers --bin outbox-worker
+	@testbed/with-testbed.sh bash -c '"$${CARGO_TARGET_DIR:-target}/release/outbox-worker" bench \
+	  --messages $(BENCH_MESSAGES) --report "$${TESTBED_STATE_DIR}/bench-report.json" && \
+	  cp "$${TESTBED_STATE_DIR}/bench-report.json" bench-report.json'
+
 demo: ## the main job: testbed up, chart installed, reference OutboxSystem + LoadTest run and verified
 	scripts/demo.sh
