@@ -94,7 +94,11 @@ impl Testbed {
             .await?;
         drop(client);
         let _ = task.await;
-        let sep = if self.database_url.contains('?') { '&' } else { '?' };
+        let sep = if self.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         Ok(format!(
             "{}{sep}options=-csearch_path%3D{schema}",
             self.database_url

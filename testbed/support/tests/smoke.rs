@@ -125,10 +125,7 @@ async fn kafka_admin_creates_a_topic_with_six_partitions() {
 
 #[tokio::test]
 async fn postgres_writes_and_reads_back_a_row_in_a_fresh_schema() {
-    let url = testbed()
-        .fresh_schema("smoke")
-        .await
-        .expect("fresh schema");
+    let url = testbed().fresh_schema("smoke").await.expect("fresh schema");
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("connect");
@@ -154,5 +151,8 @@ async fn postgres_writes_and_reads_back_a_row_in_a_fresh_schema() {
         .await
         .expect("current schema")
         .get(0);
-    assert!(schema.starts_with("smoke_"), "test runs in its own schema, got {schema}");
+    assert!(
+        schema.starts_with("smoke_"),
+        "test runs in its own schema, got {schema}"
+    );
 }
