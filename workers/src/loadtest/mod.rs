@@ -58,7 +58,7 @@ const DEFAULT_IMMEDIATE_CONCURRENCY: usize = 16;
 /// How long a runner in a Job waits for every producer replica to be ready.
 const PRODUCER_WAIT: Duration = Duration::from_secs(300);
 /// How often verification looks at the ledger.
-const VERIFY_POLL: Duration = Duration::from_secs(1);
+const VERIFY_POLL: Duration = Duration::from_secs(2);
 
 /// Everything a run needs, resolved from flags and (in a Job) the API server.
 #[derive(Debug, Clone)]

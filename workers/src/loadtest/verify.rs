@@ -167,7 +167,9 @@ pub fn verdict(
 }
 
 /// Waits until every group acknowledged all of `expected`, or `timeout` passes; calls
-/// `progress` after each look (every `poll` at most).
+/// `progress` after each look (every `poll` at most). A group that has acknowledged
+/// everything is not read again until the final look, which reads every group once
+/// more (so its duplicate and reorder counts are current).
 pub async fn wait_for_acknowledgements(
     client: &Client,
     groups: &[String],
@@ -177,13 +179,15 @@ pub async fn wait_for_acknowledgements(
     mut progress: impl FnMut(&VerifyProgress),
 ) -> Result<Verification> {
     let started = Instant::now();
+    let mut latest: Vec<Option<GroupReport>> = vec![None; groups.len()];
     loop {
-        let reports = ledger::group_reports(client, groups, expected)
-            .await
-            .map_err(|source| LoadTestError::Ledger {
-                context: "reading the acknowledgement ledger",
-                source,
-            })?;
+        for (group, slot) in groups.iter().zip(latest.iter_mut()) {
+            if slot.as_ref().is_some_and(|r| r.missing == 0) {
+                continue;
+            }
+            *slot = Some(report(client, group, expected).await?);
+        }
+        let reports: Vec<GroupReport> = latest.iter().flatten().cloned().collect();
         let waited = started.elapsed();
         progress(&VerifyProgress {
             reports: reports.clone(),
@@ -191,6 +195,13 @@ pub async fn wait_for_acknowledgements(
         });
         let complete = reports.iter().all(|r| r.missing == 0);
         if complete || waited >= timeout {
+            let reports = ledger::group_reports(client, groups, expected)
+                .await
+                .map_err(|source| LoadTestError::Ledger {
+                    context: "reading the acknowledgement ledger",
+                    source,
+                })?;
+            let complete = reports.iter().all(|r| r.missing == 0);
             return Ok(Verification {
                 reports,
                 waited,
@@ -200,6 +211,15 @@ pub async fn wait_for_acknowledgements(
         let left = timeout.saturating_sub(waited);
         tokio::time::sleep(poll.min(left)).await;
     }
+}
+
+async fn report(client: &Client, group: &str, expected: &IdSet) -> Result<GroupReport> {
+    ledger::group_report(client, group, expected)
+        .await
+        .map_err(|source| LoadTestError::Ledger {
+            context: "reading the acknowledgement ledger",
+            source,
+        })
 }
 
 fn percentiles(l: &LatencySummary) -> LatencyPercentiles {
