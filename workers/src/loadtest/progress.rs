@@ -31,7 +31,7 @@ impl Display {
         let pb = self.multi.as_ref().map(|m| {
             let pb = m.add(ProgressBar::new(total));
             let style = ProgressStyle::with_template(
-                "{prefix:>22} [{bar:40.cyan/blue}] {pos:>10}/{len:10} {per_sec:>12} {msg}",
+                "{prefix:>22} [{bar:40.cyan/blue}] {pos:>10}/{len:10} {elapsed:>4} {msg}",
             )
             .map(|s| s.progress_chars("=> "))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
