@@ -257,6 +257,8 @@ impl ProducerJob {
                 single_body(&self.shape, &self.scenario, first),
             )
         };
+        // Shared, so a retry does not copy a body of megabytes.
+        let body = bytes::Bytes::from(body);
         let mut attempt = 1;
         loop {
             let sent_at = Instant::now();
