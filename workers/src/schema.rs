@@ -78,29 +78,22 @@ CREATE INDEX outbox_ack_anomalies_by_id ON outbox_ack_anomalies (group_name, id)
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the
 /// current schema, so exactly one applies each migration.
 pub async fn migrate(client: &mut Client) -> Result<()> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
-                 version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .or_else(|e| {
-            // Two first-time starters may race on CREATE TABLE IF NOT EXISTS itself.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .db("creating the migrations table")?;
     let tx = client.transaction().await.db("starting the migration")?;
+    // The lock comes first: even `CREATE TABLE IF NOT EXISTS` races with itself (on the
+    // table's row type in pg_type) when two first-time starters run it at once.
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.outbox-migrations'))",
         &[],
     )
     .await
     .db("taking the migration lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS outbox_schema_migrations (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .db("creating the migrations table")?;
     let applied: Vec<i32> = tx
         .query("SELECT version FROM outbox_schema_migrations", &[])
         .await

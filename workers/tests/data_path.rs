@@ -356,3 +356,41 @@ async fn a_relay_killed_mid_batch_is_resumed_by_another_replica_without_loss() {
         report.duplicates
     );
 }
+
+#[tokio::test]
+async fn producers_starting_at_once_all_migrate_the_same_fresh_schema() {
+    let url = testbed_support::testbed()
+        .fresh_schema("migrate-race")
+        .await
+        .expect("fresh schema");
+    // Eight first-time starters at once, as when a Deployment's replicas start together.
+    let starters = (0..8).map(|_| outbox_workers::ledger::connect_and_migrate(&url));
+    let results = futures::future::join_all(starters).await;
+    for (i, result) in results.iter().enumerate() {
+        assert!(
+            result.is_ok(),
+            "starter {i} failed to migrate: {:?}",
+            result.as_ref().err()
+        );
+    }
+    let client = results
+        .into_iter()
+        .next()
+        .expect("eight results")
+        .expect("client");
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM outbox_schema_migrations", &[])
+        .await
+        .expect("count migrations")
+        .get(0);
+    assert!(applied >= 1, "migrations recorded once each");
+    let versions_distinct: bool = client
+        .query_one(
+            "SELECT count(*) = count(DISTINCT version) FROM outbox_schema_migrations",
+            &[],
+        )
+        .await
+        .expect("distinct versions")
+        .get(0);
+    assert!(versions_distinct);
+}

@@ -134,9 +134,13 @@ mod tests {
 
     #[test]
     fn generated_files_are_committed_unchanged() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        for (file, yaml) in crd_yaml().unwrap_or_default() {
-            let on_disk = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        // The run-time package directory: a compiled-in one may be another clone's when
+        // the cargo target directory is shared.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
+        let dir = std::path::Path::new(&manifest_dir).join("../crds");
+        for (file, yaml) in crd_yaml().expect("the CRDs serialise to YAML") {
+            let on_disk = std::fs::read_to_string(dir.join(file))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()));
             assert!(on_disk == yaml, "crds/{file} differs from the types: run `cargo run -p outbox-operator --bin crdgen`");
         }
     }

@@ -20,10 +20,9 @@ use testbed_support::{eventually, testbed, unique_name};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A file of this clone (found at run time, see `testbed_support::repo_root`).
 pub fn repo_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
+    testbed_support::repo_root().join(path)
 }
 
 /// Installs the CRDs from `crds/` (server-side apply) and waits until they are Established.

@@ -134,13 +134,21 @@ pub fn env_file_path() -> PathBuf {
 }
 
 /// The workspace root (the directory holding `testbed/`).
+///
+/// Found at run time from the directory `cargo test` runs the test in (its package),
+/// never from a path compiled in: one cargo target directory may serve several clones
+/// (CI keeps it in a cache outside the clone), and a compiled-in path would point a test
+/// at another clone's testbed.
 pub fn repo_root() -> PathBuf {
-    // This crate lives at <root>/testbed/support.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("."));
+    start
         .ancestors()
-        .nth(2)
+        .find(|dir| dir.join("testbed").join("versions.env").is_file())
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+        .unwrap_or(start)
 }
 
 /// A name unique to this test run: `prefix-<pid>-<seconds>-<counter>`, lower case, valid
