@@ -2,12 +2,18 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
+# Rust build output is cached outside the clone (like the Go, Maven and testbed caches),
+# so a fresh clone builds warm. Override with CARGO_TARGET_DIR=target for a local one.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help testbed-build testbed-up testbed-down test test-unit lint fmt crds crds-check chart-check demo bench
+.PHONY: help deps testbed-build testbed-up testbed-down test test-unit lint fmt crds crds-check chart-check demo bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+deps: ## install the Debian packages the build and the testbed need (only what is missing)
+	.ci/install-deps.sh
 
 testbed-build: ## build or fetch every testbed component into the cache (no processes)
 	testbed/build.sh
@@ -18,7 +24,7 @@ testbed-up: ## start etcd, kube-apiserver, kube-controller-manager, Kafka, Postg
 testbed-down: ## stop every testbed process and remove .testbed/
 	testbed/down.sh
 
-test: ## all tests on the real testbed: brings it up, runs them, takes it down again
+test: deps ## all tests on the real testbed: brings it up, runs them, takes it down again
 	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) test --workspace --no-fail-fast'
 
 test-unit: ## unit tests only (no testbed needed)
@@ -75,5 +81,5 @@ bench: ## workers benchmark: raw COPY / produce / consume baselines beside inges
 	  --messages $(BENCH_MESSAGES) --report "$${TESTBED_STATE_DIR}/bench-report.json" && \
 	  cp "$${TESTBED_STATE_DIR}/bench-report.json" bench-report.json'
 
-demo: ## the main job: testbed up, chart installed, reference OutboxSystem + LoadTest run and verified
+demo: deps ## the main job: testbed up, chart installed, reference OutboxSystem + LoadTest run and verified
 	scripts/demo.sh

@@ -18,10 +18,12 @@ command -v java >/dev/null || need_pkgs+=(openjdk-17-jre-headless)
 command -v g++ >/dev/null || need_pkgs+=(g++)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need_pkgs+=(zlib1g-dev)
+sudo=()
+[ "$(id -u)" = 0 ] || sudo=(sudo)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${need_pkgs[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 # Debian's postgresql package may start a cluster of its own; the testbed runs its own.
 command -v go >/dev/null || { log "Go is required (preinstalled on this machine kind)"; exit 1; }

@@ -18,6 +18,7 @@ use crate::context::{Context, MANAGER};
 use crate::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use crate::error::{Error, Result};
 use crate::runner_job::{job_name, runner_job, RunnerParams};
+use crate::status_write::apply_status;
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "loadtest";
@@ -377,22 +378,7 @@ async fn write_status(
                 source,
             })?;
     }
-    let body = serde_json::json!({
-        "apiVersion": "outbox.dev/v1alpha1",
-        "kind": "LoadTest",
-        "status": status,
-    });
-    let name = lt.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "writing the status of LoadTest {name}"
-    )))?;
-    Ok(())
+    apply_status(api, &lt.name_any(), &status).await
 }
 
 /// After the run: delete the Job (and its pods) once the TTL has passed.

@@ -22,6 +22,7 @@ use crate::context::{Context, MANAGER};
 use crate::crd::{DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus};
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
+use crate::status_write::apply_status;
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
 use crate::validation::validate;
 use crate::workloads::{self, COMPONENT_LABEL, SYSTEM_LABEL};
@@ -362,21 +363,7 @@ async fn patch_status(
     status: &OutboxSystemStatus,
 ) -> Result<()> {
     let api: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), namespace);
-    let body = serde_json::json!({
-        "apiVersion": "outbox.dev/v1alpha1",
-        "kind": "OutboxSystem",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "writing the status of OutboxSystem {name}"
-    )))?;
-    Ok(())
+    apply_status(&api, name, status).await
 }
 
 /// Deletes consumer Deployments and Services of groups no longer in the spec.

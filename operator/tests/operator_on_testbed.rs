@@ -26,11 +26,7 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 
     // Deployments with the reference replicas and the worker contract's env.
-    let producer = eventually("the producer Deployment", WAIT, || {
-        let d = deployments.clone();
-        async move { d.get_opt("outbox-producer").await.ok().flatten() }
-    })
-    .await;
+    let producer = wait_present(&deployments, "outbox-producer").await;
     assert_eq!(producer.spec.as_ref().and_then(|s| s.replicas), Some(3));
     let env = env_of(&producer);
     assert_eq!(
@@ -222,17 +218,7 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
         .patch("outbox", &PatchParams::default(), &Patch::Merge(&fewer))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("group-c's Deployment deleted", WAIT, || {
-        let api = deployments.clone();
-        async move {
-            api.get_opt("outbox-consumer-group-c")
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    wait_gone(&deployments, "outbox-consumer-group-c").await;
     delete_namespace(&client, &ns).await;
 }
 
@@ -245,13 +231,12 @@ async fn spec_the_schema_cannot_catch_is_reported_and_not_retried_in_a_loop() {
     system.metadata.name = Some("a-rather-long-outbox-system-name".into());
     system.spec.consumers.groups[0].name = long_group.clone();
     let systems = create_system(&client, &ns, &system).await;
-    let s = eventually("Degraded with InvalidSpec", WAIT, || {
-        let api = systems.clone();
-        async move {
-            let s = api.get("a-rather-long-outbox-system-name").await.ok()?;
-            (condition(&s, "Degraded")?.1 == "InvalidSpec").then_some(s)
-        }
-    })
+    let s = wait_for_reason(
+        &systems,
+        "a-rather-long-outbox-system-name",
+        "Degraded",
+        "InvalidSpec",
+    )
     .await;
     let message = condition(&s, "Degraded").map(|c| c.2).unwrap_or_default();
     assert!(
@@ -435,11 +420,7 @@ async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) 
         .delete("outbox", &DeleteParams::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("the OutboxSystem gone (finalizer released)", WAIT, || {
-        let api = systems.clone();
-        async move { api.get_opt("outbox").await.ok()?.is_none().then_some(()) }
-    })
-    .await;
+    wait_gone(&systems, "outbox").await;
     // The topic per policy (checked before garbage collection, which is the
     // kube-controller-manager's job, not the operator's).
     let partitions = if policy == "Delete" {
@@ -465,17 +446,7 @@ async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) 
     })
     .await;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    eventually("ConfigMap garbage-collected", WAIT, || {
-        let api = config_maps.clone();
-        async move {
-            api.get_opt("outbox-config")
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    wait_gone(&config_maps, "outbox-config").await;
     delete_namespace(&client, &ns).await;
     (partitions, topic)
 }
@@ -506,11 +477,7 @@ async fn deleting_a_system_whose_topic_never_existed_completes() {
         .delete("outbox", &DeleteParams::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("the OutboxSystem gone", WAIT, || {
-        let api = systems.clone();
-        async move { api.get_opt("outbox").await.ok()?.is_none().then_some(()) }
-    })
-    .await;
+    wait_gone(&systems, "outbox").await;
     delete_namespace(&client, &ns).await;
 }
 
@@ -545,14 +512,7 @@ async fn existing_topic_with_more_partitions_is_reported_as_a_conflict_not_ignor
     assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
     let _operator = start_operator(&client, &ns);
     let systems = create_system(&client, &ns, &reference_system(&topic)).await;
-    let system = eventually("TopicConflict in status", WAIT, || {
-        let api = systems.clone();
-        async move {
-            let s = api.get("outbox").await.ok()?;
-            (condition(&s, "TopicReady")?.1 == "TopicConflict").then_some(s)
-        }
-    })
-    .await;
+    let system = wait_for_reason(&systems, "outbox", "TopicReady", "TopicConflict").await;
     let (status, _, message) = condition(&system, "TopicReady").unwrap_or_default();
     assert_eq!(status, "False");
     assert!(message.contains("spec.topic.partitions is 6"), "{message}");
@@ -583,14 +543,7 @@ async fn unreachable_kafka_is_reported_as_degraded_while_the_workloads_are_still
     let mut system = reference_system(&unique_name("nokafka-events"));
     system.spec.kafka.bootstrap_servers = "127.0.0.1:1".into();
     let systems = create_system(&client, &ns, &system).await;
-    let s = eventually("Degraded with KafkaUnavailable", WAIT, || {
-        let api = systems.clone();
-        async move {
-            let s = api.get("outbox").await.ok()?;
-            (condition(&s, "Degraded")?.1 == "KafkaUnavailable").then_some(s)
-        }
-    })
-    .await;
+    let s = wait_for_reason(&systems, "outbox", "Degraded", "KafkaUnavailable").await;
     assert_eq!(condition(&s, "Degraded").map(|c| c.0), Some("True".into()));
     assert_eq!(
         condition(&s, "TopicReady").map(|c| (c.0, c.1)),
@@ -830,14 +783,7 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let s = eventually("DatabaseUnreachable condition", WAIT, || {
-        let api = systems.clone();
-        async move {
-            let s = api.get("outbox").await.ok()?;
-            (condition(&s, "BacklogObserved")?.1 == "DatabaseUnreachable").then_some(s)
-        }
-    })
-    .await;
+    let s = wait_for_reason(&systems, "outbox", "BacklogObserved", "DatabaseUnreachable").await;
     let status = s.status.unwrap_or_default();
     assert_eq!(status.backlog, None, "an unknown backlog is left empty");
     assert!(
@@ -857,13 +803,12 @@ async fn kafka_client_settings_come_from_the_referenced_secret() {
         name: "kafka-client".into(),
     });
     let systems = create_system(&client, &ns, &system).await;
-    let s = eventually("KafkaSettingsSecretMissing", WAIT, || {
-        let api = systems.clone();
-        async move {
-            let s = api.get("outbox").await.ok()?;
-            (condition(&s, "TopicReady")?.1 == "KafkaSettingsSecretMissing").then_some(s)
-        }
-    })
+    let s = wait_for_reason(
+        &systems,
+        "outbox",
+        "TopicReady",
+        "KafkaSettingsSecretMissing",
+    )
     .await;
     let message = condition(&s, "TopicReady").map(|c| c.2).unwrap_or_default();
     assert!(
@@ -982,11 +927,7 @@ async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_t
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    eventually("the runner Job", WAIT, || {
-        let api = jobs.clone();
-        async move { api.get_opt("short-run").await.ok().flatten() }
-    })
-    .await;
+    wait_present(&jobs, "short-run").await;
 
     // The runner's final report, written the way the runner writes it (its own manager).
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
@@ -1012,11 +953,7 @@ async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_t
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("the Job deleted after the TTL", WAIT, || {
-        let api = jobs.clone();
-        async move { api.get_opt("short-run").await.ok()?.is_none().then_some(()) }
-    })
-    .await;
+    wait_gone(&jobs, "short-run").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let jobs_left = jobs
         .list(&ListParams::default())
@@ -1057,11 +994,7 @@ async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let job = eventually("the runner Job", WAIT, || {
-        let api = jobs.clone();
-        async move { api.get_opt("small-run").await.ok().flatten() }
-    })
-    .await;
+    let job = wait_present(&jobs, "small-run").await;
     let args = job
         .spec
         .as_ref()

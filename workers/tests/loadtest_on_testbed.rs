@@ -481,32 +481,9 @@ async fn a_rerun_with_the_same_run_id_sends_nothing_twice() {
     assert_eq!(g["missing"], 0, "{g:#}");
 }
 
-/// Installs (or updates) a CRD generated from the Rust types with server-side apply and
-/// waits until it is served.
+/// Installs (or updates) a CRD generated from the Rust types and waits until it is served.
 async fn install_crd(client: &kube::Client, crd: CustomResourceDefinition) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("loadtest-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying the CRD {name}: {e}"));
-    testbed_support::eventually("the CRD to be established", Duration::from_secs(30), || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            let crd = crds.get(&name).await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        }
-    })
-    .await;
+    testbed_support::apply_crd(client, &crd, "loadtest-tests").await;
 }
 
 /// The runner's fields of a status, for comparison.

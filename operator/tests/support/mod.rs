@@ -5,8 +5,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::ByteString;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
 use outbox_operator::crd::{LoadTest, OutboxSystem};
 use outbox_operator::metrics::Metrics;
 use outbox_operator::{Context, Scope, Settings};
@@ -27,34 +27,12 @@ pub fn repo_file(path: &str) -> PathBuf {
 
 /// Installs the CRDs from `crds/` (server-side apply) and waits until they are Established.
 pub async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for file in ["crds/outboxsystem.yaml", "crds/loadtest.yaml"] {
         let text =
             std::fs::read_to_string(repo_file(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let crd: CustomResourceDefinition =
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("operator-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
-        eventually(&format!("CRD {name} Established"), WAIT, || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let crd = crds.get(&name).await.ok()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
-            }
-        })
-        .await;
+        testbed_support::apply_crd(client, &crd, "operator-tests").await;
     }
 }
 
@@ -291,6 +269,60 @@ pub fn condition(system: &OutboxSystem, type_: &str) -> Option<(String, String, 
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the OutboxSystem `name` has a condition `type_` with `reason`, and returns
+/// the OutboxSystem as read then.
+pub async fn wait_for_reason(
+    systems: &Api<OutboxSystem>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> OutboxSystem {
+    eventually(
+        &format!("{name}: {type_} with reason {reason}"),
+        WAIT,
+        || {
+            let api = systems.clone();
+            async move {
+                let s = api.get(name).await.ok()?;
+                (condition(&s, type_)?.1 == reason).then_some(s)
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `name` exists in `api`, and returns it.
+pub async fn wait_present<K>(api: &Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(
+        &format!("{} {name} to exist", std::any::type_name::<K>()),
+        WAIT,
+        || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok().flatten() }
+        },
+    )
+    .await
+}
+
+/// Waits until `name` no longer exists in `api`.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(
+        &format!("{} {name} to be gone", std::any::type_name::<K>()),
+        WAIT,
+        || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await
 }
 
 pub async fn delete_namespace(client: &Client, namespace: &str) {

@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use testbed_support::{eventually, testbed, unique_name};
+use testbed_support::{apply_crd, eventually, testbed, unique_name};
 
 #[tokio::test]
 async fn apiserver_stores_a_namespace_and_serves_a_new_crd() {
@@ -50,24 +50,8 @@ async fn apiserver_stores_a_namespace_and_serves_a_new_crd() {
         }
     }))
     .expect("crd");
+    apply_crd(&client, &crd, "smoke-test").await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create CRD");
-    eventually("the CRD to be Established", Duration::from_secs(30), || {
-        let crds = crds.clone();
-        let crd_name = crd_name.clone();
-        async move {
-            let crd = crds.get(&crd_name).await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        }
-    })
-    .await;
     let read = crds.get(&crd_name).await.expect("read CRD");
     assert_eq!(read.spec.group, "smoke.outbox.dev");
 
