@@ -29,8 +29,11 @@ cleanup() {
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  ((started_testbed)) && "$TESTBED_DIR/down.sh"
-  ((code == 0)) || log "demo failed (exit $code); logs were in $DEMO_LOGS"
+  if ((started_testbed)); then
+    # A failed demo keeps the logs (the demo's and each testbed part's) for a look.
+    if ((code == 0)); then "$TESTBED_DIR/down.sh"; else "$TESTBED_DIR/down.sh" --keep-logs; fi
+  fi
+  ((code == 0)) || log "demo failed (exit $code); logs are in $DEMO_LOGS and $STATE_DIR/logs"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -105,7 +108,8 @@ step "LoadTest from $LOADTEST_FILE"
 LT=$(kubectl create --dry-run=client -f "$LOADTEST_FILE" -o jsonpath='{.metadata.name}')
 kubectl -n "$NAMESPACE" delete loadtest "$LT" --ignore-not-found --wait
 kubectl -n "$NAMESPACE" apply -f "$LOADTEST_FILE"
-REPORT=$STATE_DIR/loadtest-report.json
+# In the clone, not in .testbed/: it outlives the testbed the demo takes down.
+REPORT=$REPO_ROOT/loadtest-report.json
 "$BIN/outbox-worker" loadtest --namespace "$NAMESPACE" --name "$LT" "${producer_urls[@]}" "${groups[@]}" \
   --topic "$TOPIC" --report "$REPORT"
 

@@ -24,9 +24,33 @@ die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 # Postgres' server binaries from Debian's postgresql-$PG_MAJOR package.
 pg_bindir() { echo "/usr/lib/postgresql/$PG_MAJOR/bin"; }
 
-# A free TCP port on loopback, asked from the kernel.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# free_ports N: N distinct TCP ports free on loopback, below the kernel's ephemeral range
+# (so no outgoing connection can take one between this pick and the bind), starting at a
+# random place so that two testbeds on one machine are unlikely to pick the same ones.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+want = int(sys.argv[1])
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    ephemeral_low = int(f.read().split()[0])
+low, high = 20000, min(ephemeral_low, 32768)
+start = random.randrange(low, high)
+found = []
+for i in range(high - low):
+    port = low + (start - low + i) % (high - low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        found.append(port)
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if len(found) == want:
+        print(" ".join(map(str, found)))
+        sys.exit(0)
+sys.exit("no free ports on 127.0.0.1 between %d and %d" % (low, high))
+PY
 }
 
 # wait_for NAME SECONDS LOGFILE CMD...: retry CMD until it succeeds or time runs out.

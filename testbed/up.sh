@@ -23,15 +23,10 @@ trap 'exit 130' INT TERM
 # Ports are chosen once per testbed and kept, so a second `up` reuses them.
 PORTS=$STATE_DIR/ports.env
 if [ ! -f "$PORTS" ]; then
-  {
-    echo "ETCD_PORT=$(free_port)"
-    echo "ETCD_PEER_PORT=$(free_port)"
-    echo "APISERVER_PORT=$(free_port)"
-    echo "KCM_PORT=$(free_port)"
-    echo "KAFKA_PORT=$(free_port)"
-    echo "KAFKA_CONTROLLER_PORT=$(free_port)"
-    echo "PG_PORT=$(free_port)"
-  } >"$PORTS"
+  ports=$(free_ports 7) || die "could not find 7 free ports on 127.0.0.1"
+  read -r p1 p2 p3 p4 p5 p6 p7 <<<"$ports"
+  printf '%s\n' "ETCD_PORT=$p1" "ETCD_PEER_PORT=$p2" "APISERVER_PORT=$p3" "KCM_PORT=$p4" \
+    "KAFKA_PORT=$p5" "KAFKA_CONTROLLER_PORT=$p6" "PG_PORT=$p7" >"$PORTS"
 fi
 # shellcheck source=/dev/null
 . "$PORTS"
