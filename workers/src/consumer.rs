@@ -262,10 +262,18 @@ impl Member<'_> {
                     if max >= 0 && attempt > max {
                         if self.dead_letters.is_some() {
                             tracing::error!(error = %crate::error_chain(&e), attempts = attempt, "giving up on a batch: dead-lettering it");
-                            let messages: Vec<&OwnedMessage> = batch.iter().collect();
+                            // Only the outbox messages: the foreign ones were
+                            // dead-lettered above, with their own reason.
+                            let messages: Vec<&OwnedMessage> = batch
+                                .iter()
+                                .filter(|m| !foreign.iter().any(|f| std::ptr::eq(*f, *m)))
+                                .collect();
                             self.dead_letter(
                                 &messages,
-                                &format!("acknowledgement failed {attempt} times: {e}"),
+                                &format!(
+                                    "acknowledgement failed {attempt} times: {}",
+                                    crate::error_chain(&e)
+                                ),
                             )
                             .await?;
                             if let Some(db) = self.db.as_ref() {

@@ -394,3 +394,163 @@ async fn producers_starting_at_once_all_migrate_the_same_fresh_schema() {
         .get(0);
     assert!(versions_distinct);
 }
+
+/// Reads `topic` from the start until `count` messages arrived; returns each message's
+/// headers as a map.
+async fn read_topic_headers(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<std::collections::HashMap<String, String>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let mut config = outbox_workers::kafka::client_config(bootstrap, &Default::default());
+    config
+        .set("group.id", unique_name("dlt-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    let reader: StreamConsumer = config.create().expect("dead-letter reader");
+    reader.subscribe(&[topic]).expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() < count {
+        let next = tokio::time::timeout_at(deadline, reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages on {topic}", seen.len()))
+            .expect("read the dead-letter topic");
+        let headers = next
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_string(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        seen.push(headers);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topic_after_the_last_try(
+) {
+    let env = Env::on_testbed("dead-letter", 2).await;
+    let dead_letters = format!("{}-dlt", env.topic);
+    support::create_topic(&env.bootstrap, &dead_letters, 1).await;
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let group = unique_name("g");
+    // The ledger refuses this group's acknowledgements, as a broken database would.
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    db.batch_execute(&format!(
+        "CREATE FUNCTION refuse_acks() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'acknowledgements refused by the test'; END $$;
+         CREATE TRIGGER refuse_acks BEFORE INSERT OR UPDATE ON outbox_ack_chunks
+           FOR EACH ROW WHEN (NEW.group_name = '{group}') EXECUTE FUNCTION refuse_acks();"
+    ))
+    .await
+    .expect("install the refusing trigger");
+    let mut consumer = Worker::consumer(
+        &env,
+        "c1",
+        &group,
+        &[
+            ("RETRY_MAX_RETRIES", "2"),
+            ("RETRY_BACKOFF_MS", "10"),
+            ("RETRY_MAX_BACKOFF_MS", "50"),
+            ("DEAD_LETTER_TOPIC", &dead_letters),
+        ],
+    );
+    consumer.wait_healthy(CONSUMER_HEALTH).await;
+
+    let ids = send_batch(&producer, &env.topic, &keyed_messages("d", 50, 5)).await;
+    // Two messages that did not come through the outbox (no id header).
+    let raw: rdkafka::producer::FutureProducer =
+        outbox_workers::kafka::client_config(&env.bootstrap, &Default::default())
+            .create()
+            .expect("raw producer");
+    for i in 0..2 {
+        let payload = format!("foreign-{i}");
+        raw.send(
+            rdkafka::producer::FutureRecord::<str, str>::to(&env.topic).payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce a message without an id header");
+    }
+
+    let letters = read_topic_headers(&env.bootstrap, &dead_letters, 52).await;
+    let reason = |h: &std::collections::HashMap<String, String>| {
+        h.get(outbox_workers::headers::DEAD_LETTER_REASON)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut lettered_ids: Vec<i64> = letters
+        .iter()
+        .filter_map(|h| h.get(outbox_workers::headers::MESSAGE_ID)?.parse().ok())
+        .collect();
+    lettered_ids.sort_unstable();
+    let mut sent = ids.clone();
+    sent.sort_unstable();
+    assert_eq!(
+        lettered_ids, sent,
+        "every outbox message is dead-lettered once"
+    );
+    for h in &letters {
+        assert_eq!(
+            h.get(outbox_workers::headers::DEAD_LETTER_GROUP),
+            Some(&group),
+            "{h:?}"
+        );
+        if h.contains_key(outbox_workers::headers::MESSAGE_ID) {
+            assert!(
+                reason(h).contains("acknowledgement failed 3 times")
+                    && reason(h).contains("acknowledgements refused by the test"),
+                "{h:?}"
+            );
+        } else {
+            assert_eq!(reason(h), "no valid outbox message id header", "{h:?}");
+        }
+    }
+    let foreign = letters
+        .iter()
+        .filter(|h| !h.contains_key(outbox_workers::headers::MESSAGE_ID))
+        .count();
+    assert_eq!(foreign, 2);
+
+    // The ledger says why they are not acknowledged; the metrics count them.
+    let expected = IdSet::from_ids(ids);
+    let report = testbed_support::eventually(
+        "dead letters in the ledger",
+        Duration::from_secs(30),
+        || {
+            let db = &db;
+            let group = &group;
+            let expected = &expected;
+            async move {
+                let r = outbox_workers::ledger::group_report(db, group, expected)
+                    .await
+                    .ok()?;
+                (r.dead_lettered == 50).then_some(r)
+            }
+        },
+    )
+    .await;
+    assert_eq!((report.acknowledged, report.missing), (0, 50), "{report:?}");
+    let metrics = reqwest::get(consumer.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("outbox_consumer_dead_lettered_total 52"),
+        "{metrics}"
+    );
+    assert!(consumer.terminate(), "{}", consumer.log_text());
+}
