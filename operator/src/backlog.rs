@@ -18,32 +18,47 @@ pub struct BacklogUnavailable {
 
 /// Reads `pending` and `oldest_age_seconds` from `outbox_backlog`.
 pub async fn read_backlog(database_url: &str) -> Result<BacklogStatus, BacklogUnavailable> {
-    match tokio::time::timeout(DB_TIMEOUT, query(database_url)).await {
-        Ok(result) => result,
-        Err(_) => Err(BacklogUnavailable {
-            reason: "DatabaseUnreachable",
-            message: format!("no answer from PostgreSQL within {}s", DB_TIMEOUT.as_secs()),
-        }),
-    }
-}
-
-async fn query(database_url: &str) -> Result<BacklogStatus, BacklogUnavailable> {
-    let unreachable = |e: tokio_postgres::Error| BacklogUnavailable {
+    let (client, connection) = tokio::time::timeout(
+        DB_TIMEOUT,
+        tokio_postgres::connect(database_url, tokio_postgres::NoTls),
+    )
+    .await
+    .map_err(|_| BacklogUnavailable {
+        reason: "DatabaseUnreachable",
+        message: format!(
+            "no connection to PostgreSQL within {}s",
+            DB_TIMEOUT.as_secs()
+        ),
+    })?
+    .map_err(|e| BacklogUnavailable {
         reason: "DatabaseUnreachable",
         message: format!("connecting to PostgreSQL: {e}"),
-    };
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .map_err(unreachable)?;
+    })?;
     let task = tokio::spawn(connection);
-    let result = client
-        .query_one(
-            "SELECT pending::bigint, oldest_age_seconds::double precision FROM outbox_backlog",
-            &[],
-        )
-        .await;
+    let result = tokio::time::timeout(DB_TIMEOUT, query(&client)).await;
     drop(client);
     task.abort();
+    result.map_err(|_| BacklogUnavailable {
+        reason: "BacklogQueryFailed",
+        message: format!(
+            "outbox_backlog did not answer within {}s",
+            DB_TIMEOUT.as_secs()
+        ),
+    })?
+}
+
+async fn query(client: &tokio_postgres::Client) -> Result<BacklogStatus, BacklogUnavailable> {
+    // A large backlog makes the planner's estimate big enough to JIT-compile a query
+    // that runs in milliseconds; compiling would cost more than running.
+    let result = match client.batch_execute("SET jit = off").await {
+        Ok(()) => client
+            .query_one(
+                "SELECT pending::bigint, oldest_age_seconds::double precision FROM outbox_backlog",
+                &[],
+            )
+            .await,
+        Err(e) => Err(e),
+    };
     let row = result.map_err(|e| {
         let missing = e
             .code()

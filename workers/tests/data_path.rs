@@ -554,3 +554,57 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
     );
     assert!(consumer.terminate(), "{}", consumer.log_text());
 }
+
+#[tokio::test]
+async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_oldest() {
+    let url = testbed_support::testbed()
+        .fresh_schema("backlog-view")
+        .await
+        .expect("fresh schema");
+    let client = outbox_workers::ledger::connect_and_migrate(&url)
+        .await
+        .expect("migrate");
+    // Three rows accepted two minutes ago, in three transactions, none relayed yet.
+    for id in 1..=3i64 {
+        client
+            .execute(
+                "INSERT INTO outbox_messages (id, topic, payload, created_at)
+                 VALUES ($1, 't', 'p', now() - interval '120 seconds')",
+                &[&id],
+            )
+            .await
+            .expect("insert a row");
+    }
+    let read = || async {
+        let row = client
+            .query_one(
+                "SELECT pending, oldest_age_seconds FROM outbox_backlog",
+                &[],
+            )
+            .await
+            .expect("read the backlog view");
+        (row.get::<_, i64>(0), row.get::<_, f64>(1))
+    };
+    let (pending, age) = read().await;
+    assert_eq!(pending, 3);
+    assert!((119.0..200.0).contains(&age), "oldest age {age}");
+    // The relay's watermark moves past the first two rows.
+    client
+        .execute(
+            "UPDATE outbox_relay_state SET (wm_txid, wm_id) =
+               (SELECT txid, id FROM outbox_messages WHERE id = 2)",
+            &[],
+        )
+        .await
+        .expect("advance the watermark");
+    assert_eq!(read().await.0, 1);
+    client
+        .execute(
+            "UPDATE outbox_relay_state SET (wm_txid, wm_id) =
+               (SELECT txid, id FROM outbox_messages WHERE id = 3)",
+            &[],
+        )
+        .await
+        .expect("advance the watermark to the end");
+    assert_eq!(read().await, (0, 0.0), "nothing pending, no age");
+}
