@@ -588,23 +588,22 @@ async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_ol
     let (pending, age) = read().await;
     assert_eq!(pending, 3);
     assert!((119.0..200.0).contains(&age), "oldest age {age}");
-    // The relay's watermark moves past the first two rows.
-    client
-        .execute(
-            "UPDATE outbox_relay_state SET (wm_txid, wm_id) =
-               (SELECT txid, id FROM outbox_messages WHERE id = 2)",
-            &[],
-        )
-        .await
-        .expect("advance the watermark");
+    // The relay's watermark moves past the first two rows, then past the last.
+    let advance_to = |id: i64| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "UPDATE outbox_relay_state SET (wm_txid, wm_id) =
+                       (SELECT txid, id FROM outbox_messages WHERE id = $1)",
+                    &[&id],
+                )
+                .await
+                .expect("advance the watermark");
+        }
+    };
+    advance_to(2).await;
     assert_eq!(read().await.0, 1);
-    client
-        .execute(
-            "UPDATE outbox_relay_state SET (wm_txid, wm_id) =
-               (SELECT txid, id FROM outbox_messages WHERE id = 3)",
-            &[],
-        )
-        .await
-        .expect("advance the watermark to the end");
+    advance_to(3).await;
     assert_eq!(read().await, (0, 0.0), "nothing pending, no age");
 }
