@@ -1,7 +1,7 @@
 //! What every reconcile gets: the client, the event recorder, metrics and settings.
 
-use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
 
 use crate::metrics::Metrics;
 
@@ -56,5 +56,26 @@ impl Context {
             metrics,
             settings,
         }
+    }
+}
+
+/// Publishes a Kubernetes Event about `object`; a failure to publish is logged, never
+/// fatal to the reconcile.
+pub async fn publish_event<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not publish an Event");
     }
 }

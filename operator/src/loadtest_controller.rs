@@ -9,12 +9,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::conditions::{self, Desired};
-use crate::context::{Context, MANAGER};
+use crate::context::{publish_event, Context, MANAGER};
 use crate::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use crate::error::{Error, Result};
 use crate::runner_job::{job_name, runner_job, RunnerParams};
@@ -190,19 +190,6 @@ pub fn ttl_remaining(
     Some((ttl - elapsed).max(0))
 }
 
-async fn publish(ctx: &Context, lt: &LoadTest, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &lt.object_ref(&())).await {
-        warn!(%error, reason, "could not publish an Event");
-    }
-}
-
 /// Reconciles one LoadTest.
 #[instrument(skip_all, fields(loadtest = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
 pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
@@ -258,7 +245,7 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
             let desired = runner_job(&params, &lt, system);
             job = Some(create_job(&jobs, &desired).await?);
             info!(job = %job_key, "created the runner Job");
-            publish(
+            publish_event(
                 &ctx,
                 &lt,
                 EventType::Normal,
@@ -279,7 +266,7 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         .any(|c| c.reason == "SystemNotFound")
         && previously.as_deref() != Some("SystemNotFound")
     {
-        publish(
+        publish_event(
             &ctx,
             &lt,
             EventType::Warning,
@@ -289,7 +276,7 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         .await;
     }
     if update.phase == LoadTestPhase::Failed {
-        publish(
+        publish_event(
             &ctx,
             &lt,
             EventType::Warning,
@@ -400,7 +387,7 @@ async fn finish(
                 .await
                 .map_err(Error::kube(format!("deleting Job {job_key}")))?;
             info!(job = %job_key, "deleted the runner Job after ttlSecondsAfterFinished");
-            publish(
+            publish_event(
                 ctx,
                 lt,
                 EventType::Normal,

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -18,7 +18,7 @@ use tracing::{info, instrument, warn};
 
 use crate::backlog::{read_backlog, BacklogUnavailable};
 use crate::conditions;
-use crate::context::{Context, MANAGER};
+use crate::context::{publish_event, Context, MANAGER};
 use crate::crd::{DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus};
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
@@ -65,25 +65,6 @@ pub fn error_policy(system: Arc<OutboxSystem>, error: &Error, ctx: Arc<Context>)
     }
 }
 
-async fn publish(
-    ctx: &Context,
-    system: &OutboxSystem,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &system.object_ref(&())).await {
-        warn!(%error, reason, "could not publish an Event");
-    }
-}
-
 async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     let name = cached.name_any();
     let namespace = cached
@@ -123,7 +104,7 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         status.observed_generation = system.metadata.generation;
         replace_conditions(&mut status.conditions, conditions);
         patch_status(&ctx, &namespace, &name, &status).await?;
-        publish(
+        publish_event(
             &ctx,
             &system,
             EventType::Warning,
@@ -152,7 +133,7 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         replace_conditions(&mut status.conditions, conditions);
         patch_status(&ctx, &namespace, &name, &status).await?;
         if !was_paused {
-            publish(
+            publish_event(
                 &ctx,
                 &system,
                 EventType::Normal,
@@ -254,7 +235,7 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             // A good state seen for the first time is not news.
             continue;
         }
-        publish(
+        publish_event(
             &ctx,
             &system,
             if good {
@@ -402,7 +383,7 @@ async fn prune_removed_groups(
                 .delete(&child, &DeleteParams::background())
                 .await
                 .map_err(Error::kube(format!("deleting Deployment {child}")))?;
-            publish(
+            publish_event(
                 ctx,
                 system,
                 EventType::Normal,
@@ -490,7 +471,7 @@ async fn reconcile_topic(
         .await
     {
         outcome.error = Some(e.to_string());
-        publish(
+        publish_event(
             ctx,
             system,
             EventType::Warning,
@@ -528,7 +509,7 @@ async fn reconcile_topic(
         )
     };
     info!(topic = %spec.topic.name, reason, "{note}");
-    publish(ctx, system, EventType::Normal, reason, note).await;
+    publish_event(ctx, system, EventType::Normal, reason, note).await;
     match admin.describe_topic(&spec.topic).await {
         Ok(after) => {
             outcome.conflicts = plan_topic(&spec.topic, after.as_ref()).conflicts;
@@ -589,9 +570,9 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
     match spec.topic.deletion_policy {
         DeletionPolicy::Retain => {
             info!(topic = %spec.topic.name, "keeping the topic (deletionPolicy Retain)");
-            publish(
+            publish_event(
                 &ctx,
-                &system,
+                system.as_ref(),
                 EventType::Normal,
                 "TopicRetained",
                 format!("kept topic {} (deletionPolicy Retain)", spec.topic.name),
@@ -606,9 +587,9 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
             let admin = KafkaAdmin::new(client_config(&spec.kafka.bootstrap_servers, &properties))?;
             admin.delete_topic(&spec.topic.name).await?;
             info!(topic = %spec.topic.name, "deleted the topic (deletionPolicy Delete)");
-            publish(
+            publish_event(
                 &ctx,
-                &system,
+                system.as_ref(),
                 EventType::Normal,
                 "TopicDeleted",
                 format!("deleted topic {} (deletionPolicy Delete)", spec.topic.name),
