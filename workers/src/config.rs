@@ -42,6 +42,21 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// Binds the HTTP API's listener on `HTTP_ADDRESS:HTTP_PORT`; returns it and the
+    /// address, for the start-up log.
+    pub async fn bind_http(
+        &self,
+    ) -> crate::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+        let address = std::net::SocketAddr::new(self.http_address, self.http_port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| crate::Error::Io {
+                context: format!("binding the HTTP port {address}"),
+                source,
+            })?;
+        Ok((listener, address))
+    }
+
     /// Topics with surrounding blanks and empty entries removed.
     pub fn topics(&self) -> Vec<String> {
         clean_topics(&self.kafka_topics)

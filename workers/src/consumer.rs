@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,13 +131,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         metrics: metrics.clone(),
         registry: Arc::new(registry),
     };
-    let address = SocketAddr::new(args.common.http_address, args.common.http_port);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!("binding the HTTP port {address}"),
-            source,
-        })?;
+    let (listener, address) = args.common.bind_http().await?;
     let app = Router::new()
         .route("/api/consumer/health", get(health_check))
         .route("/metrics", get(render_metrics))

@@ -3,7 +3,6 @@
 pub mod http;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,13 +73,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             kafka: kafka.clone(),
             max_body_bytes: args.max_body_bytes,
         };
-        let address = SocketAddr::new(args.common.http_address, args.common.http_port);
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|source| Error::Io {
-                context: format!("binding the HTTP port {address}"),
-                source,
-            })?;
+        let (listener, address) = args.common.bind_http().await?;
         tracing::info!(%address, topics = ?topics, "producer listening");
 
         let relay = (!args.relay_disabled).then(|| {
