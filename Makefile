@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help deps testbed-build testbed-up testbed-down test test-unit lint fmt crds crds-check chart-check demo bench
+.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check demo bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -18,14 +18,20 @@ deps: ## install the Debian packages the build and the testbed need (only what i
 testbed-build: ## build or fetch every testbed component into the cache (no processes)
 	testbed/build.sh
 
-testbed-up: ## start etcd, kube-apiserver, kube-controller-manager, Kafka, PostgreSQL; write .testbed/env
+testbed-up: ## start the control plane, Kafka, PostgreSQL and the node (kubelet, containerd); write .testbed/env
 	testbed/up.sh
 
-testbed-down: ## stop every testbed process and remove .testbed/
+testbed-down: ## stop every testbed process, undo the node's host changes, remove .testbed/
 	testbed/down.sh
 
+PROFILE ?= debug
+testbed-images: ## build the operator and worker images (PROFILE=debug|release) and import them into the node
+	$(CARGO) build $(if $(filter release,$(PROFILE)),--release) -p outbox-operator -p outbox-workers --bins
+	testbed/load-images.sh "$(CARGO_TARGET_DIR)/$(PROFILE)"
+
 test: deps ## all tests on the real testbed: brings it up, runs them, takes it down again
-	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) test --workspace --no-fail-fast'
+	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) build --workspace --bins && \
+	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && $(CARGO) test --workspace --no-fail-fast'
 
 test-unit: ## unit tests only (no testbed needed)
 	$(CARGO) test --workspace --lib --bins

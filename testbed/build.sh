@@ -17,7 +17,7 @@ version_ldflags() {
 }
 
 build_kubernetes() {
-  local cmds=(kube-apiserver kube-controller-manager kubectl)
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
   local missing=0
   for c in "${cmds[@]}"; do [ -x "$K8S_BIN/$c" ] || missing=1; done
   ((missing)) || { log "kubernetes $K8S_VERSION: cached"; return 0; }
@@ -51,6 +51,16 @@ build_helm() {
   rm -rf "$HELM_BIN" && mv "$HELM_BIN.tmp" "$HELM_BIN"
 }
 
+# CoreDNS serves cluster DNS to the node's pods (Service names such as outbox-kafka), as
+# on kind. Its module has no replace lines, so `go install` builds it as published.
+build_coredns() {
+  [ -x "$COREDNS_BIN/coredns" ] && { log "coredns $COREDNS_VERSION: cached"; return 0; }
+  log "coredns $COREDNS_VERSION: building from Go modules"
+  mkdir -p "$COREDNS_BIN.tmp"
+  GOBIN="$COREDNS_BIN.tmp" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+  rm -rf "$COREDNS_BIN" && mv "$COREDNS_BIN.tmp" "$COREDNS_BIN"
+}
+
 build_kafka() {
   local dest=$CACHE_DIR/kafka-$KAFKA_VERSION
   [ -f "$dest/.complete" ] && { log "kafka $KAFKA_VERSION: cached"; return 0; }
@@ -70,5 +80,5 @@ build_one() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka etcd helm kubernetes)
+[ ${#components[@]} -gt 0 ] || components=(kafka etcd helm coredns kubernetes)
 for c in "${components[@]}"; do build_one "$c"; done

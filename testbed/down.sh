@@ -2,10 +2,17 @@
 # Stops every testbed process that up.sh started and removes the testbed's state.
 # --keep-logs keeps .testbed/logs (up.sh uses it after a failed start).
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=node.sh
+. "$TESTBED_DIR/node.sh"
 
 keep_logs=0
 [ "${1:-}" = "--keep-logs" ] && keep_logs=1
 [ -d "$STATE_DIR" ] || { log "nothing to stop"; exit 0; }
+
+# The node first (its pods use everything below), then the rest in reverse start order.
+# shellcheck source=/dev/null
+[ -f "$STATE_DIR/ports.env" ] && . "$STATE_DIR/ports.env"
+node_down
 
 PG_BIN=$(pg_bindir)
 if [ -f "$STATE_DIR/postgres/postmaster.pid" ]; then
@@ -21,21 +28,7 @@ fi
 
 # Reverse start order. Each part runs in its own session (setsid), so its process group
 # id is its pid: the signal reaches every child too.
-for name in kafka kube-controller-manager kube-apiserver etcd; do
-  pidfile=$RUN_DIR/$name.pid
-  [ -f "$pidfile" ] || continue
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name: stopping (pid $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name: did not stop on TERM, killing"
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$pidfile"
-done
+for name in kafka kube-controller-manager kube-apiserver etcd; do stop_part "$name"; done
 
 if ((keep_logs)); then
   find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +

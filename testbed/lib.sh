@@ -12,11 +12,23 @@ CACHE_DIR=${OUTBOX_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox-testbed
 K8S_BIN=$CACHE_DIR/kubernetes-$K8S_VERSION
 ETCD_BIN=$CACHE_DIR/etcd-$ETCD_VERSION
 HELM_BIN=$CACHE_DIR/helm-$HELM_VERSION
+COREDNS_BIN=$CACHE_DIR/coredns-$COREDNS_VERSION
 KAFKA_LIB=$CACHE_DIR/kafka-$KAFKA_VERSION/lib
 # Runtime state of one testbed: git-ignored, inside the checkout.
 STATE_DIR=${OUTBOX_TESTBED_STATE:-$REPO_ROOT/.testbed}
 LOG_DIR=$STATE_DIR/logs
 RUN_DIR=$STATE_DIR/run
+
+# The node (testbed/node.sh): one per machine. Its bridge is the node's address and the
+# host side of the pod network, where pods reach Kafka, PostgreSQL, the API server and DNS.
+TESTBED_NODE=${TESTBED_NODE:-1}
+NODE_NAME=outbox-testbed-node
+NODE_BRIDGE=outboxbr0
+NODE_IP=10.88.0.1
+POD_CIDR=10.88.0.0/16
+POD_PREFIX=16
+SERVICE_CIDR=10.0.0.0/24
+PAUSE_IMAGE=registry.k8s.io/pause:3.10
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
@@ -66,3 +78,5 @@ wait_for() {
     sleep 0.5
   done
 }
+
+kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$STATE_DIR/kubeconfig" "$@"; }

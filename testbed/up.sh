@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Brings the testbed up: etcd, kube-apiserver, kube-controller-manager, a single-node
-# KRaft Kafka broker and a throwaway PostgreSQL, all on loopback. Idempotent: parts that
-# already run are left alone. Waits until each part is really ready, then writes
-# .testbed/env. On any failure it names the part and its log, and stops everything.
+# KRaft Kafka broker, a throwaway PostgreSQL, and a node (containerd, kubelet,
+# kube-proxy, kube-scheduler, CoreDNS; testbed/node.sh) so that pods run. Idempotent:
+# parts that already run are left alone. Waits until each part is really ready (the node
+# Ready and untainted), then writes .testbed/env. On any failure it names the part and
+# its log, and stops everything. TESTBED_NODE=0 leaves the node out (no root needed).
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=node.sh
+. "$TESTBED_DIR/node.sh"
 
 "$TESTBED_DIR/build.sh"
 
@@ -23,10 +27,13 @@ trap 'exit 130' INT TERM
 # Ports are chosen once per testbed and kept, so a second `up` reuses them.
 PORTS=$STATE_DIR/ports.env
 if [ ! -f "$PORTS" ]; then
-  ports=$(free_ports 7) || die "could not find 7 free ports on 127.0.0.1"
-  read -r p1 p2 p3 p4 p5 p6 p7 <<<"$ports"
+  ports=$(free_ports 15) || die "could not find 15 free ports on 127.0.0.1"
+  read -r p1 p2 p3 p4 p5 p6 p7 p8 p9 p10 p11 p12 p13 p14 p15 <<<"$ports"
   printf '%s\n' "ETCD_PORT=$p1" "ETCD_PEER_PORT=$p2" "APISERVER_PORT=$p3" "KCM_PORT=$p4" \
-    "KAFKA_PORT=$p5" "KAFKA_CONTROLLER_PORT=$p6" "PG_PORT=$p7" >"$PORTS"
+    "KAFKA_PORT=$p5" "KAFKA_CONTROLLER_PORT=$p6" "PG_PORT=$p7" "KAFKA_POD_PORT=$p8" \
+    "SCHEDULER_PORT=$p9" "KUBELET_PORT=$p10" "KUBELET_HEALTHZ_PORT=$p11" \
+    "KUBE_PROXY_HEALTHZ_PORT=$p12" "KUBE_PROXY_METRICS_PORT=$p13" \
+    "COREDNS_HEALTH_PORT=$p14" "COREDNS_READY_PORT=$p15" >"$PORTS"
 fi
 # shellcheck source=/dev/null
 . "$PORTS"
@@ -58,10 +65,11 @@ gen_pki() {
   $o req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=outbox-testbed-ca" \
     -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
   cat >"$PKI/serving.ext" <<EOF
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth
 EOF
   printf 'extendedKeyUsage=clientAuth\n' >"$PKI/client.ext"
+  printf 'subjectAltName=IP:%s,DNS:%s\nextendedKeyUsage=serverAuth\n' "$NODE_IP" "$NODE_NAME" >"$PKI/kubelet-serving.ext"
   issue() { # issue NAME SUBJECT EXTFILE
     $o req -newkey rsa:2048 -nodes -subj "$2" -keyout "$PKI/$1.key" -out "$PKI/$1.csr" 2>/dev/null
     $o x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
@@ -70,6 +78,13 @@ EOF
   issue apiserver "/CN=kube-apiserver" "$PKI/serving.ext"
   issue admin "/O=system:masters/CN=admin" "$PKI/client.ext"
   issue controller-manager "/CN=system:kube-controller-manager" "$PKI/client.ext"
+  # The node's identities: what the Node authorizer and the default RBAC roles expect.
+  issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "$PKI/client.ext"
+  issue kubelet-serving "/CN=$NODE_NAME" "$PKI/kubelet-serving.ext"
+  issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$PKI/client.ext"
+  issue kube-proxy "/CN=system:kube-proxy" "$PKI/client.ext"
+  issue scheduler "/CN=system:kube-scheduler" "$PKI/client.ext"
+  issue coredns "/CN=outbox-testbed:coredns" "$PKI/client.ext"
   $o genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   $o rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   touch "$PKI/.complete"
@@ -100,6 +115,18 @@ EOF
 gen_pki
 kubeconfig admin admin >"$STATE_DIR/kubeconfig"
 kubeconfig controller-manager system:kube-controller-manager >"$PKI/controller-manager.kubeconfig"
+kubeconfig kubelet "system:node:$NODE_NAME" >"$PKI/kubelet.kubeconfig"
+kubeconfig kube-proxy system:kube-proxy >"$PKI/kube-proxy.kubeconfig"
+kubeconfig scheduler system:kube-scheduler >"$PKI/scheduler.kubeconfig"
+kubeconfig coredns outbox-testbed:coredns >"$PKI/coredns.kubeconfig"
+
+# ---------------------------------------------------------------- node network
+# The bridge comes first: Kafka, PostgreSQL and the API server listen on its address too.
+if ((TESTBED_NODE)); then
+  node_preflight
+  node_save_host_state
+  node_network_up
+fi
 chmod 600 "$STATE_DIR/kubeconfig"
 
 # ---------------------------------------------------------------- etcd
@@ -112,23 +139,37 @@ start etcd "$ETCD_BIN/etcd" --name testbed --data-dir "$STATE_DIR/etcd" \
 wait_for etcd 60 "$LOG_DIR/etcd.log" curl -fsS "http://127.0.0.1:$ETCD_PORT/health" || fail_part etcd
 
 # ---------------------------------------------------------------- kube-apiserver
+# With a node, pods reach the API server through the `kubernetes` Service (10.0.0.1:443),
+# whose endpoint is the bridge address: so it listens there as well as on loopback.
+if ((TESTBED_NODE)); then
+  APISERVER_ADDRESSES=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP")
+  ENDPOINT_RECONCILER=lease
+else
+  APISERVER_ADDRESSES=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1)
+  ENDPOINT_RECONCILER=none
+fi
 start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  "${APISERVER_ADDRESSES[@]}" --secure-port "$APISERVER_PORT" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --client-ca-file "$PKI/ca.crt" \
-  --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
-  --authorization-mode RBAC \
+  --service-cluster-ip-range "$SERVICE_CIDR" --allow-privileged=true \
+  --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority "$PKI/ca.crt" \
+  --kubelet-preferred-address-types InternalIP,Hostname \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --api-audiences https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-  --endpoint-reconciler-type none --profiling=false --v=1
+  --endpoint-reconciler-type "$ENDPOINT_RECONCILER" --profiling=false --v=1
 apiserver_ready() { "$K8S_BIN/kubectl" --kubeconfig "$STATE_DIR/kubeconfig" get --raw /readyz; }
 wait_for kube-apiserver 120 "$LOG_DIR/kube-apiserver.log" apiserver_ready || fail_part kube-apiserver
 
 # ---------------------------------------------------------------- kube-controller-manager
-# Runs garbage collection (owner references), Deployments, ReplicaSets, Jobs and the
-# service-account token controller. No node runs at this level, so pods stay Pending.
+# Runs garbage collection (owner references), Deployments, ReplicaSets, Jobs, EndpointSlices,
+# the service-account token controller and node lifecycle (it lifts the node's not-ready
+# taint; without it every pod stays Pending).
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --kubeconfig "$PKI/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$PKI/controller-manager.kubeconfig" \
@@ -136,7 +177,7 @@ start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
   --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
   --use-service-account-credentials=true --leader-elect=false \
-  --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder,-attachdetach' \
+  --controllers '*,-nodeipam,-cloud-node-lifecycle,-service,-route,-persistentvolume-binder,-attachdetach' \
   --profiling=false --v=1
 wait_for kube-controller-manager 90 "$LOG_DIR/kube-controller-manager.log" \
   curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz" || fail_part kube-controller-manager
@@ -144,13 +185,20 @@ wait_for kube-controller-manager 90 "$LOG_DIR/kube-controller-manager.log" \
 # ---------------------------------------------------------------- Kafka (KRaft)
 KAFKA_DIR=$STATE_DIR/kafka
 mkdir -p "$KAFKA_DIR"
+# Host clients use 127.0.0.1; pods get a listener on the bridge address, advertised as such.
+KAFKA_LISTENERS=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+KAFKA_ADVERTISED=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+if ((TESTBED_NODE)); then
+  KAFKA_LISTENERS+=,POD://$NODE_IP:$KAFKA_POD_PORT
+  KAFKA_ADVERTISED+=,POD://$NODE_IP:$KAFKA_POD_PORT
+fi
 cat >"$KAFKA_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$KAFKA_LISTENERS
+advertised.listeners=$KAFKA_ADVERTISED
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,POD:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DIR/data
@@ -201,8 +249,13 @@ if [ ! -f "$PG_DIR/PG_VERSION" ]; then
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PG_DIR" "$PG_SOCK" "$LOG_DIR/postgres.log"; fi
   as_pg "$PG_BIN/initdb" -D "$PG_DIR" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
     -E UTF8 --locale=C.UTF-8 >>"$LOG_DIR/postgres.log" 2>&1 || fail_part postgres
+  pg_listen=127.0.0.1
+  if ((TESTBED_NODE)); then
+    pg_listen+=",$NODE_IP"
+    echo "host all all $POD_CIDR scram-sha-256" >>"$PG_DIR/pg_hba.conf"
+  fi
   cat >>"$PG_DIR/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
+listen_addresses = '$pg_listen'
 port = $PG_PORT
 unix_socket_directories = '$PG_SOCK'
 max_connections = 300
@@ -226,6 +279,12 @@ EOF
 DATABASE_URL="postgres://outbox:outbox@127.0.0.1:$PG_PORT/outbox"
 wait_for postgres 30 "$LOG_DIR/postgres.log" psql "$DATABASE_URL" -qAt -c 'select 1' || fail_part postgres
 
+# ---------------------------------------------------------------- node
+if ((TESTBED_NODE)); then
+  node_up
+  node_host_services
+fi
+
 # ---------------------------------------------------------------- env file
 cat >"$STATE_DIR/env" <<EOF
 # Written by testbed/up.sh: source it to use the testbed.
@@ -234,6 +293,17 @@ export KAFKA_BOOTSTRAP_SERVERS='127.0.0.1:$KAFKA_PORT'
 export DATABASE_URL='$DATABASE_URL'
 export TESTBED_STATE_DIR='$STATE_DIR'
 export PATH='$K8S_BIN:$HELM_BIN':"\$PATH"
+export TESTBED_NODE='$TESTBED_NODE'
 EOF
+if ((TESTBED_NODE)); then
+  cat >>"$STATE_DIR/env" <<EOF
+# The node: ctr talks to its containerd; host-services.yaml adds outbox-kafka and
+# outbox-postgres (Services, EndpointSlices, Secret) to a namespace.
+export CONTAINERD_ADDRESS='$CTRD_SOCK'
+export CONTAINERD_NAMESPACE=k8s.io
+export TESTBED_NODE_NAME='$NODE_NAME'
+export TESTBED_HOST_SERVICES='$STATE_DIR/host-services.yaml'
+EOF
+fi
 up_complete=1
 log "ready: source $STATE_DIR/env (KUBECONFIG, KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, PATH with kubectl and helm)"

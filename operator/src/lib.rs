@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod run;
 pub mod runner_job;
 pub mod server;
+pub mod service_names;
 pub mod status_write;
 pub mod system_controller;
 pub mod system_status;

@@ -22,6 +22,7 @@ use crate::context::{publish_event, Context, MANAGER};
 use crate::crd::{DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus};
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
+use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::status_write::apply_status;
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
 use crate::validation::validate;
@@ -444,7 +445,9 @@ async fn reconcile_topic(
         name: spec.topic.name.clone(),
         ..TopicOutcome::default()
     };
-    let admin = match KafkaAdmin::new(client_config(&spec.kafka.bootstrap_servers, properties)) {
+    let namespace = system.namespace().unwrap_or_default();
+    let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, &namespace);
+    let admin = match KafkaAdmin::new(client_config(&bootstrap, properties)) {
         Ok(admin) => admin,
         Err(e) => {
             outcome.error = Some(e.to_string());
@@ -559,7 +562,7 @@ async fn backlog(
             ),
         });
     };
-    read_backlog(&url).await
+    read_backlog(&qualify_database_url(&url, namespace)).await
 }
 
 async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
@@ -584,7 +587,8 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
                 .namespace()
                 .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
             let properties = kafka_client_properties(&ctx, &namespace, spec).await?;
-            let admin = KafkaAdmin::new(client_config(&spec.kafka.bootstrap_servers, &properties))?;
+            let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, &namespace);
+            let admin = KafkaAdmin::new(client_config(&bootstrap, &properties))?;
             admin.delete_topic(&spec.topic.name).await?;
             info!(topic = %spec.topic.name, "deleted the topic (deletionPolicy Delete)");
             publish_event(

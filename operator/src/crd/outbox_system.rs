@@ -63,7 +63,9 @@ pub struct OutboxSystemSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
-    /// Comma-separated `host:port` list of Kafka brokers.
+    /// Comma-separated `host:port` list of Kafka brokers. A bare Service name
+    /// (`outbox-kafka:9092`) means that Service in this OutboxSystem's namespace, for the
+    /// workers and for the operator alike.
     #[schemars(length(min = 1))]
     pub bootstrap_servers: String,
     /// Optional Secret with librdkafka client settings (SASL, TLS). Every key named
@@ -100,7 +102,8 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// The Secret key holding the `postgres://` URL of the outbox database. Never a plain
-    /// string: the URL carries the password.
+    /// string: the URL carries the password. A bare Service name as its host means that
+    /// Service in this OutboxSystem's namespace.
     pub url_secret_ref: SecretKeyRef,
 }
 

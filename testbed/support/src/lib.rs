@@ -22,6 +22,20 @@ pub struct Testbed {
     pub database_url: String,
     /// The testbed's state directory (`.testbed/`), holding logs and the env file.
     pub state_dir: PathBuf,
+    /// The node, when the testbed runs one (`TESTBED_NODE=1`, the default).
+    pub node: Option<Node>,
+}
+
+/// The testbed's node: kubelet, containerd, kube-proxy and CoreDNS on this machine.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The Node object's name.
+    pub name: String,
+    /// containerd's socket (for `ctr --address`).
+    pub containerd_address: PathBuf,
+    /// Services, EndpointSlices and Secret that give pods Kafka (`outbox-kafka:9092`) and
+    /// PostgreSQL (`outbox-postgres:5432`) under the names the samples use.
+    pub host_services: PathBuf,
 }
 
 /// Why the testbed could not be used.
@@ -72,6 +86,14 @@ impl Testbed {
             kafka_bootstrap_servers: get("KAFKA_BOOTSTRAP_SERVERS")?,
             database_url: get("DATABASE_URL")?,
             state_dir: PathBuf::from(get("TESTBED_STATE_DIR")?),
+            node: match vars.get("TESTBED_NODE").map(String::as_str) {
+                Some("1") => Some(Node {
+                    name: get("TESTBED_NODE_NAME")?,
+                    containerd_address: PathBuf::from(get("CONTAINERD_ADDRESS")?),
+                    host_services: PathBuf::from(get("TESTBED_HOST_SERVICES")?),
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -103,6 +125,14 @@ impl Testbed {
             "{}{sep}options=-csearch_path%3D{schema}",
             self.database_url
         ))
+    }
+
+    /// The node; panics saying how to get one when the testbed runs without it, so a
+    /// test that needs pods never passes without them.
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().unwrap_or_else(|| {
+            panic!("this test runs pods and the testbed has no node: run `make testbed-up` as root without TESTBED_NODE=0")
+        })
     }
 
     /// An rdkafka client config pointing at the testbed broker.

@@ -1,0 +1,610 @@
+//! The operator as users run it: on the testbed's node, pods from the locally built
+//! images, the chart installed by helm, the reference OutboxSystem's pods Running and
+//! Ready, a LoadTest run as the operator's Job, and faults injected while it runs.
+//!
+//! Needs the testbed with its node (`make test` brings it up) and the images imported
+//! (`testbed/load-images.sh`, which `make test` runs after building).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
+use outbox_operator::workloads::default_image;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use testbed_support::{eventually, testbed, unique_name};
+
+const POD_WAIT: Duration = Duration::from_secs(180);
+
+/// Runs a command from the testbed's PATH (kubectl, helm); panics with its stderr.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", &testbed().kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e} (is the testbed's PATH set?)"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn client() -> Client {
+    testbed()
+        .kube_client()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A namespace holding the testbed's `outbox-kafka` and `outbox-postgres` Services, and
+/// an `outbox-postgres` Secret whose URL (by Service name, as pods see it) uses a fresh
+/// schema of its own. Returns the namespace and that schema's URL as the host sees it.
+async fn namespace_with_host_services(client: &Client, prefix: &str) -> (String, String) {
+    let ns = unique_name(prefix);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let object: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+    let host_services = testbed().node().host_services.display().to_string();
+    run("kubectl", &["apply", "-n", &ns, "-f", &host_services]);
+    let host_url = testbed()
+        .fresh_schema(prefix)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pod_url = as_pods_see_it(&host_url);
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "outbox-postgres"},
+        "stringData": {"url": pod_url}
+    });
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "outbox-postgres",
+            &PatchParams::apply("cluster-tests").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("writing the Secret: {e}"));
+    (ns, host_url)
+}
+
+/// The host's URL `postgres://u:p@127.0.0.1:PORT/db?...` with the Service name instead.
+fn as_pods_see_it(host_url: &str) -> String {
+    let (scheme_user, rest) = host_url
+        .split_once('@')
+        .unwrap_or_else(|| panic!("no @ in {host_url}"));
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    format!("{scheme_user}@outbox-postgres:5432{path}")
+}
+
+fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// Waits until `count` pods matching `selector` are Ready; returns them.
+async fn ready_pods(pods: &Api<Pod>, selector: &str, count: usize) -> Vec<Pod> {
+    eventually(
+        &format!("{count} Ready pods with {selector}"),
+        POD_WAIT,
+        || {
+            let pods = pods.clone();
+            let selector = selector.to_string();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .ok()?;
+                let ready: Vec<Pod> = list.items.into_iter().filter(pod_is_ready).collect();
+                (ready.len() == count).then_some(ready)
+            }
+        },
+    )
+    .await
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_else(|| panic!("pod {} has no IP", pod.name_any()))
+}
+
+/// A minimal HTTP/1.1 request to `ip:port` (the host reaches pods over the node's
+/// bridge); returns the status code and body.
+async fn http(ip: &str, port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect((ip, port))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {ip}:{port}: {e}"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = testbed()
+        .kafka_config()
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let result = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .unwrap_or_else(|e| panic!("creating the topic: {e}"));
+    for r in result {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Payloads of every message in `topic`, read from the start by the host.
+fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<String> {
+    let consumer: BaseConsumer = testbed()
+        .kafka_config()
+        .set("group.id", unique_name("cluster-tests-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    consumer
+        .subscribe(&[topic])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + timeout;
+    let mut payloads = Vec::new();
+    while payloads.len() < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            if let Some(Ok(p)) = m.payload_view::<str>() {
+                payloads.push(p.to_string());
+            }
+        }
+    }
+    payloads
+}
+
+#[tokio::test]
+async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_names() {
+    let client = client().await;
+    let node = testbed().node().name.clone();
+
+    // The node is registered, Ready and schedulable.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let n = nodes.get(&node).await.unwrap_or_else(|e| panic!("{e}"));
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(ready, "node {node} is not Ready: {:?}", n.status);
+    assert!(
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_none_or(|t| t.is_empty()),
+        "node {node} still has taints: {:?}",
+        n.spec
+    );
+
+    let (ns, _) = namespace_with_host_services(&client, "node").await;
+    let topic = unique_name("node-events");
+    create_topic(&topic, 1);
+    // The worker image as the operator runs it, with nothing but Service names in its
+    // settings: DNS (CoreDNS), Service virtual IPs (kube-proxy) and the bridge carry it.
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "producer", "labels": {"app": "node-probe"}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
+            "containers": [{
+                "name": "producer",
+                "image": default_image(),
+                "imagePullPolicy": "Never",
+                "args": ["producer"],
+                "env": [
+                    {"name": "SERVICE_ID", "value": "node-probe"},
+                    {"name": "KAFKA_BOOTSTRAP_SERVERS", "value": "outbox-kafka:9092"},
+                    {"name": "KAFKA_TOPICS", "value": topic},
+                    {"name": "HTTP_PORT", "value": "8080"},
+                    {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "outbox-postgres", "key": "url"}}}
+                ],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/api/messages/health", "port": "http"}, "periodSeconds": 1},
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                    "capabilities": {"drop": ["ALL"]}}
+            }]
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating the pod: {e}"));
+    // Ready means the producer reached PostgreSQL through outbox-postgres:5432.
+    let running = ready_pods(&pods, "app=node-probe", 1).await;
+    let ip = pod_ip(&running[0]);
+    let body = serde_json::json!({"topic": topic, "message": "relayed-from-a-pod", "key": "k"});
+    let (code, answer) = http(&ip, 8080, "POST", "/api/messages/send", &body.to_string()).await;
+    assert!((200..300).contains(&code), "send answered {code}: {answer}");
+    // The relay in the pod published it to Kafka through outbox-kafka:9092.
+    let topic_for_read = topic.clone();
+    let payloads = tokio::task::spawn_blocking(move || {
+        read_topic(&topic_for_read, 1, Duration::from_secs(60))
+    })
+    .await
+    .unwrap_or_default();
+    assert_eq!(payloads, vec!["relayed-from-a-pod".to_string()]);
+
+    let _ = Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await;
+}
+
+/// helm uninstall on drop, so cluster-scoped objects of the release never linger.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = Command::new("helm")
+            .args(["uninstall", &self.name, "-n", &self.namespace, "--wait"])
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .output();
+        let _ = Command::new("kubectl")
+            .args(["delete", "namespace", &self.namespace, "--wait=false"])
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .output();
+    }
+}
+
+fn install_chart(ns: &str) -> Release {
+    let chart = testbed_support::repo_root().join("charts/outbox-operator");
+    let chart = chart.display().to_string();
+    run(
+        "helm",
+        &[
+            "install",
+            ns,
+            &chart,
+            "--namespace",
+            ns,
+            "--set",
+            &format!("watchNamespace={ns}"),
+            "--set",
+            &format!("loadtest.namespaces={{{ns}}}"),
+            "--set",
+            "logFormat=text",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    Release {
+        name: ns.to_string(),
+        namespace: ns.to_string(),
+    }
+}
+
+async fn group_members(group: &str) -> usize {
+    let group = group.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = testbed().kafka_config().create().ok()?;
+        let list = consumer
+            .fetch_group_list(Some(&group), Duration::from_secs(10))
+            .ok()?;
+        list.groups().first().map(|g| g.members().len())
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// PID of the first container of `pod` on this machine, from the node's containerd.
+fn container_pid(pod: &Pod) -> u32 {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
+        .unwrap_or_else(|| panic!("pod {} has no container id", pod.name_any()));
+    let id = id.trim_start_matches("containerd://");
+    let address = testbed().node().containerd_address.display().to_string();
+    let tasks = run(
+        "ctr",
+        &["--address", &address, "-n", "k8s.io", "tasks", "ls"],
+    );
+    tasks
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no running task {id} in:\n{tasks}"))
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .map(|c| c.restart_count)
+        .unwrap_or(0)
+}
+
+async fn pg(url: &str, sql: &str) -> Option<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    let task = tokio::spawn(connection);
+    let row = client.query_opt(sql, &[]).await.ok().flatten();
+    drop(client);
+    let _ = task.await;
+    row
+}
+
+async fn loadtest_phase(loadtests: &Api<LoadTest>, name: &str) -> Option<LoadTestPhase> {
+    loadtests.get(name).await.ok()?.status?.phase
+}
+
+#[tokio::test]
+async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_verified_through_faults(
+) {
+    let client = client().await;
+    let (ns, db_url) = namespace_with_host_services(&client, "e2e").await;
+    let _release = install_chart(&ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    ready_pods(&pods, "app.kubernetes.io/name=outbox-operator", 1).await;
+
+    // The reference OutboxSystem as manifests/ has it, on a topic of this test's own.
+    let text =
+        std::fs::read_to_string(testbed_support::repo_root().join("manifests/outbox-system.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mut system: OutboxSystem = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(system.spec.kafka.bootstrap_servers, "outbox-kafka:9092");
+    let topic = unique_name("e2e-events");
+    system.spec.topic.name = topic.clone();
+    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
+    systems
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
+
+    // Every pod Running and Ready; status counts them and says Ready.
+    ready_pods(&pods, "app.kubernetes.io/component=producer", 3).await;
+    for (group, replicas) in [("group-a", 3), ("group-b", 2), ("group-c", 1)] {
+        ready_pods(&pods, &format!("outbox.dev/group={group}"), replicas).await;
+    }
+    let ready = eventually(
+        "the OutboxSystem Ready=True with 3/3 producers and every group full",
+        POD_WAIT,
+        || {
+            let systems = systems.clone();
+            async move {
+                let s = systems.get("outbox").await.ok()?;
+                let status = s.status.clone()?;
+                let ready = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let producers = status
+                    .producers
+                    .as_ref()
+                    .is_some_and(|p| p.ready == 3 && p.desired == 3);
+                let groups =
+                    status.groups.len() == 3 && status.groups.iter().all(|g| g.ready == g.desired);
+                (ready && producers && groups).then_some(status)
+            }
+        },
+    )
+    .await;
+    let desired: BTreeMap<String, i32> = ready
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.desired))
+        .collect();
+    assert_eq!(
+        desired,
+        BTreeMap::from([
+            ("group-a".into(), 3),
+            ("group-b".into(), 2),
+            ("group-c".into(), 1)
+        ])
+    );
+
+    // Scaling a group in the spec scales its Deployment; the new pod joins the group.
+    systems
+        .patch(
+            "outbox",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"consumers": {"groups": [
+                {"name": "group-a", "replicas": 3, "retry": {"maxRetries": -1, "backoffMs": 100, "maxBackoffMs": 30000}},
+                {"name": "group-b", "replicas": 2, "retry": {"maxRetries": -1, "backoffMs": 100, "maxBackoffMs": 30000}},
+                {"name": "group-c", "replicas": 2, "retry": {"maxRetries": -1, "backoffMs": 100, "maxBackoffMs": 30000}}
+            ]}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("scaling group-c: {e}"));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually(
+        "Deployment outbox-consumer-group-c at 2 replicas",
+        POD_WAIT,
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get("outbox-consumer-group-c").await.ok()?;
+                (d.spec?.replicas == Some(2)).then_some(())
+            }
+        },
+    )
+    .await;
+    ready_pods(&pods, "outbox.dev/group=group-c", 2).await;
+    eventually(
+        "both group-c pods to be members of the Kafka group",
+        POD_WAIT,
+        || async { (group_members("group-c").await == 2).then_some(()) },
+    )
+    .await;
+
+    // A LoadTest big enough that the faults below land while it runs.
+    let mut lt: LoadTest = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            testbed_support::repo_root().join("manifests/loadtest-small.yaml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    lt.metadata.name = Some("chaos".into());
+    lt.spec.scenarios[0].messages = 300_000;
+    lt.spec.verification_timeout_seconds = 600;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(&PostParams::default(), &lt)
+        .await
+        .unwrap_or_else(|e| panic!("creating the LoadTest: {e}"));
+    eventually("the LoadTest to be Running", POD_WAIT, || {
+        let loadtests = loadtests.clone();
+        async move {
+            (loadtest_phase(&loadtests, "chaos").await == Some(LoadTestPhase::Running))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Faults while the runner sends: the operator pod deleted, a consumer pod deleted,
+    // another consumer's process killed with SIGKILL from the host.
+    run(
+        "kubectl",
+        &[
+            "-n",
+            &ns,
+            "delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/name=outbox-operator",
+            "--wait=false",
+        ],
+    );
+    let group_a = ready_pods(&pods, "outbox.dev/group=group-a", 3).await;
+    pods.delete(&group_a[0].name_any(), &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting a group-a pod: {e}"));
+    let group_b = ready_pods(&pods, "outbox.dev/group=group-b", 2).await;
+    let victim = group_b[0].clone();
+    let pid = container_pid(&victim);
+    run("kill", &["-9", &pid.to_string()]);
+    eventually(
+        "the killed group-b container to be restarted",
+        POD_WAIT,
+        || {
+            let pods = pods.clone();
+            let name = victim.name_any();
+            let before = restarts(&victim);
+            async move { (restarts(&pods.get(&name).await.ok()?) > before).then_some(()) }
+        },
+    )
+    .await;
+
+    // Once sending is done and the relay still has a backlog, the producer pod holding
+    // relay leadership is deleted: another producer's relay must take over from the
+    // watermark.
+    let leader_url = db_url.clone();
+    let (leader, pending) = eventually(
+        "sending done with a relay backlog left",
+        Duration::from_secs(600),
+        || {
+            let loadtests = loadtests.clone();
+            let url = leader_url.clone();
+            async move {
+                let phase = loadtest_phase(&loadtests, "chaos").await?;
+                if phase == LoadTestPhase::Running || phase == LoadTestPhase::Pending {
+                    return None;
+                }
+                let row = pg(
+                    &url,
+                    "SELECT s.leader, b.pending FROM outbox_relay_state s, outbox_backlog b",
+                )
+                .await?;
+                Some((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)))
+            }
+        },
+    )
+    .await;
+    assert!(
+        pending > 0,
+        "the relay had caught up before its leader could be deleted; raise the LoadTest's size"
+    );
+    pods.delete(&leader, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting the relay leader {leader}: {e}"));
+
+    // The run ends Verified with nothing missing, and there was only ever one Job.
+    let done = eventually("the LoadTest to finish", Duration::from_secs(900), || {
+        let loadtests = loadtests.clone();
+        async move {
+            let lt = loadtests.get("chaos").await.ok()?;
+            let phase = lt.status.as_ref()?.phase?;
+            matches!(phase, LoadTestPhase::Succeeded | LoadTestPhase::Failed).then_some(lt)
+        }
+    })
+    .await;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(LoadTestPhase::Succeeded), "{status:#?}");
+    let verified = status.conditions.iter().find(|c| c.type_ == "Verified");
+    assert_eq!(
+        verified.map(|c| c.status.as_str()),
+        Some("True"),
+        "{status:#?}"
+    );
+    assert_eq!(status.groups.len(), 3, "{status:#?}");
+    for g in &status.groups {
+        assert_eq!(g.missing, 0, "group {} lost messages: {status:#?}", g.group);
+        assert_eq!(g.acknowledged, g.expected, "group {}: {status:#?}", g.group);
+        assert!(g.expected > 0, "{status:#?}");
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let all = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        all.items.iter().map(|j| j.name_any()).collect::<Vec<_>>(),
+        vec!["chaos-run".to_string()]
+    );
+    // The operator came back as a new pod.
+    ready_pods(&pods, "app.kubernetes.io/name=outbox-operator", 1).await;
+}
