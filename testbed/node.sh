@@ -36,7 +36,7 @@ node_save_host_state() {
   local p
   for p in "${NODE_HOST_PATHS[@]}"; do [ -e "$p" ] || echo "$p"; done >"$NODE/host-state/absent-paths"
   nft list tables 2>/dev/null >"$NODE/host-state/nft-tables" || true
-  { nfacct list 2>/dev/null || true; } | sed -n 's/.*name = \([^ ;]*\).*/\1/p' >"$NODE/host-state/nfacct"
+  { nfacct list 2>/dev/null || true; } | sed -n 's/.*} = \([^;]*\);.*/\1/p' >"$NODE/host-state/nfacct"
   touch "$NODE/host-state/.complete"
 }
 
@@ -352,7 +352,7 @@ node_clean_netfilter() {
   while read -r obj; do
     [ -n "$obj" ] || continue
     grep -qxF "$obj" "$NODE/host-state/nfacct" 2>/dev/null || nfacct del "$obj" 2>/dev/null || true
-  done < <({ nfacct list 2>/dev/null || true; } | sed -n 's/.*name = \([^ ;]*\).*/\1/p')
+  done < <({ nfacct list 2>/dev/null || true; } | sed -n 's/.*} = \([^;]*\);.*/\1/p')
 }
 
 # kubelet's /kubepods tree (cgroupfs driver) in every hierarchy, deepest first.

@@ -272,10 +272,12 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
         .await;
 }
 
-/// helm uninstall on drop, so cluster-scoped objects of the release never linger.
+/// The chart's release; on drop (also when the test fails) helm uninstalls it, so its
+/// cluster-scoped objects never linger, and both namespaces go.
 struct Release {
     name: String,
     namespace: String,
+    watched: String,
 }
 
 impl Drop for Release {
@@ -285,27 +287,37 @@ impl Drop for Release {
             .env("KUBECONFIG", &testbed().kubeconfig)
             .output();
         let _ = Command::new("kubectl")
-            .args(["delete", "namespace", &self.namespace, "--wait=false"])
+            .args([
+                "delete",
+                "namespace",
+                &self.namespace,
+                &self.watched,
+                "--wait=false",
+            ])
             .env("KUBECONFIG", &testbed().kubeconfig)
             .output();
     }
 }
 
-fn install_chart(ns: &str) -> Release {
+/// helm installs the chart into a namespace of its own (as users do: `outbox-system`),
+/// watching `watched`, where the OutboxSystem and its LoadTests live.
+fn install_chart(watched: &str) -> Release {
     let chart = testbed_support::repo_root().join("charts/outbox-operator");
     let chart = chart.display().to_string();
+    let namespace = format!("{watched}-op");
     run(
         "helm",
         &[
             "install",
-            ns,
+            watched,
             &chart,
             "--namespace",
-            ns,
+            &namespace,
+            "--create-namespace",
             "--set",
-            &format!("watchNamespace={ns}"),
+            &format!("watchNamespace={watched}"),
             "--set",
-            &format!("loadtest.namespaces={{{ns}}}"),
+            &format!("loadtest.namespaces={{{watched}}}"),
             "--set",
             "logFormat=text",
             "--wait",
@@ -314,8 +326,9 @@ fn install_chart(ns: &str) -> Release {
         ],
     );
     Release {
-        name: ns.to_string(),
-        namespace: ns.to_string(),
+        name: watched.to_string(),
+        namespace,
+        watched: watched.to_string(),
     }
 }
 
@@ -386,9 +399,10 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
 ) {
     let client = client().await;
     let (ns, db_url) = namespace_with_host_services(&client, "e2e").await;
-    let _release = install_chart(&ns);
+    let release = install_chart(&ns);
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    ready_pods(&operator_pods, "app.kubernetes.io/name=outbox-operator", 1).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    ready_pods(&pods, "app.kubernetes.io/name=outbox-operator", 1).await;
 
     // The reference OutboxSystem as manifests/ has it, on a topic of this test's own.
     let text =
@@ -511,7 +525,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         "kubectl",
         &[
             "-n",
-            &ns,
+            &release.namespace,
             "delete",
             "pod",
             "-l",
@@ -606,5 +620,5 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         vec!["chaos-run".to_string()]
     );
     // The operator came back as a new pod.
-    ready_pods(&pods, "app.kubernetes.io/name=outbox-operator", 1).await;
+    ready_pods(&operator_pods, "app.kubernetes.io/name=outbox-operator", 1).await;
 }

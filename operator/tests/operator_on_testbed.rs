@@ -660,7 +660,15 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
     let (client, ns) = setup("obs-lag").await;
     let _operator = start_operator(&client, &ns);
     let topic = unique_name("lag-events");
-    let systems = create_system(&client, &ns, &reference_system(&topic)).await;
+    // Kafka's consumer groups are cluster-wide: names of this test's own, so that no
+    // other test's consumers (pods on the node) are members of them.
+    let mut system = reference_system(&topic);
+    let suffix = unique_name("lag");
+    for g in &mut system.spec.consumers.groups {
+        g.name = format!("{}-{suffix}", g.name);
+    }
+    let group_a = system.spec.consumers.groups[0].name.clone();
+    let systems = create_system(&client, &ns, &system).await;
     eventually("topic created", WAIT, || {
         let topic = topic.clone();
         async move { (kafka_partitions(&topic).await == Some(6)).then_some(()) }
@@ -670,6 +678,7 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
     // Ten messages into partition 0; group-a has committed offset 4 there, the others nothing.
     let config = testbed().kafka_config();
     let t = topic.clone();
+    let group = group_a.clone();
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> =
             config.create().unwrap_or_else(|e| panic!("{e}"));
@@ -683,7 +692,7 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
             .flush(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut group_config = testbed().kafka_config();
-        group_config.set("group.id", "group-a");
+        group_config.set("group.id", &group);
         let consumer: BaseConsumer = group_config.create().unwrap_or_else(|e| panic!("{e}"));
         let mut offsets = TopicPartitionList::new();
         offsets
@@ -707,7 +716,7 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
         }
     })
     .await;
-    assert_eq!(lags[0].0, "group-a");
+    assert_eq!(lags[0].0, group_a);
     delete_namespace(&client, &ns).await;
 }
 
