@@ -6,6 +6,8 @@
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=node.sh
 . "$TESTBED_DIR/node.sh"
+# A fact that is absent is a line not printed, not an error.
+set +e +o pipefail
 
 for k in "${NODE_SYSCTLS[@]}"; do echo "sysctl $k=$(sysctl -n "$k" 2>/dev/null)"; done
 ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | sort

@@ -224,49 +224,45 @@ node_up() {
   log "node: $NODE_NAME Ready (pods on $POD_CIDR, cluster DNS $NODE_IP)"
 }
 
+# host_service NAME PORT TARGET_PORT: a Service without selector and the EndpointSlice
+# that points it at the host side of the bridge.
+host_service() {
+  cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: $1, labels: {app.kubernetes.io/part-of: outbox-testbed}}
+spec:
+  ports: [{name: main, port: $2, targetPort: $3}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: $1-testbed
+  labels: {kubernetes.io/service-name: $1, app.kubernetes.io/part-of: outbox-testbed}
+addressType: IPv4
+ports: [{name: main, port: $3, protocol: TCP}]
+endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
+---
+EOF
+}
+
 # Kafka and PostgreSQL as the pods see them: the names kind's quick start uses
 # (manifests/kind/), as Services without selector whose EndpointSlices point at the host
 # side of the bridge. `kubectl apply -n NS -f .testbed/host-services.yaml` adds them to NS.
 node_host_services() {
-  cat >"$STATE_DIR/host-services.yaml" <<EOF
-# Written by testbed/up.sh: the testbed's Kafka and PostgreSQL under the names the
-# samples use. Apply it into any namespace: kubectl apply -n NS -f THIS-FILE
-apiVersion: v1
-kind: Service
-metadata: {name: outbox-kafka, labels: {app.kubernetes.io/part-of: outbox-testbed}}
-spec:
-  ports: [{name: kafka, port: 9092, targetPort: $KAFKA_POD_PORT}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: outbox-kafka-testbed
-  labels: {kubernetes.io/service-name: outbox-kafka, app.kubernetes.io/part-of: outbox-testbed}
-addressType: IPv4
-ports: [{name: kafka, port: $KAFKA_POD_PORT, protocol: TCP}]
-endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: outbox-postgres, labels: {app.kubernetes.io/part-of: outbox-testbed}}
-spec:
-  ports: [{name: postgres, port: 5432, targetPort: $PG_PORT}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: outbox-postgres-testbed
-  labels: {kubernetes.io/service-name: outbox-postgres, app.kubernetes.io/part-of: outbox-testbed}
-addressType: IPv4
-ports: [{name: postgres, port: $PG_PORT, protocol: TCP}]
-endpoints: [{addresses: ["$NODE_IP"], conditions: {ready: true}}]
----
+  {
+    echo "# Written by testbed/up.sh: the testbed's Kafka and PostgreSQL under the names the"
+    echo "# samples use. Apply it into any namespace: kubectl apply -n NS -f THIS-FILE"
+    host_service outbox-kafka 9092 "$KAFKA_POD_PORT"
+    host_service outbox-postgres 5432 "$PG_PORT"
+    cat <<EOF
 apiVersion: v1
 kind: Secret
 metadata: {name: outbox-postgres, labels: {app.kubernetes.io/part-of: outbox-testbed}}
 stringData:
   url: postgres://outbox:outbox@outbox-postgres:5432/outbox
 EOF
+  } >"$STATE_DIR/host-services.yaml"
   kubectl_ apply -n default -f "$STATE_DIR/host-services.yaml" >/dev/null || fail_part host-services
 }
 
