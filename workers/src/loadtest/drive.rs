@@ -2,7 +2,7 @@
 //! requests in flight each, through the batch endpoint (batching scenarios) or one
 //! message per request (immediate scenarios).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ pub const SCENARIO_HEADER: &str = "loadtest-scenario";
 /// Attempts per request when the producer says nothing was stored (503, 429) or the
 /// connection was refused; the request is then counted as failed.
 const MAX_ATTEMPTS: u32 = 5;
+
+/// Failure reason of the messages a producer was not sent because it had become
+/// unreachable (connections refused or timing out after every retry).
+pub const PRODUCER_UNREACHABLE: &str = "producerUnreachable";
 
 /// What every message of the run shares.
 #[derive(Debug, Clone)]
@@ -112,6 +116,7 @@ pub async fn send_scenario(
             },
             concurrency: send.concurrency.max(1),
             counters: counters.clone(),
+            unreachable: AtomicBool::new(false),
         };
         first_index += share;
         tasks.push(tokio::spawn(job.run()));
@@ -166,6 +171,9 @@ struct ProducerJob {
     batch_size: usize,
     concurrency: usize,
     counters: Arc<Counters>,
+    /// Set once a request found the producer unreachable after every retry (its pod
+    /// deleted, say): the rest of its share is then failed without sending.
+    unreachable: AtomicBool,
 }
 
 struct ProducerDone {
@@ -204,6 +212,11 @@ impl ProducerJob {
                     }
                     let offset = request * job.batch_size as u64;
                     let count = (job.share - offset).min(job.batch_size as u64);
+                    if job.unreachable.load(Ordering::Relaxed) {
+                        done.tally.failed(count, PRODUCER_UNREACHABLE, None);
+                        job.counters.failed.fetch_add(count, Ordering::Relaxed);
+                        continue;
+                    }
                     job.request(job.first_index + offset, count, &mut done)
                         .await;
                 }
@@ -286,7 +299,7 @@ impl ProducerJob {
                         }
                     }
                 }
-                Err(e) if e.is_connect() => Verdict::Retry(transport_reason(&e)),
+                Err(e) if e.is_connect() => Verdict::Unreachable(transport_reason(&e)),
                 Err(e) => Verdict::Uncertain(transport_reason(&e)),
             };
             let latency = sent_at.elapsed();
@@ -304,11 +317,21 @@ impl ProducerJob {
                     self.counters.accepted.fetch_add(count, Ordering::Relaxed);
                     return;
                 }
-                Verdict::Retry(reason) if attempt < MAX_ATTEMPTS => {
+                Verdict::Retry(reason) | Verdict::Unreachable(reason)
+                    if attempt < MAX_ATTEMPTS && !self.unreachable.load(Ordering::Relaxed) =>
+                {
                     tracing::debug!(producer = %self.producer.name, %reason, attempt, "retrying a request nothing was stored for");
                     let backoff = Duration::from_millis(200u64 << attempt.min(4));
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
+                }
+                Verdict::Unreachable(reason) => {
+                    if !self.unreachable.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(producer = %self.producer.name, %reason, "producer unreachable after every retry; failing the rest of its share without sending");
+                    }
+                    done.tally.failed(count, &reason, Some(latency));
+                    self.counters.failed.fetch_add(count, Ordering::Relaxed);
+                    return;
                 }
                 Verdict::Retry(reason) | Verdict::Refused(reason) => {
                     done.tally.failed(count, &reason, Some(latency));
@@ -334,6 +357,8 @@ enum Verdict {
     Retry(String),
     /// Nothing was stored; another try would fail the same way.
     Refused(String),
+    /// No connection could be made (refused, timed out): nothing was stored.
+    Unreachable(String),
     /// Maybe stored, maybe not.
     Uncertain(String),
 }
@@ -495,6 +520,54 @@ mod tests {
             serde_json::from_slice(&single_body(&s, "immediate", 12)).expect("valid JSON");
         assert_eq!(v["message"].as_str().map(str::len), Some(5));
         assert_eq!(v["key"], "key-2");
+    }
+
+    #[tokio::test]
+    async fn a_producer_that_cannot_be_reached_is_given_up_on_not_retried_request_by_request() {
+        // A port where nothing listens: every connection is refused, as for a deleted pod.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let producers = vec![Producer::from_url(&format!("http://127.0.0.1:{port}"))];
+        let send = ScenarioSend {
+            name: "batch".into(),
+            batching: true,
+            messages: 1_000,
+            already_accepted: 0,
+            shares: vec![1_000],
+            batch_size: 10,
+            concurrency: 2,
+        };
+        let sent = send_scenario(
+            &reqwest::Client::new(),
+            &producers,
+            &shape(),
+            &send,
+            Arc::new(Counters::default()),
+        )
+        .await;
+        let tally = &sent.outcome.producers[0].tally;
+        assert_eq!(tally.failed, 1_000);
+        assert_eq!(tally.accepted, 0);
+        // Only the requests in flight when it became unreachable tried to connect; the
+        // rest of its share failed at once, known not stored.
+        assert!(
+            tally.reasons.get("connect").copied().unwrap_or(0) <= 20,
+            "{:?}",
+            tally.reasons
+        );
+        assert!(
+            tally
+                .reasons
+                .get(PRODUCER_UNREACHABLE)
+                .copied()
+                .unwrap_or(0)
+                >= 980,
+            "{:?}",
+            tally.reasons
+        );
+        assert_eq!(sent.uncertain, 0);
     }
 
     #[test]

@@ -343,6 +343,9 @@ async fn execute(
     let display = Display::new(args.progress_interval);
     let http = reqwest::Client::builder()
         .timeout(args.request_timeout)
+        // A deleted producer pod's address answers nothing: fail the connection fast
+        // instead of waiting out the whole request timeout.
+        .connect_timeout(std::time::Duration::from_secs(3))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .build()
