@@ -226,7 +226,15 @@ EOF
 KAFKA_JAVA=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
   "-Dlog4j.configuration=file:$KAFKA_DIR/log4j.properties" -cp "$KAFKA_LIB/*")
 if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
-  cluster_id=$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')
+  # As Kafka's own Uuid.randomUuid: never an id starting with '-', which StorageTool's
+  # argument parser would take for an option (1 start in 64 failed before).
+  cluster_id=$(python3 -c '
+import base64, uuid
+while True:
+    i = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not i.startswith("-"):
+        print(i)
+        break')
   log "kafka: formatting storage (cluster id $cluster_id)"
   "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
     -c "$KAFKA_DIR/server.properties" >>"$LOG_DIR/kafka.log" 2>&1 || fail_part kafka
