@@ -198,9 +198,9 @@ node_ready() {
   [ "$ready" = True ] && [ -z "$taints" ]
 }
 
+# After node_preflight, node_save_host_state and node_network_up (up.sh runs those first,
+# before the services that listen on the bridge).
 node_up() {
-  node_preflight
-  node_save_host_state
   node_configs
   start containerd containerd --config "$NODE/containerd/config.toml"
   wait_for containerd 30 "$LOG_DIR/containerd.log" ctr --address "$CTRD_SOCK" version || fail_part containerd
@@ -266,23 +266,8 @@ EOF
   kubectl_ apply -n default -f "$STATE_DIR/host-services.yaml" >/dev/null || fail_part host-services
 }
 
-# ---------------------------------------------------------------- down
-stop_part() { # stop_part NAME: TERM its process group, KILL after 10 s
-  local pidfile=$RUN_DIR/$1.pid pid
-  [ -f "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$1: stopping (pid $pid)"
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$1: did not stop on TERM, killing"
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$pidfile"
-}
 
+# ---------------------------------------------------------------- down
 # Stops the node and undoes everything it did to the host. Safe to run more than once,
 # and after a half-done node_up.
 node_down() {
