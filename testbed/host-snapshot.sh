@@ -16,7 +16,7 @@ for save in iptables-save ip6tables-save; do
   "$save" 2>/dev/null | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//' | sed "s/^/$save /"
 done
 command -v nft >/dev/null && nft list tables 2>/dev/null | sed 's/^/nft /'
-command -v nfacct >/dev/null && { nfacct list 2>/dev/null || true; } | sed -n 's/.*} = \([^;]*\);.*/nfacct \1/p'
+command -v nfacct >/dev/null && nfacct_names | sed 's/^/nfacct /'
 awk '$2 ~ /kubelet|containerd|netns|\.testbed|kubepods|cni/ {print "mount " $2}' /proc/self/mounts | sort
 find "$CGROUP_ROOT" -maxdepth 2 -name kubepods -type d 2>/dev/null | sed 's/^/cgroup /' | sort
 for p in "${NODE_HOST_PATHS[@]}"; do [ -e "$p" ] && echo "path $p"; done

@@ -14,6 +14,9 @@ CGROUP_ROOT=/sys/fs/cgroup
 
 ctr_() { ctr --address "$CTRD_SOCK" -n k8s.io "$@"; }
 
+# The names of the nfacct objects on this machine (kube-proxy adds two), one per line.
+nfacct_names() { { nfacct list 2>/dev/null || true; } | sed -n 's/.*} = \([^;]*\);.*/\1/p'; }
+
 # ---------------------------------------------------------------- up
 node_preflight() {
   [ "$(id -u)" = 0 ] || die "the node needs root (containerd, runc, iptables, a bridge); run as root or set TESTBED_NODE=0"
@@ -36,7 +39,7 @@ node_save_host_state() {
   local p
   for p in "${NODE_HOST_PATHS[@]}"; do [ -e "$p" ] || echo "$p"; done >"$NODE/host-state/absent-paths"
   nft list tables 2>/dev/null >"$NODE/host-state/nft-tables" || true
-  { nfacct list 2>/dev/null || true; } | sed -n 's/.*} = \([^;]*\);.*/\1/p' >"$NODE/host-state/nfacct"
+  nfacct_names >"$NODE/host-state/nfacct"
   touch "$NODE/host-state/.complete"
 }
 
@@ -333,7 +336,7 @@ node_clean_netfilter() {
   while read -r obj; do
     [ -n "$obj" ] || continue
     grep -qxF "$obj" "$NODE/host-state/nfacct" 2>/dev/null || nfacct del "$obj" 2>/dev/null || true
-  done < <({ nfacct list 2>/dev/null || true; } | sed -n 's/.*} = \([^;]*\);.*/\1/p')
+  done < <(nfacct_names)
 }
 
 # kubelet's /kubepods tree (cgroupfs driver) in every hierarchy, deepest first.

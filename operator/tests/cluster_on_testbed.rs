@@ -461,15 +461,17 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     );
 
     // Scaling a group in the spec scales its Deployment; the new pod joins the group.
+    let mut groups = system.spec.consumers.groups.clone();
+    let group_c = groups
+        .iter_mut()
+        .find(|g| g.name == "group-c")
+        .unwrap_or_else(|| panic!("the reference system has no group-c"));
+    group_c.replicas = 2;
     systems
         .patch(
             "outbox",
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"consumers": {"groups": [
-                {"name": "group-a", "replicas": 3, "retry": {"maxRetries": -1, "backoffMs": 100, "maxBackoffMs": 30000}},
-                {"name": "group-b", "replicas": 2, "retry": {"maxRetries": -1, "backoffMs": 100, "maxBackoffMs": 30000}},
-                {"name": "group-c", "replicas": 2, "retry": {"maxRetries": -1, "backoffMs": 100, "maxBackoffMs": 30000}}
-            ]}}})),
+            &Patch::Merge(serde_json::json!({"spec": {"consumers": {"groups": groups}}})),
         )
         .await
         .unwrap_or_else(|e| panic!("scaling group-c: {e}"));
