@@ -155,7 +155,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report_stage(&raw_copy_stage);
 
     // 2. raw produce
-    let producer = crate::kafka::relay_producer(&kafka)?;
+    let producer =
+        crate::kafka::relay_producer(&kafka, crate::message_size::RELAY_MESSAGE_MAX_BYTES)?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(n);
     for i in 0..n {
@@ -318,7 +319,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let metrics = ProducerMetrics::default();
     let relay = Relay::new(
         schema_url.clone(),
-        crate::kafka::relay_producer(&kafka)?,
+        kafka.clone(),
+        vec![topic.clone()],
+        crate::message_size::TopicLimits::new(),
         RelaySettings::default(),
         Arc::new(Notify::new()),
         metrics.clone(),

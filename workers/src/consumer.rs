@@ -117,7 +117,10 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         .subscribe(&topic_refs)
         .kafka("subscribing to the topics")?;
     let dead_letters = match &args.dead_letter_topic {
-        Some(topic) => Some((topic.clone(), crate::kafka::relay_producer(&base)?)),
+        Some(topic) => Some((
+            topic.clone(),
+            crate::kafka::relay_producer(&base, crate::message_size::RELAY_MESSAGE_MAX_BYTES)?,
+        )),
         None => None,
     };
 
@@ -387,17 +390,24 @@ fn parse_batch(batch: &[OwnedMessage]) -> (Vec<Ack>, Vec<&OwnedMessage>) {
         let mut created = None;
         if let Some(hs) = m.headers() {
             for h in hs.iter() {
-                let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                // The first occurrence is the relay's: it writes its headers before
+                // any of the client's, so a later copy cannot override them.
+                let value = || h.value.and_then(|v| std::str::from_utf8(v).ok());
                 match h.key {
-                    headers::MESSAGE_ID => id = value.and_then(|v| v.parse::<i64>().ok()),
-                    headers::TRANSACTION_ID => txid = value.and_then(|v| v.parse::<u64>().ok()),
-                    headers::CREATED_AT_MICROS => {
-                        created = value.and_then(|v| v.parse::<i64>().ok())
+                    headers::MESSAGE_ID if id.is_none() => {
+                        id = Some(value().and_then(|v| v.parse::<i64>().ok()))
+                    }
+                    headers::TRANSACTION_ID if txid.is_none() => {
+                        txid = Some(value().and_then(|v| v.parse::<u64>().ok()))
+                    }
+                    headers::CREATED_AT_MICROS if created.is_none() => {
+                        created = Some(value().and_then(|v| v.parse::<i64>().ok()))
                     }
                     _ => {}
                 }
             }
         }
+        let (id, txid, created) = (id.flatten(), txid.flatten(), created.flatten());
         let Some(id) = id.filter(|id| *id >= 0) else {
             foreign.push(m);
             continue;
@@ -418,6 +428,60 @@ fn parse_batch(batch: &[OwnedMessage]) -> (Vec<Ack>, Vec<&OwnedMessage>) {
         });
     }
     (acks, foreign)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn message(headers: &[(&str, &str)]) -> OwnedMessage {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        OwnedMessage::new(
+            Some(b"p".to_vec()),
+            Some(b"k".to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            42,
+            Some(h),
+        )
+    }
+
+    #[test]
+    fn the_relays_first_headers_win_over_later_copies() {
+        let forged = message(&[
+            (headers::MESSAGE_ID, "100"),
+            (headers::TRANSACTION_ID, "9"),
+            (headers::CREATED_AT_MICROS, "5"),
+            (headers::MESSAGE_ID, "7"),
+            (headers::TRANSACTION_ID, "1"),
+        ]);
+        let batch = [forged];
+        let (acks, foreign) = parse_batch(&batch);
+        assert!(foreign.is_empty());
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].id, 100);
+        assert_eq!(acks[0].order, Some((9, 100)));
+        assert_eq!(acks[0].created_at_us, Some(5));
+    }
+
+    #[test]
+    fn an_invalid_first_id_is_not_rescued_by_a_later_one() {
+        let batch = [message(&[
+            (headers::MESSAGE_ID, "x"),
+            (headers::MESSAGE_ID, "7"),
+        ])];
+        let (acks, foreign) = parse_batch(&batch);
+        assert!(acks.is_empty());
+        assert_eq!(foreign.len(), 1);
+    }
 }
 
 async fn track_lag(

@@ -23,8 +23,8 @@ pub fn client_config(bootstrap_servers: &str, extra: &BTreeMap<String, String>) 
 
 /// The relay's producer: idempotent, acks from all in-sync replicas, never gives up on a
 /// message locally (a broker outage stalls the relay instead of dropping or reordering),
-/// batches generously.
-pub fn relay_producer(base: &ClientConfig) -> Result<FutureProducer> {
+/// batches generously but never above `batch_bytes` (the smallest topic limit).
+pub fn relay_producer(base: &ClientConfig, batch_bytes: usize) -> Result<FutureProducer> {
     let mut config = base.clone();
     config
         .set("enable.idempotence", "true")
@@ -32,7 +32,11 @@ pub fn relay_producer(base: &ClientConfig) -> Result<FutureProducer> {
         .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
-        .set("batch.size", "1000000")
+        .set(
+            "message.max.bytes",
+            crate::message_size::RELAY_MESSAGE_MAX_BYTES.to_string(),
+        )
+        .set("batch.size", batch_bytes.to_string())
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "1048576")

@@ -15,7 +15,9 @@ pub struct ProducerMetrics {
     pub accepted: Counter,
     pub rejected: Counter,
     pub unavailable: Counter,
+    pub unknown: Counter,
     pub published: Counter,
+    pub quarantined: Counter,
     pub relay_batches: Counter,
     pub relay_errors: Counter,
     pub relay_leader: Gauge,
@@ -39,6 +41,16 @@ impl ProducerMetrics {
             "requests_unavailable",
             "Requests refused because PostgreSQL failed (503)",
             self.unavailable.clone(),
+        );
+        r.register(
+            "requests_outcome_unknown",
+            "Requests whose connection was lost while committing (500, maybe stored)",
+            self.unknown.clone(),
+        );
+        r.register(
+            "relay_quarantined",
+            "Rows Kafka refused for good, moved to outbox_quarantine and skipped",
+            self.quarantined.clone(),
         );
         r.register(
             "relay_published",

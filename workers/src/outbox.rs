@@ -6,8 +6,59 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
-use crate::error::{DbContext, Result};
+use crate::error::{DbContext, Error, Result};
 use crate::schema::ID_BLOCK;
+
+/// Why a message was not (or maybe not) stored; each answers the client differently.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL refused the data itself (SQLSTATE class 22: bad encoding, value out
+    /// of range): a retry fails the same way. Nothing was stored.
+    #[error("PostgreSQL refused the data ({code}): {message}")]
+    Data { code: String, message: String },
+    /// Nothing was stored (the statement failed, or the transaction did not commit);
+    /// a retry may succeed.
+    #[error(transparent)]
+    NotStored(Error),
+    /// The connection was lost while the write could have committed: the message may or
+    /// may not be stored.
+    #[error("the outcome is unknown: the connection to PostgreSQL was lost while storing, the message may or may not be stored: {0}")]
+    Unknown(Error),
+}
+
+impl StoreError {
+    /// Classifies a failed statement. `may_have_committed` is true for an autocommit
+    /// write and for COMMIT: losing the connection there leaves the outcome unknown.
+    /// A server error (it has a SQLSTATE) always means the statement did not take effect.
+    fn from_db(source: tokio_postgres::Error, context: &'static str, may_have_committed: bool) -> Self {
+        if let Some(db) = source.as_db_error() {
+            let code = db.code().code();
+            if code.starts_with("22") {
+                return StoreError::Data {
+                    code: code.to_string(),
+                    message: db.message().to_string(),
+                };
+            }
+            return StoreError::NotStored(Error::Db { context, source });
+        }
+        if may_have_committed {
+            StoreError::Unknown(Error::Db { context, source })
+        } else {
+            StoreError::NotStored(Error::Db { context, source })
+        }
+    }
+}
+
+/// Adds the store classification to a statement's result.
+trait StoreContext<T> {
+    fn store(self, context: &'static str, may_have_committed: bool) -> Result<T, StoreError>;
+}
+
+impl<T> StoreContext<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn store(self, context: &'static str, may_have_committed: bool) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::from_db(e, context, may_have_committed))
+    }
+}
 
 /// The notification channel the relay listens on (immediate path only).
 pub const NOTIFY_CHANNEL: &str = "outbox_relay";
@@ -36,7 +87,10 @@ impl NewMessage {
 
 /// Stores one message and wakes the relay (NOTIFY, in the same transaction): the
 /// immediate path. Returns the message id.
-pub async fn insert_one<C: GenericClient>(client: &C, message: &NewMessage) -> Result<i64> {
+pub async fn insert_one<C: GenericClient>(
+    client: &C,
+    message: &NewMessage,
+) -> Result<i64, StoreError> {
     let headers = message.headers_json();
     let row = client
         .query_one(
@@ -48,7 +102,7 @@ pub async fn insert_one<C: GenericClient>(client: &C, message: &NewMessage) -> R
             &[&message.topic, &message.key, &message.payload, &headers],
         )
         .await
-        .db("inserting a message")?;
+        .store("inserting a message", true)?;
     Ok(row.get(0))
 }
 
@@ -58,15 +112,20 @@ pub async fn insert_one<C: GenericClient>(client: &C, message: &NewMessage) -> R
 pub async fn insert_batch(
     client: &mut tokio_postgres::Client,
     messages: &[NewMessage],
-) -> Result<Vec<i64>> {
-    let tx = client.transaction().await.db("starting a batch")?;
-    let ids = allocate_ids(&tx, messages.len()).await?;
+) -> Result<Vec<i64>, StoreError> {
+    let tx = client
+        .transaction()
+        .await
+        .store("starting a batch", false)?;
+    let ids = allocate_ids(&tx, messages.len())
+        .await
+        .map_err(StoreError::NotStored)?;
     let sink = tx
         .copy_in(
             "COPY outbox_messages (id, topic, key, payload, headers) FROM STDIN (FORMAT binary)",
         )
         .await
-        .db("starting COPY")?;
+        .store("starting COPY", false)?;
     let writer = BinaryCopyInWriter::new(
         sink,
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB],
@@ -76,10 +135,14 @@ pub async fn insert_batch(
         let headers = message.headers_json();
         let row: [&(dyn ToSql + Sync); 5] =
             [id, &message.topic, &message.key, &message.payload, &headers];
-        writer.as_mut().write(&row).await.db("writing COPY rows")?;
+        writer
+            .as_mut()
+            .write(&row)
+            .await
+            .store("writing COPY rows", false)?;
     }
-    writer.finish().await.db("finishing COPY")?;
-    tx.commit().await.db("committing a batch")?;
+    writer.finish().await.store("finishing COPY", false)?;
+    tx.commit().await.store("committing a batch", true)?;
     Ok(ids)
 }
 

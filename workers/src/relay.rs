@@ -18,24 +18,26 @@
 //!   acknowledged; after a crash the next leader republishes from it (duplicates,
 //!   never gaps).
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
 
 use crate::error::{DbContext, Error, Result};
 use crate::headers;
+use crate::message_size::{self, TopicLimits};
 use crate::metrics::ProducerMetrics;
 use crate::shutdown::{self, ShutdownSignal};
 
 /// Rows confirmed by Kafka up to here: `(txid, id)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Watermark {
     pub txid: u64,
     pub id: i64,
@@ -75,29 +77,149 @@ const PERSIST: &str = "UPDATE outbox_relay_state
     SET wm_txid = $1::text::xid8, wm_id = $2, leader = $3,
         published = published + $4, updated_at = now()";
 
+const QUARANTINE: &str = "INSERT INTO outbox_quarantine
+        (id, txid, topic, key, payload, headers, created_at, error)
+    SELECT id, txid, topic, key, payload, headers, created_at, $3 FROM outbox_messages
+    WHERE txid = $1::text::xid8 AND id = $2
+    ON CONFLICT DO NOTHING";
+
 const TRY_LEAD: &str = "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox-relay'))";
 
 /// A relay; run one per producer replica, they elect a leader among themselves.
 pub struct Relay {
     database_url: String,
-    producer: FutureProducer,
+    kafka: ClientConfig,
+    topics: Vec<String>,
+    limits: Arc<TopicLimits>,
     settings: RelaySettings,
     wake: Arc<Notify>,
     metrics: ProducerMetrics,
     service_id: String,
+    /// Rows whose batch Kafka refused for good: published alone next time, and
+    /// quarantined if refused again.
+    suspects: Mutex<HashSet<Watermark>>,
 }
 
 struct InFlight {
     last: Watermark,
     count: u64,
-    deliveries: JoinHandle<Result<(), String>>,
+    deliveries: JoinHandle<Result<(), DeliveryFailure>>,
+}
+
+/// A message Kafka did not confirm.
+#[derive(Debug)]
+struct DeliveryFailure {
+    at: Watermark,
+    error: String,
+    /// Kafka refused the message itself (too large, invalid): retrying as it is
+    /// cannot help.
+    for_good: bool,
+}
+
+/// Error codes that refuse a message for what it is, not for the state of the cluster.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::MessageBatchTooLarge
+    )
+}
+
+/// What one outbox row becomes in Kafka.
+struct Row<'a> {
+    at: Watermark,
+    topic: &'a str,
+    key: Option<&'a str>,
+    payload: &'a str,
+    headers: OwnedHeaders,
+    size: usize,
+}
+
+impl<'a> Row<'a> {
+    fn read(row: &'a tokio_postgres::Row) -> Result<Self> {
+        let id: i64 = row.get(0);
+        let txid: &str = row.get(1);
+        let topic: &str = row.get(2);
+        let key: Option<&str> = row.get(3);
+        let payload: &str = row.get(4);
+        let extra: Option<serde_json::Value> = row.get(5);
+        let created_us: i64 = row.get(6);
+        let id_text = id.to_string();
+        let created_text = created_us.to_string();
+        let mut kafka_headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: headers::MESSAGE_ID,
+                value: Some(&id_text),
+            })
+            .insert(Header {
+                key: headers::TRANSACTION_ID,
+                value: Some(txid),
+            })
+            .insert(Header {
+                key: headers::CREATED_AT_MICROS,
+                value: Some(&created_text),
+            });
+        let mut user_headers = Vec::new();
+        if let Some(serde_json::Value::Object(map)) = &extra {
+            for (name, value) in map {
+                // A row written straight into the table may carry anything: never let
+                // it set the headers consumers trust.
+                if headers::is_reserved(name) {
+                    tracing::warn!(id, header = %name, "dropping a reserved header name from an outbox row");
+                    continue;
+                }
+                if let Some(value) = value.as_str() {
+                    kafka_headers = kafka_headers.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                    user_headers.push((name.as_str(), value));
+                }
+            }
+        }
+        let size = message_size::record_size(payload, key, user_headers);
+        Ok(Row {
+            at: Watermark {
+                txid: txid
+                    .parse()
+                    .map_err(|e| Error::Relay(format!("row {id} has txid {txid:?}: {e}")))?,
+                id,
+            },
+            topic,
+            key,
+            payload,
+            headers: kafka_headers,
+            size,
+        })
+    }
+
+    fn record(&self) -> FutureRecord<'_, str, str> {
+        let mut record = FutureRecord::<str, str>::to(self.topic)
+            .payload(self.payload)
+            .headers(self.headers.clone());
+        if let Some(key) = self.key {
+            record = record.key(key);
+        }
+        record
+    }
+}
+
+/// How a single row was handed to Kafka.
+enum Handed {
+    Queued(DeliveryFuture),
+    Refused(String),
 }
 
 impl Relay {
     /// A relay publishing through `producer`; `wake` is notified by the ingest path.
     pub fn new(
         database_url: String,
-        producer: FutureProducer,
+        kafka: ClientConfig,
+        topics: Vec<String>,
+        limits: Arc<TopicLimits>,
         settings: RelaySettings,
         wake: Arc<Notify>,
         metrics: ProducerMetrics,
@@ -105,11 +227,14 @@ impl Relay {
     ) -> Self {
         Relay {
             database_url,
-            producer,
+            kafka,
+            topics,
+            limits,
             settings,
             wake,
             metrics,
             service_id,
+            suspects: Mutex::new(HashSet::new()),
         }
     }
 
@@ -167,14 +292,33 @@ impl Relay {
     }
 
     async fn lead(&self, client: &Client, shutdown: &mut ShutdownSignal) -> Result<()> {
+        // Fresh topic limits for this session: the producer batches no larger than the
+        // smallest topic takes, and rows larger than their topic takes are quarantined.
+        if let Err(e) = self.limits.refresh(&self.kafka, &self.topics).await {
+            tracing::warn!(error = %crate::error_chain(&e), "could not read the topics' max.message.bytes; using the relay's own limit");
+        }
+        let batch_bytes = self
+            .limits
+            .smallest_topic_limit()
+            .map_or(message_size::RELAY_MESSAGE_MAX_BYTES, |t| {
+                t.saturating_sub(message_size::RECORD_OVERHEAD)
+            })
+            .clamp(1, message_size::RELAY_MESSAGE_MAX_BYTES);
+        let producer = crate::kafka::relay_producer(&self.kafka, batch_bytes)?;
         let fetch = client
             .prepare(FETCH)
             .await
             .db("preparing the relay query")?;
-        let persist = client
-            .prepare(PERSIST)
-            .await
-            .db("preparing the watermark update")?;
+        let statements = Statements {
+            persist: client
+                .prepare(PERSIST)
+                .await
+                .db("preparing the watermark update")?,
+            quarantine: client
+                .prepare(QUARANTINE)
+                .await
+                .db("preparing the quarantine insert")?,
+        };
         let row = client
             .query_one("SELECT wm_txid::text, wm_id FROM outbox_relay_state", &[])
             .await
@@ -189,11 +333,17 @@ impl Relay {
         tracing::info!(
             txid = start.txid,
             id = start.id,
+            batch_bytes,
             "relay resuming after watermark"
         );
         let mut in_flight = VecDeque::new();
+        let session = Session {
+            client,
+            producer: &producer,
+            statements: &statements,
+        };
         let result = self
-            .publish(client, &fetch, &persist, start, &mut in_flight, shutdown)
+            .publish(&session, &fetch, start, &mut in_flight, shutdown)
             .await;
         // Whatever happened, let what is in flight land before a successor (or our next
         // session) republishes from the watermark, so a key is never overtaken.
@@ -203,10 +353,7 @@ impl Relay {
             if persist_ok {
                 match delivered {
                     Ok(Ok(())) => {
-                        if let Err(e) = self
-                            .persist(client, &persist, batch.last, batch.count)
-                            .await
-                        {
+                        if let Err(e) = self.persist(&session, batch.last, batch.count).await {
                             tracing::warn!(error = %e, "could not store the watermark while stopping");
                             persist_ok = false;
                         }
@@ -220,9 +367,8 @@ impl Relay {
 
     async fn publish(
         &self,
-        client: &Client,
+        session: &Session<'_>,
         fetch: &Statement,
-        persist: &Statement,
         mut cursor: Watermark,
         in_flight: &mut VecDeque<InFlight>,
         shutdown: &mut ShutdownSignal,
@@ -235,9 +381,10 @@ impl Relay {
                 .front()
                 .is_some_and(|b| b.deliveries.is_finished())
             {
-                self.complete_oldest(client, persist, in_flight).await?;
+                self.complete_oldest(session, in_flight).await?;
             }
-            let rows = client
+            let rows = session
+                .client
                 .query(
                     fetch,
                     &[
@@ -250,7 +397,7 @@ impl Relay {
                 .db("reading outbox rows")?;
             if rows.is_empty() {
                 if !in_flight.is_empty() {
-                    self.complete_oldest(client, persist, in_flight).await?;
+                    self.complete_oldest(session, in_flight).await?;
                     continue;
                 }
                 tokio::select! {
@@ -263,93 +410,151 @@ impl Relay {
             let mut deliveries = Vec::with_capacity(rows.len());
             let mut last = cursor;
             for row in &rows {
-                let id: i64 = row.get(0);
-                let txid: &str = row.get(1);
-                let topic: &str = row.get(2);
-                let key: Option<&str> = row.get(3);
-                let payload: &str = row.get(4);
-                let extra: Option<serde_json::Value> = row.get(5);
-                let created_us: i64 = row.get(6);
-                let id_text = id.to_string();
-                let created_text = created_us.to_string();
-                let mut kafka_headers = OwnedHeaders::new_with_capacity(3)
-                    .insert(Header {
-                        key: headers::MESSAGE_ID,
-                        value: Some(&id_text),
-                    })
-                    .insert(Header {
-                        key: headers::TRANSACTION_ID,
-                        value: Some(txid),
-                    })
-                    .insert(Header {
-                        key: headers::CREATED_AT_MICROS,
-                        value: Some(&created_text),
-                    });
-                if let Some(serde_json::Value::Object(map)) = &extra {
-                    for (name, value) in map {
-                        if let Some(value) = value.as_str() {
-                            kafka_headers = kafka_headers.insert(Header {
-                                key: name,
-                                value: Some(value),
-                            });
-                        }
+                let row = Row::read(row)?;
+                let limit = self.limits.limit(row.topic);
+                if row.size > limit.bytes {
+                    let reason = format!(
+                        "message too large: {} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
+                        row.size, row.topic, limit.bytes, limit.reason
+                    );
+                    self.quarantine(session, row.at, &reason).await?;
+                    last = row.at;
+                    continue;
+                }
+                let alone = self
+                    .suspects
+                    .lock()
+                    .map(|s| s.contains(&row.at))
+                    .unwrap_or(false);
+                if alone {
+                    // Refused for good once with its batch: find out whether it is this
+                    // message, without anything else in flight.
+                    self.seal(std::mem::take(&mut deliveries), cursor, last, in_flight);
+                    while !in_flight.is_empty() {
+                        self.complete_oldest(session, in_flight).await?;
                     }
+                    self.publish_alone(session, &row).await?;
+                    last = row.at;
+                    cursor = row.at;
+                    continue;
                 }
-                let mut record = FutureRecord::<str, str>::to(topic)
-                    .payload(payload)
-                    .headers(kafka_headers);
-                if let Some(key) = key {
-                    record = record.key(key);
+                match self.hand(session, &row, in_flight).await? {
+                    Handed::Queued(delivery) => deliveries.push((row.at, delivery)),
+                    Handed::Refused(reason) => self.quarantine(session, row.at, &reason).await?,
                 }
-                loop {
-                    match self.producer.send_result(record) {
-                        Ok(delivery) => {
-                            deliveries.push(delivery);
-                            break;
-                        }
-                        Err((
-                            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                            returned,
-                        )) => {
-                            // Backpressure: librdkafka's queue is full; let earlier batches land.
-                            record = returned;
-                            if in_flight.is_empty() {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            } else {
-                                self.complete_oldest(client, persist, in_flight).await?;
-                            }
-                        }
-                        Err((e, _)) => {
-                            return Err(Error::Kafka {
-                                context: format!("handing message {id} to the producer"),
-                                source: e,
-                            })
-                        }
-                    }
-                }
-                last = Watermark {
-                    txid: txid
-                        .parse()
-                        .map_err(|e| Error::Relay(format!("row {id} has txid {txid:?}: {e}")))?,
-                    id,
-                };
+                last = row.at;
             }
-            in_flight.push_back(InFlight {
-                last,
-                count: deliveries.len() as u64,
-                deliveries: tokio::spawn(await_deliveries(deliveries)),
-            });
+            self.seal(deliveries, cursor, last, in_flight);
             cursor = last;
             while in_flight.len() > self.settings.max_in_flight_batches {
-                self.complete_oldest(client, persist, in_flight).await?;
+                self.complete_oldest(session, in_flight).await?;
             }
         }
     }
 
+    /// Queues the rows handed to Kafka since `from` as one batch to confirm, up to
+    /// `last` (which also covers quarantined rows).
+    fn seal(
+        &self,
+        deliveries: Vec<(Watermark, DeliveryFuture)>,
+        from: Watermark,
+        last: Watermark,
+        in_flight: &mut VecDeque<InFlight>,
+    ) {
+        if last == from {
+            return;
+        }
+        in_flight.push_back(InFlight {
+            last,
+            count: deliveries.len() as u64,
+            deliveries: tokio::spawn(await_deliveries(deliveries)),
+        });
+    }
+
+    /// Hands one row to the producer, waiting for room in its queue.
+    async fn hand(
+        &self,
+        session: &Session<'_>,
+        row: &Row<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<Handed> {
+        let mut record = row.record();
+        loop {
+            match session.producer.send_result(record) {
+                Ok(delivery) => return Ok(Handed::Queued(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // Backpressure: librdkafka's queue is full; let earlier batches land.
+                    record = returned;
+                    if in_flight.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        self.complete_oldest(session, in_flight).await?;
+                    }
+                }
+                Err((e, _)) if e.rdkafka_error_code().is_some_and(refused_for_good) => {
+                    return Ok(Handed::Refused(format!("the Kafka producer refused it: {e}")))
+                }
+                Err((e, _)) => {
+                    return Err(Error::Kafka {
+                        context: format!("handing message {} to the producer", row.at.id),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Publishes one row with nothing else in flight; quarantines it when Kafka
+    /// refuses it for good.
+    async fn publish_alone(&self, session: &Session<'_>, row: &Row<'_>) -> Result<()> {
+        let mut none = VecDeque::new();
+        let outcome = match self.hand(session, row, &mut none).await? {
+            Handed::Refused(reason) => Err(reason),
+            Handed::Queued(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) if e.rdkafka_error_code().is_some_and(refused_for_good) => {
+                    Err(format!("Kafka refused it: {e}"))
+                }
+                Ok(Err((e, _))) => {
+                    return Err(Error::Relay(format!(
+                        "Kafka did not confirm message {}: {e}",
+                        row.at.id
+                    )))
+                }
+                Err(_) => return Err(Error::Relay("the producer dropped a delivery report".into())),
+            },
+        };
+        if let Ok(mut suspects) = self.suspects.lock() {
+            suspects.remove(&row.at);
+        }
+        match outcome {
+            Ok(()) => self.persist(session, row.at, 1).await,
+            Err(reason) => {
+                self.quarantine(session, row.at, &reason).await?;
+                self.persist(session, row.at, 0).await
+            }
+        }
+    }
+
+    /// Copies a row Kafka refused for good into `outbox_quarantine` with the reason; the
+    /// watermark then moves past it like past a published row.
+    async fn quarantine(&self, session: &Session<'_>, at: Watermark, reason: &str) -> Result<()> {
+        session
+            .client
+            .execute(
+                &session.statements.quarantine,
+                &[&at.txid.to_string(), &at.id, &reason],
+            )
+            .await
+            .db("quarantining a row Kafka refused")?;
+        self.metrics.quarantined.inc();
+        tracing::error!(id = at.id, txid = at.txid, %reason, "quarantined an outbox row Kafka refused for good; delivery goes on");
+        Ok(())
+    }
+
     async fn complete_oldest(
         &self,
-        client: &Client,
-        persist: &Statement,
+        session: &Session<'_>,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<()> {
         let Some(batch) = in_flight.pop_front() else {
@@ -362,27 +567,32 @@ impl Relay {
         } = batch;
         match deliveries.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+            Ok(Err(failure)) => {
+                if failure.for_good {
+                    if let Ok(mut suspects) = self.suspects.lock() {
+                        suspects.insert(failure.at);
+                    }
+                    return Err(Error::Relay(format!(
+                        "Kafka refused message {} for good ({}); it is published alone next and quarantined if refused again",
+                        failure.at.id, failure.error
+                    )));
+                }
                 return Err(Error::Relay(format!(
-                    "Kafka did not confirm a message: {e}"
-                )))
+                    "Kafka did not confirm message {}: {}",
+                    failure.at.id, failure.error
+                )));
             }
             Err(e) => return Err(Error::Relay(format!("delivery task failed: {e}"))),
         }
-        self.persist(client, persist, last, count).await
+        self.persist(session, last, count).await
     }
 
-    async fn persist(
-        &self,
-        client: &Client,
-        persist: &Statement,
-        last: Watermark,
-        count: u64,
-    ) -> Result<()> {
+    async fn persist(&self, session: &Session<'_>, last: Watermark, count: u64) -> Result<()> {
         let delta = count as i64;
-        client
+        session
+            .client
             .execute(
-                persist,
+                &session.statements.persist,
                 &[&last.txid.to_string(), &last.id, &self.service_id, &delta],
             )
             .await
@@ -393,12 +603,38 @@ impl Relay {
     }
 }
 
-async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<(), String> {
-    for delivery in deliveries {
+/// What a leading session publishes with.
+struct Session<'a> {
+    client: &'a Client,
+    producer: &'a FutureProducer,
+    statements: &'a Statements,
+}
+
+struct Statements {
+    persist: Statement,
+    quarantine: Statement,
+}
+
+async fn await_deliveries(
+    deliveries: Vec<(Watermark, DeliveryFuture)>,
+) -> Result<(), DeliveryFailure> {
+    for (at, delivery) in deliveries {
         match delivery.await {
             Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(e.to_string()),
-            Err(_) => return Err("the producer dropped a delivery report".into()),
+            Ok(Err((e, _))) => {
+                return Err(DeliveryFailure {
+                    at,
+                    for_good: e.rdkafka_error_code().is_some_and(refused_for_good),
+                    error: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(DeliveryFailure {
+                    at,
+                    error: "the producer dropped a delivery report".into(),
+                    for_good: false,
+                })
+            }
         }
     }
     Ok(())

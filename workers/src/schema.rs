@@ -92,6 +92,36 @@ SELECT (SELECT count(*) FROM (SELECT FROM outbox_messages m
 FROM outbox_relay_state s;
 "#,
     ),
+    (
+        3,
+        r#"
+-- Rows Kafka refused for good (too large for the topic, invalid), copied here with
+-- the reason when the relay skipped them, so one message cannot stop delivery.
+CREATE TABLE outbox_quarantine (
+    id             bigint      NOT NULL,
+    txid           xid8        NOT NULL,
+    topic          text        NOT NULL,
+    key            text,
+    payload        text        NOT NULL,
+    headers        jsonb,
+    created_at     timestamptz NOT NULL,
+    error          text        NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (txid, id)
+);
+
+CREATE OR REPLACE VIEW outbox_backlog AS
+SELECT (SELECT count(*) FROM (SELECT FROM outbox_messages m
+                              WHERE (m.txid, m.id) > (s.wm_txid, s.wm_id)
+                              LIMIT 1000000) AS capped)::bigint AS pending,
+       COALESCE(EXTRACT(EPOCH FROM (now() - (SELECT m.created_at FROM outbox_messages m
+                              WHERE (m.txid, m.id) > (s.wm_txid, s.wm_id)
+                              ORDER BY m.txid, m.id LIMIT 1))), 0)::double precision
+           AS oldest_age_seconds,
+       (SELECT count(*) FROM outbox_quarantine)::bigint AS quarantined
+FROM outbox_relay_state s;
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

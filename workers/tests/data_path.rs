@@ -191,6 +191,16 @@ async fn bad_requests_get_a_4xx_naming_the_problem_and_store_nothing() {
         ("/api/messages/batch", "application/json", "{\"messages\":[]}".into(), 400, "empty"),
         ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"nope\",\"message\":\"m\"}}]}}"), 400, "messages[1].topic"),
         ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"{topic}\"}}]}}"), 400, "messages[1]"),
+        // Header names the system writes cannot be forged by a client.
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"outbox-id\":\"7\"}}}}"), 400, "headers.outbox-id: header names starting with `outbox-` are reserved"),
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"Outbox-Txid\":\"1\"}}}}"), 400, "reserved"),
+        ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"outbox-created-at-us\":\"1\"}}}}]}}"), 400, "messages[1].headers.outbox-created-at-us"),
+        // NUL is valid JSON but PostgreSQL text cannot hold it: 400, not 503 forever.
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"a\\u0000b\"}}"), 400, "message: contains a NUL character"),
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"key\":\"k\\u0000\"}}"), 400, "key: contains a NUL character"),
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"h\":\"\\u0000\"}}}}"), 400, "headers.h: contains a NUL character"),
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"h\\u0000\":\"v\"}}}}"), 400, "contains a NUL character"),
+        ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"{topic}\",\"message\":\"\\u0000\"}}]}}"), 400, "messages[1].message: contains a NUL character"),
     ];
     for (path, content_type, body, status, needle) in &cases {
         let response = client
@@ -606,4 +616,99 @@ async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_ol
     assert_eq!(read().await.0, 1);
     advance_to(3).await;
     assert_eq!(read().await, (0, 0.0), "nothing pending, no age");
+}
+
+#[tokio::test]
+async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarantined_without_stopping_delivery(
+) {
+    let env = Env::on_testbed("oversized", 1).await;
+    // A second topic that takes small messages only.
+    let small = unique_name("oversized-small");
+    support::create_topic_with_config(&env.bootstrap, &small, 1, &[("max.message.bytes", "20000")])
+        .await;
+    let topics = format!("{},{small}", env.topic);
+    let mut producer = Worker::producer(&env, "p1", &[("KAFKA_TOPICS", &topics)]);
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let group = unique_name("g");
+    let mut consumer = Worker::consumer(&env, "c1", &group, &[("KAFKA_TOPICS", &topics)]);
+    consumer.wait_healthy(CONSUMER_HEALTH).await;
+    let client = reqwest::Client::new();
+
+    // 1.5 MB fits the 32 MiB body limit but not the relay's message.max.bytes.
+    let cases = [
+        (env.topic.as_str(), 1_500_000, "message.max.bytes=1000000"),
+        (small.as_str(), 30_000, "max.message.bytes=20000"),
+    ];
+    for (topic, size, needle) in cases {
+        let response = client
+            .post(producer.url("/api/messages/send"))
+            .json(&serde_json::json!({"topic": topic, "message": "x".repeat(size)}))
+            .send()
+            .await
+            .expect("send");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("JSON error body");
+        assert_eq!(status, 413, "{size} bytes to {topic}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(needle), "{error}");
+        assert_eq!(body["field"], "message", "{body}");
+    }
+
+    // An application writing the outbox table directly (the transactional outbox's
+    // own path) bypasses ingest: the relay must not stall on what Kafka refuses.
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let poison: String = (0..100_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    let poison_id: i64 = db
+        .query_one(
+            "INSERT INTO outbox_messages (id, topic, key, payload)
+             VALUES (nextval('outbox_message_id_seq'), $1, 'same-key', $2) RETURNING id",
+            &[&small, &poison],
+        )
+        .await
+        .expect("insert a row Kafka will refuse")
+        .get(0);
+    let next = send_one(&producer, &small, "same-key", "after the poison").await;
+    let report = wait_acknowledged(
+        &env.database_url,
+        &group,
+        &IdSet::from_ids(vec![next]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.missing, 0, "{report:?}");
+
+    let row = db
+        .query_one(
+            "SELECT id, topic, key, length(payload), error FROM outbox_quarantine",
+            &[],
+        )
+        .await
+        .expect("one quarantined row");
+    assert_eq!(row.get::<_, i64>(0), poison_id);
+    assert_eq!(row.get::<_, String>(1), small);
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("same-key"));
+    assert_eq!(row.get::<_, i32>(3), 100_000);
+    let error: String = row.get(4);
+    assert!(error.contains("too large"), "{error}");
+    let metrics = reqwest::get(producer.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("outbox_relay_quarantined_total 1\n"),
+        "{metrics}"
+    );
+    let backlog = db
+        .query_one("SELECT pending, quarantined FROM outbox_backlog", &[])
+        .await
+        .expect("backlog");
+    assert_eq!((backlog.get::<_, i64>(0), backlog.get::<_, i64>(1)), (0, 1));
+    assert!(producer.terminate(), "{}", producer.log_text());
+    assert!(consumer.terminate(), "{}", consumer.log_text());
 }

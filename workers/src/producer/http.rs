@@ -17,8 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::headers;
+use crate::message_size::{self, TopicLimits};
 use crate::metrics::ProducerMetrics;
-use crate::outbox::{self, NewMessage};
+use crate::outbox::{self, NewMessage, StoreError};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -30,6 +32,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub kafka: FutureProducer,
     pub max_body_bytes: usize,
+    pub limits: Arc<TopicLimits>,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
@@ -151,11 +154,14 @@ fn parse<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
+/// Checks one message: known topic, no reserved header names, no NUL (PostgreSQL text
+/// cannot hold it), and no larger than the topic takes.
 fn validate(
     request: SendRequest,
-    topics: &HashSet<String>,
+    state: &AppState,
     field_prefix: &str,
 ) -> Result<NewMessage, ApiError> {
+    let topics = &state.topics;
     if !topics.contains(&request.topic) {
         let mut known: Vec<&String> = topics.iter().collect();
         known.sort();
@@ -173,12 +179,61 @@ fn validate(
             Some(field),
         ));
     }
+    refuse_nul(&request.message, &format!("{field_prefix}message"))?;
+    if let Some(key) = &request.key {
+        refuse_nul(key, &format!("{field_prefix}key"))?;
+    }
+    for (name, value) in request.headers.iter().flatten() {
+        let field = format!("{field_prefix}headers.{}", name.replace('\0', "\\u0000"));
+        if headers::is_reserved(name) {
+            return Err(ApiError::bad(
+                format!(
+                    "{field}: header names starting with `{}` are reserved for the outbox's own headers",
+                    headers::RESERVED_PREFIX
+                ),
+                Some(field),
+            ));
+        }
+        refuse_nul(name, &field)?;
+        refuse_nul(value, &field)?;
+    }
+    let size = message_size::record_size(
+        &request.message,
+        request.key.as_deref(),
+        request
+            .headers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let limit = state.limits.limit(&request.topic);
+    if size > limit.bytes {
+        let field = format!("{field_prefix}message");
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "{field}: the message is {size} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
+                request.topic, limit.bytes, limit.reason
+            ),
+            field: Some(field),
+        });
+    }
     Ok(NewMessage {
         topic: request.topic,
         key: request.key,
         payload: request.message,
         headers: request.headers,
     })
+}
+
+fn refuse_nul(value: &str, field: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::bad(
+            format!("{field}: contains a NUL character (\\u0000), which PostgreSQL text cannot store"),
+            Some(field.to_string()),
+        ));
+    }
+    Ok(())
 }
 
 fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
@@ -191,13 +246,34 @@ fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
         .into_response()
 }
 
+/// The answer to a failed write: 400 for data PostgreSQL refuses, 503 when nothing was
+/// stored, 500 with `"status": "unknown"` when the connection was lost as it committed.
+fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
+    match e {
+        StoreError::NotStored(e) => unavailable(metrics, e),
+        StoreError::Data { .. } => {
+            metrics.rejected.inc();
+            ApiError::bad(format!("{e}; nothing was stored"), None).into_response()
+        }
+        StoreError::Unknown(_) => {
+            metrics.unknown.inc();
+            tracing::error!(error = %crate::error_chain(&e), "lost PostgreSQL while committing: outcome unknown");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"status": "unknown", "error": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
+}
+
 async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let message = match parse::<SendRequest>(&headers, body, state.max_body_bytes)
-        .and_then(|r| validate(r, &state.topics, ""))
+        .and_then(|r| validate(r, &state, ""))
     {
         Ok(m) => m,
         Err(e) => {
@@ -227,7 +303,7 @@ async fn send(
             )
                 .into_response()
         }
-        Err(e) => unavailable(&state.metrics, e),
+        Err(e) => store_failed(&state.metrics, e),
     }
 }
 
@@ -253,7 +329,7 @@ async fn batch(
     }
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, m) in request.messages.into_iter().enumerate() {
-        match validate(m, &state.topics, &format!("messages[{i}].")) {
+        match validate(m, &state, &format!("messages[{i}].")) {
             Ok(m) => messages.push(m),
             Err(e) => {
                 state.metrics.rejected.inc();
@@ -282,7 +358,7 @@ async fn batch(
             )
                 .into_response()
         }
-        Err(e) => unavailable(&state.metrics, e),
+        Err(e) => store_failed(&state.metrics, e),
     }
 }
 

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::config::{kafka_client_properties, CommonArgs};
 use crate::error::{Error, Result};
+use crate::message_size::TopicLimits;
 use crate::metrics::ProducerMetrics;
 use crate::relay::{Relay, RelaySettings};
 use crate::shutdown::{self, ShutdownSignal};
@@ -57,7 +58,22 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             &kafka_client_properties(),
         );
         crate::kafka::check_topics_async(&kafka_config, &topics, Duration::from_secs(10)).await?;
-        let kafka = crate::kafka::relay_producer(&kafka_config)?;
+        let kafka: rdkafka::producer::FutureProducer = kafka_config
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating a Kafka metadata client".into(),
+                source,
+            })?;
+        let limits = TopicLimits::new();
+        tokio::spawn(
+            refresh_limits(
+                limits.clone(),
+                kafka_config.clone(),
+                topics.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
 
         let metrics = ProducerMetrics::default();
         let mut registry = Registry::default();
@@ -70,8 +86,9 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             wake: wake.clone(),
             metrics: metrics.clone(),
             registry: Arc::new(registry),
-            kafka: kafka.clone(),
+            kafka,
             max_body_bytes: args.max_body_bytes,
+            limits: limits.clone(),
         };
         let (listener, address) = args.common.bind_http().await?;
         tracing::info!(%address, topics = ?topics, "producer listening");
@@ -79,7 +96,9 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         let relay = (!args.relay_disabled).then(|| {
             let relay = Relay::new(
                 args.common.database_url.clone(),
-                kafka,
+                kafka_config,
+                topics,
+                limits,
                 RelaySettings {
                     batch_size: args.relay_batch_size,
                     linger: Duration::from_millis(args.relay_linger_ms),
@@ -107,4 +126,22 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// Keeps the topics' size limits current for ingest: at start, then every 30 s.
+async fn refresh_limits(
+    limits: std::sync::Arc<TopicLimits>,
+    kafka: rdkafka::ClientConfig,
+    topics: Vec<String>,
+    mut shutdown: ShutdownSignal,
+) {
+    loop {
+        if let Err(e) = limits.refresh(&kafka, &topics).await {
+            tracing::debug!(error = %crate::error_chain(&e), "could not refresh the topics' max.message.bytes");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown::wait(&mut shutdown) => return,
+        }
+    }
 }

@@ -44,6 +44,31 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
         .expect("create topic");
 }
 
+/// Creates `topic` with `partitions` and topic-level `configs` (`max.message.bytes`, ...).
+pub async fn create_topic_with_config(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        outbox_workers::kafka::client_config(bootstrap, &Default::default())
+            .create()
+            .expect("admin client");
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let results = admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,177 @@
+//! How large a message Kafka takes, per topic: the smaller of the relay producer's
+//! `message.max.bytes` and the topic's `max.message.bytes` (read from the brokers),
+//! less room for the record framing and the headers the relay adds.
+//!
+//! Ingest refuses (413) what is larger, so a client learns at once; the relay checks
+//! again (a row written straight into the table, or a topic limit lowered later) and
+//! quarantines what Kafka cannot take instead of stalling on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+use crate::error::{Error, KafkaContext, Result};
+
+/// The relay producer's `message.max.bytes` (librdkafka's default, set explicitly).
+pub const RELAY_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Bytes kept free for the record batch framing and the relay's `outbox-*` headers.
+pub const RECORD_OVERHEAD: usize = 512;
+
+/// A message's size as Kafka counts it, before compression: payload, key, and every
+/// header name and value.
+pub fn record_size<'a>(
+    payload: &str,
+    key: Option<&str>,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    payload.len()
+        + key.map_or(0, str::len)
+        + headers
+            .into_iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The largest message a topic takes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Largest `record_size` accepted.
+    pub bytes: usize,
+    /// Which setting sets it, for the 413 answer and the quarantine record.
+    pub reason: String,
+}
+
+/// The per-topic limits, refreshed from the brokers; shared by ingest and the relay.
+#[derive(Debug, Default)]
+pub struct TopicLimits {
+    /// `max.message.bytes` of each topic, when the brokers told us.
+    topics: RwLock<HashMap<String, usize>>,
+}
+
+impl TopicLimits {
+    /// Limits before the brokers were asked: the relay producer's only.
+    pub fn new() -> Arc<Self> {
+        Arc::new(TopicLimits::default())
+    }
+
+    /// The limit for `topic`.
+    pub fn limit(&self, topic: &str) -> Limit {
+        let known = self
+            .topics
+            .read()
+            .ok()
+            .and_then(|t| t.get(topic).copied());
+        limit_for(known)
+    }
+
+    /// The smallest topic limit known (the relay's producer batches no larger).
+    pub fn smallest_topic_limit(&self) -> Option<usize> {
+        self.topics
+            .read()
+            .ok()
+            .and_then(|t| t.values().copied().min())
+    }
+
+    /// Records the brokers' answer.
+    pub fn set(&self, topic: &str, max_message_bytes: usize) {
+        if let Ok(mut topics) = self.topics.write() {
+            topics.insert(topic.to_string(), max_message_bytes);
+        }
+    }
+
+    /// Asks the brokers for every topic's `max.message.bytes` and records it.
+    pub async fn refresh(&self, base: &ClientConfig, topics: &[String]) -> Result<()> {
+        for (topic, bytes) in describe_max_message_bytes(base, topics).await? {
+            self.set(&topic, bytes);
+        }
+        Ok(())
+    }
+}
+
+/// The limit from a topic's `max.message.bytes`, when known.
+pub fn limit_for(topic_max_message_bytes: Option<usize>) -> Limit {
+    match topic_max_message_bytes {
+        Some(topic) if topic < RELAY_MESSAGE_MAX_BYTES => Limit {
+            bytes: topic.saturating_sub(RECORD_OVERHEAD),
+            reason: format!(
+                "the topic's max.message.bytes={topic} less {RECORD_OVERHEAD} bytes of framing"
+            ),
+        },
+        _ => Limit {
+            bytes: RELAY_MESSAGE_MAX_BYTES - RECORD_OVERHEAD,
+            reason: format!(
+                "the relay's message.max.bytes={RELAY_MESSAGE_MAX_BYTES} less {RECORD_OVERHEAD} bytes of framing"
+            ),
+        },
+    }
+}
+
+async fn describe_max_message_bytes(
+    base: &ClientConfig,
+    topics: &[String],
+) -> Result<Vec<(String, usize)>> {
+    let admin: AdminClient<DefaultClientContext> =
+        base.create().kafka("creating a Kafka admin client")?;
+    let resources: Vec<ResourceSpecifier> = topics
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.as_str()))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .describe_configs(resources.iter(), &options)
+        .await
+        .kafka("describing the topics' configuration")?;
+    let mut limits = Vec::new();
+    for (topic, result) in topics.iter().zip(results) {
+        let resource = result.map_err(|code| {
+            Error::KafkaMissing(format!("describing topic `{topic}` failed: {code}"))
+        })?;
+        let value = resource
+            .get("max.message.bytes")
+            .and_then(|entry| entry.value.as_deref())
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(bytes) = value {
+            limits.push((topic.clone(), bytes));
+        }
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_smaller_of_the_topic_and_the_relay_limit_applies() {
+        assert_eq!(limit_for(None).bytes, 1_000_000 - RECORD_OVERHEAD);
+        assert!(limit_for(None).reason.contains("message.max.bytes=1000000"));
+        // Kafka's default topic limit (1048588) is above the relay's.
+        assert_eq!(limit_for(Some(1_048_588)).bytes, 1_000_000 - RECORD_OVERHEAD);
+        let small = limit_for(Some(20_000));
+        assert_eq!(small.bytes, 20_000 - RECORD_OVERHEAD);
+        assert!(small.reason.contains("max.message.bytes=20000"));
+    }
+
+    #[test]
+    fn a_record_counts_payload_key_and_headers() {
+        assert_eq!(record_size("abc", None, []), 3);
+        assert_eq!(record_size("abc", Some("kk"), [("h", "vv")]), 8);
+    }
+
+    #[test]
+    fn known_topic_limits_are_used_per_topic() {
+        let limits = TopicLimits::new();
+        assert_eq!(limits.smallest_topic_limit(), None);
+        limits.set("small", 20_000);
+        limits.set("big", 5_000_000);
+        assert_eq!(limits.limit("small").bytes, 20_000 - RECORD_OVERHEAD);
+        assert_eq!(limits.limit("big").bytes, 1_000_000 - RECORD_OVERHEAD);
+        assert_eq!(limits.limit("unknown").bytes, 1_000_000 - RECORD_OVERHEAD);
+        assert_eq!(limits.smallest_topic_limit(), Some(20_000));
+    }
+}
