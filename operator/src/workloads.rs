@@ -21,10 +21,12 @@ use crate::crd::{ConsumerGroupSpec, OutboxSystem, OutboxSystemSpec};
 pub const WORKER_BINARY: &str = "outbox-worker";
 /// Default worker image repository; the tag is the operator's version.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/outbox-dev/outbox-worker";
-/// Producer health endpoint.
-pub const PRODUCER_HEALTH_PATH: &str = "/api/messages/health";
-/// Consumer health endpoint.
-pub const CONSUMER_HEALTH_PATH: &str = "/api/consumer/health";
+/// Liveness endpoint of every worker: the process serves HTTP (nothing outside it fails
+/// it, so a Kafka or PostgreSQL outage never restarts a worker).
+pub const LIVENESS_PATH: &str = "/livez";
+/// Readiness endpoint of every worker: a producer is ready when ingest works
+/// (PostgreSQL), a consumer once it has started.
+pub const READINESS_PATH: &str = "/readyz";
 /// Label naming the OutboxSystem a child belongs to.
 pub const SYSTEM_LABEL: &str = "outbox.dev/system";
 /// Label naming the consumer group of a consumer child.
@@ -306,7 +308,6 @@ struct PodParams<'a> {
     args: Vec<String>,
     env: Vec<EnvVar>,
     port: i32,
-    health_path: &'a str,
     resources: Option<ResourceRequirements>,
     replicas: i32,
     name: String,
@@ -334,8 +335,8 @@ fn deployment(
             protocol: Some("TCP".to_string()),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(probe(params.health_path, 10, 6)),
-        readiness_probe: Some(probe(params.health_path, 2, 3)),
+        liveness_probe: Some(probe(LIVENESS_PATH, 10, 6)),
+        readiness_probe: Some(probe(READINESS_PATH, 2, 3)),
         resources: params.resources,
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![mount]),
@@ -404,7 +405,6 @@ pub fn producer_deployment(
             args: vec!["producer".to_string()],
             env,
             port: spec.producers.port,
-            health_path: PRODUCER_HEALTH_PATH,
             resources: spec.producers.resources.clone(),
             replicas: spec.producers.replicas,
             name: producer_name(&owner.name),
@@ -453,7 +453,6 @@ pub fn consumer_deployment(
             args: vec!["consumer".to_string()],
             env,
             port: spec.consumers.port,
-            health_path: CONSUMER_HEALTH_PATH,
             resources: spec.consumers.resources.clone(),
             replicas: group.replicas,
             name: consumer_name(&owner.name, &group.name),
@@ -685,14 +684,20 @@ mod tests {
                 .and_then(|p| p.http_get.as_ref())
                 .and_then(|h| h.path.clone())
         };
-        assert_eq!(
-            path(&c.liveness_probe).as_deref(),
-            Some(PRODUCER_HEALTH_PATH)
-        );
-        assert_eq!(
-            path(&c.readiness_probe).as_deref(),
-            Some(PRODUCER_HEALTH_PATH)
-        );
+        // An outage of Kafka or PostgreSQL fails no liveness probe: a restart fixes
+        // neither, and restarting producers would stop ingest.
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/livez"));
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        for consumer in &children.consumers {
+            let c = &consumer
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .expect("consumer pod")
+                .containers[0];
+            assert_eq!(path(&c.liveness_probe).as_deref(), Some("/livez"));
+            assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        }
         assert_eq!(c.image.as_deref(), Some(default_image().as_str()));
     }
 

@@ -319,9 +319,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let metrics = ProducerMetrics::default();
     let relay = Relay::new(
         schema_url.clone(),
-        kafka.clone(),
-        vec![topic.clone()],
-        crate::message_size::TopicLimits::new(),
+        crate::relay::RelayTarget {
+            kafka: kafka.clone(),
+            topics: vec![topic.clone()],
+            limits: crate::message_size::TopicLimits::new(),
+        },
         RelaySettings::default(),
         Arc::new(Notify::new()),
         metrics.clone(),

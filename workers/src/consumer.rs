@@ -26,6 +26,7 @@ use crate::error::{Error, KafkaContext, Result};
 use crate::headers;
 use crate::ledger::{Ack, AckRecorder};
 use crate::metrics::ConsumerMetrics;
+use crate::probes::{self, Started};
 use crate::shutdown::{self, ShutdownSignal};
 
 /// Consumer settings.
@@ -68,6 +69,7 @@ struct HealthState {
     consumer: Arc<StreamConsumer>,
     metrics: ConsumerMetrics,
     registry: Arc<Registry>,
+    started: Started,
 }
 
 /// Runs a consumer-group member until `shutdown`, finishing its in-flight batch.
@@ -90,16 +92,10 @@ pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
 
 async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<()> {
     let topics = args.common.topics();
-    let mut db = crate::db::connect(&args.common.database_url).await?;
-    crate::schema::migrate(&mut db).await?;
     let base = crate::kafka::client_config(
         &args.common.kafka_bootstrap_servers,
         &kafka_client_properties(),
     );
-    let mut required = topics.clone();
-    required.extend(args.dead_letter_topic.iter().cloned());
-    crate::kafka::check_topics_async(&base, &required, Duration::from_secs(10)).await?;
-
     let mut config = base.clone();
     config
         .set("group.id", &args.group)
@@ -109,9 +105,51 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A topic created after start-up is picked up within seconds, not minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000");
     let consumer: Arc<StreamConsumer> =
         Arc::new(config.create().kafka("creating the Kafka consumer")?);
+
+    let metrics = ConsumerMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let started = Started::default();
+    let health = HealthState {
+        database_url: args.common.database_url.clone(),
+        group: args.group.clone(),
+        consumer: consumer.clone(),
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+        started: started.clone(),
+    };
+    let (listener, address) = args.common.bind_http().await?;
+    let app = Router::new()
+        .route("/api/consumer/health", get(health_check))
+        .route(probes::LIVENESS_PATH, get(probes::alive))
+        .route(probes::READINESS_PATH, get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(health);
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown::wait(&mut http_shutdown).await })
+            .await
+    });
+    tracing::info!(%address, topics = ?topics, "consumer serving probes; waiting for PostgreSQL");
+
+    let Some(db) = crate::db::wait_and_migrate(&args.common.database_url, &mut shutdown).await?
+    else {
+        let _ = server.await;
+        return Ok(());
+    };
+    // Kafka need not be up, nor the topics exist yet: librdkafka connects and
+    // subscribes when they are; until then this only warns.
+    let mut required = topics.clone();
+    required.extend(args.dead_letter_topic.iter().cloned());
+    tokio::spawn(
+        warn_until_topics_exist(base.clone(), required, shutdown.clone()).in_current_span(),
+    );
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topic_refs)
@@ -123,32 +161,11 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         )),
         None => None,
     };
-
-    let metrics = ConsumerMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let health = HealthState {
-        database_url: args.common.database_url.clone(),
-        group: args.group.clone(),
-        consumer: consumer.clone(),
-        metrics: metrics.clone(),
-        registry: Arc::new(registry),
-    };
-    let (listener, address) = args.common.bind_http().await?;
-    let app = Router::new()
-        .route("/api/consumer/health", get(health_check))
-        .route("/metrics", get(render_metrics))
-        .with_state(health);
-    let mut http_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown::wait(&mut http_shutdown).await })
-            .await
-    });
     let lag = tokio::spawn(
         track_lag(consumer.clone(), metrics.clone(), shutdown.clone()).in_current_span(),
     );
-    tracing::info!(%address, topics = ?topics, "consumer started");
+    started.set();
+    tracing::info!("consumer started");
 
     let mut member = Member {
         args: &args,
@@ -167,6 +184,33 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     lag.abort();
     tracing::info!("consumer stopped");
     result
+}
+
+/// Checks every 10 s until all `topics` exist, warning about what is missing.
+async fn warn_until_topics_exist(
+    base: rdkafka::ClientConfig,
+    topics: Vec<String>,
+    mut shutdown: ShutdownSignal,
+) {
+    loop {
+        match crate::kafka::check_topics_async(&base, &topics, Duration::from_secs(10)).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "Kafka not ready for this consumer yet; it consumes as soon as it is")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown::wait(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Readiness: the member has started (PostgreSQL reached once, subscribed).
+async fn ready(State(state): State<HealthState>) -> Response {
+    probes::readiness(
+        (!state.started.get()).then(|| "waiting for PostgreSQL to migrate the schema".into()),
+    )
 }
 
 struct Member<'a> {
@@ -218,83 +262,96 @@ impl Member<'_> {
         }
     }
 
-    /// Acknowledges a batch, retrying with backoff; after the last try (unless
-    /// retries are infinite) the batch goes to the dead-letter topic.
+    /// Acknowledges a batch. Infrastructure failures (PostgreSQL unreachable, a
+    /// connection lost, a serialization failure) are retried for as long as they last:
+    /// an outage is not the messages' fault. Other failures are retried up to
+    /// `RETRY_MAX_RETRIES`; then each message is tried alone, and only those that fail
+    /// on their own go to the dead-letter topic.
     async fn process(
         &mut self,
         batch: &[OwnedMessage],
         shutdown: &mut ShutdownSignal,
     ) -> Result<Outcome> {
-        let (acks, foreign) = parse_batch(batch);
-        if !foreign.is_empty() {
+        let parsed = parse_batch(batch);
+        if !parsed.foreign.is_empty() {
             // Not outbox messages (no id): nothing to acknowledge, never retriable.
             tracing::warn!(
-                count = foreign.len(),
+                count = parsed.foreign.len(),
                 "messages without a valid {} header",
                 headers::MESSAGE_ID
             );
             if self.dead_letters.is_some() {
-                self.dead_letter(&foreign, "no valid outbox message id header")
+                self.dead_letter(&parsed.foreign, "no valid outbox message id header")
                     .await?;
             }
         }
-        let mut attempt: i64 = 0;
-        let mut backoff = Duration::from_millis(self.args.retry_backoff_ms.max(1));
-        let max_backoff = Duration::from_millis(
-            self.args
-                .retry_max_backoff_ms
-                .max(self.args.retry_backoff_ms),
-        );
-        loop {
-            match self.record(&acks).await {
+        let mut retry = Retry::new(self.args);
+        let failure = loop {
+            match self.record(&parsed.acks).await {
                 Ok(()) => {
                     self.metrics.retrying.set(0);
                     return Ok(Outcome::Recorded);
                 }
                 Err(e) => {
-                    attempt += 1;
-                    self.metrics.retried.inc_by(acks.len() as u64);
-                    let max = self.args.retry_max_retries;
-                    if max >= 0 && attempt > max {
+                    self.metrics.retried.inc_by(parsed.acks.len() as u64);
+                    if let Some(e) = retry.exhausted(e) {
                         if self.dead_letters.is_some() {
-                            tracing::error!(error = %crate::error_chain(&e), attempts = attempt, "giving up on a batch: dead-lettering it");
-                            // Only the outbox messages: the foreign ones were
-                            // dead-lettered above, with their own reason.
-                            let messages: Vec<&OwnedMessage> = batch
-                                .iter()
-                                .filter(|m| !foreign.iter().any(|f| std::ptr::eq(*f, *m)))
-                                .collect();
-                            self.dead_letter(
-                                &messages,
-                                &format!(
-                                    "acknowledgement failed {attempt} times: {}",
-                                    crate::error_chain(&e)
-                                ),
-                            )
-                            .await?;
-                            if let Some(db) = self.db.as_ref() {
-                                if let Err(e) = self.recorder.record_dead_letters(db, &acks).await {
-                                    tracing::warn!(error = %e, "could not record dead letters in the ledger");
-                                }
-                            }
-                            self.metrics.retrying.set(0);
-                            return Ok(Outcome::DeadLettered);
+                            break e;
                         }
-                        tracing::error!(error = %crate::error_chain(&e), attempt, "retries exhausted and no DEAD_LETTER_TOPIC: retrying on rather than drop messages");
-                    } else if max < 0 {
-                        tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?backoff, "acknowledging failed; retrying forever (RETRY_MAX_RETRIES=-1)");
-                    } else {
-                        tracing::warn!(error = %crate::error_chain(&e), attempt, max_retries = max, retry_in = ?backoff, "acknowledging failed; retrying");
+                        tracing::error!(error = %crate::error_chain(&e), attempt = retry.attempts, "retries exhausted and no DEAD_LETTER_TOPIC: retrying on rather than drop messages");
                     }
                     self.metrics.retrying.set(1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown::wait(shutdown) => return Ok(Outcome::Stopped),
+                    if !retry.wait(shutdown).await {
+                        return Ok(Outcome::Stopped);
                     }
-                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        };
+        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a batch keeps failing: trying each message alone, dead-lettering those that fail on their own");
+        let batch_attempts = retry.attempts;
+        let mut dead = Vec::new();
+        for (ack, message) in parsed.acks.iter().zip(&parsed.messages) {
+            let mut alone = Retry::new(self.args);
+            loop {
+                match self.record(std::slice::from_ref(ack)).await {
+                    Ok(()) => break,
+                    Err(e) if is_infrastructure(&e) => {
+                        alone.exhausted(e);
+                        if !alone.wait(shutdown).await {
+                            return Ok(Outcome::Stopped);
+                        }
+                    }
+                    Err(e) => {
+                        dead.push((ack.clone(), *message, crate::error_chain(&e)));
+                        break;
+                    }
                 }
             }
         }
+        for (ack, message, error) in &dead {
+            self.dead_letter(
+                &[message],
+                &format!(
+                    "acknowledgement failed {batch_attempts} times with its batch and again alone: {error}"
+                ),
+            )
+            .await?;
+            if let Some(db) = self.db.as_ref() {
+                if let Err(e) = self
+                    .recorder
+                    .record_dead_letters(db, std::slice::from_ref(ack))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record a dead letter in the ledger");
+                }
+            }
+        }
+        self.metrics.retrying.set(0);
+        Ok(if dead.is_empty() {
+            Outcome::Recorded
+        } else {
+            Outcome::DeadLettered
+        })
     }
 
     async fn record(&mut self, acks: &[Ack]) -> Result<()> {
@@ -380,9 +437,17 @@ impl Member<'_> {
     }
 }
 
-/// Splits a batch into acknowledgements and messages that carry no outbox id.
-fn parse_batch(batch: &[OwnedMessage]) -> (Vec<Ack>, Vec<&OwnedMessage>) {
+/// A batch split into acknowledgements (with the message each came from) and messages
+/// that carry no outbox id.
+struct Parsed<'a> {
+    acks: Vec<Ack>,
+    messages: Vec<&'a OwnedMessage>,
+    foreign: Vec<&'a OwnedMessage>,
+}
+
+fn parse_batch(batch: &[OwnedMessage]) -> Parsed<'_> {
     let mut acks = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
     let mut foreign = Vec::new();
     for m in batch {
         let mut id = None;
@@ -426,61 +491,77 @@ fn parse_batch(batch: &[OwnedMessage]) -> (Vec<Ack>, Vec<&OwnedMessage>) {
             order: txid.map(|t| (t, id)),
             created_at_us: created,
         });
+        messages.push(m);
     }
-    (acks, foreign)
+    Parsed {
+        acks,
+        messages,
+        foreign,
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::Timestamp;
+/// Retry bookkeeping for one acknowledgement: backoff, and attempts counted against
+/// `RETRY_MAX_RETRIES` only for failures that are not the infrastructure's.
+struct Retry {
+    attempts: i64,
+    max: i64,
+    backoff: Duration,
+    max_backoff: Duration,
+}
 
-    fn message(headers: &[(&str, &str)]) -> OwnedMessage {
-        let mut h = OwnedHeaders::new();
-        for (k, v) in headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
+impl Retry {
+    fn new(args: &ConsumerArgs) -> Self {
+        Retry {
+            attempts: 0,
+            max: args.retry_max_retries,
+            backoff: Duration::from_millis(args.retry_backoff_ms.max(1)),
+            max_backoff: Duration::from_millis(
+                args.retry_max_backoff_ms.max(args.retry_backoff_ms),
+            ),
         }
-        OwnedMessage::new(
-            Some(b"p".to_vec()),
-            Some(b"k".to_vec()),
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            42,
-            Some(h),
-        )
     }
 
-    #[test]
-    fn the_relays_first_headers_win_over_later_copies() {
-        let forged = message(&[
-            (headers::MESSAGE_ID, "100"),
-            (headers::TRANSACTION_ID, "9"),
-            (headers::CREATED_AT_MICROS, "5"),
-            (headers::MESSAGE_ID, "7"),
-            (headers::TRANSACTION_ID, "1"),
-        ]);
-        let batch = [forged];
-        let (acks, foreign) = parse_batch(&batch);
-        assert!(foreign.is_empty());
-        assert_eq!(acks.len(), 1);
-        assert_eq!(acks[0].id, 100);
-        assert_eq!(acks[0].order, Some((9, 100)));
-        assert_eq!(acks[0].created_at_us, Some(5));
+    /// Counts a failure; returns it when the tries are used up.
+    fn exhausted(&mut self, e: Error) -> Option<Error> {
+        if is_infrastructure(&e) {
+            tracing::warn!(error = %crate::error_chain(&e), retry_in = ?self.backoff, "PostgreSQL unavailable: retrying until it is back (not counted against RETRY_MAX_RETRIES)");
+            return None;
+        }
+        self.attempts += 1;
+        if self.max >= 0 && self.attempts > self.max {
+            return Some(e);
+        }
+        tracing::warn!(error = %crate::error_chain(&e), attempt = self.attempts, max_retries = self.max, retry_in = ?self.backoff, "acknowledging failed; retrying");
+        None
     }
 
-    #[test]
-    fn an_invalid_first_id_is_not_rescued_by_a_later_one() {
-        let batch = [message(&[
-            (headers::MESSAGE_ID, "x"),
-            (headers::MESSAGE_ID, "7"),
-        ])];
-        let (acks, foreign) = parse_batch(&batch);
-        assert!(acks.is_empty());
-        assert_eq!(foreign.len(), 1);
+    /// Sleeps the backoff (doubling it); false when shutdown came first.
+    async fn wait(&mut self, shutdown: &mut ShutdownSignal) -> bool {
+        let sleep = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.max_backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => true,
+            _ = shutdown::wait(shutdown) => false,
+        }
+    }
+}
+
+/// Whether a ledger failure is the infrastructure's (PostgreSQL unreachable, the
+/// session lost, a transient conflict) rather than something about the messages.
+fn is_infrastructure(e: &Error) -> bool {
+    match e {
+        Error::DbConnect { .. } | Error::DbTimeout { .. } | Error::Pool { .. } => true,
+        Error::Db { source, .. } => source.as_db_error().is_none_or(|db| {
+            let code = db.code().code();
+            // 08 connection, 40 serialization/deadlock, 53 resources, 57 operator
+            // intervention (shutdown, crash recovery), 58 system errors, 55P03 lock.
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55P03"
+        }),
+        Error::Relay(_) => true,
+        _ => false,
     }
 }
 
@@ -559,4 +640,58 @@ async fn health_check(State(state): State<HealthState>) -> Response {
 
 async fn render_metrics(State(state): State<HealthState>) -> Response {
     crate::metrics::render(&state.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn message(headers: &[(&str, &str)]) -> OwnedMessage {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        OwnedMessage::new(
+            Some(b"p".to_vec()),
+            Some(b"k".to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            42,
+            Some(h),
+        )
+    }
+
+    #[test]
+    fn the_relays_first_headers_win_over_later_copies() {
+        let forged = message(&[
+            (headers::MESSAGE_ID, "100"),
+            (headers::TRANSACTION_ID, "9"),
+            (headers::CREATED_AT_MICROS, "5"),
+            (headers::MESSAGE_ID, "7"),
+            (headers::TRANSACTION_ID, "1"),
+        ]);
+        let batch = [forged];
+        let Parsed { acks, foreign, .. } = parse_batch(&batch);
+        assert!(foreign.is_empty());
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].id, 100);
+        assert_eq!(acks[0].order, Some((9, 100)));
+        assert_eq!(acks[0].created_at_us, Some(5));
+    }
+
+    #[test]
+    fn an_invalid_first_id_is_not_rescued_by_a_later_one() {
+        let batch = [message(&[
+            (headers::MESSAGE_ID, "x"),
+            (headers::MESSAGE_ID, "7"),
+        ])];
+        let Parsed { acks, foreign, .. } = parse_batch(&batch);
+        assert!(acks.is_empty());
+        assert_eq!(foreign.len(), 1);
+    }
 }

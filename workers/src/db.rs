@@ -94,3 +94,40 @@ fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
     config.keepalives_idle(Duration::from_secs(10));
     Ok(config)
 }
+
+/// Connects and migrates the schema, retrying with backoff for as long as PostgreSQL
+/// is unreachable (a worker waits for its database instead of crash-looping). Returns
+/// `None` when `shutdown` comes first; a setting that cannot work fails at once.
+pub async fn wait_and_migrate(
+    database_url: &str,
+    shutdown: &mut crate::shutdown::ShutdownSignal,
+) -> Result<Option<Client>> {
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt = 1u32;
+    loop {
+        let outcome = async {
+            let mut client = connect(database_url).await?;
+            crate::schema::migrate(&mut client).await?;
+            Ok::<_, Error>(client)
+        }
+        .await;
+        match outcome {
+            Ok(client) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "PostgreSQL reachable; schema migrated");
+                }
+                return Ok(Some(client));
+            }
+            Err(e @ Error::Config(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), attempt, retry_in = ?backoff, "PostgreSQL not ready; waiting for it");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = crate::shutdown::wait(shutdown) => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        attempt += 1;
+    }
+}

@@ -18,6 +18,7 @@ pub mod loadtest;
 pub mod message_size;
 pub mod metrics;
 pub mod outbox;
+pub mod probes;
 pub mod producer;
 pub mod relay;
 pub mod schema;

@@ -61,11 +61,7 @@ impl TopicLimits {
 
     /// The limit for `topic`.
     pub fn limit(&self, topic: &str) -> Limit {
-        let known = self
-            .topics
-            .read()
-            .ok()
-            .and_then(|t| t.get(topic).copied());
+        let known = self.topics.read().ok().and_then(|t| t.get(topic).copied());
         limit_for(known)
     }
 
@@ -151,7 +147,10 @@ mod tests {
         assert_eq!(limit_for(None).bytes, 1_000_000 - RECORD_OVERHEAD);
         assert!(limit_for(None).reason.contains("message.max.bytes=1000000"));
         // Kafka's default topic limit (1048588) is above the relay's.
-        assert_eq!(limit_for(Some(1_048_588)).bytes, 1_000_000 - RECORD_OVERHEAD);
+        assert_eq!(
+            limit_for(Some(1_048_588)).bytes,
+            1_000_000 - RECORD_OVERHEAD
+        );
         let small = limit_for(Some(20_000));
         assert_eq!(small.bytes, 20_000 - RECORD_OVERHEAD);
         assert!(small.reason.contains("max.message.bytes=20000"));

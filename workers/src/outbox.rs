@@ -30,7 +30,11 @@ impl StoreError {
     /// Classifies a failed statement. `may_have_committed` is true for an autocommit
     /// write and for COMMIT: losing the connection there leaves the outcome unknown.
     /// A server error (it has a SQLSTATE) always means the statement did not take effect.
-    fn from_db(source: tokio_postgres::Error, context: &'static str, may_have_committed: bool) -> Self {
+    fn from_db(
+        source: tokio_postgres::Error,
+        context: &'static str,
+        may_have_committed: bool,
+    ) -> Self {
         if let Some(db) = source.as_db_error() {
             let code = db.code().code();
             if code.starts_with("22") {

@@ -85,6 +85,14 @@ const QUARANTINE: &str = "INSERT INTO outbox_quarantine
 
 const TRY_LEAD: &str = "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox-relay'))";
 
+/// Where a relay publishes: the Kafka client settings, the topics it may be asked to
+/// publish to, and their size limits (shared with ingest).
+pub struct RelayTarget {
+    pub kafka: ClientConfig,
+    pub topics: Vec<String>,
+    pub limits: Arc<TopicLimits>,
+}
+
 /// A relay; run one per producer replica, they elect a leader among themselves.
 pub struct Relay {
     database_url: String,
@@ -217,9 +225,7 @@ impl Relay {
     /// A relay publishing through `producer`; `wake` is notified by the ingest path.
     pub fn new(
         database_url: String,
-        kafka: ClientConfig,
-        topics: Vec<String>,
-        limits: Arc<TopicLimits>,
+        target: RelayTarget,
         settings: RelaySettings,
         wake: Arc<Notify>,
         metrics: ProducerMetrics,
@@ -227,9 +233,9 @@ impl Relay {
     ) -> Self {
         Relay {
             database_url,
-            kafka,
-            topics,
-            limits,
+            kafka: target.kafka,
+            topics: target.topics,
+            limits: target.limits,
             settings,
             wake,
             metrics,
@@ -292,6 +298,10 @@ impl Relay {
     }
 
     async fn lead(&self, client: &Client, shutdown: &mut ShutdownSignal) -> Result<()> {
+        // Kafka may be down or a topic missing (the producer starts anyway): wait here,
+        // the error says which, and ingest goes on filling the outbox.
+        crate::kafka::check_topics_async(&self.kafka, &self.topics, Duration::from_secs(10))
+            .await?;
         // Fresh topic limits for this session: the producer batches no larger than the
         // smallest topic takes, and rows larger than their topic takes are quarantined.
         if let Err(e) = self.limits.refresh(&self.kafka, &self.topics).await {
@@ -492,7 +502,9 @@ impl Relay {
                     }
                 }
                 Err((e, _)) if e.rdkafka_error_code().is_some_and(refused_for_good) => {
-                    return Ok(Handed::Refused(format!("the Kafka producer refused it: {e}")))
+                    return Ok(Handed::Refused(format!(
+                        "the Kafka producer refused it: {e}"
+                    )))
                 }
                 Err((e, _)) => {
                     return Err(Error::Kafka {
@@ -521,7 +533,11 @@ impl Relay {
                         row.at.id
                     )))
                 }
-                Err(_) => return Err(Error::Relay("the producer dropped a delivery report".into())),
+                Err(_) => {
+                    return Err(Error::Relay(
+                        "the producer dropped a delivery report".into(),
+                    ))
+                }
             },
         };
         if let Ok(mut suspects) = self.suspects.lock() {

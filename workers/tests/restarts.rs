@@ -106,3 +106,193 @@ async fn stopping_and_restarting_the_broker_and_the_database_during_a_run_loses_
     drop(consumer);
     drop(producer);
 }
+
+/// GET `path` on `worker`; its status (0 when it does not answer within 5 s).
+async fn probe(worker: &Worker, path: &str) -> u16 {
+    reqwest::Client::new()
+        .get(worker.url(path))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_kafka_outage_from_start_up_on_stops_neither_ingest_nor_a_process_and_everything_arrives_after(
+) {
+    // Three minutes: longer than any liveness probe's patience (6 × 10 s).
+    const OUTAGE: Duration = Duration::from_secs(180);
+    let tb = testbed_support::testbed();
+    let database_url = tb.fresh_schema("kafka-outage").await.expect("schema");
+    let mut kafka = ThrowawayKafka::start();
+    kafka.stop();
+    // The broker is down and the topic does not exist yet when the workers start.
+    let env = Env {
+        bootstrap: kafka.bootstrap(),
+        database_url,
+        topic: "outage".to_string(),
+    };
+    let mut producer = Worker::producer(&env, "p1", &[("RELAY_BATCH_SIZE", "100")]);
+    let mut consumer = Worker::consumer(&env, "c1", "outage-group", &[]);
+    producer.wait_healthy("/readyz").await;
+    consumer.wait_healthy("/livez").await;
+
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    let mut round = 0;
+    while started.elapsed() < OUTAGE {
+        let batch = try_batch(
+            &producer,
+            &env.topic,
+            &keyed_messages(&format!("o{round}"), 100, 7),
+        )
+        .await
+        .unwrap_or_else(|| panic!("round {round}: ingest refused while only Kafka is down"));
+        ids.extend(batch);
+        for (worker, path) in [
+            (&producer, "/livez"),
+            (&producer, "/readyz"),
+            (&consumer, "/livez"),
+            (&consumer, "/readyz"),
+        ] {
+            assert_eq!(
+                probe(worker, path).await,
+                200,
+                "{} {path} after {:?} of Kafka outage",
+                worker.name,
+                started.elapsed()
+            );
+        }
+        for worker in [&mut producer, &mut consumer] {
+            assert!(
+                worker.exited().is_none(),
+                "{} exited during the outage: {}",
+                worker.name,
+                worker.log_text()
+            );
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // The details say what is wrong, without failing a probe.
+    let health: Value = reqwest::get(producer.url("/api/messages/health"))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("health JSON");
+    assert!(
+        health["kafka"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("DOWN"),
+        "{health}"
+    );
+    assert_eq!(health["database"], "UP", "{health}");
+
+    kafka.start_again();
+    create_topic(&kafka.bootstrap(), &env.topic, 3).await;
+    let expected = IdSet::from_ids(ids);
+    let report = wait_acknowledged(
+        &env.database_url,
+        "outage-group",
+        &expected,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(report.missing, 0, "{report:?}");
+    assert_eq!(report.out_of_order, 0, "{report:?}");
+    eprintln!("after a {OUTAGE:?} Kafka outage from start-up: {report:?}");
+    assert!(producer.exited().is_none() && consumer.exited().is_none());
+    assert!(producer.terminate(), "{}", producer.log_text());
+    assert!(consumer.terminate(), "{}", consumer.log_text());
+}
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
+    // The outbox on the shared testbed; the consumer's ledger on a PostgreSQL of this
+    // test, stopped while messages arrive.
+    let env = Env::on_testbed("ledger-outage", 2).await;
+    let dead_letters = format!("{}-dlt", env.topic);
+    create_topic(&env.bootstrap, &dead_letters, 1).await;
+    let ledger = ThrowawayPostgres::start();
+    let consumer_env = Env {
+        database_url: ledger.url(),
+        ..env.clone()
+    };
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy("/readyz").await;
+    // The retry window is 10 + 20 + 40 ms: far shorter than the outage.
+    let mut consumer = Worker::consumer(
+        &consumer_env,
+        "c1",
+        "ledger-outage-group",
+        &[
+            ("RETRY_MAX_RETRIES", "2"),
+            ("RETRY_BACKOFF_MS", "10"),
+            ("RETRY_MAX_BACKOFF_MS", "40"),
+            ("DEAD_LETTER_TOPIC", &dead_letters),
+        ],
+    );
+    consumer.wait_healthy("/readyz").await;
+    let mut ids = try_batch(&producer, &env.topic, &keyed_messages("before", 100, 5))
+        .await
+        .expect("accepted");
+    let expected = IdSet::from_ids(ids.clone());
+    wait_acknowledged(
+        &ledger.url(),
+        "ledger-outage-group",
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    ledger.stop();
+    for round in 0..5 {
+        ids.extend(
+            try_batch(
+                &producer,
+                &env.topic,
+                &keyed_messages(&format!("during{round}"), 200, 5),
+            )
+            .await
+            .expect("the outbox is not the database that is down"),
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let metrics = reqwest::get(consumer.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("outbox_consumer_retrying 1"),
+        "the consumer is retrying during the outage: {metrics}"
+    );
+    ledger.start_again();
+
+    let expected = IdSet::from_ids(ids);
+    let report = wait_acknowledged(
+        &ledger.url(),
+        "ledger-outage-group",
+        &expected,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!((report.missing, report.dead_lettered), (0, 0), "{report:?}");
+    let metrics = reqwest::get(consumer.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("outbox_consumer_dead_lettered_total 0"),
+        "nothing dead-lettered: {metrics}"
+    );
+    assert!(consumer.exited().is_none(), "{}", consumer.log_text());
+    drop(consumer);
+    drop(producer);
+}

@@ -21,6 +21,7 @@ use crate::headers;
 use crate::message_size::{self, TopicLimits};
 use crate::metrics::ProducerMetrics;
 use crate::outbox::{self, NewMessage, StoreError};
+use crate::probes::{self, Started};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -33,16 +34,20 @@ pub struct AppState {
     pub kafka: FutureProducer,
     pub max_body_bytes: usize,
     pub limits: Arc<TopicLimits>,
+    /// Set once the schema is migrated: ingest works from then on.
+    pub started: Started,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
-/// `GET /api/messages/health`, `GET /metrics`.
+/// `GET /api/messages/health` (details), `GET /livez`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/api/messages/send", post(send))
         .route("/api/messages/batch", post(batch))
         .route("/api/messages/health", get(health))
+        .route(probes::LIVENESS_PATH, get(probes::alive))
+        .route(probes::READINESS_PATH, get(ready))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -229,7 +234,9 @@ fn validate(
 fn refuse_nul(value: &str, field: &str) -> Result<(), ApiError> {
     if value.contains('\0') {
         return Err(ApiError::bad(
-            format!("{field}: contains a NUL character (\\u0000), which PostgreSQL text cannot store"),
+            format!(
+                "{field}: contains a NUL character (\\u0000), which PostgreSQL text cannot store"
+            ),
             Some(field.to_string()),
         ));
     }
@@ -362,9 +369,10 @@ async fn batch(
     }
 }
 
-async fn health(State(state): State<AppState>) -> Response {
-    let database = match tokio::time::timeout(Duration::from_secs(3), async {
-        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+/// Whether PostgreSQL answers `SELECT 1` on a pooled session within 3 s.
+async fn database_state(pool: &deadpool_postgres::Pool) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(3), async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
         client
             .simple_query("SELECT 1")
             .await
@@ -373,9 +381,30 @@ async fn health(State(state): State<AppState>) -> Response {
     })
     .await
     {
-        Ok(Ok(())) => "UP".to_string(),
-        Ok(Err(e)) => format!("DOWN: {e}"),
-        Err(_) => "DOWN: no answer within 3s".to_string(),
+        Ok(result) => result,
+        Err(_) => Err("no answer within 3s".to_string()),
+    }
+}
+
+/// Readiness: ingest works (schema migrated, PostgreSQL answers). Kafka is not asked.
+async fn ready(State(state): State<AppState>) -> Response {
+    if !state.started.get() {
+        return probes::readiness(Some("waiting for PostgreSQL to migrate the schema".into()));
+    }
+    probes::readiness(
+        database_state(&state.pool)
+            .await
+            .err()
+            .map(|e| format!("PostgreSQL: {e}")),
+    )
+}
+
+/// Details for people and dashboards: 200 while ingest works (status `UP`, or
+/// `DEGRADED` when Kafka is down and messages wait in the outbox), 503 when it does not.
+async fn health(State(state): State<AppState>) -> Response {
+    let database = match database_state(&state.pool).await {
+        Ok(()) => "UP".to_string(),
+        Err(e) => format!("DOWN: {e}"),
     };
     let kafka = state.kafka.clone();
     let kafka = match tokio::task::spawn_blocking(move || {
@@ -387,16 +416,15 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => format!("DOWN: {e}"),
         Err(e) => format!("DOWN: {e}"),
     };
-    let up = database == "UP" && kafka == "UP";
-    let status = if up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, code) = match (database == "UP", kafka == "UP") {
+        (true, true) => ("UP", StatusCode::OK),
+        (true, false) => ("DEGRADED", StatusCode::OK),
+        (false, _) => ("DOWN", StatusCode::SERVICE_UNAVAILABLE),
     };
     let relay_leader = state.metrics.relay_leader.get() == 1;
     (
-        status,
-        Json(json!({"status": if up {"UP"} else {"DOWN"}, "database": database, "kafka": kafka, "relayLeader": relay_leader})),
+        code,
+        Json(json!({"status": status, "database": database, "kafka": kafka, "relayLeader": relay_leader})),
     )
         .into_response()
 }

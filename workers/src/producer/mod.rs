@@ -11,10 +11,11 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::config::{kafka_client_properties, CommonArgs};
-use crate::error::{Error, Result};
+use crate::error::{Error, KafkaContext, Result};
 use crate::message_size::TopicLimits;
 use crate::metrics::ProducerMetrics;
-use crate::relay::{Relay, RelaySettings};
+use crate::probes::Started;
+use crate::relay::{Relay, RelaySettings, RelayTarget};
 use crate::shutdown::{self, ShutdownSignal};
 
 /// Producer settings.
@@ -40,8 +41,9 @@ pub struct ProducerArgs {
     pub relay_disabled: bool,
 }
 
-/// Runs the producer until `shutdown`: checks PostgreSQL (migrating the schema) and
-/// Kafka (every topic must exist), then serves HTTP and relays.
+/// Runs the producer until `shutdown`: serves HTTP at once (liveness; readiness once
+/// PostgreSQL answers and the schema is migrated, however long that takes), then relays.
+/// Kafka need not be up, nor the topics exist: the relay waits for them.
 pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
     if args.relay_batch_size < 1 {
@@ -50,20 +52,13 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     let span = tracing::info_span!("producer", service_id = %args.common.service_id);
     async move {
         let topics = args.common.topics();
-        let mut client = crate::db::connect(&args.common.database_url).await?;
-        crate::schema::migrate(&mut client).await?;
-        drop(client);
         let kafka_config = crate::kafka::client_config(
             &args.common.kafka_bootstrap_servers,
             &kafka_client_properties(),
         );
-        crate::kafka::check_topics_async(&kafka_config, &topics, Duration::from_secs(10)).await?;
         let kafka: rdkafka::producer::FutureProducer = kafka_config
             .create()
-            .map_err(|source| Error::Kafka {
-                context: "creating a Kafka metadata client".into(),
-                source,
-            })?;
+            .kafka("creating a Kafka metadata client")?;
         let limits = TopicLimits::new();
         tokio::spawn(
             refresh_limits(
@@ -80,6 +75,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         metrics.register(&mut registry);
         let wake = Arc::new(Notify::new());
         let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
+        let started = Started::default();
         let state = http::AppState {
             pool,
             topics: Arc::new(topics.iter().cloned().collect::<HashSet<_>>()),
@@ -89,37 +85,58 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             kafka,
             max_body_bytes: args.max_body_bytes,
             limits: limits.clone(),
+            started: started.clone(),
         };
         let (listener, address) = args.common.bind_http().await?;
         tracing::info!(%address, topics = ?topics, "producer listening");
-
-        let relay = (!args.relay_disabled).then(|| {
-            let relay = Relay::new(
-                args.common.database_url.clone(),
-                kafka_config,
-                topics,
-                limits,
-                RelaySettings {
-                    batch_size: args.relay_batch_size,
-                    linger: Duration::from_millis(args.relay_linger_ms),
-                    ..RelaySettings::default()
-                },
-                wake,
-                metrics,
-                args.common.service_id.clone(),
-            );
-            tokio::spawn(relay.run(shutdown.clone()).in_current_span())
-        });
         let mut server_shutdown = shutdown.clone();
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move { shutdown::wait(&mut server_shutdown).await })
-            .await
-            .map_err(|source| Error::Io {
-                context: "serving HTTP".into(),
-                source,
-            })?;
+        let server = tokio::spawn(async move {
+            axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move { shutdown::wait(&mut server_shutdown).await })
+                .await
+        });
+
+        let mut waiting = shutdown.clone();
+        let relay =
+            match crate::db::wait_and_migrate(&args.common.database_url, &mut waiting).await? {
+                None => None,
+                Some(client) => {
+                    drop(client);
+                    started.set();
+                    (!args.relay_disabled).then(|| {
+                        let relay = Relay::new(
+                            args.common.database_url.clone(),
+                            RelayTarget {
+                                kafka: kafka_config,
+                                topics,
+                                limits,
+                            },
+                            RelaySettings {
+                                batch_size: args.relay_batch_size,
+                                linger: Duration::from_millis(args.relay_linger_ms),
+                                ..RelaySettings::default()
+                            },
+                            wake,
+                            metrics,
+                            args.common.service_id.clone(),
+                        );
+                        tokio::spawn(relay.run(shutdown.clone()).in_current_span())
+                    })
+                }
+            };
+        let served = server.await;
         if let Some(relay) = relay {
             let _ = relay.await;
+        }
+        match served {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                return Err(Error::Io {
+                    context: "serving HTTP".into(),
+                    source,
+                })
+            }
+            Err(e) => return Err(Error::Config(format!("the HTTP server task failed: {e}"))),
         }
         tracing::info!("producer stopped");
         Ok(())

@@ -168,6 +168,13 @@ impl Worker {
         }
     }
 
+    /// The exit status, when the process has ended (a crash, an exit on error).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
