@@ -16,8 +16,13 @@ pub struct BacklogUnavailable {
     pub message: String,
 }
 
-/// Reads `pending` and `oldest_age_seconds` from `outbox_backlog`.
-pub async fn read_backlog(database_url: &str) -> Result<BacklogStatus, BacklogUnavailable> {
+/// Reads `pending`, `oldest_age_seconds` and `quarantined` from `outbox_backlog`; when
+/// the oldest pending row is older than `stall_after`, also names the oldest open
+/// transaction (which the relay cannot read past).
+pub async fn read_backlog(
+    database_url: &str,
+    stall_after: Duration,
+) -> Result<BacklogStatus, BacklogUnavailable> {
     let (client, connection) = tokio::time::timeout(
         DB_TIMEOUT,
         tokio_postgres::connect(database_url, tokio_postgres::NoTls),
@@ -35,7 +40,7 @@ pub async fn read_backlog(database_url: &str) -> Result<BacklogStatus, BacklogUn
         message: format!("connecting to PostgreSQL: {e}"),
     })?;
     let task = tokio::spawn(connection);
-    let result = tokio::time::timeout(DB_TIMEOUT, query(&client)).await;
+    let result = tokio::time::timeout(DB_TIMEOUT, query(&client, stall_after)).await;
     drop(client);
     task.abort();
     result.map_err(|_| BacklogUnavailable {
@@ -47,16 +52,15 @@ pub async fn read_backlog(database_url: &str) -> Result<BacklogStatus, BacklogUn
     })?
 }
 
-async fn query(client: &tokio_postgres::Client) -> Result<BacklogStatus, BacklogUnavailable> {
+async fn query(
+    client: &tokio_postgres::Client,
+    stall_after: Duration,
+) -> Result<BacklogStatus, BacklogUnavailable> {
     // A large backlog makes the planner's estimate big enough to JIT-compile a query
     // that runs in milliseconds; compiling would cost more than running.
     let result = match client.batch_execute("SET jit = off").await {
-        Ok(()) => client
-            .query_one(
-                "SELECT pending::bigint, oldest_age_seconds::double precision FROM outbox_backlog",
-                &[],
-            )
-            .await,
+        // Every column, by name: views of older workers lack the newer ones.
+        Ok(()) => client.query_one("SELECT * FROM outbox_backlog", &[]).await,
         Err(e) => Err(e),
     };
     let row = result.map_err(|e| {
@@ -75,10 +79,53 @@ async fn query(client: &tokio_postgres::Client) -> Result<BacklogStatus, Backlog
             }
         }
     })?;
-    let pending: Option<i64> = row.try_get(0).ok().flatten();
-    let oldest: Option<f64> = row.try_get(1).ok().flatten();
+    let pending: Option<i64> = row.try_get("pending").ok().flatten();
+    let oldest: Option<f64> = row.try_get("oldest_age_seconds").ok().flatten();
+    let quarantined: Option<i64> = row.try_get("quarantined").ok().flatten();
+    let stalled = oldest.is_some_and(|age| age > stall_after.as_secs_f64());
+    let oldest_transaction = if stalled {
+        oldest_open_transaction(client).await
+    } else {
+        None
+    };
     Ok(BacklogStatus {
         pending: pending.unwrap_or(0),
         oldest_age_seconds: oldest,
+        quarantined: quarantined.unwrap_or(0),
+        oldest_transaction,
     })
+}
+
+/// The oldest transaction holding a transaction id in this database, described with
+/// what stays the same while it lasts (pid, user, application, start). Sessions of other
+/// users are visible only with `pg_read_all_stats`; then this may find none.
+async fn oldest_open_transaction(client: &tokio_postgres::Client) -> Option<String> {
+    let row = client
+        .query_opt(
+            "SELECT pid, coalesce(usename, ''), coalesce(application_name, ''),
+                    coalesce(state, ''),
+                    to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+             FROM pg_stat_activity
+             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+               AND datname = current_database()
+             ORDER BY age(backend_xid) DESC
+             LIMIT 1",
+            &[],
+        )
+        .await
+        .ok()??;
+    let pid: i32 = row.get(0);
+    let user: String = row.get(1);
+    let application: String = row.get(2);
+    let state: String = row.get(3);
+    let since: Option<String> = row.get(4);
+    let application = if application.is_empty() {
+        String::new()
+    } else {
+        format!(", application {application}")
+    };
+    Some(format!(
+        "backend pid {pid} (user {user}{application}, {state}) in a transaction since {}",
+        since.unwrap_or_else(|| "an unknown time".into())
+    ))
 }

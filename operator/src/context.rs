@@ -12,6 +12,8 @@ pub struct Settings {
     pub loadtest_service_account: String,
     /// How often a healthy OutboxSystem is re-read to refresh lag and backlog.
     pub status_refresh: std::time::Duration,
+    /// How long the oldest pending message may wait before delivery counts as stalled.
+    pub stall_after: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -19,6 +21,7 @@ impl Default for Settings {
         Settings {
             loadtest_service_account: "outbox-loadtest".to_string(),
             status_refresh: std::time::Duration::from_secs(30),
+            stall_after: std::time::Duration::from_secs(120),
         }
     }
 }

@@ -38,6 +38,10 @@ struct Args {
     /// Seconds between status refreshes of a healthy OutboxSystem (lag, backlog).
     #[arg(long, env = "STATUS_REFRESH_SECONDS", default_value_t = 30)]
     status_refresh_seconds: u64,
+    /// Seconds the oldest pending outbox message may wait before the DeliveryStalled
+    /// condition turns True.
+    #[arg(long, env = "DELIVERY_STALL_SECONDS", default_value_t = 120)]
+    delivery_stall_seconds: u64,
     /// Elect a leader through a Lease before reconciling (for more than one replica).
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         loadtest_service_account: args.loadtest_service_account,
         status_refresh: Duration::from_secs(args.status_refresh_seconds.max(1)),
+        stall_after: Duration::from_secs(args.delivery_stall_seconds.max(1)),
     };
     let elector = match (args.leader_elect, args.leader_election_namespace) {
         (false, _) => None,

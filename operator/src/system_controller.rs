@@ -219,6 +219,7 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             })
             .collect(),
         backlog: backlog(&ctx, &namespace, spec).await,
+        stall_after: ctx.settings.stall_after,
     };
 
     // Status.
@@ -562,7 +563,11 @@ async fn backlog(
             ),
         });
     };
-    read_backlog(&qualify_database_url(&url, namespace)).await
+    read_backlog(
+        &qualify_database_url(&url, namespace),
+        ctx.settings.stall_after,
+    )
+    .await
 }
 
 async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {

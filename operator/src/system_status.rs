@@ -19,6 +19,10 @@ pub mod types {
     pub const DEGRADED: &str = "Degraded";
     /// The outbox backlog could be read from PostgreSQL.
     pub const BACKLOG_OBSERVED: &str = "BacklogObserved";
+    /// The oldest pending message waits longer than the stall threshold.
+    pub const DELIVERY_STALLED: &str = "DeliveryStalled";
+    /// Kafka refused messages for good; the relay moved them to `outbox_quarantine`.
+    pub const MESSAGES_QUARANTINED: &str = "MessagesQuarantined";
     /// Reconciliation is paused by `spec.paused`.
     pub const PAUSED: &str = "Paused";
 }
@@ -62,6 +66,8 @@ pub struct Observation {
     pub groups: Vec<GroupObservation>,
     /// The backlog or why it is unknown.
     pub backlog: Result<BacklogStatus, BacklogUnavailable>,
+    /// How long the oldest pending message may wait before delivery counts as stalled.
+    pub stall_after: std::time::Duration,
 }
 
 /// Status fields other than conditions and observedGeneration.
@@ -178,6 +184,8 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
         Err(e) => Desired::no(BACKLOG_OBSERVED, e.reason, e.message.clone()),
     };
 
+    let (stalled_condition, quarantined_condition) = delivery_conditions(obs);
+
     ComputedStatus {
         conditions: vec![
             ready_condition,
@@ -186,6 +194,8 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             consumers_condition,
             degraded_condition,
             backlog_condition,
+            stalled_condition,
+            quarantined_condition,
             Desired::no(PAUSED, "Reconciling", "spec.paused is false"),
         ],
         topic: TopicStatus {
@@ -207,6 +217,69 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
         groups_summary: format!("{ready_groups}/{}", obs.groups.len()),
         backlog: obs.backlog.as_ref().ok().cloned(),
     }
+}
+
+/// DeliveryStalled and MessagesQuarantined, from the backlog. Their messages name
+/// nothing that changes while the situation lasts (ages are in status.backlog), so a
+/// stall is written once, not at every refresh.
+fn delivery_conditions(obs: &Observation) -> (Desired, Desired) {
+    use types::*;
+    let threshold = obs.stall_after.as_secs();
+    let Ok(backlog) = &obs.backlog else {
+        return (
+            Desired::no(
+                DELIVERY_STALLED,
+                "BacklogUnknown",
+                "the backlog could not be read (see BacklogObserved)",
+            ),
+            Desired::no(
+                MESSAGES_QUARANTINED,
+                "BacklogUnknown",
+                "the backlog could not be read (see BacklogObserved)",
+            ),
+        );
+    };
+    let stalled = backlog
+        .oldest_age_seconds
+        .is_some_and(|age| age > obs.stall_after.as_secs_f64());
+    let stalled = match (stalled, &backlog.oldest_transaction) {
+        (false, _) => Desired::no(
+            DELIVERY_STALLED,
+            "Delivering",
+            format!("no pending message is older than {threshold}s"),
+        ),
+        (true, Some(holder)) => Desired::yes(
+            DELIVERY_STALLED,
+            "OpenTransaction",
+            format!(
+                "the oldest pending message waits longer than {threshold}s (status.backlog.oldestAgeSeconds); {holder}: the relay publishes only rows written before the oldest running transaction, end it (or set idle_in_transaction_session_timeout for its role)"
+            ),
+        ),
+        (true, None) => Desired::yes(
+            DELIVERY_STALLED,
+            "RelayNotPublishing",
+            format!(
+                "the oldest pending message waits longer than {threshold}s (status.backlog.oldestAgeSeconds) and no open transaction holds it back: see the producers' /api/messages/health (kafka, relayLeader) and outbox_relay_errors_total"
+            ),
+        ),
+    };
+    let quarantined = if backlog.quarantined > 0 {
+        Desired::yes(
+            MESSAGES_QUARANTINED,
+            "KafkaRefusedMessages",
+            format!(
+                "{} message(s) Kafka refused for good are in the outbox_quarantine table with the reason; they were not delivered",
+                backlog.quarantined
+            ),
+        )
+    } else {
+        Desired::no(
+            MESSAGES_QUARANTINED,
+            "NoneQuarantined",
+            "Kafka refused no message",
+        )
+    };
+    (stalled, quarantined)
 }
 
 /// The status without the fields that move all the time (lag, backlog): a change in
@@ -251,10 +324,8 @@ mod tests {
                 desired: 3,
                 lag: Some(0),
             }],
-            backlog: Ok(BacklogStatus {
-                pending: 0,
-                oldest_age_seconds: None,
-            }),
+            backlog: Ok(BacklogStatus::default()),
+            stall_after: std::time::Duration::from_secs(120),
         }
     }
 
@@ -317,6 +388,7 @@ mod tests {
             backlog: Some(BacklogStatus {
                 pending: 3,
                 oldest_age_seconds: Some(1.0),
+                ..BacklogStatus::default()
             }),
             ..Default::default()
         };
@@ -325,6 +397,7 @@ mod tests {
         b.backlog = Some(BacklogStatus {
             pending: 4,
             oldest_age_seconds: Some(2.5),
+            ..BacklogStatus::default()
         });
         assert_eq!(without_gauges(&a), without_gauges(&b));
         b.groups[0].lag = None;
@@ -336,6 +409,65 @@ mod tests {
         b.groups[0].lag = Some(1);
         a.groups[0].ready = 0;
         assert_ne!(without_gauges(&a), without_gauges(&b));
+    }
+
+    #[test]
+    fn an_old_pending_message_is_a_stall_naming_the_open_transaction_when_there_is_one() {
+        let mut obs = observation();
+        let stalled = |obs: &Observation| {
+            let s = compute(obs);
+            let c = condition(&s, types::DELIVERY_STALLED).clone();
+            (c.status, c.reason.clone(), c.message.clone())
+        };
+        obs.backlog = Ok(BacklogStatus {
+            pending: 10,
+            oldest_age_seconds: Some(119.0),
+            ..BacklogStatus::default()
+        });
+        assert!(!stalled(&obs).0);
+        obs.backlog = Ok(BacklogStatus {
+            pending: 10,
+            oldest_age_seconds: Some(121.0),
+            ..BacklogStatus::default()
+        });
+        let (status, reason, message) = stalled(&obs);
+        assert_eq!((status, reason.as_str()), (true, "RelayNotPublishing"));
+        assert!(message.contains("120s"), "{message}");
+        obs.backlog = Ok(BacklogStatus {
+            pending: 10,
+            oldest_age_seconds: Some(500.0),
+            oldest_transaction: Some("backend pid 42 (user app, idle in transaction) in a transaction since 2026-11-29T16:00:00Z".into()),
+            ..BacklogStatus::default()
+        });
+        let (status, reason, message) = stalled(&obs);
+        assert_eq!((status, reason.as_str()), (true, "OpenTransaction"));
+        assert!(message.contains("backend pid 42"), "{message}");
+        // The message does not move with the age: a stall is written once.
+        obs.backlog = Ok(BacklogStatus {
+            pending: 10,
+            oldest_age_seconds: Some(900.0),
+            oldest_transaction: Some("backend pid 42 (user app, idle in transaction) in a transaction since 2026-11-29T16:00:00Z".into()),
+            ..BacklogStatus::default()
+        });
+        assert_eq!(stalled(&obs).2, message);
+    }
+
+    #[test]
+    fn quarantined_messages_are_a_condition_with_their_count() {
+        let mut obs = observation();
+        let s = compute(&obs);
+        assert!(!condition(&s, types::MESSAGES_QUARANTINED).status);
+        obs.backlog = Ok(BacklogStatus {
+            quarantined: 2,
+            ..BacklogStatus::default()
+        });
+        let s = compute(&obs);
+        let c = condition(&s, types::MESSAGES_QUARANTINED);
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (true, "KafkaRefusedMessages")
+        );
+        assert!(c.message.starts_with("2 message(s)"), "{}", c.message);
     }
 
     #[test]

@@ -734,10 +734,13 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
     let connection = tokio::spawn(connection);
     db.batch_execute(
         "CREATE TABLE pending_rows (created_at timestamptz NOT NULL);
-         INSERT INTO pending_rows SELECT now() - interval '90 seconds' FROM generate_series(1, 5);
+         INSERT INTO pending_rows SELECT now() - interval '300 seconds' FROM generate_series(1, 5);
+         CREATE TABLE quarantined_rows (id bigint);
+         INSERT INTO quarantined_rows VALUES (1), (2);
          CREATE VIEW outbox_backlog AS
            SELECT count(*)::bigint AS pending,
-                  extract(epoch FROM now() - min(created_at))::double precision AS oldest_age_seconds
+                  extract(epoch FROM now() - min(created_at))::double precision AS oldest_age_seconds,
+                  (SELECT count(*) FROM quarantined_rows)::bigint AS quarantined
            FROM pending_rows;",
     )
     .await
@@ -752,7 +755,7 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         },
         data: Some(BTreeMap::from([(
             "dsn".to_string(),
-            ByteString(url.into_bytes()),
+            ByteString(url.clone().into_bytes()),
         )])),
         ..Default::default()
     };
@@ -771,8 +774,9 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
     })
     .await;
     assert_eq!(backlog.pending, 5);
+    assert_eq!(backlog.quarantined, 2);
     let age = backlog.oldest_age_seconds.unwrap_or_default();
-    assert!((89.0..600.0).contains(&age), "oldest age {age}");
+    assert!((299.0..900.0).contains(&age), "oldest age {age}");
     let s = systems
         .get("outbox")
         .await
@@ -781,6 +785,40 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         condition(&s, "BacklogObserved").map(|c| c.0),
         Some("True".into())
     );
+    let quarantined = condition(&s, "MessagesQuarantined").unwrap_or_default();
+    assert_eq!(
+        (quarantined.0.as_str(), quarantined.1.as_str()),
+        ("True", "KafkaRefusedMessages")
+    );
+    assert!(quarantined.2.starts_with("2 message(s)"), "{quarantined:?}");
+    // Rows wait past the threshold (120 s) and nothing holds them back: the relay is
+    // not publishing.
+    wait_for_reason(&systems, "outbox", "DeliveryStalled", "RelayNotPublishing").await;
+    // Another client's open transaction that holds an id: named by its backend.
+    let (foreign, foreign_connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let foreign_connection = tokio::spawn(foreign_connection);
+    foreign
+        .batch_execute("BEGIN; INSERT INTO quarantined_rows VALUES (3)")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid: i32 = foreign
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .get(0);
+    let s = wait_for_reason(&systems, "outbox", "DeliveryStalled", "OpenTransaction").await;
+    let stalled = condition(&s, "DeliveryStalled").unwrap_or_default();
+    assert_eq!(stalled.0, "True");
+    assert!(
+        stalled.2.contains(&format!("backend pid {pid} "))
+            && stalled.2.contains("idle in transaction"),
+        "{stalled:?}"
+    );
+    drop(foreign);
+    let _ = foreign_connection.await;
+    wait_for_reason(&systems, "outbox", "DeliveryStalled", "RelayNotPublishing").await;
 
     // Point the Secret at a database that is not there: said in a condition, reconcile goes on.
     let broken = serde_json::json!({"stringData": {"dsn": "postgres://nobody@127.0.0.1:1/none?connect_timeout=2"}});

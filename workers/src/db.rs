@@ -92,8 +92,26 @@ fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
     })?;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives_idle(Duration::from_secs(10));
+    config.tcp_user_timeout(Duration::from_secs(15));
+    // Ours first: `-c` options in the URL come later and win.
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{SESSION_OPTIONS} {theirs}"),
+        _ => SESSION_OPTIONS.to_string(),
+    };
+    config.options(&options);
     Ok(config)
 }
+
+/// Server-side settings of every worker session:
+/// - a transaction left idle for a minute is ended (an open transaction holds back the
+///   relay, which reads only rows written before the oldest running one);
+/// - the server probes an idle connection after 5 s and gives up after 3 unanswered
+///   probes 2 s apart, and after 15 s of unacknowledged sends: the session of a leader
+///   whose node or network died (the relay lock is a session lock) ends in seconds, not
+///   after the kernel's two hours.
+pub const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=60000 \
+     -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 \
+     -c tcp_user_timeout=15000";
 
 /// Connects and migrates the schema, retrying with backoff for as long as PostgreSQL
 /// is unreachable (a worker waits for its database instead of crash-looping). Returns

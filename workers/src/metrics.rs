@@ -21,6 +21,8 @@ pub struct ProducerMetrics {
     pub relay_batches: Counter,
     pub relay_errors: Counter,
     pub relay_leader: Gauge,
+    pub backlog_pending: Gauge,
+    pub backlog_oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl ProducerMetrics {
@@ -71,6 +73,16 @@ impl ProducerMetrics {
             "relay_leader",
             "1 while this instance holds the relay lock",
             self.relay_leader.clone(),
+        );
+        r.register(
+            "backlog_pending",
+            "Outbox rows not yet relayed (counted up to 1,000,000), read every 10 s",
+            self.backlog_pending.clone(),
+        );
+        r.register(
+            "backlog_oldest_age_seconds",
+            "Age of the oldest outbox row not yet relayed (0 when none), read every 10 s",
+            self.backlog_oldest_age_seconds.clone(),
         );
     }
 }

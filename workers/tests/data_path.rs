@@ -704,6 +704,10 @@ async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarant
         metrics.contains("outbox_relay_quarantined_total 1\n"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("# TYPE outbox_backlog_oldest_age_seconds gauge"),
+        "{metrics}"
+    );
     let backlog = db
         .query_one("SELECT pending, quarantined FROM outbox_backlog", &[])
         .await
@@ -805,4 +809,58 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
         .expect("report");
     assert_eq!((all.missing, all.dead_lettered), (1, 1), "{all:?}");
     assert!(consumer.terminate(), "{}", consumer.log_text());
+}
+
+#[tokio::test]
+async fn every_worker_session_ends_idle_transactions_and_probes_a_silent_peer() {
+    let env = Env::on_testbed("session-settings", 1).await;
+    let single = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let pool = outbox_workers::db::pool(&env.database_url, 1).expect("pool");
+    let pooled = pool.get().await.expect("pooled session");
+    for (setting, expected) in [
+        ("idle_in_transaction_session_timeout", "1min"),
+        ("tcp_keepalives_idle", "5"),
+        ("tcp_keepalives_interval", "2"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "15000"),
+    ] {
+        for client in [&single, &**pooled] {
+            let value: String = client
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .expect("show")
+                .get(0);
+            assert_eq!(value, expected, "{setting}");
+        }
+    }
+    // The schema of the URL still applies, and a setting in the URL wins over ours.
+    let url = format!(
+        "{}%20-c%20idle_in_transaction_session_timeout%3D5000",
+        env.database_url
+    );
+    let client = outbox_workers::db::connect(&url).await.expect("connect");
+    let value: String = client
+        .query_one("SHOW idle_in_transaction_session_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(value, "5s");
+    let search_path: String = client
+        .query_one("SHOW search_path", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert!(!search_path.contains("public"), "{search_path}");
+    // A worker session left idle in a transaction is ended by the server.
+    client
+        .batch_execute("SET idle_in_transaction_session_timeout = 1000; BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        client.query_one("SELECT 1", &[]).await.is_err(),
+        "the idle transaction's session was ended"
+    );
 }

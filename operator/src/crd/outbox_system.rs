@@ -408,4 +408,13 @@ pub struct BacklogStatus {
     /// Age of the oldest pending row in seconds (absent when nothing is pending).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_age_seconds: Option<f64>,
+    /// Rows Kafka refused for good (too large, invalid), skipped by the relay and kept
+    /// in the `outbox_quarantine` table with the reason.
+    #[serde(default)]
+    pub quarantined: i64,
+    /// The oldest open transaction that holds an id, when the oldest pending row waits
+    /// longer than the stall threshold: the relay publishes only rows written before
+    /// the oldest running transaction, so this one may be what holds delivery back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_transaction: Option<String>,
 }

@@ -75,6 +75,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         metrics.register(&mut registry);
         let wake = Arc::new(Notify::new());
         let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
+        let state_pool = pool.clone();
         let started = Started::default();
         let state = http::AppState {
             pool,
@@ -97,33 +98,37 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         });
 
         let mut waiting = shutdown.clone();
-        let relay =
-            match crate::db::wait_and_migrate(&args.common.database_url, &mut waiting).await? {
-                None => None,
-                Some(client) => {
-                    drop(client);
-                    started.set();
-                    (!args.relay_disabled).then(|| {
-                        let relay = Relay::new(
-                            args.common.database_url.clone(),
-                            RelayTarget {
-                                kafka: kafka_config,
-                                topics,
-                                limits,
-                            },
-                            RelaySettings {
-                                batch_size: args.relay_batch_size,
-                                linger: Duration::from_millis(args.relay_linger_ms),
-                                ..RelaySettings::default()
-                            },
-                            wake,
-                            metrics,
-                            args.common.service_id.clone(),
-                        );
-                        tokio::spawn(relay.run(shutdown.clone()).in_current_span())
-                    })
-                }
-            };
+        let relay = match crate::db::wait_and_migrate(&args.common.database_url, &mut waiting)
+            .await?
+        {
+            None => None,
+            Some(client) => {
+                drop(client);
+                started.set();
+                tokio::spawn(
+                    watch_backlog(state_pool, metrics.clone(), shutdown.clone()).in_current_span(),
+                );
+                (!args.relay_disabled).then(|| {
+                    let relay = Relay::new(
+                        args.common.database_url.clone(),
+                        RelayTarget {
+                            kafka: kafka_config,
+                            topics,
+                            limits,
+                        },
+                        RelaySettings {
+                            batch_size: args.relay_batch_size,
+                            linger: Duration::from_millis(args.relay_linger_ms),
+                            ..RelaySettings::default()
+                        },
+                        wake,
+                        metrics,
+                        args.common.service_id.clone(),
+                    );
+                    tokio::spawn(relay.run(shutdown.clone()).in_current_span())
+                })
+            }
+        };
         let served = server.await;
         if let Some(relay) = relay {
             let _ = relay.await;
@@ -158,6 +163,38 @@ async fn refresh_limits(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown::wait(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Reads the backlog into the metrics every 10 s: a delivery that stalls shows as a
+/// growing oldest age, whatever holds it back.
+async fn watch_backlog(
+    pool: deadpool_postgres::Pool,
+    metrics: ProducerMetrics,
+    mut shutdown: ShutdownSignal,
+) {
+    loop {
+        let reading = async {
+            let client = pool.get().await.ok()?;
+            let row = client
+                .query_one(
+                    "SELECT pending, oldest_age_seconds FROM outbox_backlog",
+                    &[],
+                )
+                .await
+                .ok()?;
+            Some((row.get::<_, i64>(0), row.get::<_, f64>(1)))
+        };
+        if let Ok(Some((pending, oldest))) =
+            tokio::time::timeout(Duration::from_secs(5), reading).await
+        {
+            metrics.backlog_pending.set(pending);
+            metrics.backlog_oldest_age_seconds.set(oldest);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
             _ = shutdown::wait(&mut shutdown) => return,
         }
     }
