@@ -49,6 +49,7 @@ mod tests {
     fn spec(groups: &[&str]) -> OutboxSystemSpec {
         OutboxSystemSpec {
             paused: false,
+            retention: Default::default(),
             image: None,
             image_pull_policy: None,
             log_level: None,

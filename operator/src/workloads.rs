@@ -389,6 +389,14 @@ pub fn producer_deployment(
         "RELAY_LINGER_MS",
         spec.producers.batching.linger_ms.to_string(),
     ));
+    env.push(plain_env(
+        "RETENTION_SECONDS",
+        spec.retention.relayed_seconds.to_string(),
+    ));
+    env.push(plain_env(
+        "LEDGER_RETENTION_SECONDS",
+        spec.retention.ledger_seconds.to_string(),
+    ));
     let image = spec
         .producers
         .image
@@ -511,6 +519,7 @@ mod tests {
         };
         OutboxSystemSpec {
             paused: false,
+            retention: Default::default(),
             image: None,
             image_pull_policy: None,
             log_level: None,
@@ -603,6 +612,24 @@ mod tests {
             ]
         );
         assert_eq!(children.consumer_services.len(), 3);
+    }
+
+    #[test]
+    fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
+        let mut spec = reference_spec();
+        let children = build(&owner(), &spec);
+        let p = &children.producer;
+        assert_eq!(env_value(p, "RETENTION_SECONDS").as_deref(), Some("3600"));
+        assert_eq!(
+            env_value(p, "LEDGER_RETENTION_SECONDS").as_deref(),
+            Some("604800")
+        );
+        spec.retention.relayed_seconds = 0;
+        let children = build(&owner(), &spec);
+        assert_eq!(
+            env_value(&children.producer, "RETENTION_SECONDS").as_deref(),
+            Some("0")
+        );
     }
 
     #[test]

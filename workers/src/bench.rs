@@ -255,12 +255,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             max_body_bytes: 256 * 1024 * 1024,
             db_pool_size: args.concurrency.max(1) + 2,
             relay_disabled: true,
+            max_batch_messages: args.batch_size.max(1),
+            max_concurrent_requests: args.concurrency.max(1) * 4,
+            relay_queue_kbytes: 65_536,
+            // The benchmark drops its schema afterwards; nothing to delete meanwhile.
+            retention_seconds: 0,
+            ledger_retention_seconds: 0,
+            retention_interval_seconds: 30,
         },
         signal.clone(),
     ));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    wait_for_http(&http, &format!("{base}/api/messages/health")).await?;
+    wait_for_http(&http, &format!("{base}{}", crate::probes::READINESS_PATH)).await?;
     let bodies: Vec<bytes::Bytes> = (0..n)
         .step_by(args.batch_size)
         .map(|s| {

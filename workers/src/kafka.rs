@@ -39,8 +39,11 @@ pub fn relay_producer(base: &ClientConfig, batch_bytes: usize) -> Result<FutureP
         .set("batch.size", batch_bytes.to_string())
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
-        .set("queue.buffering.max.kbytes", "1048576")
         .set("compression.type", "lz4");
+    // 64 MiB unless the caller sized it (the relay does, from RELAY_QUEUE_KBYTES).
+    if base.get("queue.buffering.max.kbytes").is_none() {
+        config.set("queue.buffering.max.kbytes", "65536");
+    }
     config.create().kafka("creating the relay's Kafka producer")
 }
 

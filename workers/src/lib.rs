@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod probes;
 pub mod producer;
 pub mod relay;
+pub mod retention;
 pub mod schema;
 pub mod shutdown;
 

@@ -16,6 +16,8 @@ pub struct ProducerMetrics {
     pub rejected: Counter,
     pub unavailable: Counter,
     pub unknown: Counter,
+    pub busy: Counter,
+    pub retention_deleted: Counter,
     pub published: Counter,
     pub quarantined: Counter,
     pub relay_batches: Counter,
@@ -48,6 +50,16 @@ impl ProducerMetrics {
             "requests_outcome_unknown",
             "Requests whose connection was lost while committing (500, maybe stored)",
             self.unknown.clone(),
+        );
+        r.register(
+            "requests_busy",
+            "Requests refused because MAX_CONCURRENT_REQUESTS were in progress (503)",
+            self.busy.clone(),
+        );
+        r.register(
+            "retention_deleted",
+            "Relayed outbox rows deleted by retention",
+            self.retention_deleted.clone(),
         );
         r.register(
             "relay_quarantined",

@@ -52,6 +52,8 @@ pub struct RelaySettings {
     pub linger: Duration,
     /// Batches handed to Kafka but not yet confirmed.
     pub max_in_flight_batches: usize,
+    /// Memory of the Kafka producer's queue, KiB.
+    pub queue_kbytes: usize,
 }
 
 impl Default for RelaySettings {
@@ -60,6 +62,7 @@ impl Default for RelaySettings {
             batch_size: 10_000,
             linger: Duration::from_millis(50),
             max_in_flight_batches: 4,
+            queue_kbytes: 65_536,
         }
     }
 }
@@ -314,7 +317,12 @@ impl Relay {
                 t.saturating_sub(message_size::RECORD_OVERHEAD)
             })
             .clamp(1, message_size::RELAY_MESSAGE_MAX_BYTES);
-        let producer = crate::kafka::relay_producer(&self.kafka, batch_bytes)?;
+        let mut kafka = self.kafka.clone();
+        kafka.set(
+            "queue.buffering.max.kbytes",
+            self.settings.queue_kbytes.to_string(),
+        );
+        let producer = crate::kafka::relay_producer(&kafka, batch_bytes)?;
         let fetch = client
             .prepare(FETCH)
             .await

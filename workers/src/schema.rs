@@ -122,6 +122,21 @@ SELECT (SELECT count(*) FROM (SELECT FROM outbox_messages m
 FROM outbox_relay_state s;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Where the relay's watermark was, taken by each retention round: rows at or below the
+-- newest mark older than the retention have been relayed at least that long ago and
+-- are deleted by primary-key range.
+CREATE TABLE outbox_retention_marks (
+    seq      bigserial   PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    wm_txid  xid8        NOT NULL,
+    wm_id    bigint      NOT NULL
+);
+CREATE INDEX outbox_retention_marks_by_time ON outbox_retention_marks (at);
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

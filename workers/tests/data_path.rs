@@ -172,7 +172,11 @@ async fn per_key_order_holds_with_three_producer_replicas_relaying() {
 #[tokio::test]
 async fn bad_requests_get_a_4xx_naming_the_problem_and_store_nothing() {
     let env = Env::on_testbed("bad-input", 1).await;
-    let mut producer = Worker::producer(&env, "p1", &[("MAX_BODY_BYTES", "2000")]);
+    let mut producer = Worker::producer(
+        &env,
+        "p1",
+        &[("MAX_BODY_BYTES", "2000"), ("MAX_BATCH_MESSAGES", "3")],
+    );
     producer.wait_healthy(PRODUCER_HEALTH).await;
     let client = reqwest::Client::new();
     let topic = env.topic.as_str();
@@ -191,6 +195,7 @@ async fn bad_requests_get_a_4xx_naming_the_problem_and_store_nothing() {
         ("/api/messages/batch", "application/json", "{\"messages\":[]}".into(), 400, "empty"),
         ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"nope\",\"message\":\"m\"}}]}}"), 400, "messages[1].topic"),
         ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"{topic}\"}}]}}"), 400, "messages[1]"),
+        ("/api/messages/batch", "application/json", format!("{{\"messages\":[{m},{m},{m},{m}]}}", m = format!("{{\"topic\":\"{topic}\",\"message\":\"m\"}}")), 413, "4 messages in one batch; at most 3 per request (MAX_BATCH_MESSAGES)"),
         // Header names the system writes cannot be forged by a client.
         ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"outbox-id\":\"7\"}}}}"), 400, "headers.outbox-id: header names starting with `outbox-` are reserved"),
         ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"Outbox-Txid\":\"1\"}}}}"), 400, "reserved"),
@@ -863,4 +868,158 @@ async fn every_worker_session_ends_idle_transactions_and_probes_a_silent_peer() 
         client.query_one("SELECT 1", &[]).await.is_err(),
         "the idle transaction's session was ended"
     );
+}
+
+#[tokio::test]
+async fn requests_beyond_the_concurrency_limit_are_told_to_come_back_not_queued() {
+    let env = Env::on_testbed("busy", 1).await;
+    let mut producer = Worker::producer(&env, "p1", &[("MAX_CONCURRENT_REQUESTS", "1")]);
+    producer.wait_healthy("/readyz").await;
+    // Hold the outbox table so that the first request waits inside the producer.
+    let mut db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let tx = db.transaction().await.expect("begin");
+    tx.batch_execute("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let first = {
+        let url = producer.url("/api/messages/send");
+        let topic = env.topic.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({"topic": topic, "message": "first"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    let busy = testbed_support::eventually("a busy answer", Duration::from_secs(20), || {
+        let url = producer.url("/api/messages/send");
+        let topic = env.topic.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&serde_json::json!({"topic": topic, "message": "second"}))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 503).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        busy.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = busy.json().await.expect("JSON");
+    assert_eq!(body["status"], "busy", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MAX_CONCURRENT_REQUESTS"),
+        "{body}"
+    );
+    tx.commit().await.expect("release");
+    assert_eq!(first.await.expect("task").expect("first answered"), 200);
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM outbox_messages", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 1, "the refused request stored nothing");
+}
+
+#[tokio::test]
+async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() {
+    let env = Env::on_testbed("retention", 2).await;
+    let mut producer = Worker::producer(
+        &env,
+        "p1",
+        &[
+            ("RETENTION_SECONDS", "1"),
+            ("RETENTION_INTERVAL_SECONDS", "1"),
+        ],
+    );
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let group = unique_name("g");
+    let mut consumer = Worker::consumer(&env, "c1", &group, &[]);
+    consumer.wait_healthy(CONSUMER_HEALTH).await;
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    for run in 0..2 {
+        let ids = send_batch(
+            &producer,
+            &env.topic,
+            &keyed_messages(&format!("run{run}"), 2000, 10),
+        )
+        .await;
+        let report = wait_acknowledged(
+            &env.database_url,
+            &group,
+            &IdSet::from_ids(ids),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(report.missing, 0, "{report:?}");
+        // Every relayed row goes, a couple of rounds after it was relayed.
+        testbed_support::eventually(
+            "the relayed rows to be deleted",
+            Duration::from_secs(30),
+            || {
+                let db = &db;
+                async move {
+                    let n: i64 = db
+                        .query_one("SELECT count(*) FROM outbox_messages", &[])
+                        .await
+                        .ok()?
+                        .get(0);
+                    (n == 0).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let metrics = reqwest::get(producer.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("outbox_retention_deleted_total 4000"),
+        "{metrics}"
+    );
+    // Rows not yet relayed are never deleted: with the relay stopped they stay.
+    assert!(producer.terminate(), "{}", producer.log_text());
+    let mut ingest_only = Worker::producer(
+        &env,
+        "p2",
+        &[
+            ("RELAY_DISABLED", "true"),
+            ("RETENTION_SECONDS", "1"),
+            ("RETENTION_INTERVAL_SECONDS", "1"),
+        ],
+    );
+    ingest_only.wait_healthy(PRODUCER_HEALTH).await;
+    send_batch(
+        &ingest_only,
+        &env.topic,
+        &keyed_messages("waiting", 100, 10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM outbox_messages", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 100, "unrelayed rows are kept");
+    assert!(ingest_only.terminate(), "{}", ingest_only.log_text());
+    assert!(consumer.terminate(), "{}", consumer.log_text());
 }

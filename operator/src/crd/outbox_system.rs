@@ -57,6 +57,42 @@ pub struct OutboxSystemSpec {
     /// The consumer groups reading the topic.
     #[serde(default)]
     pub consumers: ConsumersSpec,
+    /// How long relayed outbox rows and acknowledgement ledger data are kept.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+}
+
+/// Retention in PostgreSQL: without it every message ever sent stays in the outbox.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Seconds a relayed outbox row is kept after it was relayed; 0 keeps every row
+    /// (`RETENTION_SECONDS`). Rows not yet relayed are never deleted.
+    #[serde(default = "default_relayed_seconds")]
+    #[schemars(range(min = 0))]
+    pub relayed_seconds: i64,
+    /// Seconds acknowledgement ledger data is kept after its last update; 0 keeps it
+    /// (`LEDGER_RETENTION_SECONDS`).
+    #[serde(default = "default_ledger_seconds")]
+    #[schemars(range(min = 0))]
+    pub ledger_seconds: i64,
+}
+
+impl Default for RetentionSpec {
+    fn default() -> Self {
+        RetentionSpec {
+            relayed_seconds: default_relayed_seconds(),
+            ledger_seconds: default_ledger_seconds(),
+        }
+    }
+}
+
+fn default_relayed_seconds() -> i64 {
+    3600
+}
+
+fn default_ledger_seconds() -> i64 {
+    7 * 24 * 3600
 }
 
 /// Connection to Kafka.

@@ -36,6 +36,11 @@ pub struct AppState {
     pub limits: Arc<TopicLimits>,
     /// Set once the schema is migrated: ingest works from then on.
     pub started: Started,
+    /// Most messages per batch request.
+    pub max_batch_messages: usize,
+    /// Permits for send and batch requests in progress.
+    pub in_progress: Arc<tokio::sync::Semaphore>,
+    pub max_concurrent_requests: usize,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
@@ -253,6 +258,25 @@ fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
         .into_response()
 }
 
+/// A permit to handle one more request, unless `MAX_CONCURRENT_REQUESTS` are in progress.
+fn admit(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.in_progress.clone().try_acquire_owned().ok()
+}
+
+/// The answer when no permit is left: come back later, nothing was stored.
+fn busy(state: &AppState) -> Response {
+    state.metrics.busy.inc();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({"status": "busy", "error": format!(
+            "{} requests are already in progress (MAX_CONCURRENT_REQUESTS): nothing was stored, retry after 1 s",
+            state.max_concurrent_requests
+        )})),
+    )
+        .into_response()
+}
+
 /// The answer to a failed write: 400 for data PostgreSQL refuses, 503 when nothing was
 /// stored, 500 with `"status": "unknown"` when the connection was lost as it committed.
 fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
@@ -279,6 +303,9 @@ async fn send(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let Some(_permit) = admit(&state) else {
+        return busy(&state);
+    };
     let message = match parse::<SendRequest>(&headers, body, state.max_body_bytes)
         .and_then(|r| validate(r, &state, ""))
     {
@@ -319,6 +346,9 @@ async fn batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let Some(_permit) = admit(&state) else {
+        return busy(&state);
+    };
     let request = match parse::<BatchRequest>(&headers, body, state.max_body_bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -332,6 +362,19 @@ async fn batch(
             "`messages` is empty: send at least one message",
             Some("messages".into()),
         )
+        .into_response();
+    }
+    if request.messages.len() > state.max_batch_messages {
+        state.metrics.rejected.inc();
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "messages: {} messages in one batch; at most {} per request (MAX_BATCH_MESSAGES): split the batch",
+                request.messages.len(),
+                state.max_batch_messages
+            ),
+            field: Some("messages".into()),
+        }
         .into_response();
     }
     let mut messages = Vec::with_capacity(request.messages.len());

@@ -16,6 +16,7 @@ use crate::message_size::TopicLimits;
 use crate::metrics::ProducerMetrics;
 use crate::probes::Started;
 use crate::relay::{Relay, RelaySettings, RelayTarget};
+use crate::retention::RetentionSettings;
 use crate::shutdown::{self, ShutdownSignal};
 
 /// Producer settings.
@@ -33,6 +34,27 @@ pub struct ProducerArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most messages in one batch request (more: 413 naming this limit).
+    #[arg(long, env = "MAX_BATCH_MESSAGES", default_value_t = 50_000)]
+    pub max_batch_messages: usize,
+    /// Send and batch requests handled at once; more are answered 503 with
+    /// `Retry-After` instead of queueing without bound.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Bytes of messages the relay's Kafka producer may hold in memory (librdkafka's
+    /// `queue.buffering.max.kbytes`, in KiB): keep well below the pod's memory limit.
+    #[arg(long, env = "RELAY_QUEUE_KBYTES", default_value_t = 65_536)]
+    pub relay_queue_kbytes: usize,
+    /// Relayed rows are deleted this many seconds after they were relayed (0 keeps
+    /// every row).
+    #[arg(long, env = "RETENTION_SECONDS", default_value_t = 3600)]
+    pub retention_seconds: u64,
+    /// Acknowledgement ledger data untouched this many seconds is deleted (0 keeps it).
+    #[arg(long, env = "LEDGER_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub ledger_retention_seconds: u64,
+    /// Seconds between retention rounds.
+    #[arg(long, env = "RETENTION_INTERVAL_SECONDS", default_value_t = 30)]
+    pub retention_interval_seconds: u64,
     /// PostgreSQL connections for request handlers.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: usize,
@@ -87,6 +109,11 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             max_body_bytes: args.max_body_bytes,
             limits: limits.clone(),
             started: started.clone(),
+            max_batch_messages: args.max_batch_messages.max(1),
+            in_progress: Arc::new(tokio::sync::Semaphore::new(
+                args.max_concurrent_requests.max(1),
+            )),
+            max_concurrent_requests: args.max_concurrent_requests.max(1),
         };
         let (listener, address) = args.common.bind_http().await?;
         tracing::info!(%address, topics = ?topics, "producer listening");
@@ -108,6 +135,20 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
                 tokio::spawn(
                     watch_backlog(state_pool, metrics.clone(), shutdown.clone()).in_current_span(),
                 );
+                tokio::spawn(
+                    crate::retention::run(
+                        args.common.database_url.clone(),
+                        RetentionSettings {
+                            relayed: Duration::from_secs(args.retention_seconds),
+                            ledger: Duration::from_secs(args.ledger_retention_seconds),
+                            interval: Duration::from_secs(args.retention_interval_seconds.max(1)),
+                            batch: 50_000,
+                        },
+                        metrics.clone(),
+                        shutdown.clone(),
+                    )
+                    .in_current_span(),
+                );
                 (!args.relay_disabled).then(|| {
                     let relay = Relay::new(
                         args.common.database_url.clone(),
@@ -119,6 +160,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
                         RelaySettings {
                             batch_size: args.relay_batch_size,
                             linger: Duration::from_millis(args.relay_linger_ms),
+                            queue_kbytes: args.relay_queue_kbytes.max(1024),
                             ..RelaySettings::default()
                         },
                         wake,
