@@ -557,12 +557,7 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
     )
     .await;
     assert_eq!((report.acknowledged, report.missing), (0, 50), "{report:?}");
-    let metrics = reqwest::get(consumer.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = consumer.metrics().await;
     assert!(
         metrics.contains("outbox_consumer_dead_lettered_total 52"),
         "{metrics}"
@@ -699,12 +694,7 @@ async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarant
     assert_eq!(row.get::<_, i32>(3), 100_000);
     let error: String = row.get(4);
     assert!(error.contains("too large"), "{error}");
-    let metrics = reqwest::get(producer.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = producer.metrics().await;
     assert!(
         metrics.contains("outbox_relay_quarantined_total 1\n"),
         "{metrics}"
@@ -985,12 +975,7 @@ async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() 
         )
         .await;
     }
-    let metrics = reqwest::get(producer.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = producer.metrics().await;
     assert!(
         metrics.contains("outbox_retention_deleted_total 4000"),
         "{metrics}"

@@ -261,12 +261,7 @@ async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let metrics = reqwest::get(consumer.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = consumer.metrics().await;
     assert!(
         metrics.contains("outbox_consumer_retrying 1"),
         "the consumer is retrying during the outage: {metrics}"
@@ -282,12 +277,7 @@ async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
     )
     .await;
     assert_eq!((report.missing, report.dead_lettered), (0, 0), "{report:?}");
-    let metrics = reqwest::get(consumer.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = consumer.metrics().await;
     assert!(
         metrics.contains("outbox_consumer_dead_lettered_total 0"),
         "nothing dead-lettered: {metrics}"

@@ -168,6 +168,16 @@ impl Worker {
         }
     }
 
+    /// The worker's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The exit status, when the process has ended (a crash, an exit on error).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child
