@@ -229,11 +229,7 @@ async fn bad_requests_get_a_4xx_naming_the_problem_and_store_nothing() {
     let db = outbox_workers::db::connect(&env.database_url)
         .await
         .expect("connect");
-    let stored: i64 = db
-        .query_one("SELECT count(*) FROM outbox_messages", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let stored = support::outbox_rows(&db).await;
     assert_eq!(stored, 0, "bad requests store nothing");
 }
 
@@ -916,11 +912,7 @@ async fn requests_beyond_the_concurrency_limit_are_told_to_come_back_not_queued(
     );
     tx.commit().await.expect("release");
     assert_eq!(first.await.expect("task").expect("first answered"), 200);
-    let stored: i64 = db
-        .query_one("SELECT count(*) FROM outbox_messages", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let stored = support::outbox_rows(&db).await;
     assert_eq!(stored, 1, "the refused request stored nothing");
 }
 
@@ -964,11 +956,7 @@ async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() 
             || {
                 let db = &db;
                 async move {
-                    let n: i64 = db
-                        .query_one("SELECT count(*) FROM outbox_messages", &[])
-                        .await
-                        .ok()?
-                        .get(0);
+                    let n = support::outbox_rows(db).await;
                     (n == 0).then_some(())
                 }
             },
@@ -999,11 +987,7 @@ async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() 
     )
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM outbox_messages", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let n = support::outbox_rows(&db).await;
     assert_eq!(n, 100, "unrelayed rows are kept");
     assert!(ingest_only.terminate(), "{}", ingest_only.log_text());
     assert!(consumer.terminate(), "{}", consumer.log_text());

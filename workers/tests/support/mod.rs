@@ -266,6 +266,14 @@ pub async fn send_batch(producer: &Worker, topic: &str, messages: &[(String, Str
         .collect()
 }
 
+/// Rows in the outbox table of `db`'s schema.
+pub async fn outbox_rows(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT count(*) FROM outbox_messages", &[])
+        .await
+        .expect("count the outbox rows")
+        .get(0)
+}
+
 /// Waits until `group` acknowledged every id in `expected`, then returns its report.
 pub async fn wait_acknowledged(
     database_url: &str,
