@@ -37,13 +37,28 @@ pub fn record_size<'a>(
             .sum::<usize>()
 }
 
-/// The largest message a topic takes, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The largest message a topic takes, and why. Cheap to get (it is asked for every
+/// message): the explanation is only written out by [`Limit::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     /// Largest `record_size` accepted.
     pub bytes: usize,
-    /// Which setting sets it, for the 413 answer and the quarantine record.
-    pub reason: String,
+    /// The topic's `max.message.bytes` when it, not the relay's limit, sets `bytes`.
+    topic_max_message_bytes: Option<usize>,
+}
+
+impl Limit {
+    /// Which setting sets the limit, for the 413 answer and the quarantine record.
+    pub fn reason(&self) -> String {
+        match self.topic_max_message_bytes {
+            Some(topic) => format!(
+                "the topic's max.message.bytes={topic} less {RECORD_OVERHEAD} bytes of framing"
+            ),
+            None => format!(
+                "the relay's message.max.bytes={RELAY_MESSAGE_MAX_BYTES} less {RECORD_OVERHEAD} bytes of framing"
+            ),
+        }
+    }
 }
 
 /// The per-topic limits, refreshed from the brokers; shared by ingest and the relay.
@@ -94,15 +109,11 @@ pub fn limit_for(topic_max_message_bytes: Option<usize>) -> Limit {
     match topic_max_message_bytes {
         Some(topic) if topic < RELAY_MESSAGE_MAX_BYTES => Limit {
             bytes: topic.saturating_sub(RECORD_OVERHEAD),
-            reason: format!(
-                "the topic's max.message.bytes={topic} less {RECORD_OVERHEAD} bytes of framing"
-            ),
+            topic_max_message_bytes: Some(topic),
         },
         _ => Limit {
             bytes: RELAY_MESSAGE_MAX_BYTES - RECORD_OVERHEAD,
-            reason: format!(
-                "the relay's message.max.bytes={RELAY_MESSAGE_MAX_BYTES} less {RECORD_OVERHEAD} bytes of framing"
-            ),
+            topic_max_message_bytes: None,
         },
     }
 }
@@ -145,7 +156,9 @@ mod tests {
     #[test]
     fn the_smaller_of_the_topic_and_the_relay_limit_applies() {
         assert_eq!(limit_for(None).bytes, 1_000_000 - RECORD_OVERHEAD);
-        assert!(limit_for(None).reason.contains("message.max.bytes=1000000"));
+        assert!(limit_for(None)
+            .reason()
+            .contains("message.max.bytes=1000000"));
         // Kafka's default topic limit (1048588) is above the relay's.
         assert_eq!(
             limit_for(Some(1_048_588)).bytes,
@@ -153,7 +166,7 @@ mod tests {
         );
         let small = limit_for(Some(20_000));
         assert_eq!(small.bytes, 20_000 - RECORD_OVERHEAD);
-        assert!(small.reason.contains("max.message.bytes=20000"));
+        assert!(small.reason().contains("max.message.bytes=20000"));
     }
 
     #[test]

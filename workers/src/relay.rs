@@ -145,7 +145,8 @@ struct Row<'a> {
     topic: &'a str,
     key: Option<&'a str>,
     payload: &'a str,
-    headers: OwnedHeaders,
+    /// Moved into the record when the row is handed to Kafka.
+    headers: Option<OwnedHeaders>,
     size: usize,
 }
 
@@ -202,15 +203,18 @@ impl<'a> Row<'a> {
             topic,
             key,
             payload,
-            headers: kafka_headers,
+            headers: Some(kafka_headers),
             size,
         })
     }
 
-    fn record(&self) -> FutureRecord<'_, str, str> {
-        let mut record = FutureRecord::<str, str>::to(self.topic)
-            .payload(self.payload)
-            .headers(self.headers.clone());
+    /// The record to hand to Kafka; the row's headers move into it (a row is handed
+    /// once).
+    fn record(&mut self) -> FutureRecord<'a, str, str> {
+        let mut record = FutureRecord::<str, str>::to(self.topic).payload(self.payload);
+        if let Some(headers) = self.headers.take() {
+            record = record.headers(headers);
+        }
         if let Some(key) = self.key {
             record = record.key(key);
         }
@@ -427,36 +431,33 @@ impl Relay {
             }
             let mut deliveries = Vec::with_capacity(rows.len());
             let mut last = cursor;
+            // Read once per batch, not locked per row; empty but after a refusal.
+            let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
             for row in &rows {
-                let row = Row::read(row)?;
+                let mut row = Row::read(row)?;
                 let limit = self.limits.limit(row.topic);
                 if row.size > limit.bytes {
                     let reason = format!(
                         "message too large: {} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
-                        row.size, row.topic, limit.bytes, limit.reason
+                        row.size, row.topic, limit.bytes, limit.reason()
                     );
                     self.quarantine(session, row.at, &reason).await?;
                     last = row.at;
                     continue;
                 }
-                let alone = self
-                    .suspects
-                    .lock()
-                    .map(|s| s.contains(&row.at))
-                    .unwrap_or(false);
-                if alone {
+                if !suspects.is_empty() && suspects.contains(&row.at) {
                     // Refused for good once with its batch: find out whether it is this
                     // message, without anything else in flight.
                     self.seal(std::mem::take(&mut deliveries), cursor, last, in_flight);
                     while !in_flight.is_empty() {
                         self.complete_oldest(session, in_flight).await?;
                     }
-                    self.publish_alone(session, &row).await?;
+                    self.publish_alone(session, &mut row).await?;
                     last = row.at;
                     cursor = row.at;
                     continue;
                 }
-                match self.hand(session, &row, in_flight).await? {
+                match self.hand(session, &mut row, in_flight).await? {
                     Handed::Queued(delivery) => deliveries.push((row.at, delivery)),
                     Handed::Refused(reason) => self.quarantine(session, row.at, &reason).await?,
                 }
@@ -493,7 +494,7 @@ impl Relay {
     async fn hand(
         &self,
         session: &Session<'_>,
-        row: &Row<'_>,
+        row: &mut Row<'_>,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<Handed> {
         let mut record = row.record();
@@ -526,7 +527,7 @@ impl Relay {
 
     /// Publishes one row with nothing else in flight; quarantines it when Kafka
     /// refuses it for good.
-    async fn publish_alone(&self, session: &Session<'_>, row: &Row<'_>) -> Result<()> {
+    async fn publish_alone(&self, session: &Session<'_>, row: &mut Row<'_>) -> Result<()> {
         let mut none = VecDeque::new();
         let outcome = match self.hand(session, row, &mut none).await? {
             Handed::Refused(reason) => Err(reason),

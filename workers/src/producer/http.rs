@@ -189,13 +189,14 @@ fn validate(
             Some(field),
         ));
     }
-    refuse_nul(&request.message, &format!("{field_prefix}message"))?;
+    refuse_nul(&request.message, || format!("{field_prefix}message"))?;
     if let Some(key) = &request.key {
-        refuse_nul(key, &format!("{field_prefix}key"))?;
+        refuse_nul(key, || format!("{field_prefix}key"))?;
     }
     for (name, value) in request.headers.iter().flatten() {
-        let field = format!("{field_prefix}headers.{}", name.replace('\0', "\\u0000"));
+        let field = || format!("{field_prefix}headers.{}", name.replace('\0', "\\u0000"));
         if headers::is_reserved(name) {
+            let field = field();
             return Err(ApiError::bad(
                 format!(
                     "{field}: header names starting with `{}` are reserved for the outbox's own headers",
@@ -204,8 +205,8 @@ fn validate(
                 Some(field),
             ));
         }
-        refuse_nul(name, &field)?;
-        refuse_nul(value, &field)?;
+        refuse_nul(name, field)?;
+        refuse_nul(value, field)?;
     }
     let size = message_size::record_size(
         &request.message,
@@ -223,7 +224,7 @@ fn validate(
             status: StatusCode::PAYLOAD_TOO_LARGE,
             message: format!(
                 "{field}: the message is {size} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
-                request.topic, limit.bytes, limit.reason
+                request.topic, limit.bytes, limit.reason()
             ),
             field: Some(field),
         });
@@ -236,13 +237,16 @@ fn validate(
     })
 }
 
-fn refuse_nul(value: &str, field: &str) -> Result<(), ApiError> {
+/// 400 naming the field when `value` holds a NUL; the field name is only written out
+/// then (this runs for every message of a batch).
+fn refuse_nul(value: &str, field: impl FnOnce() -> String) -> Result<(), ApiError> {
     if value.contains('\0') {
+        let field = field();
         return Err(ApiError::bad(
             format!(
                 "{field}: contains a NUL character (\\u0000), which PostgreSQL text cannot store"
             ),
-            Some(field.to_string()),
+            Some(field),
         ));
     }
     Ok(())
