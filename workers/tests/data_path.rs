@@ -881,20 +881,39 @@ async fn requests_beyond_the_concurrency_limit_are_told_to_come_back_not_queued(
                 .map(|r| r.status().as_u16())
         })
     };
-    let busy = testbed_support::eventually("a busy answer", Duration::from_secs(20), || {
-        let url = producer.url("/api/messages/send");
-        let topic = env.topic.clone();
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .json(&serde_json::json!({"topic": topic, "message": "second"}))
-                .send()
+    // Only once the first request waits on the lock (and so holds the one permit) is
+    // the second sent: were the second to arrive first, it would take the permit.
+    let observer = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    testbed_support::eventually(
+        "the first request waiting on the lock",
+        Duration::from_secs(20),
+        || async {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO outbox_messages%'",
+                    &[],
+                )
                 .await
-                .ok()?;
-            (r.status() == 503).then_some(r)
-        }
-    })
+                .ok()?
+                .get(0);
+            (waiting == 1).then_some(())
+        },
+    )
     .await;
+    let busy = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::Client::new()
+            .post(producer.url("/api/messages/send"))
+            .json(&serde_json::json!({"topic": env.topic, "message": "second"}))
+            .send(),
+    )
+    .await
+    .expect("the second request is answered at once, not queued")
+    .expect("answered");
+    assert_eq!(busy.status(), 503);
     assert_eq!(
         busy.headers()
             .get("retry-after")
