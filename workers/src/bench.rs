@@ -257,7 +257,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             relay_disabled: true,
             max_batch_messages: args.batch_size.max(1),
             max_concurrent_requests: args.concurrency.max(1) * 4,
-            relay_queue_kbytes: 65_536,
+            relay_queue_kbytes: None,
+            relay_fetch_kbytes: None,
             // The benchmark drops its schema afterwards; nothing to delete meanwhile.
             retention_seconds: 0,
             ledger_retention_seconds: 0,

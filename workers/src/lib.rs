@@ -15,6 +15,7 @@ pub mod headers;
 pub mod kafka;
 pub mod ledger;
 pub mod loadtest;
+pub mod memory;
 pub mod message_size;
 pub mod metrics;
 pub mod outbox;

@@ -54,6 +54,10 @@ pub struct RelaySettings {
     pub max_in_flight_batches: usize,
     /// Memory of the Kafka producer's queue, KiB.
     pub queue_kbytes: usize,
+    /// Payload and key bytes read from PostgreSQL per batch, at most (a batch ends
+    /// with the row that reaches it): rows of 100 KB are read a few hundred at a time,
+    /// not `batch_size` at a time.
+    pub fetch_bytes: usize,
 }
 
 impl Default for RelaySettings {
@@ -63,6 +67,7 @@ impl Default for RelaySettings {
             linger: Duration::from_millis(50),
             max_in_flight_batches: 4,
             queue_kbytes: 65_536,
+            fetch_bytes: 32 << 20,
         }
     }
 }
@@ -137,6 +142,29 @@ fn refused_for_good(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::MessageBatchTooLarge
     )
+}
+
+/// Rows of a session's first read, before their size is known.
+const FIRST_FETCH_ROWS: i64 = 1_000;
+
+/// Payload and key bytes of a fetched row (columns 4 and 3 of `FETCH`).
+fn row_bytes(row: &tokio_postgres::Row) -> usize {
+    let payload = row.try_get::<_, &str>(4).map_or(0, str::len);
+    let key = row
+        .try_get::<_, Option<&str>>(3)
+        .ok()
+        .flatten()
+        .map_or(0, str::len);
+    payload + key
+}
+
+/// Rows to ask for next: as many rows of `row_bytes` as `fetch_bytes` holds, at least
+/// one, at most `batch_size`.
+fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, batch_size: i64) -> i64 {
+    let fit = fetch_bytes / row_bytes.max(1);
+    i64::try_from(fit)
+        .unwrap_or(i64::MAX)
+        .clamp(1, batch_size.max(1))
 }
 
 /// What one outbox row becomes in Kafka.
@@ -395,6 +423,9 @@ impl Relay {
         in_flight: &mut VecDeque<InFlight>,
         shutdown: &mut ShutdownSignal,
     ) -> Result<()> {
+        // Rows asked for per read: a first read of a thousand finds out how large the
+        // rows are, later reads ask for as many as `fetch_bytes` holds.
+        let mut limit = self.settings.batch_size.min(FIRST_FETCH_ROWS);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -405,18 +436,7 @@ impl Relay {
             {
                 self.complete_oldest(session, in_flight).await?;
             }
-            let rows = session
-                .client
-                .query(
-                    fetch,
-                    &[
-                        &cursor.txid.to_string(),
-                        &cursor.id,
-                        &self.settings.batch_size,
-                    ],
-                )
-                .await
-                .db("reading outbox rows")?;
+            let rows = self.fetch(session, fetch, cursor, &mut limit).await?;
             if rows.is_empty() {
                 if !in_flight.is_empty() {
                     self.complete_oldest(session, in_flight).await?;
@@ -469,6 +489,44 @@ impl Relay {
                 self.complete_oldest(session, in_flight).await?;
             }
         }
+    }
+
+    /// Reads up to `limit` rows after `cursor`, stopping early once the rows read hold
+    /// `fetch_bytes` (the rest of the answer is discarded unread), and sets `limit`
+    /// for the next read from the size of these rows.
+    async fn fetch(
+        &self,
+        session: &Session<'_>,
+        fetch: &Statement,
+        cursor: Watermark,
+        limit: &mut i64,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        use futures::TryStreamExt;
+        let txid = cursor.txid.to_string();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&txid, &cursor.id, &*limit];
+        let stream = session
+            .client
+            .query_raw(fetch, params)
+            .await
+            .db("reading outbox rows")?;
+        futures::pin_mut!(stream);
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = stream.try_next().await.db("reading outbox rows")? {
+            bytes += row_bytes(&row);
+            rows.push(row);
+            if bytes >= self.settings.fetch_bytes {
+                break;
+            }
+        }
+        if !rows.is_empty() {
+            *limit = next_fetch_rows(
+                bytes / rows.len(),
+                self.settings.fetch_bytes,
+                self.settings.batch_size,
+            );
+        }
+        Ok(rows)
     }
 
     /// Queues the rows handed to Kafka since `from` as one batch to confirm, up to
@@ -663,4 +721,25 @@ async fn await_deliveries(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_fetch_rows;
+
+    #[test]
+    fn large_rows_are_read_as_many_as_the_fetch_bytes_hold() {
+        assert_eq!(next_fetch_rows(100 * 1024, 32 << 20, 10_000), 327);
+    }
+
+    #[test]
+    fn small_rows_are_read_a_whole_batch_at_a_time() {
+        assert_eq!(next_fetch_rows(100, 32 << 20, 10_000), 10_000);
+    }
+
+    #[test]
+    fn a_row_larger_than_the_fetch_bytes_is_still_read() {
+        assert_eq!(next_fetch_rows(64 << 20, 32 << 20, 10_000), 1);
+        assert_eq!(next_fetch_rows(0, 32 << 20, 10_000), 10_000);
+    }
 }

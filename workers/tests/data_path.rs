@@ -1011,3 +1011,79 @@ async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() 
     assert!(ingest_only.terminate(), "{}", ingest_only.log_text());
     assert!(consumer.terminate(), "{}", consumer.log_text());
 }
+
+#[tokio::test]
+async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
+    const ROWS: usize = 10_000;
+    const SIZE: usize = 100 * 1024;
+    const LIMIT: u64 = 256 * 1024 * 1024;
+    let env = Env::on_testbed("bigrows", 3).await;
+    let mut db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    outbox_workers::schema::migrate(&mut db)
+        .await
+        .expect("migrate");
+    // 1 GB behind the watermark before the relay starts: the worst case for its reads.
+    // Windows of one block of pseudo-random letters: no row shrinks when compressed.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let block: String = (0..2 * SIZE)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect();
+    let mut row = 0usize;
+    let mut payload = || {
+        row += 1;
+        let start = (row * 7919) % SIZE;
+        block[start..start + SIZE].to_string()
+    };
+    for _ in 0..ROWS / 100 {
+        let payloads: Vec<String> = (0..100).map(|_| payload()).collect();
+        db.execute(
+            "INSERT INTO outbox_messages (id, topic, key, payload)
+             SELECT nextval('outbox_message_id_seq'), $1, 'key-' || (n % 50), p
+             FROM unnest($2::text[]) WITH ORDINALITY AS u(p, n)",
+            &[&env.topic, &payloads],
+        )
+        .await
+        .expect("insert 100 rows of 100 KB");
+    }
+    let cgroup = support::MemoryCgroup::new("relay-256mi", LIMIT);
+    let mut producer = Worker::producer_in(&cgroup, &env, "p1", &[]);
+    producer.wait_healthy("/readyz").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let published = loop {
+        assert!(
+            producer.exited().is_none(),
+            "the producer died (OOM kills: {}, peak {} MiB); log:\n{}",
+            cgroup.oom_kills(),
+            cgroup.peak_bytes() >> 20,
+            producer.log_text()
+        );
+        let published: i64 = db
+            .query_one("SELECT published FROM outbox_relay_state", &[])
+            .await
+            .expect("relay state")
+            .get(0);
+        if published >= ROWS as i64 || tokio::time::Instant::now() > deadline {
+            break published;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(published, ROWS as i64);
+    assert_eq!(
+        support::topic_message_count(&env.bootstrap, &env.topic),
+        ROWS as i64,
+        "every row is in Kafka, once"
+    );
+    assert_eq!(cgroup.oom_kills(), 0);
+    eprintln!(
+        "relayed {ROWS} × {SIZE} B with a peak of {} MiB under a {} MiB limit",
+        cgroup.peak_bytes() >> 20,
+        LIMIT >> 20
+    );
+}

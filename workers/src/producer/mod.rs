@@ -42,9 +42,15 @@ pub struct ProducerArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
     /// Bytes of messages the relay's Kafka producer may hold in memory (librdkafka's
-    /// `queue.buffering.max.kbytes`, in KiB): keep well below the pod's memory limit.
-    #[arg(long, env = "RELAY_QUEUE_KBYTES", default_value_t = 65_536)]
-    pub relay_queue_kbytes: usize,
+    /// `queue.buffering.max.kbytes`, in KiB). Unset: a quarter of the container's
+    /// memory limit, between 4 MiB and 64 MiB (64 MiB without a limit).
+    #[arg(long, env = "RELAY_QUEUE_KBYTES")]
+    pub relay_queue_kbytes: Option<usize>,
+    /// Bytes of payload and key the relay reads from PostgreSQL per batch, in KiB.
+    /// Unset: an eighth of the container's memory limit, between 1 MiB and 32 MiB
+    /// (32 MiB without a limit).
+    #[arg(long, env = "RELAY_FETCH_KBYTES")]
+    pub relay_fetch_kbytes: Option<usize>,
     /// Relayed rows are deleted this many seconds after they were relayed (0 keeps
     /// every row).
     #[arg(long, env = "RETENTION_SECONDS", default_value_t = 3600)]
@@ -74,6 +80,13 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     let span = tracing::info_span!("producer", service_id = %args.common.service_id);
     async move {
         let topics = args.common.topics();
+        let memory = RelayMemory::from_args(&args, crate::memory::cgroup_limit());
+        tracing::info!(
+            limit_bytes = ?memory.limit,
+            queue_kbytes = memory.queue_kbytes,
+            fetch_bytes = memory.fetch_bytes,
+            "relay memory"
+        );
         let kafka_config = crate::kafka::client_config(
             &args.common.kafka_bootstrap_servers,
             &kafka_client_properties(),
@@ -160,7 +173,8 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
                         RelaySettings {
                             batch_size: args.relay_batch_size,
                             linger: Duration::from_millis(args.relay_linger_ms),
-                            queue_kbytes: args.relay_queue_kbytes.max(1024),
+                            queue_kbytes: memory.queue_kbytes,
+                            fetch_bytes: memory.fetch_bytes,
                             ..RelaySettings::default()
                         },
                         wake,
@@ -190,6 +204,36 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// What the relay may hold in memory: the Kafka producer's queue and one batch read
+/// from PostgreSQL, from the settings or else from the container's memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RelayMemory {
+    limit: Option<u64>,
+    queue_kbytes: usize,
+    fetch_bytes: usize,
+}
+
+impl RelayMemory {
+    fn from_args(args: &ProducerArgs, limit: Option<u64>) -> RelayMemory {
+        use crate::memory::share_of;
+        const MIB: u64 = 1 << 20;
+        let queue_kbytes = args
+            .relay_queue_kbytes
+            .unwrap_or_else(|| (share_of(limit, 4, 4 * MIB, 64 * MIB) / 1024) as usize)
+            .max(1024);
+        let fetch_bytes = args
+            .relay_fetch_kbytes
+            .map(|k| k.saturating_mul(1024))
+            .unwrap_or_else(|| share_of(limit, 8, MIB, 32 * MIB) as usize)
+            .max(64 * 1024);
+        RelayMemory {
+            limit,
+            queue_kbytes,
+            fetch_bytes,
+        }
+    }
 }
 
 /// Keeps the topics' size limits current for ingest: at start, then every 30 s.
@@ -239,5 +283,63 @@ async fn watch_backlog(
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
             _ = shutdown::wait(&mut shutdown) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ProducerArgs, RelayMemory};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        producer: ProducerArgs,
+    }
+
+    fn args(extra: &[&str]) -> ProducerArgs {
+        let mut argv = vec![
+            "producer",
+            "--kafka-bootstrap-servers",
+            "kafka:9092",
+            "--database-url",
+            "postgres://outbox@db/outbox",
+            "--kafka-topics",
+            "orders",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("arguments").producer
+    }
+
+    #[test]
+    fn relay_buffers_are_a_share_of_the_memory_limit() {
+        let memory = RelayMemory::from_args(&args(&[]), Some(256 << 20));
+        assert_eq!(memory.queue_kbytes, 64 * 1024);
+        assert_eq!(memory.fetch_bytes, 32 << 20);
+        let small = RelayMemory::from_args(&args(&[]), Some(64 << 20));
+        assert_eq!(small.queue_kbytes, 16 * 1024);
+        assert_eq!(small.fetch_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn without_a_limit_the_buffers_keep_their_ceilings() {
+        let memory = RelayMemory::from_args(&args(&[]), None);
+        assert_eq!(memory.queue_kbytes, 64 * 1024);
+        assert_eq!(memory.fetch_bytes, 32 << 20);
+    }
+
+    #[test]
+    fn explicit_settings_win_over_the_limit() {
+        let memory = RelayMemory::from_args(
+            &args(&[
+                "--relay-queue-kbytes",
+                "2048",
+                "--relay-fetch-kbytes",
+                "512",
+            ]),
+            Some(256 << 20),
+        );
+        assert_eq!(memory.queue_kbytes, 2048);
+        assert_eq!(memory.fetch_bytes, 512 * 1024);
     }
 }

@@ -98,14 +98,46 @@ impl Worker {
         Worker::start("consumer", env, name, &all)
     }
 
+    /// Starts `outbox-worker producer` for `env` inside `cgroup` from its first
+    /// instruction on (a shell joins the cgroup, then becomes the worker).
+    pub fn producer_in(
+        cgroup: &MemoryCgroup,
+        env: &Env,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> Worker {
+        Worker::spawn("producer", env, name, extra, Some(cgroup))
+    }
+
     fn start(role: &str, env: &Env, name: &str, extra: &[(&str, &str)]) -> Worker {
+        Worker::spawn(role, env, name, extra, None)
+    }
+
+    fn spawn(
+        role: &str,
+        env: &Env,
+        name: &str,
+        extra: &[(&str, &str)],
+        cgroup: Option<&MemoryCgroup>,
+    ) -> Worker {
         let port = free_port();
         let dir = std::env::temp_dir().join("outbox-worker-tests");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{}.log", unique_name(name)));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_outbox-worker"));
+        let binary = env!("CARGO_BIN_EXE_outbox-worker");
+        let mut command = match cgroup {
+            None => Command::new(binary),
+            Some(cgroup) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                    .arg(&cgroup.dir)
+                    .arg(binary);
+                sh
+            }
+        };
         command
             .arg(role)
             .env_clear()
@@ -308,4 +340,128 @@ pub fn keyed_messages(prefix: &str, n: usize, keys: usize) -> Vec<(String, Strin
             )
         })
         .collect()
+}
+
+/// A memory cgroup of our own (cgroup v1 or v2) with a hard limit, removed on drop
+/// after killing whatever still runs in it. Processes join it by writing their pid to
+/// `cgroup.procs` (see [`Worker::producer_in`]).
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    /// Creates a child of this process's own memory cgroup limited to `bytes`.
+    pub fn new(name: &str, bytes: u64) -> MemoryCgroup {
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let v1 = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        });
+        let (base, v2) = match v1 {
+            Some(path) => (
+                PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/')),
+                false,
+            ),
+            None => {
+                let path = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .expect("a cgroup v2 line in /proc/self/cgroup");
+                (
+                    PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/')),
+                    true,
+                )
+            }
+        };
+        let dir = base.join(unique_name(name));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("creating memory cgroup {}: {e}", dir.display()));
+        let cgroup = MemoryCgroup { dir, v2 };
+        let limit = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(cgroup.dir.join(limit), bytes.to_string()).expect("set memory limit");
+        if !v2 {
+            // No swap either: the limit is the memory the processes may use.
+            let _ = std::fs::write(
+                cgroup.dir.join("memory.memsw.limit_in_bytes"),
+                bytes.to_string(),
+            );
+        }
+        cgroup
+    }
+
+    /// The most memory the cgroup's processes used at once, in bytes.
+    pub fn peak_bytes(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Times the kernel killed a process of this cgroup for lack of memory.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill ")
+        } else {
+            ("memory.oom_control", "oom_kill ")
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let pids = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in pids.lines() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).status();
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove cgroup {}", self.dir.display());
+    }
+}
+
+/// Messages in `topic`: the sum of its partitions' high watermarks.
+pub fn topic_message_count(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        outbox_workers::kafka::client_config(bootstrap, &Default::default())
+            .create()
+            .expect("metadata client");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("topic metadata");
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .map(|(low, high)| high - low)
+                .expect("partition watermarks")
+        })
+        .sum()
 }
