@@ -390,6 +390,10 @@ pub fn producer_deployment(
         spec.producers.batching.linger_ms.to_string(),
     ));
     env.push(plain_env(
+        "MAX_BACKLOG_MESSAGES",
+        spec.producers.max_backlog.max(0).to_string(),
+    ));
+    env.push(plain_env(
         "RETENTION_SECONDS",
         spec.retention.relayed_seconds.to_string(),
     ));
@@ -623,6 +627,10 @@ mod tests {
         assert_eq!(
             env_value(p, "LEDGER_RETENTION_SECONDS").as_deref(),
             Some("604800")
+        );
+        assert_eq!(
+            env_value(p, "MAX_BACKLOG_MESSAGES").as_deref(),
+            Some("20000000")
         );
         spec.retention.relayed_seconds = 0;
         let children = build(&owner(), &spec);

@@ -259,6 +259,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             max_concurrent_requests: args.concurrency.max(1) * 4,
             relay_queue_kbytes: None,
             relay_fetch_kbytes: None,
+            max_backlog_messages: 0,
             // The benchmark drops its schema afterwards; nothing to delete meanwhile.
             retention_seconds: 0,
             ledger_retention_seconds: 0,

@@ -6,6 +6,7 @@
 //! [`ledger::group_report`] for each consumer group over the [`ledger::IdSet`] of the
 //! ids the send endpoints returned.
 
+pub mod backpressure;
 pub mod bench;
 pub mod config;
 pub mod consumer;

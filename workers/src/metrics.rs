@@ -17,6 +17,7 @@ pub struct ProducerMetrics {
     pub unavailable: Counter,
     pub unknown: Counter,
     pub busy: Counter,
+    pub backlogged: Counter,
     pub retention_deleted: Counter,
     pub published: Counter,
     pub quarantined: Counter,
@@ -55,6 +56,11 @@ impl ProducerMetrics {
             "requests_busy",
             "Requests refused because MAX_CONCURRENT_REQUESTS were in progress (503)",
             self.busy.clone(),
+        );
+        r.register(
+            "requests_backlogged",
+            "Requests refused because the backlog was at MAX_BACKLOG_MESSAGES (429)",
+            self.backlogged.clone(),
         );
         r.register(
             "retention_deleted",

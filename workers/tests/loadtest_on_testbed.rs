@@ -155,6 +155,16 @@ impl System {
     /// Creates the topic and schema, starts `producers` producers and the groups
     /// `(suffix, replicas)`, and returns once every process answers its health check.
     async fn start(name: &str, producers: usize, groups: &[(&str, usize)]) -> System {
+        System::start_with(name, producers, groups, &[]).await
+    }
+
+    /// [`System::start`] with `producer_env` set on every producer.
+    async fn start_with(
+        name: &str,
+        producers: usize,
+        groups: &[(&str, usize)],
+        producer_env: &[(&str, &str)],
+    ) -> System {
         let tb = testbed();
         let topic = unique_name(name);
         let database_url = tb.fresh_schema(name).await.expect("a fresh schema");
@@ -172,6 +182,7 @@ impl System {
             let label = format!("producer-{i}");
             let mut c = system.worker("producer", &label, port);
             c.env("RELAY_LINGER_MS", "20");
+            c.envs(producer_env.iter().copied());
             system.processes.spawn(&label, c);
             let url = format!("http://127.0.0.1:{port}");
             health.push((label, format!("{url}/api/messages/health")));
@@ -391,6 +402,89 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
         assert_eq!(g["missing"], 0, "{g:#}");
         assert_eq!(g["outOfOrder"], 0, "{g:#}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_at_its_bound_pushes_back_with_429_and_the_run_still_ends_verified() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start_with(
+        "lt-bound",
+        1,
+        &[("a", 1)],
+        &[("MAX_BACKLOG_MESSAGES", "3000")],
+    )
+    .await;
+    // Another client's open transaction holds the relay back (it reads only rows older
+    // than the oldest running transaction): the backlog grows to its bound.
+    let (holder, connection) = tokio_postgres::connect(&system.database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .await
+        .expect("an open transaction with an xid");
+    let report = system.processes.logs.join("runner-report.json");
+    let runner = system.runner(
+        &report,
+        &[
+            "--scenario",
+            "batch:20000:batched",
+            "--batch-size",
+            "1000",
+            "--verification-timeout",
+            "120s",
+        ],
+    );
+    let index = system.processes.spawn("runner", runner);
+    let metrics_url = format!("{}/metrics", system.producer_urls[0]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let pushed_back = text
+            .lines()
+            .find_map(|l| l.strip_prefix("outbox_requests_backlogged_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if pushed_back >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 429 within 60 s:\n{}",
+            system.processes.log_tail("runner")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    holder.batch_execute("ROLLBACK").await.expect("rollback");
+    let exit = system.processes.wait(index, Duration::from_secs(240)).await;
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let status = &report["status"];
+    assert!(exit.success(), "runner exit {exit}: {status:#}");
+    assert_eq!(
+        condition(status, "Verified")["status"],
+        "True",
+        "{status:#}"
+    );
+    let batch = scenario(&report, "batch");
+    assert_eq!(batch["accepted"], 20_000, "{batch:#}");
+    assert_eq!(batch["failed"], 0, "{batch:#}");
+    assert!(
+        batch["retriedRequests"]["http429"]
+            .as_i64()
+            .is_some_and(|n| n >= 3),
+        "the report says how often the producer pushed back: {batch:#}"
+    );
+    let g = group(&report, &system.group_names()[0]);
+    assert_eq!(g["missing"], 0, "{g:#}");
+    assert_eq!(g["duplicates"], 0, "{g:#}");
+    assert_eq!(g["acknowledged"], 20_000, "{g:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,6 +203,11 @@ pub struct ScenarioResult {
     /// Failed messages by reason (e.g. `http503`, `timeout`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failure_reasons: BTreeMap<String, i64>,
+    /// Requests answered `http429` (backlog at its bound) or `http503` (busy, database
+    /// unavailable) with nothing stored, and sent again: how often the system pushed
+    /// back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retried_requests: BTreeMap<String, i64>,
     /// Wall time of the scenario in seconds.
     pub duration_seconds: f64,
     /// Accepted messages per second.
@@ -247,6 +252,9 @@ pub struct ProducerResult {
     /// Failed messages by reason (e.g. `http503`, `timeout`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failure_reasons: BTreeMap<String, i64>,
+    /// Its requests answered 429 or 503 and sent again, by answer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retried_requests: BTreeMap<String, i64>,
     /// Wall time of its share in seconds.
     #[serde(default)]
     pub duration_seconds: f64,

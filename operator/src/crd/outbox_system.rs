@@ -205,6 +205,13 @@ pub struct ProducersSpec {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Messages waiting to be relayed at which ingest pushes back: requests are
+    /// answered 429 with `Retry-After` and store nothing until the relay catches up,
+    /// so a Kafka outage cannot fill the database's disk. 0: no bound
+    /// (`MAX_BACKLOG_MESSAGES`).
+    #[serde(default = "default_max_backlog")]
+    #[schemars(range(min = 0))]
+    pub max_backlog: i64,
 }
 
 impl Default for ProducersSpec {
@@ -215,8 +222,13 @@ impl Default for ProducersSpec {
             resources: None,
             batching: BatchingSpec::default(),
             port: default_port(),
+            max_backlog: default_max_backlog(),
         }
     }
+}
+
+fn default_max_backlog() -> i64 {
+    20_000_000
 }
 
 fn default_producer_replicas() -> i32 {

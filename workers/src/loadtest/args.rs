@@ -63,6 +63,11 @@ pub struct LoadTestArgs {
     /// batching scenarios, 16 for immediate ones).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// How long a request answered 429 or 503 (nothing stored: backlog at its bound,
+    /// producer busy or without its database) is sent again, waiting what
+    /// `Retry-After` asks between tries, before its messages count as failed.
+    #[arg(long, value_parser = parse_duration, default_value = "300s")]
+    pub retry_patience: Duration,
     /// How long one request may take before it counts as failed (`timeout`).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub request_timeout: Duration,

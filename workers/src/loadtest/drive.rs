@@ -18,8 +18,8 @@ pub const RUN_HEADER: &str = "loadtest-run";
 /// Header carrying the scenario name on every message the runner sends.
 pub const SCENARIO_HEADER: &str = "loadtest-scenario";
 
-/// Attempts per request when the producer says nothing was stored (503, 429) or the
-/// connection was refused; the request is then counted as failed.
+/// Attempts per request when the connection was refused; the request is then counted
+/// as failed. (A producer answering 429 or 503 is retried for `--retry-patience`.)
 const MAX_ATTEMPTS: u32 = 5;
 
 /// Failure reason of the messages a producer was not sent because it had become
@@ -56,6 +56,8 @@ pub struct ScenarioSend {
     pub batch_size: usize,
     /// Requests in flight per producer.
     pub concurrency: usize,
+    /// How long a request answered 429 or 503 is sent again.
+    pub retry_patience: Duration,
 }
 
 /// Live counters of a scenario, read by the progress reporter.
@@ -115,6 +117,7 @@ pub async fn send_scenario(
                 1
             },
             concurrency: send.concurrency.max(1),
+            retry_patience: send.retry_patience,
             counters: counters.clone(),
             unreachable: AtomicBool::new(false),
         };
@@ -170,6 +173,7 @@ struct ProducerJob {
     share: u64,
     batch_size: usize,
     concurrency: usize,
+    retry_patience: Duration,
     counters: Arc<Counters>,
     /// Set once a request found the producer unreachable after every retry (its pod
     /// deleted, say): the rest of its share is then failed without sending.
@@ -273,6 +277,7 @@ impl ProducerJob {
         // Shared, so a retry does not copy a body of megabytes.
         let body = bytes::Bytes::from(body);
         let mut attempt = 1;
+        let first_sent = Instant::now();
         loop {
             let sent_at = Instant::now();
             let answer = self
@@ -293,7 +298,7 @@ impl ProducerJob {
                     } else {
                         let reason = format!("http{}", status.as_u16());
                         match status.as_u16() {
-                            429 | 503 => Verdict::Retry(reason),
+                            429 | 503 => Verdict::Retry(reason, retry_after(&response)),
                             400..=499 => Verdict::Refused(reason),
                             _ => Verdict::Uncertain(reason),
                         }
@@ -317,12 +322,23 @@ impl ProducerJob {
                     self.counters.accepted.fetch_add(count, Ordering::Relaxed);
                     return;
                 }
-                Verdict::Retry(reason) | Verdict::Unreachable(reason)
+                Verdict::Retry(reason, asked)
+                    if first_sent.elapsed() < self.retry_patience
+                        && !self.unreachable.load(Ordering::Relaxed) =>
+                {
+                    // The producer is there and stored nothing (backlog at its bound,
+                    // busy, database down): wait as long as it asks, for as long as
+                    // the patience lasts.
+                    done.tally.retried(&reason);
+                    tracing::debug!(producer = %self.producer.name, %reason, attempt, "the producer stored nothing and asked to retry");
+                    tokio::time::sleep(asked.unwrap_or_else(|| backoff(attempt))).await;
+                    attempt += 1;
+                }
+                Verdict::Unreachable(reason)
                     if attempt < MAX_ATTEMPTS && !self.unreachable.load(Ordering::Relaxed) =>
                 {
                     tracing::debug!(producer = %self.producer.name, %reason, attempt, "retrying a request nothing was stored for");
-                    let backoff = Duration::from_millis(200u64 << attempt.min(4));
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
                 Verdict::Unreachable(reason) => {
@@ -333,7 +349,7 @@ impl ProducerJob {
                     self.counters.failed.fetch_add(count, Ordering::Relaxed);
                     return;
                 }
-                Verdict::Retry(reason) | Verdict::Refused(reason) => {
+                Verdict::Retry(reason, _) | Verdict::Refused(reason) => {
                     done.tally.failed(count, &reason, Some(latency));
                     self.counters.failed.fetch_add(count, Ordering::Relaxed);
                     return;
@@ -353,8 +369,8 @@ impl ProducerJob {
 enum Verdict {
     /// 2xx, with the ids the answer named.
     Accepted(Vec<i64>),
-    /// Nothing was stored; worth another try.
-    Retry(String),
+    /// Nothing was stored; worth another try (after `Retry-After`, when given).
+    Retry(String, Option<Duration>),
     /// Nothing was stored; another try would fail the same way.
     Refused(String),
     /// No connection could be made (refused, timed out): nothing was stored.
@@ -461,6 +477,24 @@ fn prebuilt(shape: &MessageShape, scenario: &str) -> Prebuilt {
     }
 }
 
+/// The wait between tries when the producer did not say: 400 ms, doubling to 3.2 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64 << attempt.clamp(1, 4))
+}
+
+/// A `Retry-After` in seconds, at most 30 s.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(30)))
+}
+
 /// Body of `POST /api/messages/batch` for messages `first..first + count`.
 pub fn batch_body(shape: &MessageShape, scenario: &str, first: u64, count: u64) -> Vec<u8> {
     let pre = prebuilt(shape, scenario);
@@ -538,6 +572,7 @@ mod tests {
             shares: vec![1_000],
             batch_size: 10,
             concurrency: 2,
+            retry_patience: Duration::from_secs(300),
         };
         let sent = send_scenario(
             &reqwest::Client::new(),
@@ -568,6 +603,96 @@ mod tests {
             tally.reasons
         );
         assert_eq!(sent.uncertain, 0);
+    }
+
+    /// A producer on loopback that answers the first `refusals` requests 429 with
+    /// `Retry-After: 0`, then accepts each message with the next id.
+    async fn pushing_back_producer(refusals: u64) -> (Producer, tokio::task::JoinHandle<()>) {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        let seen = Arc::new(AtomicU64::new(0));
+        let app = axum::Router::new().route(
+            "/api/messages/send",
+            axum::routing::post(move || {
+                let seen = seen.clone();
+                async move {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    if n < refusals {
+                        (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [(header::RETRY_AFTER, "0")],
+                            "{}",
+                        )
+                            .into_response()
+                    } else {
+                        axum::Json(serde_json::json!({"status": "accepted", "id": n}))
+                            .into_response()
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (Producer::from_url(&format!("http://{address}")), server)
+    }
+
+    fn one_at_a_time(messages: u64, patience: Duration) -> ScenarioSend {
+        ScenarioSend {
+            name: "immediate".into(),
+            batching: false,
+            messages,
+            already_accepted: 0,
+            shares: vec![messages],
+            batch_size: 1,
+            concurrency: 1,
+            retry_patience: patience,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_pushed_back_with_429_are_sent_again_and_counted() {
+        let (producer, server) = pushing_back_producer(3).await;
+        let sent = send_scenario(
+            &reqwest::Client::new(),
+            &[producer],
+            &shape(),
+            &one_at_a_time(5, Duration::from_secs(60)),
+            Arc::new(Counters::default()),
+        )
+        .await;
+        server.abort();
+        let tally = &sent.outcome.producers[0].tally;
+        assert_eq!(tally.accepted, 5);
+        assert_eq!(tally.failed, 0);
+        assert_eq!(tally.retried.get("http429"), Some(&3));
+        assert_eq!(
+            sent.outcome.result().retried_requests.get("http429"),
+            Some(&3)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_push_back_that_outlasts_the_patience_fails_the_messages_as_not_stored() {
+        let (producer, server) = pushing_back_producer(u64::MAX).await;
+        let sent = send_scenario(
+            &reqwest::Client::new(),
+            &[producer],
+            &shape(),
+            &one_at_a_time(2, Duration::from_millis(300)),
+            Arc::new(Counters::default()),
+        )
+        .await;
+        server.abort();
+        let tally = &sent.outcome.producers[0].tally;
+        assert_eq!(tally.accepted, 0);
+        assert_eq!(tally.reasons.get("http429"), Some(&2));
+        assert!(tally.retried["http429"] >= 2, "{:?}", tally.retried);
+        assert_eq!(sent.uncertain, 0, "a 429 stored nothing");
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct Tally {
     pub failed: u64,
     /// Failed messages by reason.
     pub reasons: BTreeMap<String, u64>,
+    /// Requests the producer answered 429 or 503 (nothing stored) that were sent
+    /// again, by answer.
+    pub retried: BTreeMap<String, u64>,
     /// Request latency.
     pub latency: Latencies,
 }
@@ -102,12 +105,20 @@ impl Tally {
         }
     }
 
+    /// A request was answered `reason` (429, 503: nothing stored) and is sent again.
+    pub fn retried(&mut self, reason: &str) {
+        *self.retried.entry(reason.to_string()).or_default() += 1;
+    }
+
     /// Adds another tally.
     pub fn merge(&mut self, other: &Tally) {
         self.accepted += other.accepted;
         self.failed += other.failed;
         for (reason, n) in &other.reasons {
             *self.reasons.entry(reason.clone()).or_default() += n;
+        }
+        for (reason, n) in &other.retried {
+            *self.retried.entry(reason.clone()).or_default() += n;
         }
         self.latency.merge(&other.latency);
     }
@@ -157,6 +168,7 @@ impl ProducerOutcome {
             failed: to_i64(self.tally.failed),
             messages: to_i64(self.messages),
             failure_reasons: reasons(&self.tally.reasons),
+            retried_requests: reasons(&self.tally.retried),
             duration_seconds: seconds(self.duration),
             throughput: throughput(self.tally.accepted, self.duration),
             latency: self.tally.latency.percentiles(),
@@ -215,6 +227,7 @@ impl ScenarioOutcome {
             accepted: to_i64(self.accepted()),
             failed: to_i64(tally.failed),
             failure_reasons: reasons(&tally.reasons),
+            retried_requests: reasons(&tally.retried),
             duration_seconds: seconds(self.duration),
             throughput: throughput(tally.accepted, self.duration),
             latency: tally.latency.percentiles(),

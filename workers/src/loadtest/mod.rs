@@ -440,6 +440,7 @@ async fn execute(
             shares: split::split(remaining, plan.producers.len()),
             batch_size: args.batch_size,
             concurrency,
+            retry_patience: args.retry_patience,
         };
         tracing::info!(
             scenario = %send.name,

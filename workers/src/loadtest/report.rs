@@ -151,6 +151,18 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
                 .collect();
             let _ = writeln!(out, "  failures: {}", reasons.join(", "));
         }
+        if !s.retried_requests.is_empty() {
+            let retried: Vec<String> = s
+                .retried_requests
+                .iter()
+                .map(|(r, n)| format!("{r}: {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  pushed back (requests sent again): {}",
+                retried.join(", ")
+            );
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(

@@ -41,6 +41,8 @@ pub struct AppState {
     /// Permits for send and batch requests in progress.
     pub in_progress: Arc<tokio::sync::Semaphore>,
     pub max_concurrent_requests: usize,
+    /// `MAX_BACKLOG_MESSAGES` and the backlog's estimate.
+    pub backlog: Arc<crate::backpressure::BacklogBound>,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
@@ -281,6 +283,20 @@ fn busy(state: &AppState) -> Response {
         .into_response()
 }
 
+/// The answer while the backlog is at its bound: come back later, nothing was stored.
+fn backlogged(state: &AppState, pending: u64) -> Response {
+    state.metrics.backlogged.inc();
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({"status": "backlogged", "error": format!(
+            "about {pending} messages wait to be relayed to Kafka, at or over MAX_BACKLOG_MESSAGES ({}): nothing was stored, retry after 1 s",
+            state.backlog.limit()
+        )})),
+    )
+        .into_response()
+}
+
 /// The answer to a failed write: 400 for data PostgreSQL refuses, 503 when nothing was
 /// stored, 500 with `"status": "unknown"` when the connection was lost as it committed.
 fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
@@ -310,6 +326,9 @@ async fn send(
     let Some(_permit) = admit(&state) else {
         return busy(&state);
     };
+    if let Some(pending) = state.backlog.exceeded() {
+        return backlogged(&state, pending);
+    }
     let message = match parse::<SendRequest>(&headers, body, state.max_body_bytes)
         .and_then(|r| validate(r, &state, ""))
     {
@@ -335,6 +354,7 @@ async fn send(
         Ok(id) => {
             state.wake.notify_one();
             state.metrics.accepted.inc();
+            state.backlog.accepted(1);
             (
                 StatusCode::OK,
                 Json(json!({"status": "accepted", "id": id, "topic": message.topic})),
@@ -353,6 +373,9 @@ async fn batch(
     let Some(_permit) = admit(&state) else {
         return busy(&state);
     };
+    if let Some(pending) = state.backlog.exceeded() {
+        return backlogged(&state, pending);
+    }
     let request = match parse::<BatchRequest>(&headers, body, state.max_body_bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -406,6 +429,7 @@ async fn batch(
     match outbox::insert_batch(&mut client, &messages).await {
         Ok(ids) => {
             state.metrics.accepted.inc_by(ids.len() as u64);
+            state.backlog.accepted(ids.len() as u64);
             (
                 StatusCode::OK,
                 Json(json!({"status": "accepted", "count": ids.len(), "ids": ids})),

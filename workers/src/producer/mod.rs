@@ -41,6 +41,10 @@ pub struct ProducerArgs {
     /// `Retry-After` instead of queueing without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
+    /// Messages waiting to be relayed at which ingest answers 429 with `Retry-After`
+    /// and stores nothing (0: no bound).
+    #[arg(long, env = "MAX_BACKLOG_MESSAGES", default_value_t = 0)]
+    pub max_backlog_messages: u64,
     /// Bytes of messages the relay's Kafka producer may hold in memory (librdkafka's
     /// `queue.buffering.max.kbytes`, in KiB). Unset: a quarter of the container's
     /// memory limit, between 4 MiB and 64 MiB (64 MiB without a limit).
@@ -111,6 +115,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         let wake = Arc::new(Notify::new());
         let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
         let state_pool = pool.clone();
+        let backlog = crate::backpressure::BacklogBound::new(args.max_backlog_messages);
         let started = Started::default();
         let state = http::AppState {
             pool,
@@ -127,6 +132,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
                 args.max_concurrent_requests.max(1),
             )),
             max_concurrent_requests: args.max_concurrent_requests.max(1),
+            backlog: backlog.clone(),
         };
         let (listener, address) = args.common.bind_http().await?;
         tracing::info!(%address, topics = ?topics, "producer listening");
@@ -145,6 +151,11 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             Some(client) => {
                 drop(client);
                 started.set();
+                tokio::spawn(
+                    backlog
+                        .watch(state_pool.clone(), shutdown.clone())
+                        .in_current_span(),
+                );
                 tokio::spawn(
                     watch_backlog(state_pool, metrics.clone(), shutdown.clone()).in_current_span(),
                 );
