@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
-use support::throwaway::{ThrowawayKafka, ThrowawayPostgres};
+use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
 use support::{create_topic, keyed_messages, wait_acknowledged, Env, Worker};
 
 /// Sends a batch; returns its ids when it was accepted, `None` when refused (503).
@@ -285,4 +285,92 @@ async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
     assert!(consumer.exited().is_none(), "{}", consumer.log_text());
     drop(consumer);
     drop(producer);
+}
+
+/// The value of an unlabelled gauge or counter in a worker's `/metrics`.
+async fn metric(worker: &Worker, name: &str) -> Option<f64> {
+    let text = reqwest::get(worker.url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_relay_leader_whose_database_connection_is_cut_is_replaced_within_seconds() {
+    let pg = ThrowawayPostgres::start();
+    let tb = testbed_support::testbed();
+    let topic = testbed_support::unique_name("cut");
+    create_topic(&tb.kafka_bootstrap_servers, &topic, 3).await;
+    // The leader reaches PostgreSQL through 127.0.0.2, everyone else through 127.0.0.1:
+    // cutting the first path leaves the others'.
+    let leader_env = Env {
+        bootstrap: tb.kafka_bootstrap_servers.clone(),
+        database_url: pg.url_at("127.0.0.2"),
+        topic: topic.clone(),
+    };
+    let env = Env {
+        database_url: pg.url(),
+        ..leader_env.clone()
+    };
+    let mut p1 = Worker::producer(&leader_env, "p1", &[]);
+    p1.wait_healthy("/readyz").await;
+    testbed_support::eventually("p1 to lead the relay", Duration::from_secs(30), || async {
+        (metric(&p1, "outbox_relay_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut p2 = Worker::producer(&env, "p2", &[]);
+    p2.wait_healthy("/readyz").await;
+    let mut c1 = Worker::consumer(&env, "c1", "cut-group", &[]);
+    c1.wait_healthy("/readyz").await;
+    let before = support::send_batch(&p2, &topic, &keyed_messages("before", 200, 7)).await;
+    let report = wait_acknowledged(
+        &env.database_url,
+        "cut-group",
+        &IdSet::from_ids(before.iter().copied()),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.missing, 0, "{report:?}");
+    assert_eq!(metric(&p2, "outbox_relay_leader").await, Some(0.0));
+
+    let cut = PacketDrop::start("127.0.0.2", pg.port);
+    let cut_at = std::time::Instant::now();
+    let during = support::send_batch(&p2, &topic, &keyed_messages("during", 200, 7)).await;
+    testbed_support::eventually(
+        "p2 to take over the relay",
+        Duration::from_secs(60),
+        || async { (metric(&p2, "outbox_relay_leader").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    let took_over = cut_at.elapsed();
+    let mut all = before.clone();
+    all.extend(&during);
+    let report = wait_acknowledged(
+        &env.database_url,
+        "cut-group",
+        &IdSet::from_ids(all.iter().copied()),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(report.missing, 0, "{report:?}");
+    // The cut-off leader found out on its own and stopped claiming leadership.
+    testbed_support::eventually(
+        "p1 to give up leadership",
+        Duration::from_secs(60),
+        || async { (metric(&p1, "outbox_relay_leader").await == Some(0.0)).then_some(()) },
+    )
+    .await;
+    let gave_up = cut_at.elapsed();
+    drop(cut);
+    eprintln!(
+        "cut at 0 s: p2 led after {:.1} s, p1 gave up after {:.1} s",
+        took_over.as_secs_f64(),
+        gave_up.as_secs_f64()
+    );
+    assert!(p1.terminate() && p2.terminate() && c1.terminate());
 }

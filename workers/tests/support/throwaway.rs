@@ -81,13 +81,19 @@ impl ThrowawayPostgres {
         ]));
         let port = free_port();
         let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nmax_connections = 50\n",
+            "listen_addresses = '127.0.0.1,127.0.0.2'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nmax_connections = 50\n",
             dir.display()
         );
         let conf_path = data.join("postgresql.conf");
         let mut existing = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
+        // Trust the whole loopback net: a second address lets a test cut one client's
+        // path to the server (see `PacketDrop`) and leave the others'.
+        let hba_path = data.join("pg_hba.conf");
+        let mut hba = std::fs::read_to_string(&hba_path).expect("pg_hba.conf");
+        hba.push_str("\nhost all all 127.0.0.0/8 trust\n");
+        std::fs::write(&hba_path, hba).expect("write pg_hba.conf");
         let pg = ThrowawayPostgres { dir, bin, port };
         pg.start_again();
         run(as_postgres(&pg.bin.join("psql"))
@@ -110,7 +116,12 @@ impl ThrowawayPostgres {
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://outbox:outbox@127.0.0.1:{}/outbox", self.port)
+        self.url_at("127.0.0.1")
+    }
+
+    /// The URL through another loopback address the server listens on (127.0.0.2).
+    pub fn url_at(&self, address: &str) -> String {
+        format!("postgres://outbox:outbox@{address}:{}/outbox", self.port)
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Command {
@@ -291,5 +302,52 @@ impl Drop for ThrowawayKafka {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every packet to and from `address:port` dropped (not refused, not reset) while this
+/// lives: a network cut as a dead node or a broken switch makes it. Loopback only, a
+/// port of this test's own server; the iptables rules go when it is dropped.
+pub struct PacketDrop {
+    rules: Vec<Vec<String>>,
+}
+
+impl PacketDrop {
+    pub fn start(address: &str, port: u16) -> PacketDrop {
+        assert!(address.starts_with("127."), "only loopback traffic is cut");
+        let tag = unique_name("outbox-test-cut");
+        let port = port.to_string();
+        let rule = |direction: [&str; 4]| -> Vec<String> {
+            let mut r: Vec<String> = ["OUTPUT", "-o", "lo", "-p", "tcp"]
+                .iter()
+                .chain(direction.iter())
+                .map(|s| s.to_string())
+                .collect();
+            r.extend(["-m", "comment", "--comment", &tag, "-j", "DROP"].map(String::from));
+            r
+        };
+        let rules = vec![
+            rule(["-d", address, "--dport", &port]),
+            rule(["-s", address, "--sport", &port]),
+        ];
+        let mut cut = PacketDrop { rules: Vec::new() };
+        for r in rules {
+            let status = Command::new("iptables")
+                .arg("-I")
+                .args(&r)
+                .status()
+                .expect("run iptables");
+            assert!(status.success(), "iptables -I {} failed", r.join(" "));
+            cut.rules.push(r);
+        }
+        cut
+    }
+}
+
+impl Drop for PacketDrop {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            let _ = Command::new("iptables").arg("-D").args(r).status();
+        }
     }
 }
