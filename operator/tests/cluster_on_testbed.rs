@@ -241,7 +241,7 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
                     {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "outbox-postgres", "key": "url"}}}
                 ],
                 "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/api/messages/health", "port": "http"}, "periodSeconds": 1},
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
                 "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                     "capabilities": {"drop": ["ALL"]}}
             }]

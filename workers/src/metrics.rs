@@ -18,6 +18,7 @@ pub struct ProducerMetrics {
     pub unknown: Counter,
     pub busy: Counter,
     pub backlogged: Counter,
+    pub replayed: Counter,
     pub retention_deleted: Counter,
     pub published: Counter,
     pub quarantined: Counter,
@@ -61,6 +62,11 @@ impl ProducerMetrics {
             "requests_backlogged",
             "Requests refused because the backlog was at MAX_BACKLOG_MESSAGES (429)",
             self.backlogged.clone(),
+        );
+        r.register(
+            "requests_replayed",
+            "Requests whose Idempotency-Key had already stored their messages (answered with the first ids)",
+            self.replayed.clone(),
         );
         r.register(
             "retention_deleted",

@@ -24,6 +24,13 @@ pub enum StoreError {
     /// may not be stored.
     #[error("the outcome is unknown: the connection to PostgreSQL was lost while storing, the message may or may not be stored: {0}")]
     Unknown(Error),
+    /// The idempotency key was already used for a request of another size.
+    #[error("Idempotency-Key `{key}` was used for a request of {stored} message(s); this one has {sent}: use a new key for a new request")]
+    KeyReused {
+        key: String,
+        stored: usize,
+        sent: usize,
+    },
 }
 
 impl StoreError {
@@ -117,6 +124,31 @@ pub async fn insert_batch(
     client: &mut tokio_postgres::Client,
     messages: &[NewMessage],
 ) -> Result<Vec<i64>, StoreError> {
+    match insert_once(client, messages, None, false).await? {
+        Stored::New(ids) | Stored::Replayed(ids) => Ok(ids),
+    }
+}
+
+/// What [`insert_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The messages were stored with these ids.
+    New(Vec<i64>),
+    /// An earlier request with the same idempotency key stored them with these ids;
+    /// nothing was stored now.
+    Replayed(Vec<i64>),
+}
+
+/// Stores all `messages` or none in one transaction, at most once per idempotency
+/// `key`: the key is recorded in the same transaction, so a retry of a request whose
+/// answer was lost finds it and gets the first request's ids. With `notify`, the relays
+/// are woken on commit (the immediate path).
+pub async fn insert_once(
+    client: &mut tokio_postgres::Client,
+    messages: &[NewMessage],
+    key: Option<&str>,
+    notify: bool,
+) -> Result<Stored, StoreError> {
     let tx = client
         .transaction()
         .await
@@ -124,6 +156,26 @@ pub async fn insert_batch(
     let ids = allocate_ids(&tx, messages.len())
         .await
         .map_err(StoreError::NotStored)?;
+    if let Some(key) = key {
+        // A concurrent request with the same key waits here until the first commits.
+        let recorded = tx
+            .execute(
+                "INSERT INTO outbox_idempotency (key, ids) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key, &ids],
+            )
+            .await
+            .store("recording the idempotency key", false)?;
+        if recorded == 0 {
+            drop(tx);
+            return replay(client, key, messages.len()).await;
+        }
+    }
+    if notify {
+        tx.execute("SELECT pg_notify('outbox_relay', '')", &[])
+            .await
+            .store("waking the relay", false)?;
+    }
     let sink = tx
         .copy_in(
             "COPY outbox_messages (id, topic, key, payload, headers) FROM STDIN (FORMAT binary)",
@@ -147,7 +199,28 @@ pub async fn insert_batch(
     }
     writer.finish().await.store("finishing COPY", false)?;
     tx.commit().await.store("committing a batch", true)?;
-    Ok(ids)
+    Ok(Stored::New(ids))
+}
+
+/// The ids an earlier request stored under `key`, if it had as many messages.
+async fn replay(
+    client: &tokio_postgres::Client,
+    key: &str,
+    sent: usize,
+) -> Result<Stored, StoreError> {
+    let row = client
+        .query_one("SELECT ids FROM outbox_idempotency WHERE key = $1", &[&key])
+        .await
+        .store("reading the idempotency key", false)?;
+    let ids: Vec<i64> = row.get(0);
+    if ids.len() != sent {
+        return Err(StoreError::KeyReused {
+            key: key.to_string(),
+            stored: ids.len(),
+            sent,
+        });
+    }
+    Ok(Stored::Replayed(ids))
 }
 
 /// Reserves `n` unique ids: `ceil(n / ID_BLOCK)` sequence blocks, increasing.

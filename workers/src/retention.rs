@@ -57,6 +57,10 @@ const DELETE_LEDGER: &str = "WITH chunks AS (
         WHERE recorded_at < now() - make_interval(secs => $1::double precision))
     SELECT 1";
 
+/// Idempotency keys are kept as long as the rows they stored.
+const DELETE_KEYS: &str = "DELETE FROM outbox_idempotency
+    WHERE created_at < now() - make_interval(secs => $1::double precision)";
+
 /// Runs rounds until shutdown; errors are logged and the next round tries again.
 pub async fn run(
     database_url: String,
@@ -126,6 +130,9 @@ async fn locked_round(
     }
     db.execute(MARK, &[]).await.db("marking the watermark")?;
     let keep = settings.relayed.as_secs_f64();
+    db.execute(DELETE_KEYS, &[&keep])
+        .await
+        .db("deleting old idempotency keys")?;
     let due = db
         .query_opt(DUE_MARK, &[&keep])
         .await

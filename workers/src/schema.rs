@@ -137,6 +137,20 @@ CREATE TABLE outbox_retention_marks (
 CREATE INDEX outbox_retention_marks_by_time ON outbox_retention_marks (at);
 "#,
     ),
+    (
+        5,
+        r#"
+-- Requests stored under an Idempotency-Key, with the ids they were given: the same key
+-- again is answered with these ids and stores nothing. Stored in the transaction of the
+-- messages, so a key is here exactly when its messages are.
+CREATE TABLE outbox_idempotency (
+    key        text        PRIMARY KEY,
+    ids        bigint[]    NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX outbox_idempotency_by_time ON outbox_idempotency (created_at);
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

@@ -1087,3 +1087,195 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
         LIMIT >> 20
     );
 }
+
+/// Posts `body` to `path` with `Idempotency-Key: key`; returns the status and JSON body.
+async fn post_keyed(producer: &Worker, path: &str, key: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(producer.url(path))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+fn batch_of(topic: &str, n: usize) -> Value {
+    let messages: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"topic": topic, "key": format!("k{i}"), "message": format!("m{i}")}))
+        .collect();
+    serde_json::json!({ "messages": messages })
+}
+
+#[tokio::test]
+async fn a_request_sent_again_with_its_idempotency_key_stores_nothing_twice() {
+    let env = Env::on_testbed("idem", 1).await;
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy("/readyz").await;
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+
+    let (status, first) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "order-17",
+        &batch_of(&env.topic, 3),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first.get("replayed"), None, "{first}");
+    let (status, again) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "order-17",
+        &batch_of(&env.topic, 3),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["ids"], first["ids"], "the first request's ids");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(support::outbox_rows(&db).await, 3);
+
+    let one = serde_json::json!({"topic": env.topic, "message": "once"});
+    let (_, sent) = post_keyed(&producer, "/api/messages/send", "payment-9", &one).await;
+    let (status, resent) = post_keyed(&producer, "/api/messages/send", "payment-9", &one).await;
+    assert_eq!(status, 200, "{resent}");
+    assert_eq!(resent["id"], sent["id"]);
+    assert_eq!(support::outbox_rows(&db).await, 4);
+
+    let (status, reused) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "order-17",
+        &batch_of(&env.topic, 5),
+    )
+    .await;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(reused["field"], "Idempotency-Key", "{reused}");
+    assert!(
+        reused["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("3 message"),
+        "{reused}"
+    );
+    let (status, long) = post_keyed(&producer, "/api/messages/send", &"x".repeat(256), &one).await;
+    assert_eq!(status, 400, "{long}");
+    assert_eq!(long["field"], "Idempotency-Key", "{long}");
+    assert_eq!(
+        support::outbox_rows(&db).await,
+        4,
+        "refusals stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_lost_at_commit_is_answered_unknown_and_a_keyed_retry_stores_nothing_twice() {
+    let env = Env::on_testbed("unknown", 1).await;
+    let cutter = support::CommitCutter::start(&env.database_url).await;
+    let through_cutter = Env {
+        database_url: cutter.url(&env.database_url),
+        ..env.clone()
+    };
+    // No relay and no retention: the only COMMITs through the proxy are the requests'.
+    let mut producer = Worker::producer(
+        &through_cutter,
+        "p1",
+        &[
+            ("RELAY_DISABLED", "true"),
+            ("RETENTION_SECONDS", "0"),
+            ("LEDGER_RETENTION_SECONDS", "0"),
+        ],
+    );
+    producer.wait_healthy("/readyz").await;
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+
+    cutter.arm();
+    let (status, lost) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "run-1-batch-0",
+        &batch_of(&env.topic, 4),
+    )
+    .await;
+    assert_eq!(cutter.cuts(), 1, "the proxy cut the COMMIT");
+    assert_eq!(status, 500, "{lost}");
+    assert_eq!(lost["status"], "unknown", "{lost}");
+    assert_eq!(
+        support::outbox_rows(&db).await,
+        4,
+        "the COMMIT reached the server: 'unknown' was right not to say 'not stored'"
+    );
+    let (status, retried) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "run-1-batch-0",
+        &batch_of(&env.topic, 4),
+    )
+    .await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["replayed"], true, "{retried}");
+    assert_eq!(retried["ids"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        support::outbox_rows(&db).await,
+        4,
+        "the retry stored nothing twice"
+    );
+}
+
+#[tokio::test]
+async fn a_producer_whose_schema_is_not_migrated_yet_answers_starting_not_a_database_error() {
+    let env = Env::on_testbed("starting", 1).await;
+    // Hold the migration lock: the producer serves HTTP but cannot migrate.
+    let holder = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(hashtext(current_schema() || '.outbox-migrations'))",
+            &[],
+        )
+        .await
+        .expect("take the migration lock");
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy("/livez").await;
+    let one = serde_json::json!({"topic": env.topic, "message": "early"});
+    let response = reqwest::Client::new()
+        .post(producer.url("/api/messages/send"))
+        .json(&one)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not migrated yet"),
+        "{body}"
+    );
+    let health = reqwest::get(producer.url("/api/messages/health"))
+        .await
+        .expect("health");
+    assert_eq!(
+        health.status(),
+        503,
+        "health is not UP before the schema exists"
+    );
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock(hashtext(current_schema() || '.outbox-migrations'))",
+            &[],
+        )
+        .await
+        .expect("release");
+    producer.wait_healthy("/readyz").await;
+    let id = send_one(&producer, &env.topic, "k", "after").await;
+    assert!(id > 0);
+}

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use crate::headers;
 use crate::message_size::{self, TopicLimits};
 use crate::metrics::ProducerMetrics;
-use crate::outbox::{self, NewMessage, StoreError};
+use crate::outbox::{self, NewMessage, StoreError, Stored};
 use crate::probes::{self, Started};
 
 /// What the handlers share.
@@ -166,6 +166,38 @@ fn parse<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
+/// The request header that makes a retried request store nothing twice.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key`: 1 to 255 visible ASCII characters, or none.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ApiError::bad(
+            format!("{IDEMPOTENCY_KEY}: {why}; nothing was stored"),
+            Some(IDEMPOTENCY_KEY.into()),
+        )
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| bad("only visible ASCII characters are allowed"))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad(&format!(
+            "{} characters; 1 to {MAX_IDEMPOTENCY_KEY} are allowed",
+            key.len()
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("only visible ASCII characters are allowed"));
+    }
+    Ok(Some(key.to_string()))
+}
+
 /// Checks one message: known topic, no reserved header names, no NUL (PostgreSQL text
 /// cannot hold it), and no larger than the topic takes.
 fn validate(
@@ -259,7 +291,7 @@ fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
     tracing::warn!(error = %crate::error_chain(&e), "refusing a request: database unavailable");
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "unavailable", "error": format!("database unavailable, nothing was stored: {e}")})),
+        Json(json!({"status": "unavailable", "error": format!("database unavailable, nothing was stored: {}", crate::error_chain(&e))})),
     )
         .into_response()
 }
@@ -279,6 +311,34 @@ fn busy(state: &AppState) -> Response {
             "{} requests are already in progress (MAX_CONCURRENT_REQUESTS): nothing was stored, retry after 1 s",
             state.max_concurrent_requests
         )})),
+    )
+        .into_response()
+}
+
+/// Counts what was stored and wakes the relay; returns the ids and whether an earlier
+/// request with the same idempotency key had stored them.
+fn accepted(state: &AppState, stored: Stored) -> (Vec<i64>, bool) {
+    match stored {
+        Stored::New(ids) => {
+            state.wake.notify_one();
+            state.metrics.accepted.inc_by(ids.len() as u64);
+            state.backlog.accepted(ids.len() as u64);
+            (ids, false)
+        }
+        Stored::Replayed(ids) => {
+            state.metrics.replayed.inc();
+            (ids, true)
+        }
+    }
+}
+
+/// The answer before the schema is migrated: nothing was stored, come back shortly.
+fn starting(state: &AppState) -> Response {
+    state.metrics.unavailable.inc();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({"status": "unavailable", "error": "starting: the outbox schema is not migrated yet (PostgreSQL unreachable or another replica migrating): nothing was stored, retry after 1 s"})),
     )
         .into_response()
 }
@@ -306,6 +366,15 @@ fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
             metrics.rejected.inc();
             ApiError::bad(format!("{e}; nothing was stored"), None).into_response()
         }
+        StoreError::KeyReused { .. } => {
+            metrics.rejected.inc();
+            ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                message: format!("{e}; nothing was stored"),
+                field: Some(IDEMPOTENCY_KEY.into()),
+            }
+            .into_response()
+        }
         StoreError::Unknown(_) => {
             metrics.unknown.inc();
             tracing::error!(error = %crate::error_chain(&e), "lost PostgreSQL while committing: outcome unknown");
@@ -326,19 +395,25 @@ async fn send(
     let Some(_permit) = admit(&state) else {
         return busy(&state);
     };
+    if !state.started.get() {
+        return starting(&state);
+    }
     if let Some(pending) = state.backlog.exceeded() {
         return backlogged(&state, pending);
     }
-    let message = match parse::<SendRequest>(&headers, body, state.max_body_bytes)
-        .and_then(|r| validate(r, &state, ""))
-    {
-        Ok(m) => m,
+    let parsed = idempotency_key(&headers).and_then(|key| {
+        parse::<SendRequest>(&headers, body, state.max_body_bytes)
+            .and_then(|r| validate(r, &state, ""))
+            .map(|m| (key, m))
+    });
+    let (key, message) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             state.metrics.rejected.inc();
             return e.into_response();
         }
     };
-    let client = match state.pool.get().await {
+    let mut client = match state.pool.get().await {
         Ok(c) => c,
         Err(source) => {
             return unavailable(
@@ -350,16 +425,28 @@ async fn send(
             )
         }
     };
-    match outbox::insert_one(&**client, &message).await {
-        Ok(id) => {
-            state.wake.notify_one();
-            state.metrics.accepted.inc();
-            state.backlog.accepted(1);
-            (
-                StatusCode::OK,
-                Json(json!({"status": "accepted", "id": id, "topic": message.topic})),
+    let stored = match key {
+        None => outbox::insert_one(&**client, &message)
+            .await
+            .map(|id| Stored::New(vec![id])),
+        Some(key) => {
+            outbox::insert_once(
+                &mut client,
+                std::slice::from_ref(&message),
+                Some(&key),
+                true,
             )
-                .into_response()
+            .await
+        }
+    };
+    match stored {
+        Ok(stored) => {
+            let (ids, replayed) = accepted(&state, stored);
+            let mut body = json!({"status": "accepted", "id": ids.first(), "topic": message.topic});
+            if replayed {
+                body["replayed"] = true.into();
+            }
+            (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => store_failed(&state.metrics, e),
     }
@@ -373,10 +460,15 @@ async fn batch(
     let Some(_permit) = admit(&state) else {
         return busy(&state);
     };
+    if !state.started.get() {
+        return starting(&state);
+    }
     if let Some(pending) = state.backlog.exceeded() {
         return backlogged(&state, pending);
     }
-    let request = match parse::<BatchRequest>(&headers, body, state.max_body_bytes) {
+    let (key, request) = match idempotency_key(&headers).and_then(|key| {
+        parse::<BatchRequest>(&headers, body, state.max_body_bytes).map(|r| (key, r))
+    }) {
         Ok(r) => r,
         Err(e) => {
             state.metrics.rejected.inc();
@@ -426,15 +518,14 @@ async fn batch(
             )
         }
     };
-    match outbox::insert_batch(&mut client, &messages).await {
-        Ok(ids) => {
-            state.metrics.accepted.inc_by(ids.len() as u64);
-            state.backlog.accepted(ids.len() as u64);
-            (
-                StatusCode::OK,
-                Json(json!({"status": "accepted", "count": ids.len(), "ids": ids})),
-            )
-                .into_response()
+    match outbox::insert_once(&mut client, &messages, key.as_deref(), false).await {
+        Ok(stored) => {
+            let (ids, replayed) = accepted(&state, stored);
+            let mut body = json!({"status": "accepted", "count": ids.len(), "ids": ids});
+            if replayed {
+                body["replayed"] = true.into();
+            }
+            (StatusCode::OK, Json(body)).into_response()
         }
         Err(e) => store_failed(&state.metrics, e),
     }
@@ -474,6 +565,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 /// `DEGRADED` when Kafka is down and messages wait in the outbox), 503 when it does not.
 async fn health(State(state): State<AppState>) -> Response {
     let database = match database_state(&state.pool).await {
+        Ok(()) if !state.started.get() => "DOWN: the schema is not migrated yet".to_string(),
         Ok(()) => "UP".to_string(),
         Err(e) => format!("DOWN: {e}"),
     };

@@ -465,3 +465,105 @@ pub fn topic_message_count(bootstrap: &str, topic: &str) -> i64 {
         })
         .sum()
 }
+
+/// A TCP proxy in front of PostgreSQL that, once armed, forwards the next `COMMIT` to
+/// the server and then closes the client's connection without its answer: the commit
+/// happens, and the client cannot know it did. Stops with the test's runtime.
+pub struct CommitCutter {
+    pub port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CommitCutter {
+    /// Proxies `127.0.0.1:<port>` to the PostgreSQL server of `database_url`.
+    pub async fn start(database_url: &str) -> CommitCutter {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let config: tokio_postgres::Config = database_url.parse().expect("a PostgreSQL URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            other => panic!("a TCP host in the URL, not {other:?}"),
+        };
+        let upstream = format!(
+            "{host}:{}",
+            config.get_ports().first().copied().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (a, c) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let (armed, cuts) = (a.clone(), c.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    proxy_until_commit(client, server, armed, cuts).await;
+                });
+            }
+        });
+        CommitCutter { port, armed, cuts }
+    }
+
+    /// `database_url` with the proxy as its host and port.
+    pub fn url(&self, database_url: &str) -> String {
+        let config: tokio_postgres::Config = database_url.parse().expect("a PostgreSQL URL");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        database_url.replacen(&format!(":{port}/"), &format!(":{}/", self.port), 1)
+    }
+
+    /// Cuts the next COMMIT that passes.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// COMMITs cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn proxy_until_commit(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A simple-protocol query message: 'Q', length 11, "COMMIT\0".
+    const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let answers = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match client_read.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buffer[..n];
+        let commit = chunk.windows(COMMIT.len()).any(|w| w == COMMIT);
+        if commit && armed.swap(false, Ordering::SeqCst) {
+            // The server gets the COMMIT; the client never hears back.
+            answers.abort();
+            let _ = server_write.write_all(chunk).await;
+            let _ = server_write.flush().await;
+            cuts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
+        if server_write.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    answers.abort();
+}
