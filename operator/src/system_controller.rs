@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,7 +20,9 @@ use tracing::{info, instrument, warn};
 use crate::backlog::{read_backlog, BacklogUnavailable};
 use crate::conditions;
 use crate::context::{publish_event, Context, MANAGER};
-use crate::crd::{DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus};
+use crate::crd::{
+    DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus, PartitionRaise, TopicStatus,
+};
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
 use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
@@ -253,7 +256,22 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     let status = OutboxSystemStatus {
         observed_generation: system.metadata.generation,
         conditions: new_conditions,
-        topic: Some(computed.topic),
+        topic: Some(TopicStatus {
+            last_partition_raise: topic
+                .raised
+                .map(|(from, to)| PartitionRaise {
+                    from,
+                    to,
+                    time: Time(Timestamp::now()),
+                })
+                .or_else(|| {
+                    current
+                        .topic
+                        .as_ref()
+                        .and_then(|t| t.last_partition_raise.clone())
+                }),
+            ..computed.topic
+        }),
         producers: Some(computed.producers),
         groups: computed.groups,
         groups_summary: Some(computed.groups_summary),
@@ -494,10 +512,12 @@ async fn reconcile_topic(
             ),
         )
     } else if let Some(n) = plan.raise_partitions_to {
-        (
-            "PartitionsRaised",
-            format!("raised topic {} to {n} partitions", spec.topic.name),
-        )
+        let from = observed.as_ref().map_or(0, |o| o.partitions);
+        outcome.raised = Some((from, n));
+        let note = partition_raise_warning(&spec.topic.name, from, n);
+        warn!(topic = %spec.topic.name, from, to = n, "{note}");
+        publish_event(ctx, system, EventType::Warning, "PartitionsRaised", note).await;
+        return finish_topic(admin, spec, outcome).await;
     } else {
         (
             "TopicConfigUpdated",
@@ -514,6 +534,15 @@ async fn reconcile_topic(
     };
     info!(topic = %spec.topic.name, reason, "{note}");
     publish_event(ctx, system, EventType::Normal, reason, note).await;
+    finish_topic(admin, spec, outcome).await
+}
+
+/// Reads the topic back after a change.
+async fn finish_topic(
+    admin: KafkaAdmin,
+    spec: &OutboxSystemSpec,
+    mut outcome: TopicOutcome,
+) -> (TopicOutcome, Option<KafkaAdmin>) {
     match admin.describe_topic(&spec.topic).await {
         Ok(after) => {
             outcome.conflicts = plan_topic(&spec.topic, after.as_ref()).conflicts;
@@ -522,6 +551,16 @@ async fn reconcile_topic(
         Err(e) => outcome.error = Some(e.to_string()),
     }
     (outcome, Some(admin))
+}
+
+/// What a raise of the partition count does to per-key order, for the Warning Event.
+fn partition_raise_warning(topic: &str, from: i32, to: i32) -> String {
+    format!(
+        "raised topic {topic} from {from} to {to} partitions: Kafka now maps keys to partitions anew, so \
+         a key's messages written before and after may be consumed by different members and out \
+         of order while any are in flight; raise partitions on a drained system (backlog 0, \
+         consumer lag 0) to keep per-key order"
+    )
 }
 
 async fn backlog(

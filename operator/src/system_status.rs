@@ -40,6 +40,8 @@ pub struct TopicOutcome {
     pub error: Option<String>,
     /// PascalCase reason of `error` (default `KafkaUnavailable`).
     pub error_reason: Option<&'static str>,
+    /// `(from, to)` when this reconcile raised the partition count.
+    pub raised: Option<(i32, i32)>,
 }
 
 /// One consumer group as observed.
@@ -202,6 +204,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             name: topic.name.clone(),
             partitions: topic.observed.as_ref().map(|t| t.partitions),
             replication_factor: topic.observed.as_ref().map(|t| t.replication_factor),
+            last_partition_raise: None,
         },
         producers: ReplicaStatus::new(p_ready, p_desired),
         groups: obs
@@ -316,6 +319,7 @@ mod tests {
                 conflicts: vec![],
                 error: None,
                 error_reason: None,
+                raised: None,
             },
             producers: (3, 3),
             groups: vec![GroupObservation {

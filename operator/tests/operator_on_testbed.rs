@@ -171,14 +171,16 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
         async move { (kafka_partitions(&topic).await == Some(8)).then_some(()) }
     })
     .await;
-    eventually("status with 8 partitions", WAIT, || {
+    let raised = eventually("status with 8 partitions", WAIT, || {
         let api = systems.clone();
         async move {
-            let s = api.get("outbox").await.ok()?;
-            (s.status?.topic?.partitions == Some(8)).then_some(())
+            let topic = api.get("outbox").await.ok()?.status?.topic?;
+            (topic.partitions == Some(8)).then_some(topic.last_partition_raise)
         }
     })
-    .await;
+    .await
+    .expect("the raise is recorded in status.topic.lastPartitionRaise");
+    assert_eq!((raised.from, raised.to), (6, 8));
 
     // Lower them: the API server refuses, naming the field.
     let lower = serde_json::json!({"spec": {"topic": {"partitions": 4}}});
@@ -208,6 +210,19 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
             "{wanted} not in {reasons:?}"
         );
     }
+    let raise_event = events
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("PartitionsRaised"))
+        .expect("a PartitionsRaised event");
+    assert_eq!(raise_event.type_.as_deref(), Some("Warning"));
+    let note = raise_event.note.unwrap_or_default();
+    assert!(
+        note.contains("out of order") && note.contains("drained"),
+        "{note}"
+    );
 
     // A removed consumer group loses its Deployment.
     let fewer = serde_json::json!({"spec": {"consumers": {"groups": [

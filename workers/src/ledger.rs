@@ -9,6 +9,9 @@
 //!   recording an id twice is impossible: the second time it is a duplicate.
 //! - `outbox_ack_anomalies`: one row per rare event (a redelivery, a per-key reordering,
 //!   a dead letter), so they can be counted exactly for any set of ids.
+//! - `outbox_ack_key_order`: per group and key, the latest publication order
+//!   acknowledged, read and written in each batch's transaction, so the order check
+//!   holds across the group's members and restarts (and keys that moved partition).
 //!
 //! A report for a set of ids reads those chunk rows and anomalies and counts bits, in
 //! milliseconds for 10M ids.
@@ -27,8 +30,21 @@ pub const CHUNK_IDS: i64 = 8192;
 const CHUNK_BYTES: usize = (CHUNK_IDS / 8) as usize;
 /// Largest end-to-end latency the histograms hold (one day, in microseconds).
 const MAX_LATENCY_US: u64 = 86_400_000_000;
-/// How many keys the reorder check remembers before it starts afresh.
-const MAX_TRACKED_KEYS: usize = 1_000_000;
+
+/// Returns each key's latest acknowledged order before the batch (`$2` keys, sorted)
+/// and stores the batch's latest (`$3`, `$4`) where it is later. All sub-statements
+/// see the same snapshot; the upsert runs after the locking read.
+const KEY_ORDER: &str = "WITH old AS (
+        SELECT key_hash, txid, id FROM outbox_ack_key_order
+        WHERE group_name = $1 AND key_hash = ANY($2)
+        ORDER BY key_hash FOR UPDATE),
+    stored AS (
+        INSERT INTO outbox_ack_key_order AS k (group_name, key_hash, txid, id)
+        SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[])
+        ON CONFLICT (group_name, key_hash) DO UPDATE
+        SET txid = EXCLUDED.txid, id = EXCLUDED.id, updated_at = now()
+        WHERE (EXCLUDED.txid, EXCLUDED.id) > (k.txid, k.id))
+    SELECT key_hash, txid, id FROM old";
 
 /// Connects and applies the schema migrations: what the load-test runner calls first.
 pub async fn connect_and_migrate(database_url: &str) -> Result<Client> {
@@ -61,14 +77,13 @@ pub struct RecordOutcome {
     pub out_of_order: u64,
 }
 
-/// Records acknowledgements for one consumer group; keeps the state of the per-key
-/// order check between batches (it starts afresh after a restart, where redeliveries
-/// are expected).
+/// Records acknowledgements for one consumer group. The per-key order check reads and
+/// writes each key's latest acknowledged order in the ledger, in the batch's
+/// transaction: it holds across the group's members and restarts.
 #[derive(Debug)]
 pub struct AckRecorder {
     group: String,
     known_chunks: HashSet<i64>,
-    last_by_key: HashMap<u64, (u64, i64)>,
 }
 
 #[derive(Debug)]
@@ -85,7 +100,6 @@ impl AckRecorder {
         AckRecorder {
             group: group.into(),
             known_chunks: HashSet::new(),
-            last_by_key: HashMap::new(),
         }
     }
 
@@ -158,6 +172,32 @@ impl AckRecorder {
                 },
             );
         }
+        // Each key's latest acknowledged order before this batch, and the batch's
+        // latest stored in its place, in one statement: the rows are locked (in key
+        // order, after the chunks: one lock order for every member) until commit.
+        let mut batch_max: HashMap<i64, (u64, i64)> = HashMap::new();
+        for ack in acks {
+            if let (Some(key), Some(order)) = (ack.key_hash, ack.order) {
+                let entry = batch_max.entry(key as i64).or_insert(order);
+                *entry = (*entry).max(order);
+            }
+        }
+        let mut last_by_key: HashMap<u64, (u64, i64)> = HashMap::with_capacity(batch_max.len());
+        if !batch_max.is_empty() {
+            let mut keys: Vec<i64> = batch_max.keys().copied().collect();
+            keys.sort_unstable();
+            let txids: Vec<i64> = keys.iter().map(|k| batch_max[k].0 as i64).collect();
+            let ids: Vec<i64> = keys.iter().map(|k| batch_max[k].1).collect();
+            for row in tx
+                .query(KEY_ORDER, &[&self.group, &keys, &txids, &ids])
+                .await
+                .db("reading and storing the keys' acknowledged order")?
+            {
+                let key: i64 = row.get(0);
+                let txid: i64 = row.get(1);
+                last_by_key.insert(key as u64, (txid as u64, row.get(2)));
+            }
+        }
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut outcome = RecordOutcome::default();
         let mut anomalies = Anomalies::default();
@@ -189,10 +229,7 @@ impl AckRecorder {
                 cs.latency_changed = true;
             }
             if let (Some(key), Some(order)) = (ack.key_hash, ack.order) {
-                let previous = overlay
-                    .get(&key)
-                    .or_else(|| self.last_by_key.get(&key))
-                    .copied();
+                let previous = overlay.get(&key).or_else(|| last_by_key.get(&key)).copied();
                 if previous.is_some_and(|p| p > order) {
                     outcome.out_of_order += 1;
                     anomalies.push(ack, "out_of_order");
@@ -240,10 +277,6 @@ impl AckRecorder {
             .await
             .db("committing an acknowledgement batch")?;
         self.known_chunks.extend(chunks);
-        if self.last_by_key.len() + overlay.len() > MAX_TRACKED_KEYS {
-            self.last_by_key.clear();
-        }
-        self.last_by_key.extend(overlay);
         Ok(outcome)
     }
 

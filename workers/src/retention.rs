@@ -54,7 +54,10 @@ const DELETE_LEDGER: &str = "WITH chunks AS (
         WHERE updated_at < now() - make_interval(secs => $1::double precision)),
     anomalies AS (
         DELETE FROM outbox_ack_anomalies
-        WHERE recorded_at < now() - make_interval(secs => $1::double precision))
+        WHERE recorded_at < now() - make_interval(secs => $1::double precision)),
+    key_order AS (
+        DELETE FROM outbox_ack_key_order
+        WHERE updated_at < now() - make_interval(secs => $1::double precision))
     SELECT 1";
 
 /// Idempotency keys are kept as long as the rows they stored.

@@ -151,6 +151,22 @@ CREATE TABLE outbox_idempotency (
 CREATE INDEX outbox_idempotency_by_time ON outbox_idempotency (created_at);
 "#,
     ),
+    (
+        6,
+        r#"
+-- Per consumer group and key, the latest publication order (txid, id) acknowledged:
+-- the order check holds across the group's members, restarts and keys that moved to
+-- another partition, not only within one process.
+CREATE TABLE outbox_ack_key_order (
+    group_name  text        NOT NULL,
+    key_hash    bigint      NOT NULL,
+    txid        bigint      NOT NULL,
+    id          bigint      NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_name, key_hash)
+);
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

@@ -1279,3 +1279,49 @@ async fn a_producer_whose_schema_is_not_migrated_yet_answers_starting_not_a_data
     let id = send_one(&producer, &env.topic, "k", "after").await;
     assert!(id > 0);
 }
+
+#[tokio::test]
+async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
+    use outbox_workers::ledger::{self, Ack, AckRecorder};
+    let env = Env::on_testbed("keyorder", 1).await;
+    let mut db = ledger::connect_and_migrate(&env.database_url)
+        .await
+        .expect("ledger");
+    // Message `id` of key 42, published in order `(txid, id)`.
+    let ack = |id: i64, txid: u64| Ack {
+        id,
+        partition: 0,
+        offset: id,
+        key_hash: Some(42),
+        order: Some((txid, id)),
+        created_at_us: None,
+    };
+    let out_of_order = |outcome: outbox_workers::Result<ledger::RecordOutcome>| {
+        outcome.expect("recorded").out_of_order
+    };
+    let mut a = AckRecorder::new("g");
+    let mut b = AckRecorder::new("g");
+    // Member a acknowledges the key's later message; then member b, to which a
+    // rebalance moved the key, an earlier one: an inversion across members.
+    assert_eq!(out_of_order(a.record(&mut db, &[ack(20, 7)]).await), 0);
+    assert_eq!(out_of_order(b.record(&mut db, &[ack(10, 5)]).await), 1);
+    // A restarted member knows what the group acknowledged before.
+    let mut restarted = AckRecorder::new("g");
+    assert_eq!(
+        out_of_order(restarted.record(&mut db, &[ack(15, 6)]).await),
+        1
+    );
+    assert_eq!(
+        out_of_order(restarted.record(&mut db, &[ack(30, 8)]).await),
+        0
+    );
+    // Another group keeps its own order.
+    let mut other = AckRecorder::new("h");
+    assert_eq!(out_of_order(other.record(&mut db, &[ack(10, 5)]).await), 0);
+    // The verifier counts exactly the two inversions.
+    let report = ledger::group_report(&db, "g", &IdSet::from_ids([10, 15, 20, 30]))
+        .await
+        .expect("report");
+    assert_eq!(report.out_of_order, 2, "{report:?}");
+    assert_eq!(report.missing, 0, "{report:?}");
+}

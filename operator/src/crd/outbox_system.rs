@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -405,6 +405,23 @@ pub struct TopicStatus {
     /// Replicas per partition found in Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<i32>,
+    /// The last time the operator raised the partition count. Kafka then maps keys to
+    /// partitions anew: messages of a key written before and after may be consumed by
+    /// different members, out of order, while any were in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_partition_raise: Option<PartitionRaise>,
+}
+
+/// A raise of the topic's partition count.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionRaise {
+    /// Partitions before.
+    pub from: i32,
+    /// Partitions after.
+    pub to: i32,
+    /// When the operator raised them.
+    pub time: Time,
 }
 
 /// Ready and desired replicas of a workload.
