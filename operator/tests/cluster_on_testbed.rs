@@ -622,4 +622,92 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     );
     // The operator came back as a new pod.
     ready_pods(&operator_pods, "app.kubernetes.io/name=outbox-operator", 1).await;
+
+    // Kafka paused for a minute: ingest goes on, no pod is restarted (no probe asks
+    // Kafka), and everything stored meanwhile reaches every group once it is back.
+    let selector = format!(
+        "outbox.dev/system={},app.kubernetes.io/component in (producer,consumer)",
+        system.name_any()
+    );
+    let restart_counts = |pods: Vec<Pod>| -> BTreeMap<String, i32> {
+        pods.iter().map(|p| (p.name_any(), restarts(p))).collect()
+    };
+    let list = |pods: Api<Pod>, selector: String| async move {
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect::<Vec<_>>()
+    };
+    let before = restart_counts(list(pods.clone(), selector.clone()).await);
+    let producer = ready_pods(&pods, "app.kubernetes.io/component=producer", 3).await;
+    let ip = pod_ip(&producer[0]);
+    let mut sent = 0;
+    {
+        let _paused = KafkaPause::start();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let body = serde_json::json!({"topic": topic, "message": format!("during-outage-{sent}"), "key": "outage"});
+            let (code, answer) =
+                http(&ip, 8080, "POST", "/api/messages/send", &body.to_string()).await;
+            assert_eq!(code, 200, "a send while Kafka is paused: {answer}");
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let during = restart_counts(list(pods.clone(), selector.clone()).await);
+        assert_eq!(during, before, "pods restarted while Kafka was paused");
+    }
+    eventually(
+        "every group to acknowledge every stored message after the pause",
+        Duration::from_secs(240),
+        || {
+            let db_url = db_url.clone();
+            async move {
+                let row = pg(
+                    &db_url,
+                    "SELECT (SELECT count(*) FROM outbox_messages)::bigint,
+                            (SELECT min(a) FROM (SELECT sum(acked)::bigint AS a FROM outbox_ack_chunks
+                                                 GROUP BY group_name) g)::bigint,
+                            (SELECT count(DISTINCT group_name) FROM outbox_ack_chunks)::bigint",
+                )
+                .await?;
+                let (stored, least_acked, groups): (i64, Option<i64>, i64) =
+                    (row.get(0), row.get(1), row.get(2));
+                (groups == 3 && least_acked == Some(stored)).then_some(())
+            }
+        },
+    )
+    .await;
+    let after = restart_counts(list(pods.clone(), selector).await);
+    assert_eq!(after, before, "pods restarted after Kafka's pause");
+    eprintln!("{sent} sends accepted while Kafka was paused for 60 s; no pod restarted");
+}
+
+/// The testbed's Kafka broker stopped (SIGSTOP to its process group: connections stay
+/// open, nothing answers) until dropped.
+struct KafkaPause {
+    group: String,
+}
+
+impl KafkaPause {
+    fn start() -> KafkaPause {
+        let pidfile = testbed().state_dir.join("run/kafka.pid");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()))
+            .trim()
+            .to_string();
+        let group = format!("-{pid}");
+        run("kill", &["-STOP", "--", &group]);
+        KafkaPause { group }
+    }
+}
+
+impl Drop for KafkaPause {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", "--", &self.group])
+            .status();
+    }
 }
