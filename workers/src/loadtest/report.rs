@@ -143,25 +143,14 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
                 max
             );
         }
-        if !s.failure_reasons.is_empty() {
-            let reasons: Vec<String> = s
-                .failure_reasons
-                .iter()
-                .map(|(r, n)| format!("{r}: {n}"))
-                .collect();
-            let _ = writeln!(out, "  failures: {}", reasons.join(", "));
-        }
-        if !s.retried_requests.is_empty() {
-            let retried: Vec<String> = s
-                .retried_requests
-                .iter()
-                .map(|(r, n)| format!("{r}: {n}"))
-                .collect();
-            let _ = writeln!(
-                out,
-                "  pushed back (requests sent again): {}",
-                retried.join(", ")
-            );
+        for (label, counts) in [
+            ("failures", &s.failure_reasons),
+            ("pushed back (requests sent again)", &s.retried_requests),
+        ] {
+            if !counts.is_empty() {
+                let counts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+                let _ = writeln!(out, "  {label}: {}", counts.join(", "));
+            }
         }
     }
     let _ = writeln!(out);
