@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -70,6 +70,7 @@ struct HealthState {
     metrics: ConsumerMetrics,
     registry: Arc<Registry>,
     started: Started,
+    health: Arc<probes::CachedCheck>,
 }
 
 /// Runs a consumer-group member until `shutdown`, finishing its in-flight batch.
@@ -122,6 +123,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         metrics: metrics.clone(),
         registry: Arc::new(registry),
         started: started.clone(),
+        health: Arc::new(probes::CachedCheck::default()),
     };
     let (listener, address) = args.common.bind_http().await?;
     let app = Router::new()
@@ -599,6 +601,11 @@ async fn track_lag(
 }
 
 async fn health_check(State(state): State<HealthState>) -> Response {
+    let cache = state.health.clone();
+    cache.answer(|| check_health(state)).await
+}
+
+async fn check_health(state: HealthState) -> (StatusCode, serde_json::Value) {
     let database = match tokio::time::timeout(
         Duration::from_secs(3),
         crate::db::connect(&state.database_url),
@@ -635,7 +642,7 @@ async fn health_check(State(state): State<HealthState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (status, body)
 }
 
 async fn render_metrics(State(state): State<HealthState>) -> Response {

@@ -374,3 +374,135 @@ async fn a_relay_leader_whose_database_connection_is_cut_is_replaced_within_seco
     );
     assert!(p1.terminate() && p2.terminate() && c1.terminate());
 }
+
+#[tokio::test]
+async fn a_flood_of_health_requests_costs_one_database_session_and_ingest_goes_on() {
+    // A server of this test's own (max_connections 50), so that its backends are ours.
+    let pg = ThrowawayPostgres::start();
+    let tb = testbed_support::testbed();
+    let topic = testbed_support::unique_name("flood");
+    create_topic(&tb.kafka_bootstrap_servers, &topic, 1).await;
+    let env = Env {
+        bootstrap: tb.kafka_bootstrap_servers.clone(),
+        database_url: pg.url(),
+        topic: topic.clone(),
+    };
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy("/readyz").await;
+    let mut consumer = Worker::consumer(&env, "c1", "flood-group", &[]);
+    consumer.wait_healthy("/readyz").await;
+    let observer = outbox_workers::db::connect(&pg.url())
+        .await
+        .expect("connect");
+    let backends = || async {
+        observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .expect("count backends")
+            .get::<_, i64>(0)
+    };
+    let before = backends().await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut flood = Vec::new();
+    for i in 0..800 {
+        let url = if i % 2 == 0 {
+            consumer.url("/api/consumer/health")
+        } else {
+            producer.url("/api/messages/health")
+        };
+        let http = http.clone();
+        flood.push(tokio::spawn(async move {
+            http.get(url)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    let mut most = before;
+    let mut sent = Vec::new();
+    while flood.iter().any(|f| !f.is_finished()) {
+        most = most.max(backends().await);
+        if sent.len() < 20 {
+            sent.push(support::send_one(&producer, &topic, "k", "during the flood").await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for f in flood {
+        *answers.entry(f.await.expect("request")).or_insert(0) += 1;
+    }
+    assert_eq!(
+        answers.get(&200),
+        Some(&800),
+        "every health request answered 200: {answers:?}"
+    );
+    assert!(
+        most <= before + 4,
+        "health requests opened database sessions: {before} backends before, {most} at most during 800 requests"
+    );
+    eprintln!("800 health requests: {before} backends before, {most} at most; {} sends accepted meanwhile", sent.len());
+    assert!(producer.terminate() && consumer.terminate());
+}
+
+#[tokio::test]
+async fn no_password_reaches_a_log_line_or_a_health_body() {
+    // Nothing listens on this port: the workers log their connection errors, and the
+    // health bodies name them, with the URL in them.
+    let closed = support::free_port();
+    let tb = testbed_support::testbed();
+    for (label, database_url) in [
+        (
+            "url",
+            format!("postgres://outbox:s3cr%40t@127.0.0.1:{closed}/outbox"),
+        ),
+        (
+            "dsn",
+            format!("host=127.0.0.1 port={closed} user=outbox password=s3cr@t dbname=outbox"),
+        ),
+    ] {
+        let env = Env {
+            bootstrap: tb.kafka_bootstrap_servers.clone(),
+            database_url,
+            topic: "unused".into(),
+        };
+        let mut producer = Worker::producer(&env, &format!("p-{label}"), &[]);
+        let mut consumer = Worker::consumer(&env, &format!("c-{label}"), "g", &[]);
+        producer.wait_healthy("/livez").await;
+        consumer.wait_healthy("/livez").await;
+        let mut bodies = String::new();
+        for _ in 0..3 {
+            for url in [
+                producer.url("/api/messages/health"),
+                producer.url("/readyz"),
+                consumer.url("/api/consumer/health"),
+                consumer.url("/readyz"),
+            ] {
+                if let Ok(r) = reqwest::get(&url).await {
+                    bodies.push_str(&r.text().await.unwrap_or_default());
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let logs = format!("{}\n{}", producer.log_text(), consumer.log_text());
+        assert!(
+            logs.contains("127.0.0.1"),
+            "the workers logged their connection attempts ({label}):\n{logs}"
+        );
+        assert!(
+            !logs.contains("s3cr"),
+            "a password in the logs ({label}):\n{logs}"
+        );
+        assert!(
+            !bodies.contains("s3cr"),
+            "a password in a health body ({label}):\n{bodies}"
+        );
+    }
+}

@@ -43,6 +43,8 @@ pub struct AppState {
     pub max_concurrent_requests: usize,
     /// `MAX_BACKLOG_MESSAGES` and the backlog's estimate.
     pub backlog: Arc<crate::backpressure::BacklogBound>,
+    /// The health answer, shared by concurrent requests.
+    pub health: Arc<probes::CachedCheck>,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
@@ -564,6 +566,11 @@ async fn ready(State(state): State<AppState>) -> Response {
 /// Details for people and dashboards: 200 while ingest works (status `UP`, or
 /// `DEGRADED` when Kafka is down and messages wait in the outbox), 503 when it does not.
 async fn health(State(state): State<AppState>) -> Response {
+    let cache = state.health.clone();
+    cache.answer(|| check_health(state)).await
+}
+
+async fn check_health(state: AppState) -> (StatusCode, serde_json::Value) {
     let database = match database_state(&state.pool).await {
         Ok(()) if !state.started.get() => "DOWN: the schema is not migrated yet".to_string(),
         Ok(()) => "UP".to_string(),
@@ -587,9 +594,8 @@ async fn health(State(state): State<AppState>) -> Response {
     let relay_leader = state.metrics.relay_leader.get() == 1;
     (
         code,
-        Json(json!({"status": status, "database": database, "kafka": kafka, "relayLeader": relay_leader})),
+        json!({"status": status, "database": database, "kafka": kafka, "relayLeader": relay_leader}),
     )
-        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

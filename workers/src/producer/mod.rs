@@ -133,6 +133,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
             )),
             max_concurrent_requests: args.max_concurrent_requests.max(1),
             backlog: backlog.clone(),
+            health: Arc::new(crate::probes::CachedCheck::default()),
         };
         let (listener, address) = args.common.bind_http().await?;
         tracing::info!(%address, topics = ?topics, "producer listening");

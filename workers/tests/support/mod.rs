@@ -535,15 +535,34 @@ async fn proxy_until_commit(
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A simple-protocol query message: 'Q', length 11, "COMMIT\0".
     const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let answers = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-    });
+    let cut = Arc::new(AtomicBool::new(false));
+    let replied = Arc::new(tokio::sync::Notify::new());
+    // Server to client; once cut, the server's answers (to the COMMIT: the client
+    // waits for each answer before it sends COMMIT) are read and dropped.
+    let answers = {
+        let (cut, replied) = (cut.clone(), replied.clone());
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let n = match server_read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if cut.load(Ordering::SeqCst) {
+                    replied.notify_one();
+                } else if client_write.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = match client_read.read(&mut buffer).await {
@@ -553,13 +572,14 @@ async fn proxy_until_commit(
         let chunk = &buffer[..n];
         let commit = chunk.windows(COMMIT.len()).any(|w| w == COMMIT);
         if commit && armed.swap(false, Ordering::SeqCst) {
-            // The server gets the COMMIT; the client never hears back.
-            answers.abort();
+            // The server gets the COMMIT and answers it (it has committed then); the
+            // client never hears back, and its connection ends after that answer.
+            cut.store(true, Ordering::SeqCst);
             let _ = server_write.write_all(chunk).await;
             let _ = server_write.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), replied.notified()).await;
             cuts.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            return;
+            break;
         }
         if server_write.write_all(chunk).await.is_err() {
             break;
