@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -66,6 +67,24 @@ pub fn job_state(job: Option<&Job>) -> JobState {
     }
 }
 
+/// The runner's ServiceAccount in the LoadTest's namespace, and whether it exists.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerAccount<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub found: bool,
+}
+
+/// Whether the Job failed with condition reason `reason`.
+fn job_failed_for(job: Option<&Job>, reason: &str) -> bool {
+    job.and_then(|j| j.status.as_ref()?.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Failed" && c.status == "True" && c.reason.as_deref() == Some(reason)
+            })
+        })
+}
+
 /// What the operator writes into a LoadTest's status (only its own fields).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperatorStatus {
@@ -86,6 +105,7 @@ pub struct OperatorStatus {
 pub fn operator_status(
     current: &LoadTestStatus,
     system_found: bool,
+    runner_account: RunnerAccount<'_>,
     job: JobState,
     loadtest: &str,
     system: &str,
@@ -114,6 +134,24 @@ pub fn operator_status(
             )],
             completed: false,
         },
+        JobState::Absent if current.job_name.is_none() && !runner_account.found => {
+            let message = format!(
+                "ServiceAccount {} of the load-test runner does not exist in namespace {}: \
+                 add the namespace to the chart's loadtest.namespaces (helm upgrade ... \
+                 --set loadtest.namespaces={{...,{}}}) and create the LoadTest again",
+                runner_account.name, runner_account.namespace, runner_account.namespace
+            );
+            OperatorStatus {
+                phase: LoadTestPhase::Failed,
+                job_name: None,
+                message: Some(message.clone()),
+                conditions: vec![
+                    Desired::no(types::SCHEDULED, "RunnerAccountMissing", message.clone()),
+                    Desired::yes(types::COMPLETE, "RunnerAccountMissing", message),
+                ],
+                completed: true,
+            }
+        }
         JobState::Absent => OperatorStatus {
             phase: LoadTestPhase::Failed,
             job_name: current.job_name.clone(),
@@ -230,8 +268,33 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         .await
         .map_err(Error::kube(format!("reading OutboxSystem {system_name}")))?;
 
+    // The runner's ServiceAccount exists only where the chart made it: elsewhere the
+    // Job could never start a pod, and would wait for ever.
+    let account_name = ctx.settings.loadtest_service_account.clone();
+    let account_found = if job.is_none() && current.job_name.is_none() {
+        let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+        accounts
+            .get_opt(&account_name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading ServiceAccount {account_name}"
+            )))?
+            .is_some()
+    } else {
+        true
+    };
+    let runner_account = RunnerAccount {
+        name: &account_name,
+        namespace: &namespace,
+        found: account_found,
+    };
+
     // Create the one Job, only while the run has not started.
-    if job.is_none() && phase == LoadTestPhase::Pending && current.job_name.is_none() {
+    if job.is_none()
+        && phase == LoadTestPhase::Pending
+        && current.job_name.is_none()
+        && account_found
+    {
         if let Some(system) = &system {
             let owner_ref = lt
                 .controller_owner_ref(&())
@@ -257,7 +320,25 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let state = job_state(job.as_ref());
-    let update = operator_status(&current, system.is_some(), state, &name, &system_name);
+    let mut update = operator_status(
+        &current,
+        system.is_some(),
+        runner_account,
+        state,
+        &name,
+        &system_name,
+    );
+    if state == JobState::Failed && job_failed_for(job.as_ref(), "DeadlineExceeded") {
+        let deadline = job
+            .as_ref()
+            .and_then(|j| j.spec.as_ref()?.active_deadline_seconds)
+            .unwrap_or_default();
+        if let Some(message) = update.message.as_mut() {
+            message.push_str(&format!(
+                ": it ran past its deadline of {deadline} s (activeDeadlineSeconds, from the messages and verificationTimeoutSeconds)"
+            ));
+        }
+    }
     let previously =
         conditions::find(&current.conditions, types::SCHEDULED).map(|c| c.reason.clone());
     if update
@@ -418,6 +499,61 @@ pub fn error_policy(lt: Arc<LoadTest>, error: &Error, ctx: Arc<Context>) -> Acti
 mod tests {
     use super::*;
 
+    fn account(found: bool) -> RunnerAccount<'static> {
+        RunnerAccount {
+            name: "outbox-loadtest",
+            namespace: "team-a",
+            found,
+        }
+    }
+
+    #[test]
+    fn a_namespace_without_the_runner_account_fails_the_run_saying_what_to_do() {
+        let s = operator_status(
+            &status(None),
+            true,
+            account(false),
+            JobState::Absent,
+            "lt",
+            "demo",
+        );
+        assert_eq!(s.phase, LoadTestPhase::Failed);
+        assert!(s.completed);
+        let complete = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::COMPLETE)
+            .expect("a Complete condition");
+        assert_eq!(complete.reason, "RunnerAccountMissing");
+        assert!(
+            complete.message.contains("outbox-loadtest")
+                && complete.message.contains("loadtest.namespaces"),
+            "{}",
+            complete.message
+        );
+    }
+
+    #[test]
+    fn the_job_deadline_grows_with_the_messages_and_the_verification_timeout() {
+        let reference: crate::crd::LoadTest = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/loadtest-reference.yaml"
+            ))
+            .expect("the reference LoadTest"),
+        )
+        .expect("parses");
+        // 10,005,000 messages: 10,005 s at 1,000 msg/s, plus start, verification, patience.
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&reference.spec),
+            600 + 10_005 + reference.spec.verification_timeout_seconds + 300
+        );
+        let mut empty = reference.spec.clone();
+        empty.scenarios.clear();
+        empty.verification_timeout_seconds = 600;
+        assert_eq!(crate::runner_job::deadline_seconds(&empty), 600 + 600 + 300);
+    }
+
     fn status(phase: Option<LoadTestPhase>) -> LoadTestStatus {
         LoadTestStatus {
             phase,
@@ -427,7 +563,14 @@ mod tests {
 
     #[test]
     fn missing_system_gives_system_not_found_and_no_job() {
-        let s = operator_status(&status(None), false, JobState::Absent, "lt", "demo");
+        let s = operator_status(
+            &status(None),
+            false,
+            account(true),
+            JobState::Absent,
+            "lt",
+            "demo",
+        );
         assert_eq!(s.conditions[0].reason, "SystemNotFound");
         assert!(!s.conditions[0].status);
         assert!(s.conditions[0].message.contains("spec.systemRef.name"));
@@ -439,6 +582,7 @@ mod tests {
         let s = operator_status(
             &status(Some(LoadTestPhase::Verifying)),
             true,
+            account(true),
             JobState::Active,
             "lt",
             "demo",
@@ -452,6 +596,7 @@ mod tests {
         let s = operator_status(
             &status(Some(LoadTestPhase::Running)),
             true,
+            account(true),
             JobState::Failed,
             "lt",
             "demo",
@@ -469,6 +614,7 @@ mod tests {
         let s = operator_status(
             &status(Some(LoadTestPhase::Succeeded)),
             false,
+            account(true),
             JobState::Failed,
             "lt",
             "demo",

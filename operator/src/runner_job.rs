@@ -35,6 +35,15 @@ pub struct RunnerParams<'a> {
     pub service_account: &'a str,
 }
 
+/// Seconds a runner Job may run before Kubernetes stops it (`activeDeadlineSeconds`):
+/// ten minutes to start, the messages at no less than 1,000 per second, the
+/// verification timeout, and the runner's five minutes of patience with producers that
+/// push back. A run that takes longer is stuck, and ends Failed instead of running on.
+pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
+    let messages: i64 = spec.scenarios.iter().map(|s| s.messages.max(0)).sum();
+    600 + messages / 1_000 + spec.verification_timeout_seconds.max(0) + 300
+}
+
 /// The runner Job: `outbox-worker loadtest --namespace <ns> --name <loadtest>`, with the
 /// system's settings in its environment, never retried (a second run would send the
 /// messages twice).
@@ -95,6 +104,7 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
+            active_deadline_seconds: Some(deadline_seconds(&loadtest.spec)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),

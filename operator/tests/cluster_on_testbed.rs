@@ -5,7 +5,7 @@
 //! Needs the testbed with its node (`make test` brings it up) and the images imported
 //! (`testbed/load-images.sh`, which `make test` runs after building).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
@@ -401,8 +401,27 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     let (ns, db_url) = namespace_with_host_services(&client, "e2e").await;
     let release = install_chart(&ns);
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
-    ready_pods(&operator_pods, "app.kubernetes.io/name=outbox-operator", 1).await;
+    let operator = ready_pods(&operator_pods, "app.kubernetes.io/name=outbox-operator", 1).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let operator_account = operator[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .expect("the operator pod's ServiceAccount");
+    check_permissions_against_the_readme(
+        &client,
+        &[
+            ("operator", &release.namespace, &operator_account),
+            ("runner", &ns, "outbox-loadtest"),
+        ],
+        &[
+            ("watched", &ns),
+            ("release", &release.namespace),
+            ("loadtest", &ns),
+        ],
+        false, // the chart's default
+    )
+    .await;
 
     // The reference OutboxSystem as manifests/ has it, on a topic of this test's own.
     let text =
@@ -710,4 +729,146 @@ impl Drop for KafkaPause {
             .args(["-CONT", "--", &self.group])
             .status();
     }
+}
+
+/// Every verb the API server allows each account on each resource the README's
+/// security table names (and on pods, Secrets and Leases), in each scope, against the
+/// table: allowed exactly where a row says so.
+async fn check_permissions_against_the_readme(
+    client: &kube::Client,
+    accounts: &[(&str, &str, &str)],
+    scopes: &[(&str, &str)],
+    leader_election: bool,
+) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let readme = std::fs::read_to_string(testbed_support::repo_root().join("README.md"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let table = readme
+        .split("<!-- rbac:start -->")
+        .nth(1)
+        .and_then(|t| t.split("<!-- rbac:end -->").next())
+        .expect("the README's rbac table");
+    // (account, scope, group, resource) -> verbs
+    let mut allowed: BTreeMap<(String, String, String, String), Vec<String>> = BTreeMap::new();
+    for line in table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| account"))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let [account, scope, group, resources, verbs, ..] = cells[..] else {
+            panic!("a row of the rbac table without six cells: {line}");
+        };
+        if scope.contains("leaderElection.enabled") && !leader_election {
+            continue;
+        }
+        let scope = scope.split([',', ' ']).next().unwrap_or(scope);
+        let group = if group == "core" { "" } else { group };
+        for resource in resources.split(',').map(str::trim) {
+            allowed.insert(
+                (account.into(), scope.into(), group.into(), resource.into()),
+                verbs.split(',').map(|v| v.trim().to_string()).collect(),
+            );
+        }
+    }
+    let mut universe: BTreeSet<(String, String)> = allowed
+        .keys()
+        .map(|(_, _, g, r)| (g.clone(), r.clone()))
+        .collect();
+    for (g, r) in [
+        ("", "pods"),
+        ("", "secrets"),
+        ("coordination.k8s.io", "leases"),
+    ] {
+        universe.insert((g.into(), r.into()));
+    }
+    const VERBS: [&str; 8] = [
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let mut wrong = Vec::new();
+    let mut asked = 0;
+    for (account, account_ns, account_name) in accounts {
+        for (scope, namespace) in scopes {
+            for (group, resource) in &universe {
+                let (resource_name, subresource) = match resource.split_once('/') {
+                    Some((r, sub)) => (r, Some(sub.to_string())),
+                    None => (resource.as_str(), None),
+                };
+                let expected = allowed
+                    .get(&(
+                        account.to_string(),
+                        scope.to_string(),
+                        group.clone(),
+                        resource.clone(),
+                    ))
+                    .cloned()
+                    .unwrap_or_default();
+                for verb in VERBS {
+                    // A scope shared by several names (watched = loadtest here) allows
+                    // what any of them allows.
+                    let also = scopes
+                        .iter()
+                        .filter(|(s, n)| n == namespace && s != scope)
+                        .filter_map(|(s, _)| {
+                            allowed.get(&(
+                                account.to_string(),
+                                s.to_string(),
+                                group.clone(),
+                                resource.clone(),
+                            ))
+                        })
+                        .any(|v| v.iter().any(|x| x == verb));
+                    let want = expected.iter().any(|v| v == verb) || also;
+                    let review = SubjectAccessReview {
+                        spec: SubjectAccessReviewSpec {
+                            user: Some(format!(
+                                "system:serviceaccount:{account_ns}:{account_name}"
+                            )),
+                            groups: Some(vec![
+                                "system:serviceaccounts".into(),
+                                format!("system:serviceaccounts:{account_ns}"),
+                                "system:authenticated".into(),
+                            ]),
+                            resource_attributes: Some(ResourceAttributes {
+                                namespace: Some(namespace.to_string()),
+                                verb: Some(verb.into()),
+                                group: Some(group.clone()),
+                                resource: Some(resource_name.into()),
+                                subresource: subresource.clone(),
+                                ..ResourceAttributes::default()
+                            }),
+                            ..SubjectAccessReviewSpec::default()
+                        },
+                        ..SubjectAccessReview::default()
+                    };
+                    let answer = reviews
+                        .create(&PostParams::default(), &review)
+                        .await
+                        .unwrap_or_else(|e| panic!("a SubjectAccessReview: {e}"));
+                    asked += 1;
+                    let got = answer.status.map(|s| s.allowed).unwrap_or(false);
+                    if got != want {
+                        wrong.push(format!(
+                            "{account} {verb} {group}/{resource} in {namespace} ({scope}): allowed={got}, the README says {want}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "permissions differ from the README's table:\n{}",
+        wrong.join("\n")
+    );
+    eprintln!("{asked} permission checks match the README's table");
 }

@@ -977,6 +977,62 @@ async fn loadtest_for_a_missing_system_gets_system_not_found_and_no_job_until_it
 }
 
 #[tokio::test]
+async fn a_loadtest_where_the_runner_account_is_missing_fails_at_once_saying_what_to_do() {
+    let (client, ns) = setup("lt-noaccount").await;
+    // A namespace the chart's loadtest.namespaces did not list: no runner account.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns);
+    accounts
+        .delete("outbox-loadtest", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _operator = start_operator(&client, &ns);
+    create_system(
+        &client,
+        &ns,
+        &reference_system(&unique_name("noaccount-events")),
+    )
+    .await;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(
+            &PostParams::default(),
+            &small_loadtest("stranded", "outbox"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = eventually("the LoadTest to fail", WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let status = api.get("stranded").await.ok()?.status?;
+            (status.phase == Some(LoadTestPhase::Failed)).then_some(status)
+        }
+    })
+    .await;
+    let complete = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap_or_else(|| panic!("no Complete condition: {status:?}"));
+    assert_eq!(complete.reason, "RunnerAccountMissing", "{status:?}");
+    assert!(
+        complete.message.contains("loadtest.namespaces"),
+        "{}",
+        complete.message
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .is_empty(),
+        "no Job that could never start a pod"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_the_ttl() {
     let (client, ns) = setup("lt-ttl").await;
     let _operator = start_operator(&client, &ns);

@@ -68,6 +68,17 @@ pub async fn setup(prefix: &str) -> (Client, String) {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap_or_else(|e| panic!("creating Secret: {e}"));
+    // The load-test runner's ServiceAccount, as the chart creates it in
+    // `loadtest.namespaces`.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &namespace);
+    let account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "outbox-loadtest"}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap_or_else(|e| panic!("creating ServiceAccount: {e}"));
     (client, namespace)
 }
 
