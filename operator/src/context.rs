@@ -40,6 +40,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Operator settings.
     pub settings: Settings,
+    /// The leader election, when enabled: reconciles act only while it says so.
+    pub leader: Option<std::sync::Arc<crate::leader::Elector>>,
 }
 
 /// Field manager of every server-side apply, and the Events' reporting controller.
@@ -58,7 +60,20 @@ impl Context {
             client,
             metrics,
             settings,
+            leader: None,
         }
+    }
+
+    /// Reconciles act only while `leader` says this replica leads.
+    pub fn with_leader(mut self, leader: Option<std::sync::Arc<crate::leader::Elector>>) -> Self {
+        self.leader = leader;
+        self
+    }
+
+    /// False when leader election is on and this replica's leadership has lapsed (a
+    /// renewal missed its deadline): the reconcile must not act.
+    pub fn may_act(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| l.leading())
     }
 }
 

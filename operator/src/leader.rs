@@ -1,9 +1,15 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so that only one replica
 //! reconciles at a time.
 //!
-//! The holder renews the Lease every `renew_every`; a candidate takes it over when its
-//! `renewTime` is older than `leaseDurationSeconds`. Updates use the Lease's
+//! The holder renews the Lease every third of its duration; a candidate takes it over
+//! when its `renewTime` is older than `leaseDurationSeconds`. Updates use the Lease's
 //! `resourceVersion`, so two candidates can never both win the same round.
+//!
+//! No overlap: the holder counts itself leader only until `renew_deadline` (shorter
+//! than the lease, as client-go's 10 s of 15 s) after the start of its last successful
+//! renewal, on the monotonic clock. Past it, reconciles do nothing and the process
+//! gives up, before any candidate may take over: even a leader that was paused
+//! (SIGSTOP, a frozen node) stops acting the moment it runs again.
 
 use std::time::Duration;
 
@@ -27,6 +33,16 @@ pub struct LeaseSettings {
     pub identity: String,
     /// How long a Lease stays valid without renewal.
     pub lease_duration: Duration,
+    /// How long after its last successful renewal the holder still acts as leader;
+    /// shorter than `lease_duration`.
+    pub renew_deadline: Duration,
+}
+
+impl LeaseSettings {
+    /// The renew deadline client-go uses for a lease of this length: two thirds.
+    pub fn default_renew_deadline(lease_duration: Duration) -> Duration {
+        lease_duration * 2 / 3
+    }
 }
 
 /// What a candidate should do with the Lease as it is now (pure).
@@ -68,6 +84,8 @@ pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decis
 pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
+    /// Until when this replica may act as leader (monotonic clock).
+    valid_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Elector {
@@ -76,7 +94,29 @@ impl Elector {
         Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
+            valid_until: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether this replica may act as leader now: it holds the Lease and renewed it
+    /// less than `renew_deadline` ago.
+    pub fn leading(&self) -> bool {
+        self.valid_until
+            .lock()
+            .ok()
+            .and_then(|v| *v)
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    /// One round that counts toward [`Elector::leading`]: the deadline runs from when
+    /// the request was sent, not from when its answer came.
+    async fn hold(&self) -> Result<bool> {
+        let sent = std::time::Instant::now();
+        let held = self.try_hold().await?;
+        if let Ok(mut until) = self.valid_until.lock() {
+            *until = held.then(|| sent + self.settings.renew_deadline);
+        }
+        Ok(held)
     }
 
     fn spec(&self, previous: Option<&LeaseSpec>, now: Timestamp, acquire: bool) -> LeaseSpec {
@@ -141,7 +181,7 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut announced = false;
         loop {
-            match self.try_hold().await {
+            match self.hold().await {
                 Ok(true) => {
                     info!(lease = %self.settings.name, identity = %self.settings.identity, "became the leader");
                     return;
@@ -162,29 +202,39 @@ impl Elector {
         (self.settings.lease_duration / 3).max(Duration::from_secs(1))
     }
 
-    /// Renews the Lease until renewal has failed for a whole lease duration (another
-    /// replica may have taken over), then returns: the caller must stop reconciling.
+    /// Renews the Lease until a renewal fails to come within `renew_deadline` (or the
+    /// Lease was taken), then returns: the caller must stop reconciling. Checks the
+    /// deadline every 100 ms, so that a replica that was paused past it notices at once.
     pub async fn keep(&self) {
-        let mut last_renewal = tokio::time::Instant::now();
+        let mut next_renewal = tokio::time::Instant::now() + self.retry_period();
         loop {
-            tokio::time::sleep(self.retry_period()).await;
-            match self.try_hold().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !self.leading() {
+                warn!(lease = %self.settings.name, deadline = ?self.settings.renew_deadline, "no renewal of the Lease within the renew deadline: no longer leading");
+                return;
+            }
+            if tokio::time::Instant::now() < next_renewal {
+                continue;
+            }
+            next_renewal = tokio::time::Instant::now() + self.retry_period();
+            let renewal = tokio::time::timeout(self.settings.renew_deadline, self.hold()).await;
+            match renewal {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
                     warn!(lease = %self.settings.name, "the Lease was taken by another replica");
                     return;
                 }
-                Err(error) => warn!(%error, "renewing the Lease"),
-            }
-            if last_renewal.elapsed() > self.settings.lease_duration {
-                warn!(lease = %self.settings.name, "could not renew the Lease in time");
-                return;
+                Ok(Err(error)) => warn!(%error, "renewing the Lease"),
+                Err(_) => warn!("renewing the Lease took longer than the renew deadline"),
             }
         }
     }
 
     /// Gives the Lease up so that another replica can take over at once.
     pub async fn release(&self) {
+        if let Ok(mut until) = self.valid_until.lock() {
+            *until = None;
+        }
         let name = &self.settings.name;
         let Ok(Some(mut lease)) = self.api.get_opt(name).await else {
             return;

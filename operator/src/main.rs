@@ -134,11 +134,14 @@ async fn main() -> anyhow::Result<()> {
                     name: args.leader_election_lease_name,
                     identity,
                     lease_duration: Duration::from_secs(args.leader_election_lease_seconds.max(2)),
+                    renew_deadline: LeaseSettings::default_renew_deadline(Duration::from_secs(
+                        args.leader_election_lease_seconds.max(2),
+                    )),
                 },
             )))
         }
     };
-    let ctx = Context::new(client, metrics.clone(), settings);
+    let ctx = Context::new(client, metrics.clone(), settings).with_leader(elector.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

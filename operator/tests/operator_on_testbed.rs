@@ -1257,3 +1257,123 @@ async fn only_the_lease_holder_reconciles_another_replica_takes_over_when_it_die
     assert_eq!(holder().await, None, "the Lease is released on shutdown");
     delete_namespace(&client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_paused_leader_stops_acting_before_a_new_leader_starts() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (client, ns) = setup("paused").await;
+    let elect = |identity: &'static str| {
+        [
+            "--leader-elect",
+            "--leader-election-namespace",
+            ns.as_str(),
+            "--leader-election-lease-seconds",
+            "3",
+            "--identity",
+            identity,
+        ]
+    };
+    let mut a = OperatorProcess::spawn_with(&ns, &format!("{ns}-a"), &elect("replica-a"));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = || {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt("outbox-operator")
+                .await
+                .ok()??
+                .spec?
+                .holder_identity
+        }
+    };
+    eventually("replica-a holds the Lease", WAIT, || async {
+        holder().await.filter(|h| h == "replica-a")
+    })
+    .await;
+    let b = OperatorProcess::spawn_with(&ns, &format!("{ns}-b"), &elect("replica-b"));
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(
+            &PostParams::default(),
+            &small_loadtest("first", "no-such-system"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = eventually("the leader reconciles", WAIT, || async {
+        a.loadtest_reconciliations().await.filter(|n| *n > 0)
+    })
+    .await;
+
+    // Frozen (as a node that stalls): it cannot renew, replica-b takes over.
+    a.signal("STOP");
+    let resumed = {
+        struct Resume<'a>(&'a OperatorProcess);
+        impl Drop for Resume<'_> {
+            fn drop(&mut self) {
+                self.0.signal("CONT");
+            }
+        }
+        Resume(&a)
+    };
+    loadtests
+        .create(
+            &PostParams::default(),
+            &small_loadtest("second", "no-such-system"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    eventually("replica-b takes the Lease over", WAIT, || async {
+        holder().await.filter(|h| h == "replica-b")
+    })
+    .await;
+    eventually("the new leader reconciles", WAIT, || async {
+        b.reconciled_loadtests().await.then_some(())
+    })
+    .await;
+
+    // Running again, with "second" waiting in its watch: it must not act on it, and
+    // must give up.
+    drop(resumed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = a.exited() {
+            break status;
+        }
+        if let Some(n) = a.loadtest_reconciliations().await {
+            assert_eq!(n, before, "the paused leader reconciled after it ran again");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the paused leader did not give up within 15 s of running again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        !exit.success(),
+        "it exits saying it lost the Lease: {exit:?}"
+    );
+    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+    // Every Event about "second" (created while replica-a was frozen) came from
+    // replica-b: replica-a never acted on it.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let reporters = eventually("an Event about the second LoadTest", WAIT, || {
+        let events = events.clone();
+        async move {
+            let reporters: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("second"))
+                .filter_map(|e| e.reporting_instance)
+                .collect();
+            (!reporters.is_empty()).then_some(reporters)
+        }
+    })
+    .await;
+    assert!(
+        reporters.iter().all(|r| r == "replica-b"),
+        "Events about the second LoadTest from {reporters:?}"
+    );
+    delete_namespace(&client, &ns).await;
+}

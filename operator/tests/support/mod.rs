@@ -142,7 +142,15 @@ impl OperatorProcess {
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{log_name}.log"));
         let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_operator"));
+        // A replica's identity is also its Events' reporting instance, as POD_NAME is
+        // both in a pod.
+        if let Some(at) = extra_args.iter().position(|a| *a == "--identity") {
+            if let Some(identity) = extra_args.get(at + 1) {
+                command.env("POD_NAME", identity);
+            }
+        }
+        let child = command
             .args(["--namespace", namespace])
             .args([
                 "--metrics-bind-address",
@@ -188,6 +196,34 @@ impl OperatorProcess {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         None
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// LoadTest reconciles this process started, from its own /metrics (None when it
+    /// does not answer).
+    pub async fn loadtest_reconciliations(&self) -> Option<u64> {
+        let metrics = self.get("/metrics").await?;
+        metrics.lines().find_map(|l| {
+            l.strip_prefix("outbox_operator_reconciliations_total{controller=\"loadtest\"} ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(|v| v as u64)
+        })
     }
 
     /// Whether this process has reconciled a LoadTest, from its own /metrics.
