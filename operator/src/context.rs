@@ -14,6 +14,10 @@ pub struct Settings {
     pub status_refresh: std::time::Duration,
     /// How long the oldest pending message may wait before delivery counts as stalled.
     pub stall_after: std::time::Duration,
+    /// How long the operator keeps trying to delete a `deletionPolicy: Delete` topic
+    /// (Kafka or its client Secret gone) before it lets the OutboxSystem go and leaves
+    /// the topic behind, with a Warning Event naming it.
+    pub topic_deletion_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -22,6 +26,7 @@ impl Default for Settings {
             loadtest_service_account: "outbox-loadtest".to_string(),
             status_refresh: std::time::Duration::from_secs(30),
             stall_after: std::time::Duration::from_secs(120),
+            topic_deletion_timeout: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -42,6 +42,11 @@ struct Args {
     /// condition turns True.
     #[arg(long, env = "DELIVERY_STALL_SECONDS", default_value_t = 120)]
     delivery_stall_seconds: u64,
+    /// Seconds the operator keeps trying to delete a `deletionPolicy: Delete` topic
+    /// before it lets the OutboxSystem go and leaves the topic behind (Warning Event
+    /// TopicLeftBehind).
+    #[arg(long, env = "TOPIC_DELETION_TIMEOUT_SECONDS", default_value_t = 300)]
+    topic_deletion_timeout_seconds: u64,
     /// Elect a leader through a Lease before reconciling (for more than one replica).
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
@@ -116,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         loadtest_service_account: args.loadtest_service_account,
         status_refresh: Duration::from_secs(args.status_refresh_seconds.max(1)),
         stall_after: Duration::from_secs(args.delivery_stall_seconds.max(1)),
+        topic_deletion_timeout: Duration::from_secs(args.topic_deletion_timeout_seconds),
     };
     let elector = match (args.leader_elect, args.leader_election_namespace) {
         (false, _) => None,

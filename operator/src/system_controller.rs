@@ -615,6 +615,18 @@ async fn backlog(
     .await
 }
 
+/// Annotation that lets an OutboxSystem with `deletionPolicy: Delete` go at once,
+/// leaving its topic in Kafka (for a Kafka that is gone for good).
+pub const SKIP_TOPIC_DELETION_ANNOTATION: &str = "outbox.dev/skip-topic-deletion";
+
+/// Deletes the system's topic through the Kafka client settings its spec names.
+async fn delete_topic(ctx: &Context, namespace: &str, spec: &OutboxSystemSpec) -> Result<()> {
+    let properties = kafka_client_properties(ctx, namespace, spec).await?;
+    let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, namespace);
+    let admin = KafkaAdmin::new(client_config(&bootstrap, &properties))?;
+    admin.delete_topic(&spec.topic.name).await
+}
+
 async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     if let (Some(uid), Ok(mut writes)) = (system.uid(), ctx.status_writes.lock()) {
         writes.remove(&uid);
@@ -636,10 +648,59 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
             let namespace = system
                 .namespace()
                 .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-            let properties = kafka_client_properties(&ctx, &namespace, spec).await?;
-            let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, &namespace);
-            let admin = KafkaAdmin::new(client_config(&bootstrap, &properties))?;
-            admin.delete_topic(&spec.topic.name).await?;
+            let skip = system
+                .annotations()
+                .get(SKIP_TOPIC_DELETION_ANNOTATION)
+                .is_some_and(|v| v == "true");
+            let deleted = if skip {
+                Err(format!("annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true"))
+            } else {
+                delete_topic(&ctx, &namespace, spec)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(why) = deleted {
+                let waited = system
+                    .metadata
+                    .deletion_timestamp
+                    .as_ref()
+                    .map(|t| Timestamp::now().duration_since(t.0).as_secs())
+                    .unwrap_or(0)
+                    .max(0) as u64;
+                let limit = ctx.settings.topic_deletion_timeout.as_secs();
+                if !skip && waited < limit {
+                    publish_event(
+                        &ctx,
+                        system.as_ref(),
+                        EventType::Warning,
+                        "TopicDeletionFailed",
+                        format!(
+                            "could not delete topic {} ({why}); retrying, and giving up after {limit} s (or now, with annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true)",
+                            spec.topic.name
+                        ),
+                    )
+                    .await;
+                    return Err(Error::TopicNotReconciled {
+                        topic: spec.topic.name.clone(),
+                        message: why,
+                    });
+                }
+                let note = format!(
+                    "left topic {} behind ({why}{}): the OutboxSystem is deleted without it; delete the topic in Kafka yourself",
+                    spec.topic.name,
+                    if skip { String::new() } else { format!("; gave up after {waited} s") }
+                );
+                warn!(topic = %spec.topic.name, "{note}");
+                publish_event(
+                    &ctx,
+                    system.as_ref(),
+                    EventType::Warning,
+                    "TopicLeftBehind",
+                    note,
+                )
+                .await;
+                return Ok(Action::await_change());
+            }
             info!(topic = %spec.topic.name, "deleted the topic (deletionPolicy Delete)");
             publish_event(
                 &ctx,

@@ -509,6 +509,78 @@ async fn deleting_a_system_with_delete_policy_deletes_the_topic() {
 }
 
 #[tokio::test]
+async fn deleting_a_system_whose_kafka_secret_is_gone_leaves_the_topic_and_finishes() {
+    let (client, ns) = setup("obs-del-nosecret").await;
+    let _operator = start_operator_with(
+        &client,
+        &ns,
+        outbox_operator::Settings {
+            status_refresh: Duration::from_secs(5),
+            topic_deletion_timeout: Duration::from_secs(5),
+            ..outbox_operator::Settings::default()
+        },
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kafka-client"},
+        "stringData": {"KAFKA_CLIENT_SECURITY_PROTOCOL": "PLAINTEXT"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let topic = unique_name("orphan-events");
+    let mut system = reference_system(&topic);
+    system.spec.topic.deletion_policy =
+        serde_json::from_value("Delete".into()).unwrap_or_else(|e| panic!("{e}"));
+    system.spec.kafka.client_settings_secret_ref = Some(outbox_operator::crd::SecretRef {
+        name: "kafka-client".into(),
+    });
+    let systems = create_system(&client, &ns, &system).await;
+    eventually("topic created", WAIT, || {
+        let topic = topic.clone();
+        async move { kafka_partitions(&topic).await.map(|_| ()) }
+    })
+    .await;
+    // As when a namespace is deleted: the Secret goes first, then the system.
+    secrets
+        .delete("kafka-client", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    systems
+        .delete("outbox", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&systems, "outbox").await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("TopicLeftBehind"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains(&topic)),
+        "a Warning naming the topic left behind: {notes:?}"
+    );
+    assert!(
+        kafka_partitions(&topic).await.is_some(),
+        "the topic is left, as the Event says"
+    );
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = testbed()
+        .kafka_config()
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = admin
+        .delete_topics(&[topic.as_str()], &rdkafka::admin::AdminOptions::new())
+        .await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn existing_topic_with_more_partitions_is_reported_as_a_conflict_not_ignored() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let (client, ns) = setup("obs-conflict").await;

@@ -100,10 +100,22 @@ impl Drop for InProcessOperator {
 }
 
 pub fn start_operator(client: &Client, namespace: &str) -> InProcessOperator {
-    let settings = Settings {
-        status_refresh: Duration::from_secs(5),
-        ..Settings::default()
-    };
+    start_operator_with(
+        client,
+        namespace,
+        Settings {
+            status_refresh: Duration::from_secs(5),
+            ..Settings::default()
+        },
+    )
+}
+
+/// The operator in this test's runtime with `settings`.
+pub fn start_operator_with(
+    client: &Client,
+    namespace: &str,
+    settings: Settings,
+) -> InProcessOperator {
     let metrics = Metrics::default();
     let ctx = Context::new(client.clone(), metrics.clone(), settings);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
