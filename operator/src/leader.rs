@@ -232,9 +232,6 @@ impl Elector {
 
     /// Gives the Lease up so that another replica can take over at once.
     pub async fn release(&self) {
-        if let Ok(mut until) = self.valid_until.lock() {
-            *until = None;
-        }
         let name = &self.settings.name;
         let Ok(Some(mut lease)) = self.api.get_opt(name).await else {
             return;

@@ -125,6 +125,33 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         return Err(Error::InvalidSpec(message));
     }
 
+    // Another system on the same topic of the same Kafka: the later one is refused, so
+    // that neither consumes the other's messages nor deletes the other's topic.
+    if let Some(other) = topic_taken_by(&ctx, &system, &namespace).await? {
+        let message = format!(
+            "topic {} on {} is already used by OutboxSystem {other}: two systems on one topic consume each other's messages; give this one its own spec.topic.name",
+            spec.topic.name, spec.kafka.bootstrap_servers
+        );
+        let conditions = conditions::merge(
+            &current.conditions,
+            &[
+                conditions::Desired::no(types::READY, "TopicInUse", message.clone()),
+                conditions::Desired::no(types::TOPIC_READY, "TopicInUse", message.clone()),
+                conditions::Desired::yes(types::DEGRADED, "TopicInUse", message.clone()),
+            ],
+            system.metadata.generation,
+            Timestamp::now(),
+        );
+        if conditions != current.conditions {
+            let mut status = current.clone();
+            status.observed_generation = system.metadata.generation;
+            replace_conditions(&mut status.conditions, conditions);
+            patch_status(&ctx, &namespace, &name, &status).await?;
+            publish_event(&ctx, &system, EventType::Warning, "TopicInUse", message).await;
+        }
+        return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+    }
+
     if spec.paused {
         let conditions = conditions::merge(
             &current.conditions,
@@ -263,6 +290,13 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         observed_generation: system.metadata.generation,
         conditions: new_conditions,
         topic: Some(TopicStatus {
+            // Recorded at the first look only; a system from before this field keeps
+            // None (and its topic is deleted with deletionPolicy Delete, as before).
+            created_by_operator: match current.topic.as_ref() {
+                Some(t) if t.created_by_operator.is_some() => t.created_by_operator,
+                Some(t) if t.partitions.is_some() => None,
+                _ => topic.created,
+            },
             last_partition_raise: topic
                 .raised
                 .map(|(from, to)| PartitionRaise {
@@ -489,10 +523,20 @@ async fn reconcile_topic(
     let plan = plan_topic(&spec.topic, observed.as_ref());
     outcome.conflicts = plan.conflicts.clone();
     outcome.observed = observed.clone();
+    // First look: no topic yet means the operator creates it for this system.
+    outcome.created = Some(observed.is_none());
     let changes =
         plan.create || plan.raise_partitions_to.is_some() || !plan.config_changes.is_empty();
     if !changes {
         return (outcome, Some(admin));
+    }
+    if plan.create {
+        // Recorded before the topic exists, so that no failure after the creation can
+        // make a later look mistake the topic for one that was there before.
+        if let Err(e) = record_topic_created(ctx, system, &spec.topic.name).await {
+            outcome.error = Some(e.to_string());
+            return (outcome, Some(admin));
+        }
     }
     if let Err(e) = admin
         .apply_plan(&spec.topic, observed.as_ref(), &plan)
@@ -615,6 +659,75 @@ async fn backlog(
     .await
 }
 
+/// The OutboxSystem (`namespace/name`) created before this one that uses the same topic
+/// on the same Kafka, if any. Looks across all namespaces when the operator may, else
+/// in this one.
+async fn topic_taken_by(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+) -> Result<Option<String>> {
+    let all: Api<OutboxSystem> = Api::all(ctx.client.clone());
+    let others = match all.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            let here: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), namespace);
+            here.list(&ListParams::default())
+                .await
+                .map_err(Error::kube("listing OutboxSystems".to_string()))?
+                .items
+        }
+        Err(e) => return Err(Error::kube("listing OutboxSystems".to_string())(e)),
+    };
+    let kafka_of = |s: &OutboxSystem| {
+        qualify_bootstrap_servers(
+            &s.spec.kafka.bootstrap_servers,
+            &s.namespace().unwrap_or_default(),
+        )
+    };
+    let ours = kafka_of(system);
+    let key = |s: &OutboxSystem| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            s.namespace().unwrap_or_default(),
+            s.name_any(),
+        )
+    };
+    Ok(others
+        .iter()
+        .filter(|o| o.uid() != system.uid() && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| o.spec.topic.name == system.spec.topic.name && kafka_of(o) == ours)
+        .filter(|o| key(o) < key(system))
+        .min_by_key(|o| key(o))
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())))
+}
+
+/// Whether the operator created this system's topic: recorded at its first look; a
+/// system from before that record counts as owner once it had seen its topic, and one
+/// that never got as far as its topic (refused, say) owns nothing.
+fn topic_is_ours(system: &OutboxSystem) -> bool {
+    let topic = system.status.as_ref().and_then(|s| s.topic.as_ref());
+    match topic {
+        Some(t) => t.created_by_operator.unwrap_or(t.partitions.is_some()),
+        None => false,
+    }
+}
+
+/// Marks `status.topic.createdByOperator` before the operator creates the topic.
+async fn record_topic_created(ctx: &Context, system: &OutboxSystem, topic: &str) -> Result<()> {
+    let name = system.name_any();
+    let api: Api<OutboxSystem> =
+        Api::namespaced(ctx.client.clone(), &system.namespace().unwrap_or_default());
+    let patch =
+        serde_json::json!({"status": {"topic": {"name": topic, "createdByOperator": true}}});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(format!(
+            "recording that topic {topic} is created for {name}"
+        )))?;
+    Ok(())
+}
+
 /// Annotation that lets an OutboxSystem with `deletionPolicy: Delete` go at once,
 /// leaving its topic in Kafka (for a Kafka that is gone for good).
 pub const SKIP_TOPIC_DELETION_ANNOTATION: &str = "outbox.dev/skip-topic-deletion";
@@ -641,6 +754,21 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
                 EventType::Normal,
                 "TopicRetained",
                 format!("kept topic {} (deletionPolicy Retain)", spec.topic.name),
+            )
+            .await;
+        }
+        DeletionPolicy::Delete if !topic_is_ours(&system) => {
+            let note = format!(
+                "kept topic {}: it existed before this OutboxSystem (deletionPolicy Delete deletes only a topic the operator created for it)",
+                spec.topic.name
+            );
+            info!(topic = %spec.topic.name, "{note}");
+            publish_event(
+                &ctx,
+                system.as_ref(),
+                EventType::Normal,
+                "TopicRetained",
+                note,
             )
             .await;
         }

@@ -42,6 +42,9 @@ pub struct TopicOutcome {
     pub error_reason: Option<&'static str>,
     /// `(from, to)` when this reconcile raised the partition count.
     pub raised: Option<(i32, i32)>,
+    /// Whether the operator created the topic (Some(true)) or found it (Some(false)),
+    /// as seen the first time it looked; None when it could not look.
+    pub created: Option<bool>,
 }
 
 /// One consumer group as observed.
@@ -205,6 +208,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             partitions: topic.observed.as_ref().map(|t| t.partitions),
             replication_factor: topic.observed.as_ref().map(|t| t.replication_factor),
             last_partition_raise: None,
+            created_by_operator: None,
         },
         producers: ReplicaStatus::new(p_ready, p_desired),
         groups: obs
@@ -320,6 +324,7 @@ mod tests {
                 error: None,
                 error_reason: None,
                 raised: None,
+                created: None,
             },
             producers: (3, 3),
             groups: vec![GroupObservation {

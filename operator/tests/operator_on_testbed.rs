@@ -554,18 +554,28 @@ async fn deleting_a_system_whose_kafka_secret_is_gone_leaves_the_topic_and_finis
         .unwrap_or_else(|e| panic!("{e}"));
     wait_gone(&systems, "outbox").await;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
-    let notes: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("TopicLeftBehind"))
-        .filter_map(|e| e.note)
-        .collect();
-    assert!(
-        notes.iter().any(|n| n.contains(&topic)),
-        "a Warning naming the topic left behind: {notes:?}"
-    );
+    let note = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let found = events
+                .list(&ListParams::default())
+                .await
+                .ok()
+                .and_then(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|e| e.reason.as_deref() == Some("TopicLeftBehind"))
+                        .filter_map(|e| e.note)
+                        .find(|n| n.contains(&topic))
+                });
+            if let Some(note) = found {
+                return note;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no Warning TopicLeftBehind naming {topic} within 30 s"));
+    assert!(note.contains("delete the topic"), "{note}");
     assert!(
         kafka_partitions(&topic).await.is_some(),
         "the topic is left, as the Event says"
@@ -1447,5 +1457,134 @@ async fn a_paused_leader_stops_acting_before_a_new_leader_starts() {
         reporters.iter().all(|r| r == "replica-b"),
         "Events about the second LoadTest from {reporters:?}"
     );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_deleted() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let (client, ns) = setup("obs-collide").await;
+    let _operator = start_operator(&client, &ns);
+    let delete_policy = |mut s: OutboxSystem, name: &str| {
+        s.metadata.name = Some(name.into());
+        s.spec.topic.deletion_policy =
+            serde_json::from_value("Delete".into()).unwrap_or_else(|e| panic!("{e}"));
+        s
+    };
+    // The first system creates its topic.
+    let topic = unique_name("shared-events");
+    let systems = create_system(
+        &client,
+        &ns,
+        &delete_policy(reference_system(&topic), "outbox"),
+    )
+    .await;
+    let first = eventually("the first system to create its topic", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            (s.status.as_ref()?.topic.as_ref()?.partitions == Some(6)).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(
+        first
+            .status
+            .and_then(|s| s.topic)
+            .and_then(|t| t.created_by_operator),
+        Some(true)
+    );
+    // A second system on the same topic is refused, naming the first.
+    create_system(
+        &client,
+        &ns,
+        &delete_policy(reference_system(&topic), "second"),
+    )
+    .await;
+    let second = wait_for_reason(&systems, "second", "Degraded", "TopicInUse").await;
+    let (_, _, message) = condition(&second, "Degraded").unwrap_or_default();
+    assert!(message.contains(&format!("{ns}/outbox")), "{message}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let second_children = deployments
+        .list(&ListParams::default().labels("outbox.dev/system=second"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        second_children.items.is_empty(),
+        "the refused system got no workloads"
+    );
+    // Deleting it leaves the first system's topic.
+    systems
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&systems, "second").await;
+    assert_eq!(
+        kafka_partitions(&topic).await,
+        Some(6),
+        "the first system's topic stays"
+    );
+
+    // A topic that was there before: kept when its system is deleted, even with Delete.
+    let existing = unique_name("existing-events");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = testbed()
+        .kafka_config()
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    admin
+        .create_topics(
+            [&NewTopic::new(&existing, 6, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    create_system(
+        &client,
+        &ns,
+        &delete_policy(reference_system(&existing), "third"),
+    )
+    .await;
+    let third = eventually("the third system to find its topic", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let s = api.get("third").await.ok()?;
+            s.status
+                .as_ref()?
+                .topic
+                .as_ref()?
+                .created_by_operator
+                .map(|c| (c, s.clone()))
+        }
+    })
+    .await;
+    assert!(
+        !third.0,
+        "the operator found the topic, it did not create it"
+    );
+    systems
+        .delete("third", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&systems, "third").await;
+    assert_eq!(
+        kafka_partitions(&existing).await,
+        Some(6),
+        "a topic it did not create is kept"
+    );
+
+    // The first system created its topic: deleting it deletes the topic.
+    systems
+        .delete("outbox", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&systems, "outbox").await;
+    eventually("the first system's topic deleted", WAIT, || {
+        let topic = topic.clone();
+        async move { kafka_partitions(&topic).await.is_none().then_some(()) }
+    })
+    .await;
+    let _ = admin
+        .delete_topics(&[existing.as_str()], &AdminOptions::new())
+        .await;
     delete_namespace(&client, &ns).await;
 }

@@ -410,6 +410,10 @@ pub struct TopicStatus {
     /// different members, out of order, while any were in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_partition_raise: Option<PartitionRaise>,
+    /// True when the operator created the topic for this system, false when the topic
+    /// was there before: `deletionPolicy: Delete` deletes only a topic it created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by_operator: Option<bool>,
 }
 
 /// A raise of the topic's partition count.
