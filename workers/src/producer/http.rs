@@ -298,9 +298,39 @@ fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
         .into_response()
 }
 
-/// A permit to handle one more request, unless `MAX_CONCURRENT_REQUESTS` are in progress.
-fn admit(state: &AppState) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    state.in_progress.clone().try_acquire_owned().ok()
+/// A permit to handle one more send or batch request, or the answer that refuses it
+/// before its body is read: busy (`MAX_CONCURRENT_REQUESTS` in progress), starting (the
+/// schema not migrated yet) or backlogged (`MAX_BACKLOG_MESSAGES` waiting).
+fn admission(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+    let permit = state
+        .in_progress
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Busy)?;
+    if !state.started.get() {
+        return Err(Refusal::Starting);
+    }
+    if let Some(pending) = state.backlog.exceeded() {
+        return Err(Refusal::Backlogged(pending));
+    }
+    Ok(permit)
+}
+
+/// Why [`admission`] refused a request.
+enum Refusal {
+    Busy,
+    Starting,
+    Backlogged(u64),
+}
+
+impl Refusal {
+    fn answer(self, state: &AppState) -> Response {
+        match self {
+            Refusal::Busy => busy(state),
+            Refusal::Starting => starting(state),
+            Refusal::Backlogged(pending) => backlogged(state, pending),
+        }
+    }
 }
 
 /// The answer when no permit is left: come back later, nothing was stored.
@@ -394,15 +424,10 @@ async fn send(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(_permit) = admit(&state) else {
-        return busy(&state);
+    let _permit = match admission(&state) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.answer(&state),
     };
-    if !state.started.get() {
-        return starting(&state);
-    }
-    if let Some(pending) = state.backlog.exceeded() {
-        return backlogged(&state, pending);
-    }
     let parsed = idempotency_key(&headers).and_then(|key| {
         parse::<SendRequest>(&headers, body, state.max_body_bytes)
             .and_then(|r| validate(r, &state, ""))
@@ -459,15 +484,10 @@ async fn batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(_permit) = admit(&state) else {
-        return busy(&state);
+    let _permit = match admission(&state) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.answer(&state),
     };
-    if !state.started.get() {
-        return starting(&state);
-    }
-    if let Some(pending) = state.backlog.exceeded() {
-        return backlogged(&state, pending);
-    }
     let (key, request) = match idempotency_key(&headers).and_then(|key| {
         parse::<BatchRequest>(&headers, body, state.max_body_bytes).map(|r| (key, r))
     }) {
