@@ -52,12 +52,7 @@ pub fn job_state(job: Option<&Job>) -> JobState {
     let Some(job) = job else {
         return JobState::Absent;
     };
-    let has = |t: &str| {
-        job.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
-    };
+    let has = |t: &str| job_condition(job, t).is_some();
     if has("Failed") {
         JobState::Failed
     } else if has("Complete") {
@@ -75,14 +70,23 @@ pub struct RunnerAccount<'a> {
     pub found: bool,
 }
 
+/// The Job's condition `type_` when it is True.
+fn job_condition<'a>(
+    job: &'a Job,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
 /// Whether the Job failed with condition reason `reason`.
 fn job_failed_for(job: Option<&Job>, reason: &str) -> bool {
-    job.and_then(|j| j.status.as_ref()?.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.type_ == "Failed" && c.status == "True" && c.reason.as_deref() == Some(reason)
-            })
-        })
+    job.and_then(|j| job_condition(j, "Failed"))
+        .is_some_and(|c| c.reason.as_deref() == Some(reason))
 }
 
 /// What the operator writes into a LoadTest's status (only its own fields).

@@ -101,27 +101,12 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     let problems = validate(&name, spec);
     if !problems.is_empty() {
         let message = problems.join("; ");
-        let conditions = conditions::merge(
-            &current.conditions,
-            &[
-                conditions::Desired::no(types::READY, "InvalidSpec", message.clone()),
-                conditions::Desired::yes(types::DEGRADED, "InvalidSpec", message.clone()),
-            ],
-            system.metadata.generation,
-            Timestamp::now(),
-        );
-        let mut status = current.clone();
-        status.observed_generation = system.metadata.generation;
-        replace_conditions(&mut status.conditions, conditions);
-        patch_status(&ctx, &namespace, &name, &status).await?;
-        publish_event(
-            &ctx,
-            &system,
-            EventType::Warning,
-            "InvalidSpec",
-            message.clone(),
-        )
-        .await;
+        let refusal = Refusal {
+            reason: "InvalidSpec",
+            message: &message,
+            conditions: &[types::READY],
+        };
+        report_refusal(&ctx, &system, &current, refusal, Announce::Always).await?;
         return Err(Error::InvalidSpec(message));
     }
 
@@ -132,23 +117,12 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             "topic {} on {} is already used by OutboxSystem {other}: two systems on one topic consume each other's messages; give this one its own spec.topic.name",
             spec.topic.name, spec.kafka.bootstrap_servers
         );
-        let conditions = conditions::merge(
-            &current.conditions,
-            &[
-                conditions::Desired::no(types::READY, "TopicInUse", message.clone()),
-                conditions::Desired::no(types::TOPIC_READY, "TopicInUse", message.clone()),
-                conditions::Desired::yes(types::DEGRADED, "TopicInUse", message.clone()),
-            ],
-            system.metadata.generation,
-            Timestamp::now(),
-        );
-        if conditions != current.conditions {
-            let mut status = current.clone();
-            status.observed_generation = system.metadata.generation;
-            replace_conditions(&mut status.conditions, conditions);
-            patch_status(&ctx, &namespace, &name, &status).await?;
-            publish_event(&ctx, &system, EventType::Warning, "TopicInUse", message).await;
-        }
+        let refusal = Refusal {
+            reason: "TopicInUse",
+            message: &message,
+            conditions: &[types::READY, types::TOPIC_READY],
+        };
+        report_refusal(&ctx, &system, &current, refusal, Announce::WhenChanged).await?;
         return Ok(Action::requeue(std::time::Duration::from_secs(60)));
     }
 
@@ -657,6 +631,66 @@ async fn backlog(
         ctx.settings.stall_after,
     )
     .await
+}
+
+/// Why the operator will not reconcile a system: `conditions` turn False and
+/// `Degraded` True, all with `reason` and `message`.
+struct Refusal<'a> {
+    reason: &'static str,
+    message: &'a str,
+    conditions: &'a [&'static str],
+}
+
+/// When [`report_refusal`] writes and announces.
+#[derive(PartialEq)]
+enum Announce {
+    Always,
+    /// Only when the conditions do not say it yet (a refusal that is re-checked on
+    /// every requeue).
+    WhenChanged,
+}
+
+/// Writes a refusal into status and announces it with a Warning Event.
+async fn report_refusal(
+    ctx: &Context,
+    system: &OutboxSystem,
+    current: &OutboxSystemStatus,
+    refusal: Refusal<'_>,
+    announce: Announce,
+) -> Result<()> {
+    let mut desired: Vec<conditions::Desired> = refusal
+        .conditions
+        .iter()
+        .map(|t| conditions::Desired::no(t, refusal.reason, refusal.message.to_string()))
+        .collect();
+    desired.push(conditions::Desired::yes(
+        types::DEGRADED,
+        refusal.reason,
+        refusal.message.to_string(),
+    ));
+    let merged = conditions::merge(
+        &current.conditions,
+        &desired,
+        system.metadata.generation,
+        Timestamp::now(),
+    );
+    if announce == Announce::WhenChanged && merged == current.conditions {
+        return Ok(());
+    }
+    let mut status = current.clone();
+    status.observed_generation = system.metadata.generation;
+    replace_conditions(&mut status.conditions, merged);
+    let namespace = system.namespace().unwrap_or_default();
+    patch_status(ctx, &namespace, &system.name_any(), &status).await?;
+    publish_event(
+        ctx,
+        system,
+        EventType::Warning,
+        refusal.reason,
+        refusal.message.to_string(),
+    )
+    .await;
+    Ok(())
 }
 
 /// The OutboxSystem (`namespace/name`) created before this one that uses the same topic
