@@ -68,6 +68,19 @@ pub async fn setup(prefix: &str) -> (Client, String) {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap_or_else(|e| panic!("creating Secret: {e}"));
+    // No pod may start here: these tests are about what the operator writes to the API
+    // server (Deployments whose pods never become ready, runner Jobs that never run),
+    // not about pods on the node, which would race them (a runner pod finishing, say).
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), &namespace);
+    let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .unwrap_or_else(|e| panic!("creating ResourceQuota: {e}"));
     // The load-test runner's ServiceAccount, as the chart creates it in
     // `loadtest.namespaces`.
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
