@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::crd::BacklogStatus;
+use crate::postgres_tls::{self, TlsDefaults};
 
 /// How long the operator waits for PostgreSQL before reporting it unreachable.
 const DB_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,26 +20,30 @@ pub struct BacklogUnavailable {
 /// Reads `pending`, `oldest_age_seconds` and `quarantined` from `outbox_backlog`; when
 /// the oldest pending row is older than `stall_after`, also names the oldest open
 /// transaction (which the relay cannot read past).
+/// `tls` carries the CA of `spec.database.caSecretRef`, when there is one; the URL's
+/// `sslmode` and `sslrootcert` apply as in the workers.
 pub async fn read_backlog(
     database_url: &str,
+    tls: &TlsDefaults,
     stall_after: Duration,
 ) -> Result<BacklogStatus, BacklogUnavailable> {
-    let (client, connection) = tokio::time::timeout(
-        DB_TIMEOUT,
-        tokio_postgres::connect(database_url, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| BacklogUnavailable {
-        reason: "DatabaseUnreachable",
-        message: format!(
-            "no connection to PostgreSQL within {}s",
-            DB_TIMEOUT.as_secs()
-        ),
-    })?
-    .map_err(|e| BacklogUnavailable {
-        reason: "DatabaseUnreachable",
-        message: format!("connecting to PostgreSQL: {e}"),
+    let target = postgres_tls::parse(database_url, tls).map_err(|e| BacklogUnavailable {
+        reason: "DatabaseSettingsInvalid",
+        message: format!("the database URL cannot be used: {e}"),
     })?;
+    let (client, connection) = tokio::time::timeout(DB_TIMEOUT, target.config.connect(target.tls))
+        .await
+        .map_err(|_| BacklogUnavailable {
+            reason: "DatabaseUnreachable",
+            message: format!(
+                "no connection to PostgreSQL within {}s",
+                DB_TIMEOUT.as_secs()
+            ),
+        })?
+        .map_err(|e| BacklogUnavailable {
+            reason: "DatabaseUnreachable",
+            message: format!("connecting to PostgreSQL: {e}"),
+        })?;
     let task = tokio::spawn(connection);
     let result = tokio::time::timeout(DB_TIMEOUT, query(&client, stall_after)).await;
     drop(client);

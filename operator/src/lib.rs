@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod leader;
 pub mod loadtest_controller;
 pub mod metrics;
+pub mod postgres_tls;
 pub mod run;
 pub mod runner_job;
 pub mod server;

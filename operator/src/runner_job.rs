@@ -3,15 +3,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::crd::{LoadTest, OutboxSystem};
 use crate::workloads::{
     common_env, container_security_context, default_image, env_from, pod_security_context,
-    COMPONENT_LABEL, SYSTEM_LABEL, WORKER_BINARY,
+    worker_volumes, COMPONENT_LABEL, SYSTEM_LABEL, WORKER_BINARY,
 };
 
 /// Label naming the LoadTest a Job runs.
@@ -72,6 +70,7 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
         .clone()
         .or_else(|| system.spec.image.clone())
         .unwrap_or_else(default_image);
+    let (volumes, mounts) = worker_volumes(&system.spec);
     let container = Container {
         name: "runner".to_string(),
         image: Some(image),
@@ -87,11 +86,7 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
         env: Some(common_env(&system.spec, 8080)),
         env_from: Some(env_from(&system_name, &system.spec)),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_string(),
-            mount_path: "/tmp".to_string(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     Job {
@@ -115,11 +110,7 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
                     service_account_name: Some(params.service_account.to_string()),
                     containers: vec![container],
                     security_context: Some(pod_security_context()),
-                    volumes: Some(vec![Volume {
-                        name: "tmp".to_string(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },

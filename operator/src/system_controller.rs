@@ -25,6 +25,7 @@ use crate::crd::{
 };
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
+use crate::postgres_tls::{CaSource, TlsDefaults};
 use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::status_write::apply_status;
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
@@ -592,7 +593,36 @@ async fn backlog(
     namespace: &str,
     spec: &OutboxSystemSpec,
 ) -> Result<crate::crd::BacklogStatus, BacklogUnavailable> {
-    let secret_ref = &spec.database.url_secret_ref;
+    let url = secret_value(
+        ctx,
+        namespace,
+        &spec.database.url_secret_ref,
+        "urlSecretRef",
+    )
+    .await?;
+    let url = String::from_utf8_lossy(&url).into_owned();
+    let ca = match &spec.database.ca_secret_ref {
+        Some(ca) => Some(CaSource::Pem(
+            secret_value(ctx, namespace, ca, "caSecretRef").await?,
+        )),
+        None => None,
+    };
+    let tls = TlsDefaults { sslmode: None, ca };
+    read_backlog(
+        &qualify_database_url(&url, namespace),
+        &tls,
+        ctx.settings.stall_after,
+    )
+    .await
+}
+
+/// The value of `secret_ref` (`spec.database.<field>`), or why it cannot be had.
+async fn secret_value(
+    ctx: &Context,
+    namespace: &str,
+    secret_ref: &crate::crd::SecretKeyRef,
+    field: &str,
+) -> Result<Vec<u8>, BacklogUnavailable> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret = match secrets.get_opt(&secret_ref.name).await {
         Ok(Some(secret)) => secret,
@@ -600,7 +630,7 @@ async fn backlog(
             return Err(BacklogUnavailable {
                 reason: "DatabaseSecretMissing",
                 message: format!(
-                    "Secret {} (spec.database.urlSecretRef) not found",
+                    "Secret {} (spec.database.{field}) not found",
                     secret_ref.name
                 ),
             })
@@ -612,25 +642,17 @@ async fn backlog(
             })
         }
     };
-    let url = secret
+    secret
         .data
-        .as_ref()
-        .and_then(|d| d.get(&secret_ref.key))
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
-    let Some(url) = url else {
-        return Err(BacklogUnavailable {
+        .and_then(|mut d| d.remove(&secret_ref.key))
+        .map(|v| v.0)
+        .ok_or_else(|| BacklogUnavailable {
             reason: "DatabaseSecretMissing",
             message: format!(
-                "Secret {} has no key {} (spec.database.urlSecretRef)",
+                "Secret {} has no key {} (spec.database.{field})",
                 secret_ref.name, secret_ref.key
             ),
-        });
-    };
-    read_backlog(
-        &qualify_database_url(&url, namespace),
-        ctx.settings.stall_after,
-    )
-    .await
+        })
 }
 
 /// Why the operator will not reconcile a system: `conditions` turn False and

@@ -8,9 +8,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -190,9 +191,9 @@ fn plain_env(name: &str, value: impl Into<String>) -> EnvVar {
 }
 
 /// Environment shared by every role: pod name as SERVICE_ID, the database URL from the
-/// referenced Secret key, and the HTTP port.
+/// referenced Secret key, the HTTP port, and the mounted PostgreSQL CA when there is one.
 pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
-    vec![
+    let mut env = vec![
         EnvVar {
             name: "SERVICE_ID".to_string(),
             value: None,
@@ -217,7 +218,56 @@ pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
             }),
         },
         plain_env("HTTP_PORT", port.to_string()),
-    ]
+    ];
+    if spec.database.ca_secret_ref.is_some() {
+        env.push(plain_env(
+            "PGSSLROOTCERT",
+            format!("{POSTGRES_CA_DIR}/{POSTGRES_CA_FILE}"),
+        ));
+    }
+    env
+}
+
+/// Where `spec.database.caSecretRef` is mounted in every worker.
+pub const POSTGRES_CA_DIR: &str = "/etc/outbox/postgres-ca";
+const POSTGRES_CA_FILE: &str = "ca.crt";
+
+/// The volumes of every worker and their mounts: a writable `/tmp` (the root
+/// filesystem is read-only) and, with `spec.database.caSecretRef`, the PostgreSQL CA.
+pub fn worker_volumes(spec: &OutboxSystemSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".to_string(),
+        mount_path: "/tmp".to_string(),
+        ..VolumeMount::default()
+    }];
+    if let Some(ca) = &spec.database.ca_secret_ref {
+        volumes.push(Volume {
+            name: "postgres-ca".to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: POSTGRES_CA_FILE.to_string(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o444),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "postgres-ca".to_string(),
+            mount_path: POSTGRES_CA_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    (volumes, mounts)
 }
 
 /// `envFrom`: the ConfigMap, and the Kafka client-settings Secret when there is one.
@@ -269,22 +319,6 @@ pub fn pod_security_context() -> PodSecurityContext {
     }
 }
 
-/// A writable `/tmp` (the root filesystem is read-only).
-fn tmp_volume() -> (Volume, VolumeMount) {
-    (
-        Volume {
-            name: "tmp".to_string(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        },
-        VolumeMount {
-            name: "tmp".to_string(),
-            mount_path: "/tmp".to_string(),
-            ..VolumeMount::default()
-        },
-    )
-}
-
 /// An HTTP probe on the container's named port `http`.
 fn probe(path: &str, initial_delay: i32, failure_threshold: i32) -> Probe {
     Probe {
@@ -320,7 +354,7 @@ fn deployment(
     config_hash: &str,
 ) -> Deployment {
     let labels = labels(owner, params.component, params.group);
-    let (volume, mount) = tmp_volume();
+    let (volumes, mounts) = worker_volumes(spec);
     let container = Container {
         name: params.component.to_string(),
         image: Some(params.image),
@@ -339,7 +373,7 @@ fn deployment(
         readiness_probe: Some(probe(READINESS_PATH, 2, 3)),
         resources: params.resources,
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![mount]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     Deployment {
@@ -364,7 +398,7 @@ fn deployment(
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![volume]),
+                    volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
             },
@@ -538,6 +572,7 @@ mod tests {
                     name: "outbox-postgres".into(),
                     key: "url".into(),
                 },
+                ca_secret_ref: None,
             },
             topic: TopicSpec {
                 name: "shared-events".into(),
@@ -657,6 +692,53 @@ mod tests {
             .and_then(|s| s.template.spec.as_ref())
             .map(|p| p.containers[0].args.clone());
         assert_eq!(args, Some(Some(vec!["consumer".to_string()])));
+    }
+
+    #[test]
+    fn the_postgres_ca_secret_is_mounted_read_only_into_every_worker_as_pgsslrootcert() {
+        let mut spec = reference_spec();
+        spec.database.ca_secret_ref = Some(SecretKeyRef {
+            name: "pg-ca".into(),
+            key: "root.pem".into(),
+        });
+        let children = build(&owner(), &spec);
+        let deployments = std::iter::once(&children.producer).chain(children.consumers.iter());
+        for deployment in deployments {
+            let pod = deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.clone())
+                .unwrap_or_default();
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "postgres-ca")
+                .and_then(|v| v.secret.clone())
+                .unwrap_or_default();
+            assert_eq!(volume.secret_name.as_deref(), Some("pg-ca"));
+            let item = &volume.items.unwrap_or_default()[0];
+            assert_eq!(
+                (item.key.as_str(), item.path.as_str()),
+                ("root.pem", "ca.crt")
+            );
+            let container = &pod.containers[0];
+            let mount = container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == "postgres-ca")
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(mount.mount_path, POSTGRES_CA_DIR);
+            assert_eq!(mount.read_only, Some(true));
+            assert_eq!(
+                env_value(deployment, "PGSSLROOTCERT").as_deref(),
+                Some("/etc/outbox/postgres-ca/ca.crt")
+            );
+        }
+        let without = build(&owner(), &reference_spec());
+        assert_eq!(env_value(&without.producer, "PGSSLROOTCERT"), None);
     }
 
     #[test]

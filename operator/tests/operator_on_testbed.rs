@@ -934,6 +934,81 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         status.topic.and_then(|t| t.partitions).is_some(),
         "the rest of the status is still written"
     );
+
+    // TLS settings reach the operator's own connection: sslmode from the URL, the CA
+    // from spec.database.caSecretRef (the testbed's PostgreSQL speaks no TLS).
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    let tls_url =
+        serde_json::json!({"stringData": {"dsn": format!("{url}{joiner}sslmode=verify-full")}});
+    secrets
+        .patch(
+            "backlog-db",
+            &PatchParams::default(),
+            &Patch::Merge(&tls_url),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = wait_for_reason(
+        &systems,
+        "outbox",
+        "BacklogObserved",
+        "DatabaseSettingsInvalid",
+    )
+    .await;
+    let message = condition(&s, "BacklogObserved")
+        .map(|c| c.2)
+        .unwrap_or_default();
+    assert!(
+        message.contains("verify-full") && message.contains("caSecretRef"),
+        "{message}"
+    );
+    let with_ca = serde_json::json!({"spec": {"database": {"caSecretRef": {"name": "backlog-ca", "key": "ca.crt"}}}});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&with_ca))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = wait_for_reason(
+        &systems,
+        "outbox",
+        "BacklogObserved",
+        "DatabaseSecretMissing",
+    )
+    .await;
+    let message = condition(&s, "BacklogObserved")
+        .map(|c| c.2)
+        .unwrap_or_default();
+    assert!(
+        message.contains("backlog-ca") && message.contains("caSecretRef"),
+        "{message}"
+    );
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    let ca_pem = ca_params
+        .self_signed(&ca_key)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .pem();
+    let ca_secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("backlog-ca".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([("ca.crt".to_string(), ca_pem)])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &ca_secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = wait_for_reason(&systems, "outbox", "BacklogObserved", "DatabaseUnreachable").await;
+    let message = condition(&s, "BacklogObserved")
+        .map(|c| c.2)
+        .unwrap_or_default();
+    assert!(
+        message.contains("TLS"),
+        "the CA was read and TLS insisted on: {message}"
+    );
     delete_namespace(&client, &ns).await;
 }
 

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use outbox_operator::postgres_tls::{self, TlsDefaults};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::redact_url;
 use crate::error::{Error, Result};
@@ -23,8 +24,8 @@ pub async fn connect_with_notifications(
     database_url: &str,
     wake: Option<Arc<Notify>>,
 ) -> Result<Client> {
-    let config = parse_url(database_url)?;
-    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await;
+    let (config, tls) = parse_url(database_url)?;
+    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls)).await;
     let (client, mut connection) = match attempt {
         Err(_) => {
             return Err(Error::DbTimeout {
@@ -65,10 +66,10 @@ pub async fn connect_with_notifications(
 
 /// A pool of sessions for request handlers; connections open lazily.
 pub fn pool(database_url: &str, size: usize) -> Result<deadpool_postgres::Pool> {
-    let config = parse_url(database_url)?;
+    let (config, tls) = parse_url(database_url)?;
     let manager = deadpool_postgres::Manager::from_config(
         config,
-        NoTls,
+        tls,
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
@@ -83,13 +84,19 @@ pub fn pool(database_url: &str, size: usize) -> Result<deadpool_postgres::Pool> 
         .map_err(|e| Error::Config(format!("building the PostgreSQL pool: {e}")))
 }
 
-fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = database_url.parse().map_err(|e| {
+/// The URL's settings with ours added, and the TLS connector its `sslmode` and CA
+/// (in the URL, or `PGSSLMODE`/`PGSSLROOTCERT`) call for.
+fn parse_url(
+    database_url: &str,
+) -> Result<(tokio_postgres::Config, postgres_tls::MakeRustlsConnect)> {
+    let target = postgres_tls::parse(database_url, &TlsDefaults::from_env()).map_err(|e| {
         Error::Config(format!(
-            "DATABASE_URL {} is not a PostgreSQL URL: {e}",
-            redact_url(database_url)
+            "DATABASE_URL {}: {}",
+            redact_url(database_url),
+            crate::error_chain(&e)
         ))
     })?;
+    let mut config = target.config;
     config.connect_timeout(CONNECT_TIMEOUT);
     config.keepalives_idle(Duration::from_secs(10));
     config.tcp_user_timeout(Duration::from_secs(15));
@@ -99,7 +106,7 @@ fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
         _ => SESSION_OPTIONS.to_string(),
     };
     config.options(&options);
-    Ok(config)
+    Ok((config, target.tls))
 }
 
 /// Server-side settings of every worker session:

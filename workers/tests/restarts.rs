@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
-use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
+use support::throwaway::{PacketDrop, TestCa, ThrowawayKafka, ThrowawayPostgres};
 use support::{create_topic, keyed_messages, wait_acknowledged, Env, Worker};
 
 /// Sends a batch; returns its ids when it was accepted, `None` when refused (503).
@@ -505,4 +505,104 @@ async fn no_password_reaches_a_log_line_or_a_health_body() {
             "a password in a health body ({label}):\n{bodies}"
         );
     }
+}
+
+/// Whether `client`'s session is encrypted.
+async fn session_is_encrypted(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+#[tokio::test]
+async fn workers_reach_a_tls_only_database_with_verify_full_and_refuse_a_wrong_ca() {
+    let ca = TestCa::new("outbox test CA");
+    let impostor = TestCa::new("someone else's CA");
+    let pg = ThrowawayPostgres::start_tls(&ca.issue(&["localhost", "127.0.0.1"]));
+    let ca_file = pg.scratch_file("ca.pem", &ca.pem());
+    let wrong_file = pg.scratch_file("wrong-ca.pem", &impostor.pem());
+    let at = |address: &str, query: String| format!("{}?{query}", pg.url_at(address));
+    let connect = |url: String| async move {
+        outbox_workers::db::connect(&url)
+            .await
+            .map_err(|e| outbox_workers::error_chain(&e))
+    };
+    let verify = |mode: &str, file: &std::path::Path| {
+        format!("sslmode={mode}&sslrootcert={}", file.display())
+    };
+
+    // Every sslmode against a server that takes TLS only.
+    let full = connect(at("127.0.0.1", verify("verify-full", &ca_file)))
+        .await
+        .expect("verify-full with the CA that signed the server's certificate");
+    assert!(session_is_encrypted(&full).await);
+    let wrong = connect(at("127.0.0.1", verify("verify-full", &wrong_file)))
+        .await
+        .expect_err("verify-full with another CA");
+    assert!(wrong.contains("UnknownIssuer"), "{wrong}");
+    // 127.0.0.2 is the same server, but not a name in its certificate.
+    let misnamed = connect(at("127.0.0.2", verify("verify-full", &ca_file)))
+        .await
+        .expect_err("verify-full to a name the certificate does not carry");
+    assert!(misnamed.contains("not valid for name"), "{misnamed}");
+    let chain_only = connect(at("127.0.0.2", verify("verify-ca", &ca_file)))
+        .await
+        .expect("verify-ca checks the chain, not the name");
+    assert!(session_is_encrypted(&chain_only).await);
+    let preferred = connect(pg.url()).await.expect("prefer, the default");
+    assert!(session_is_encrypted(&preferred).await);
+    let plain = connect(at("127.0.0.1", "sslmode=disable".into()))
+        .await
+        .expect_err("plain TCP to a TLS-only server");
+    assert!(plain.contains("no encryption"), "{plain}");
+    let no_ca = connect(at("127.0.0.1", "sslmode=verify-full".into()))
+        .await
+        .expect_err("verify-full without a CA");
+    assert!(no_ca.contains("sslrootcert"), "{no_ca}");
+
+    // The processes: sslmode in the URL, the CA from PGSSLROOTCERT (as the operator
+    // mounts spec.database.caSecretRef).
+    let tb = testbed_support::testbed();
+    let topic = testbed_support::unique_name("tls");
+    create_topic(&tb.kafka_bootstrap_servers, &topic, 1).await;
+    let env = Env {
+        bootstrap: tb.kafka_bootstrap_servers.clone(),
+        database_url: at("127.0.0.1", "sslmode=verify-full".into()),
+        topic: topic.clone(),
+    };
+    let ca_env = ca_file.display().to_string();
+    let wrong_env = wrong_file.display().to_string();
+    let mut producer = Worker::producer(&env, "p-tls", &[("PGSSLROOTCERT", &ca_env)]);
+    let mut consumer = Worker::consumer(&env, "c-tls", "g-tls", &[("PGSSLROOTCERT", &ca_env)]);
+    let mut impostor_trusting =
+        Worker::producer(&env, "p-wrong-ca", &[("PGSSLROOTCERT", &wrong_env)]);
+    producer.wait_healthy("/api/messages/health").await;
+    consumer.wait_healthy("/api/consumer/health").await;
+    let ids = support::send_batch(&producer, &topic, &keyed_messages("tls", 50, 5)).await;
+    let report = wait_acknowledged(
+        &at("127.0.0.1", verify("verify-full", &ca_file)),
+        "g-tls",
+        &IdSet::from_ids(ids),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!((report.missing, report.out_of_order), (0, 0), "{report:?}");
+
+    impostor_trusting.wait_healthy("/livez").await;
+    assert_eq!(
+        probe(&impostor_trusting, "/api/messages/health").await,
+        503,
+        "a producer that trusts another CA never reaches the database"
+    );
+    let log = impostor_trusting.log_text();
+    assert!(
+        log.contains("UnknownIssuer"),
+        "the log names the refusal:\n{log}"
+    );
+    assert!(producer.terminate() && consumer.terminate());
 }

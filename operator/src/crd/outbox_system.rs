@@ -141,6 +141,11 @@ pub struct DatabaseSpec {
     /// string: the URL carries the password. A bare Service name as its host means that
     /// Service in this OutboxSystem's namespace.
     pub url_secret_ref: SecretKeyRef,
+    /// The Secret key holding the PEM certificate(s) of the CA that signed the server's
+    /// certificate, for `sslmode=verify-ca` or `verify-full` in the URL (`require` then
+    /// checks the chain too). Mounted read-only into every worker as `PGSSLROOTCERT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// What happens to the Kafka topic when the OutboxSystem is deleted.

@@ -58,8 +58,68 @@ pub struct ThrowawayPostgres {
     pub port: u16,
 }
 
+/// The server certificate and key of a TLS-only [`ThrowawayPostgres`].
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A CA of one test and the certificates it issues (rcgen, in memory).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn issue(&self, names: &[&str]) -> ServerTls {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("server params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "outbox test server");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        ServerTls {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 impl ThrowawayPostgres {
     pub fn start() -> ThrowawayPostgres {
+        ThrowawayPostgres::start_with(None)
+    }
+
+    /// A server that takes TLS connections only (`hostssl`; plain TCP is rejected).
+    pub fn start_tls(tls: &ServerTls) -> ThrowawayPostgres {
+        ThrowawayPostgres::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&ServerTls>) -> ThrowawayPostgres {
         let bin = PathBuf::from(format!(
             "/usr/lib/postgresql/{}/bin",
             versions_value("PG_MAJOR")
@@ -93,6 +153,26 @@ impl ThrowawayPostgres {
         let hba_path = data.join("pg_hba.conf");
         let mut hba = std::fs::read_to_string(&hba_path).expect("pg_hba.conf");
         hba.push_str("\nhost all all 127.0.0.0/8 trust\n");
+        if let Some(tls) = tls {
+            // TLS over TCP or nothing; the socket stays open for psql below.
+            hba = "local all all trust\nhostssl all all 127.0.0.0/8 trust\nhostnossl all all 0.0.0.0/0 reject\n".to_string();
+            std::fs::write(data.join("server.crt"), &tls.cert_pem).expect("server.crt");
+            std::fs::write(data.join("server.key"), &tls.key_pem).expect("server.key");
+            let _ = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .status();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("server.key mode");
+            let mut conf = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            std::fs::write(&conf_path, conf).expect("write postgresql.conf");
+        }
         std::fs::write(&hba_path, hba).expect("write pg_hba.conf");
         let pg = ThrowawayPostgres { dir, bin, port };
         pg.start_again();
@@ -128,6 +208,13 @@ impl ThrowawayPostgres {
         let mut c = as_postgres(&self.bin.join("pg_ctl"));
         c.arg("-D").arg(self.dir.join("data")).args(args);
         c
+    }
+
+    /// Writes `contents` to a file of this server's scratch folder (removed with it).
+    pub fn scratch_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).expect("scratch file");
+        path
     }
 
     /// Stops the server (fast shutdown: sessions are cut).
