@@ -17,44 +17,72 @@ pub struct BacklogUnavailable {
     pub message: String,
 }
 
-/// Reads `pending`, `oldest_age_seconds` and `quarantined` from `outbox_backlog`; when
-/// the oldest pending row is older than `stall_after`, also names the oldest open
-/// transaction (which the relay cannot read past).
-/// `tls` carries the CA of `spec.database.caSecretRef`, when there is one; the URL's
-/// `sslmode` and `sslrootcert` apply as in the workers.
-pub async fn read_backlog(
-    database_url: &str,
-    tls: &TlsDefaults,
-    stall_after: Duration,
-) -> Result<BacklogStatus, BacklogUnavailable> {
-    let target = postgres_tls::parse(database_url, tls).map_err(|e| BacklogUnavailable {
-        reason: "DatabaseSettingsInvalid",
-        message: format!("the database URL cannot be used: {e}"),
-    })?;
-    let (client, connection) = tokio::time::timeout(DB_TIMEOUT, target.config.connect(target.tls))
-        .await
-        .map_err(|_| BacklogUnavailable {
-            reason: "DatabaseUnreachable",
-            message: format!(
-                "no connection to PostgreSQL within {}s",
-                DB_TIMEOUT.as_secs()
-            ),
-        })?
-        .map_err(|e| BacklogUnavailable {
-            reason: "DatabaseUnreachable",
-            message: format!("connecting to PostgreSQL: {e}"),
+/// One PostgreSQL session of a reconcile: the schema claim, then the backlog.
+pub struct DatabaseSession {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DatabaseSession {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl DatabaseSession {
+    /// Connects with the URL's settings; `tls` carries the CA of
+    /// `spec.database.caSecretRef`, when there is one (the URL's `sslmode` and
+    /// `sslrootcert` apply as in the workers).
+    pub async fn open(
+        database_url: &str,
+        tls: &TlsDefaults,
+    ) -> Result<DatabaseSession, BacklogUnavailable> {
+        let target = postgres_tls::parse(database_url, tls).map_err(|e| BacklogUnavailable {
+            reason: "DatabaseSettingsInvalid",
+            message: format!("the database URL cannot be used: {e}"),
         })?;
-    let task = tokio::spawn(connection);
-    let result = tokio::time::timeout(DB_TIMEOUT, query(&client, stall_after)).await;
-    drop(client);
-    task.abort();
-    result.map_err(|_| BacklogUnavailable {
-        reason: "BacklogQueryFailed",
-        message: format!(
-            "outbox_backlog did not answer within {}s",
-            DB_TIMEOUT.as_secs()
-        ),
-    })?
+        let (client, connection) =
+            tokio::time::timeout(DB_TIMEOUT, target.config.connect(target.tls))
+                .await
+                .map_err(|_| BacklogUnavailable {
+                    reason: "DatabaseUnreachable",
+                    message: format!(
+                        "no connection to PostgreSQL within {}s",
+                        DB_TIMEOUT.as_secs()
+                    ),
+                })?
+                .map_err(|e| BacklogUnavailable {
+                    reason: "DatabaseUnreachable",
+                    message: format!("connecting to PostgreSQL: {e}"),
+                })?;
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(DatabaseSession { client, connection })
+    }
+
+    /// The session, for the schema claim.
+    pub fn client_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.client
+    }
+
+    /// Reads `pending`, `oldest_age_seconds` and `quarantined` from `outbox_backlog`;
+    /// when the oldest pending row is older than `stall_after`, also names the oldest
+    /// open transaction (which the relay cannot read past).
+    pub async fn backlog(
+        &self,
+        stall_after: Duration,
+    ) -> Result<BacklogStatus, BacklogUnavailable> {
+        tokio::time::timeout(DB_TIMEOUT, query(&self.client, stall_after))
+            .await
+            .map_err(|_| BacklogUnavailable {
+                reason: "BacklogQueryFailed",
+                message: format!(
+                    "outbox_backlog did not answer within {}s",
+                    DB_TIMEOUT.as_secs()
+                ),
+            })?
+    }
 }
 
 async fn query(

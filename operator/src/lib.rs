@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod postgres_tls;
 pub mod run;
 pub mod runner_job;
+pub mod schema_owner;
 pub mod server;
 pub mod service_names;
 pub mod status_write;

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, instrument, warn};
 
-use crate::backlog::{read_backlog, BacklogUnavailable};
+use crate::backlog::{BacklogUnavailable, DatabaseSession};
 use crate::conditions;
 use crate::context::{publish_event, Context, MANAGER};
 use crate::crd::{
@@ -26,6 +26,7 @@ use crate::crd::{
 use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
 use crate::postgres_tls::{CaSource, TlsDefaults};
+use crate::schema_owner::{self, Claim};
 use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::status_write::apply_status;
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
@@ -125,6 +126,26 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         };
         report_refusal(&ctx, &system, &current, refusal, Announce::WhenChanged).await?;
         return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+    }
+
+    // One session for the schema claim and the backlog; unreachable, it is reported in
+    // BacklogObserved and the workers check the claim themselves.
+    let mut database = open_database(&ctx, &namespace, spec).await;
+    if let Ok(session) = database.as_mut() {
+        if let Some(claim) = schema_taken_by(&ctx, &system, &namespace, session).await {
+            let message = format!(
+                "the outbox schema {} is held by OutboxSystem {}: two systems on one schema share the relay lock and the consumer ledgers; give this one its own database or schema (search_path in the URL of spec.database.urlSecretRef)",
+                claim.schema, claim.holder
+            );
+            let refusal = Refusal {
+                reason: "DatabaseInUse",
+                message: &message,
+                conditions: &[types::READY],
+            };
+            report_refusal(&ctx, &system, &current, refusal, Announce::WhenChanged).await?;
+            // Soon again: the holder's deletion is not an event of this system.
+            return Ok(Action::requeue(std::time::Duration::from_secs(20)));
+        }
     }
 
     if spec.paused {
@@ -229,7 +250,10 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
                 lag: lags.get(&g.name).copied().flatten(),
             })
             .collect(),
-        backlog: backlog(&ctx, &namespace, spec).await,
+        backlog: match &database {
+            Ok(session) => session.backlog(ctx.settings.stall_after).await,
+            Err(e) => Err(e.clone()),
+        },
         stall_after: ctx.settings.stall_after,
     };
 
@@ -588,11 +612,12 @@ fn partition_raise_warning(topic: &str, from: i32, to: i32) -> String {
     )
 }
 
-async fn backlog(
+/// A session on the system's database: the URL and CA from the Secrets the spec names.
+async fn open_database(
     ctx: &Context,
     namespace: &str,
     spec: &OutboxSystemSpec,
-) -> Result<crate::crd::BacklogStatus, BacklogUnavailable> {
+) -> Result<DatabaseSession, BacklogUnavailable> {
     let url = secret_value(
         ctx,
         namespace,
@@ -608,12 +633,58 @@ async fn backlog(
         None => None,
     };
     let tls = TlsDefaults { sslmode: None, ca };
-    read_backlog(
-        &qualify_database_url(&url, namespace),
-        &tls,
-        ctx.settings.stall_after,
-    )
-    .await
+    DatabaseSession::open(&qualify_database_url(&url, namespace), &tls).await
+}
+
+/// The claim of another system on this system's outbox schema, while that system
+/// exists; a claim whose holder is gone is taken over (with an Event).
+async fn schema_taken_by(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    session: &mut DatabaseSession,
+) -> Option<Claim> {
+    let me = schema_owner::system_id(namespace, &system.name_any());
+    let claim = match schema_owner::claim(session.client_mut(), &me).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            // Reported through the backlog read that follows on the same session.
+            tracing::warn!(error = %e, "could not claim the outbox schema");
+            return None;
+        }
+    };
+    if claim.holder == me {
+        return None;
+    }
+    let (holder_namespace, holder_name) = claim.holder.split_once('/')?;
+    let holders: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), holder_namespace);
+    match holders.get_opt(holder_name).await {
+        Ok(None) => {}
+        // Alive, or out of this operator's sight (then assumed alive).
+        Ok(Some(_)) | Err(_) => return Some(claim),
+    }
+    match schema_owner::take_over(session.client_mut(), &claim.holder, &me).await {
+        Ok(true) => {
+            publish_event(
+                ctx,
+                system,
+                EventType::Normal,
+                "DatabaseTakenOver",
+                format!(
+                    "the outbox schema {} was held by OutboxSystem {}, which no longer exists; it is this system's now",
+                    claim.schema, claim.holder
+                ),
+            )
+            .await;
+            None
+        }
+        // Another system took it first; the next reconcile names it.
+        Ok(false) => Some(claim),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take over the outbox schema");
+            Some(claim)
+        }
+    }
 }
 
 /// The value of `secret_ref` (`spec.database.<field>`), or why it cannot be had.

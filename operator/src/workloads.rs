@@ -160,6 +160,12 @@ pub fn config_map(owner: &Owner, spec: &OutboxSystemSpec) -> ConfigMap {
             spec.kafka.bootstrap_servers.clone(),
         ),
         ("KAFKA_TOPICS".to_string(), spec.topic.name.clone()),
+        // The workers check that their outbox schema is this system's (see
+        // `schema_owner`).
+        (
+            "OUTBOX_SYSTEM".to_string(),
+            crate::schema_owner::system_id(&owner.namespace, &owner.name),
+        ),
         (
             "RUST_LOG".to_string(),
             spec.log_level.clone().unwrap_or_else(|| "info".to_string()),

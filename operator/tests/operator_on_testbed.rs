@@ -1613,12 +1613,11 @@ async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_d
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    create_system(
-        &client,
-        &ns,
-        &delete_policy(reference_system(&existing), "third"),
-    )
-    .await;
+    // (A database schema of its own: one schema holds one system's outbox.)
+    create_database_secret(&client, &ns, "third-postgres").await;
+    let mut third = delete_policy(reference_system(&existing), "third");
+    third.spec.database.url_secret_ref.name = "third-postgres".into();
+    create_system(&client, &ns, &third).await;
     let third = eventually("the third system to find its topic", WAIT, || {
         let api = systems.clone();
         async move {
@@ -1661,5 +1660,88 @@ async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_d
     let _ = admin
         .delete_topics(&[existing.as_str()], &AdminOptions::new())
         .await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// The system that holds the outbox schema `database_url` leads to.
+async fn schema_owner(database_url: &str) -> Option<String> {
+    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let connection = tokio::spawn(connection);
+    let owner = db
+        .query_opt("SELECT system FROM outbox_owner", &[])
+        .await
+        .ok()
+        .flatten()
+        .map(|row| row.get(0));
+    drop(db);
+    let _ = connection.await;
+    owner
+}
+
+#[tokio::test]
+async fn a_second_system_on_the_same_database_schema_is_refused_until_the_first_is_gone() {
+    let (client, ns) = setup("obs-db-collide").await;
+    let _operator = start_operator(&client, &ns);
+    let named = |name: &str| {
+        let mut s = reference_system(&unique_name(name));
+        s.metadata.name = Some(name.into());
+        s
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let systems = create_system(&client, &ns, &named("first")).await;
+    wait_present(&deployments, "first-producer").await;
+    let database_url = namespace_database_url(&client, &ns).await;
+    assert_eq!(
+        schema_owner(&database_url).await,
+        Some(format!("{ns}/first")),
+        "the first system holds the schema"
+    );
+
+    // Another topic, the same database and schema: refused, naming the first.
+    create_system(&client, &ns, &named("second")).await;
+    let second = wait_for_reason(&systems, "second", "Degraded", "DatabaseInUse").await;
+    let (_, _, message) = condition(&second, "Degraded").unwrap_or_default();
+    assert!(message.contains(&format!("{ns}/first")), "{message}");
+    assert!(message.contains("spec.database.urlSecretRef"), "{message}");
+    let ready = condition(&second, "Ready").unwrap_or_default();
+    assert_eq!(
+        (ready.0.as_str(), ready.1.as_str()),
+        ("False", "DatabaseInUse")
+    );
+    let second_children = deployments
+        .list(&ListParams::default().labels("outbox.dev/system=second"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        second_children.items.is_empty(),
+        "the refused system got no workloads"
+    );
+
+    // The first goes: the second takes the schema over and is reconciled.
+    systems
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&systems, "first").await;
+    wait_present(&deployments, "second-producer").await;
+    assert_eq!(
+        schema_owner(&database_url).await,
+        Some(format!("{ns}/second"))
+    );
+    let config = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("second-config")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config
+            .data
+            .unwrap_or_default()
+            .get("OUTBOX_SYSTEM")
+            .map(String::as_str),
+        Some(format!("{ns}/second").as_str()),
+        "the workers learn which system they serve, to check the claim themselves"
+    );
     delete_namespace(&client, &ns).await;
 }

@@ -246,6 +246,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         kafka_topics: vec![topic.clone()],
         http_port: port,
         http_address: std::net::IpAddr::from([127, 0, 0, 1]),
+        outbox_system: None,
     };
     let producer_task = tokio::spawn(crate::producer::run(
         ProducerArgs {

@@ -39,6 +39,11 @@ pub struct CommonArgs {
     /// Address the HTTP server binds (all interfaces in a pod; tests use 127.0.0.1).
     #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0")]
     pub http_address: std::net::IpAddr,
+    /// The OutboxSystem (`namespace/name`) these workers serve: they use the database
+    /// schema only while it is this system's (`outbox_owner`), and wait otherwise.
+    /// Unset (outside the operator): no check.
+    #[arg(long, env = "OUTBOX_SYSTEM")]
+    pub outbox_system: Option<String>,
 }
 
 impl CommonArgs {

@@ -140,7 +140,12 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     });
     tracing::info!(%address, topics = ?topics, "consumer serving probes; waiting for PostgreSQL");
 
-    let Some(db) = crate::db::wait_and_migrate(&args.common.database_url, &mut shutdown).await?
+    let Some(db) = crate::db::wait_and_migrate(
+        &args.common.database_url,
+        args.common.outbox_system.as_deref(),
+        &mut shutdown,
+    )
+    .await?
     else {
         let _ = server.await;
         return Ok(());

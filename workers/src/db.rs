@@ -123,8 +123,11 @@ pub const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=60000 
 /// Connects and migrates the schema, retrying with backoff for as long as PostgreSQL
 /// is unreachable (a worker waits for its database instead of crash-looping). Returns
 /// `None` when `shutdown` comes first; a setting that cannot work fails at once.
+/// With `system` (`OUTBOX_SYSTEM`), it also waits while the schema is another
+/// system's (see `schema::claim`).
 pub async fn wait_and_migrate(
     database_url: &str,
+    system: Option<&str>,
     shutdown: &mut crate::shutdown::ShutdownSignal,
 ) -> Result<Option<Client>> {
     let mut backoff = Duration::from_millis(500);
@@ -133,13 +136,16 @@ pub async fn wait_and_migrate(
         let outcome = async {
             let mut client = connect(database_url).await?;
             crate::schema::migrate(&mut client).await?;
+            if let Some(system) = system {
+                crate::schema::claim(&mut client, system).await?;
+            }
             Ok::<_, Error>(client)
         }
         .await;
         match outcome {
             Ok(client) => {
                 if attempt > 1 {
-                    tracing::info!(attempt, "PostgreSQL reachable; schema migrated");
+                    tracing::info!(attempt, "PostgreSQL reachable; schema migrated and ours");
                 }
                 return Ok(Some(client));
             }

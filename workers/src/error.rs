@@ -52,6 +52,13 @@ pub enum Error {
     /// The acknowledgement ledger holds data this version cannot read.
     #[error("acknowledgement ledger: {0}")]
     Ledger(String),
+    /// The database schema belongs to another OutboxSystem.
+    #[error("the outbox schema {schema} is held by OutboxSystem {holder}, not by {system}: two systems on one schema would share the relay lock and the consumer ledgers; waiting until it is handed over (the operator does so once {holder} is deleted)")]
+    SchemaHeld {
+        schema: String,
+        holder: String,
+        system: String,
+    },
     /// The relay lost its leadership or its session while publishing.
     #[error("relay: {0}")]
     Relay(String),
@@ -64,6 +71,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::DbConnect { .. } | Error::DbTimeout { .. } => "db_connect",
             Error::Db { .. } => "db",
+            Error::SchemaHeld { .. } => "schema_held",
             Error::Pool { .. } => "db_pool",
             Error::Kafka { .. } | Error::KafkaMissing(_) => "kafka",
             Error::Io { .. } => "io",

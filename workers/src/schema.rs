@@ -167,6 +167,8 @@ CREATE TABLE outbox_ack_key_order (
 );
 "#,
     ),
+    // The system that holds this schema (the operator may have created it first).
+    (7, outbox_operator::schema_owner::OWNER_TABLE),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the
@@ -210,6 +212,21 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
     }
     tx.commit().await.db("committing the migration")?;
     Ok(())
+}
+
+/// Claims the schema for `system` (`namespace/name`) unless another system holds it.
+pub async fn claim(client: &mut Client, system: &str) -> Result<()> {
+    let claim = outbox_operator::schema_owner::claim(client, system)
+        .await
+        .db("claiming the outbox schema")?;
+    if claim.holder == system {
+        return Ok(());
+    }
+    Err(crate::error::Error::SchemaHeld {
+        schema: claim.schema,
+        holder: claim.holder,
+        system: system.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -1325,3 +1325,73 @@ async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
     assert_eq!(report.out_of_order, 2, "{report:?}");
     assert_eq!(report.missing, 0, "{report:?}");
 }
+
+#[tokio::test]
+async fn workers_of_another_system_wait_while_the_schema_is_held_and_say_by_whom() {
+    let env = Env::on_testbed("schema-held", 1).await;
+    let mut first = Worker::producer(&env, "p-first", &[("OUTBOX_SYSTEM", "team-a/orders")]);
+    first.wait_healthy("/api/messages/health").await;
+    send_one(&first, &env.topic, "k", "held by team-a/orders").await;
+
+    // Workers of another system on the same schema: up, never ready, and saying why.
+    let mut producer = Worker::producer(&env, "p-second", &[("OUTBOX_SYSTEM", "team-b/billing")]);
+    let mut consumer = Worker::consumer(
+        &env,
+        "c-second",
+        "g-second",
+        &[("OUTBOX_SYSTEM", "team-b/billing")],
+    );
+    producer.wait_healthy("/livez").await;
+    consumer.wait_healthy("/livez").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let client = reqwest::Client::new();
+    for (worker, path) in [
+        (&producer, "/api/messages/health"),
+        (&producer, "/readyz"),
+        (&consumer, "/readyz"),
+    ] {
+        let status = client
+            .get(worker.url(path))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        assert_eq!(
+            status, 503,
+            "{} {path} while the schema is held",
+            worker.name
+        );
+    }
+    let refused = client
+        .post(producer.url("/api/messages/send"))
+        .json(&serde_json::json!({"topic": env.topic, "key": "k", "message": "not mine"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status(), 503, "a held schema stores nothing");
+    for worker in [&producer, &consumer] {
+        let log = worker.log_text();
+        assert!(
+            log.contains("team-a/orders") && log.contains("team-b/billing"),
+            "{} names the holder and itself:\n{log}",
+            worker.name
+        );
+    }
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM outbox_messages", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 1, "only the holder's message is in the outbox");
+
+    // The schema handed over (as the operator does once team-a/orders is gone): they start.
+    db.execute("UPDATE outbox_owner SET system = 'team-b/billing'", &[])
+        .await
+        .expect("hand over");
+    producer.wait_healthy("/api/messages/health").await;
+    consumer.wait_healthy("/readyz").await;
+    assert!(producer.terminate() && consumer.terminate() && first.terminate());
+}

@@ -60,7 +60,13 @@ pub async fn setup(prefix: &str) -> (Client, String) {
         },
         data: Some(BTreeMap::from([(
             "url".to_string(),
-            ByteString(testbed().database_url.clone().into_bytes()),
+            ByteString(
+                testbed()
+                    .fresh_schema(&prefix.replace('-', "_"))
+                    .await
+                    .unwrap_or_else(|e| panic!("a schema for {namespace}: {e}"))
+                    .into_bytes(),
+            ),
         )])),
         ..Default::default()
     };
@@ -93,6 +99,45 @@ pub async fn setup(prefix: &str) -> (Client, String) {
         .await
         .unwrap_or_else(|e| panic!("creating ServiceAccount: {e}"));
     (client, namespace)
+}
+
+/// The database URL of `namespace`'s `outbox-postgres` Secret (each test namespace has a
+/// schema of its own: one schema holds one system's outbox).
+pub async fn namespace_database_url(client: &Client, namespace: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get("outbox-postgres")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = secret
+        .data
+        .and_then(|mut d| d.remove("url"))
+        .unwrap_or_else(|| panic!("no url in outbox-postgres"));
+    String::from_utf8(bytes.0).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A Secret `name` in `namespace` with the URL of another fresh schema.
+pub async fn create_database_secret(client: &Client, namespace: &str, name: &str) {
+    let url = testbed()
+        .fresh_schema(&name.replace('-', "_"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "url".to_string(),
+            ByteString(url.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("creating Secret {name}: {e}"));
 }
 
 /// The operator running in this test's runtime, stopped when dropped.

@@ -145,8 +145,12 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         });
 
         let mut waiting = shutdown.clone();
-        let relay = match crate::db::wait_and_migrate(&args.common.database_url, &mut waiting)
-            .await?
+        let relay = match crate::db::wait_and_migrate(
+            &args.common.database_url,
+            args.common.outbox_system.as_deref(),
+            &mut waiting,
+        )
+        .await?
         {
             None => None,
             Some(client) => {
