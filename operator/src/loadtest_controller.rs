@@ -553,15 +553,19 @@ mod tests {
             .expect("the reference LoadTest"),
         )
         .expect("parses");
-        // 10,005,000 messages: 10,005 s at 1,000 msg/s, plus start, verification, patience.
+        // 10,005,000 messages: 10,005 s at 1,000 msg/s, plus start, verification, and
+        // the patience with producers and with the database.
         assert_eq!(
             crate::runner_job::deadline_seconds(&reference.spec),
-            600 + 10_005 + reference.spec.verification_timeout_seconds + 300
+            600 + 10_005 + reference.spec.verification_timeout_seconds + 300 + 300
         );
         let mut empty = reference.spec.clone();
         empty.scenarios.clear();
         empty.verification_timeout_seconds = 600;
-        assert_eq!(crate::runner_job::deadline_seconds(&empty), 600 + 600 + 300);
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&empty),
+            600 + 600 + 300 + 300
+        );
     }
 
     fn status(phase: Option<LoadTestPhase>) -> LoadTestStatus {

@@ -606,3 +606,158 @@ async fn workers_reach_a_tls_only_database_with_verify_full_and_refuse_a_wrong_c
     );
     assert!(producer.terminate() && consumer.terminate());
 }
+
+/// `outbox-worker loadtest` in local mode against `producer`, verifying `group`, its
+/// output in `log`.
+fn local_runner(
+    env: &Env,
+    producer: &Worker,
+    group: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let file = std::fs::File::create(log).expect("runner log");
+    let err = file.try_clone().expect("runner log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_outbox-worker"))
+        .arg("loadtest")
+        .args(["--topic", &env.topic, "--database-url", &env.database_url])
+        .args(["--producer-url", &producer.url(""), "--group", group])
+        .args(["--progress-interval", "1s"])
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .spawn()
+        .expect("spawn the runner")
+}
+
+/// Waits until `log` contains `text`; panics with the log after `timeout`.
+async fn wait_for_line(log: &std::path::Path, text: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let now = std::fs::read_to_string(log).unwrap_or_default();
+        if now.contains(text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{text}` in the runner's log within {timeout:?}:\n{now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for `child` to exit within `timeout`; kills it otherwise.
+async fn exit_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[tokio::test]
+async fn a_database_restart_while_the_runner_verifies_does_not_fail_the_load_test() {
+    let pg = ThrowawayPostgres::start();
+    let tb = testbed_support::testbed();
+    let topic = testbed_support::unique_name("lt-pg-restart");
+    create_topic(&tb.kafka_bootstrap_servers, &topic, 3).await;
+    let env = Env {
+        bootstrap: tb.kafka_bootstrap_servers.clone(),
+        database_url: pg.url(),
+        topic,
+    };
+    let mut producer = Worker::producer(&env, "p-lt", &[]);
+    producer.wait_healthy("/api/messages/health").await;
+    // No consumer yet: the runner sends everything, then waits in verification.
+    let log = pg.scratch_file("runner.log", "");
+    let mut runner = local_runner(
+        &env,
+        &producer,
+        "g-lt",
+        &log,
+        &[
+            "--scenario",
+            "batch:4000:batched",
+            "--scenario",
+            "single:200:immediate",
+            "--verification-timeout",
+            "240s",
+        ],
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for_line(&log, "verifying", Duration::from_secs(120)).await;
+    // PostgreSQL goes away under the runner's ledger session for 8 s, then comes back.
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    pg.start_again();
+    let mut consumer = Worker::consumer(&env, "c-lt", "g-lt", &[]);
+    consumer.wait_healthy("/api/consumer/health").await;
+    let status = exit_within(&mut runner, Duration::from_secs(240)).await;
+    let text = read_log();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the run ends verified after the database came back:\n{text}"
+    );
+    assert!(text.contains("AllAcknowledged"), "{text}");
+    assert!(
+        text.contains("outbox database unreachable") && text.contains("outbox database back"),
+        "the runner says it rode out the outage:\n{text}"
+    );
+    assert!(producer.terminate() && consumer.terminate());
+}
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_runners_patience_fails_the_run_naming_it() {
+    let pg = ThrowawayPostgres::start();
+    let tb = testbed_support::testbed();
+    let topic = testbed_support::unique_name("lt-pg-gone");
+    create_topic(&tb.kafka_bootstrap_servers, &topic, 1).await;
+    let env = Env {
+        bootstrap: tb.kafka_bootstrap_servers.clone(),
+        database_url: pg.url(),
+        topic,
+    };
+    let mut producer = Worker::producer(&env, "p-gone", &[]);
+    producer.wait_healthy("/api/messages/health").await;
+    let log = pg.scratch_file("runner.log", "");
+    let mut runner = local_runner(
+        &env,
+        &producer,
+        "g-gone",
+        &log,
+        &[
+            "--scenario",
+            "batch:500:batched",
+            "--verification-timeout",
+            "240s",
+            "--infrastructure-patience",
+            "6s",
+        ],
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for_line(&log, "verifying", Duration::from_secs(120)).await;
+    pg.stop();
+    let status = exit_within(&mut runner, Duration::from_secs(60)).await;
+    let text = read_log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the run fails once the outage outlasts the patience:\n{text}"
+    );
+    assert!(
+        text.contains("DatabaseUnavailable") && text.contains("6s"),
+        "the failure names the database and the patience:\n{text}"
+    );
+}

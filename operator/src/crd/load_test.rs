@@ -181,11 +181,26 @@ pub struct LoadTestStatus {
     /// Latency from the produce request to the acknowledgement by a consumer group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_to_end_latency: Option<LatencyPercentiles>,
+    /// Outages of the outbox database the runner rode out by reconnecting (absent when
+    /// there were none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_outages: Option<OutageSummary>,
     /// Scheduled (operator), Complete and Verified (runner; the operator sets Complete
-    /// when the Job failed before the runner reported).
+    /// when the Job failed before the runner reported), Degraded (runner: a dependency
+    /// is away and the runner is waiting for it).
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Outages of one dependency during a run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutageSummary {
+    /// How many.
+    pub count: i64,
+    /// The longest, in seconds.
+    pub longest_seconds: f64,
 }
 
 /// Results of one scenario.

@@ -71,6 +71,10 @@ pub struct LoadTestArgs {
     /// How long one request may take before it counts as failed (`timeout`).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub request_timeout: Duration,
+    /// How long an outage of the outbox database may last before it fails the run; the
+    /// runner reconnects and reads again until then.
+    #[arg(long, value_parser = parse_duration, default_value = "300s", env = "INFRASTRUCTURE_PATIENCE")]
+    pub infrastructure_patience: Duration,
     /// Reuse a run id (local mode): messages the outbox already holds for this run are
     /// counted as accepted and only the remainder is sent. In a Job the run id is the
     /// LoadTest's uid.

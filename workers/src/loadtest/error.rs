@@ -42,6 +42,13 @@ pub enum LoadTestError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The outbox database stayed away longer than the runner's patience.
+    #[error("the outbox database was unreachable for {seconds}s, longer than the runner's patience ({patience}s, --infrastructure-patience): {last}")]
+    DatabaseUnavailable {
+        seconds: u64,
+        patience: u64,
+        last: String,
+    },
     /// Writing the JSON report failed.
     #[error("writing the report to {path}: {source}")]
     Report {
@@ -70,6 +77,7 @@ impl LoadTestError {
             LoadTestError::NoProducers { .. } => "NoProducers",
             LoadTestError::Http { .. } => "HttpClientError",
             LoadTestError::Ledger { .. } | LoadTestError::Db { .. } => "DatabaseError",
+            LoadTestError::DatabaseUnavailable { .. } => "DatabaseUnavailable",
             LoadTestError::Report { .. } | LoadTestError::Json { .. } => "ReportError",
             LoadTestError::Interrupted => "Interrupted",
         }

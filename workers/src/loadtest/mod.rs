@@ -16,6 +16,7 @@
 //! remainder. `--run-id` does the same outside Kubernetes.
 
 pub mod args;
+pub mod database;
 pub mod discover;
 pub mod drive;
 pub mod error;
@@ -42,11 +43,12 @@ use tracing::Instrument;
 pub use args::LoadTestArgs;
 pub use error::{LoadTestError, Result};
 
+use database::OutboxDb;
 use discover::Producer;
 use drive::{Counters, MessageShape, ScenarioSend};
 use progress::Display;
 use report::{Report, ReportSettings};
-use status::{StatusBook, Target, COMPLETE, VERIFIED};
+use status::{StatusBook, Target, COMPLETE, DEGRADED, VERIFIED};
 
 use crate::ledger::IdSet;
 use crate::shutdown::{self, ShutdownSignal};
@@ -350,7 +352,7 @@ async fn execute(
         .tcp_nodelay(true)
         .build()
         .map_err(|source| LoadTestError::Http { source })?;
-    let db = verify::connect(&args.database_url).await?;
+    let mut db = OutboxDb::connect(&args.database_url, args.infrastructure_patience).await?;
     tracing::info!(
         run_id = %plan.run_id,
         topic = %plan.topic,
@@ -363,7 +365,7 @@ async fn execute(
     // the outbox says what was already accepted.
     let resumed = book.status().run_id.is_some() || args.run_id.is_some();
     let earlier: BTreeMap<String, IdSet> = if resumed {
-        let found = verify::run_ids_by_scenario(&db, &plan.run_id).await?;
+        let found = crate::with_db!(db, |c| verify::run_ids_by_scenario(c, &plan.run_id).await);
         let total: u64 = found.values().map(IdSet::len).sum();
         tracing::info!(
             messages = total,
@@ -489,7 +491,7 @@ async fn execute(
             uncertain,
             "some requests had an unknown outcome; taking the run's messages from the outbox"
         );
-        let found = verify::run_ids_by_scenario(&db, &plan.run_id).await?;
+        let found = crate::with_db!(db, |c| verify::run_ids_by_scenario(c, &plan.run_id).await);
         for ids in found.values() {
             expected = expected.union(ids);
         }
@@ -520,8 +522,14 @@ async fn execute(
         plan.groups.len()
     ));
     book.write_now().await?;
+    tracing::info!(
+        messages = expected.len(),
+        groups = plan.groups.len(),
+        timeout_seconds = plan.verification_timeout.as_secs(),
+        "every scenario sent; verifying"
+    );
     let verification =
-        verify_with_progress(&db, plan, &expected, book, &display, &mut shutdown).await?;
+        verify_with_progress(&mut db, plan, &expected, book, &display, &mut shutdown).await?;
 
     // Result.
     let below: Vec<String> = book
@@ -702,7 +710,7 @@ async fn send_with_progress(
 
 /// Waits for the acknowledgements while showing progress and writing it into the status.
 async fn verify_with_progress(
-    db: &tokio_postgres::Client,
+    db: &mut OutboxDb,
     plan: &Plan,
     expected: &IdSet,
     book: &mut StatusBook,
@@ -716,6 +724,8 @@ async fn verify_with_progress(
             .collect(),
     );
     let latest: std::sync::Mutex<Option<verify::VerifyProgress>> = std::sync::Mutex::new(None);
+    let outages = db.interruptions();
+    let patience = db.patience();
     let wait = verify::wait_for_acknowledgements(
         db,
         &plan.groups,
@@ -743,9 +753,13 @@ async fn verify_with_progress(
         tokio::select! {
             done = &mut wait => break done?,
             _ = tick.tick() => {
+                let outage = database_outage(book, &outages, patience);
                 // Progress into the status from the last look at the ledger.
                 let last = latest.lock().ok().and_then(|l| l.clone());
-                if let Some(p) = last {
+                if let Some(message) = outage {
+                    book.status_mut().message = Some(message);
+                    book.write_progress().await;
+                } else if let Some(p) = last {
                     let groups = p.reports.iter().map(verify::group_status).collect();
                     let summary: Vec<String> = p.reports.iter().map(|r| format!("{} {}/{}", r.group, r.acknowledged, r.expected)).collect();
                     let status = book.status_mut();
@@ -757,6 +771,7 @@ async fn verify_with_progress(
             _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
         }
     };
+    database_outage(book, &outages, patience);
     if let Ok(mut bars) = bars.lock() {
         for (bar, r) in bars.iter_mut().zip(&verification.reports) {
             bar.finish(
@@ -769,4 +784,99 @@ async fn verify_with_progress(
         }
     }
     Ok(verification)
+}
+
+/// Puts the database outages into the status (`databaseOutages`, condition `Degraded`);
+/// returns the status message while one lasts.
+fn database_outage(
+    book: &mut StatusBook,
+    outages: &std::sync::Mutex<database::Interruptions>,
+    patience: Duration,
+) -> Option<String> {
+    let now = *outages
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if now.count == 0 {
+        return None;
+    }
+    book.status_mut().database_outages = Some(outage_summary(&now));
+    match now.ongoing_since {
+        Some(since) => {
+            let message = format!(
+                "the outbox database is unreachable for {}s; reconnecting for up to {}s before the run fails",
+                since.elapsed().as_secs(),
+                patience.as_secs()
+            );
+            book.set_condition(DEGRADED, true, "DatabaseUnavailable", message.clone());
+            Some(message)
+        }
+        None => {
+            book.set_condition(
+                DEGRADED,
+                false,
+                "Recovered",
+                format!(
+                    "the outbox database was away {} time(s), at most {:.1}s; verification went on",
+                    now.count, now.longest_seconds
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn outage_summary(now: &database::Interruptions) -> outbox_operator::crd::OutageSummary {
+    let ongoing = now
+        .ongoing_since
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    outbox_operator::crd::OutageSummary {
+        count: i64::try_from(now.count).unwrap_or(i64::MAX),
+        longest_seconds: (now.longest_seconds.max(ongoing) * 10.0).round() / 10.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn degraded(book: &StatusBook) -> Option<(String, String)> {
+        book.status()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    }
+
+    #[test]
+    fn a_database_outage_shows_as_degraded_while_it_lasts_and_is_counted_after() {
+        let mut book = StatusBook::new(None, LoadTestStatus::default(), Duration::from_secs(1));
+        let outages = std::sync::Mutex::new(database::Interruptions::default());
+        let patience = Duration::from_secs(300);
+        assert_eq!(database_outage(&mut book, &outages, patience), None);
+        assert_eq!(degraded(&book), None, "no outage, no condition");
+
+        if let Ok(mut o) = outages.lock() {
+            o.count = 1;
+            o.ongoing_since = Some(Instant::now());
+        }
+        let message = database_outage(&mut book, &outages, patience).unwrap_or_default();
+        assert!(
+            message.contains("unreachable") && message.contains("300s"),
+            "{message}"
+        );
+        assert_eq!(
+            degraded(&book),
+            Some(("True".into(), "DatabaseUnavailable".into()))
+        );
+
+        if let Ok(mut o) = outages.lock() {
+            o.ongoing_since = None;
+            o.longest_seconds = 8.04;
+        }
+        assert_eq!(database_outage(&mut book, &outages, patience), None);
+        assert_eq!(degraded(&book), Some(("False".into(), "Recovered".into())));
+        let summary = book.status().database_outages.clone().unwrap_or_default();
+        assert_eq!((summary.count, summary.longest_seconds), (1, 8.0));
+    }
 }

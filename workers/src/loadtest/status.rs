@@ -25,6 +25,8 @@ pub const FIELD_MANAGER: &str = "outbox-loadtest-runner";
 pub const COMPLETE: &str = "Complete";
 /// Condition: every consumer group acknowledged every accepted message.
 pub const VERIFIED: &str = "Verified";
+/// Condition: a dependency is away and the runner waits for it.
+pub const DEGRADED: &str = "Degraded";
 
 /// Status fields the runner owns; everything else belongs to the operator.
 const RUNNER_FIELDS: &[&str] = &[
@@ -38,6 +40,7 @@ const RUNNER_FIELDS: &[&str] = &[
     "scenarios",
     "groups",
     "endToEndLatency",
+    "databaseOutages",
     "conditions",
 ];
 

@@ -15,20 +15,11 @@ use futures::{pin_mut, TryStreamExt};
 use outbox_operator::crd::{GroupVerification, LatencyPercentiles};
 use tokio_postgres::Client;
 
+use super::database::OutboxDb;
 use super::drive::{RUN_HEADER, SCENARIO_HEADER};
 use super::error::{DbContext, LoadTestError, Result};
 use super::measure::to_i64;
 use crate::ledger::{self, GroupReport, IdSet, LatencySummary};
-
-/// Connects to the outbox database.
-pub async fn connect(database_url: &str) -> Result<Client> {
-    crate::db::connect(database_url)
-        .await
-        .map_err(|source| LoadTestError::Ledger {
-            context: "connecting to the outbox database",
-            source,
-        })
-}
 
 /// The ids of the run's messages in the outbox, by scenario (scans the outbox; see the
 /// module documentation).
@@ -171,7 +162,7 @@ pub fn verdict(
 /// everything is not read again until the final look, which reads every group once
 /// more (so its duplicate and reorder counts are current).
 pub async fn wait_for_acknowledgements(
-    client: &Client,
+    db: &mut OutboxDb,
     groups: &[String],
     expected: &IdSet,
     timeout: Duration,
@@ -185,7 +176,7 @@ pub async fn wait_for_acknowledgements(
             if slot.as_ref().is_some_and(|r| r.missing == 0) {
                 continue;
             }
-            *slot = Some(report(client, group, expected).await?);
+            *slot = Some(crate::with_db!(db, |c| report(c, group, expected).await));
         }
         let reports: Vec<GroupReport> = latest.iter().flatten().cloned().collect();
         let waited = started.elapsed();
@@ -195,12 +186,12 @@ pub async fn wait_for_acknowledgements(
         });
         let complete = reports.iter().all(|r| r.missing == 0);
         if complete || waited >= timeout {
-            let reports = ledger::group_reports(client, groups, expected)
+            let reports = crate::with_db!(db, |c| ledger::group_reports(c, groups, expected)
                 .await
                 .map_err(|source| LoadTestError::Ledger {
                     context: "reading the acknowledgement ledger",
                     source,
-                })?;
+                }));
             let complete = reports.iter().all(|r| r.missing == 0);
             return Ok(Verification {
                 reports,
