@@ -667,19 +667,27 @@ async fn exit_within(
     None
 }
 
-#[tokio::test]
-async fn a_database_restart_while_the_runner_verifies_does_not_fail_the_load_test() {
+/// A throwaway PostgreSQL, a topic on the testbed's Kafka and a ready producer on
+/// them, with no consumer yet: a runner against them sends everything, then waits in
+/// verification.
+async fn runner_setup(name: &str, partitions: i32) -> (ThrowawayPostgres, Env, Worker) {
     let pg = ThrowawayPostgres::start();
     let tb = testbed_support::testbed();
-    let topic = testbed_support::unique_name("lt-pg-restart");
-    create_topic(&tb.kafka_bootstrap_servers, &topic, 3).await;
+    let topic = testbed_support::unique_name(name);
+    create_topic(&tb.kafka_bootstrap_servers, &topic, partitions).await;
     let env = Env {
         bootstrap: tb.kafka_bootstrap_servers.clone(),
         database_url: pg.url(),
         topic,
     };
-    let mut producer = Worker::producer(&env, "p-lt", &[]);
+    let mut producer = Worker::producer(&env, &format!("p-{name}"), &[]);
     producer.wait_healthy("/api/messages/health").await;
+    (pg, env, producer)
+}
+
+#[tokio::test]
+async fn a_database_restart_while_the_runner_verifies_does_not_fail_the_load_test() {
+    let (pg, env, mut producer) = runner_setup("lt-pg-restart", 3).await;
     // No consumer yet: the runner sends everything, then waits in verification.
     let log = pg.scratch_file("runner.log", "");
     let mut runner = local_runner(
@@ -721,17 +729,7 @@ async fn a_database_restart_while_the_runner_verifies_does_not_fail_the_load_tes
 
 #[tokio::test]
 async fn a_database_outage_longer_than_the_runners_patience_fails_the_run_naming_it() {
-    let pg = ThrowawayPostgres::start();
-    let tb = testbed_support::testbed();
-    let topic = testbed_support::unique_name("lt-pg-gone");
-    create_topic(&tb.kafka_bootstrap_servers, &topic, 1).await;
-    let env = Env {
-        bootstrap: tb.kafka_bootstrap_servers.clone(),
-        database_url: pg.url(),
-        topic,
-    };
-    let mut producer = Worker::producer(&env, "p-gone", &[]);
-    producer.wait_healthy("/api/messages/health").await;
+    let (pg, env, producer) = runner_setup("lt-pg-gone", 1).await;
     let log = pg.scratch_file("runner.log", "");
     let mut runner = local_runner(
         &env,
