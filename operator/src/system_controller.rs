@@ -656,7 +656,11 @@ async fn schema_taken_by(
     if claim.holder == me {
         return None;
     }
-    let (holder_namespace, holder_name) = claim.holder.split_once('/')?;
+    // A holder recorded by hand in another form is not one this operator can look up:
+    // it stands.
+    let Some((holder_namespace, holder_name)) = claim.holder.split_once('/') else {
+        return Some(claim);
+    };
     let holders: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), holder_namespace);
     match holders.get_opt(holder_name).await {
         Ok(None) => {}
