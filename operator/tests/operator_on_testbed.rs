@@ -246,14 +246,13 @@ async fn spec_the_schema_cannot_catch_is_reported_and_not_retried_in_a_loop() {
     system.metadata.name = Some("a-rather-long-outbox-system-name".into());
     system.spec.consumers.groups[0].name = long_group.clone();
     let systems = create_system(&client, &ns, &system).await;
-    let s = wait_for_reason(
+    let message = wait_for_message(
         &systems,
         "a-rather-long-outbox-system-name",
         "Degraded",
         "InvalidSpec",
     )
     .await;
-    let message = condition(&s, "Degraded").map(|c| c.2).unwrap_or_default();
     assert!(
         message.contains("spec.consumers.groups[].name"),
         "{message}"
@@ -948,16 +947,13 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let s = wait_for_reason(
+    let message = wait_for_message(
         &systems,
         "outbox",
         "BacklogObserved",
         "DatabaseSettingsInvalid",
     )
     .await;
-    let message = condition(&s, "BacklogObserved")
-        .map(|c| c.2)
-        .unwrap_or_default();
     assert!(
         message.contains("verify-full") && message.contains("caSecretRef"),
         "{message}"
@@ -967,28 +963,18 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         .patch("outbox", &PatchParams::default(), &Patch::Merge(&with_ca))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let s = wait_for_reason(
+    let message = wait_for_message(
         &systems,
         "outbox",
         "BacklogObserved",
         "DatabaseSecretMissing",
     )
     .await;
-    let message = condition(&s, "BacklogObserved")
-        .map(|c| c.2)
-        .unwrap_or_default();
     assert!(
         message.contains("backlog-ca") && message.contains("caSecretRef"),
         "{message}"
     );
-    let mut ca_params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-    let ca_pem = ca_params
-        .self_signed(&ca_key)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .pem();
+    let ca_pem = testbed_support::tls::TestCa::new("a CA this PostgreSQL never heard of").pem();
     let ca_secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some("backlog-ca".into()),
@@ -1001,10 +987,8 @@ async fn outbox_backlog_is_read_from_the_database_the_secret_names() {
         .create(&PostParams::default(), &ca_secret)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let s = wait_for_reason(&systems, "outbox", "BacklogObserved", "DatabaseUnreachable").await;
-    let message = condition(&s, "BacklogObserved")
-        .map(|c| c.2)
-        .unwrap_or_default();
+    let message =
+        wait_for_message(&systems, "outbox", "BacklogObserved", "DatabaseUnreachable").await;
     assert!(
         message.contains("TLS"),
         "the CA was read and TLS insisted on: {message}"
@@ -1022,14 +1006,13 @@ async fn kafka_client_settings_come_from_the_referenced_secret() {
         name: "kafka-client".into(),
     });
     let systems = create_system(&client, &ns, &system).await;
-    let s = wait_for_reason(
+    let message = wait_for_message(
         &systems,
         "outbox",
         "TopicReady",
         "KafkaSettingsSecretMissing",
     )
     .await;
-    let message = condition(&s, "TopicReady").map(|c| c.2).unwrap_or_default();
     assert!(
         message.contains("spec.kafka.clientSettingsSecretRef"),
         "{message}"

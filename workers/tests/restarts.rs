@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
-use support::throwaway::{PacketDrop, TestCa, ThrowawayKafka, ThrowawayPostgres};
+use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
 use support::{create_topic, keyed_messages, wait_acknowledged, Env, Worker};
+use testbed_support::tls::TestCa;
 
 /// Sends a batch; returns its ids when it was accepted, `None` when refused (503).
 async fn try_batch(

@@ -410,6 +410,17 @@ pub async fn wait_for_reason(
     .await
 }
 
+/// Waits until `name`'s condition `type_` has `reason`, and returns its message.
+pub async fn wait_for_message(
+    systems: &Api<OutboxSystem>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> String {
+    let s = wait_for_reason(systems, name, type_, reason).await;
+    condition(&s, type_).map(|c| c.2).unwrap_or_default()
+}
+
 /// Waits until `name` exists in `api`, and returns it.
 pub async fn wait_present<K>(api: &Api<K>, name: &str) -> K
 where

@@ -5,6 +5,8 @@
 //! here stands in for a component: a test that needs the testbed fails with a message
 //! saying how to start it when it is not running.
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use testbed_support::tls::ServerTls;
 use testbed_support::{repo_root, unique_name};
 
 use super::free_port;
@@ -56,57 +57,6 @@ pub struct ThrowawayPostgres {
     dir: PathBuf,
     bin: PathBuf,
     pub port: u16,
-}
-
-/// The server certificate and key of a TLS-only [`ThrowawayPostgres`].
-pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-/// A CA of one test and the certificates it issues (rcgen, in memory).
-pub struct TestCa {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    pub fn new(name: &str) -> TestCa {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        TestCa {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    /// The CA certificate, PEM.
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A server certificate for `names` (DNS names or IP addresses).
-    pub fn issue(&self, names: &[&str]) -> ServerTls {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = rcgen::CertificateParams::new(names).expect("server params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "outbox test server");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("server certificate");
-        ServerTls {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
 }
 
 impl ThrowawayPostgres {
