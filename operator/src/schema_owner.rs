@@ -39,8 +39,15 @@ pub fn system_id(namespace: &str, name: &str) -> String {
 /// the holder either way.
 pub async fn claim(client: &mut Client, system: &str) -> Result<Claim, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute(MIGRATION_LOCK, &[]).await?;
-    tx.batch_execute(OWNER_TABLE).await?;
+    // The table is made once; a reconcile that finds it skips the lock and the DDL.
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('outbox_owner') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        tx.execute(MIGRATION_LOCK, &[]).await?;
+        tx.batch_execute(OWNER_TABLE).await?;
+    }
     tx.execute(
         "INSERT INTO outbox_owner (system) VALUES ($1) ON CONFLICT (singleton) DO NOTHING",
         &[&system],
