@@ -760,3 +760,99 @@ async fn a_database_outage_longer_than_the_runners_patience_fails_the_run_naming
         "the failure names the database and the patience:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_producer_killed_mid_send_is_waited_for_and_every_message_is_stored_once() {
+    let (pg, env, mut producer) = runner_setup("lt-producer-kill", 3).await;
+    let log = pg.scratch_file("runner.log", "");
+    let report = pg.scratch_file("report.json", "");
+    let run_id = testbed_support::unique_name("run");
+    let mut runner = local_runner(
+        &env,
+        &producer,
+        "g-kill",
+        &log,
+        &[
+            "--scenario",
+            "batch:60000:batched",
+            "--batch-size",
+            "200",
+            "--run-id",
+            &run_id,
+            "--report",
+            &report.display().to_string(),
+            "--verification-timeout",
+            "240s",
+        ],
+    );
+    let (db, connection) = tokio_postgres::connect(&env.database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stored_for_run(&db, &run_id).await < 5_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the runner never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL mid-send: requests in flight lose their answers, new ones are refused.
+    let port = producer.port.to_string();
+    producer.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut again = Worker::producer(&env, "p-lt-producer-kill-2", &[("HTTP_PORT", &port)]);
+    again.wait_healthy("/api/messages/health").await;
+    let mut consumer = Worker::consumer(&env, "c-kill", "g-kill", &[]);
+    consumer.wait_healthy("/api/consumer/health").await;
+
+    let status = exit_within(&mut runner, Duration::from_secs(240)).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the run ends verified after the producer came back:\n{text}"
+    );
+    assert!(
+        text.contains("producer unreachable or its answer lost"),
+        "the kill landed while the runner was sending:\n{text}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+        .expect("the JSON report");
+    assert_eq!(report["status"]["acceptedMessages"], 60_000, "{report:#}");
+    assert_eq!(report["uncertainMessages"], 0, "{report:#}");
+    assert_eq!(report["status"]["scenarios"][0]["failed"], 0, "{report:#}");
+    let producer_outage = report["status"]["outages"]
+        .as_array()
+        .and_then(|o| {
+            o.iter().find(|o| {
+                o["dependency"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("producer"))
+            })
+        })
+        .cloned();
+    assert!(
+        producer_outage
+            .as_ref()
+            .is_some_and(|o| o["count"].as_i64() >= Some(1) && o["ongoing"] == false),
+        "the producer's outage is in the status: {report:#}"
+    );
+    assert_eq!(
+        stored_for_run(&db, &run_id).await,
+        60_000,
+        "each message stored once, retries under their idempotency keys included"
+    );
+    assert!(again.terminate() && consumer.terminate());
+}
+
+/// Rows of the outbox stamped with load-test run `run_id`.
+async fn stored_for_run(db: &tokio_postgres::Client, run_id: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM outbox_messages WHERE headers->>'loadtest-run' = $1",
+        &[&run_id],
+    )
+    .await
+    .map(|r| r.get::<_, i64>(0))
+    .unwrap_or(0)
+}

@@ -181,10 +181,12 @@ pub struct LoadTestStatus {
     /// Latency from the produce request to the acknowledgement by a consumer group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_to_end_latency: Option<LatencyPercentiles>,
-    /// Outages of the outbox database the runner rode out by reconnecting (absent when
-    /// there were none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database_outages: Option<OutageSummary>,
+    /// Dependencies the runner found away and waited for (the outbox database
+    /// `database`, the API server `apiServer`, a producer `producer <pod>`), each with
+    /// how often and how long; empty when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["dependency".into()]))]
+    pub outages: Vec<OutageSummary>,
     /// Scheduled (operator), Complete and Verified (runner; the operator sets Complete
     /// when the Job failed before the runner reported), Degraded (runner: a dependency
     /// is away and the runner is waiting for it).
@@ -197,10 +199,15 @@ pub struct LoadTestStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct OutageSummary {
-    /// How many.
+    /// The dependency: `database`, `apiServer` or `producer <pod>`.
+    pub dependency: String,
+    /// How many outages.
     pub count: i64,
-    /// The longest, in seconds.
+    /// The longest, in seconds (counting one still going on).
     pub longest_seconds: f64,
+    /// Whether one goes on now.
+    #[serde(default)]
+    pub ongoing: bool,
 }
 
 /// Results of one scenario.

@@ -9,28 +9,17 @@
 //!
 //! Call sites read through [`with_db!`](crate::with_db): one statement, retried whole.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::error::{LoadTestError, Result};
+use super::outage::{self, Board};
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-
-/// Interruptions of the database session over the run, for the status and the report.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Interruptions {
-    /// Outages ridden out (or the one that ended the run).
-    pub count: u64,
-    /// The longest, in seconds.
-    pub longest_seconds: f64,
-    /// Since when the current one lasts, if one does.
-    pub ongoing_since: Option<Instant>,
-}
 
 /// A database session that reconnects (see the module documentation).
 pub struct OutboxDb {
@@ -38,18 +27,19 @@ pub struct OutboxDb {
     client: Option<Client>,
     patience: Duration,
     backoff: Duration,
-    interruptions: Arc<Mutex<Interruptions>>,
+    board: Board,
 }
 
 impl OutboxDb {
-    /// Connects, waiting within `patience` for a database that is not up yet.
-    pub async fn connect(url: &str, patience: Duration) -> Result<OutboxDb> {
+    /// Connects, waiting within `patience` for a database that is not up yet; outages
+    /// go on `board` as [`outage::DATABASE`].
+    pub async fn connect(url: &str, patience: Duration, board: Board) -> Result<OutboxDb> {
         let mut db = OutboxDb {
             url: url.to_string(),
             client: None,
             patience,
             backoff: FIRST_BACKOFF,
-            interruptions: Arc::default(),
+            board,
         };
         db.session().await?;
         db.healthy();
@@ -79,16 +69,10 @@ impl OutboxDb {
     /// A statement succeeded: an ongoing outage is over.
     pub fn healthy(&mut self) {
         self.backoff = FIRST_BACKOFF;
-        let ended = self.update(|i| {
-            let since = i.ongoing_since.take()?;
-            let seconds = since.elapsed().as_secs_f64();
-            i.longest_seconds = i.longest_seconds.max(seconds);
-            Some(seconds)
-        });
-        if let Some(seconds) = ended {
+        if let Some(lasted) = self.board.answered(outage::DATABASE) {
             tracing::info!(
-                seconds = format!("{seconds:.1}"),
-                "outbox database back; verification goes on"
+                seconds = format!("{:.1}", lasted.as_secs_f64()),
+                "outbox database back; the run goes on"
             );
         }
     }
@@ -100,15 +84,7 @@ impl OutboxDb {
             return Err(error);
         }
         self.client = None;
-        let (since, new) = self.update(|i| match i.ongoing_since {
-            Some(since) => (since, false),
-            None => {
-                let now = Instant::now();
-                i.ongoing_since = Some(now);
-                i.count += 1;
-                (now, true)
-            }
-        });
+        let (lasted, new) = self.board.failed(outage::DATABASE);
         if new {
             tracing::warn!(
                 patience_seconds = self.patience.as_secs(),
@@ -116,9 +92,7 @@ impl OutboxDb {
                 "outbox database unreachable; reconnecting"
             );
         }
-        let lasted = since.elapsed();
         if lasted >= self.patience {
-            self.update(|i| i.longest_seconds = i.longest_seconds.max(lasted.as_secs_f64()));
             return Err(LoadTestError::DatabaseUnavailable {
                 seconds: lasted.as_secs(),
                 patience: self.patience.as_secs(),
@@ -128,24 +102,6 @@ impl OutboxDb {
         tokio::time::sleep(self.backoff.min(self.patience - lasted)).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Ok(())
-    }
-
-    /// The patience per outage.
-    pub fn patience(&self) -> Duration {
-        self.patience
-    }
-
-    /// A view of the interruptions that stays readable while the session is in use.
-    pub fn interruptions(&self) -> Arc<Mutex<Interruptions>> {
-        self.interruptions.clone()
-    }
-
-    fn update<T>(&self, change: impl FnOnce(&mut Interruptions) -> T) -> T {
-        let mut guard = self
-            .interruptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        change(&mut guard)
     }
 }
 

@@ -1,6 +1,15 @@
 //! Sending a scenario's messages to the producers: every producer in parallel, a few
 //! requests in flight each, through the batch endpoint (batching scenarios) or one
 //! message per request (immediate scenarios).
+//!
+//! Every request carries an `Idempotency-Key` made of the run, the scenario and the
+//! message range, so a request whose fate is unknown (a timeout, a reset connection, a
+//! 5xx, a producer killed mid-request) is simply sent again: a producer that had stored
+//! it answers with the first request's ids and stores nothing twice. A producer that
+//! cannot be reached is an outage on the runner's board: its requests are retried with
+//! backoff for up to `--infrastructure-patience`; in a Job, after [`FALLBACK_AFTER`],
+//! they go to the producer Service instead (the pod was deleted and replaced, say).
+//! Only an outage longer than the patience fails the rest of that producer's share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +20,7 @@ use serde::Deserialize;
 use super::discover::Producer;
 use super::ids::IdCollector;
 use super::measure::{ProducerOutcome, ScenarioOutcome, Tally};
+use super::outage::{self, Board};
 use crate::ledger::IdSet;
 
 /// Header carrying the run id on every message the runner sends.
@@ -18,12 +28,15 @@ pub const RUN_HEADER: &str = "loadtest-run";
 /// Header carrying the scenario name on every message the runner sends.
 pub const SCENARIO_HEADER: &str = "loadtest-scenario";
 
-/// Attempts per request when the connection was refused; the request is then counted
-/// as failed. (A producer answering 429 or 503 is retried for `--retry-patience`.)
-const MAX_ATTEMPTS: u32 = 5;
+/// How long a producer may be unreachable before its requests go to the fallback (the
+/// producer Service), when there is one.
+pub const FALLBACK_AFTER: Duration = Duration::from_secs(5);
 
-/// Failure reason of the messages a producer was not sent because it had become
-/// unreachable (connections refused or timing out after every retry).
+/// Header naming a request for the producer's at-most-once store.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Failure reason of the messages a producer was not sent because it had been
+/// unreachable for longer than the patience.
 pub const PRODUCER_UNREACHABLE: &str = "producerUnreachable";
 
 /// What every message of the run shares.
@@ -58,6 +71,15 @@ pub struct ScenarioSend {
     pub concurrency: usize,
     /// How long a request answered 429 or 503 is sent again.
     pub retry_patience: Duration,
+    /// How long a producer may stay unreachable (or its answers lost) before the rest
+    /// of its share fails.
+    pub infrastructure_patience: Duration,
+    /// Where requests go once a producer is unreachable for `fallback_after` (the
+    /// producer Service in a Job), if anywhere.
+    pub fallback_url: Option<String>,
+    /// How long a producer may be unreachable before its requests go to the fallback
+    /// ([`FALLBACK_AFTER`] in a run).
+    pub fallback_after: Duration,
 }
 
 /// Live counters of a scenario, read by the progress reporter.
@@ -83,9 +105,9 @@ pub struct Sent {
     pub outcome: ScenarioOutcome,
     /// Ids the producers assigned to the accepted messages.
     pub ids: IdSet,
-    /// Messages whose fate is unknown (timeout, broken connection, 5xx other than 503,
-    /// a 2xx without ids): they may be in the outbox. Verification then takes the set
-    /// of expected ids from the outbox itself.
+    /// Messages whose fate stayed unknown (a producer away for longer than the
+    /// patience mid-request, a 2xx without ids): they may be in the outbox.
+    /// Verification then takes the set of expected ids from the outbox itself.
     pub uncertain: u64,
 }
 
@@ -96,6 +118,7 @@ pub async fn send_scenario(
     shape: &MessageShape,
     send: &ScenarioSend,
     counters: Arc<Counters>,
+    board: &Board,
 ) -> Sent {
     let started = Instant::now();
     let shape = Arc::new(shape.clone());
@@ -118,8 +141,14 @@ pub async fn send_scenario(
             },
             concurrency: send.concurrency.max(1),
             retry_patience: send.retry_patience,
+            infrastructure_patience: send.infrastructure_patience,
+            fallback_url: send.fallback_url.clone(),
+            fallback_after: send.fallback_after,
+            dependency: outage::producer(&producer.name),
+            board: board.clone(),
             counters: counters.clone(),
             unreachable: AtomicBool::new(false),
+            via_fallback: AtomicBool::new(false),
         };
         first_index += share;
         tasks.push(tokio::spawn(job.run()));
@@ -174,10 +203,19 @@ struct ProducerJob {
     batch_size: usize,
     concurrency: usize,
     retry_patience: Duration,
+    infrastructure_patience: Duration,
+    fallback_url: Option<String>,
+    fallback_after: Duration,
+    /// The producer's name on the board.
+    dependency: String,
+    board: Board,
     counters: Arc<Counters>,
-    /// Set once a request found the producer unreachable after every retry (its pod
-    /// deleted, say): the rest of its share is then failed without sending.
+    /// Set once the producer was unreachable for longer than the patience: the rest of
+    /// its share is then failed without sending.
     unreachable: AtomicBool,
+    /// Set once the producer was unreachable for `fallback_after` and there is a
+    /// fallback: the rest of its share goes there.
+    via_fallback: AtomicBool,
 }
 
 struct ProducerDone {
@@ -260,30 +298,40 @@ impl ProducerJob {
         }
     }
 
-    /// Sends messages `first..first + count` in one request (with retries where nothing
-    /// was stored) and counts the answer.
+    /// Sends messages `first..first + count` in one request (again, under the same
+    /// idempotency key, while nothing or an unknown outcome came back) and counts the
+    /// answer.
     async fn request(&self, first: u64, count: u64, done: &mut WorkerDone) {
-        let (url, body) = if self.batching {
+        let (path, body) = if self.batching {
             (
-                format!("{}/api/messages/batch", self.producer.base_url),
+                "/api/messages/batch",
                 batch_body(&self.shape, &self.scenario, first, count),
             )
         } else {
             (
-                format!("{}/api/messages/send", self.producer.base_url),
+                "/api/messages/send",
                 single_body(&self.shape, &self.scenario, first),
             )
         };
+        let key = idempotency_key(&self.shape.run_id, &self.scenario, first, count);
         // Shared, so a retry does not copy a body of megabytes.
         let body = bytes::Bytes::from(body);
         let mut attempt = 1;
         let first_sent = Instant::now();
         loop {
+            let base = match (
+                &self.fallback_url,
+                self.via_fallback.load(Ordering::Relaxed),
+            ) {
+                (Some(fallback), true) => fallback.as_str(),
+                _ => self.producer.base_url.as_str(),
+            };
             let sent_at = Instant::now();
             let answer = self
                 .http
-                .post(&url)
+                .post(format!("{base}{path}"))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(IDEMPOTENCY_KEY, &key)
                 .body(body.clone())
                 .send()
                 .await;
@@ -308,6 +356,13 @@ impl ProducerJob {
                 Err(e) => Verdict::Uncertain(transport_reason(&e)),
             };
             let latency = sent_at.elapsed();
+            if matches!(
+                verdict,
+                Verdict::Accepted(_) | Verdict::Retry(..) | Verdict::Refused(_)
+            ) {
+                self.answered();
+            }
+            let maybe_stored = matches!(verdict, Verdict::Uncertain(_));
             match verdict {
                 Verdict::Accepted(ids) => {
                     done.tally.accepted(count, latency);
@@ -334,36 +389,110 @@ impl ProducerJob {
                     tokio::time::sleep(asked.unwrap_or_else(|| backoff(attempt))).await;
                     attempt += 1;
                 }
-                Verdict::Unreachable(reason)
-                    if attempt < MAX_ATTEMPTS && !self.unreachable.load(Ordering::Relaxed) =>
-                {
-                    tracing::debug!(producer = %self.producer.name, %reason, attempt, "retrying a request nothing was stored for");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Verdict::Unreachable(reason) => {
-                    if !self.unreachable.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(producer = %self.producer.name, %reason, "producer unreachable after every retry; failing the rest of its share without sending");
-                    }
-                    done.tally.failed(count, &reason, Some(latency));
-                    self.counters.failed.fetch_add(count, Ordering::Relaxed);
-                    return;
-                }
                 Verdict::Retry(reason, _) | Verdict::Refused(reason) => {
                     done.tally.failed(count, &reason, Some(latency));
                     self.counters.failed.fetch_add(count, Ordering::Relaxed);
                     return;
                 }
-                Verdict::Uncertain(reason) => {
-                    tracing::warn!(producer = %self.producer.name, %reason, messages = count, "request failed; the messages may or may not be stored");
+                Verdict::Unreachable(reason) | Verdict::Uncertain(reason) => {
+                    // Nothing stored, or maybe stored: the same key makes another try
+                    // safe either way, for as long as the outage is within the patience.
+                    if self.away(&reason) {
+                        done.tally.retried(&reason);
+                        tracing::debug!(producer = %self.producer.name, %reason, attempt, "sending the request again under its idempotency key");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
                     done.tally.failed(count, &reason, Some(latency));
-                    done.uncertain += count;
                     self.counters.failed.fetch_add(count, Ordering::Relaxed);
+                    if maybe_stored {
+                        done.uncertain += count;
+                    }
                     return;
                 }
             }
         }
     }
+
+    /// The producer (or the fallback) answered: an outage of it is over.
+    fn answered(&self) {
+        if self.via_fallback.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(lasted) = self.board.answered(&self.dependency) {
+            tracing::info!(producer = %self.producer.name, seconds = format!("{:.1}", lasted.as_secs_f64()), "producer answers again");
+        }
+    }
+
+    /// A request found the producer away (`reason`): notes the outage; switches to the
+    /// fallback once it lasts `fallback_after`. Returns whether to try again: false
+    /// once the outage outlasts the patience (the rest of the share then fails).
+    fn away(&self, reason: &str) -> bool {
+        if self.unreachable.load(Ordering::Relaxed) {
+            return false;
+        }
+        let dependency = if self.via_fallback.load(Ordering::Relaxed) {
+            format!("{} (fallback)", self.dependency)
+        } else {
+            self.dependency.clone()
+        };
+        let (lasted, new) = self.board.failed(&dependency);
+        if new {
+            tracing::warn!(producer = %self.producer.name, %reason, patience_seconds = self.infrastructure_patience.as_secs(), "producer unreachable or its answer lost; retrying under the same idempotency keys");
+        }
+        if lasted >= self.fallback_after && !self.via_fallback.load(Ordering::Relaxed) {
+            if let Some(fallback) = &self.fallback_url {
+                if !self.via_fallback.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(producer = %self.producer.name, %fallback, seconds = lasted.as_secs(), "producer unreachable; sending the rest of its share through the fallback");
+                    self.board.answered(&self.dependency);
+                }
+                return true;
+            }
+        }
+        if lasted >= self.infrastructure_patience {
+            if !self.unreachable.swap(true, Ordering::Relaxed) {
+                tracing::warn!(producer = %self.producer.name, %reason, seconds = lasted.as_secs(), "producer unreachable for longer than the patience; failing the rest of its share without sending");
+            }
+            return false;
+        }
+        true
+    }
+}
+
+/// The idempotency key of the request carrying messages `first..first + count` of
+/// `scenario` in run `run_id`: the same for every try of that request, different for
+/// every other (characters a header cannot carry are percent-encoded; a scenario name
+/// too long for the producer's 255 characters is replaced by a hash of it).
+pub fn idempotency_key(run_id: &str, scenario: &str, first: u64, count: u64) -> String {
+    let key = key_of_parts(run_id, scenario, first, count);
+    if key.len() <= 255 {
+        return key;
+    }
+    // FNV-1a: stable across runs and builds, unlike the std hasher.
+    let hash = scenario.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    key_of_parts(run_id, &format!("#{hash:016x}"), first, count)
+}
+
+fn key_of_parts(run_id: &str, scenario: &str, first: u64, count: u64) -> String {
+    let mut key = String::with_capacity(run_id.len() + scenario.len() + 24);
+    for part in [run_id, scenario] {
+        for c in part.chars() {
+            if c.is_ascii_graphic() && c != '%' && c != '/' {
+                key.push(c);
+            } else {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    key.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        key.push('/');
+    }
+    key.push_str(&format!("{first}+{count}"));
+    key
 }
 
 enum Verdict {
@@ -522,6 +651,7 @@ pub fn single_body(shape: &MessageShape, scenario: &str, index: u64) -> Vec<u8> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn shape() -> MessageShape {
         MessageShape {
@@ -557,7 +687,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_producer_that_cannot_be_reached_is_given_up_on_not_retried_request_by_request() {
+    async fn a_producer_unreachable_for_longer_than_the_patience_is_given_up_on_not_request_by_request(
+    ) {
         // A port where nothing listens: every connection is refused, as for a deleted pod.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -573,19 +704,24 @@ mod tests {
             batch_size: 10,
             concurrency: 2,
             retry_patience: Duration::from_secs(300),
+            infrastructure_patience: Duration::from_secs(1),
+            fallback_url: None,
+            fallback_after: FALLBACK_AFTER,
         };
+        let board = Board::default();
         let sent = send_scenario(
             &reqwest::Client::new(),
             &producers,
             &shape(),
             &send,
             Arc::new(Counters::default()),
+            &board,
         )
         .await;
         let tally = &sent.outcome.producers[0].tally;
         assert_eq!(tally.failed, 1_000);
         assert_eq!(tally.accepted, 0);
-        // Only the requests in flight when it became unreachable tried to connect; the
+        // Only the requests in flight when the patience ran out tried to connect; the
         // rest of its share failed at once, known not stored.
         assert!(
             tally.reasons.get("connect").copied().unwrap_or(0) <= 20,
@@ -603,6 +739,13 @@ mod tests {
             tally.reasons
         );
         assert_eq!(sent.uncertain, 0);
+        let outages = board.snapshot();
+        let outage = outages
+            .get(&outage::producer(&producers[0].name))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(outage.count, 1, "{outages:?}");
+        assert!(outage.ongoing_since.is_some(), "it never came back");
     }
 
     /// A producer on loopback that answers the first `refusals` requests 429 with
@@ -651,7 +794,146 @@ mod tests {
             batch_size: 1,
             concurrency: 1,
             retry_patience: patience,
+            infrastructure_patience: Duration::from_secs(60),
+            fallback_url: None,
+            fallback_after: FALLBACK_AFTER,
         }
+    }
+
+    /// A producer on loopback that stores each request once per idempotency key and
+    /// answers the first try of every key only after `stall` (so a client with a
+    /// shorter timeout loses that answer); a later try gets the stored id. Returns the
+    /// producer and the tries per key.
+    async fn slow_first_answer_producer(
+        stall: Duration,
+    ) -> (
+        Producer,
+        Arc<std::sync::Mutex<BTreeMap<String, u32>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let tries: Arc<std::sync::Mutex<BTreeMap<String, u32>>> = Arc::default();
+        let next_id = Arc::new(AtomicU64::new(1));
+        let stored: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let seen = tries.clone();
+        let app = axum::Router::new().route(
+            "/api/messages/send",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let (seen, stored, next_id) = (seen.clone(), stored.clone(), next_id.clone());
+                async move {
+                    let key = headers
+                        .get(IDEMPOTENCY_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let first = {
+                        let mut seen = seen.lock().expect("lock");
+                        let n = seen.entry(key.clone()).or_default();
+                        *n += 1;
+                        *n == 1
+                    };
+                    let id = *stored
+                        .lock()
+                        .expect("lock")
+                        .entry(key)
+                        .or_insert_with(|| next_id.fetch_add(1, Ordering::SeqCst));
+                    if first {
+                        tokio::time::sleep(stall).await;
+                    }
+                    axum::Json(serde_json::json!({"status": "accepted", "id": id}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (
+            Producer::from_url(&format!("http://{address}")),
+            tries,
+            server,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_answer_is_lost_is_sent_again_under_its_key_and_counted_once() {
+        let (producer, tries, server) =
+            slow_first_answer_producer(Duration::from_millis(600)).await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .expect("client");
+        let sent = send_scenario(
+            &http,
+            &[producer],
+            &shape(),
+            &one_at_a_time(4, Duration::from_secs(60)),
+            Arc::new(Counters::default()),
+            &Board::default(),
+        )
+        .await;
+        server.abort();
+        let tally = &sent.outcome.producers[0].tally;
+        assert_eq!((tally.accepted, tally.failed), (4, 0), "{tally:?}");
+        assert_eq!(sent.uncertain, 0, "every outcome became known");
+        assert_eq!(sent.ids.len(), 4, "one id per message, none twice");
+        let tries = tries.lock().expect("lock").clone();
+        assert_eq!(tries.len(), 4, "a key of its own per message: {tries:?}");
+        assert!(tries.values().all(|&n| n >= 2), "{tries:?}");
+        assert!(tally.retried.get("timeout").copied().unwrap_or(0) >= 4);
+    }
+
+    #[tokio::test]
+    async fn requests_to_an_unreachable_producer_go_to_the_fallback_after_a_while() {
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let gone = Producer::from_url(&format!("http://127.0.0.1:{refused}"));
+        let (fallback, tries, server) = slow_first_answer_producer(Duration::ZERO).await;
+        let mut send = one_at_a_time(6, Duration::from_secs(60));
+        send.fallback_url = Some(fallback.base_url.clone());
+        send.fallback_after = Duration::from_millis(300);
+        let board = Board::default();
+        let sent = send_scenario(
+            &reqwest::Client::new(),
+            std::slice::from_ref(&gone),
+            &shape(),
+            &send,
+            Arc::new(Counters::default()),
+            &board,
+        )
+        .await;
+        server.abort();
+        let tally = &sent.outcome.producers[0].tally;
+        assert_eq!((tally.accepted, tally.failed), (6, 0), "{tally:?}");
+        assert_eq!(tries.lock().expect("lock").len(), 6);
+        let outages = board.snapshot();
+        let pod = outages[&outage::producer(&gone.name)];
+        assert_eq!(pod.count, 1);
+        assert!(
+            pod.ongoing_since.is_none(),
+            "the pod's outage ends when the fallback takes over"
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_differ_per_request_and_stay_within_what_a_header_carries() {
+        let a = idempotency_key("run-1", "batch", 0, 100);
+        assert_eq!(a, "run-1/batch/0+100");
+        assert_ne!(a, idempotency_key("run-1", "batch", 100, 100));
+        assert_ne!(a, idempotency_key("run-2", "batch", 0, 100));
+        assert_ne!(
+            idempotency_key("r", "a b", 0, 1),
+            idempotency_key("r", "a_b", 0, 1)
+        );
+        let odd = idempotency_key("r", "größe/100%", 0, 1);
+        assert!(odd.bytes().all(|b| b.is_ascii_graphic()), "{odd}");
+        let long = idempotency_key("r", &"s".repeat(400), 0, 1);
+        assert!(long.len() <= 255, "{}", long.len());
+        assert_ne!(long, idempotency_key("r", &"t".repeat(400), 0, 1));
     }
 
     #[tokio::test]
@@ -663,6 +945,7 @@ mod tests {
             &shape(),
             &one_at_a_time(5, Duration::from_secs(60)),
             Arc::new(Counters::default()),
+            &Board::default(),
         )
         .await;
         server.abort();
@@ -685,6 +968,7 @@ mod tests {
             &shape(),
             &one_at_a_time(2, Duration::from_millis(300)),
             Arc::new(Counters::default()),
+            &Board::default(),
         )
         .await;
         server.abort();

@@ -49,6 +49,13 @@ pub enum LoadTestError {
         patience: u64,
         last: String,
     },
+    /// The API server stayed away longer than the runner's patience.
+    #[error("the API server did not take the LoadTest status for {seconds}s, longer than the runner's patience ({patience}s, --infrastructure-patience): {last}")]
+    ApiServerUnavailable {
+        seconds: u64,
+        patience: u64,
+        last: String,
+    },
     /// Writing the JSON report failed.
     #[error("writing the report to {path}: {source}")]
     Report {
@@ -78,6 +85,7 @@ impl LoadTestError {
             LoadTestError::Http { .. } => "HttpClientError",
             LoadTestError::Ledger { .. } | LoadTestError::Db { .. } => "DatabaseError",
             LoadTestError::DatabaseUnavailable { .. } => "DatabaseUnavailable",
+            LoadTestError::ApiServerUnavailable { .. } => "ApiServerUnavailable",
             LoadTestError::Report { .. } | LoadTestError::Json { .. } => "ReportError",
             LoadTestError::Interrupted => "Interrupted",
         }

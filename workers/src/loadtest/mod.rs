@@ -22,6 +22,7 @@ pub mod drive;
 pub mod error;
 pub mod ids;
 pub mod measure;
+pub mod outage;
 pub mod progress;
 pub mod report;
 pub mod split;
@@ -48,7 +49,7 @@ use discover::Producer;
 use drive::{Counters, MessageShape, ScenarioSend};
 use progress::Display;
 use report::{Report, ReportSettings};
-use status::{StatusBook, Target, COMPLETE, DEGRADED, VERIFIED};
+use status::{StatusBook, Target, COMPLETE, VERIFIED};
 
 use crate::ledger::IdSet;
 use crate::shutdown::{self, ShutdownSignal};
@@ -73,6 +74,9 @@ pub struct Plan {
     pub topic: String,
     /// Producers to drive.
     pub producers: Vec<Producer>,
+    /// Where a producer's requests go once it is unreachable: the producer Service,
+    /// when the producers were discovered behind it.
+    pub producer_fallback: Option<String>,
     /// Consumer groups to verify.
     pub groups: Vec<String>,
     /// Scenarios in order.
@@ -139,7 +143,13 @@ async fn run_inner(args: LoadTestArgs, shutdown: ShutdownSignal) -> Result<Outco
             (plan, target, current)
         }
     };
-    let mut book = StatusBook::new(target, current, args.progress_interval);
+    let mut book = StatusBook::new(
+        target,
+        current,
+        args.progress_interval,
+        outage::Board::default(),
+        args.infrastructure_patience,
+    );
     let result = execute(&args, &plan, &mut book, shutdown).await;
     match result {
         Ok(outcome) => Ok(outcome),
@@ -210,11 +220,17 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
     } else {
         None
     };
+    let port = system
+        .as_ref()
+        .map(|s| s.spec.producers.port)
+        .unwrap_or(8080);
+    let producer_fallback = producers_from_flags.is_empty().then(|| {
+        format!(
+            "http://{}.{namespace}.svc:{port}",
+            discover::producer_service_name(&spec.system_ref.name)
+        )
+    });
     let producers = if producers_from_flags.is_empty() {
-        let port = system
-            .as_ref()
-            .map(|s| s.spec.producers.port)
-            .unwrap_or(8080);
         let desired = system
             .as_ref()
             .map(|s| usize::try_from(s.spec.producers.replicas).unwrap_or(0))
@@ -256,6 +272,7 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
         load_test: Some(format!("{namespace}/{name}")),
         topic,
         producers,
+        producer_fallback,
         groups,
         scenarios: spec.scenarios.clone(),
         message_size: usize::try_from(spec.message_size.max(1)).unwrap_or(256),
@@ -301,6 +318,7 @@ fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
         load_test: None,
         topic,
         producers,
+        producer_fallback: None,
         groups: args.groups.clone(),
         scenarios: args.scenarios.clone(),
         message_size: usize::try_from(args.message_size.unwrap_or(256).max(1)).unwrap_or(256),
@@ -352,7 +370,12 @@ async fn execute(
         .tcp_nodelay(true)
         .build()
         .map_err(|source| LoadTestError::Http { source })?;
-    let mut db = OutboxDb::connect(&args.database_url, args.infrastructure_patience).await?;
+    let mut db = OutboxDb::connect(
+        &args.database_url,
+        args.infrastructure_patience,
+        book.board().clone(),
+    )
+    .await?;
     tracing::info!(
         run_id = %plan.run_id,
         topic = %plan.topic,
@@ -443,6 +466,9 @@ async fn execute(
             batch_size: args.batch_size,
             concurrency,
             retry_patience: args.retry_patience,
+            infrastructure_patience: args.infrastructure_patience,
+            fallback_url: plan.producer_fallback.clone(),
+            fallback_after: drive::FALLBACK_AFTER,
         };
         tracing::info!(
             scenario = %send.name,
@@ -671,7 +697,8 @@ async fn send_with_progress(
         .filter(|s| s.name != send.name)
         .map(|s| s.accepted)
         .sum();
-    let task = drive::send_scenario(http, &plan.producers, shape, send, counters.clone());
+    let board = book.board().clone();
+    let task = drive::send_scenario(http, &plan.producers, shape, send, counters.clone(), &board);
     tokio::pin!(task);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -683,13 +710,15 @@ async fn send_with_progress(
                 let failed = counters.failed.load(Ordering::Relaxed);
                 let note = format!("accepted {} failed {failed}", accepted + send.already_accepted);
                 bar.set(send.already_accepted + counters.done(), &note);
+                let outage = book.reflect_outages();
                 let status = book.status_mut();
                 status.message = Some(format!(
-                    "{}: {}/{} sent ({} accepted, {failed} failed)",
+                    "{}: {}/{} sent ({} accepted, {failed} failed){}",
                     send.name,
                     send.already_accepted + counters.done(),
                     send.messages,
-                    accepted + send.already_accepted
+                    accepted + send.already_accepted,
+                    outage.map(|o| format!("; {o}")).unwrap_or_default()
                 ));
                 status.accepted_messages = Some(accepted_before + measure::to_i64(accepted + send.already_accepted));
                 book.write_progress().await;
@@ -724,8 +753,6 @@ async fn verify_with_progress(
             .collect(),
     );
     let latest: std::sync::Mutex<Option<verify::VerifyProgress>> = std::sync::Mutex::new(None);
-    let outages = db.interruptions();
-    let patience = db.patience();
     let wait = verify::wait_for_acknowledgements(
         db,
         &plan.groups,
@@ -753,7 +780,7 @@ async fn verify_with_progress(
         tokio::select! {
             done = &mut wait => break done?,
             _ = tick.tick() => {
-                let outage = database_outage(book, &outages, patience);
+                let outage = book.reflect_outages();
                 // Progress into the status from the last look at the ledger.
                 let last = latest.lock().ok().and_then(|l| l.clone());
                 if let Some(message) = outage {
@@ -771,7 +798,7 @@ async fn verify_with_progress(
             _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
         }
     };
-    database_outage(book, &outages, patience);
+    book.reflect_outages();
     if let Ok(mut bars) = bars.lock() {
         for (bar, r) in bars.iter_mut().zip(&verification.reports) {
             bar.finish(
@@ -784,99 +811,4 @@ async fn verify_with_progress(
         }
     }
     Ok(verification)
-}
-
-/// Puts the database outages into the status (`databaseOutages`, condition `Degraded`);
-/// returns the status message while one lasts.
-fn database_outage(
-    book: &mut StatusBook,
-    outages: &std::sync::Mutex<database::Interruptions>,
-    patience: Duration,
-) -> Option<String> {
-    let now = *outages
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if now.count == 0 {
-        return None;
-    }
-    book.status_mut().database_outages = Some(outage_summary(&now));
-    match now.ongoing_since {
-        Some(since) => {
-            let message = format!(
-                "the outbox database is unreachable for {}s; reconnecting for up to {}s before the run fails",
-                since.elapsed().as_secs(),
-                patience.as_secs()
-            );
-            book.set_condition(DEGRADED, true, "DatabaseUnavailable", message.clone());
-            Some(message)
-        }
-        None => {
-            book.set_condition(
-                DEGRADED,
-                false,
-                "Recovered",
-                format!(
-                    "the outbox database was away {} time(s), at most {:.1}s; verification went on",
-                    now.count, now.longest_seconds
-                ),
-            );
-            None
-        }
-    }
-}
-
-fn outage_summary(now: &database::Interruptions) -> outbox_operator::crd::OutageSummary {
-    let ongoing = now
-        .ongoing_since
-        .map(|s| s.elapsed().as_secs_f64())
-        .unwrap_or(0.0);
-    outbox_operator::crd::OutageSummary {
-        count: i64::try_from(now.count).unwrap_or(i64::MAX),
-        longest_seconds: (now.longest_seconds.max(ongoing) * 10.0).round() / 10.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn degraded(book: &StatusBook) -> Option<(String, String)> {
-        book.status()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED)
-            .map(|c| (c.status.clone(), c.reason.clone()))
-    }
-
-    #[test]
-    fn a_database_outage_shows_as_degraded_while_it_lasts_and_is_counted_after() {
-        let mut book = StatusBook::new(None, LoadTestStatus::default(), Duration::from_secs(1));
-        let outages = std::sync::Mutex::new(database::Interruptions::default());
-        let patience = Duration::from_secs(300);
-        assert_eq!(database_outage(&mut book, &outages, patience), None);
-        assert_eq!(degraded(&book), None, "no outage, no condition");
-
-        if let Ok(mut o) = outages.lock() {
-            o.count = 1;
-            o.ongoing_since = Some(Instant::now());
-        }
-        let message = database_outage(&mut book, &outages, patience).unwrap_or_default();
-        assert!(
-            message.contains("unreachable") && message.contains("300s"),
-            "{message}"
-        );
-        assert_eq!(
-            degraded(&book),
-            Some(("True".into(), "DatabaseUnavailable".into()))
-        );
-
-        if let Ok(mut o) = outages.lock() {
-            o.ongoing_since = None;
-            o.longest_seconds = 8.04;
-        }
-        assert_eq!(database_outage(&mut book, &outages, patience), None);
-        assert_eq!(degraded(&book), Some(("False".into(), "Recovered".into())));
-        let summary = book.status().database_outages.clone().unwrap_or_default();
-        assert_eq!((summary.count, summary.longest_seconds), (1, 8.0));
-    }
 }

@@ -18,6 +18,7 @@ use outbox_operator::crd::{LoadTest, LoadTestPhase, LoadTestStatus};
 use serde_json::Value;
 
 use super::error::{KubeContext, LoadTestError, Result};
+use super::outage::{self, Board};
 
 /// Field manager of the runner's status writes.
 pub const FIELD_MANAGER: &str = "outbox-loadtest-runner";
@@ -40,7 +41,7 @@ const RUNNER_FIELDS: &[&str] = &[
     "scenarios",
     "groups",
     "endToEndLatency",
-    "databaseOutages",
+    "outages",
     "conditions",
 ];
 
@@ -61,22 +62,80 @@ pub struct StatusBook {
     status: LoadTestStatus,
     last_write: Option<Instant>,
     min_interval: Duration,
+    board: Board,
+    patience: Duration,
 }
 
 impl StatusBook {
-    /// Starts from `current` (the status found on the LoadTest, or empty).
-    pub fn new(target: Option<Target>, current: LoadTestStatus, min_interval: Duration) -> Self {
-        // Conditions of other writers are not ours to write.
+    /// Starts from `current` (the status found on the LoadTest, or empty). Every write
+    /// carries the outages on `board`; a write the API server does not take is retried
+    /// for up to `patience` (an outage of [`outage::API_SERVER`]).
+    pub fn new(
+        target: Option<Target>,
+        current: LoadTestStatus,
+        min_interval: Duration,
+        board: Board,
+        patience: Duration,
+    ) -> Self {
+        // Conditions of other writers are not ours to write; outages of an earlier
+        // attempt stay (this attempt adds its own).
         let mut status = current;
         status
             .conditions
-            .retain(|c| c.type_ == COMPLETE || c.type_ == VERIFIED);
+            .retain(|c| c.type_ == COMPLETE || c.type_ == VERIFIED || c.type_ == DEGRADED);
         StatusBook {
             target,
             status,
             last_write: None,
             min_interval,
+            board,
+            patience,
         }
+    }
+
+    /// The board of outages this book reports.
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
+    /// The patience per outage.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    /// Copies the board into `outages` and the `Degraded` condition; returns the
+    /// condition's message while something is away.
+    pub fn reflect_outages(&mut self) -> Option<String> {
+        let board = self.board.snapshot();
+        let mut outages = outage::summaries(&board);
+        // Dependencies an earlier attempt of the run found away, and this one did not.
+        for earlier in &self.status.outages {
+            if !outages.iter().any(|o| o.dependency == earlier.dependency) {
+                let mut kept = earlier.clone();
+                kept.ongoing = false;
+                outages.push(kept);
+            }
+        }
+        outages.sort_by(|a, b| a.dependency.cmp(&b.dependency));
+        self.status.outages = outages;
+        let Some((now, reason, message)) = outage::degraded(&board, self.patience) else {
+            let earlier = self
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == DEGRADED && c.status == "True");
+            if earlier {
+                self.set_condition(
+                    DEGRADED,
+                    false,
+                    "Recovered",
+                    "what an earlier attempt of the run waited for answers again",
+                );
+            }
+            return None;
+        };
+        self.set_condition(DEGRADED, now, reason, message.clone());
+        now.then_some(message)
     }
 
     /// The current view.
@@ -119,7 +178,8 @@ impl StatusBook {
         );
     }
 
-    /// Writes the status if the last write is at least the progress interval ago.
+    /// Writes the status if the last write is at least the progress interval ago; an
+    /// API server that does not take it is noted on the board, and the run goes on.
     pub async fn write_progress(&mut self) {
         if self
             .last_write
@@ -128,28 +188,60 @@ impl StatusBook {
             return;
         }
         if let Err(e) = self.write().await {
-            tracing::warn!(error = %crate::error_chain(&e), "could not write progress into the LoadTest status; going on");
-        }
-    }
-
-    /// Writes the status now (a phase change or the final result), retrying briefly.
-    pub async fn write_now(&mut self) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            match self.write().await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < 4 => {
-                    attempt += 1;
-                    tracing::warn!(error = %crate::error_chain(&e), attempt, "writing the LoadTest status failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                }
-                Err(e) => return Err(e),
+            if self.note_api_failure(&e).is_none() {
+                tracing::warn!(error = %crate::error_chain(&e), "could not write progress into the LoadTest status; going on");
             }
         }
     }
 
+    /// Writes the status now (a phase change or the final result). While the API
+    /// server is away the write is retried, for up to the patience; an error the API
+    /// server answers (the LoadTest deleted, the write refused) is returned at once.
+    pub async fn write_now(&mut self) -> Result<()> {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let e = match self.write().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let Some(lasted) = self.note_api_failure(&e) else {
+                return Err(e);
+            };
+            if lasted >= self.patience {
+                return Err(LoadTestError::ApiServerUnavailable {
+                    seconds: lasted.as_secs(),
+                    patience: self.patience.as_secs(),
+                    last: crate::error_chain(&e),
+                });
+            }
+            tokio::time::sleep(backoff.min(self.patience - lasted)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Notes a failed write on the board when it is the API server being away; returns
+    /// how long that lasts so far (`None` for an error the API server answered).
+    fn note_api_failure(&self, error: &LoadTestError) -> Option<Duration> {
+        let LoadTestError::Kube { source, .. } = error else {
+            return None;
+        };
+        if !api_server_away(source) {
+            return None;
+        }
+        let (lasted, new) = self.board.failed(outage::API_SERVER);
+        if new {
+            tracing::warn!(
+                patience_seconds = self.patience.as_secs(),
+                error = %crate::error_chain(error),
+                "the API server does not take the LoadTest status; retrying"
+            );
+        }
+        Some(lasted)
+    }
+
     async fn write(&mut self) -> Result<()> {
         self.last_write = Some(Instant::now());
+        self.reflect_outages();
         let Some(target) = &self.target else {
             return Ok(());
         };
@@ -174,7 +266,23 @@ impl StatusBook {
             )
             .await
             .kube(|| format!("writing the status of LoadTest {}", target.name))?;
+        if let Some(lasted) = self.board.answered(outage::API_SERVER) {
+            tracing::info!(
+                seconds = format!("{:.1}", lasted.as_secs_f64()),
+                "the API server takes the LoadTest status again"
+            );
+        }
         Ok(())
+    }
+}
+
+/// Whether `error` is the API server being away (no connection, a 5xx, 429) rather
+/// than an answer about the request.
+pub fn api_server_away(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
     }
 }
 
@@ -306,5 +414,119 @@ mod tests {
         assert!(s.get("jobName").is_none());
         assert!(s.get("observedGeneration").is_none());
         assert_eq!(body["kind"], "LoadTest");
+    }
+
+    fn degraded(book: &StatusBook) -> Option<(String, String)> {
+        book.status()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    }
+
+    #[test]
+    fn outages_show_as_degraded_while_they_last_and_stay_counted_after() {
+        let board = Board::default();
+        let mut book = StatusBook::new(
+            None,
+            LoadTestStatus::default(),
+            Duration::from_secs(1),
+            board.clone(),
+            Duration::from_secs(300),
+        );
+        assert_eq!(book.reflect_outages(), None);
+        assert_eq!(degraded(&book), None, "no outage, no condition");
+
+        board.failed(outage::DATABASE);
+        let message = book.reflect_outages().unwrap_or_default();
+        assert!(
+            message.contains("database unreachable") && message.contains("300s"),
+            "{message}"
+        );
+        assert_eq!(
+            degraded(&book),
+            Some(("True".into(), "DatabaseUnavailable".into()))
+        );
+        assert!(book.status().outages[0].ongoing);
+
+        board.answered(outage::DATABASE);
+        assert_eq!(book.reflect_outages(), None);
+        assert_eq!(degraded(&book), Some(("False".into(), "Recovered".into())));
+        let outages = &book.status().outages;
+        assert_eq!(
+            outages
+                .iter()
+                .map(|o| (o.dependency.as_str(), o.count, o.ongoing))
+                .collect::<Vec<_>>(),
+            vec![("database", 1, false)]
+        );
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_the_outages_its_earlier_attempt_recorded() {
+        let earlier = LoadTestStatus {
+            outages: vec![outbox_operator::crd::OutageSummary {
+                dependency: "apiServer".into(),
+                count: 2,
+                longest_seconds: 12.0,
+                ongoing: true,
+            }],
+            ..Default::default()
+        };
+        let board = Board::default();
+        board.failed(outage::DATABASE);
+        board.answered(outage::DATABASE);
+        let mut book = StatusBook::new(
+            None,
+            earlier,
+            Duration::from_secs(1),
+            board,
+            Duration::from_secs(300),
+        );
+        book.reflect_outages();
+        let outages = &book.status().outages;
+        assert_eq!(
+            outages
+                .iter()
+                .map(|o| (o.dependency.as_str(), o.count, o.ongoing))
+                .collect::<Vec<_>>(),
+            vec![("apiServer", 2, false), ("database", 1, false)]
+        );
+
+        // An earlier Degraded=True with nothing away now turns False.
+        let mut earlier = LoadTestStatus::default();
+        set_condition(
+            &mut earlier.conditions,
+            DEGRADED,
+            true,
+            "ApiServerUnavailable",
+            "away".into(),
+            None,
+            Timestamp::now(),
+        );
+        let mut book = StatusBook::new(
+            None,
+            earlier,
+            Duration::from_secs(1),
+            Board::default(),
+            Duration::from_secs(300),
+        );
+        book.reflect_outages();
+        assert_eq!(degraded(&book), Some(("False".into(), "Recovered".into())));
+    }
+
+    #[test]
+    fn only_an_api_server_that_is_away_counts_as_an_outage() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        assert!(api_server_away(&status(503)));
+        assert!(api_server_away(&status(500)));
+        assert!(api_server_away(&status(429)));
+        assert!(!api_server_away(&status(404)), "the LoadTest is gone");
+        assert!(!api_server_away(&status(422)), "the write was refused");
     }
 }
