@@ -120,7 +120,12 @@ impl Worker {
         extra: &[(&str, &str)],
         cgroup: Option<&MemoryCgroup>,
     ) -> Worker {
-        let port = free_port();
+        // An HTTP_PORT in `extra` (a worker started again where another was) wins.
+        let port = extra
+            .iter()
+            .find(|(k, _)| *k == "HTTP_PORT")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(free_port);
         let dir = std::env::temp_dir().join("outbox-worker-tests");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{}.log", unique_name(name)));
