@@ -5,158 +5,22 @@
 //! Needs the testbed with its node (`make test` brings it up) and the images imported
 //! (`testbed/load-images.sh`, which `make test` runs after building).
 
+mod cluster;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
 use outbox_operator::workloads::default_image;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
+use cluster::*;
 use testbed_support::{eventually, testbed, unique_name};
-
-const POD_WAIT: Duration = Duration::from_secs(180);
-
-/// Runs a command from the testbed's PATH (kubectl, helm); panics with its stderr.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .env("KUBECONFIG", &testbed().kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e} (is the testbed's PATH set?)"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn client() -> Client {
-    testbed()
-        .kube_client()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A namespace holding the testbed's `outbox-kafka` and `outbox-postgres` Services, and
-/// an `outbox-postgres` Secret whose URL (by Service name, as pods see it) uses a fresh
-/// schema of its own. Returns the namespace and that schema's URL as the host sees it.
-async fn namespace_with_host_services(client: &Client, prefix: &str) -> (String, String) {
-    let ns = unique_name(prefix);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let object: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
-        .unwrap_or_else(|e| panic!("{e}"));
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
-    let host_services = testbed().node().host_services.display().to_string();
-    run("kubectl", &["apply", "-n", &ns, "-f", &host_services]);
-    let host_url = testbed()
-        .fresh_schema(prefix)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pod_url = as_pods_see_it(&host_url);
-    let secret = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "outbox-postgres"},
-        "stringData": {"url": pod_url}
-    });
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .patch(
-            "outbox-postgres",
-            &PatchParams::apply("cluster-tests").force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("writing the Secret: {e}"));
-    (ns, host_url)
-}
-
-/// The host's URL `postgres://u:p@127.0.0.1:PORT/db?...` with the Service name instead.
-fn as_pods_see_it(host_url: &str) -> String {
-    let (scheme_user, rest) = host_url
-        .split_once('@')
-        .unwrap_or_else(|| panic!("no @ in {host_url}"));
-    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
-    format!("{scheme_user}@outbox-postgres:5432{path}")
-}
-
-fn pod_is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// Waits until `count` pods matching `selector` are Ready; returns them.
-async fn ready_pods(pods: &Api<Pod>, selector: &str, count: usize) -> Vec<Pod> {
-    eventually(
-        &format!("{count} Ready pods with {selector}"),
-        POD_WAIT,
-        || {
-            let pods = pods.clone();
-            let selector = selector.to_string();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .ok()?;
-                let ready: Vec<Pod> = list.items.into_iter().filter(pod_is_ready).collect();
-                (ready.len() == count).then_some(ready)
-            }
-        },
-    )
-    .await
-}
-
-fn pod_ip(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .unwrap_or_else(|| panic!("pod {} has no IP", pod.name_any()))
-}
-
-/// A minimal HTTP/1.1 request to `ip:port` (the host reaches pods over the node's
-/// bridge); returns the status code and body.
-async fn http(ip: &str, port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect((ip, port))
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {ip}:{port}: {e}"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
 
 fn create_topic(topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -272,66 +136,6 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
         .await;
 }
 
-/// The chart's release; on drop (also when the test fails) helm uninstalls it, so its
-/// cluster-scoped objects never linger, and both namespaces go.
-struct Release {
-    name: String,
-    namespace: String,
-    watched: String,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = Command::new("helm")
-            .args(["uninstall", &self.name, "-n", &self.namespace, "--wait"])
-            .env("KUBECONFIG", &testbed().kubeconfig)
-            .output();
-        let _ = Command::new("kubectl")
-            .args([
-                "delete",
-                "namespace",
-                &self.namespace,
-                &self.watched,
-                "--wait=false",
-            ])
-            .env("KUBECONFIG", &testbed().kubeconfig)
-            .output();
-    }
-}
-
-/// helm installs the chart into a namespace of its own (as users do: `outbox-system`),
-/// watching `watched`, where the OutboxSystem and its LoadTests live.
-fn install_chart(watched: &str) -> Release {
-    let chart = testbed_support::repo_root().join("charts/outbox-operator");
-    let chart = chart.display().to_string();
-    let namespace = format!("{watched}-op");
-    run(
-        "helm",
-        &[
-            "install",
-            watched,
-            &chart,
-            "--namespace",
-            &namespace,
-            "--create-namespace",
-            "--set",
-            &format!("watchNamespace={watched}"),
-            "--set",
-            &format!("loadtest.namespaces={{{watched}}}"),
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
-    Release {
-        name: watched.to_string(),
-        namespace,
-        watched: watched.to_string(),
-    }
-}
-
 async fn group_members(group: &str) -> usize {
     let group = group.to_string();
     tokio::task::spawn_blocking(move || {
@@ -345,53 +149,6 @@ async fn group_members(group: &str) -> usize {
     .ok()
     .flatten()
     .unwrap_or(0)
-}
-
-/// PID of the first container of `pod` on this machine, from the node's containerd.
-fn container_pid(pod: &Pod) -> u32 {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.container_id.clone())
-        .unwrap_or_else(|| panic!("pod {} has no container id", pod.name_any()));
-    let id = id.trim_start_matches("containerd://");
-    let address = testbed().node().containerd_address.display().to_string();
-    let tasks = run(
-        "ctr",
-        &["--address", &address, "-n", "k8s.io", "tasks", "ls"],
-    );
-    tasks
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no running task {id} in:\n{tasks}"))
-}
-
-fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .map(|c| c.restart_count)
-        .unwrap_or(0)
-}
-
-async fn pg(url: &str, sql: &str) -> Option<tokio_postgres::Row> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .ok()?;
-    let task = tokio::spawn(connection);
-    let row = client.query_opt(sql, &[]).await.ok().flatten();
-    drop(client);
-    let _ = task.await;
-    row
-}
-
-async fn loadtest_phase(loadtests: &Api<LoadTest>, name: &str) -> Option<LoadTestPhase> {
-    loadtests.get(name).await.ok()?.status?.phase
 }
 
 #[tokio::test]
