@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check demo bench
+.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check demo bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -29,9 +29,21 @@ testbed-images: ## build the operator and worker images (PROFILE=debug|release) 
 	$(CARGO) build $(if $(filter release,$(PROFILE)),--release) -p outbox-operator -p outbox-workers --bins
 	testbed/load-images.sh "$(CARGO_TARGET_DIR)/$(PROFILE)"
 
-test: deps ## all tests on the real testbed: brings it up, runs them, takes it down again
+CHAOS_TABLE := $(CARGO_TARGET_DIR)/tmp/chaos-table.md
+
+test: deps ## all tests on the real testbed: brings it up, runs them, takes it down again (prints the fault-matrix sample)
+	@rm -f "$(CHAOS_TABLE)"
 	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) build --workspace --bins && \
-	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && $(CARGO) test --workspace --no-fail-fast'
+	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && $(CARGO) test --workspace --no-fail-fast'; \
+	  status=$$?; [ -f "$(CHAOS_TABLE)" ] && { echo "fault matrix (sample):"; cat "$(CHAOS_TABLE)"; }; exit $$status
+
+CHAOS_FAULTS ?= all
+chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's node, one table (CHAOS_FAULTS=all: about 50 min)
+	@rm -f "$(CHAOS_TABLE)"
+	@testbed/with-testbed.sh bash -c '$(CARGO) build --workspace --bins && \
+	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && \
+	  CHAOS_FAULTS="$(CHAOS_FAULTS)" $(CARGO) test -p outbox-operator --test chaos_on_testbed -- --nocapture'; \
+	  status=$$?; [ -f "$(CHAOS_TABLE)" ] && cat "$(CHAOS_TABLE)"; exit $$status
 
 test-unit: ## unit tests only (no testbed needed)
 	$(CARGO) test --workspace --lib --bins

@@ -15,6 +15,9 @@ use crate::workloads::{
 /// Label naming the LoadTest a Job runs.
 pub const LOADTEST_LABEL: &str = "outbox.dev/loadtest";
 
+/// New runner pods the Job may start after one died before the run ended.
+pub const RUNNER_RETRIES: i32 = 3;
+
 /// The deterministic Job name of a LoadTest: one LoadTest, one Job, ever.
 pub fn job_name(loadtest: &str) -> String {
     format!("{loadtest}-run")
@@ -44,8 +47,7 @@ pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
 }
 
 /// The runner Job: `outbox-worker loadtest --namespace <ns> --name <loadtest>`, with the
-/// system's settings in its environment, never retried (a second run would send the
-/// messages twice).
+/// system's settings in its environment; a runner that dies is replaced and resumes.
 pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &OutboxSystem) -> Job {
     let system_name = system.metadata.name.clone().unwrap_or_default();
     let labels = BTreeMap::from([
@@ -99,7 +101,10 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
-            backoff_limit: Some(0),
+            // A runner that dies (killed, evicted, its node restarted) is replaced by a
+            // new pod that resumes the run from its status and the outbox; one that
+            // finished or failed the run recorded that in status and exits 0.
+            backoff_limit: Some(RUNNER_RETRIES),
             active_deadline_seconds: Some(deadline_seconds(&loadtest.spec)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -163,11 +168,11 @@ mod tests {
     }
 
     #[test]
-    fn job_runs_the_runner_for_this_loadtest_once() {
+    fn job_runs_the_runner_for_this_loadtest_and_replaces_a_runner_that_died() {
         let job = runner_job(&params(), &loadtest(), &system());
         assert_eq!(job.metadata.name.as_deref(), Some("small-run"));
         let spec = job.spec.unwrap_or_default();
-        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.backoff_limit, Some(RUNNER_RETRIES));
         let pod = spec.template.spec.unwrap_or_default();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(pod.service_account_name.as_deref(), Some("outbox-loadtest"));

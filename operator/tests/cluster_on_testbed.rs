@@ -10,6 +10,7 @@ mod cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use cluster::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -19,7 +20,6 @@ use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
 use outbox_operator::workloads::default_image;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
-use cluster::*;
 use testbed_support::{eventually, testbed, unique_name};
 
 fn create_topic(topic: &str, partitions: i32) {

@@ -256,4 +256,3 @@ pub async fn pg(url: &str, sql: &str) -> Option<tokio_postgres::Row> {
 pub async fn loadtest_phase(loadtests: &Api<LoadTest>, name: &str) -> Option<LoadTestPhase> {
     loadtests.get(name).await.ok()?.status?.phase
 }
-
