@@ -273,8 +273,8 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     .await;
 
     // A LoadTest big enough that the faults below land while it runs. A producer pod
-    // is deleted while the runner sends to it: its remaining requests fail (counted,
-    // never claimed), so the threshold leaves room for them; verification stays exact.
+    // is deleted while the runner sends to it: its requests go to the producer Service
+    // instead, under the same idempotency keys, so every message is still accepted.
     let mut lt: LoadTest = serde_yaml::from_str(
         &std::fs::read_to_string(
             testbed_support::repo_root().join("manifests/loadtest-small.yaml"),
@@ -284,7 +284,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     .unwrap_or_else(|e| panic!("{e}"));
     lt.metadata.name = Some("chaos".into());
     lt.spec.scenarios[0].messages = 500_000;
-    lt.spec.success_threshold = 50.0;
+    lt.spec.success_threshold = 100.0;
     lt.spec.verification_timeout_seconds = 600;
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     loadtests
@@ -375,6 +375,11 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     .await;
     let status = done.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(LoadTestPhase::Succeeded), "{status:#?}");
+    assert_eq!(
+        status.accepted_messages,
+        Some(500_000 + lt.spec.scenarios[1].messages),
+        "every message accepted, the deleted producer's share through the Service: {status:#?}"
+    );
     let verified = status.conditions.iter().find(|c| c.type_ == "Verified");
     assert_eq!(
         verified.map(|c| c.status.as_str()),

@@ -92,22 +92,32 @@ pub fn pod_is_ready(pod: &Pod) -> bool {
 
 /// Waits until `count` pods matching `selector` are Ready; returns them.
 pub async fn ready_pods(pods: &Api<Pod>, selector: &str, count: usize) -> Vec<Pod> {
-    eventually(
-        &format!("{count} Ready pods with {selector}"),
-        POD_WAIT,
-        || {
-            let pods = pods.clone();
-            let selector = selector.to_string();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .ok()?;
-                let ready: Vec<Pod> = list.items.into_iter().filter(pod_is_ready).collect();
-                (ready.len() == count).then_some(ready)
-            }
-        },
-    )
+    pods_where(pods, selector, &format!("{count} Ready pods"), |list| {
+        let ready: Vec<Pod> = list.into_iter().filter(pod_is_ready).collect();
+        (ready.len() == count).then_some(ready)
+    })
+    .await
+}
+
+/// Waits until `pick` finds what it wants among the pods matching `selector`.
+pub async fn pods_where<T>(
+    pods: &Api<Pod>,
+    selector: &str,
+    what: &str,
+    pick: impl Fn(Vec<Pod>) -> Option<T>,
+) -> T {
+    let pick = &pick;
+    eventually(&format!("{what} with {selector}"), POD_WAIT, || {
+        let pods = pods.clone();
+        let selector = selector.to_string();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            pick(list.items)
+        }
+    })
     .await
 }
 

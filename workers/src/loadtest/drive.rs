@@ -774,13 +774,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (address, server) = serve(app).await;
         (Producer::from_url(&format!("http://{address}")), server)
     }
 
@@ -798,6 +792,36 @@ mod tests {
             fallback_url: None,
             fallback_after: FALLBACK_AFTER,
         }
+    }
+
+    /// Serves `app` on a loopback port of its own.
+    async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (address, server)
+    }
+
+    /// Sends `messages` one at a time to `producer` with `http`.
+    async fn send_singles(
+        http: &reqwest::Client,
+        producer: Producer,
+        messages: u64,
+        patience: Duration,
+    ) -> Sent {
+        send_scenario(
+            http,
+            &[producer],
+            &shape(),
+            &one_at_a_time(messages, patience),
+            Arc::new(Counters::default()),
+            &Board::default(),
+        )
+        .await
     }
 
     /// A producer on loopback that stores each request once per idempotency key and
@@ -843,13 +867,7 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("address");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (address, server) = serve(app).await;
         (
             Producer::from_url(&format!("http://{address}")),
             tries,
@@ -865,15 +883,7 @@ mod tests {
             .timeout(Duration::from_millis(200))
             .build()
             .expect("client");
-        let sent = send_scenario(
-            &http,
-            &[producer],
-            &shape(),
-            &one_at_a_time(4, Duration::from_secs(60)),
-            Arc::new(Counters::default()),
-            &Board::default(),
-        )
-        .await;
+        let sent = send_singles(&http, producer, 4, Duration::from_secs(60)).await;
         server.abort();
         let tally = &sent.outcome.producers[0].tally;
         assert_eq!((tally.accepted, tally.failed), (4, 0), "{tally:?}");
@@ -939,13 +949,11 @@ mod tests {
     #[tokio::test]
     async fn requests_pushed_back_with_429_are_sent_again_and_counted() {
         let (producer, server) = pushing_back_producer(3).await;
-        let sent = send_scenario(
+        let sent = send_singles(
             &reqwest::Client::new(),
-            &[producer],
-            &shape(),
-            &one_at_a_time(5, Duration::from_secs(60)),
-            Arc::new(Counters::default()),
-            &Board::default(),
+            producer,
+            5,
+            Duration::from_secs(60),
         )
         .await;
         server.abort();
@@ -962,13 +970,11 @@ mod tests {
     #[tokio::test]
     async fn a_push_back_that_outlasts_the_patience_fails_the_messages_as_not_stored() {
         let (producer, server) = pushing_back_producer(u64::MAX).await;
-        let sent = send_scenario(
+        let sent = send_singles(
             &reqwest::Client::new(),
-            &[producer],
-            &shape(),
-            &one_at_a_time(2, Duration::from_millis(300)),
-            Arc::new(Counters::default()),
-            &Board::default(),
+            producer,
+            2,
+            Duration::from_millis(300),
         )
         .await;
         server.abort();

@@ -416,6 +416,26 @@ mod tests {
         assert_eq!(body["kind"], "LoadTest");
     }
 
+    /// A book that writes nowhere, with a patience of 300 s.
+    fn unwritten(current: LoadTestStatus, board: Board) -> StatusBook {
+        StatusBook::new(
+            None,
+            current,
+            Duration::from_secs(1),
+            board,
+            Duration::from_secs(300),
+        )
+    }
+
+    /// (dependency, count, ongoing) of each outage in the status.
+    fn outages_of(book: &StatusBook) -> Vec<(&str, i64, bool)> {
+        book.status()
+            .outages
+            .iter()
+            .map(|o| (o.dependency.as_str(), o.count, o.ongoing))
+            .collect()
+    }
+
     fn degraded(book: &StatusBook) -> Option<(String, String)> {
         book.status()
             .conditions
@@ -427,13 +447,7 @@ mod tests {
     #[test]
     fn outages_show_as_degraded_while_they_last_and_stay_counted_after() {
         let board = Board::default();
-        let mut book = StatusBook::new(
-            None,
-            LoadTestStatus::default(),
-            Duration::from_secs(1),
-            board.clone(),
-            Duration::from_secs(300),
-        );
+        let mut book = unwritten(LoadTestStatus::default(), board.clone());
         assert_eq!(book.reflect_outages(), None);
         assert_eq!(degraded(&book), None, "no outage, no condition");
 
@@ -452,14 +466,7 @@ mod tests {
         board.answered(outage::DATABASE);
         assert_eq!(book.reflect_outages(), None);
         assert_eq!(degraded(&book), Some(("False".into(), "Recovered".into())));
-        let outages = &book.status().outages;
-        assert_eq!(
-            outages
-                .iter()
-                .map(|o| (o.dependency.as_str(), o.count, o.ongoing))
-                .collect::<Vec<_>>(),
-            vec![("database", 1, false)]
-        );
+        assert_eq!(outages_of(&book), vec![("database", 1, false)]);
     }
 
     #[test]
@@ -476,20 +483,10 @@ mod tests {
         let board = Board::default();
         board.failed(outage::DATABASE);
         board.answered(outage::DATABASE);
-        let mut book = StatusBook::new(
-            None,
-            earlier,
-            Duration::from_secs(1),
-            board,
-            Duration::from_secs(300),
-        );
+        let mut book = unwritten(earlier, board);
         book.reflect_outages();
-        let outages = &book.status().outages;
         assert_eq!(
-            outages
-                .iter()
-                .map(|o| (o.dependency.as_str(), o.count, o.ongoing))
-                .collect::<Vec<_>>(),
+            outages_of(&book),
             vec![("apiServer", 2, false), ("database", 1, false)]
         );
 
@@ -504,13 +501,7 @@ mod tests {
             None,
             Timestamp::now(),
         );
-        let mut book = StatusBook::new(
-            None,
-            earlier,
-            Duration::from_secs(1),
-            Board::default(),
-            Duration::from_secs(300),
-        );
+        let mut book = unwritten(earlier, Board::default());
         book.reflect_outages();
         assert_eq!(degraded(&book), Some(("False".into(), "Recovered".into())));
     }
