@@ -64,10 +64,12 @@ crds-check: ## fail when crds/ or the chart's copy differ from what crdgen write
 chart-check: ## helm lint, and the rendered chart validated by the testbed's v1.33 API server
 	@testbed/with-testbed.sh testbed/chart-check.sh
 
-lint: ## rustfmt, clippy -D warnings, CRD drift, helm lint
+SHELL_SCRIPTS := testbed/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
+lint: deps ## rustfmt, clippy -D warnings, CRD drift (crds/ and the chart's copy), shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) --no-print-directory crds-check
+	shellcheck -x -P SCRIPTDIR --severity=warning $(SHELL_SCRIPTS)
 
 # ------------------------------------------------------------------ images and kind
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)

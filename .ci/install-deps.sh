@@ -29,6 +29,9 @@ command -v nfacct >/dev/null || need_pkgs+=(nfacct)
 command -v umoci >/dev/null || need_pkgs+=(umoci)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_pkgs+=(libc6-dev)
+# The fault matrix enters pods' network namespaces; `make lint` checks the shell scripts.
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
+command -v shellcheck >/dev/null || need_pkgs+=(shellcheck)
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

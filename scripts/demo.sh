@@ -8,7 +8,7 @@
 # LOADTEST=manifests/loadtest-small.yaml make demo   runs the quick LoadTest instead of the
 # reference one (10,000,000 batched + 5,000 immediate). KEEP=1 leaves everything running.
 . "$(dirname "$0")/../testbed/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 LOADTEST_FILE=${LOADTEST:-manifests/loadtest-reference.yaml}
 NAMESPACE=default

@@ -1,5 +1,7 @@
 # Shared helpers for the testbed scripts. Sourced, not run.
 # shellcheck shell=bash
+# The variables are for the scripts that source this file.
+# shellcheck disable=SC2034
 set -euo pipefail
 
 TESTBED_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
