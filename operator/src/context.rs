@@ -50,7 +50,7 @@ pub struct Context {
 }
 
 /// Field manager of every server-side apply, and the Events' reporting controller.
-pub const MANAGER: &str = "outbox-operator";
+pub const MANAGER: &str = outbox_contract::field_managers::OPERATOR;
 
 impl Context {
     /// A context for `client`.

@@ -25,14 +25,7 @@ use crate::status_write::apply_status;
 pub const CONTROLLER: &str = "loadtest";
 
 /// Condition types the operator writes on a LoadTest.
-pub mod types {
-    /// The runner Job exists (True) or could not be created (False, e.g. SystemNotFound).
-    pub const SCHEDULED: &str = "Scheduled";
-    /// The run is over (written by the runner; by the operator when the Job failed first).
-    pub const COMPLETE: &str = "Complete";
-    /// Every consumer group acknowledged every message (written by the runner).
-    pub const VERIFIED: &str = "Verified";
-}
+pub use outbox_contract::conditions::loadtest as types;
 
 /// How the runner Job ended, as far as Kubernetes knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,18 +16,15 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use outbox_contract::worker_env::{names, ConsumerSettings, ProducerSettings};
+
 use crate::crd::{ConsumerGroupSpec, OutboxSystem, OutboxSystemSpec};
 
 /// Name of the worker binary in the image.
 pub const WORKER_BINARY: &str = "outbox-worker";
 /// Default worker image repository; the tag is the operator's version.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/outbox-dev/outbox-worker";
-/// Liveness endpoint of every worker: the process serves HTTP (nothing outside it fails
-/// it, so a Kafka or PostgreSQL outage never restarts a worker).
-pub const LIVENESS_PATH: &str = "/livez";
-/// Readiness endpoint of every worker: a producer is ready when ingest works
-/// (PostgreSQL), a consumer once it has started.
-pub const READINESS_PATH: &str = "/readyz";
+pub use outbox_contract::probes::{LIVENESS_PATH, READINESS_PATH};
 /// Label naming the OutboxSystem a child belongs to.
 pub const SYSTEM_LABEL: &str = "outbox.dev/system";
 /// Label naming the consumer group of a consumer child.
@@ -156,18 +153,18 @@ fn meta(owner: &Owner, name: &str, labels: BTreeMap<String, String>) -> ObjectMe
 pub fn config_map(owner: &Owner, spec: &OutboxSystemSpec) -> ConfigMap {
     let data = BTreeMap::from([
         (
-            "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+            names::KAFKA_BOOTSTRAP_SERVERS.to_string(),
             spec.kafka.bootstrap_servers.clone(),
         ),
-        ("KAFKA_TOPICS".to_string(), spec.topic.name.clone()),
+        (names::KAFKA_TOPICS.to_string(), spec.topic.name.clone()),
         // The workers check that their outbox schema is this system's (see
         // `schema_owner`).
         (
-            "OUTBOX_SYSTEM".to_string(),
+            names::OUTBOX_SYSTEM.to_string(),
             crate::schema_owner::system_id(&owner.namespace, &owner.name),
         ),
         (
-            "RUST_LOG".to_string(),
+            names::RUST_LOG.to_string(),
             spec.log_level.clone().unwrap_or_else(|| "info".to_string()),
         ),
     ]);
@@ -201,7 +198,7 @@ fn plain_env(name: &str, value: impl Into<String>) -> EnvVar {
 pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
     let mut env = vec![
         EnvVar {
-            name: "SERVICE_ID".to_string(),
+            name: names::SERVICE_ID.to_string(),
             value: None,
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
@@ -212,7 +209,7 @@ pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
             }),
         },
         EnvVar {
-            name: "DATABASE_URL".to_string(),
+            name: names::DATABASE_URL.to_string(),
             value: None,
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
@@ -223,11 +220,11 @@ pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
                 ..EnvVarSource::default()
             }),
         },
-        plain_env("HTTP_PORT", port.to_string()),
+        plain_env(names::HTTP_PORT, port.to_string()),
     ];
     if spec.database.ca_secret_ref.is_some() {
         env.push(plain_env(
-            "PGSSLROOTCERT",
+            names::PGSSLROOTCERT,
             format!("{POSTGRES_CA_DIR}/{POSTGRES_CA_FILE}"),
         ));
     }
@@ -421,26 +418,12 @@ pub fn producer_deployment(
     config_hash: &str,
 ) -> Deployment {
     let mut env = common_env(spec, spec.producers.port);
-    env.push(plain_env(
-        "RELAY_BATCH_SIZE",
-        spec.producers.batching.batch_size.to_string(),
-    ));
-    env.push(plain_env(
-        "RELAY_LINGER_MS",
-        spec.producers.batching.linger_ms.to_string(),
-    ));
-    env.push(plain_env(
-        "MAX_BACKLOG_MESSAGES",
-        spec.producers.max_backlog.max(0).to_string(),
-    ));
-    env.push(plain_env(
-        "RETENTION_SECONDS",
-        spec.retention.relayed_seconds.to_string(),
-    ));
-    env.push(plain_env(
-        "LEDGER_RETENTION_SECONDS",
-        spec.retention.ledger_seconds.to_string(),
-    ));
+    env.extend(
+        ProducerSettings::of(spec)
+            .env()
+            .into_iter()
+            .map(|(name, value)| plain_env(name, value)),
+    );
     let image = spec
         .producers
         .image
@@ -473,22 +456,12 @@ pub fn consumer_deployment(
     config_hash: &str,
 ) -> Deployment {
     let mut env = common_env(spec, spec.consumers.port);
-    env.push(plain_env("KAFKA_CONSUMER_GROUP", group.name.clone()));
-    env.push(plain_env(
-        "RETRY_MAX_RETRIES",
-        group.retry.max_retries.to_string(),
-    ));
-    env.push(plain_env(
-        "RETRY_BACKOFF_MS",
-        group.retry.backoff_ms.to_string(),
-    ));
-    env.push(plain_env(
-        "RETRY_MAX_BACKOFF_MS",
-        group.retry.max_backoff_ms.to_string(),
-    ));
-    if let Some(topic) = &group.dead_letter_topic {
-        env.push(plain_env("DEAD_LETTER_TOPIC", topic.clone()));
-    }
+    env.extend(
+        ConsumerSettings::of(group)
+            .env()
+            .into_iter()
+            .map(|(name, value)| plain_env(name, value)),
+    );
     let image = spec
         .consumers
         .image

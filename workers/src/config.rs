@@ -2,23 +2,25 @@
 
 use std::collections::BTreeMap;
 
+use outbox_contract::worker_env::{defaults, names};
+
 /// Settings every role needs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
     /// Name of this instance in logs, metrics and the relay's leader record.
-    #[arg(long, env = "SERVICE_ID", default_value = "outbox-worker")]
+    #[arg(long, env = names::SERVICE_ID, default_value = "outbox-worker")]
     pub service_id: String,
     /// Kafka bootstrap servers, `host:port[,host:port]`.
     #[arg(
         long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
+        env = names::KAFKA_BOOTSTRAP_SERVERS,
         value_name = "KAFKA_BOOTSTRAP_SERVERS"
     )]
     pub kafka_bootstrap_servers: String,
     /// PostgreSQL URL, `postgres://user:password@host:port/db`.
     #[arg(
         long,
-        env = "DATABASE_URL",
+        env = names::DATABASE_URL,
         hide_env_values = true,
         value_name = "DATABASE_URL"
     )]
@@ -27,14 +29,14 @@ pub struct CommonArgs {
     /// consumer subscribes to them.
     #[arg(
         long,
-        env = "KAFKA_TOPICS",
+        env = names::KAFKA_TOPICS,
         value_delimiter = ',',
         required = true,
         value_name = "KAFKA_TOPICS"
     )]
     pub kafka_topics: Vec<String>,
     /// Port of the HTTP API, health and metrics.
-    #[arg(long, env = "HTTP_PORT", default_value_t = 8080)]
+    #[arg(long, env = names::HTTP_PORT, default_value_t = defaults::HTTP_PORT)]
     pub http_port: u16,
     /// Address the HTTP server binds (all interfaces in a pod; tests use 127.0.0.1).
     #[arg(long, env = "HTTP_ADDRESS", default_value = "0.0.0.0")]
@@ -42,7 +44,7 @@ pub struct CommonArgs {
     /// The OutboxSystem (`namespace/name`) these workers serve: they use the database
     /// schema only while it is this system's (`outbox_owner`), and wait otherwise.
     /// Unset (outside the operator): no check.
-    #[arg(long, env = "OUTBOX_SYSTEM")]
+    #[arg(long, env = names::OUTBOX_SYSTEM)]
     pub outbox_system: Option<String>,
 }
 

@@ -21,6 +21,8 @@ use serde_json::json;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
+use outbox_contract::worker_env::{defaults, names};
+
 use crate::config::{kafka_client_properties, CommonArgs};
 use crate::error::{Error, KafkaContext, Result};
 use crate::headers;
@@ -37,22 +39,22 @@ pub struct ConsumerArgs {
     /// The consumer group this member joins.
     #[arg(
         long,
-        env = "KAFKA_CONSUMER_GROUP",
+        env = names::KAFKA_CONSUMER_GROUP,
         value_name = "KAFKA_CONSUMER_GROUP"
     )]
     pub group: String,
     /// Tries after the first failure before dead-lettering; -1 retries forever.
-    #[arg(long, env = "RETRY_MAX_RETRIES", default_value_t = -1, allow_negative_numbers = true)]
+    #[arg(long, env = names::RETRY_MAX_RETRIES, default_value_t = i64::from(defaults::RETRY_MAX_RETRIES), allow_negative_numbers = true)]
     pub retry_max_retries: i64,
     /// First retry delay, doubled on each further try.
-    #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 200)]
+    #[arg(long, env = names::RETRY_BACKOFF_MS, default_value_t = defaults::RETRY_BACKOFF_MS as u64)]
     pub retry_backoff_ms: u64,
     /// Longest retry delay.
-    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 10_000)]
+    #[arg(long, env = names::RETRY_MAX_BACKOFF_MS, default_value_t = defaults::RETRY_MAX_BACKOFF_MS as u64)]
     pub retry_max_backoff_ms: u64,
     /// Where messages go after the last try (must exist); without it the consumer keeps
     /// retrying rather than drop a message.
-    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    #[arg(long, env = names::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: Option<String>,
     /// Most messages acknowledged per ledger transaction.
     #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 5_000)]
@@ -171,6 +173,18 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let lag = tokio::spawn(
         track_lag(consumer.clone(), metrics.clone(), shutdown.clone()).in_current_span(),
     );
+    let (wedge_tx, wedged) = tokio::sync::oneshot::channel();
+    let watched = consumer.clone();
+    let watch_shutdown = shutdown.clone();
+    let watchdog = tokio::spawn(
+        async move {
+            let probe = move |timeout| watched.fetch_metadata(None, timeout).map(|_| ());
+            if let Some(e) = crate::kafka_watchdog::watch(probe, base, watch_shutdown).await {
+                let _ = wedge_tx.send(e);
+            }
+        }
+        .in_current_span(),
+    );
     started.set();
     tracing::info!("consumer started");
 
@@ -181,14 +195,21 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         recorder: AckRecorder::new(args.group.clone()),
         metrics: &metrics,
         dead_letters,
+        wedged,
     };
     let result = member.consume(&mut shutdown).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final offset commit");
     }
     consumer.unsubscribe();
-    let _ = server.await;
+    if result.is_ok() {
+        let _ = server.await;
+    } else {
+        // The worker stops on its own (a wedged Kafka client): so does its HTTP server.
+        server.abort();
+    }
     lag.abort();
+    watchdog.abort();
     tracing::info!("consumer stopped");
     result
 }
@@ -227,6 +248,8 @@ struct Member<'a> {
     recorder: AckRecorder,
     metrics: &'a ConsumerMetrics,
     dead_letters: Option<(String, FutureProducer)>,
+    /// The watchdog's verdict that the Kafka client is wedged (`kafka_watchdog`).
+    wedged: tokio::sync::oneshot::Receiver<Error>,
 }
 
 enum Outcome {
@@ -242,6 +265,7 @@ impl Member<'_> {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = shutdown::wait(shutdown) => return Ok(()),
+                Ok(wedged) = &mut self.wedged => return Err(wedged),
             };
             let mut batch = match first {
                 Ok(m) => vec![m.detach()],

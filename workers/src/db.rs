@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use outbox_operator::postgres_tls::{self, TlsDefaults};
+use outbox_contract::postgres_tls::{self, TlsDefaults};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 

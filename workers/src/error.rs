@@ -39,6 +39,10 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The worker's Kafka client stopped reaching a broker that new clients reach
+    /// (see `kafka_watchdog`).
+    #[error("the Kafka client has not reached the broker for {seconds}s while a new client reaches it at once: stopping so that the worker starts again with a new client (nothing is lost: offsets are committed only after the acknowledgements are durable)")]
+    KafkaWedged { seconds: u64 },
     /// Kafka is reachable but lacks something we need (a topic).
     #[error("Kafka: {0}")]
     KafkaMissing(String),
@@ -73,7 +77,7 @@ impl Error {
             Error::Db { .. } => "db",
             Error::SchemaHeld { .. } => "schema_held",
             Error::Pool { .. } => "db_pool",
-            Error::Kafka { .. } | Error::KafkaMissing(_) => "kafka",
+            Error::Kafka { .. } | Error::KafkaMissing(_) | Error::KafkaWedged { .. } => "kafka",
             Error::Io { .. } => "io",
             Error::Ledger(_) => "ledger",
             Error::Relay(_) => "relay",

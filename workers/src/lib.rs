@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod headers;
 pub mod kafka;
+pub mod kafka_watchdog;
 pub mod ledger;
 pub mod loadtest;
 pub mod memory;
@@ -24,6 +25,8 @@ pub mod probes;
 pub mod producer;
 pub mod relay;
 pub mod retention;
+#[cfg(test)]
+mod role_settings_tests;
 pub mod schema;
 pub mod shutdown;
 

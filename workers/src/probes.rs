@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-pub use outbox_operator::workloads::{LIVENESS_PATH, READINESS_PATH};
+pub use outbox_contract::probes::{LIVENESS_PATH, READINESS_PATH};
 
 /// Set once the role finished starting (schema migrated, and so on).
 #[derive(Debug, Clone, Default)]

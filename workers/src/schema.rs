@@ -168,7 +168,7 @@ CREATE TABLE outbox_ack_key_order (
 "#,
     ),
     // The system that holds this schema (the operator may have created it first).
-    (7, outbox_operator::schema_owner::OWNER_TABLE),
+    (7, outbox_contract::schema_owner::OWNER_TABLE),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the
@@ -216,7 +216,7 @@ pub async fn migrate(client: &mut Client) -> Result<()> {
 
 /// Claims the schema for `system` (`namespace/name`) unless another system holds it.
 pub async fn claim(client: &mut Client, system: &str) -> Result<()> {
-    let claim = outbox_operator::schema_owner::claim(client, system)
+    let claim = outbox_contract::schema_owner::claim(client, system)
         .await
         .db("claiming the outbox schema")?;
     if claim.holder == system {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outbox_operator::crd::Scenario;
+use outbox_contract::crd::Scenario;
 
 /// `outbox-worker loadtest`.
 #[derive(clap::Args, Debug, Clone)]

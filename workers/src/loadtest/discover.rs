@@ -5,7 +5,7 @@
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, Client};
-use outbox_operator::crd::{LoadTest, OutboxSystem};
+use outbox_contract::crd::{LoadTest, OutboxSystem};
 
 use super::error::{KubeContext, LoadTestError, Result};
 

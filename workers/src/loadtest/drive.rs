@@ -32,8 +32,7 @@ pub const SCENARIO_HEADER: &str = "loadtest-scenario";
 /// producer Service), when there is one.
 pub const FALLBACK_AFTER: Duration = Duration::from_secs(5);
 
-/// Header naming a request for the producer's at-most-once store.
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+pub use outbox_contract::http::IDEMPOTENCY_KEY;
 
 /// Failure reason of the messages a producer was not sent because it had been
 /// unreachable for longer than the patience.

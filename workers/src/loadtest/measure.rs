@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use outbox_operator::crd::{LatencyPercentiles, ProducerResult, ScenarioResult};
+use outbox_contract::crd::{LatencyPercentiles, ProducerResult, ScenarioResult};
 
 /// Highest latency the histograms track exactly: one hour, in microseconds. Longer
 /// samples are clamped to it (a request never takes that long: the client times out).

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use outbox_operator::crd::{LoadTestPhase, LoadTestStatus, Scenario};
+use outbox_contract::crd::{LoadTestPhase, LoadTestStatus, Scenario};
 use tracing::Instrument;
 
 pub use args::LoadTestArgs;

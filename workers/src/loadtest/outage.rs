@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox_operator::crd::OutageSummary;
+use outbox_contract::crd::OutageSummary;
 
 /// The outbox database.
 pub const DATABASE: &str = "database";

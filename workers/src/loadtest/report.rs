@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use outbox_operator::crd::{LatencyPercentiles, LoadTestStatus};
+use outbox_contract::crd::{LatencyPercentiles, LoadTestStatus};
 use serde::Serialize;
 
 use super::error::{LoadTestError, Result};
@@ -203,7 +203,7 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outbox_operator::crd::{GroupVerification, LoadTestPhase, ScenarioResult};
+    use outbox_contract::crd::{GroupVerification, LoadTestPhase, ScenarioResult};
 
     #[test]
     fn the_summary_names_every_scenario_and_group() {

@@ -14,20 +14,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
-use outbox_operator::crd::{LoadTest, LoadTestPhase, LoadTestStatus};
+use outbox_contract::crd::{LoadTest, LoadTestPhase, LoadTestStatus};
 use serde_json::Value;
 
 use super::error::{KubeContext, LoadTestError, Result};
 use super::outage::{self, Board};
 
+/// The conditions the runner writes.
+pub use outbox_contract::conditions::loadtest::{COMPLETE, DEGRADED, VERIFIED};
 /// Field manager of the runner's status writes.
-pub const FIELD_MANAGER: &str = "outbox-loadtest-runner";
-/// Condition: the run finished (sending and verification done, or the runner failed).
-pub const COMPLETE: &str = "Complete";
-/// Condition: every consumer group acknowledged every accepted message.
-pub const VERIFIED: &str = "Verified";
-/// Condition: a dependency is away and the runner waits for it.
-pub const DEGRADED: &str = "Degraded";
+pub use outbox_contract::field_managers::RUNNER as FIELD_MANAGER;
 
 /// Status fields the runner owns; everything else belongs to the operator.
 const RUNNER_FIELDS: &[&str] = &[
@@ -472,7 +468,7 @@ mod tests {
     #[test]
     fn a_resumed_run_keeps_the_outages_its_earlier_attempt_recorded() {
         let earlier = LoadTestStatus {
-            outages: vec![outbox_operator::crd::OutageSummary {
+            outages: vec![outbox_contract::crd::OutageSummary {
                 dependency: "apiServer".into(),
                 count: 2,
                 longest_seconds: 12.0,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{pin_mut, TryStreamExt};
-use outbox_operator::crd::{GroupVerification, LatencyPercentiles};
+use outbox_contract::crd::{GroupVerification, LatencyPercentiles};
 use tokio_postgres::Client;
 
 use super::database::OutboxDb;

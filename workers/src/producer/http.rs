@@ -169,7 +169,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 }
 
 /// The request header that makes a retried request store nothing twice.
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+pub use outbox_contract::http::IDEMPOTENCY_KEY;
 
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;

@@ -18,6 +18,7 @@ use crate::probes::Started;
 use crate::relay::{Relay, RelaySettings, RelayTarget};
 use crate::retention::RetentionSettings;
 use crate::shutdown::{self, ShutdownSignal};
+use outbox_contract::worker_env::{defaults, names};
 
 /// Producer settings.
 #[derive(clap::Args, Debug, Clone)]
@@ -25,11 +26,11 @@ pub struct ProducerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Outbox rows the relay publishes per batch.
-    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 10_000)]
+    #[arg(long, env = names::RELAY_BATCH_SIZE, default_value_t = i64::from(defaults::RELAY_BATCH_SIZE))]
     pub relay_batch_size: i64,
     /// How long an idle relay waits before polling the outbox again (the immediate
     /// path wakes it at once).
-    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 50)]
+    #[arg(long, env = names::RELAY_LINGER_MS, default_value_t = defaults::RELAY_LINGER_MS as u64)]
     pub relay_linger_ms: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -42,8 +43,8 @@ pub struct ProducerArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
     /// Messages waiting to be relayed at which ingest answers 429 with `Retry-After`
-    /// and stores nothing (0: no bound).
-    #[arg(long, env = "MAX_BACKLOG_MESSAGES", default_value_t = 0)]
+    /// and stores nothing (0: no bound; the default is the OutboxSystem's).
+    #[arg(long, env = names::MAX_BACKLOG_MESSAGES, default_value_t = defaults::MAX_BACKLOG_MESSAGES as u64)]
     pub max_backlog_messages: u64,
     /// Bytes of messages the relay's Kafka producer may hold in memory (librdkafka's
     /// `queue.buffering.max.kbytes`, in KiB). Unset: a quarter of the container's
@@ -57,10 +58,10 @@ pub struct ProducerArgs {
     pub relay_fetch_kbytes: Option<usize>,
     /// Relayed rows are deleted this many seconds after they were relayed (0 keeps
     /// every row).
-    #[arg(long, env = "RETENTION_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = names::RETENTION_SECONDS, default_value_t = defaults::RETENTION_SECONDS as u64)]
     pub retention_seconds: u64,
     /// Acknowledgement ledger data untouched this many seconds is deleted (0 keeps it).
-    #[arg(long, env = "LEDGER_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = names::LEDGER_RETENTION_SECONDS, default_value_t = defaults::LEDGER_RETENTION_SECONDS as u64)]
     pub ledger_retention_seconds: u64,
     /// Seconds between retention rounds.
     #[arg(long, env = "RETENTION_INTERVAL_SECONDS", default_value_t = 30)]

@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::worker_env::defaults;
+
 /// Declares one transactional-outbox messaging system: a Kafka topic, the producer
 /// services that write into the PostgreSQL outbox and relay it to Kafka, and named
 /// consumer groups that acknowledge every message.
@@ -88,11 +90,11 @@ impl Default for RetentionSpec {
 }
 
 fn default_relayed_seconds() -> i64 {
-    3600
+    defaults::RETENTION_SECONDS
 }
 
 fn default_ledger_seconds() -> i64 {
-    7 * 24 * 3600
+    defaults::LEDGER_RETENTION_SECONDS
 }
 
 /// Connection to Kafka.
@@ -233,7 +235,7 @@ impl Default for ProducersSpec {
 }
 
 fn default_max_backlog() -> i64 {
-    20_000_000
+    defaults::MAX_BACKLOG_MESSAGES
 }
 
 fn default_producer_replicas() -> i32 {
@@ -241,7 +243,7 @@ fn default_producer_replicas() -> i32 {
 }
 
 fn default_port() -> i32 {
-    8080
+    i32::from(defaults::HTTP_PORT)
 }
 
 /// Relay batching settings.
@@ -252,7 +254,8 @@ pub struct BatchingSpec {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: i32,
-    /// How long the relay waits to fill a batch, in milliseconds (`RELAY_LINGER_MS`).
+    /// How long an idle relay waits before looking at the outbox again, in milliseconds
+    /// (`RELAY_LINGER_MS`; a message sent one at a time wakes it at once).
     #[serde(default = "default_linger_ms")]
     #[schemars(range(min = 0, max = 60000))]
     pub linger_ms: i32,
@@ -268,11 +271,11 @@ impl Default for BatchingSpec {
 }
 
 fn default_batch_size() -> i32 {
-    10_000
+    defaults::RELAY_BATCH_SIZE
 }
 
 fn default_linger_ms() -> i32 {
-    5
+    defaults::RELAY_LINGER_MS
 }
 
 /// The consumer side: named consumer groups.
@@ -359,15 +362,15 @@ impl Default for RetrySpec {
 }
 
 fn default_max_retries() -> i32 {
-    -1
+    defaults::RETRY_MAX_RETRIES
 }
 
 fn default_backoff_ms() -> i64 {
-    100
+    defaults::RETRY_BACKOFF_MS
 }
 
 fn default_max_backoff_ms() -> i64 {
-    30_000
+    defaults::RETRY_MAX_BACKOFF_MS
 }
 
 /// What the operator observed about an OutboxSystem.

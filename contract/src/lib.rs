@@ -1,0 +1,19 @@
+//! The contract between the outbox operator and its workers, in one place so that a
+//! renamed setting or condition cannot compile on one side only:
+//!
+//! - [`crd`]: the `outbox.dev/v1alpha1` custom resources (OutboxSystem, LoadTest);
+//! - [`worker_env`]: each worker role's settings as the operator renders them into the
+//!   environment and the worker reads them back, with one set of defaults;
+//! - [`conditions`] and [`field_managers`]: who writes which status, under which name;
+//! - [`probes`] and [`http`]: the paths and headers both sides use;
+//! - [`schema_owner`]: the record of which system holds an outbox schema;
+//! - [`postgres_tls`]: `sslmode`/`sslrootcert` handling for every PostgreSQL session.
+
+pub mod conditions;
+pub mod crd;
+pub mod field_managers;
+pub mod http;
+pub mod postgres_tls;
+pub mod probes;
+pub mod schema_owner;
+pub mod worker_env;
