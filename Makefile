@@ -38,11 +38,12 @@ test: deps ## all tests on the real testbed: brings it up, runs them, takes it d
 	  status=$$?; [ -f "$(CHAOS_TABLE)" ] && { echo "fault matrix (sample):"; cat "$(CHAOS_TABLE)"; }; exit $$status
 
 CHAOS_FAULTS ?= all
-chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's node, one table (CHAOS_FAULTS=all: about 50 min)
+CHAOS_MESSAGES ?= 200000
+chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's node, one table (CHAOS_FAULTS=all: about 20 min)
 	@rm -f "$(CHAOS_TABLE)"
 	@testbed/with-testbed.sh bash -c '$(CARGO) build --workspace --bins && \
 	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && \
-	  CHAOS_FAULTS="$(CHAOS_FAULTS)" $(CARGO) test -p outbox-operator --test chaos_on_testbed -- --nocapture'; \
+	  CHAOS_FAULTS="$(CHAOS_FAULTS)" CHAOS_MESSAGES="$(CHAOS_MESSAGES)" $(CARGO) test -p outbox-operator --test chaos_on_testbed -- --nocapture'; \
 	  status=$$?; [ -f "$(CHAOS_TABLE)" ] && cat "$(CHAOS_TABLE)"; exit $$status
 
 test-unit: ## unit tests only (no testbed needed)

@@ -4,7 +4,8 @@
 //! - [`crd`]: the `outbox.dev/v1alpha1` custom resources (OutboxSystem, LoadTest);
 //! - [`worker_env`]: each worker role's settings as the operator renders them into the
 //!   environment and the worker reads them back, with one set of defaults;
-//! - [`conditions`] and [`field_managers`]: who writes which status, under which name;
+//! - [`conditions`], [`field_managers`] and [`status_apply`]: who writes which status,
+//!   under which name, and how (server-side apply, conditions merged one way);
 //! - [`probes`] and [`http`]: the paths and headers both sides use;
 //! - [`schema_owner`]: the record of which system holds an outbox schema;
 //! - [`postgres_tls`]: `sslmode`/`sslrootcert` handling for every PostgreSQL session.
@@ -16,4 +17,5 @@ pub mod http;
 pub mod postgres_tls;
 pub mod probes;
 pub mod schema_owner;
+pub mod status_apply;
 pub mod worker_env;

@@ -47,6 +47,22 @@ pub mod names {
     pub const DEAD_LETTER_TOPIC: &str = "DEAD_LETTER_TOPIC";
 }
 
+/// Prefix of the environment variables (and of the keys of an OutboxSystem's
+/// client-settings Secret, which the workers get as environment) that become librdkafka
+/// properties.
+pub const KAFKA_CLIENT_PREFIX: &str = "KAFKA_CLIENT_";
+
+/// The librdkafka property a `KAFKA_CLIENT_<PROPERTY>` name stands for: the prefix
+/// dropped, lower case, underscores as dots (`KAFKA_CLIENT_SECURITY_PROTOCOL` is
+/// `security.protocol`); `None` for any other name.
+pub fn kafka_client_property(name: &str) -> Option<String> {
+    let property = name.strip_prefix(KAFKA_CLIENT_PREFIX)?;
+    if property.is_empty() {
+        return None;
+    }
+    Some(property.to_ascii_lowercase().replace('_', "."))
+}
+
 /// The one set of defaults.
 pub mod defaults {
     /// The HTTP port of every worker.
@@ -152,6 +168,16 @@ impl ConsumerSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_client_names_become_librdkafka_properties() {
+        assert_eq!(
+            kafka_client_property("KAFKA_CLIENT_SECURITY_PROTOCOL").as_deref(),
+            Some("security.protocol")
+        );
+        assert_eq!(kafka_client_property("KAFKA_CLIENT_"), None);
+        assert_eq!(kafka_client_property("KAFKA_TOPICS"), None);
+    }
 
     #[test]
     fn a_spec_that_leaves_the_settings_out_gets_the_one_set_of_defaults() {

@@ -20,18 +20,14 @@ use crate::error::{Error, Result};
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Prefix of the keys in the client-settings Secret that become librdkafka properties.
-pub const CLIENT_SETTING_PREFIX: &str = "KAFKA_CLIENT_";
+pub use outbox_contract::worker_env::KAFKA_CLIENT_PREFIX as CLIENT_SETTING_PREFIX;
 
 /// Turns the client-settings Secret's keys into librdkafka properties:
 /// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`. Other keys are ignored.
 pub fn client_properties(data: &BTreeMap<String, ByteString>) -> BTreeMap<String, String> {
     data.iter()
         .filter_map(|(key, value)| {
-            let property = key.strip_prefix(CLIENT_SETTING_PREFIX)?;
-            if property.is_empty() {
-                return None;
-            }
-            let property = property.to_ascii_lowercase().replace('_', ".");
+            let property = outbox_contract::worker_env::kafka_client_property(key)?;
             Some((property, String::from_utf8_lossy(&value.0).into_owned()))
         })
         .collect()

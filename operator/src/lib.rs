@@ -5,7 +5,6 @@
 //! `system_controller` and `loadtest_controller` reconcile them; `run` starts both.
 
 pub mod backlog;
-pub mod conditions;
 pub mod context;
 pub mod error;
 pub mod kafka;
@@ -22,7 +21,7 @@ pub mod system_status;
 pub mod validation;
 pub mod workloads;
 
-pub use outbox_contract::{crd, postgres_tls, schema_owner};
+pub use outbox_contract::{conditions, crd, postgres_tls, schema_owner};
 
 pub use context::{Context, Settings};
 pub use error::{Error, Result};

@@ -1,7 +1,5 @@
 //! The Job that runs a LoadTest (pure builder).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -9,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use crate::crd::{LoadTest, OutboxSystem};
 use crate::workloads::{
     common_env, container_security_context, default_image, env_from, pod_security_context,
-    worker_volumes, COMPONENT_LABEL, SYSTEM_LABEL, WORKER_BINARY,
+    worker_labels, worker_volumes, WORKER_BINARY,
 };
 
 /// Label naming the LoadTest a Job runs.
@@ -50,23 +48,8 @@ pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
 /// system's settings in its environment; a runner that dies is replaced and resumes.
 pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &OutboxSystem) -> Job {
     let system_name = system.metadata.name.clone().unwrap_or_default();
-    let labels = BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            WORKER_BINARY.to_string(),
-        ),
-        (
-            "app.kubernetes.io/instance".to_string(),
-            system_name.clone(),
-        ),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "outbox-operator".to_string(),
-        ),
-        (COMPONENT_LABEL.to_string(), "loadtest".to_string()),
-        (SYSTEM_LABEL.to_string(), system_name.clone()),
-        (LOADTEST_LABEL.to_string(), params.name.to_string()),
-    ]);
+    let mut labels = worker_labels(&system_name, "loadtest");
+    labels.insert(LOADTEST_LABEL.to_string(), params.name.to_string());
     let image = loadtest
         .spec
         .image

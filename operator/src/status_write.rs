@@ -4,8 +4,8 @@
 
 use std::fmt::Debug;
 
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
+use outbox_contract::status_apply;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,20 +18,13 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
 {
-    let body = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "writing the status of {} {name}",
-        K::kind(&())
-    )))?;
+    let context = || format!("writing the status of {} {name}", K::kind(&()));
+    let body = status_apply::body::<K, S>(status).map_err(|source| Error::Serialize {
+        what: format!("the status of {} {name}", K::kind(&())),
+        source,
+    })?;
+    status_apply::apply(api, name, MANAGER, &body)
+        .await
+        .map_err(Error::kube(context()))?;
     Ok(())
 }

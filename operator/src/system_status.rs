@@ -6,26 +6,7 @@ use crate::crd::{BacklogStatus, GroupStatus, ReplicaStatus, TopicStatus};
 use crate::kafka::ObservedTopic;
 
 /// Condition types of an OutboxSystem.
-pub mod types {
-    /// Topic, producers and consumers are all ready.
-    pub const READY: &str = "Ready";
-    /// The topic exists in Kafka as the spec says.
-    pub const TOPIC_READY: &str = "TopicReady";
-    /// Every producer pod is ready.
-    pub const PRODUCERS_READY: &str = "ProducersReady";
-    /// Every consumer pod of every group is ready.
-    pub const CONSUMERS_READY: &str = "ConsumersReady";
-    /// Something needs a human: a conflict, an invalid spec, an unreachable dependency.
-    pub const DEGRADED: &str = "Degraded";
-    /// The outbox backlog could be read from PostgreSQL.
-    pub const BACKLOG_OBSERVED: &str = "BacklogObserved";
-    /// The oldest pending message waits longer than the stall threshold.
-    pub const DELIVERY_STALLED: &str = "DeliveryStalled";
-    /// Kafka refused messages for good; the relay moved them to `outbox_quarantine`.
-    pub const MESSAGES_QUARANTINED: &str = "MessagesQuarantined";
-    /// Reconciliation is paused by `spec.paused`.
-    pub const PAUSED: &str = "Paused";
-}
+pub use outbox_contract::conditions::outbox_system as types;
 
 /// What the reconcile found out about the topic.
 #[derive(Debug, Clone, Default)]

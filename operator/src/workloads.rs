@@ -120,23 +120,29 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
 
 /// Labels of a child (and the selector of its pods).
 pub fn labels(owner: &Owner, component: &str, group: Option<&str>) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([
+    let mut labels = worker_labels(&owner.name, component);
+    if let Some(group) = group {
+        labels.insert(GROUP_LABEL.to_string(), group.to_string());
+    }
+    labels
+}
+
+/// The labels every worker pod of OutboxSystem `system` in role `component` carries
+/// (the load-test runner's too).
+pub fn worker_labels(system: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (
             "app.kubernetes.io/name".to_string(),
             WORKER_BINARY.to_string(),
         ),
-        ("app.kubernetes.io/instance".to_string(), owner.name.clone()),
+        ("app.kubernetes.io/instance".to_string(), system.to_string()),
         (
             "app.kubernetes.io/managed-by".to_string(),
             "outbox-operator".to_string(),
         ),
         (COMPONENT_LABEL.to_string(), component.to_string()),
-        (SYSTEM_LABEL.to_string(), owner.name.clone()),
-    ]);
-    if let Some(group) = group {
-        labels.insert(GROUP_LABEL.to_string(), group.to_string());
-    }
-    labels
+        (SYSTEM_LABEL.to_string(), system.to_string()),
+    ])
 }
 
 fn meta(owner: &Owner, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {

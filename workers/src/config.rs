@@ -102,11 +102,10 @@ where
 {
     vars.into_iter()
         .filter_map(|(name, value)| {
-            let property = name.strip_prefix("KAFKA_CLIENT_")?;
-            if property.is_empty() {
-                return None;
-            }
-            Some((property.to_lowercase().replace('_', "."), value))
+            Some((
+                outbox_contract::worker_env::kafka_client_property(&name)?,
+                value,
+            ))
         })
         .collect()
 }

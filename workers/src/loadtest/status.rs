@@ -10,11 +10,12 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::Api;
+use outbox_contract::conditions::{merge, Desired};
 use outbox_contract::crd::{LoadTest, LoadTestPhase, LoadTestStatus};
+use outbox_contract::status_apply;
 use serde_json::Value;
 
 use super::error::{KubeContext, LoadTestError, Result};
@@ -157,7 +158,7 @@ impl StatusBook {
     /// Sets a condition, keeping its `lastTransitionTime` when its status is unchanged.
     pub fn set_condition(
         &mut self,
-        type_: &str,
+        type_: &'static str,
         ok: bool,
         reason: &str,
         message: impl Into<String>,
@@ -253,13 +254,7 @@ impl StatusBook {
             context: "the LoadTest status",
             source,
         })?;
-        target
-            .api
-            .patch_status(
-                &target.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
+        status_apply::apply(&target.api, &target.name, FIELD_MANAGER, &body)
             .await
             .kube(|| format!("writing the status of LoadTest {}", target.name))?;
         if let Some(lasted) = self.board.answered(outage::API_SERVER) {
@@ -290,31 +285,26 @@ pub fn forward(current: Option<LoadTestPhase>, next: LoadTestPhase) -> LoadTestP
     }
 }
 
-/// Sets condition `type_` in `conditions` (pure; see [`StatusBook::set_condition`]).
+/// Sets condition `type_` in `conditions` (pure; see [`StatusBook::set_condition`]),
+/// through the merge the operator uses too.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
-    type_: &str,
+    type_: &'static str,
     ok: bool,
     reason: &str,
     message: String,
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
+    let desired = Desired {
+        type_,
+        status: ok,
         reason: reason.to_string(),
         message,
-        observed_generation: generation,
-        last_transition_time,
-    });
+    };
+    let merged = merge(conditions, &[desired], generation, now);
+    conditions.retain(|c| c.type_ != type_);
+    conditions.extend(merged);
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
@@ -324,16 +314,13 @@ pub fn apply_body(status: &LoadTestStatus) -> serde_json::Result<Value> {
     if let Some(map) = value.as_object_mut() {
         map.retain(|k, _| RUNNER_FIELDS.contains(&k.as_str()));
     }
-    Ok(serde_json::json!({
-        "apiVersion": "outbox.dev/v1alpha1",
-        "kind": "LoadTest",
-        "status": value,
-    }))
+    status_apply::body::<LoadTest, _>(&value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
     fn the_phase_never_moves_back() {
