@@ -21,6 +21,7 @@ pub mod discover;
 pub mod drive;
 pub mod error;
 pub mod ids;
+pub mod judge;
 pub mod measure;
 pub mod outage;
 pub mod progress;
@@ -352,7 +353,8 @@ fn validate(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Sends every scenario, verifies, and records the result.
+/// Runs the load test as its steps: connect → resume point → send every scenario →
+/// settle uncertain outcomes → verify → judge (pure, `judge`) → record → report.
 async fn execute(
     args: &LoadTestArgs,
     plan: &Plan,
@@ -361,15 +363,7 @@ async fn execute(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let display = Display::new(args.progress_interval);
-    let http = reqwest::Client::builder()
-        .timeout(args.request_timeout)
-        // A deleted producer pod's address answers nothing: fail the connection fast
-        // instead of waiting out the whole request timeout.
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .pool_max_idle_per_host(64)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|source| LoadTestError::Http { source })?;
+    let http = http_client(args)?;
     let mut db = OutboxDb::connect(
         &args.database_url,
         args.infrastructure_patience,
@@ -383,11 +377,96 @@ async fn execute(
         groups = ?plan.groups,
         "starting the load test"
     );
+    let resume = resume_point(args, plan, book, &mut db).await?;
+    let mut sent = send_all(args, plan, book, &resume, &http, &display, &mut shutdown).await?;
+    if sent.uncertain > 0 {
+        // Requests of unknown fate may have stored messages: the outbox has the truth.
+        tracing::warn!(
+            uncertain = sent.uncertain,
+            "some requests had an unknown outcome; taking the run's messages from the outbox"
+        );
+        let found = crate::with_db!(db, |c| verify::run_ids_by_scenario(c, &plan.run_id).await);
+        for ids in found.values() {
+            sent.expected = sent.expected.union(ids);
+        }
+    }
+    start_verification(plan, book, &sent.expected).await?;
+    let verification =
+        verify_with_progress(&mut db, plan, &sent.expected, book, &display, &mut shutdown).await?;
+    let (ok, reason, message) = verification.condition();
+    let judgement = judge::judge(
+        &book.status().scenarios,
+        plan.success_threshold,
+        judge::Said {
+            ok,
+            reason,
+            message,
+        },
+    );
+    record(book, &judgement, &verification).await?;
+    publish_report(
+        args,
+        plan,
+        book,
+        &display,
+        Report {
+            run_id: plan.run_id.clone(),
+            load_test: plan.load_test.clone(),
+            settings: ReportSettings {
+                topic: plan.topic.clone(),
+                producers: plan.producers.iter().map(|p| p.name.clone()).collect(),
+                groups: plan.groups.clone(),
+                message_size: plan.message_size,
+                keys: plan.keys,
+                success_threshold: plan.success_threshold,
+                verification_timeout_seconds: plan.verification_timeout.as_secs(),
+                batch_size: args.batch_size,
+            },
+            resumed: resume.resumed,
+            uncertain_messages: sent.uncertain,
+            wall_time_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            verification_seconds: (verification.waited.as_secs_f64() * 1000.0).round() / 1000.0,
+            verification: verification.reports.clone(),
+            status: book.status().clone(),
+        },
+    )?;
+    tracing::info!(phase = ?book.phase(), verified = judgement.verified.ok, "load test finished");
+    Ok(Outcome::Finished(book.phase()))
+}
 
-    // A rerun of the same run id: scenarios recorded in status are done; for the others
-    // the outbox says what was already accepted.
+/// The HTTP client for the producers.
+fn http_client(args: &LoadTestArgs) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(args.request_timeout)
+        // A deleted producer pod's address answers nothing: fail the connection fast
+        // instead of waiting out the whole request timeout.
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|source| LoadTestError::Http { source })
+}
+
+/// Where an earlier attempt of the same run left off.
+struct ResumePoint {
+    /// Whether this is a rerun of a run id.
+    resumed: bool,
+    /// The run's messages already in the outbox, by scenario.
+    earlier: BTreeMap<String, IdSet>,
+    /// Scenarios the status records as sent.
+    finished: Vec<String>,
+}
+
+/// A rerun of the same run id: scenarios recorded in status are done; for the others
+/// the outbox says what was already accepted.
+async fn resume_point(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    book: &StatusBook,
+    db: &mut OutboxDb,
+) -> Result<ResumePoint> {
     let resumed = book.status().run_id.is_some() || args.run_id.is_some();
-    let earlier: BTreeMap<String, IdSet> = if resumed {
+    let earlier = if resumed {
         let found = crate::with_db!(db, |c| verify::run_ids_by_scenario(c, &plan.run_id).await);
         let total: u64 = found.values().map(IdSet::len).sum();
         tracing::info!(
@@ -399,13 +478,37 @@ async fn execute(
     } else {
         BTreeMap::new()
     };
-    let finished_before: Vec<String> = book
+    let finished = book
         .status()
         .scenarios
         .iter()
         .map(|s| s.name.clone())
         .collect();
+    Ok(ResumePoint {
+        resumed,
+        earlier,
+        finished,
+    })
+}
 
+/// What sending every scenario produced.
+struct SentAll {
+    /// Ids of every accepted message of the run (earlier attempts' included).
+    expected: IdSet,
+    /// Messages whose fate stayed unknown.
+    uncertain: u64,
+}
+
+/// Marks the run Running, then sends each scenario not sent before, recording each.
+async fn send_all(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    book: &mut StatusBook,
+    resume: &ResumePoint,
+    http: &reqwest::Client,
+    display: &Display,
+    shutdown: &mut ShutdownSignal,
+) -> Result<SentAll> {
     {
         let status = book.status_mut();
         status.run_id = Some(plan.run_id.clone());
@@ -439,48 +542,27 @@ async fn execute(
     let mut attempt_accepted = 0u64;
     let mut attempt_seconds = 0f64;
     for scenario in &plan.scenarios {
-        let before = earlier.get(&scenario.name).cloned().unwrap_or_default();
+        let before = resume
+            .earlier
+            .get(&scenario.name)
+            .cloned()
+            .unwrap_or_default();
         expected = expected.union(&before);
-        if finished_before.contains(&scenario.name) {
+        if resume.finished.contains(&scenario.name) {
             tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
             continue;
         }
-        let messages = u64::try_from(scenario.messages.max(0)).unwrap_or(0);
-        let already = before.len().min(messages);
-        let remaining = messages - already;
-        let concurrency = scenario
-            .concurrency
-            .and_then(|c| usize::try_from(c).ok())
-            .or(args.concurrency)
-            .unwrap_or(if scenario.batching {
-                DEFAULT_BATCH_CONCURRENCY
-            } else {
-                DEFAULT_IMMEDIATE_CONCURRENCY
-            });
-        let send = ScenarioSend {
-            name: scenario.name.clone(),
-            batching: scenario.batching,
-            messages,
-            already_accepted: already,
-            shares: split::split(remaining, plan.producers.len()),
-            batch_size: args.batch_size,
-            concurrency,
-            retry_patience: args.retry_patience,
-            infrastructure_patience: args.infrastructure_patience,
-            fallback_url: plan.producer_fallback.clone(),
-            fallback_after: drive::FALLBACK_AFTER,
-        };
+        let send = scenario_send(args, plan, scenario, before.len());
         tracing::info!(
             scenario = %send.name,
-            messages,
-            already_accepted = already,
+            messages = send.messages,
+            already_accepted = send.already_accepted,
             shares = ?send.shares,
             batching = send.batching,
-            concurrency,
+            concurrency = send.concurrency,
             "sending"
         );
-        let sent =
-            send_with_progress(&http, plan, &shape, &send, book, &display, &mut shutdown).await?;
+        let sent = send_with_progress(http, plan, &shape, &send, book, display, shutdown).await?;
         expected = expected.union(&sent.ids);
         uncertain += sent.uncertain;
         attempt_accepted += sent.outcome.tally().accepted;
@@ -500,30 +582,54 @@ async fn execute(
         status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
         book.write_now().await?;
     }
-    {
-        let status = book.status_mut();
-        status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
-        if attempt_seconds > 0.0 {
-            status.throughput =
-                Some((attempt_accepted as f64 / attempt_seconds * 10.0).round() / 10.0);
-        } else if status.throughput.is_none() {
-            status.throughput = Some(0.0);
-        }
+    let status = book.status_mut();
+    status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
+    if attempt_seconds > 0.0 {
+        status.throughput = Some((attempt_accepted as f64 / attempt_seconds * 10.0).round() / 10.0);
+    } else if status.throughput.is_none() {
+        status.throughput = Some(0.0);
     }
+    Ok(SentAll {
+        expected,
+        uncertain,
+    })
+}
 
-    // Requests of unknown fate may have stored messages: take the truth from the outbox.
-    if uncertain > 0 {
-        tracing::warn!(
-            uncertain,
-            "some requests had an unknown outcome; taking the run's messages from the outbox"
-        );
-        let found = crate::with_db!(db, |c| verify::run_ids_by_scenario(c, &plan.run_id).await);
-        for ids in found.values() {
-            expected = expected.union(ids);
-        }
+/// How `scenario` is sent now, `already` of its messages being in the outbox.
+fn scenario_send(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    scenario: &Scenario,
+    already: u64,
+) -> ScenarioSend {
+    let messages = u64::try_from(scenario.messages.max(0)).unwrap_or(0);
+    let already = already.min(messages);
+    let concurrency = scenario
+        .concurrency
+        .and_then(|c| usize::try_from(c).ok())
+        .or(args.concurrency)
+        .unwrap_or(if scenario.batching {
+            DEFAULT_BATCH_CONCURRENCY
+        } else {
+            DEFAULT_IMMEDIATE_CONCURRENCY
+        });
+    ScenarioSend {
+        name: scenario.name.clone(),
+        batching: scenario.batching,
+        messages,
+        already_accepted: already,
+        shares: split::split(messages - already, plan.producers.len()),
+        batch_size: args.batch_size,
+        concurrency,
+        retry_patience: args.retry_patience,
+        infrastructure_patience: args.infrastructure_patience,
+        fallback_url: plan.producer_fallback.clone(),
+        fallback_after: drive::FALLBACK_AFTER,
     }
+}
 
-    // Verification.
+/// Marks the run Verifying.
+async fn start_verification(plan: &Plan, book: &mut StatusBook, expected: &IdSet) -> Result<()> {
     book.advance(LoadTestPhase::Verifying);
     book.set_condition(
         COMPLETE,
@@ -554,113 +660,41 @@ async fn execute(
         timeout_seconds = plan.verification_timeout.as_secs(),
         "every scenario sent; verifying"
     );
-    let verification =
-        verify_with_progress(&mut db, plan, &expected, book, &display, &mut shutdown).await?;
+    Ok(())
+}
 
-    // Result.
-    let below: Vec<String> = book
-        .status()
-        .scenarios
+/// Writes the verdict and the groups' figures into the status.
+async fn record(
+    book: &mut StatusBook,
+    judgement: &judge::Judgement,
+    verification: &verify::Verification,
+) -> Result<()> {
+    let said = |s: &judge::Said| (s.ok, s.reason, s.message.clone());
+    let (ok, reason, message) = said(&judgement.verified);
+    book.set_condition(VERIFIED, ok, reason, message);
+    let (ok, reason, message) = said(&judgement.complete);
+    book.set_condition(COMPLETE, ok, reason, message);
+    book.advance(judgement.phase);
+    let status = book.status_mut();
+    status.groups = verification
+        .reports
         .iter()
-        .filter(|s| {
-            let pct = if s.messages > 0 {
-                s.accepted as f64 * 100.0 / s.messages as f64
-            } else {
-                100.0
-            };
-            pct < plan.success_threshold
-        })
-        .map(|s| {
-            let pct = if s.messages > 0 {
-                s.accepted as f64 * 100.0 / s.messages as f64
-            } else {
-                100.0
-            };
-            format!(
-                "{}: {:.2}% accepted ({} of {})",
-                s.name, pct, s.accepted, s.messages
-            )
-        })
+        .map(verify::group_status)
         .collect();
-    let sending_ok = below.is_empty();
-    let (verified, verified_reason, verified_message) = verification.condition();
-    let phase = if sending_ok && verified {
-        LoadTestPhase::Succeeded
-    } else {
-        LoadTestPhase::Failed
-    };
-    let (complete_reason, complete_message) = if !sending_ok {
-        (
-            "ThresholdNotMet",
-            format!(
-                "below the {}% success threshold: {}",
-                plan.success_threshold,
-                below.join("; ")
-            ),
-        )
-    } else if !verified {
-        (
-            "NotVerified",
-            format!(
-                "sending met the {}% threshold; verification failed: {verified_message}",
-                plan.success_threshold
-            ),
-        )
-    } else {
-        (
-            "Succeeded",
-            format!(
-                "every scenario met the {}% threshold and every group acknowledged every message",
-                plan.success_threshold
-            ),
-        )
-    };
-    book.set_condition(
-        VERIFIED,
-        verified,
-        verified_reason,
-        verified_message.clone(),
-    );
-    book.set_condition(COMPLETE, true, complete_reason, complete_message.clone());
-    book.advance(phase);
-    {
-        let status = book.status_mut();
-        status.groups = verification
-            .reports
-            .iter()
-            .map(verify::group_status)
-            .collect();
-        status.end_to_end_latency = verify::overall_latency(&verification.reports);
-        status.completion_time = Some(Time(Timestamp::now()));
-        status.message = Some(if verified {
-            complete_message
-        } else {
-            verified_message
-        });
-    }
-    book.write_now().await?;
-    let final_phase = book.phase();
+    status.end_to_end_latency = verify::overall_latency(&verification.reports);
+    status.completion_time = Some(Time(Timestamp::now()));
+    status.message = Some(judgement.message.clone());
+    book.write_now().await
+}
 
-    let report = Report {
-        run_id: plan.run_id.clone(),
-        load_test: plan.load_test.clone(),
-        settings: ReportSettings {
-            topic: plan.topic.clone(),
-            producers: plan.producers.iter().map(|p| p.name.clone()).collect(),
-            groups: plan.groups.clone(),
-            message_size: plan.message_size,
-            keys: plan.keys,
-            success_threshold: plan.success_threshold,
-            verification_timeout_seconds: plan.verification_timeout.as_secs(),
-            batch_size: args.batch_size,
-        },
-        resumed,
-        uncertain_messages: uncertain,
-        wall_time_seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        verification_seconds: (verification.waited.as_secs_f64() * 1000.0).round() / 1000.0,
-        verification: verification.reports.clone(),
-        status: book.status().clone(),
-    };
+/// Writes the JSON report (when asked) and shows the summary table.
+fn publish_report(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    book: &StatusBook,
+    display: &Display,
+    report: Report,
+) -> Result<()> {
     if let Some(path) = &args.report {
         report.write(path)?;
         tracing::info!(path = %path.display(), "wrote the JSON report");
@@ -673,8 +707,7 @@ async fn execute(
             tracing::info!(target: "loadtest", "{line}");
         }
     }
-    tracing::info!(phase = ?final_phase, verified, "load test finished");
-    Ok(Outcome::Finished(final_phase))
+    Ok(())
 }
 
 /// Sends one scenario while showing progress and writing it into the status.
