@@ -204,7 +204,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     source: e,
                 })
             }
-            Err(_) => return Err(Error::Relay("raw produce: delivery report dropped".into())),
+            Err(_) => return Err(Error::Bench("raw produce: delivery report dropped".into())),
         }
     }
     let raw_produce = stage("raw_produce", n, started.elapsed());
@@ -291,9 +291,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| Error::Relay(format!("batch request: {e}")))?;
+                .map_err(|e| Error::Bench(format!("batch request: {e}")))?;
             if !r.status().is_success() {
-                return Err(Error::Relay(format!(
+                return Err(Error::Bench(format!(
                     "batch request answered {}",
                     r.status()
                 )));
@@ -301,7 +301,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let v: serde_json::Value = r
                 .json()
                 .await
-                .map_err(|e| Error::Relay(format!("batch answer: {e}")))?;
+                .map_err(|e| Error::Bench(format!("batch answer: {e}")))?;
             Ok(v["ids"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
@@ -319,7 +319,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     report_stage(&ingest);
     let expected = IdSet::from_ids(ids);
     if expected.len() != n as u64 {
-        return Err(Error::Relay(format!(
+        return Err(Error::Bench(format!(
             "ingest returned {} distinct ids for {n} messages",
             expected.len()
         )));
@@ -531,5 +531,5 @@ async fn wait_for_http(http: &reqwest::Client, url: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(Error::Relay(format!("{url} did not become healthy")))
+    Err(Error::Bench(format!("{url} did not become healthy")))
 }

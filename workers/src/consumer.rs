@@ -391,7 +391,7 @@ impl Member<'_> {
             self.db = Some(crate::db::connect(&self.args.common.database_url).await?);
         }
         let Some(db) = self.db.as_mut() else {
-            return Err(Error::Relay("no database session".into()));
+            return Err(Error::NoDatabaseSession("record acknowledgements"));
         };
         let outcome = self.recorder.record(db, acks).await?;
         self.metrics.acknowledged.inc_by(outcome.acknowledged);
@@ -591,7 +591,7 @@ fn is_infrastructure(e: &Error) -> bool {
                 .any(|class| code.starts_with(class))
                 || code == "55P03"
         }),
-        Error::Relay(_) => true,
+        Error::NoDatabaseSession(_) => true,
         _ => false,
     }
 }

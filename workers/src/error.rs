@@ -66,6 +66,12 @@ pub enum Error {
     /// The relay lost its leadership or its session while publishing.
     #[error("relay: {0}")]
     Relay(String),
+    /// A worker found no database session where it needed one (it reconnects).
+    #[error("no PostgreSQL session to {0}")]
+    NoDatabaseSession(&'static str),
+    /// A benchmark stage failed.
+    #[error("benchmark: {0}")]
+    Bench(String),
 }
 
 impl Error {
@@ -81,6 +87,8 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Ledger(_) => "ledger",
             Error::Relay(_) => "relay",
+            Error::NoDatabaseSession(_) => "db_session",
+            Error::Bench(_) => "bench",
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Custom resource types of the `outbox.dev/v1alpha1` API.
 
-mod load_test;
+mod loadtest;
 mod outbox_system;
 
-pub use load_test::*;
+pub use loadtest::*;
 pub use outbox_system::*;
 
 /// API group of every custom resource here.
