@@ -6,7 +6,6 @@
 //! The tests take turns (one at a time): each runs about ten processes on a 2-core
 //! machine.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -17,10 +16,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use outbox_contract::crd::{LoadTest, LoadTestSpec, OutboxSystem, Scenario, SystemRef};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use serde_json::Value;
 use testbed_support::{testbed, unique_name};
+
+mod support;
+
+use support::{create_topic, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-worker");
 
@@ -112,30 +113,6 @@ impl Drop for Processes {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-async fn create_topic(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = testbed()
-        .kafka_config()
-        .create()
-        .expect("a Kafka admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await
-        .expect("creating the topic");
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
-}
-
 /// One consumer group: its Kafka group id and the indexes of its member processes.
 struct Group {
     name: String,
@@ -168,7 +145,7 @@ impl System {
         let tb = testbed();
         let topic = unique_name(name);
         let database_url = tb.fresh_schema(name).await.expect("a fresh schema");
-        create_topic(&topic, 3).await;
+        create_topic(&testbed().kafka_bootstrap_servers, &topic, 3).await;
         let mut system = System {
             topic,
             database_url,
