@@ -177,12 +177,12 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let watched = consumer.clone();
     let watch_shutdown = shutdown.clone();
     let watchdog = tokio::spawn(
-        async move {
-            let probe = move |timeout| watched.fetch_metadata(None, timeout).map(|_| ());
-            if let Some(e) = crate::kafka_watchdog::watch(probe, base, watch_shutdown).await {
-                let _ = wedge_tx.send(e);
-            }
-        }
+        crate::kafka_watchdog::watch_into(
+            move |timeout| watched.fetch_metadata(None, timeout).map(|_| ()),
+            base,
+            watch_shutdown,
+            wedge_tx,
+        )
         .in_current_span(),
     );
     started.set();

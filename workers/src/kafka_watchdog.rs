@@ -8,12 +8,19 @@
 //! and its group stopped, while a new client with the same settings reached the broker
 //! at once (librdkafka 2.12.1; the re-bootstrap races are fixed upstream after it).
 //!
+//! The same happened to the relays of all three producers after a broker restart
+//! while a LoadTest verified (`kafka-restart@verifying`).
+//!
 //! The watchdog looks every [`CHECK_EVERY`]: when the client cannot fetch metadata but a
-//! fresh client can, for [`WEDGED_AFTER`] on end, the client is wedged, and the worker
-//! stops with [`Error::KafkaWedged`] so that it starts again with a new one (the
-//! Deployment restarts the container; nothing is lost: offsets are committed only
-//! after the acknowledgements are durable). When the fresh client fails too, Kafka is
-//! away, and that is an outage to wait out, not a reason to restart.
+//! fresh client can, for [`WEDGED_AFTER`] on end, the client is wedged.
+//! - A consumer stops with [`Error::KafkaWedged`] so that it starts again with a new
+//!   client (the Deployment restarts the container; nothing is lost: offsets are
+//!   committed only after the acknowledgements are durable).
+//! - The relay purges what its client holds and ends its session. The next session
+//!   republishes from the watermark with a new client: duplicates, never gaps.
+//!
+//! When the fresh client fails too, Kafka is away, and that is an outage to wait out,
+//! not a reason to restart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,6 +129,20 @@ where
                 })
             }
         }
+    }
+}
+
+/// [`watch`], sending the verdict on `wedged` (a worker's main loop selects on it).
+pub async fn watch_into<F>(
+    client: F,
+    base: ClientConfig,
+    shutdown: ShutdownSignal,
+    wedged: tokio::sync::oneshot::Sender<Error>,
+) where
+    F: Fn(Duration) -> rdkafka::error::KafkaResult<()> + Send + Sync + 'static,
+{
+    if let Some(e) = watch(client, base, shutdown).await {
+        let _ = wedged.send(e);
     }
 }
 
