@@ -170,6 +170,35 @@ pub struct Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        // The systems first, while the operator runs to take down their topics and
+        // finalizers; one it could not finish is let go, so the namespace can go.
+        let kubectl = |args: &[&str]| {
+            Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", &testbed().kubeconfig)
+                .output()
+        };
+        let _ = kubectl(&[
+            "delete",
+            "outboxsystems",
+            "--all",
+            "-n",
+            &self.watched,
+            "--timeout=60s",
+        ]);
+        if let Ok(left) = kubectl(&["get", "outboxsystems", "-n", &self.watched, "-o", "name"]) {
+            for system in String::from_utf8_lossy(&left.stdout).lines() {
+                let _ = kubectl(&[
+                    "patch",
+                    system,
+                    "-n",
+                    &self.watched,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":[]}}"#,
+                ]);
+            }
+        }
         let _ = Command::new("helm")
             .args(["uninstall", &self.name, "-n", &self.namespace, "--wait"])
             .env("KUBECONFIG", &testbed().kubeconfig)
