@@ -77,7 +77,47 @@ pub fn error_policy(system: Arc<OutboxSystem>, error: &Error, ctx: Arc<Context>)
     }
 }
 
+/// Reconciles a live system as its steps: read it fresh → gate (validate, topic and
+/// schema not another system's, not paused) → apply the children (built pure) → the
+/// topic → observe → status. Each step is a function below.
 async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
+    let Some((system, namespace)) = read_fresh(&ctx, &cached).await? else {
+        return Ok(Action::await_change());
+    };
+    let current = system.status.clone().unwrap_or_default();
+    let database = match gate(&ctx, &system, &namespace, &current).await? {
+        Gate::Go(database) => database,
+        Gate::Stop(action) => return Ok(action),
+    };
+    let (producer, consumers) = apply_children(&ctx, &system, &namespace).await?;
+    let (topic, admin) = topic_step(&ctx, &system, &namespace).await;
+    let observation = observe(
+        &ctx,
+        &system.spec,
+        &topic,
+        admin.as_ref(),
+        &database,
+        &producer,
+        &consumers,
+    )
+    .await;
+    write_status(&ctx, &system, &namespace, &current, &topic, &observation).await?;
+    if let Some(error) = topic.error {
+        // Status says what is wrong; back off through the error policy.
+        return Err(Error::TopicNotReconciled {
+            topic: system.spec.topic.name.clone(),
+            message: error,
+        });
+    }
+    Ok(Action::requeue(ctx.settings.status_refresh))
+}
+
+/// The system as the API server has it now (`None`: gone or being deleted, so nothing
+/// to apply), with its namespace.
+async fn read_fresh(
+    ctx: &Context,
+    cached: &OutboxSystem,
+) -> Result<Option<(OutboxSystem, String)>> {
     let name = cached.name_any();
     let namespace = cached
         .namespace()
@@ -90,15 +130,32 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         .await
         .map_err(Error::kube(format!("reading OutboxSystem {name}")))?
     else {
-        return Ok(Action::await_change());
+        return Ok(None);
     };
     if system.metadata.deletion_timestamp.is_some() {
         // Cleanup runs on the next event.
-        return Ok(Action::await_change());
+        return Ok(None);
     }
-    let spec = &system.spec;
-    let current = system.status.clone().unwrap_or_default();
+    Ok(Some((system, namespace)))
+}
 
+/// Whether the reconcile goes on: with the database session it opened (or why there is
+/// none), or stopped with the action to take.
+enum Gate {
+    Go(std::result::Result<DatabaseSession, BacklogUnavailable>),
+    Stop(Action),
+}
+
+/// The checks before anything is applied: a valid spec, a topic and a schema no other
+/// system holds, and not paused. A refusal is written into status (and an event).
+async fn gate(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    current: &OutboxSystemStatus,
+) -> Result<Gate> {
+    let name = system.name_any();
+    let spec = &system.spec;
     // Validate (no client).
     let problems = validate(&name, spec);
     if !problems.is_empty() {
@@ -108,13 +165,13 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             message: &message,
             conditions: &[types::READY],
         };
-        report_refusal(&ctx, &system, &current, refusal, Announce::Always).await?;
+        report_refusal(ctx, system, current, refusal, Announce::Always).await?;
         return Err(Error::InvalidSpec(message));
     }
 
     // Another system on the same topic of the same Kafka: the later one is refused, so
     // that neither consumes the other's messages nor deletes the other's topic.
-    if let Some(other) = topic_taken_by(&ctx, &system, &namespace).await? {
+    if let Some(other) = topic_taken_by(ctx, system, namespace).await? {
         let message = format!(
             "topic {} on {} is already used by OutboxSystem {other}: two systems on one topic consume each other's messages; give this one its own spec.topic.name",
             spec.topic.name, spec.kafka.bootstrap_servers
@@ -124,15 +181,17 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             message: &message,
             conditions: &[types::READY, types::TOPIC_READY],
         };
-        report_refusal(&ctx, &system, &current, refusal, Announce::WhenChanged).await?;
-        return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+        report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
+        return Ok(Gate::Stop(Action::requeue(std::time::Duration::from_secs(
+            60,
+        ))));
     }
 
     // One session for the schema claim and the backlog; unreachable, it is reported in
     // BacklogObserved and the workers check the claim themselves.
-    let mut database = open_database(&ctx, &namespace, spec).await;
+    let mut database = open_database(ctx, namespace, spec).await;
     if let Ok(session) = database.as_mut() {
-        if let Some(claim) = schema_taken_by(&ctx, &system, &namespace, session).await {
+        if let Some(claim) = schema_taken_by(ctx, system, namespace, session).await {
             let message = format!(
                 "the outbox schema {} is held by OutboxSystem {}: two systems on one schema share the relay lock and the consumer ledgers; give this one its own database or schema (search_path in the URL of spec.database.urlSecretRef)",
                 claim.schema, claim.holder
@@ -142,9 +201,11 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
                 message: &message,
                 conditions: &[types::READY],
             };
-            report_refusal(&ctx, &system, &current, refusal, Announce::WhenChanged).await?;
+            report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
             // Soon again: the holder's deletion is not an event of this system.
-            return Ok(Action::requeue(std::time::Duration::from_secs(20)));
+            return Ok(Gate::Stop(Action::requeue(std::time::Duration::from_secs(
+                20,
+            ))));
         }
     }
 
@@ -164,27 +225,36 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         let mut status = current.clone();
         status.observed_generation = system.metadata.generation;
         replace_conditions(&mut status.conditions, conditions);
-        patch_status(&ctx, &namespace, &name, &status).await?;
+        patch_status(ctx, namespace, &name, &status).await?;
         if !was_paused {
             publish_event(
-                &ctx,
-                &system,
+                ctx,
+                system,
                 EventType::Normal,
                 "Paused",
                 "reconciliation paused".into(),
             )
             .await;
         }
-        return Ok(Action::await_change());
+        return Ok(Gate::Stop(Action::await_change()));
     }
 
-    // Build the children (pure) and apply them.
-    let owner = workloads::owner_of(&system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    Ok(Gate::Go(database))
+}
+
+/// Builds the children (pure) and applies them; returns the Deployments as applied.
+async fn apply_children(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+) -> Result<(Deployment, Vec<Deployment>)> {
+    let spec = &system.spec;
+    let owner = workloads::owner_of(system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let children = workloads::build(&owner, spec);
     let client = ctx.client.clone();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     server_side_apply(&config_maps, &children.config_map).await?;
     let producer = server_side_apply(&deployments, &children.producer).await?;
     server_side_apply(&services, &children.producer_service).await?;
@@ -195,12 +265,21 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     for service in &children.consumer_services {
         server_side_apply(&services, service).await?;
     }
-    prune_removed_groups(&ctx, &system, &namespace, spec).await?;
+    prune_removed_groups(ctx, system, namespace, spec).await?;
 
-    // The Kafka topic.
-    let kafka_properties = kafka_client_properties(&ctx, &namespace, spec).await;
-    let topic = match kafka_properties {
-        Ok(properties) => reconcile_topic(&ctx, &system, spec, &properties).await,
+    Ok((producer, consumers))
+}
+
+/// Reconciles the Kafka topic; returns what happened and the admin client, if any.
+async fn topic_step(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+) -> (TopicOutcome, Option<KafkaAdmin>) {
+    let spec = &system.spec;
+    let kafka_properties = kafka_client_properties(ctx, namespace, spec).await;
+    match kafka_properties {
+        Ok(properties) => reconcile_topic(ctx, system, spec, &properties).await,
         Err(e) => (
             TopicOutcome {
                 name: spec.topic.name.clone(),
@@ -211,17 +290,26 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             },
             None,
         ),
-    };
-    let (topic, admin) = topic;
+    }
+}
 
-    // Observe.
+/// What the reconcile observed: pods ready, consumer lag, the backlog.
+async fn observe(
+    ctx: &Context,
+    spec: &OutboxSystemSpec,
+    topic: &TopicOutcome,
+    admin: Option<&KafkaAdmin>,
+    database: &std::result::Result<DatabaseSession, BacklogUnavailable>,
+    producer: &Deployment,
+    consumers: &[Deployment],
+) -> Observation {
     let group_names: Vec<String> = spec
         .consumers
         .groups
         .iter()
         .map(|g| g.name.clone())
         .collect();
-    let lags = match (&admin, topic.observed.as_ref()) {
+    let lags = match (admin, topic.observed.as_ref()) {
         (Some(admin), Some(found)) => {
             admin
                 .consumer_lag(&spec.topic.name, found.partitions, &group_names)
@@ -235,14 +323,14 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0)
     };
-    let observation = Observation {
+    Observation {
         topic: topic.clone(),
-        producers: (ready(&producer), spec.producers.replicas),
+        producers: (ready(producer), spec.producers.replicas),
         groups: spec
             .consumers
             .groups
             .iter()
-            .zip(&consumers)
+            .zip(consumers)
             .map(|(g, d)| GroupObservation {
                 name: g.name.clone(),
                 ready: ready(d),
@@ -250,15 +338,26 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
                 lag: lags.get(&g.name).copied().flatten(),
             })
             .collect(),
-        backlog: match &database {
+        backlog: match database {
             Ok(session) => session.backlog(ctx.settings.stall_after).await,
             Err(e) => Err(e.clone()),
         },
         stall_after: ctx.settings.stall_after,
-    };
+    }
+}
 
-    // Status.
-    let computed = system_status::compute(&observation);
+/// Computes the status (pure), announces changed conditions as events, and writes the
+/// status when it changed enough.
+async fn write_status(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    current: &OutboxSystemStatus,
+    topic: &TopicOutcome,
+    observation: &Observation,
+) -> Result<()> {
+    let name = system.name_any();
+    let computed = system_status::compute(observation);
     let new_conditions = conditions::merge(
         &current.conditions,
         &computed.conditions,
@@ -273,8 +372,8 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
             continue;
         }
         publish_event(
-            &ctx,
-            &system,
+            ctx,
+            system,
             if good {
                 EventType::Normal
             } else {
@@ -316,20 +415,13 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         groups_summary: Some(computed.groups_summary),
         backlog: computed.backlog,
     };
-    if status_needs_write(&ctx, &system, &status) {
-        patch_status(&ctx, &namespace, &name, &status).await?;
+    if status_needs_write(ctx, system, &status) {
+        patch_status(ctx, namespace, &name, &status).await?;
         if let (Some(uid), Ok(mut writes)) = (system.uid(), ctx.status_writes.lock()) {
             writes.insert(uid, std::time::Instant::now());
         }
     }
-    if let Some(error) = topic.error {
-        // Status says what is wrong; back off through the error policy.
-        return Err(Error::TopicNotReconciled {
-            topic: spec.topic.name.clone(),
-            message: error,
-        });
-    }
-    Ok(Action::requeue(ctx.settings.status_refresh))
+    Ok(())
 }
 
 /// Significant changes are written at once; changes of lag and backlog alone at most
