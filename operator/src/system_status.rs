@@ -75,119 +75,30 @@ pub struct ComputedStatus {
 
 /// Computes conditions and status fields from an observation.
 pub fn compute(obs: &Observation) -> ComputedStatus {
-    use types::*;
-    let topic = &obs.topic;
-    let error_reason = topic.error_reason.unwrap_or("KafkaUnavailable");
-    let topic_condition = if let Some(error) = &topic.error {
-        Desired::no(TOPIC_READY, error_reason, error.clone())
-    } else if !topic.conflicts.is_empty() {
-        Desired::no(TOPIC_READY, "TopicConflict", topic.conflicts.join("; "))
-    } else if let Some(found) = &topic.observed {
-        Desired::yes(
-            TOPIC_READY,
-            "TopicReady",
-            format!("topic {} has {} partitions", topic.name, found.partitions),
-        )
-    } else {
-        Desired::no(
-            TOPIC_READY,
-            "TopicMissing",
-            format!("topic {} is not in Kafka yet", topic.name),
-        )
-    };
-
-    let (p_ready, p_desired) = obs.producers;
-    let producers_condition = if p_ready >= p_desired {
-        Desired::yes(
-            PRODUCERS_READY,
-            "ReplicasReady",
-            format!("{p_ready}/{p_desired} producer pods ready"),
-        )
-    } else {
-        Desired::no(
-            PRODUCERS_READY,
-            "ReplicasNotReady",
-            format!("{p_ready}/{p_desired} producer pods ready"),
-        )
-    };
-
-    let not_ready: Vec<String> = obs
-        .groups
-        .iter()
-        .filter(|g| g.ready < g.desired)
-        .map(|g| format!("{} {}/{}", g.name, g.ready, g.desired))
-        .collect();
-    let ready_groups = obs.groups.len() - not_ready.len();
-    let consumers_condition = if not_ready.is_empty() {
-        Desired::yes(
-            CONSUMERS_READY,
-            "ReplicasReady",
-            format!("all {} consumer groups ready", obs.groups.len()),
-        )
-    } else {
-        Desired::no(
-            CONSUMERS_READY,
-            "ReplicasNotReady",
-            format!("pods ready per group: {}", not_ready.join(", ")),
-        )
-    };
-
-    let failing: Vec<&Desired> = [&topic_condition, &producers_condition, &consumers_condition]
-        .into_iter()
-        .filter(|c| !c.status)
-        .collect();
-    let ready_condition = match failing.first() {
-        None => Desired::yes(
-            READY,
-            "AllReady",
-            "topic, producers and consumers are ready",
-        ),
-        Some(first) => Desired::no(
-            READY,
-            format!("{}NotReady", first.type_.trim_end_matches("Ready")),
-            failing
-                .iter()
-                .map(|c| c.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-    };
-
-    let degraded_condition = if let Some(error) = &topic.error {
-        Desired::yes(DEGRADED, error_reason, error.clone())
-    } else if !topic.conflicts.is_empty() {
-        Desired::yes(DEGRADED, "TopicConflict", topic.conflicts.join("; "))
-    } else {
-        Desired::no(DEGRADED, "AsExpected", "no conflicts or errors")
-    };
-
-    let backlog_condition = match &obs.backlog {
-        Ok(_) => Desired::yes(
-            BACKLOG_OBSERVED,
-            "BacklogRead",
-            "status.backlog is read from the outbox_backlog view",
-        ),
-        Err(e) => Desired::no(BACKLOG_OBSERVED, e.reason, e.message.clone()),
-    };
-
+    let topic_condition = topic_condition(&obs.topic);
+    let producers_condition = producers_condition(obs.producers);
+    let consumers_condition = consumers_condition(&obs.groups);
+    let ready_condition =
+        ready_condition(&[&topic_condition, &producers_condition, &consumers_condition]);
     let (stalled_condition, quarantined_condition) = delivery_conditions(obs);
-
+    let (p_ready, p_desired) = obs.producers;
+    let ready_groups = obs.groups.iter().filter(|g| g.ready >= g.desired).count();
     ComputedStatus {
         conditions: vec![
             ready_condition,
             topic_condition,
             producers_condition,
             consumers_condition,
-            degraded_condition,
-            backlog_condition,
+            degraded_condition(&obs.topic),
+            backlog_condition(obs),
             stalled_condition,
             quarantined_condition,
-            Desired::no(PAUSED, "Reconciling", "spec.paused is false"),
+            Desired::no(types::PAUSED, "Reconciling", "spec.paused is false"),
         ],
         topic: TopicStatus {
-            name: topic.name.clone(),
-            partitions: topic.observed.as_ref().map(|t| t.partitions),
-            replication_factor: topic.observed.as_ref().map(|t| t.replication_factor),
+            name: obs.topic.name.clone(),
+            partitions: obs.topic.observed.as_ref().map(|t| t.partitions),
+            replication_factor: obs.topic.observed.as_ref().map(|t| t.replication_factor),
             last_partition_raise: None,
             created_by_operator: None,
         },
@@ -204,6 +115,113 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             .collect(),
         groups_summary: format!("{ready_groups}/{}", obs.groups.len()),
         backlog: obs.backlog.as_ref().ok().cloned(),
+    }
+}
+
+/// TopicReady: an error, a conflict with the spec, the partitions found, or missing.
+fn topic_condition(topic: &TopicOutcome) -> Desired {
+    use types::TOPIC_READY;
+    if let Some(error) = &topic.error {
+        Desired::no(
+            TOPIC_READY,
+            topic.error_reason.unwrap_or("KafkaUnavailable"),
+            error.clone(),
+        )
+    } else if !topic.conflicts.is_empty() {
+        Desired::no(TOPIC_READY, "TopicConflict", topic.conflicts.join("; "))
+    } else if let Some(found) = &topic.observed {
+        Desired::yes(
+            TOPIC_READY,
+            "TopicReady",
+            format!("topic {} has {} partitions", topic.name, found.partitions),
+        )
+    } else {
+        Desired::no(
+            TOPIC_READY,
+            "TopicMissing",
+            format!("topic {} is not in Kafka yet", topic.name),
+        )
+    }
+}
+
+/// ProducersReady from (ready, desired) pods.
+fn producers_condition((ready, desired): (i32, i32)) -> Desired {
+    let message = format!("{ready}/{desired} producer pods ready");
+    if ready >= desired {
+        Desired::yes(types::PRODUCERS_READY, "ReplicasReady", message)
+    } else {
+        Desired::no(types::PRODUCERS_READY, "ReplicasNotReady", message)
+    }
+}
+
+/// ConsumersReady: every group has its pods ready, or which do not.
+fn consumers_condition(groups: &[GroupObservation]) -> Desired {
+    let not_ready: Vec<String> = groups
+        .iter()
+        .filter(|g| g.ready < g.desired)
+        .map(|g| format!("{} {}/{}", g.name, g.ready, g.desired))
+        .collect();
+    if not_ready.is_empty() {
+        Desired::yes(
+            types::CONSUMERS_READY,
+            "ReplicasReady",
+            format!("all {} consumer groups ready", groups.len()),
+        )
+    } else {
+        Desired::no(
+            types::CONSUMERS_READY,
+            "ReplicasNotReady",
+            format!("pods ready per group: {}", not_ready.join(", ")),
+        )
+    }
+}
+
+/// Ready: all `parts` are, or the reason of the first that is not and every message.
+fn ready_condition(parts: &[&Desired]) -> Desired {
+    let failing: Vec<&&Desired> = parts.iter().filter(|c| !c.status).collect();
+    match failing.first() {
+        None => Desired::yes(
+            types::READY,
+            "AllReady",
+            "topic, producers and consumers are ready",
+        ),
+        Some(first) => Desired::no(
+            types::READY,
+            format!("{}NotReady", first.type_.trim_end_matches("Ready")),
+            failing
+                .iter()
+                .map(|c| c.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+/// Degraded: a Kafka error or a topic conflict needs a human.
+fn degraded_condition(topic: &TopicOutcome) -> Desired {
+    use types::DEGRADED;
+    if let Some(error) = &topic.error {
+        Desired::yes(
+            DEGRADED,
+            topic.error_reason.unwrap_or("KafkaUnavailable"),
+            error.clone(),
+        )
+    } else if !topic.conflicts.is_empty() {
+        Desired::yes(DEGRADED, "TopicConflict", topic.conflicts.join("; "))
+    } else {
+        Desired::no(DEGRADED, "AsExpected", "no conflicts or errors")
+    }
+}
+
+/// BacklogObserved: whether the backlog view could be read.
+fn backlog_condition(obs: &Observation) -> Desired {
+    match &obs.backlog {
+        Ok(_) => Desired::yes(
+            types::BACKLOG_OBSERVED,
+            "BacklogRead",
+            "status.backlog is read from the outbox_backlog view",
+        ),
+        Err(e) => Desired::no(types::BACKLOG_OBSERVED, e.reason, e.message.clone()),
     }
 }
 
