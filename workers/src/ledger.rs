@@ -111,36 +111,64 @@ impl AckRecorder {
     /// Records `acks` (in consumption order) in one transaction: first acknowledgements
     /// set their bit, redeliveries and reorderings become anomaly rows. Nothing is
     /// recorded if it fails, and the order-check state is only updated on success.
+    ///
+    /// The steps: create missing chunks → lock the chunks → read and store the keys'
+    /// acknowledged order → apply the acks (pure) → write the changed chunks and the
+    /// anomalies → commit.
     pub async fn record(&mut self, client: &mut Client, acks: &[Ack]) -> Result<RecordOutcome> {
         if acks.is_empty() {
             return Ok(RecordOutcome::default());
         }
-        let mut chunks: Vec<i64> = acks.iter().map(|a| a.id.div_euclid(CHUNK_IDS)).collect();
-        chunks.sort_unstable();
-        chunks.dedup();
+        let chunks = chunks_of(acks);
+        self.create_chunks(client, &chunks).await?;
+        let tx = client
+            .transaction()
+            .await
+            .db("starting an acknowledgement batch")?;
+        let mut state = self.lock_chunks(&tx, &chunks).await?;
+        let last_by_key = self.key_order(&tx, acks).await?;
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let (outcome, anomalies) = apply_acks(&self.group, &mut state, &last_by_key, acks, now_us)?;
+        self.write_chunks(&tx, &state).await?;
+        anomalies.insert(&tx, &self.group).await?;
+        tx.commit()
+            .await
+            .db("committing an acknowledgement batch")?;
+        self.known_chunks.extend(chunks);
+        Ok(outcome)
+    }
+
+    /// Creates the rows of `chunks` this recorder has not seen yet. Outside the locking
+    /// transaction: creating empty rows is idempotent, and doing it here keeps lock
+    /// order (ascending chunk) deadlock-free.
+    async fn create_chunks(&self, client: &Client, chunks: &[i64]) -> Result<()> {
         let new_chunks: Vec<i64> = chunks
             .iter()
             .copied()
             .filter(|c| !self.known_chunks.contains(c))
             .collect();
-        if !new_chunks.is_empty() {
-            // Outside the locking transaction: creating empty rows is idempotent, and
-            // doing it here keeps lock order (ascending chunk) deadlock-free.
-            let zero = vec![0u8; CHUNK_BYTES];
-            client
-                .execute(
-                    "INSERT INTO outbox_ack_chunks (group_name, chunk, bits)
-                     SELECT $1, c, $3 FROM unnest($2::bigint[]) AS c ORDER BY c
-                     ON CONFLICT DO NOTHING",
-                    &[&self.group, &new_chunks, &zero],
-                )
-                .await
-                .db("creating ledger chunks")?;
+        if new_chunks.is_empty() {
+            return Ok(());
         }
-        let tx = client
-            .transaction()
+        let zero = vec![0u8; CHUNK_BYTES];
+        client
+            .execute(
+                "INSERT INTO outbox_ack_chunks (group_name, chunk, bits)
+                 SELECT $1, c, $3 FROM unnest($2::bigint[]) AS c ORDER BY c
+                 ON CONFLICT DO NOTHING",
+                &[&self.group, &new_chunks, &zero],
+            )
             .await
-            .db("starting an acknowledgement batch")?;
+            .db("creating ledger chunks")?;
+        Ok(())
+    }
+
+    /// Locks `chunks` (ascending) and reads their bits and latency histograms.
+    async fn lock_chunks<C: GenericClient>(
+        &self,
+        tx: &C,
+        chunks: &[i64],
+    ) -> Result<HashMap<i64, ChunkState>> {
         let rows = tx
             .query(
                 "SELECT chunk, bits, latency FROM outbox_ack_chunks
@@ -172,9 +200,17 @@ impl AckRecorder {
                 },
             );
         }
-        // Each key's latest acknowledged order before this batch, and the batch's
-        // latest stored in its place, in one statement: the rows are locked (in key
-        // order, after the chunks: one lock order for every member) until commit.
+        Ok(state)
+    }
+
+    /// Each key's latest acknowledged order before this batch, with the batch's latest
+    /// stored in its place, in one statement: the rows are locked (in key order, after
+    /// the chunks: one lock order for every member) until commit.
+    async fn key_order<C: GenericClient>(
+        &self,
+        tx: &C,
+        acks: &[Ack],
+    ) -> Result<HashMap<u64, (u64, i64)>> {
         let mut batch_max: HashMap<i64, (u64, i64)> = HashMap::new();
         for ack in acks {
             if let (Some(key), Some(order)) = (ack.key_hash, ack.order) {
@@ -183,65 +219,36 @@ impl AckRecorder {
             }
         }
         let mut last_by_key: HashMap<u64, (u64, i64)> = HashMap::with_capacity(batch_max.len());
-        if !batch_max.is_empty() {
-            let mut keys: Vec<i64> = batch_max.keys().copied().collect();
-            keys.sort_unstable();
-            let txids: Vec<i64> = keys.iter().map(|k| batch_max[k].0 as i64).collect();
-            let ids: Vec<i64> = keys.iter().map(|k| batch_max[k].1).collect();
-            for row in tx
-                .query(KEY_ORDER, &[&self.group, &keys, &txids, &ids])
-                .await
-                .db("reading and storing the keys' acknowledged order")?
-            {
-                let key: i64 = row.get(0);
-                let txid: i64 = row.get(1);
-                last_by_key.insert(key as u64, (txid as u64, row.get(2)));
-            }
+        if batch_max.is_empty() {
+            return Ok(last_by_key);
         }
-        let now_us = chrono::Utc::now().timestamp_micros();
-        let mut outcome = RecordOutcome::default();
-        let mut anomalies = Anomalies::default();
-        let mut overlay: HashMap<u64, (u64, i64)> = HashMap::new();
-        for ack in acks {
-            let chunk = ack.id.div_euclid(CHUNK_IDS);
-            let Some(cs) = state.get_mut(&chunk) else {
-                return Err(Error::Ledger(format!(
-                    "chunk {chunk} of group {} vanished",
-                    self.group
-                )));
-            };
-            let bit = ack.id.rem_euclid(CHUNK_IDS) as usize;
-            let (byte, mask) = (bit / 8, 1u8 << (bit % 8));
-            if cs.bits[byte] & mask != 0 {
-                outcome.duplicates += 1;
-                anomalies.push(ack, "duplicate");
-                continue;
-            }
-            cs.bits[byte] |= mask;
-            cs.added += 1;
-            outcome.acknowledged += 1;
-            if let Some(created) = ack.created_at_us {
-                let histogram = match &mut cs.latency {
-                    Some(h) => h,
-                    None => cs.latency.insert(new_histogram()?),
-                };
-                histogram.saturating_record((now_us - created).max(1) as u64);
-                cs.latency_changed = true;
-            }
-            if let (Some(key), Some(order)) = (ack.key_hash, ack.order) {
-                let previous = overlay.get(&key).or_else(|| last_by_key.get(&key)).copied();
-                if previous.is_some_and(|p| p > order) {
-                    outcome.out_of_order += 1;
-                    anomalies.push(ack, "out_of_order");
-                }
-                overlay.insert(key, previous.map_or(order, |p| p.max(order)));
-            }
+        let mut keys: Vec<i64> = batch_max.keys().copied().collect();
+        keys.sort_unstable();
+        let txids: Vec<i64> = keys.iter().map(|k| batch_max[k].0 as i64).collect();
+        let ids: Vec<i64> = keys.iter().map(|k| batch_max[k].1).collect();
+        for row in tx
+            .query(KEY_ORDER, &[&self.group, &keys, &txids, &ids])
+            .await
+            .db("reading and storing the keys' acknowledged order")?
+        {
+            let key: i64 = row.get(0);
+            let txid: i64 = row.get(1);
+            last_by_key.insert(key as u64, (txid as u64, row.get(2)));
         }
+        Ok(last_by_key)
+    }
+
+    /// Writes the chunks `apply_acks` changed.
+    async fn write_chunks<C: GenericClient>(
+        &self,
+        tx: &C,
+        state: &HashMap<i64, ChunkState>,
+    ) -> Result<()> {
         let mut changed_chunks = Vec::new();
         let mut changed_bits = Vec::new();
         let mut changed_added = Vec::new();
         let mut changed_latency: Vec<Option<Vec<u8>>> = Vec::new();
-        for (chunk, cs) in &state {
+        for (chunk, cs) in state {
             if cs.added == 0 {
                 continue;
             }
@@ -253,31 +260,27 @@ impl AckRecorder {
                 _ => None,
             });
         }
-        if !changed_chunks.is_empty() {
-            tx.execute(
-                "UPDATE outbox_ack_chunks c
-                 SET bits = v.bits, acked = c.acked + v.added,
-                     latency = COALESCE(v.latency, c.latency), updated_at = now()
-                 FROM unnest($2::bigint[], $3::bytea[], $4::int[], $5::bytea[])
-                      AS v(chunk, bits, added, latency)
-                 WHERE c.group_name = $1 AND c.chunk = v.chunk",
-                &[
-                    &self.group,
-                    &changed_chunks,
-                    &changed_bits,
-                    &changed_added,
-                    &changed_latency,
-                ],
-            )
-            .await
-            .db("updating ledger chunks")?;
+        if changed_chunks.is_empty() {
+            return Ok(());
         }
-        anomalies.insert(&tx, &self.group).await?;
-        tx.commit()
-            .await
-            .db("committing an acknowledgement batch")?;
-        self.known_chunks.extend(chunks);
-        Ok(outcome)
+        tx.execute(
+            "UPDATE outbox_ack_chunks c
+             SET bits = v.bits, acked = c.acked + v.added,
+                 latency = COALESCE(v.latency, c.latency), updated_at = now()
+             FROM unnest($2::bigint[], $3::bytea[], $4::int[], $5::bytea[])
+                  AS v(chunk, bits, added, latency)
+             WHERE c.group_name = $1 AND c.chunk = v.chunk",
+            &[
+                &self.group,
+                &changed_chunks,
+                &changed_bits,
+                &changed_added,
+                &changed_latency,
+            ],
+        )
+        .await
+        .db("updating ledger chunks")?;
+        Ok(())
     }
 
     /// Records messages this group gave up on and sent to the dead-letter topic.
@@ -288,6 +291,65 @@ impl AckRecorder {
         }
         anomalies.insert(client, &self.group).await
     }
+}
+
+/// The ledger chunks `acks` fall in, ascending, each once.
+fn chunks_of(acks: &[Ack]) -> Vec<i64> {
+    let mut chunks: Vec<i64> = acks.iter().map(|a| a.id.div_euclid(CHUNK_IDS)).collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    chunks
+}
+
+/// Applies `acks` (in consumption order) to the locked chunks (pure): a first
+/// acknowledgement sets its bit and records its latency; a second is a duplicate; an
+/// ack whose key was already acknowledged at a later publication order (`last_by_key`,
+/// then this batch) is out of order. An ack whose chunk `group` did not lock is an error.
+fn apply_acks(
+    group: &str,
+    state: &mut HashMap<i64, ChunkState>,
+    last_by_key: &HashMap<u64, (u64, i64)>,
+    acks: &[Ack],
+    now_us: i64,
+) -> Result<(RecordOutcome, Anomalies)> {
+    let mut outcome = RecordOutcome::default();
+    let mut anomalies = Anomalies::default();
+    let mut overlay: HashMap<u64, (u64, i64)> = HashMap::new();
+    for ack in acks {
+        let chunk = ack.id.div_euclid(CHUNK_IDS);
+        let Some(cs) = state.get_mut(&chunk) else {
+            return Err(Error::Ledger(format!(
+                "chunk {chunk} of group {group} vanished"
+            )));
+        };
+        let bit = ack.id.rem_euclid(CHUNK_IDS) as usize;
+        let (byte, mask) = (bit / 8, 1u8 << (bit % 8));
+        if cs.bits[byte] & mask != 0 {
+            outcome.duplicates += 1;
+            anomalies.push(ack, "duplicate");
+            continue;
+        }
+        cs.bits[byte] |= mask;
+        cs.added += 1;
+        outcome.acknowledged += 1;
+        if let Some(created) = ack.created_at_us {
+            let histogram = match &mut cs.latency {
+                Some(h) => h,
+                None => cs.latency.insert(new_histogram()?),
+            };
+            histogram.saturating_record((now_us - created).max(1) as u64);
+            cs.latency_changed = true;
+        }
+        if let (Some(key), Some(order)) = (ack.key_hash, ack.order) {
+            let previous = overlay.get(&key).or_else(|| last_by_key.get(&key)).copied();
+            if previous.is_some_and(|p| p > order) {
+                outcome.out_of_order += 1;
+                anomalies.push(ack, "out_of_order");
+            }
+            overlay.insert(key, previous.map_or(order, |p| p.max(order)));
+        }
+    }
+    Ok((outcome, anomalies))
 }
 
 #[derive(Default)]
@@ -598,6 +660,77 @@ pub async fn ids_with_header<C: GenericClient>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ack(id: i64, key: Option<u64>, order: Option<(u64, i64)>) -> Ack {
+        Ack {
+            id,
+            partition: 0,
+            offset: id,
+            key_hash: key,
+            order,
+            created_at_us: Some(1_000),
+        }
+    }
+
+    fn locked(chunks: &[i64]) -> HashMap<i64, ChunkState> {
+        chunks
+            .iter()
+            .map(|&c| {
+                (
+                    c,
+                    ChunkState {
+                        bits: vec![0; CHUNK_BYTES],
+                        added: 0,
+                        latency: None,
+                        latency_changed: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_second_ack_of_an_id_is_a_duplicate_and_counted_once() {
+        let mut state = locked(&[0]);
+        let acks = [ack(5, None, None), ack(6, None, None), ack(5, None, None)];
+        let (outcome, anomalies) =
+            apply_acks("g", &mut state, &HashMap::new(), &acks, 2_000).expect("applied");
+        assert_eq!((outcome.acknowledged, outcome.duplicates), (2, 1));
+        assert_eq!(
+            (anomalies.ids.clone(), anomalies.kinds.clone()),
+            (vec![5], vec!["duplicate"])
+        );
+        assert_eq!(state[&0].added, 2);
+        assert!(state[&0].latency_changed);
+    }
+
+    #[test]
+    fn a_key_acknowledged_behind_its_latest_order_is_out_of_order() {
+        let mut state = locked(&[0]);
+        // Key 7 was acknowledged at (10, 100) before this batch.
+        let earlier = HashMap::from([(7u64, (10u64, 100i64))]);
+        let acks = [
+            ack(1, Some(7), Some((11, 1))),
+            ack(2, Some(7), Some((9, 2))),
+            ack(3, Some(8), Some((1, 3))),
+        ];
+        let (outcome, anomalies) =
+            apply_acks("g", &mut state, &earlier, &acks, 2_000).expect("applied");
+        assert_eq!(outcome.out_of_order, 1);
+        assert_eq!(anomalies.ids, vec![2]);
+        assert_eq!(anomalies.kinds, vec!["out_of_order"]);
+    }
+
+    #[test]
+    fn an_ack_whose_chunk_was_not_locked_is_an_error_naming_it() {
+        let mut state = locked(&[0]);
+        let far = CHUNK_IDS * 3 + 1;
+        let e = apply_acks("g", &mut state, &HashMap::new(), &[ack(far, None, None)], 1)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("chunk 3 of group g vanished"), "{e}");
+    }
 
     #[test]
     fn id_sets_merge_adjacent_and_overlapping_ranges() {
