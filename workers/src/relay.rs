@@ -470,46 +470,59 @@ impl Relay {
                 }
                 continue;
             }
-            let mut deliveries = Vec::with_capacity(rows.len());
-            let mut last = cursor;
-            // Read once per batch, not locked per row; empty but after a refusal.
-            let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
-            for row in &rows {
-                let mut row = Row::read(row)?;
-                let limit = self.limits.limit(row.topic);
-                if row.size > limit.bytes {
-                    let reason = format!(
-                        "message too large: {} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
-                        row.size, row.topic, limit.bytes, limit.reason()
-                    );
-                    self.quarantine(session, row.at, &reason).await?;
-                    last = row.at;
-                    continue;
-                }
-                if !suspects.is_empty() && suspects.contains(&row.at) {
-                    // Refused for good once with its batch: find out whether it is this
-                    // message, without anything else in flight.
-                    self.seal(std::mem::take(&mut deliveries), cursor, last, in_flight);
-                    while !in_flight.is_empty() {
-                        self.complete_oldest(session, in_flight).await?;
-                    }
-                    self.publish_alone(session, &mut row).await?;
-                    last = row.at;
-                    cursor = row.at;
-                    continue;
-                }
-                match self.hand(session, &mut row, in_flight).await? {
-                    Handed::Queued(delivery) => deliveries.push((row.at, delivery)),
-                    Handed::Refused(reason) => self.quarantine(session, row.at, &reason).await?,
-                }
-                last = row.at;
-            }
-            self.seal(deliveries, cursor, last, in_flight);
-            cursor = last;
+            cursor = self.send_rows(session, &rows, cursor, in_flight).await?;
             while in_flight.len() > self.settings.max_in_flight_batches {
                 self.complete_oldest(session, in_flight).await?;
             }
         }
+    }
+
+    /// Hands `rows` (read after `cursor`) to Kafka as one batch to confirm: rows too
+    /// large for their topic are quarantined, a row refused once is sent alone. Returns
+    /// the cursor after them.
+    async fn send_rows(
+        &self,
+        session: &Session<'_>,
+        rows: &[tokio_postgres::Row],
+        mut cursor: Watermark,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<Watermark> {
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut last = cursor;
+        // Read once per batch, not locked per row; empty but after a refusal.
+        let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
+        for row in rows {
+            let mut row = Row::read(row)?;
+            let limit = self.limits.limit(row.topic);
+            if row.size > limit.bytes {
+                let reason = format!(
+                    "message too large: {} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
+                    row.size, row.topic, limit.bytes, limit.reason()
+                );
+                self.quarantine(session, row.at, &reason).await?;
+                last = row.at;
+                continue;
+            }
+            if !suspects.is_empty() && suspects.contains(&row.at) {
+                // Refused for good once with its batch: find out whether it is this
+                // message, without anything else in flight.
+                self.seal(std::mem::take(&mut deliveries), cursor, last, in_flight);
+                while !in_flight.is_empty() {
+                    self.complete_oldest(session, in_flight).await?;
+                }
+                self.publish_alone(session, &mut row).await?;
+                last = row.at;
+                cursor = row.at;
+                continue;
+            }
+            match self.hand(session, &mut row, in_flight).await? {
+                Handed::Queued(delivery) => deliveries.push((row.at, delivery)),
+                Handed::Refused(reason) => self.quarantine(session, row.at, &reason).await?,
+            }
+            last = row.at;
+        }
+        self.seal(deliveries, cursor, last, in_flight);
+        Ok(last)
     }
 
     /// Reads up to `limit` rows after `cursor`, stopping early once the rows read hold
