@@ -110,25 +110,89 @@ fn compare(mut s: Stage, baseline: &Stage) -> Stage {
 }
 
 /// Runs every stage and writes the report.
+/// Runs the benchmark as its stages, each a function: the raw baselines (COPY, produce,
+/// consume), then the pipeline (ingest, relay, one consumer group) each compared with
+/// its baseline, then the report.
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let n = args.messages;
-    let tag = format!("bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-    let schema_url = create_schema(&args.database_url, &tag).await?;
-    let db = ledger::connect_and_migrate(&schema_url).await?;
-    let kafka =
-        crate::kafka::client_config(&args.kafka_bootstrap_servers, &kafka_client_properties());
-    let raw_topic = format!("{tag}-raw").replace('_', "-");
-    let topic = format!("{tag}-pipeline").replace('_', "-");
-    crate::kafka::create_topic(&kafka, &raw_topic, args.partitions, 1).await?;
-    crate::kafka::create_topic(&kafka, &topic, args.partitions, 1).await?;
-    let payload = "x".repeat(args.payload_bytes);
-    let key = |i: usize| format!("key-{}", i % args.keys.max(1));
+    let setup = Setup::create(&args).await?;
     println!(
-        "benchmark: {n} messages of {} bytes, {} partitions, schema {tag}",
-        args.payload_bytes, args.partitions
+        "benchmark: {} messages of {} bytes, {} partitions, schema {}",
+        args.messages, args.payload_bytes, args.partitions, setup.tag
     );
+    let raw_copy_stage = raw_copy_stage(&args, &setup).await?;
+    let raw_produce = raw_produce_stage(&args, &setup).await?;
+    let raw_consume = raw_consume_stage(&args, &setup).await?;
+    let (stop, signal) = crate::shutdown::channel();
+    let (ingest, expected, common, producer_task) =
+        ingest_stage(&args, &setup, &raw_copy_stage, signal.clone()).await?;
+    let db = crate::db::connect(&setup.schema_url).await?;
+    let (relay_stage, relay_task) =
+        relay_stage(&args, &setup, &db, &raw_produce, signal.clone()).await?;
+    let (consume, consumer_task) =
+        consume_stage(&args, &setup, &db, &raw_consume, &expected, common, signal).await?;
+    let _ = stop.send(true);
+    let _ = relay_task.await;
+    let _ = producer_task.await;
+    let _ = consumer_task.await;
+    if !args.keep {
+        let _ = db
+            .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", setup.tag))
+            .await;
+    }
+    write_report(
+        &args,
+        vec![
+            raw_copy_stage,
+            raw_produce,
+            raw_consume,
+            ingest,
+            relay_stage,
+            consume,
+        ],
+    )
+}
 
-    // 1. raw COPY
+/// What every stage shares: a schema and two topics of this run's own.
+struct Setup {
+    tag: String,
+    schema_url: String,
+    kafka: rdkafka::ClientConfig,
+    raw_topic: String,
+    topic: String,
+    payload: String,
+}
+
+impl Setup {
+    async fn create(args: &BenchArgs) -> Result<Setup> {
+        let tag = format!("bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+        let schema_url = create_schema(&args.database_url, &tag).await?;
+        let kafka =
+            crate::kafka::client_config(&args.kafka_bootstrap_servers, &kafka_client_properties());
+        let raw_topic = format!("{tag}-raw").replace('_', "-");
+        let topic = format!("{tag}-pipeline").replace('_', "-");
+        crate::kafka::create_topic(&kafka, &raw_topic, args.partitions, 1).await?;
+        crate::kafka::create_topic(&kafka, &topic, args.partitions, 1).await?;
+        Ok(Setup {
+            tag,
+            schema_url,
+            kafka,
+            raw_topic,
+            topic,
+            payload: "x".repeat(args.payload_bytes),
+        })
+    }
+}
+
+/// The key of message `i` with `keys` distinct keys.
+fn key_of(keys: usize) -> impl Fn(usize) -> String + Copy {
+    move |i| format!("key-{}", i % keys.max(1))
+}
+
+/// Stage 1: raw COPY of the same rows into a plain table: the ingest baseline.
+async fn raw_copy_stage(args: &BenchArgs, setup: &Setup) -> Result<Stage> {
+    let (n, key) = (args.messages, key_of(args.keys));
+    let (schema_url, raw_topic, payload) = (&setup.schema_url, &setup.raw_topic, &setup.payload);
+    let db = ledger::connect_and_migrate(schema_url).await?;
     db.batch_execute(
         "CREATE TABLE raw_copy (id bigint, topic text, key text, payload text, headers jsonb,
                                 created_at timestamptz NOT NULL DEFAULT now())",
@@ -142,9 +206,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .map(|s| (s, (s + args.batch_size).min(n)))
         .collect();
     let results: Vec<Result<()>> = futures::stream::iter(chunks.into_iter().map(|(from, to)| {
-        let url = schema_url.clone();
-        let topic = raw_topic.clone();
-        let payload = payload.clone();
+        let url = schema_url.to_string();
+        let topic = raw_topic.to_string();
+        let payload = payload.to_string();
         async move { raw_copy(&url, &topic, &payload, from, to, key).await }
     }))
     .buffer_unordered(args.concurrency)
@@ -153,17 +217,22 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     results.into_iter().collect::<Result<Vec<()>>>()?;
     let raw_copy_stage = stage("raw_copy", n, started.elapsed());
     report_stage(&raw_copy_stage);
+    Ok(raw_copy_stage)
+}
 
-    // 2. raw produce
+/// Stage 2: raw librdkafka produce with the relay's settings: the relay baseline.
+async fn raw_produce_stage(args: &BenchArgs, setup: &Setup) -> Result<Stage> {
+    let (n, key) = (args.messages, key_of(args.keys));
+    let (kafka, raw_topic, payload) = (&setup.kafka, &setup.raw_topic, &setup.payload);
     let producer =
-        crate::kafka::relay_producer(&kafka, crate::message_size::RELAY_MESSAGE_MAX_BYTES)?;
+        crate::kafka::relay_producer(kafka, crate::message_size::RELAY_MESSAGE_MAX_BYTES)?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(n);
     for i in 0..n {
         let k = key(i);
         let id = i.to_string();
-        let mut record = FutureRecord::to(&raw_topic)
-            .payload(&payload)
+        let mut record = FutureRecord::to(raw_topic)
+            .payload(payload)
             .key(&k)
             .headers(
                 rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
@@ -209,8 +278,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     let raw_produce = stage("raw_produce", n, started.elapsed());
     report_stage(&raw_produce);
+    Ok(raw_produce)
+}
 
-    // 3. raw consume
+/// Stage 3: raw librdkafka consume of what stage 2 produced: the consumer baseline.
+async fn raw_consume_stage(args: &BenchArgs, setup: &Setup) -> Result<Stage> {
+    let (n, tag, raw_topic) = (args.messages, &setup.tag, &setup.raw_topic);
+    let kafka = &setup.kafka;
     let mut config = kafka.clone();
     config
         .set("group.id", format!("{tag}-raw"))
@@ -234,16 +308,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         first.map(|f| f.elapsed()).unwrap_or_default(),
     );
     report_stage(&raw_consume);
-    drop(consumer);
+    Ok(raw_consume)
+}
 
-    // 4. ingest through the producer's HTTP batch endpoint, relay off
-    let (stop, signal) = crate::shutdown::channel();
+/// Stage 4: ingest through a producer's HTTP batch endpoint (relay off); returns the
+/// stage, the ids the answers named, and the running producer.
+async fn ingest_stage(
+    args: &BenchArgs,
+    setup: &Setup,
+    raw_copy_stage: &Stage,
+    signal: crate::shutdown::ShutdownSignal,
+) -> Result<(
+    Stage,
+    IdSet,
+    CommonArgs,
+    tokio::task::JoinHandle<Result<()>>,
+)> {
+    let (n, key) = (args.messages, key_of(args.keys));
+    let (schema_url, topic, payload) = (&setup.schema_url, &setup.topic, &setup.payload);
     let port = free_port()?;
     let common = CommonArgs {
         service_id: "bench-producer".into(),
         kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
-        database_url: schema_url.clone(),
-        kafka_topics: vec![topic.clone()],
+        database_url: schema_url.to_string(),
+        kafka_topics: vec![topic.to_string()],
         http_port: port,
         http_address: std::net::IpAddr::from([127, 0, 0, 1]),
         outbox_system: None,
@@ -315,7 +403,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for a in answers {
         ids.extend(a?);
     }
-    let ingest = compare(stage("ingest", n, started.elapsed()), &raw_copy_stage);
+    let ingest = compare(stage("ingest", n, started.elapsed()), raw_copy_stage);
     report_stage(&ingest);
     let expected = IdSet::from_ids(ids);
     if expected.len() != n as u64 {
@@ -325,13 +413,25 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         )));
     }
 
-    // 5. relay the backlog
+    Ok((ingest, expected, common, producer_task))
+}
+
+/// Stage 5: the relay drains the outbox into Kafka; compared with the raw produce.
+async fn relay_stage(
+    args: &BenchArgs,
+    setup: &Setup,
+    db: &tokio_postgres::Client,
+    raw_produce: &Stage,
+    signal: crate::shutdown::ShutdownSignal,
+) -> Result<(Stage, tokio::task::JoinHandle<()>)> {
+    let n = args.messages;
+    let (schema_url, kafka, topic) = (&setup.schema_url, &setup.kafka, &setup.topic);
     let metrics = ProducerMetrics::default();
     let relay = Relay::new(
-        schema_url.clone(),
+        schema_url.to_string(),
         crate::relay::RelayTarget {
             kafka: kafka.clone(),
-            topics: vec![topic.clone()],
+            topics: vec![topic.to_string()],
             limits: crate::message_size::TopicLimits::new(),
         },
         RelaySettings::default(),
@@ -341,7 +441,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
     let started = Instant::now();
     let relay_task = tokio::spawn(relay.run(signal.clone()));
-    let db = crate::db::connect(&schema_url).await?;
     loop {
         let pending: i64 = db
             .query_one("SELECT pending FROM outbox_backlog", &[])
@@ -353,10 +452,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let relay_stage = compare(stage("relay", n, started.elapsed()), &raw_produce);
+    let relay_stage = compare(stage("relay", n, started.elapsed()), raw_produce);
     report_stage(&relay_stage);
 
-    // 6. one consumer group
+    Ok((relay_stage, relay_task))
+}
+
+/// Stage 6: one consumer group acknowledges everything; compared with the raw consume,
+/// then verified exactly against the ids of stage 4.
+async fn consume_stage(
+    args: &BenchArgs,
+    setup: &Setup,
+    db: &tokio_postgres::Client,
+    raw_consume: &Stage,
+    expected: &IdSet,
+    common: CommonArgs,
+    signal: crate::shutdown::ShutdownSignal,
+) -> Result<(Stage, tokio::task::JoinHandle<Result<()>>)> {
+    let (n, tag) = (args.messages, &setup.tag);
     let group = format!("{tag}-group");
     let consumer_task = tokio::spawn(crate::consumer::run(
         ConsumerArgs {
@@ -396,11 +509,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     let consume = compare(
         stage("consume", n, first.map(|f| f.elapsed()).unwrap_or_default()),
-        &raw_consume,
+        raw_consume,
     );
     report_stage(&consume);
     let verify_started = Instant::now();
-    let verified = ledger::group_report(&db, &group, &expected).await?;
+    let verified = ledger::group_report(db, &group, expected).await?;
     println!(
         "verification of {n} ids took {:.3}s: acknowledged {} missing {} duplicates {} out of order {}",
         verify_started.elapsed().as_secs_f64(),
@@ -410,16 +523,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         verified.out_of_order
     );
 
-    let _ = stop.send(true);
-    let _ = relay_task.await;
-    let _ = producer_task.await;
-    let _ = consumer_task.await;
-    if !args.keep {
-        let _ = db
-            .batch_execute(&format!("DROP SCHEMA \"{tag}\" CASCADE"))
-            .await;
-    }
+    Ok((consume, consumer_task))
+}
 
+/// The JSON report and the table of stages.
+fn write_report(args: &BenchArgs, stages: Vec<Stage>) -> Result<()> {
+    let n = args.messages;
     let report = BenchReport {
         messages: n,
         payload_bytes: args.payload_bytes,
@@ -429,14 +538,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         cores: std::thread::available_parallelism()
             .map(|c| c.get())
             .unwrap_or(1),
-        stages: vec![
-            raw_copy_stage,
-            raw_produce,
-            raw_consume,
-            ingest,
-            relay_stage,
-            consume,
-        ],
+        stages,
     };
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Config(format!("encoding the report: {e}")))?;
