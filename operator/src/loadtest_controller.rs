@@ -8,18 +8,18 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::conditions::{self, Desired};
-use crate::context::{publish_event, Context, MANAGER};
+use crate::context::{publish_event, Context};
 use crate::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use crate::error::{Error, Result};
 use crate::runner_job::{job_name, runner_job, RunnerParams};
-use crate::status_write::apply_status;
+use crate::server_side_apply::{apply_status, server_side_apply};
 
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "loadtest";
@@ -384,26 +384,7 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
 /// Creates the Job if absent: server-side apply with the operator's field manager is
 /// idempotent, and the deterministic name means a second LoadTest run cannot exist.
 async fn create_job(jobs: &Api<Job>, job: &Job) -> Result<Job> {
-    let name = job
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let mut body = serde_json::to_value(job).map_err(|source| Error::Serialize {
-        what: name.clone(),
-        source,
-    })?;
-    if let Some(map) = body.as_object_mut() {
-        map.insert("apiVersion".into(), "batch/v1".into());
-        map.insert("kind".into(), "Job".into());
-    }
-    jobs.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube(format!("creating Job {name}")))
+    server_side_apply(jobs, job).await
 }
 
 async fn write_status(

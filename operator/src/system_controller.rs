@@ -12,14 +12,12 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::{Api, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use kube::{Api, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use crate::backlog::{BacklogUnavailable, DatabaseSession};
 use crate::conditions;
-use crate::context::{publish_event, Context, MANAGER};
+use crate::context::{publish_event, Context};
 use crate::crd::{
     DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus, PartitionRaise, TopicStatus,
 };
@@ -27,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
 use crate::postgres_tls::{CaSource, TlsDefaults};
 use crate::schema_owner::{self, Claim};
+use crate::server_side_apply::{apply_status, server_side_apply};
 use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
-use crate::status_write::apply_status;
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
 use crate::validation::validate;
 use crate::workloads::{self, COMPONENT_LABEL, SYSTEM_LABEL};
@@ -452,40 +450,6 @@ fn replace_conditions(
             None => current.push(condition),
         }
     }
-}
-
-/// Applies `object` with the operator's field manager, taking over conflicting fields.
-async fn server_side_apply<K>(api: &Api<K>, object: &K) -> Result<K>
-where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let name = object
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let mut body = serde_json::to_value(object).map_err(|source| Error::Serialize {
-        what: name.clone(),
-        source,
-    })?;
-    if let Some(map) = body.as_object_mut() {
-        map.insert(
-            "apiVersion".into(),
-            K::api_version(&Default::default()).into(),
-        );
-        map.insert("kind".into(), K::kind(&Default::default()).into());
-    }
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "applying {} {name}",
-        K::kind(&Default::default())
-    )))
 }
 
 async fn patch_status(
