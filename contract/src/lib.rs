@@ -8,7 +8,8 @@
 //!   under which name, and how (server-side apply, conditions merged one way);
 //! - [`probes`] and [`http`]: the paths and headers both sides use;
 //! - [`schema_owner`]: the record of which system holds an outbox schema;
-//! - [`postgres_tls`]: `sslmode`/`sslrootcert` handling for every PostgreSQL session.
+//! - [`postgres_tls`]: `sslmode`/`sslrootcert` handling for every PostgreSQL session;
+//! - [`termination`]: how both binaries learn that their pod is going.
 
 pub mod conditions;
 pub mod crd;
@@ -18,4 +19,5 @@ pub mod postgres_tls;
 pub mod probes;
 pub mod schema_owner;
 pub mod status_apply;
+pub mod termination;
 pub mod worker_env;

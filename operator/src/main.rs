@@ -74,27 +74,6 @@ enum LogFormat {
     Text,
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -163,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     tokio::spawn(async move {
-        shutdown_signal().await;
+        outbox_contract::termination::requested().await;
         let _ = stop_tx.send(true);
     });
 

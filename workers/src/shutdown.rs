@@ -22,26 +22,7 @@ pub async fn wait(signal: &mut ShutdownSignal) {
 /// Sends `true` on `sender` on SIGTERM or Ctrl-C.
 pub fn on_signals(sender: watch::Sender<bool>) {
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        let _ = ctrl_c.await;
-                        let _ = sender.send(true);
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+        outbox_contract::termination::requested().await;
         tracing::info!("shutdown requested: finishing in-flight work");
         let _ = sender.send(true);
     });
