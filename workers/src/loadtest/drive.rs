@@ -416,11 +416,17 @@ impl ProducerJob {
 
     /// The producer (or the fallback) answered: an outage of it is over.
     fn answered(&self) {
-        if self.via_fallback.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Some(lasted) = self.board.answered(&self.dependency) {
+        if let Some(lasted) = self.board.answered(&self.in_use()) {
             tracing::info!(producer = %self.producer.name, seconds = format!("{:.1}", lasted.as_secs_f64()), "producer answers again");
+        }
+    }
+
+    /// The board's name for where requests go now: the producer, or its fallback.
+    fn in_use(&self) -> String {
+        if self.via_fallback.load(Ordering::Relaxed) {
+            format!("{} (fallback)", self.dependency)
+        } else {
+            self.dependency.clone()
         }
     }
 
@@ -431,12 +437,7 @@ impl ProducerJob {
         if self.unreachable.load(Ordering::Relaxed) {
             return false;
         }
-        let dependency = if self.via_fallback.load(Ordering::Relaxed) {
-            format!("{} (fallback)", self.dependency)
-        } else {
-            self.dependency.clone()
-        };
-        let (lasted, new) = self.board.failed(&dependency);
+        let (lasted, new) = self.board.failed(&self.in_use());
         if new {
             tracing::warn!(producer = %self.producer.name, %reason, patience_seconds = self.infrastructure_patience.as_secs(), "producer unreachable or its answer lost; retrying under the same idempotency keys");
         }
