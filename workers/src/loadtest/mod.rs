@@ -693,10 +693,10 @@ fn publish_report(
     plan: &Plan,
     book: &StatusBook,
     display: &Display,
-    report: Report,
+    json: Report,
 ) -> Result<()> {
     if let Some(path) = &args.report {
-        report.write(path)?;
+        json.write(path)?;
         tracing::info!(path = %path.display(), "wrote the JSON report");
     }
     let table = report::summary_table(&plan.run_id, book.status());
