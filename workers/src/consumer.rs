@@ -173,17 +173,11 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let lag = tokio::spawn(
         track_lag(consumer.clone(), metrics.clone(), shutdown.clone()).in_current_span(),
     );
-    let (wedge_tx, wedged) = tokio::sync::oneshot::channel();
     let watched = consumer.clone();
-    let watch_shutdown = shutdown.clone();
-    let watchdog = tokio::spawn(
-        crate::kafka_watchdog::watch_into(
-            move |timeout| watched.fetch_metadata(None, timeout).map(|_| ()),
-            base,
-            watch_shutdown,
-            wedge_tx,
-        )
-        .in_current_span(),
+    let wedged = crate::kafka_watchdog::start(
+        move |timeout| watched.fetch_metadata(None, timeout).map(|_| ()),
+        base,
+        shutdown.clone(),
     );
     started.set();
     tracing::info!("consumer started");
@@ -195,7 +189,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         recorder: AckRecorder::new(args.group.clone()),
         metrics: &metrics,
         dead_letters,
-        wedged: Some(wedged),
+        wedged,
     };
     let result = member.consume(&mut shutdown).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -209,7 +203,6 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         server.abort();
     }
     lag.abort();
-    watchdog.abort();
     tracing::info!("consumer stopped");
     result
 }
@@ -248,9 +241,8 @@ struct Member<'a> {
     recorder: AckRecorder,
     metrics: &'a ConsumerMetrics,
     dead_letters: Option<(String, FutureProducer)>,
-    /// The watchdog's verdict that the Kafka client is wedged (`kafka_watchdog`);
-    /// `None` once the watchdog ended without one.
-    wedged: Option<tokio::sync::oneshot::Receiver<Error>>,
+    /// The watchdog of the Kafka client (`kafka_watchdog`).
+    wedged: crate::kafka_watchdog::Watch,
 }
 
 enum Outcome {
@@ -266,7 +258,7 @@ impl Member<'_> {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = shutdown::wait(shutdown) => return Ok(()),
-                wedged = wedge_verdict(&mut self.wedged) => return Err(wedged),
+                wedged = self.wedged.wedged() => return Err(wedged),
             };
             let mut batch = match first {
                 Ok(m) => vec![m.detach()],
@@ -467,18 +459,6 @@ impl Member<'_> {
             tracing::warn!(error = %e, "committing offsets");
         }
     }
-}
-
-/// Resolves with the watchdog's verdict; never, once the watchdog ended without one (a
-/// oneshot receiver must not be polled again after it completed).
-async fn wedge_verdict(verdict: &mut Option<tokio::sync::oneshot::Receiver<Error>>) -> Error {
-    if let Some(receiver) = verdict.as_mut() {
-        match receiver.await {
-            Ok(e) => return e,
-            Err(_) => *verdict = None,
-        }
-    }
-    std::future::pending().await
 }
 
 /// A batch split into acknowledgements (with the message each came from) and messages
@@ -695,24 +675,6 @@ async fn render_metrics(State(state): State<HealthState>) -> Response {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_watchdog_that_ended_without_a_verdict_is_waited_on_forever_not_polled_again() {
-        let (sender, receiver) = tokio::sync::oneshot::channel::<Error>();
-        drop(sender);
-        let mut verdict = Some(receiver);
-        for _ in 0..3 {
-            let waited =
-                tokio::time::timeout(Duration::from_millis(20), wedge_verdict(&mut verdict)).await;
-            assert!(waited.is_err(), "no verdict");
-        }
-        assert!(verdict.is_none());
-
-        let (sender, receiver) = tokio::sync::oneshot::channel::<Error>();
-        let _ = sender.send(Error::KafkaWedged { seconds: 61 });
-        let mut verdict = Some(receiver);
-        let e = wedge_verdict(&mut verdict).await;
-        assert!(matches!(e, Error::KafkaWedged { seconds: 61 }));
-    }
     use rdkafka::Timestamp;
 
     fn message(headers: &[(&str, &str)]) -> OwnedMessage {

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
+use tracing::Instrument;
+
 use crate::error::Error;
 use crate::shutdown::{self, ShutdownSignal};
 
@@ -132,23 +134,82 @@ where
     }
 }
 
-/// [`watch`], sending the verdict on `wedged` (a worker's main loop selects on it).
-pub async fn watch_into<F>(
-    client: F,
-    base: ClientConfig,
-    shutdown: ShutdownSignal,
-    wedged: tokio::sync::oneshot::Sender<Error>,
-) where
+/// A running watchdog: its verdict to come, and its task (stopped on drop).
+pub struct Watch {
+    verdict: Option<tokio::sync::oneshot::Receiver<Error>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts watching `client` (see [`watch`]) in a task of its own.
+pub fn start<F>(client: F, base: ClientConfig, shutdown: ShutdownSignal) -> Watch
+where
     F: Fn(Duration) -> rdkafka::error::KafkaResult<()> + Send + Sync + 'static,
 {
-    if let Some(e) = watch(client, base, shutdown).await {
-        let _ = wedged.send(e);
+    let (sender, verdict) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(
+        async move {
+            if let Some(e) = watch(client, base, shutdown).await {
+                let _ = sender.send(e);
+            }
+        }
+        .in_current_span(),
+    );
+    Watch {
+        verdict: Some(verdict),
+        task,
+    }
+}
+
+impl Watch {
+    /// Resolves with the verdict that the client is wedged; never, once the watchdog
+    /// ended without one. Safe to await again in a loop (a finished oneshot receiver
+    /// must not be polled again).
+    pub async fn wedged(&mut self) -> Error {
+        if let Some(receiver) = self.verdict.as_mut() {
+            match receiver.await {
+                Ok(e) => return e,
+                Err(_) => self.verdict = None,
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watchdog_that_ended_without_a_verdict_is_waited_on_forever_not_polled_again() {
+        let (sender, receiver) = tokio::sync::oneshot::channel::<Error>();
+        drop(sender);
+        let mut ended = Watch {
+            verdict: Some(receiver),
+            task: tokio::spawn(async {}),
+        };
+        for _ in 0..3 {
+            let waited = tokio::time::timeout(Duration::from_millis(20), ended.wedged()).await;
+            assert!(waited.is_err(), "no verdict");
+        }
+        assert!(ended.verdict.is_none());
+
+        let (sender, receiver) = tokio::sync::oneshot::channel::<Error>();
+        let _ = sender.send(Error::KafkaWedged { seconds: 61 });
+        let mut wedged = Watch {
+            verdict: Some(receiver),
+            task: tokio::spawn(async {}),
+        };
+        assert!(matches!(
+            wedged.wedged().await,
+            Error::KafkaWedged { seconds: 61 }
+        ));
+    }
 
     #[test]
     fn only_a_client_failing_while_fresh_ones_succeed_for_the_limit_is_wedged() {

@@ -29,7 +29,6 @@ use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
-use tracing::Instrument;
 
 use crate::error::{DbContext, Error, Result};
 use crate::headers;
@@ -396,26 +395,21 @@ impl Relay {
         // A producer client wedged after a broker restart (see `kafka_watchdog`) would hold
         // its batches forever: purged, they fail, and the next session republishes them
         // from the watermark with a new client.
-        let (wedge_tx, mut wedged) = tokio::sync::oneshot::channel();
         let watched = producer.clone();
-        let watchdog = tokio::spawn(
-            crate::kafka_watchdog::watch_into(
-                move |timeout| watched.client().fetch_metadata(None, timeout).map(|_| ()),
-                kafka.clone(),
-                shutdown.clone(),
-                wedge_tx,
-            )
-            .in_current_span(),
+        let mut watch = crate::kafka_watchdog::start(
+            move |timeout| watched.client().fetch_metadata(None, timeout).map(|_| ()),
+            kafka.clone(),
+            shutdown.clone(),
         );
         let result = tokio::select! {
             result = self.publish(&session, &fetch, start, &mut in_flight, shutdown) => result,
-            Ok(e) = &mut wedged => {
+            e = watch.wedged() => {
                 tracing::error!(error = %e, batches = in_flight.len(), "the relay's Kafka client is wedged; dropping what it holds and starting again from the watermark");
                 producer.purge(PurgeConfig::default().queue().inflight());
                 Err(e)
             }
         };
-        watchdog.abort();
+        drop(watch);
         // Whatever happened, let what is in flight land before a successor (or our next
         // session) republishes from the watermark, so a key is never overtaken.
         let mut persist_ok = result.is_ok();
