@@ -144,6 +144,7 @@ pub async fn send_scenario(
             fallback_url: send.fallback_url.clone(),
             fallback_after: send.fallback_after,
             dependency: outage::producer(&producer.name),
+            fallback_dependency: format!("{} (fallback)", outage::producer(&producer.name)),
             board: board.clone(),
             counters: counters.clone(),
             unreachable: AtomicBool::new(false),
@@ -207,6 +208,8 @@ struct ProducerJob {
     fallback_after: Duration,
     /// The producer's name on the board.
     dependency: String,
+    /// Its fallback's name on the board.
+    fallback_dependency: String,
     board: Board,
     counters: Arc<Counters>,
     /// Set once the producer was unreachable for longer than the patience: the rest of
@@ -416,17 +419,17 @@ impl ProducerJob {
 
     /// The producer (or the fallback) answered: an outage of it is over.
     fn answered(&self) {
-        if let Some(lasted) = self.board.answered(&self.in_use()) {
+        if let Some(lasted) = self.board.answered(self.in_use()) {
             tracing::info!(producer = %self.producer.name, seconds = format!("{:.1}", lasted.as_secs_f64()), "producer answers again");
         }
     }
 
     /// The board's name for where requests go now: the producer, or its fallback.
-    fn in_use(&self) -> String {
+    fn in_use(&self) -> &str {
         if self.via_fallback.load(Ordering::Relaxed) {
-            format!("{} (fallback)", self.dependency)
+            &self.fallback_dependency
         } else {
-            self.dependency.clone()
+            &self.dependency
         }
     }
 
@@ -437,7 +440,7 @@ impl ProducerJob {
         if self.unreachable.load(Ordering::Relaxed) {
             return false;
         }
-        let (lasted, new) = self.board.failed(&self.in_use());
+        let (lasted, new) = self.board.failed(self.in_use());
         if new {
             tracing::warn!(producer = %self.producer.name, %reason, patience_seconds = self.infrastructure_patience.as_secs(), "producer unreachable or its answer lost; retrying under the same idempotency keys");
         }
