@@ -1563,14 +1563,7 @@ async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_d
     let (_, _, message) = condition(&second, "Degraded").unwrap_or_default();
     assert!(message.contains(&format!("{ns}/outbox")), "{message}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let second_children = deployments
-        .list(&ListParams::default().labels("outbox.dev/system=second"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        second_children.items.is_empty(),
-        "the refused system got no workloads"
-    );
+    assert_no_workloads(&deployments, "second").await;
     // Deleting it leaves the first system's topic.
     systems
         .delete("second", &DeleteParams::default())
@@ -1693,14 +1686,7 @@ async fn a_second_system_on_the_same_database_schema_is_refused_until_the_first_
         (ready.0.as_str(), ready.1.as_str()),
         ("False", "DatabaseInUse")
     );
-    let second_children = deployments
-        .list(&ListParams::default().labels("outbox.dev/system=second"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        second_children.items.is_empty(),
-        "the refused system got no workloads"
-    );
+    assert_no_workloads(&deployments, "second").await;
 
     // The first goes: the second takes the schema over and is reconciled.
     systems
@@ -1727,4 +1713,16 @@ async fn a_second_system_on_the_same_database_schema_is_refused_until_the_first_
         "the workers learn which system they serve, to check the claim themselves"
     );
     delete_namespace(&client, &ns).await;
+}
+
+/// A system the operator refused has no Deployments.
+async fn assert_no_workloads(deployments: &Api<Deployment>, system: &str) {
+    let children = deployments
+        .list(&ListParams::default().labels(&format!("outbox.dev/system={system}")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        children.items.is_empty(),
+        "the refused system {system} got no workloads"
+    );
 }
