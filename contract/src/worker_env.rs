@@ -26,7 +26,7 @@ pub mod names {
     /// Every role, with `spec.database.caSecretRef`: the CA file.
     pub const PGSSLROOTCERT: &str = "PGSSLROOTCERT";
     /// Producer: outbox rows per Kafka batch of the relay.
-    pub const RELAY_BATCH_SIZE: &str = "RELAY_BATCH_SIZE";
+    pub const RELAY_ROWS_PER_KAFKA_BATCH: &str = "RELAY_ROWS_PER_KAFKA_BATCH";
     /// Producer: how long an idle relay waits before looking at the outbox again.
     pub const RELAY_LINGER_MS: &str = "RELAY_LINGER_MS";
     /// Producer: the backlog at which ingest answers 429.
@@ -68,7 +68,7 @@ pub mod defaults {
     /// The HTTP port of every worker.
     pub const HTTP_PORT: u16 = 8080;
     /// Outbox rows per relay batch.
-    pub const RELAY_BATCH_SIZE: i32 = 10_000;
+    pub const RELAY_ROWS_PER_KAFKA_BATCH: i32 = 10_000;
     /// Idle relay wait, ms.
     pub const RELAY_LINGER_MS: i32 = 5;
     /// Backlog bound of ingest (0 would be none).
@@ -88,7 +88,7 @@ pub mod defaults {
 /// What the operator sets for the producer role (besides what every role gets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerSettings {
-    pub relay_batch_size: i32,
+    pub relay_rows_per_kafka_batch: i32,
     pub relay_linger_ms: i32,
     pub max_backlog_messages: i64,
     pub retention_seconds: i64,
@@ -99,8 +99,8 @@ impl ProducerSettings {
     /// The producer settings of `spec`.
     pub fn of(spec: &OutboxSystemSpec) -> ProducerSettings {
         ProducerSettings {
-            relay_batch_size: spec.producers.batching.batch_size,
-            relay_linger_ms: spec.producers.batching.linger_ms,
+            relay_rows_per_kafka_batch: spec.producers.relay.rows_per_kafka_batch,
+            relay_linger_ms: spec.producers.relay.linger_ms,
             max_backlog_messages: spec.producers.max_backlog.max(0),
             retention_seconds: spec.retention.relayed_seconds,
             ledger_retention_seconds: spec.retention.ledger_seconds,
@@ -110,7 +110,10 @@ impl ProducerSettings {
     /// As environment variables.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            (names::RELAY_BATCH_SIZE, self.relay_batch_size.to_string()),
+            (
+                names::RELAY_ROWS_PER_KAFKA_BATCH,
+                self.relay_rows_per_kafka_batch.to_string(),
+            ),
             (names::RELAY_LINGER_MS, self.relay_linger_ms.to_string()),
             (
                 names::MAX_BACKLOG_MESSAGES,
@@ -191,7 +194,7 @@ mod tests {
         assert_eq!(
             ProducerSettings::of(&spec),
             ProducerSettings {
-                relay_batch_size: defaults::RELAY_BATCH_SIZE,
+                relay_rows_per_kafka_batch: defaults::RELAY_ROWS_PER_KAFKA_BATCH,
                 relay_linger_ms: defaults::RELAY_LINGER_MS,
                 max_backlog_messages: defaults::MAX_BACKLOG_MESSAGES,
                 retention_seconds: defaults::RETENTION_SECONDS,

@@ -30,7 +30,7 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
     assert_eq!(producer.spec.as_ref().and_then(|s| s.replicas), Some(3));
     let env = env_of(&producer);
     assert_eq!(
-        env.get("RELAY_BATCH_SIZE").map(String::as_str),
+        env.get("RELAY_ROWS_PER_KAFKA_BATCH").map(String::as_str),
         Some("10000")
     );
     assert_eq!(env.get("DATABASE_URL").map(String::as_str), Some("<from>"));

@@ -3,11 +3,11 @@
 //!
 //! Stages, each over the same N messages (same payload size, same keys):
 //! 1. `raw_copy`: binary COPY into a plain table with the outbox's columns, in batches of
-//!    `--batch-size`, `--concurrency` sessions at once.
+//!    `--messages-per-request`, `--concurrency` sessions at once.
 //! 2. `raw_produce`: librdkafka produce with the relay's producer settings.
 //! 3. `raw_consume`: librdkafka consume of those messages (first message to last).
 //! 4. `ingest`: the producer's HTTP batch endpoint (in-process server, relay off),
-//!    `--concurrency` requests of `--batch-size` at once; vs raw_copy.
+//!    `--concurrency` requests of `--messages-per-request` at once; vs raw_copy.
 //! 5. `relay`: the relay draining that backlog to Kafka until the watermark covers it;
 //!    vs raw_produce.
 //! 6. `consume`: one consumer group acknowledging everything into the ledger (first
@@ -55,7 +55,7 @@ pub struct BenchArgs {
     pub keys: usize,
     /// Messages per COPY transaction and per HTTP batch request.
     #[arg(long, default_value_t = 10_000)]
-    pub batch_size: usize,
+    pub messages_per_request: usize,
     /// COPY sessions / HTTP requests at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -85,7 +85,7 @@ pub struct BenchReport {
     pub messages: usize,
     pub payload_bytes: usize,
     pub partitions: i32,
-    pub batch_size: usize,
+    pub messages_per_request: usize,
     pub concurrency: usize,
     pub cores: usize,
     pub stages: Vec<Stage>,
@@ -202,8 +202,8 @@ async fn raw_copy_stage(args: &BenchArgs, setup: &Setup) -> Result<Stage> {
     drop(db);
     let started = Instant::now();
     let chunks: Vec<(usize, usize)> = (0..n)
-        .step_by(args.batch_size)
-        .map(|s| (s, (s + args.batch_size).min(n)))
+        .step_by(args.messages_per_request)
+        .map(|s| (s, (s + args.messages_per_request).min(n)))
         .collect();
     let results: Vec<Result<()>> = futures::stream::iter(chunks.into_iter().map(|(from, to)| {
         let url = schema_url.to_string();
@@ -339,12 +339,12 @@ async fn ingest_stage(
     let producer_task = tokio::spawn(crate::producer::run(
         ProducerArgs {
             common: common.clone(),
-            relay_batch_size: 10_000,
+            relay_rows_per_kafka_batch: 10_000,
             relay_linger_ms: 50,
             max_body_bytes: 256 * 1024 * 1024,
             db_pool_size: args.concurrency.max(1) + 2,
             relay_disabled: true,
-            max_batch_messages: args.batch_size.max(1),
+            max_batch_messages: args.messages_per_request.max(1),
             max_concurrent_requests: args.concurrency.max(1) * 4,
             relay_queue_kbytes: None,
             relay_fetch_kbytes: None,
@@ -360,9 +360,9 @@ async fn ingest_stage(
     let base = format!("http://127.0.0.1:{port}");
     wait_for_http(&http, &format!("{base}{}", crate::probes::READINESS_PATH)).await?;
     let bodies: Vec<bytes::Bytes> = (0..n)
-        .step_by(args.batch_size)
+        .step_by(args.messages_per_request)
         .map(|s| {
-            let messages: Vec<serde_json::Value> = (s..(s + args.batch_size).min(n))
+            let messages: Vec<serde_json::Value> = (s..(s + args.messages_per_request).min(n))
                 .map(|i| serde_json::json!({"topic": topic, "key": key(i), "message": payload}))
                 .collect();
             bytes::Bytes::from(serde_json::json!({ "messages": messages }).to_string())
@@ -483,8 +483,8 @@ async fn consume_stage(
             retry_backoff_ms: 200,
             retry_max_backoff_ms: 10_000,
             dead_letter_topic: None,
-            batch_size: 5_000,
-            batch_linger_ms: 20,
+            acks_per_transaction: 5_000,
+            transaction_linger_ms: 20,
         },
         signal.clone(),
     ));
@@ -533,7 +533,7 @@ fn write_report(args: &BenchArgs, stages: Vec<Stage>) -> Result<()> {
         messages: n,
         payload_bytes: args.payload_bytes,
         partitions: args.partitions,
-        batch_size: args.batch_size,
+        messages_per_request: args.messages_per_request,
         concurrency: args.concurrency,
         cores: std::thread::available_parallelism()
             .map(|c| c.get())

@@ -57,11 +57,11 @@ pub struct ConsumerArgs {
     #[arg(long, env = names::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: Option<String>,
     /// Most messages acknowledged per ledger transaction.
-    #[arg(long, env = "CONSUMER_BATCH_SIZE", default_value_t = 5_000)]
-    pub batch_size: usize,
-    /// How long a batch waits to fill up.
-    #[arg(long, env = "CONSUMER_BATCH_LINGER_MS", default_value_t = 20)]
-    pub batch_linger_ms: u64,
+    #[arg(long, env = "CONSUMER_ACKS_PER_TRANSACTION", default_value_t = 5_000)]
+    pub acks_per_transaction: usize,
+    /// How long a transaction's acknowledgements wait for more to arrive.
+    #[arg(long, env = "CONSUMER_TRANSACTION_LINGER_MS", default_value_t = 20)]
+    pub transaction_linger_ms: u64,
 }
 
 #[derive(Clone)]
@@ -253,7 +253,7 @@ enum Outcome {
 
 impl Member<'_> {
     async fn consume(&mut self, shutdown: &mut ShutdownSignal) -> Result<()> {
-        let linger = Duration::from_millis(self.args.batch_linger_ms);
+        let linger = Duration::from_millis(self.args.transaction_linger_ms);
         loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
@@ -269,7 +269,7 @@ impl Member<'_> {
                 }
             };
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < self.args.batch_size {
+            while batch.len() < self.args.acks_per_transaction {
                 tokio::select! {
                     m = self.consumer.recv() => match m {
                         Ok(m) => batch.push(m.detach()),

@@ -43,11 +43,11 @@ pub struct Watermark {
     pub id: i64,
 }
 
-/// How the relay batches.
+/// How the relay batches rows into Kafka.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// Rows read and published per batch.
-    pub batch_size: i64,
+    pub rows_per_kafka_batch: i64,
     /// How long an idle relay waits before polling again (a NOTIFY wakes it earlier).
     pub linger: Duration,
     /// Batches handed to Kafka but not yet confirmed.
@@ -56,14 +56,14 @@ pub struct RelaySettings {
     pub queue_kbytes: usize,
     /// Payload and key bytes read from PostgreSQL per batch, at most (a batch ends
     /// with the row that reaches it): rows of 100 KB are read a few hundred at a time,
-    /// not `batch_size` at a time.
+    /// not `rows_per_kafka_batch` at a time.
     pub fetch_bytes: usize,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            batch_size: 10_000,
+            rows_per_kafka_batch: 10_000,
             linger: Duration::from_millis(50),
             max_in_flight_batches: 4,
             queue_kbytes: 65_536,
@@ -159,12 +159,12 @@ fn row_bytes(row: &tokio_postgres::Row) -> usize {
 }
 
 /// Rows to ask for next: as many rows of `row_bytes` as `fetch_bytes` holds, at least
-/// one, at most `batch_size`.
-fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, batch_size: i64) -> i64 {
+/// one, at most `rows_per_kafka_batch`.
+fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, rows_per_kafka_batch: i64) -> i64 {
     let fit = fetch_bytes / row_bytes.max(1);
     i64::try_from(fit)
         .unwrap_or(i64::MAX)
-        .clamp(1, batch_size.max(1))
+        .clamp(1, rows_per_kafka_batch.max(1))
 }
 
 /// What one outbox row becomes in Kafka.
@@ -440,7 +440,7 @@ impl Relay {
     ) -> Result<()> {
         // Rows asked for per read: a first read of a thousand finds out how large the
         // rows are, later reads ask for as many as `fetch_bytes` holds.
-        let mut limit = self.settings.batch_size.min(FIRST_FETCH_ROWS);
+        let mut limit = self.settings.rows_per_kafka_batch.min(FIRST_FETCH_ROWS);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -551,7 +551,7 @@ impl Relay {
             *limit = next_fetch_rows(
                 bytes / rows.len(),
                 self.settings.fetch_bytes,
-                self.settings.batch_size,
+                self.settings.rows_per_kafka_batch,
             );
         }
         Ok(rows)

@@ -93,13 +93,24 @@ async fn three_groups_each_acknowledge_every_message() {
 async fn per_key_order_holds_with_three_producer_replicas_relaying() {
     let env = Env::on_testbed("key-order", 4).await;
     let mut producers: Vec<Worker> = (0..3)
-        .map(|i| Worker::producer(&env, &format!("p{i}"), &[("RELAY_BATCH_SIZE", "50")]))
+        .map(|i| {
+            Worker::producer(
+                &env,
+                &format!("p{i}"),
+                &[("RELAY_ROWS_PER_KAFKA_BATCH", "50")],
+            )
+        })
         .collect();
     for p in &mut producers {
         p.wait_healthy(PRODUCER_HEALTH).await;
     }
     let group = unique_name("g");
-    let mut consumer = Worker::consumer(&env, "c1", &group, &[("CONSUMER_BATCH_SIZE", "37")]);
+    let mut consumer = Worker::consumer(
+        &env,
+        "c1",
+        &group,
+        &[("CONSUMER_ACKS_PER_TRANSACTION", "37")],
+    );
     consumer.wait_healthy(CONSUMER_HEALTH).await;
 
     // Every producer writes the same keys at once; each client sends its next request
@@ -239,7 +250,12 @@ async fn a_consumer_killed_mid_stream_and_restarted_misses_nothing() {
     let mut producer = Worker::producer(&env, "p1", &[]);
     producer.wait_healthy(PRODUCER_HEALTH).await;
     let group = unique_name("g");
-    let mut consumer = Worker::consumer(&env, "c1", &group, &[("CONSUMER_BATCH_SIZE", "100")]);
+    let mut consumer = Worker::consumer(
+        &env,
+        "c1",
+        &group,
+        &[("CONSUMER_ACKS_PER_TRANSACTION", "100")],
+    );
     consumer.wait_healthy(CONSUMER_HEALTH).await;
     let mut ids = Vec::new();
     for round in 0..20 {
@@ -266,8 +282,12 @@ async fn a_consumer_killed_mid_stream_and_restarted_misses_nothing() {
         before.missing > 0,
         "the consumer was killed before it had seen everything"
     );
-    let mut restarted =
-        Worker::consumer(&env, "c1-again", &group, &[("CONSUMER_BATCH_SIZE", "100")]);
+    let mut restarted = Worker::consumer(
+        &env,
+        "c1-again",
+        &group,
+        &[("CONSUMER_ACKS_PER_TRANSACTION", "100")],
+    );
     restarted.wait_healthy(CONSUMER_HEALTH).await;
     let report = wait_acknowledged(
         &env.database_url,
@@ -292,13 +312,13 @@ async fn a_consumer_killed_mid_stream_and_restarted_misses_nothing() {
 async fn a_relay_killed_mid_batch_is_resumed_by_another_replica_without_loss() {
     let env = Env::on_testbed("kill-relay", 3).await;
     // Small relay batches so the kill lands between confirmed batches and mid-batch.
-    let mut first = Worker::producer(&env, "p1", &[("RELAY_BATCH_SIZE", "200")]);
+    let mut first = Worker::producer(&env, "p1", &[("RELAY_ROWS_PER_KAFKA_BATCH", "200")]);
     first.wait_healthy(PRODUCER_HEALTH).await;
     let db = outbox_workers::db::connect(&env.database_url)
         .await
         .expect("connect");
     // The second replica starts behind the first, so the first leads.
-    let mut second = Worker::producer(&env, "p2", &[("RELAY_BATCH_SIZE", "200")]);
+    let mut second = Worker::producer(&env, "p2", &[("RELAY_ROWS_PER_KAFKA_BATCH", "200")]);
     second.wait_healthy(PRODUCER_HEALTH).await;
     // Messages go in through the second replica while the first relays them; the
     // leader is killed while rows are still arriving and being published.
@@ -725,7 +745,7 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
             ("RETRY_MAX_RETRIES", "2"),
             ("RETRY_BACKOFF_MS", "10"),
             ("RETRY_MAX_BACKOFF_MS", "50"),
-            ("CONSUMER_BATCH_LINGER_MS", "2000"),
+            ("CONSUMER_TRANSACTION_LINGER_MS", "2000"),
             ("DEAD_LETTER_TOPIC", &dead_letters),
         ],
     );

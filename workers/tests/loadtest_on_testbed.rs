@@ -407,7 +407,7 @@ async fn a_backlog_at_its_bound_pushes_back_with_429_and_the_run_still_ends_veri
         &[
             "--scenario",
             "batch:20000:batched",
-            "--batch-size",
+            "--messages-per-request",
             "1000",
             "--verification-timeout",
             "120s",

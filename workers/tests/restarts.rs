@@ -59,7 +59,7 @@ async fn stopping_and_restarting_the_broker_and_the_database_during_a_run_loses_
         ("RETRY_BACKOFF_MS", "100"),
         ("RETRY_MAX_BACKOFF_MS", "1000"),
     ];
-    let mut producer = Worker::producer(&env, "p1", &[("RELAY_BATCH_SIZE", "100")]);
+    let mut producer = Worker::producer(&env, "p1", &[("RELAY_ROWS_PER_KAFKA_BATCH", "100")]);
     producer.wait_healthy("/api/messages/health").await;
     let mut consumer = Worker::consumer(&env, "c1", "restart-group", &fast_retry);
     consumer.wait_healthy("/api/consumer/health").await;
@@ -134,7 +134,7 @@ async fn a_kafka_outage_from_start_up_on_stops_neither_ingest_nor_a_process_and_
         database_url,
         topic: "outage".to_string(),
     };
-    let mut producer = Worker::producer(&env, "p1", &[("RELAY_BATCH_SIZE", "100")]);
+    let mut producer = Worker::producer(&env, "p1", &[("RELAY_ROWS_PER_KAFKA_BATCH", "100")]);
     let mut consumer = Worker::consumer(&env, "c1", "outage-group", &[]);
     producer.wait_healthy("/readyz").await;
     consumer.wait_healthy("/livez").await;
@@ -775,7 +775,7 @@ async fn a_producer_killed_mid_send_is_waited_for_and_every_message_is_stored_on
         &[
             "--scenario",
             "batch:60000:batched",
-            "--batch-size",
+            "--messages-per-request",
             "200",
             "--run-id",
             &run_id,

@@ -205,9 +205,9 @@ pub struct ProducersSpec {
     /// CPU and memory requests and limits of a producer container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// How the relay batches outbox rows into Kafka.
+    /// How the relay moves outbox rows into Kafka.
     #[serde(default)]
-    pub batching: BatchingSpec,
+    pub relay: RelaySpec,
     /// Container port of the HTTP API, health and metrics endpoints.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -227,7 +227,7 @@ impl Default for ProducersSpec {
             replicas: default_producer_replicas(),
             image: None,
             resources: None,
-            batching: BatchingSpec::default(),
+            relay: RelaySpec::default(),
             port: default_port(),
             max_backlog: default_max_backlog(),
         }
@@ -246,14 +246,16 @@ fn default_port() -> i32 {
     i32::from(defaults::HTTP_PORT)
 }
 
-/// Relay batching settings.
+/// Relay settings: how many outbox rows go into one Kafka batch, and how long an idle
+/// relay waits.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct BatchingSpec {
-    /// Outbox rows the relay publishes per batch (`RELAY_BATCH_SIZE`).
-    #[serde(default = "default_batch_size")]
+pub struct RelaySpec {
+    /// Outbox rows the relay reads and publishes to Kafka as one batch
+    /// (`RELAY_ROWS_PER_KAFKA_BATCH`).
+    #[serde(default = "default_rows_per_kafka_batch")]
     #[schemars(range(min = 1, max = 1000000))]
-    pub batch_size: i32,
+    pub rows_per_kafka_batch: i32,
     /// How long an idle relay waits before looking at the outbox again, in milliseconds
     /// (`RELAY_LINGER_MS`; a message sent one at a time wakes it at once).
     #[serde(default = "default_linger_ms")]
@@ -261,17 +263,17 @@ pub struct BatchingSpec {
     pub linger_ms: i32,
 }
 
-impl Default for BatchingSpec {
+impl Default for RelaySpec {
     fn default() -> Self {
-        BatchingSpec {
-            batch_size: default_batch_size(),
+        RelaySpec {
+            rows_per_kafka_batch: default_rows_per_kafka_batch(),
             linger_ms: default_linger_ms(),
         }
     }
 }
 
-fn default_batch_size() -> i32 {
-    defaults::RELAY_BATCH_SIZE
+fn default_rows_per_kafka_batch() -> i32 {
+    defaults::RELAY_ROWS_PER_KAFKA_BATCH
 }
 
 fn default_linger_ms() -> i32 {

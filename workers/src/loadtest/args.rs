@@ -58,7 +58,7 @@ pub struct LoadTestArgs {
     pub report: Option<PathBuf>,
     /// Messages per request of a batching scenario.
     #[arg(long, default_value_t = 2000)]
-    pub batch_size: usize,
+    pub messages_per_request: usize,
     /// Requests in flight per producer when the scenario does not say (default: 3 for
     /// batching scenarios, 16 for immediate ones).
     #[arg(long)]

@@ -65,7 +65,7 @@ pub struct ScenarioSend {
     /// This attempt's share per producer (same order as the producers).
     pub shares: Vec<u64>,
     /// Messages per request (1 for immediate scenarios).
-    pub batch_size: usize,
+    pub messages_per_request: usize,
     /// Requests in flight per producer.
     pub concurrency: usize,
     /// How long a request answered 429 or 503 is sent again.
@@ -133,8 +133,8 @@ pub async fn send_scenario(
             batching: send.batching,
             first_index,
             share,
-            batch_size: if send.batching {
-                send.batch_size.max(1)
+            messages_per_request: if send.batching {
+                send.messages_per_request.max(1)
             } else {
                 1
             },
@@ -200,7 +200,7 @@ struct ProducerJob {
     batching: bool,
     first_index: u64,
     share: u64,
-    batch_size: usize,
+    messages_per_request: usize,
     concurrency: usize,
     retry_patience: Duration,
     infrastructure_patience: Duration,
@@ -237,7 +237,7 @@ impl ProducerJob {
         let started = Instant::now();
         let job = Arc::new(self);
         let next_request = Arc::new(AtomicU64::new(0));
-        let requests = job.share.div_ceil(job.batch_size as u64);
+        let requests = job.share.div_ceil(job.messages_per_request as u64);
         let workers = (job.concurrency as u64).min(requests).max(1);
         let mut handles = Vec::with_capacity(workers as usize);
         for _ in 0..workers {
@@ -254,8 +254,8 @@ impl ProducerJob {
                     if request >= requests {
                         break;
                     }
-                    let offset = request * job.batch_size as u64;
-                    let count = (job.share - offset).min(job.batch_size as u64);
+                    let offset = request * job.messages_per_request as u64;
+                    let count = (job.share - offset).min(job.messages_per_request as u64);
                     if job.unreachable.load(Ordering::Relaxed) {
                         done.tally.failed(count, PRODUCER_UNREACHABLE, None);
                         job.counters.failed.fetch_add(count, Ordering::Relaxed);
@@ -704,7 +704,7 @@ mod tests {
             messages: 1_000,
             already_accepted: 0,
             shares: vec![1_000],
-            batch_size: 10,
+            messages_per_request: 10,
             concurrency: 2,
             retry_patience: Duration::from_secs(300),
             infrastructure_patience: Duration::from_secs(1),
@@ -788,7 +788,7 @@ mod tests {
             messages,
             already_accepted: 0,
             shares: vec![messages],
-            batch_size: 1,
+            messages_per_request: 1,
             concurrency: 1,
             retry_patience: patience,
             infrastructure_patience: Duration::from_secs(60),

@@ -32,7 +32,7 @@ pub struct ReportSettings {
     /// Verification timeout in seconds.
     pub verification_timeout_seconds: u64,
     /// Messages per batch request.
-    pub batch_size: usize,
+    pub messages_per_request: usize,
 }
 
 /// The JSON report.

@@ -26,8 +26,8 @@ pub struct ProducerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Outbox rows the relay publishes per batch.
-    #[arg(long, env = names::RELAY_BATCH_SIZE, default_value_t = i64::from(defaults::RELAY_BATCH_SIZE))]
-    pub relay_batch_size: i64,
+    #[arg(long, env = names::RELAY_ROWS_PER_KAFKA_BATCH, default_value_t = i64::from(defaults::RELAY_ROWS_PER_KAFKA_BATCH))]
+    pub relay_rows_per_kafka_batch: i64,
     /// How long an idle relay waits before polling the outbox again (the immediate
     /// path wakes it at once).
     #[arg(long, env = names::RELAY_LINGER_MS, default_value_t = defaults::RELAY_LINGER_MS as u64)]
@@ -79,8 +79,10 @@ pub struct ProducerArgs {
 /// Kafka need not be up, nor the topics exist: the relay waits for them.
 pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
-    if args.relay_batch_size < 1 {
-        return Err(Error::Config("RELAY_BATCH_SIZE must be at least 1".into()));
+    if args.relay_rows_per_kafka_batch < 1 {
+        return Err(Error::Config(
+            "RELAY_ROWS_PER_KAFKA_BATCH must be at least 1".into(),
+        ));
     }
     let span = tracing::info_span!("producer", service_id = %args.common.service_id);
     async move {
@@ -188,7 +190,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
                             limits,
                         },
                         RelaySettings {
-                            batch_size: args.relay_batch_size,
+                            rows_per_kafka_batch: args.relay_rows_per_kafka_batch,
                             linger: Duration::from_millis(args.relay_linger_ms),
                             queue_kbytes: memory.queue_kbytes,
                             fetch_bytes: memory.fetch_bytes,
