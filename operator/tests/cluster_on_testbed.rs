@@ -13,28 +13,14 @@ use std::time::Duration;
 use cluster::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
 use outbox_operator::workloads::default_image;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
-use testbed_support::{eventually, testbed, unique_name};
-
-fn create_topic(topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = testbed()
-        .kafka_config()
-        .create()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let result = futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
-        .unwrap_or_else(|e| panic!("creating the topic: {e}"));
-    for r in result {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
-}
+use testbed_support::{delete_namespace, eventually, kafka, testbed, unique_name};
 
 /// Payloads of every message in `topic`, read from the start by the host.
 fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<String> {
@@ -85,7 +71,7 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
 
     let (ns, _) = namespace_with_host_services(&client, "node").await;
     let topic = unique_name("node-events");
-    create_topic(&topic, 1);
+    kafka::create_topic(&testbed().kafka_bootstrap_servers, &topic, 1, &[]).await;
     // The worker image as the operator runs it, with nothing but Service names in its
     // settings: DNS (CoreDNS), Service virtual IPs (kube-proxy) and the bridge carry it.
     let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -131,9 +117,7 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
     .unwrap_or_default();
     assert_eq!(payloads, vec!["relayed-from-a-pod".to_string()]);
 
-    let _ = Api::<Namespace>::all(client)
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    delete_namespace(&client, &ns).await;
 }
 
 async fn group_members(group: &str) -> usize {

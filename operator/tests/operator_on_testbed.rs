@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::*;
-use testbed_support::{eventually, testbed, unique_name};
+use testbed_support::{delete_namespace, eventually, testbed, unique_name};
 
 #[tokio::test]
 async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_grow() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use outbox_workers::ledger::IdSet;
 use serde_json::Value;
 use support::{keyed_messages, send_batch, send_one, wait_acknowledged, Env, Worker};
-use testbed_support::unique_name;
+use testbed_support::{kafka, unique_name};
 
 const PRODUCER_HEALTH: &str = "/api/messages/health";
 const CONSUMER_HEALTH: &str = "/api/consumer/health";
@@ -470,7 +470,7 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
 ) {
     let env = Env::on_testbed("dead-letter", 2).await;
     let dead_letters = format!("{}-dlt", env.topic);
-    support::create_topic(&env.bootstrap, &dead_letters, 1).await;
+    kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
     let mut producer = Worker::producer(&env, "p1", &[]);
     producer.wait_healthy(PRODUCER_HEALTH).await;
     let group = unique_name("g");
@@ -640,8 +640,7 @@ async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarant
     let env = Env::on_testbed("oversized", 1).await;
     // A second topic that takes small messages only.
     let small = unique_name("oversized-small");
-    support::create_topic_with_config(&env.bootstrap, &small, 1, &[("max.message.bytes", "20000")])
-        .await;
+    kafka::create_topic(&env.bootstrap, &small, 1, &[("max.message.bytes", "20000")]).await;
     let topics = format!("{},{small}", env.topic);
     let mut producer = Worker::producer(&env, "p1", &[("KAFKA_TOPICS", &topics)]);
     producer.wait_healthy(PRODUCER_HEALTH).await;
@@ -732,7 +731,7 @@ async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarant
 async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch() {
     let env = Env::on_testbed("isolate", 1).await;
     let dead_letters = format!("{}-dlt", env.topic);
-    support::create_topic(&env.bootstrap, &dead_letters, 1).await;
+    kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
     let mut producer = Worker::producer(&env, "p1", &[]);
     producer.wait_healthy(PRODUCER_HEALTH).await;
     let group = unique_name("g");
@@ -1096,8 +1095,8 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
     };
     assert_eq!(published, ROWS as i64);
     assert_eq!(
-        support::topic_message_count(&env.bootstrap, &env.topic),
-        ROWS as i64,
+        kafka::message_count(&env.bootstrap, &env.topic).await,
+        Some(ROWS as i64),
         "every row is in Kafka, once"
     );
     assert_eq!(cgroup.oom_kills(), 0);

@@ -10,18 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use outbox_contract::crd::{LoadTest, LoadTestSpec, OutboxSystem, Scenario, SystemRef};
 use serde_json::Value;
-use testbed_support::{testbed, unique_name};
+use testbed_support::{create_namespace, delete_namespace, free_port, kafka, testbed, unique_name};
 
 mod support;
-
-use support::{create_topic, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-worker");
 
@@ -145,7 +142,7 @@ impl System {
         let tb = testbed();
         let topic = unique_name(name);
         let database_url = tb.fresh_schema(name).await.expect("a fresh schema");
-        create_topic(&testbed().kafka_bootstrap_servers, &topic, 3).await;
+        kafka::create_topic(&testbed().kafka_bootstrap_servers, &topic, 3, &[]).await;
         let mut system = System {
             topic,
             database_url,
@@ -597,8 +594,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let client = tb.kube_client().await.expect("a client for the testbed");
     install_crd(&client, OutboxSystem::crd()).await;
     install_crd(&client, LoadTest::crd()).await;
-    let namespace = namespace(&client, "lt-status").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = create_namespace(&client, "lt-status").await;
     let mut system = System::start("lt-status", 3, &[("a", 1), ("b", 1)]).await;
 
     // The OutboxSystem names the topic and the groups. Its producers are the local
@@ -724,9 +720,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let after = serde_json::to_value(after.status.expect("a status")).expect("JSON");
     assert_eq!(runner_fields(&after), runner_fields(&server));
 
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await;
+    delete_namespace(&client, &namespace).await;
 }
 
 fn slice(name: &str, service: &str, endpoints: Value, port: i32) -> EndpointSlice {
@@ -751,8 +745,7 @@ async fn producers_are_found_through_every_ready_endpoint_slice() {
         .kube_client()
         .await
         .expect("a client for the testbed");
-    let namespace = namespace(&client, "lt-discover").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = create_namespace(&client, "lt-discover").await;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
     let pod = |name: &str, ip: &str, ready: bool| {
         serde_json::json!({
@@ -824,23 +817,7 @@ async fn producers_are_found_through_every_ready_endpoint_slice() {
         "a system without ready producers is an error naming the Service: {:?}",
         none.map(|p| p.len())
     );
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::default())
-        .await;
-}
-
-/// A namespace for one test.
-async fn namespace(client: &kube::Client, prefix: &str) -> String {
-    let name = unique_name(prefix);
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
-                .expect("a namespace"),
-        )
-        .await
-        .expect("creating the namespace");
-    name
+    delete_namespace(&client, &namespace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,7 +826,7 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
     let tb = testbed();
     let client = tb.kube_client().await.expect("a client for the testbed");
     install_crd(&client, LoadTest::crd()).await;
-    let namespace = namespace(&client, "lt-resume").await;
+    let namespace = create_namespace(&client, "lt-resume").await;
     let mut system = System::start("lt-resume", 3, &[("a", 1)]).await;
     let name = "resumed";
     let spec = LoadTestSpec {
@@ -942,7 +919,5 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
     assert_eq!(g["expected"], 3000, "{g:#}");
     assert_eq!(g["acknowledged"], 3000, "{g:#}");
     assert_eq!(g["missing"], 0, "{g:#}");
-    let _ = Api::<Namespace>::all(client)
-        .delete(&namespace, &DeleteParams::default())
-        .await;
+    delete_namespace(&client, &namespace).await;
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
 use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
-use support::{create_topic, keyed_messages, wait_acknowledged, Env, Worker};
+use support::{keyed_messages, wait_acknowledged, Env, Worker};
 use testbed_support::tls::TestCa;
+use testbed_support::{free_port, kafka};
 
 /// Sends a batch; returns its ids when it was accepted, `None` when refused (503).
 async fn try_batch(
@@ -48,7 +49,7 @@ async fn stopping_and_restarting_the_broker_and_the_database_during_a_run_loses_
     let pg = ThrowawayPostgres::start();
     let mut kafka = ThrowawayKafka::start();
     let topic = "restarts".to_string();
-    create_topic(&kafka.bootstrap(), &topic, 3).await;
+    kafka::create_topic(&kafka.bootstrap(), &topic, 3, &[]).await;
     let env = Env {
         bootstrap: kafka.bootstrap(),
         database_url: pg.url(),
@@ -193,7 +194,7 @@ async fn a_kafka_outage_from_start_up_on_stops_neither_ingest_nor_a_process_and_
     assert_eq!(health["database"], "UP", "{health}");
 
     kafka.start_again();
-    create_topic(&kafka.bootstrap(), &env.topic, 3).await;
+    kafka::create_topic(&kafka.bootstrap(), &env.topic, 3, &[]).await;
     let expected = IdSet::from_ids(ids);
     let report = wait_acknowledged(
         &env.database_url,
@@ -216,7 +217,7 @@ async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
     // test, stopped while messages arrive.
     let env = Env::on_testbed("ledger-outage", 2).await;
     let dead_letters = format!("{}-dlt", env.topic);
-    create_topic(&env.bootstrap, &dead_letters, 1).await;
+    kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
     let ledger = ThrowawayPostgres::start();
     let consumer_env = Env {
         database_url: ledger.url(),
@@ -306,7 +307,7 @@ async fn a_relay_leader_whose_database_connection_is_cut_is_replaced_within_seco
     let pg = ThrowawayPostgres::start();
     let tb = testbed_support::testbed();
     let topic = testbed_support::unique_name("cut");
-    create_topic(&tb.kafka_bootstrap_servers, &topic, 3).await;
+    kafka::create_topic(&tb.kafka_bootstrap_servers, &topic, 3, &[]).await;
     // The leader reaches PostgreSQL through 127.0.0.2, everyone else through 127.0.0.1:
     // cutting the first path leaves the others'.
     let leader_env = Env {
@@ -382,7 +383,7 @@ async fn a_flood_of_health_requests_costs_one_database_session_and_ingest_goes_o
     let pg = ThrowawayPostgres::start();
     let tb = testbed_support::testbed();
     let topic = testbed_support::unique_name("flood");
-    create_topic(&tb.kafka_bootstrap_servers, &topic, 1).await;
+    kafka::create_topic(&tb.kafka_bootstrap_servers, &topic, 1, &[]).await;
     let env = Env {
         bootstrap: tb.kafka_bootstrap_servers.clone(),
         database_url: pg.url(),
@@ -457,7 +458,7 @@ async fn a_flood_of_health_requests_costs_one_database_session_and_ingest_goes_o
 async fn no_password_reaches_a_log_line_or_a_health_body() {
     // Nothing listens on this port: the workers log their connection errors, and the
     // health bodies name them, with the URL in them.
-    let closed = support::free_port();
+    let closed = free_port();
     let tb = testbed_support::testbed();
     for (label, database_url) in [
         (
@@ -570,7 +571,7 @@ async fn workers_reach_a_tls_only_database_with_verify_full_and_refuse_a_wrong_c
     // mounts spec.database.caSecretRef).
     let tb = testbed_support::testbed();
     let topic = testbed_support::unique_name("tls");
-    create_topic(&tb.kafka_bootstrap_servers, &topic, 1).await;
+    kafka::create_topic(&tb.kafka_bootstrap_servers, &topic, 1, &[]).await;
     let env = Env {
         bootstrap: tb.kafka_bootstrap_servers.clone(),
         database_url: at("127.0.0.1", "sslmode=verify-full".into()),
@@ -675,7 +676,7 @@ async fn runner_setup(name: &str, partitions: i32) -> (ThrowawayPostgres, Env, W
     let pg = ThrowawayPostgres::start();
     let tb = testbed_support::testbed();
     let topic = testbed_support::unique_name(name);
-    create_topic(&tb.kafka_bootstrap_servers, &topic, partitions).await;
+    kafka::create_topic(&tb.kafka_bootstrap_servers, &topic, partitions, &[]).await;
     let env = Env {
         bootstrap: tb.kafka_bootstrap_servers.clone(),
         database_url: pg.url(),

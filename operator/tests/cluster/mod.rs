@@ -6,11 +6,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase};
-use testbed_support::{eventually, testbed, unique_name};
+use testbed_support::{create_namespace, eventually, testbed};
 
 pub const POD_WAIT: Duration = Duration::from_secs(180);
 
@@ -41,14 +41,7 @@ pub async fn client() -> Client {
 /// an `outbox-postgres` Secret whose URL (by Service name, as pods see it) uses a fresh
 /// schema of its own. Returns the namespace and that schema's URL as the host sees it.
 pub async fn namespace_with_host_services(client: &Client, prefix: &str) -> (String, String) {
-    let ns = unique_name(prefix);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let object: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))
-        .unwrap_or_else(|e| panic!("{e}"));
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+    let ns = create_namespace(client, prefix).await;
     let host_services = testbed().node().host_services.display().to_string();
     run("kubectl", &["apply", "-n", &ns, "-f", &host_services]);
     let host_url = testbed()

@@ -2,21 +2,20 @@
 //! test, the operator in-process or as a child process, and reads from Kafka.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::ByteString;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 use outbox_operator::crd::{LoadTest, OutboxSystem};
 use outbox_operator::metrics::Metrics;
 use outbox_operator::{Context, Scope, Settings};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use testbed_support::{eventually, testbed, unique_name};
+use testbed_support::{create_namespace, eventually, kafka, testbed};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -43,15 +42,7 @@ pub async fn setup(prefix: &str) -> (Client, String) {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     install_crds(&client).await;
-    let namespace = unique_name(prefix);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
-            .unwrap_or_else(|e| panic!("{e}"));
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace: {e}"));
+    let namespace = create_namespace(&client, prefix).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
@@ -337,25 +328,9 @@ pub async fn create_system(
     api
 }
 
-/// Partitions of `topic` in the testbed's Kafka (None: no such topic). Lists all topics,
-/// which never auto-creates one.
+/// Partitions of `topic` in the testbed's Kafka (None: no such topic).
 pub async fn kafka_partitions(topic: &str) -> Option<usize> {
-    let config = testbed().kafka_config();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().ok()?;
-        let metadata = consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .ok()?;
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len())
-    })
-    .await
-    .ok()
-    .flatten()
+    kafka::partitions(&testbed().kafka_bootstrap_servers, topic).await
 }
 
 pub fn env_of(d: &Deployment) -> BTreeMap<String, String> {
@@ -453,11 +428,6 @@ where
     .await
 }
 
-pub async fn delete_namespace(client: &Client, namespace: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
-}
-
 /// True when every field of `part` is in `whole` with the same value (numbers compared
 /// as numbers).
 pub fn is_subset(part: &serde_json::Value, whole: &serde_json::Value) -> bool {
@@ -488,17 +458,9 @@ pub fn parse_sample<K: serde::de::DeserializeOwned + serde::Serialize>(file: &st
     typed
 }
 
-/// The value of `key` in the config of `topic`, as Kafka reports it.
+/// The value of `key` in the config of `topic`, as the testbed's Kafka reports it.
 pub async fn kafka_topic_config(topic: &str, key: &str) -> Option<String> {
-    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        testbed().kafka_config().create().ok()?;
-    let results = admin
-        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
-        .await
-        .ok()?;
-    let resource = results.into_iter().next()?.ok()?;
-    resource.get(key)?.value.clone()
+    kafka::topic_config(&testbed().kafka_bootstrap_servers, topic, key).await
 }
 
 pub fn small_loadtest(name: &str, system: &str) -> LoadTest {

@@ -5,6 +5,7 @@
 //! here stands in for a component: a test that needs the testbed fails with a message
 //! saying how to start it when it is not running.
 
+pub mod kafka;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -183,6 +184,14 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or(start)
 }
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
 /// A name unique to this test run: `prefix-<pid>-<seconds>-<counter>`, lower case, valid
 /// as a Kubernetes name, a Kafka topic, a consumer group and (with `_`) a SQL identifier.
 pub fn unique_name(prefix: &str) -> String {
@@ -212,6 +221,35 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Creates a namespace named after `prefix` (see [`unique_name`]) and returns its name.
+pub async fn create_namespace(client: &kube::Client, prefix: &str) -> String {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ObjectMeta, PostParams};
+    let name = unique_name(prefix);
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+    name
+}
+
+/// Deletes `namespace` and everything in it, without waiting (a test's last step; a
+/// namespace already gone is not an error).
+pub async fn delete_namespace(client: &kube::Client, namespace: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, DeleteParams};
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(namespace, &DeleteParams::default())
+        .await;
 }
 
 /// Applies `crd` (server-side apply, field manager `manager`) and waits until the API

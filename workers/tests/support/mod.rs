@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outbox_workers::ledger::{self, GroupReport, IdSet};
 use serde_json::{json, Value};
-use testbed_support::{eventually, testbed, unique_name};
+use testbed_support::{eventually, free_port, kafka, testbed, unique_name};
 
 /// Where the brokers and the database of one test are.
 #[derive(Debug, Clone)]
@@ -27,54 +27,13 @@ impl Env {
         let tb = testbed();
         let database_url = tb.fresh_schema(name).await.expect("fresh schema");
         let topic = unique_name(name);
-        create_topic(&tb.kafka_bootstrap_servers, &topic, partitions).await;
+        kafka::create_topic(&tb.kafka_bootstrap_servers, &topic, partitions, &[]).await;
         Env {
             bootstrap: tb.kafka_bootstrap_servers.clone(),
             database_url,
             topic,
         }
     }
-}
-
-/// Creates `topic` with `partitions`.
-pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let config = outbox_workers::kafka::client_config(bootstrap, &Default::default());
-    outbox_workers::kafka::create_topic(&config, topic, partitions, 1)
-        .await
-        .expect("create topic");
-}
-
-/// Creates `topic` with `partitions` and topic-level `configs` (`max.message.bytes`, ...).
-pub async fn create_topic_with_config(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        outbox_workers::kafka::client_config(bootstrap, &Default::default())
-            .create()
-            .expect("admin client");
-    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let results = admin
-        .create_topics([&new], &AdminOptions::new())
-        .await
-        .expect("create topic");
-    for r in results {
-        r.expect("topic created");
-    }
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A worker process (`outbox-worker <role>`), killed on drop.
@@ -446,29 +405,6 @@ impl Drop for MemoryCgroup {
         }
         eprintln!("could not remove cgroup {}", self.dir.display());
     }
-}
-
-/// Messages in `topic`: the sum of its partitions' high watermarks.
-pub fn topic_message_count(bootstrap: &str, topic: &str) -> i64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer =
-        outbox_workers::kafka::client_config(bootstrap, &Default::default())
-            .create()
-            .expect("metadata client");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .expect("topic metadata");
-    metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
-                .map(|(low, high)| high - low)
-                .expect("partition watermarks")
-        })
-        .sum()
 }
 
 /// A TCP proxy in front of PostgreSQL that, once armed, forwards the next `COMMIT` to

@@ -8,9 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testbed_support::tls::ServerTls;
-use testbed_support::{repo_root, unique_name};
-
-use super::free_port;
+use testbed_support::{free_port, repo_root, unique_name};
 
 fn versions_value(name: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("testbed").join("versions.env"))
