@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job (`make demo`): bring the testbed up (control plane, Kafka, PostgreSQL and a
 # node), build the images, helm install the chart, apply the reference OutboxSystem and
-# a LoadTest from manifests/ unchanged, and show the verified result. Everything runs in
+# a LoadTest from manifests/ (adding the testbed's Kafka and PostgreSQL as cpuSources),
+# and show the verified result. Everything runs in
 # the cluster: the operator as the chart's pod, producers and consumers as the operator's
 # Deployments, the load test as the Job the operator creates.
 #
@@ -67,7 +68,13 @@ kubectl -n "$NAMESPACE" get pods -o wide
 step "LoadTest from $LOADTEST_FILE (run as the operator's Job)"
 LT=$(kubectl create --dry-run=client -f "$LOADTEST_FILE" -o jsonpath='{.metadata.name}')
 kubectl -n "$NAMESPACE" delete loadtest "$LT" --ignore-not-found --wait
-kubectl -n "$NAMESPACE" apply -f "$LOADTEST_FILE"
+# The LoadTest as written, plus the testbed's Kafka and PostgreSQL (host processes, not
+# pods) as cpuSources: testbed/cpu_exporter.py serves their CPU time, so status.cpu
+# accounts for every component.
+kubectl patch --local -f "$LOADTEST_FILE" --type merge -o yaml -p '{"spec": {"cpuSources": [
+  {"component": "kafka", "url": "http://outbox-testbed-cpu:9100/kafka"},
+  {"component": "postgresql", "url": "http://outbox-testbed-cpu:9100/postgresql"}]}}' |
+  kubectl -n "$NAMESPACE" apply -f -
 start=$SECONDS
 phase=
 while :; do
@@ -88,7 +95,9 @@ kubectl -n "$NAMESPACE" get loadtest "$LT" -o json | jq .status >"$REPORT"
 jq '{phase,
   verified: ([.conditions[]? | select(.type == "Verified")][0] | {status, reason, message}),
   scenarios: [.scenarios[]? | {name, accepted, failed, durationSeconds, throughput}],
-  groups: [.groups[]? | {group, expected, acknowledged, missing, duplicates, outOfOrder}]}' "$REPORT"
+  groups: [.groups[]? | {group, expected, acknowledged, missing, duplicates, outOfOrder}],
+  cpu: (.cpu // {} | {windowSeconds, nodeSeconds, microsPerMessage, unreadable,
+    components: [.components[]? | "\(.component): \(.seconds) s"]})}' "$REPORT"
 echo "LoadTest status as JSON: $REPORT; the runner's log: kubectl logs job/$LT-run"
 echo "send to verified: $((SECONDS - start)) s"
 [ "$phase" = Succeeded ] || die "LoadTest ended $phase"

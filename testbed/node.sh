@@ -258,6 +258,7 @@ node_host_services() {
     echo "# samples use. Apply it into any namespace: kubectl apply -n NS -f THIS-FILE"
     host_service outbox-kafka 9092 "$KAFKA_POD_PORT"
     host_service outbox-postgres 5432 "$PG_PORT"
+    host_service outbox-testbed-cpu 9100 "$CPU_EXPORTER_PORT"
     cat <<EOF
 apiVersion: v1
 kind: Secret

@@ -27,13 +27,13 @@ trap 'exit 130' INT TERM
 # Ports are chosen once per testbed and kept, so a second `up` reuses them.
 PORTS=$STATE_DIR/ports.env
 if [ ! -f "$PORTS" ]; then
-  ports=$(free_ports 15) || die "could not find 15 free ports on 127.0.0.1"
-  read -r p1 p2 p3 p4 p5 p6 p7 p8 p9 p10 p11 p12 p13 p14 p15 <<<"$ports"
+  ports=$(free_ports 16) || die "could not find 16 free ports on 127.0.0.1"
+  read -r p1 p2 p3 p4 p5 p6 p7 p8 p9 p10 p11 p12 p13 p14 p15 p16 <<<"$ports"
   printf '%s\n' "ETCD_PORT=$p1" "ETCD_PEER_PORT=$p2" "APISERVER_PORT=$p3" "KCM_PORT=$p4" \
     "KAFKA_PORT=$p5" "KAFKA_CONTROLLER_PORT=$p6" "PG_PORT=$p7" "KAFKA_POD_PORT=$p8" \
     "SCHEDULER_PORT=$p9" "KUBELET_PORT=$p10" "KUBELET_HEALTHZ_PORT=$p11" \
     "KUBE_PROXY_HEALTHZ_PORT=$p12" "KUBE_PROXY_METRICS_PORT=$p13" \
-    "COREDNS_HEALTH_PORT=$p14" "COREDNS_READY_PORT=$p15" >"$PORTS"
+    "COREDNS_HEALTH_PORT=$p14" "COREDNS_READY_PORT=$p15" "CPU_EXPORTER_PORT=$p16" >"$PORTS"
 fi
 # shellcheck source=/dev/null
 . "$PORTS"
@@ -291,6 +291,12 @@ wait_for postgres 30 "$LOG_DIR/postgres.log" psql "$DATABASE_URL" -qAt -c 'selec
 if ((TESTBED_NODE)); then
   node_up
   node_host_services
+  # Kafka's and PostgreSQL's CPU time for a LoadTest's cpuSources, on the host side of
+  # the node's bridge (the outbox-testbed-cpu Service of host-services.yaml).
+  start cpu-exporter python3 "$TESTBED_DIR/cpu_exporter.py" --listen "$NODE_IP:$CPU_EXPORTER_PORT" \
+    kafka="$RUN_DIR/kafka.pid" postgresql="$PG_DIR/postmaster.pid"
+  wait_for cpu-exporter 30 "$LOG_DIR/cpu-exporter.log" \
+    curl -fsS -o /dev/null "http://$NODE_IP:$CPU_EXPORTER_PORT/kafka" || fail_part cpu-exporter
 fi
 
 # ---------------------------------------------------------------- env file

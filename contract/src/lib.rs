@@ -6,7 +6,7 @@
 //!   environment and the worker reads them back, with one set of defaults;
 //! - [`conditions`], [`field_managers`] and [`status_apply`]: who writes which status,
 //!   under which name, and how (server-side apply, conditions merged one way);
-//! - [`probes`] and [`http`]: the paths and headers both sides use;
+//! - [`probes`], [`http`] and [`labels`]: the paths, headers and labels both sides use;
 //! - [`schema_owner`]: the record of which system holds an outbox schema;
 //! - [`postgres_tls`]: `sslmode`/`sslrootcert` handling for every PostgreSQL session;
 //! - [`termination`]: how both binaries learn that their pod is going.
@@ -15,6 +15,7 @@ pub mod conditions;
 pub mod crd;
 pub mod field_managers;
 pub mod http;
+pub mod labels;
 pub mod postgres_tls;
 pub mod probes;
 pub mod schema_owner;

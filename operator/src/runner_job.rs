@@ -48,7 +48,7 @@ pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
 /// system's settings in its environment; a runner that dies is replaced and resumes.
 pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &OutboxSystem) -> Job {
     let system_name = system.metadata.name.clone().unwrap_or_default();
-    let mut labels = worker_labels(&system_name, "loadtest");
+    let mut labels = worker_labels(&system_name, outbox_contract::labels::LOADTEST);
     labels.insert(LOADTEST_LABEL.to_string(), params.name.to_string());
     let image = loadtest
         .spec

@@ -29,7 +29,7 @@ use crate::server_side_apply::{apply_status, server_side_apply};
 use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
 use crate::validation::validate;
-use crate::workloads::{self, COMPONENT_LABEL, SYSTEM_LABEL};
+use crate::workloads;
 
 /// Finalizer guarding the Kafka topic.
 pub const TOPIC_FINALIZER: &str = "outbox.dev/topic";
@@ -476,8 +476,7 @@ async fn prune_removed_groups(
         .iter()
         .map(|g| workloads::consumer_name(&name, &g.name))
         .collect();
-    let selector =
-        ListParams::default().labels(&format!("{SYSTEM_LABEL}={name},{COMPONENT_LABEL}=consumer"));
+    let selector = ListParams::default().labels(&outbox_contract::labels::consumers_of(&name));
     let uid = system.uid();
     let owned_by_us = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         meta.owner_references

@@ -25,12 +25,10 @@ pub const WORKER_BINARY: &str = "outbox-worker";
 /// Default worker image repository; the tag is the operator's version.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/outbox-dev/outbox-worker";
 pub use outbox_contract::probes::{LIVENESS_PATH, READINESS_PATH};
-/// Label naming the OutboxSystem a child belongs to.
-pub const SYSTEM_LABEL: &str = "outbox.dev/system";
-/// Label naming the consumer group of a consumer child.
-pub const GROUP_LABEL: &str = "outbox.dev/group";
-/// Label naming the role (`producer`, `consumer`, `loadtest`).
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+
+pub use outbox_contract::labels::{
+    COMPONENT as COMPONENT_LABEL, GROUP as GROUP_LABEL, SYSTEM as SYSTEM_LABEL,
+};
 /// Pod-template annotation carrying a hash of the ConfigMap's data, so that a config
 /// change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "outbox.dev/config-hash";
@@ -90,7 +88,7 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
         producer_service: service(
             owner,
             &producer_name(&owner.name),
-            labels(owner, "producer", None),
+            labels(owner, outbox_contract::labels::PRODUCER, None),
             spec.producers.port,
             false,
         ),
@@ -108,7 +106,7 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
                 service(
                     owner,
                     &consumer_name(&owner.name, &g.name),
-                    labels(owner, "consumer", Some(&g.name)),
+                    labels(owner, outbox_contract::labels::CONSUMER, Some(&g.name)),
                     spec.consumers.port,
                     true,
                 )
@@ -440,7 +438,7 @@ pub fn producer_deployment(
         owner,
         spec,
         PodParams {
-            component: "producer",
+            component: outbox_contract::labels::PRODUCER,
             group: None,
             image,
             args: vec!["producer".to_string()],
@@ -478,7 +476,7 @@ pub fn consumer_deployment(
         owner,
         spec,
         PodParams {
-            component: "consumer",
+            component: outbox_contract::labels::CONSUMER,
             group: Some(&group.name),
             image,
             args: vec!["consumer".to_string()],

@@ -270,6 +270,14 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     lt.spec.scenarios[0].messages = 500_000;
     lt.spec.success_threshold = 100.0;
     lt.spec.verification_timeout_seconds = 600;
+    // Kafka and PostgreSQL are host processes here: the testbed's exporter serves their
+    // CPU time through the outbox-testbed-cpu Service, as the demo uses it.
+    lt.spec.cpu_sources = ["kafka", "postgresql"]
+        .map(|c| outbox_operator::crd::CpuSource {
+            component: c.into(),
+            url: format!("http://outbox-testbed-cpu:9100/{c}"),
+        })
+        .to_vec();
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     loadtests
         .create(&PostParams::default(), &lt)
@@ -376,6 +384,25 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         assert_eq!(g.acknowledged, g.expected, "group {}: {status:#?}", g.group);
         assert!(g.expected > 0, "{status:#?}");
     }
+    // Where the CPU went, every component found from inside the runner's pod: the
+    // producer pods (EndpointSlices), the consumer pods (listed by label), the host's
+    // Kafka and PostgreSQL (cpuSources), and the node's busy time from /proc/stat.
+    let cpu = status.cpu.clone().expect("status.cpu");
+    let seconds = |component: &str| {
+        cpu.components
+            .iter()
+            .find(|c| c.component == component)
+            .map(|c| c.seconds)
+            .unwrap_or_else(|| panic!("no CPU time for {component}: {cpu:#?}"))
+    };
+    for component in ["producer http", "relay", "kafka", "postgresql", "runner"] {
+        assert!(seconds(component) > 0.0, "{component}: {cpu:#?}");
+    }
+    for g in &system.spec.consumers.groups {
+        assert!(seconds(&format!("consumers {}", g.name)) > 0.0, "{cpu:#?}");
+    }
+    assert!(cpu.unreadable.is_empty(), "{cpu:#?}");
+    assert!(cpu.node_seconds.is_some_and(|n| n > 0.0), "{cpu:#?}");
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let all = jobs
         .list(&ListParams::default())

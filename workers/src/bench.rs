@@ -440,7 +440,9 @@ async fn relay_stage(
         "bench-relay".into(),
     );
     let started = Instant::now();
-    let relay_task = tokio::spawn(relay.run(signal.clone()));
+    let relay_task = relay
+        .spawn_on_own_runtime(signal.clone())
+        .map_err(|e| Error::Bench(format!("starting the relay's runtime: {e}")))?;
     loop {
         let pending: i64 = db
             .query_one("SELECT pending FROM outbox_backlog", &[])

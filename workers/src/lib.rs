@@ -10,6 +10,7 @@ pub mod backpressure;
 pub mod bench;
 pub mod config;
 pub mod consumer;
+pub mod cpu;
 pub mod db;
 pub mod error;
 pub mod headers;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use outbox_workers::{bench, consumer, loadtest, producer, shutdown};
+use outbox_workers::{bench, consumer, cpu, loadtest, producer, shutdown};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,8 +28,7 @@ enum Role {
     Bench(bench::BenchArgs),
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -37,6 +36,30 @@ async fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    // The runtime's threads carry a name so that `outbox_cpu_seconds_total` can tell the
+    // role's own work from the relay's and librdkafka's (see `cpu`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name(cpu::MAIN_THREADS)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("outbox-worker: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The role runs as a task on the named threads, not on this unnamed main thread.
+    match runtime.block_on(async { tokio::spawn(run(cli)).await }) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outbox-worker: the role's task ended abnormally: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     let (sender, signal) = shutdown::channel();
     shutdown::on_signals(sender);
     let result = match cli.role {

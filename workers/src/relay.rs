@@ -29,6 +29,7 @@ use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Statement};
+use tracing::Instrument;
 
 use crate::error::{DbContext, Error, Result};
 use crate::headers;
@@ -42,6 +43,10 @@ pub struct Watermark {
     pub txid: u64,
     pub id: i64,
 }
+
+/// Worker threads of the relay's own runtime: reading PostgreSQL and awaiting
+/// Kafka's acknowledgements overlap, librdkafka's threads do the sending.
+const RELAY_RUNTIME_THREADS: usize = 2;
 
 /// How the relay batches rows into Kafka.
 #[derive(Debug, Clone)]
@@ -277,6 +282,32 @@ impl Relay {
             service_id,
             suspects: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Runs [`Relay::run`] on a runtime of its own, whose threads are named
+    /// `outbox-relay` (see `cpu`): the relay's CPU time is then told apart from the
+    /// HTTP ingest's, and a burst of requests cannot starve it of the main runtime's
+    /// threads. The returned task ends when the relay has stopped.
+    pub fn spawn_on_own_runtime(self, shutdown: ShutdownSignal) -> std::io::Result<JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RELAY_RUNTIME_THREADS)
+            .thread_name(crate::cpu::RELAY_THREADS)
+            .enable_all()
+            .build()?;
+        let span = tracing::Span::current();
+        let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(crate::cpu::RELAY_THREADS.into())
+            .spawn(move || {
+                runtime.block_on(self.run(shutdown).instrument(span));
+                // Tasks the relay left behind (a watchdog, a connection) get a moment
+                // to end; none may hold the process open.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+                let _ = stopped.send(());
+            })?;
+        Ok(tokio::spawn(async move {
+            let _ = on_stop.await;
+        }))
     }
 
     /// Runs until shutdown: waits for leadership, publishes, and after any error

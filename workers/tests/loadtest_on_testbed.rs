@@ -114,6 +114,8 @@ impl Drop for Processes {
 struct Group {
     name: String,
     members: Vec<usize>,
+    /// Each member's `/metrics`.
+    metrics: Vec<String>,
 }
 
 /// A topic, a schema, and running producers and consumer groups.
@@ -167,12 +169,14 @@ impl System {
         for (suffix, replicas) in groups {
             let group = unique_name(&format!("{name}-{suffix}"));
             let mut members = Vec::new();
+            let mut metrics = Vec::new();
             for r in 0..*replicas {
                 let port = free_port();
                 let label = format!("consumer-{suffix}-{r}");
                 let mut c = system.worker("consumer", &label, port);
                 c.env("KAFKA_CONSUMER_GROUP", &group);
                 members.push(system.processes.spawn(&label, c));
+                metrics.push(format!("http://127.0.0.1:{port}/metrics"));
                 health.push((
                     label,
                     format!("http://127.0.0.1:{port}/api/consumer/health"),
@@ -181,6 +185,7 @@ impl System {
             system.groups.push(Group {
                 name: group,
                 members,
+                metrics,
             });
         }
         system.wait_healthy(health).await;
@@ -253,8 +258,12 @@ impl System {
         for url in &self.producer_urls {
             c.arg("--producer-url").arg(url);
         }
-        for group in self.group_names() {
-            c.arg("--group").arg(group);
+        for group in &self.groups {
+            c.arg("--group").arg(&group.name);
+            for url in &group.metrics {
+                c.arg("--consumer-metrics")
+                    .arg(format!("{}={url}", group.name));
+            }
         }
         c.args(extra);
         c
@@ -331,6 +340,9 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
                 "immediate:500:immediate",
                 "--verification-timeout",
                 "240s",
+                // A component that cannot be read is named, not silently left out.
+                "--cpu-source",
+                &format!("kafka=http://127.0.0.1:{}/kafka", free_port()),
             ],
             Duration::from_secs(420),
         )
@@ -376,6 +388,44 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
         assert_eq!(g["missing"], 0, "{g:#}");
         assert_eq!(g["outOfOrder"], 0, "{g:#}");
     }
+
+    // Where the CPU went: every worker process's time by component, the runner's, and
+    // what the machine spent beyond them.
+    let cpu = &status["cpu"];
+    let seconds = |component: &str| {
+        cpu["components"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["component"] == component))
+            .and_then(|c| c["seconds"].as_f64())
+            .unwrap_or_else(|| panic!("no CPU time for {component}: {cpu:#}"))
+    };
+    for component in ["runner", "producer http", "relay", "rest of node"] {
+        assert!(seconds(component) >= 0.0);
+    }
+    // 30,500 messages through HTTP, COPY and librdkafka take measurable CPU.
+    assert!(seconds("producer http") > 0.0, "{cpu:#}");
+    assert!(seconds("relay") > 0.0, "{cpu:#}");
+    for name in system.group_names() {
+        assert!(seconds(&format!("consumers {name}")) > 0.0, "{cpu:#}");
+    }
+    let named: f64 = cpu["components"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["seconds"].as_f64()).sum())
+        .unwrap_or(0.0);
+    let node = cpu["nodeSeconds"]
+        .as_f64()
+        .expect("the machine's busy time");
+    assert!(
+        (named - node).abs() <= 0.05 * node + 0.5,
+        "the components and the rest add up to the machine's busy time: {cpu:#}"
+    );
+    assert!(
+        cpu["microsPerMessage"].as_f64().is_some_and(|m| m > 0.0),
+        "{cpu:#}"
+    );
+    assert_eq!(cpu["unreadable"], serde_json::json!(["kafka"]), "{cpu:#}");
+    let table = system.processes.log_tail("runner");
+    assert!(table.contains("CPU-µs per message end to end"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,6 +694,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         verification_timeout_seconds: 90,
         ttl_seconds_after_finished: None,
         image: None,
+        cpu_sources: Vec::new(),
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests
@@ -845,6 +896,7 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
         verification_timeout_seconds: 90,
         ttl_seconds_after_finished: None,
         image: None,
+        cpu_sources: Vec::new(),
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests

@@ -60,6 +60,26 @@ pub struct LoadTestSpec {
     /// Runner image override (defaults to the OutboxSystem's image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Components outside the OutboxSystem whose CPU time the run accounts for (the
+    /// Kafka brokers, PostgreSQL), each a Prometheus endpoint exposing
+    /// `process_cpu_seconds_total`. The producers and consumers are found by the runner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub cpu_sources: Vec<CpuSource>,
+}
+
+/// A Prometheus endpoint reporting one component's CPU time.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuSource {
+    /// The component's name in the accounting, e.g. `kafka` or `postgresql`.
+    #[schemars(length(min = 1, max = 63))]
+    pub component: String,
+    /// URL of its metrics, e.g. `http://kafka-exporter:9404/metrics`; every sample of
+    /// `process_cpu_seconds_total` in it is summed.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("cpuSources[].url must be an http:// or https:// URL"))]
+    pub url: String,
 }
 
 fn default_message_size() -> i32 {
@@ -187,12 +207,51 @@ pub struct LoadTestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["dependency".into()]))]
     pub outages: Vec<OutageSummary>,
+    /// Where the CPU went from the first send until verification ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuAccounting>,
     /// Scheduled (operator), Complete and Verified (runner; the operator sets Complete
     /// when the Job failed before the runner reported), Degraded (runner: a dependency
     /// is away and the runner is waiting for it).
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// CPU time over a run, by component.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuAccounting {
+    /// Seconds of wall time the accounting covers (this runner attempt's first send to
+    /// the end of verification).
+    pub window_seconds: f64,
+    /// CPU seconds the runner's node spent busy (user, system, interrupts) in that
+    /// window, from its `/proc/stat`; absent where unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_seconds: Option<f64>,
+    /// CPU seconds per component: `runner`, `producer http`, `relay` (with its Kafka
+    /// client), `producer other`, `consumers <group>`, each `cpuSources` component, and
+    /// `rest of node` (what the node spent beyond them).
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["component".into()]))]
+    pub components: Vec<ComponentCpu>,
+    /// CPU microseconds per message, end to end: the node's busy time (or, without
+    /// it, the components' sum) over the messages every group acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micros_per_message: Option<f64>,
+    /// Sources that could not be read (their component is missing from the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+}
+
+/// One component's CPU time over a run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentCpu {
+    /// The component.
+    pub component: String,
+    /// CPU seconds it used.
+    pub seconds: f64,
 }
 
 /// Outages of one dependency during a run.

@@ -26,6 +26,16 @@ pub struct LoadTestArgs {
     /// runner finds every ready producer pod through the OutboxSystem's EndpointSlices.
     #[arg(long = "producer-url", value_name = "URL")]
     pub producer_urls: Vec<String>,
+    /// A consumer's metrics for the CPU accounting, as `GROUP=URL` (repeatable), e.g.
+    /// `a=http://127.0.0.1:5401/metrics`. Without it, in a Job, the runner lists the
+    /// system's consumer pods.
+    #[arg(long = "consumer-metrics", value_name = "GROUP=URL")]
+    pub consumer_metrics: Vec<String>,
+    /// A component outside the system for the CPU accounting, as `COMPONENT=URL` of a
+    /// Prometheus endpoint with `process_cpu_seconds_total` (repeatable; added to the
+    /// LoadTest's `cpuSources`).
+    #[arg(long = "cpu-source", value_name = "COMPONENT=URL")]
+    pub cpu_sources: Vec<String>,
     /// Consumer group to verify (repeatable). Default: the OutboxSystem's groups.
     #[arg(long = "group", value_name = "GROUP")]
     pub groups: Vec<String>,

@@ -16,6 +16,7 @@
 //! remainder. `--run-id` does the same outside Kubernetes.
 
 pub mod args;
+pub mod cpu_accounting;
 pub mod database;
 pub mod discover;
 pub mod drive;
@@ -36,6 +37,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -90,6 +92,85 @@ pub struct Plan {
     pub success_threshold: f64,
     /// How long verification waits.
     pub verification_timeout: Duration,
+    /// Where the CPU accounting reads from.
+    pub cpu: CpuPlan,
+}
+
+/// Where the CPU accounting of a run reads from (see `cpu_accounting`).
+#[derive(Debug, Clone, Default)]
+pub struct CpuPlan {
+    /// Known up front: the producers, `cpuSources`, `--cpu-source` and
+    /// `--consumer-metrics`.
+    pub sources: Vec<cpu_accounting::Source>,
+    /// In a Job: the namespace's pods and the system, to list its consumer pods at
+    /// each reading (they may change during the run).
+    pub consumer_pods: Option<(Api<Pod>, String)>,
+}
+
+impl CpuPlan {
+    /// From the producers, the LoadTest's `cpuSources` and the flags.
+    fn new(
+        producers: &[Producer],
+        spec_sources: &[outbox_contract::crd::CpuSource],
+        args: &LoadTestArgs,
+    ) -> Result<CpuPlan> {
+        let mut sources: Vec<_> = producers
+            .iter()
+            .map(cpu_accounting::Source::producer)
+            .collect();
+        for s in spec_sources {
+            sources.push(external(&s.component, &s.url));
+        }
+        for flag in &args.cpu_sources {
+            let (component, url) = name_and_url("--cpu-source", flag)?;
+            sources.push(external(component, url));
+        }
+        for flag in &args.consumer_metrics {
+            let (group, url) = name_and_url("--consumer-metrics", flag)?;
+            sources.push(cpu_accounting::Source {
+                kind: cpu_accounting::Kind::Consumer(group.to_string()),
+                instance: url.to_string(),
+                url: url.to_string(),
+            });
+        }
+        Ok(CpuPlan {
+            sources,
+            consumer_pods: None,
+        })
+    }
+
+    /// Reads every source now, the consumer pods listed afresh.
+    async fn read(&self, http: &reqwest::Client) -> cpu_accounting::Reading {
+        let mut sources = self.sources.clone();
+        if let Some((pods, system)) = &self.consumer_pods {
+            match cpu_accounting::consumer_sources(pods, system).await {
+                Ok(found) => sources.extend(found),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list the consumer pods for the CPU accounting")
+                }
+            }
+        }
+        cpu_accounting::read(http, &sources).await
+    }
+}
+
+fn external(component: &str, url: &str) -> cpu_accounting::Source {
+    cpu_accounting::Source {
+        kind: cpu_accounting::Kind::External(component.to_string()),
+        instance: url.to_string(),
+        url: url.to_string(),
+    }
+}
+
+fn name_and_url<'a>(flag: &str, value: &'a str) -> Result<(&'a str, &'a str)> {
+    value
+        .split_once('=')
+        .filter(|(name, url)| !name.is_empty() && url.starts_with("http"))
+        .ok_or_else(|| {
+            LoadTestError::Settings(format!(
+                "{flag} {value:?}: expected NAME=http://HOST:PORT/PATH"
+            ))
+        })
 }
 
 /// How a run ended.
@@ -268,6 +349,7 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
     } else {
         args.groups.clone()
     };
+    let cpu = CpuPlan::new(&producers, &spec.cpu_sources, args)?;
     let plan = Plan {
         run_id,
         load_test: Some(format!("{namespace}/{name}")),
@@ -282,6 +364,15 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
         verification_timeout: Duration::from_secs(
             u64::try_from(spec.verification_timeout_seconds.max(1)).unwrap_or(600),
         ),
+        cpu: CpuPlan {
+            consumer_pods: args.consumer_metrics.is_empty().then(|| {
+                (
+                    Api::namespaced(client.clone(), namespace),
+                    spec.system_ref.name.clone(),
+                )
+            }),
+            ..cpu
+        },
     };
     validate(&plan)?;
     let target = Target {
@@ -311,6 +402,7 @@ fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
             "at least one --scenario is required without --namespace/--name (e.g. --scenario batch:30000:batched)".into(),
         ));
     }
+    let cpu = CpuPlan::new(&producers, &[], args)?;
     let plan = Plan {
         run_id: args
             .run_id
@@ -328,6 +420,7 @@ fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
         verification_timeout: args
             .verification_timeout
             .unwrap_or(Duration::from_secs(600)),
+        cpu,
     };
     validate(&plan)?;
     Ok(plan)
@@ -378,6 +471,8 @@ async fn execute(
         "starting the load test"
     );
     let resume = resume_point(args, plan, book, &mut db).await?;
+    let cpu_started = Instant::now();
+    let cpu_before = plan.cpu.read(&http).await;
     let mut sent = send_all(args, plan, book, &resume, &http, &display, &mut shutdown).await?;
     if sent.uncertain > 0 {
         // Requests of unknown fate may have stored messages: the outbox has the truth.
@@ -403,6 +498,19 @@ async fn execute(
             message,
         },
     );
+    let cpu_after = plan.cpu.read(&http).await;
+    let acknowledged_by_all = verification
+        .reports
+        .iter()
+        .map(|r| r.acknowledged)
+        .min()
+        .unwrap_or(sent.expected.len());
+    book.status_mut().cpu = Some(cpu_accounting::account(
+        &cpu_before,
+        &cpu_after,
+        cpu_started.elapsed(),
+        acknowledged_by_all,
+    ));
     record(book, &judgement, &verification).await?;
     publish_report(
         args,

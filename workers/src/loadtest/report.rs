@@ -191,6 +191,38 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
             c.type_, c.status, c.reason, c.message
         );
     }
+    if let Some(cpu) = &status.cpu {
+        let _ = writeln!(out);
+        let per_message = cpu
+            .micros_per_message
+            .map(|m| format!(", {m:.1} CPU-µs per message end to end"))
+            .unwrap_or_default();
+        let node = cpu
+            .node_seconds
+            .map(|n| format!("; node busy {n:.1} s"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "CPU over {:.1} s{node}{per_message}:",
+            cpu.window_seconds
+        );
+        let total: f64 = cpu.components.iter().map(|c| c.seconds).sum();
+        for c in &cpu.components {
+            let share = if total > 0.0 {
+                100.0 * c.seconds / total
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>9.1} s {:>5.1} %",
+                c.component, c.seconds, share
+            );
+        }
+        if !cpu.unreadable.is_empty() {
+            let _ = writeln!(out, "  not readable: {}", cpu.unreadable.join(", "));
+        }
+    }
     if let (Some(accepted), Some(throughput)) = (status.accepted_messages, status.throughput) {
         let _ = writeln!(
             out,
@@ -223,7 +255,32 @@ mod tests {
             }],
             ..Default::default()
         };
+        let mut status = status;
+        status.cpu = Some(outbox_contract::crd::CpuAccounting {
+            window_seconds: 60.0,
+            node_seconds: Some(100.0),
+            components: vec![
+                outbox_contract::crd::ComponentCpu {
+                    component: "relay".into(),
+                    seconds: 75.0,
+                },
+                outbox_contract::crd::ComponentCpu {
+                    component: "rest of node".into(),
+                    seconds: 25.0,
+                },
+            ],
+            micros_per_message: Some(3333.3),
+            unreadable: vec!["kafka".into()],
+        });
         let table = summary_table("run-1", &status);
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with("relay") && l.contains("75.0 %")),
+            "{table}"
+        );
+        assert!(table.contains("3333.3 CPU-µs per message"), "{table}");
+        assert!(table.contains("not readable: kafka"), "{table}");
         assert!(table.starts_with("load test run-1: Failed"), "{table}");
         assert!(table.contains("batch"), "{table}");
         assert!(

@@ -39,6 +39,7 @@ const RUNNER_FIELDS: &[&str] = &[
     "groups",
     "endToEndLatency",
     "outages",
+    "cpu",
     "conditions",
 ];
 

@@ -115,6 +115,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         let metrics = ProducerMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        registry.register_collector(Box::new(crate::cpu::CpuCollector));
         let wake = Arc::new(Notify::new());
         let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
         let state_pool = pool.clone();
@@ -200,10 +201,16 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
                         metrics,
                         args.common.service_id.clone(),
                     );
-                    tokio::spawn(relay.run(shutdown.clone()).in_current_span())
+                    relay
+                        .spawn_on_own_runtime(shutdown.clone())
+                        .map_err(|source| Error::Io {
+                            context: "starting the relay's runtime".into(),
+                            source,
+                        })
                 })
             }
         };
+        let relay = relay.transpose()?;
         let served = server.await;
         if let Some(relay) = relay {
             let _ = relay.await;

@@ -1,0 +1,221 @@
+//! CPU time of this process, split by what its threads do, served on `/metrics` as
+//! `outbox_cpu_seconds_total{part}` so that a load test can say where the cores went.
+//!
+//! Threads are named for their work: the main runtime's threads `outbox-main` (HTTP
+//! ingest in a producer, the consume-and-acknowledge loop in a consumer), the relay's
+//! own runtime `outbox-relay`, librdkafka's threads `rdk:*`. The kernel keeps each
+//! live thread's time in `/proc/self/task/<tid>/stat` and the whole process's, exited
+//! threads included, in `/proc/self/stat`; what the live named threads do not explain
+//! is `other`.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+
+/// Clock ticks per second of the times in `/proc/.../stat` (`USER_HZ`, 100 on every
+/// Linux architecture this runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Name of the main runtime's threads.
+pub const MAIN_THREADS: &str = "outbox-main";
+/// Name of the relay runtime's threads.
+pub const RELAY_THREADS: &str = "outbox-relay";
+
+/// What a thread's time counts towards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    Main,
+    Relay,
+    KafkaClient,
+    Other,
+}
+
+impl Part {
+    /// The `part` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Part::Main => "main",
+            Part::Relay => "relay",
+            Part::KafkaClient => "kafka-client",
+            Part::Other => "other",
+        }
+    }
+
+    /// The part a thread named `name` works for.
+    pub fn of_thread(name: &str) -> Part {
+        if name.starts_with(MAIN_THREADS) {
+            Part::Main
+        } else if name.starts_with(RELAY_THREADS) {
+            Part::Relay
+        } else if name.starts_with("rdk:") {
+            Part::KafkaClient
+        } else {
+            Part::Other
+        }
+    }
+}
+
+/// The command name and user + system clock ticks of a `/proc/<pid>[/task/<tid>]/stat`
+/// line. The name is in parentheses and may itself hold spaces and parentheses, so the
+/// fields are counted from the last `)`.
+pub fn parse_stat(line: &str) -> Option<(String, u64)> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let name = line.get(open + 1..close)?.to_string();
+    // After the name: state (field 3) ... utime (14), stime (15).
+    let mut fields = line.get(close + 1..)?.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((name, user + system))
+}
+
+/// Seconds per part from the process's total ticks and each live thread's
+/// `(name, ticks)`. `other` takes what the named threads do not explain (exited
+/// threads, unnamed ones), never below zero.
+pub fn split(process_ticks: u64, threads: &[(String, u64)]) -> BTreeMap<Part, f64> {
+    let mut ticks: BTreeMap<Part, u64> = [Part::Main, Part::Relay, Part::KafkaClient]
+        .into_iter()
+        .map(|p| (p, 0))
+        .collect();
+    let mut named = 0u64;
+    for (name, t) in threads {
+        let part = Part::of_thread(name);
+        if part != Part::Other {
+            *ticks.entry(part).or_default() += t;
+            named += t;
+        }
+    }
+    ticks.insert(Part::Other, process_ticks.saturating_sub(named));
+    ticks
+        .into_iter()
+        .map(|(p, t)| (p, t as f64 / TICKS_PER_SECOND))
+        .collect()
+}
+
+/// This process's CPU seconds per part, read now (None where `/proc` cannot be read).
+pub fn this_process() -> Option<BTreeMap<Part, f64>> {
+    let process = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, process_ticks) = parse_stat(&process)?;
+    let threads: Vec<(String, u64)> = std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|line| parse_stat(&line))
+        .collect();
+    Some(split(process_ticks, &threads))
+}
+
+/// This process's CPU seconds, all parts together.
+pub fn this_process_total() -> Option<f64> {
+    let process = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, ticks) = parse_stat(&process)?;
+    Some(ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// Serves [`this_process`] as `outbox_cpu_seconds_total{part}` on every scrape.
+#[derive(Debug, Default)]
+pub struct CpuCollector;
+
+impl Collector for CpuCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(parts) = this_process() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "outbox_cpu_seconds",
+            "CPU seconds (user + system) of this process by part: main runtime, relay runtime, librdkafka threads, other",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (part, seconds) in parts {
+            let labels = [("part", part.label())];
+            ConstCounter::new(seconds).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A Prometheus text exposition's `outbox_cpu_seconds_total` samples, by part (an
+/// exposition without them gives an empty map).
+pub fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let mut parts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("outbox_cpu_seconds_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let part = labels
+            .split(',')
+            .filter_map(|l| l.split_once('='))
+            .find(|(k, _)| k.trim() == "part")
+            .map(|(_, v)| v.trim().trim_matches('"').to_string());
+        let value = value.split_whitespace().next().and_then(|v| v.parse().ok());
+        if let (Some(part), Some(value)) = (part, value) {
+            parts.insert(part, value);
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_spaces_and_parentheses_in_the_name_are_read_from_the_last_parenthesis() {
+        let line = "4242 (rdk:broker (1) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 30 0 1000 0 0";
+        assert_eq!(
+            parse_stat(line),
+            Some(("rdk:broker (1) x".to_string(), 325))
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn threads_count_towards_their_named_part_and_other_takes_the_rest() {
+        let threads = vec![
+            ("outbox-main".to_string(), 300),
+            ("outbox-main".to_string(), 100),
+            ("outbox-relay".to_string(), 150),
+            ("rdk:broker1".to_string(), 50),
+            ("rdk:main".to_string(), 10),
+            ("outbox-worker".to_string(), 7),
+        ];
+        // 1,000 ticks for the process: 390 not explained by the named threads (the
+        // unnamed one's 7 and exited threads').
+        let parts = split(1000, &threads);
+        assert_eq!(parts[&Part::Main], 4.0);
+        assert_eq!(parts[&Part::Relay], 1.5);
+        assert_eq!(parts[&Part::KafkaClient], 0.6);
+        assert_eq!(parts[&Part::Other], 3.9);
+        // A process total read before its threads' (they race) never makes `other`
+        // negative.
+        assert_eq!(split(10, &threads)[&Part::Other], 0.0);
+    }
+
+    #[test]
+    fn this_process_reads_its_own_threads() {
+        let parts = this_process().expect("/proc/self is readable on Linux");
+        assert_eq!(parts.len(), 4);
+        assert!(parts.values().all(|s| *s >= 0.0));
+    }
+
+    #[test]
+    fn the_collector_output_parses_back_by_part() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(CpuCollector));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let parts = parse_exposition(&text);
+        assert_eq!(
+            parts.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["kafka-client", "main", "other", "relay"],
+            "{text}"
+        );
+    }
+}
