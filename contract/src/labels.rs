@@ -18,3 +18,8 @@ pub const LOADTEST: &str = "loadtest";
 pub fn consumers_of(system: &str) -> String {
     format!("{SYSTEM}={system},{COMPONENT}={CONSUMER}")
 }
+
+/// The selector of every producer and consumer pod of `system`.
+pub fn workers_of(system: &str) -> String {
+    format!("{SYSTEM}={system},{COMPONENT} in ({PRODUCER},{CONSUMER})")
+}

@@ -473,6 +473,7 @@ pub struct LatencySummary {
     pub count: u64,
     pub p50_ms: f64,
     pub p90_ms: f64,
+    pub p95_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
@@ -615,15 +616,89 @@ pub async fn group_report<C: GenericClient>(
             _ => {}
         }
     }
-    report.latency = latency.filter(|h| !h.is_empty()).map(|h| LatencySummary {
+    report.latency = latency.as_ref().and_then(summary);
+    Ok(report)
+}
+
+/// Percentiles of a latency histogram in microseconds (None when it is empty).
+fn summary(h: &Histogram<u64>) -> Option<LatencySummary> {
+    (!h.is_empty()).then(|| LatencySummary {
         count: h.len(),
         p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         p90_ms: h.value_at_quantile(0.9) as f64 / 1000.0,
+        p95_ms: h.value_at_quantile(0.95) as f64 / 1000.0,
         p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
         p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
         max_ms: h.max() as f64 / 1000.0,
-    });
-    Ok(report)
+    })
+}
+
+/// The ledger chunk holding `id`.
+pub fn chunk_of(id: i64) -> i64 {
+    id.div_euclid(CHUNK_IDS)
+}
+
+/// The latency histogram of `group`'s chunk `chunk` as it stands (None: nothing
+/// acknowledged in it yet).
+pub async fn chunk_latency<C: GenericClient>(
+    client: &C,
+    group: &str,
+    chunk: i64,
+) -> Result<Option<Histogram<u64>>> {
+    let row = client
+        .query_opt(
+            "SELECT latency FROM outbox_ack_chunks WHERE group_name = $1 AND chunk = $2",
+            &[&group, &chunk],
+        )
+        .await
+        .db("reading a ledger chunk's latency")?;
+    let bytes: Option<Vec<u8>> = row.and_then(|r| r.get(0));
+    bytes.map(|b| decode_histogram(&b)).transpose()
+}
+
+/// End-to-end latency of `group`'s acknowledgements in the chunks `ids` touches, less
+/// `baseline`: one chunk's histogram taken before `ids` were sent, when the chunk also
+/// holds earlier messages that were all acknowledged by then. The result is then
+/// exactly the latency of the acknowledgements since, which are `ids`' when nothing
+/// else was written meanwhile.
+pub async fn latency_since<C: GenericClient>(
+    client: &C,
+    group: &str,
+    ids: &IdSet,
+    baseline: Option<&(i64, Histogram<u64>)>,
+) -> Result<Option<LatencySummary>> {
+    let Some((low, high)) = ids.bounds() else {
+        return Ok(None);
+    };
+    let rows = client
+        .query(
+            "SELECT chunk, latency FROM outbox_ack_chunks
+             WHERE group_name = $1 AND chunk BETWEEN $2 AND $3 AND latency IS NOT NULL",
+            &[&group, &chunk_of(low), &chunk_of(high)],
+        )
+        .await
+        .db("reading ledger chunks' latency")?;
+    let mut total = new_histogram()?;
+    for row in rows {
+        let chunk: i64 = row.get(0);
+        let first = chunk * CHUNK_IDS;
+        let touched = ids
+            .ranges()
+            .iter()
+            .any(|(a, b)| *a < first + CHUNK_IDS && *b >= first);
+        if !touched {
+            continue;
+        }
+        let mut h = decode_histogram(&row.get::<_, Vec<u8>>(1))?;
+        if let Some((_, before)) = baseline.filter(|(c, _)| *c == chunk) {
+            h.subtract(before)
+                .map_err(|e| Error::Ledger(format!("subtracting a latency baseline: {e:?}")))?;
+        }
+        total
+            .add(&h)
+            .map_err(|e| Error::Ledger(format!("merging latency histograms: {e:?}")))?;
+    }
+    Ok(summary(&total))
 }
 
 /// Reports for several groups on the same set.

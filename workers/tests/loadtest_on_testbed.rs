@@ -375,6 +375,21 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
     assert!(batch["latency"]["p99"].as_f64().is_some_and(|v| v > 0.0));
     let immediate = scenario(&report, "immediate");
     assert_eq!(immediate["accepted"], 500);
+    // Sent once the batch was acknowledged by every group, the immediate scenario's
+    // latency is its own: exactly its 500 acknowledgements per group, none of the
+    // batch's that share its first ledger chunk.
+    assert_eq!(immediate["backlogDrained"], true, "{immediate:#}");
+    let latencies = immediate["endToEndLatency"]
+        .as_array()
+        .unwrap_or_else(|| panic!("per-group latency of the immediate scenario: {immediate:#}"));
+    assert_eq!(latencies.len(), 3, "{immediate:#}");
+    for l in latencies {
+        assert_eq!(l["count"], 500, "{l:#}");
+        let [p50, p95, p99, max] =
+            ["p50", "p95", "p99", "max"].map(|k| l[k].as_f64().unwrap_or(-1.0));
+        assert!(0.0 < p50 && p50 <= p95 && p95 <= p99 && p99 <= max, "{l:#}");
+    }
+    assert!(scenario(&report, "batch")["endToEndLatency"].is_null());
     assert_eq!(
         immediate["perProducer"].as_array().map(Vec::len),
         Some(3),

@@ -299,6 +299,16 @@ pub struct ScenarioResult {
     /// How the messages were split across producers.
     #[serde(default)]
     pub per_producer: Vec<ProducerResult>,
+    /// End-to-end latency of this scenario's messages alone, per consumer group (from
+    /// the outbox write to the acknowledgement). Measured for a scenario sent one
+    /// message at a time after others, once their backlog was drained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub end_to_end_latency: Vec<GroupLatency>,
+    /// Whether every group had acknowledged the earlier scenarios before this one was
+    /// sent (false: the wait ran out after `verificationTimeoutSeconds`, and the
+    /// latency includes the backlog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_drained: Option<bool>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -309,10 +319,31 @@ pub struct LatencyPercentiles {
     pub p50: f64,
     /// 90th percentile, ms.
     pub p90: f64,
+    /// 95th percentile, ms.
+    #[serde(default)]
+    pub p95: f64,
     /// 99th percentile, ms.
     pub p99: f64,
     /// 99.9th percentile, ms.
     pub p999: f64,
+    /// Maximum, ms.
+    pub max: f64,
+}
+
+/// One consumer group's end-to-end latency over a scenario, in milliseconds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupLatency {
+    /// Consumer group.
+    pub group: String,
+    /// Acknowledgements measured.
+    pub count: i64,
+    /// Median, ms.
+    pub p50: f64,
+    /// 95th percentile, ms.
+    pub p95: f64,
+    /// 99th percentile, ms.
+    pub p99: f64,
     /// Maximum, ms.
     pub max: f64,
 }

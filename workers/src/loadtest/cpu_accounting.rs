@@ -4,7 +4,8 @@
 //!
 //! - The runner reads its own time from `/proc/self/stat`, and the node's busy time
 //!   from `/proc/stat`, which a container sees for the whole node.
-//! - Producers and consumers serve `outbox_cpu_seconds_total{part}` on `/metrics`
+//! - Producers and consumers (in a Job: the system's pods, listed at each reading)
+//!   serve `outbox_cpu_seconds_total{part}` on `/metrics`
 //!   (see `crate::cpu`): a producer's `main` part is its HTTP ingest, `relay` and
 //!   `kafka-client` are the relay, `other` is the rest of the process.
 //! - Components outside the OutboxSystem (Kafka, PostgreSQL) come from the LoadTest's
@@ -87,21 +88,23 @@ pub struct Reading {
     pub unreadable: BTreeSet<String>,
 }
 
-/// The consumer pods of `system` among `pods`, by their `/metrics` on the first
-/// container port (pods without an IP yet are left out).
-pub async fn consumer_sources(pods: &Api<Pod>, system: &str) -> kube::Result<Vec<Source>> {
+/// The producer and consumer pods of `system` among `pods`, by their `/metrics` on
+/// the first container port (pods without an IP yet are left out).
+pub async fn worker_sources(pods: &Api<Pod>, system: &str) -> kube::Result<Vec<Source>> {
+    use outbox_contract::labels;
     let list = pods
-        .list(&ListParams::default().labels(&outbox_contract::labels::consumers_of(system)))
+        .list(&ListParams::default().labels(&labels::workers_of(system)))
         .await?;
     Ok(list
         .items
         .iter()
         .filter_map(|pod| {
-            let group = pod
-                .metadata
-                .labels
-                .as_ref()?
-                .get(outbox_contract::labels::GROUP)?;
+            let pod_labels = pod.metadata.labels.as_ref()?;
+            let kind = match pod_labels.get(labels::COMPONENT)?.as_str() {
+                labels::PRODUCER => Kind::Producer,
+                labels::CONSUMER => Kind::Consumer(pod_labels.get(labels::GROUP)?.clone()),
+                _ => return None,
+            };
             let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
             let port = pod
                 .spec
@@ -113,7 +116,7 @@ pub async fn consumer_sources(pods: &Api<Pod>, system: &str) -> kube::Result<Vec
                 .first()?
                 .container_port;
             Some(Source {
-                kind: Kind::Consumer(group.clone()),
+                kind,
                 instance: pod.metadata.name.clone().unwrap_or_default(),
                 url: format!("http://{ip}:{port}/metrics"),
             })

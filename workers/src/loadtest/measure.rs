@@ -57,7 +57,7 @@ impl Latencies {
         self.0.len()
     }
 
-    /// p50, p90, p99, p99.9 and max in milliseconds; `None` without samples.
+    /// p50, p90, p95, p99, p99.9 and max in milliseconds; `None` without samples.
     pub fn percentiles(&self) -> Option<LatencyPercentiles> {
         if self.0.is_empty() {
             return None;
@@ -66,6 +66,7 @@ impl Latencies {
         Some(LatencyPercentiles {
             p50: ms(self.0.value_at_quantile(0.50)),
             p90: ms(self.0.value_at_quantile(0.90)),
+            p95: ms(self.0.value_at_quantile(0.95)),
             p99: ms(self.0.value_at_quantile(0.99)),
             p999: ms(self.0.value_at_quantile(0.999)),
             max: ms(self.0.max()),
@@ -232,6 +233,7 @@ impl ScenarioOutcome {
             throughput: throughput(tally.accepted, self.duration),
             latency: tally.latency.percentiles(),
             per_producer: self.producers.iter().map(ProducerOutcome::result).collect(),
+            ..ScenarioResult::default()
         }
     }
 }

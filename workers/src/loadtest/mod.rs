@@ -27,6 +27,7 @@ pub mod measure;
 pub mod outage;
 pub mod progress;
 pub mod report;
+pub mod scenario_latency;
 pub mod split;
 pub mod status;
 pub mod verify;
@@ -99,12 +100,12 @@ pub struct Plan {
 /// Where the CPU accounting of a run reads from (see `cpu_accounting`).
 #[derive(Debug, Clone, Default)]
 pub struct CpuPlan {
-    /// Known up front: the producers, `cpuSources`, `--cpu-source` and
-    /// `--consumer-metrics`.
+    /// Known up front: `cpuSources`, `--cpu-source`, and outside a Job the producers
+    /// and `--consumer-metrics`.
     pub sources: Vec<cpu_accounting::Source>,
-    /// In a Job: the namespace's pods and the system, to list its consumer pods at
-    /// each reading (they may change during the run).
-    pub consumer_pods: Option<(Api<Pod>, String)>,
+    /// In a Job: the namespace's pods and the system, to list its producer and
+    /// consumer pods at each reading (they may change during the run).
+    pub worker_pods: Option<(Api<Pod>, String)>,
 }
 
 impl CpuPlan {
@@ -135,18 +136,18 @@ impl CpuPlan {
         }
         Ok(CpuPlan {
             sources,
-            consumer_pods: None,
+            worker_pods: None,
         })
     }
 
     /// Reads every source now, the consumer pods listed afresh.
     async fn read(&self, http: &reqwest::Client) -> cpu_accounting::Reading {
         let mut sources = self.sources.clone();
-        if let Some((pods, system)) = &self.consumer_pods {
-            match cpu_accounting::consumer_sources(pods, system).await {
+        if let Some((pods, system)) = &self.worker_pods {
+            match cpu_accounting::worker_sources(pods, system).await {
                 Ok(found) => sources.extend(found),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not list the consumer pods for the CPU accounting")
+                    tracing::warn!(error = %e, "could not list the system's pods for the CPU accounting")
                 }
             }
         }
@@ -306,6 +307,9 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
         .as_ref()
         .map(|s| s.spec.producers.port)
         .unwrap_or(8080);
+    // In a Job the producers and consumers whose CPU is accounted for are the pods
+    // found at each reading.
+    let listed = producers_from_flags.is_empty() && args.consumer_metrics.is_empty();
     let producer_fallback = producers_from_flags.is_empty().then(|| {
         format!(
             "http://{}.{namespace}.svc:{port}",
@@ -349,7 +353,17 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
     } else {
         args.groups.clone()
     };
-    let cpu = CpuPlan::new(&producers, &spec.cpu_sources, args)?;
+    let cpu = if listed {
+        CpuPlan {
+            worker_pods: Some((
+                Api::namespaced(client.clone(), namespace),
+                spec.system_ref.name.clone(),
+            )),
+            ..CpuPlan::new(&[], &spec.cpu_sources, args)?
+        }
+    } else {
+        CpuPlan::new(&producers, &spec.cpu_sources, args)?
+    };
     let plan = Plan {
         run_id,
         load_test: Some(format!("{namespace}/{name}")),
@@ -364,15 +378,7 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
         verification_timeout: Duration::from_secs(
             u64::try_from(spec.verification_timeout_seconds.max(1)).unwrap_or(600),
         ),
-        cpu: CpuPlan {
-            consumer_pods: args.consumer_metrics.is_empty().then(|| {
-                (
-                    Api::namespaced(client.clone(), namespace),
-                    spec.system_ref.name.clone(),
-                )
-            }),
-            ..cpu
-        },
+        cpu,
     };
     validate(&plan)?;
     let target = Target {
@@ -473,7 +479,17 @@ async fn execute(
     let resume = resume_point(args, plan, book, &mut db).await?;
     let cpu_started = Instant::now();
     let cpu_before = plan.cpu.read(&http).await;
-    let mut sent = send_all(args, plan, book, &resume, &http, &display, &mut shutdown).await?;
+    let mut sent = send_all(
+        args,
+        plan,
+        book,
+        &mut db,
+        &resume,
+        &http,
+        &display,
+        &mut shutdown,
+    )
+    .await?;
     if sent.uncertain > 0 {
         // Requests of unknown fate may have stored messages: the outbox has the truth.
         tracing::warn!(
@@ -499,6 +515,17 @@ async fn execute(
         },
     );
     let cpu_after = plan.cpu.read(&http).await;
+    for (name, window, ids) in &sent.latency_windows {
+        let latency = scenario_latency::close(&mut db, window, ids).await?;
+        if let Some(result) = book
+            .status_mut()
+            .scenarios
+            .iter_mut()
+            .find(|s| &s.name == name)
+        {
+            result.end_to_end_latency = latency;
+        }
+    }
     let acknowledged_by_all = verification
         .reports
         .iter()
@@ -605,13 +632,18 @@ struct SentAll {
     expected: IdSet,
     /// Messages whose fate stayed unknown.
     uncertain: u64,
+    /// Scenarios whose own end-to-end latency is measured after verification: the
+    /// scenario, the ledger before it was sent, and its ids.
+    latency_windows: Vec<(String, scenario_latency::Window, IdSet)>,
 }
 
 /// Marks the run Running, then sends each scenario not sent before, recording each.
+#[allow(clippy::too_many_arguments)]
 async fn send_all(
     args: &LoadTestArgs,
     plan: &Plan,
     book: &mut StatusBook,
+    db: &mut OutboxDb,
     resume: &ResumePoint,
     http: &reqwest::Client,
     display: &Display,
@@ -649,6 +681,7 @@ async fn send_all(
     let mut uncertain = 0u64;
     let mut attempt_accepted = 0u64;
     let mut attempt_seconds = 0f64;
+    let mut latency_windows = Vec::new();
     for scenario in &plan.scenarios {
         let before = resume
             .earlier
@@ -660,6 +693,11 @@ async fn send_all(
             tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
             continue;
         }
+        let window = if !scenario.batching && !expected.is_empty() && !plan.groups.is_empty() {
+            Some(drain_before(db, plan, book, &scenario.name, &expected, shutdown).await?)
+        } else {
+            None
+        };
         let send = scenario_send(args, plan, scenario, before.len());
         tracing::info!(
             scenario = %send.name,
@@ -675,7 +713,11 @@ async fn send_all(
         uncertain += sent.uncertain;
         attempt_accepted += sent.outcome.tally().accepted;
         attempt_seconds += sent.outcome.duration.as_secs_f64();
-        let result = sent.outcome.result();
+        let mut result = sent.outcome.result();
+        if let Some(window) = window {
+            result.backlog_drained = Some(window.drained);
+            latency_windows.push((scenario.name.clone(), window, sent.ids.clone()));
+        }
         tracing::info!(
             scenario = %result.name,
             accepted = result.accepted,
@@ -700,7 +742,51 @@ async fn send_all(
     Ok(SentAll {
         expected,
         uncertain,
+        latency_windows,
     })
+}
+
+/// Before `scenario` is sent one message at a time: waits until every group
+/// acknowledged `earlier`, so that the scenario's latency is its own (see
+/// `scenario_latency`).
+async fn drain_before(
+    db: &mut OutboxDb,
+    plan: &Plan,
+    book: &mut StatusBook,
+    scenario: &str,
+    earlier: &IdSet,
+    shutdown: &mut ShutdownSignal,
+) -> Result<scenario_latency::Window> {
+    let message = format!(
+        "waiting until every group acknowledged the {} messages sent so far before sending {scenario}, so that it measures its own latency",
+        earlier.len()
+    );
+    tracing::info!(
+        scenario,
+        messages = earlier.len(),
+        "draining the backlog before the scenario"
+    );
+    book.status_mut().message = Some(message);
+    book.write_progress().await;
+    let started = Instant::now();
+    let window = scenario_latency::open(
+        db,
+        &plan.groups,
+        earlier,
+        plan.verification_timeout,
+        shutdown,
+    )
+    .await?;
+    if window.drained {
+        tracing::info!(
+            scenario,
+            seconds = started.elapsed().as_secs_f64(),
+            "backlog drained"
+        );
+    } else {
+        tracing::warn!(scenario, seconds = started.elapsed().as_secs_f64(), "the backlog was not drained within the verification timeout; the scenario's latency includes it");
+    }
+    Ok(window)
 }
 
 /// How `scenario` is sent now, `already` of its messages being in the outbox.

@@ -152,6 +152,20 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
                 let _ = writeln!(out, "  {label}: {}", counts.join(", "));
             }
         }
+        if !s.end_to_end_latency.is_empty() {
+            let drained = match s.backlog_drained {
+                Some(false) => "the earlier backlog NOT drained first",
+                _ => "the earlier backlog drained first",
+            };
+            let _ = writeln!(out, "  end to end, this scenario alone ({drained}):");
+            for g in &s.end_to_end_latency {
+                let _ = writeln!(
+                    out,
+                    "    {:<22} p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} acks)",
+                    g.group, g.p50, g.p95, g.p99, g.max, g.count
+                );
+            }
+        }
     }
     let _ = writeln!(out);
     let _ = writeln!(
@@ -241,12 +255,29 @@ mod tests {
     fn the_summary_names_every_scenario_and_group() {
         let status = LoadTestStatus {
             phase: Some(LoadTestPhase::Failed),
-            scenarios: vec![ScenarioResult {
-                name: "batch".into(),
-                messages: 30_000,
-                accepted: 30_000,
-                ..Default::default()
-            }],
+            scenarios: vec![
+                ScenarioResult {
+                    name: "batch".into(),
+                    messages: 30_000,
+                    accepted: 30_000,
+                    ..Default::default()
+                },
+                ScenarioResult {
+                    name: "immediate".into(),
+                    messages: 500,
+                    accepted: 500,
+                    backlog_drained: Some(true),
+                    end_to_end_latency: vec![outbox_contract::crd::GroupLatency {
+                        group: "group-c".into(),
+                        count: 500,
+                        p50: 12.0,
+                        p95: 40.5,
+                        p99: 80.0,
+                        max: 99.0,
+                    }],
+                    ..Default::default()
+                },
+            ],
             groups: vec![GroupVerification {
                 group: "group-c".into(),
                 expected: 30_000,
@@ -280,6 +311,16 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("3333.3 CPU-µs per message"), "{table}");
+        assert!(
+            table.contains("end to end, this scenario alone (the earlier backlog drained first)"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with("group-c") && l.contains("p95 40.5 ms")),
+            "{table}"
+        );
         assert!(table.contains("not readable: kafka"), "{table}");
         assert!(table.starts_with("load test run-1: Failed"), "{table}");
         assert!(table.contains("batch"), "{table}");

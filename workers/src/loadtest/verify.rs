@@ -217,6 +217,7 @@ fn percentiles(l: &LatencySummary) -> LatencyPercentiles {
     LatencyPercentiles {
         p50: l.p50_ms,
         p90: l.p90_ms,
+        p95: l.p95_ms,
         p99: l.p99_ms,
         p999: l.p999_ms,
         max: l.max_ms,
@@ -246,6 +247,7 @@ pub fn overall_latency(reports: &[GroupReport]) -> Option<LatencyPercentiles> {
         .reduce(|a, b| LatencyPercentiles {
             p50: a.p50.max(b.p50),
             p90: a.p90.max(b.p90),
+            p95: a.p95.max(b.p95),
             p99: a.p99.max(b.p99),
             p999: a.p999.max(b.p999),
             max: a.max.max(b.max),
