@@ -12,6 +12,10 @@
 //!    vs raw_produce.
 //! 6. `consume`: one consumer group acknowledging everything into the ledger (first
 //!    acknowledgement to last); vs raw_consume.
+//! 7. `end to end`: HTTP → outbox → relay → Kafka → three groups acknowledged, all at
+//!    once ([`end_to_end`]); vs the raw stages added up for the same work.
+
+mod end_to_end;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,16 +132,31 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let db = crate::db::connect(&setup.schema_url).await?;
     let (relay_stage, relay_task) =
         relay_stage(&args, &setup, &db, &raw_produce, signal.clone()).await?;
-    let (consume, consumer_task) =
-        consume_stage(&args, &setup, &db, &raw_consume, &expected, common, signal).await?;
+    let (consume, consumer_task) = consume_stage(
+        &args,
+        &setup,
+        &db,
+        &raw_consume,
+        &expected,
+        common,
+        signal.clone(),
+    )
+    .await?;
+    let raw_sum = end_to_end::raw_sum(&raw_copy_stage, &raw_produce, &raw_consume);
+    let (end_to_end, e2e_workers) = end_to_end::run(&args, &setup, &raw_sum, signal).await?;
     let _ = stop.send(true);
     let _ = relay_task.await;
     let _ = producer_task.await;
     let _ = consumer_task.await;
+    for task in e2e_workers.tasks {
+        let _ = task.await;
+    }
     if !args.keep {
-        let _ = db
-            .batch_execute(&format!("DROP SCHEMA \"{}\" CASCADE", setup.tag))
-            .await;
+        for schema in [setup.tag.as_str(), e2e_workers.schema.as_str()] {
+            let _ = db
+                .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+                .await;
+        }
     }
     write_report(
         &args,
@@ -148,6 +167,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             ingest,
             relay_stage,
             consume,
+            raw_sum,
+            end_to_end,
         ],
     )
 }
@@ -324,8 +345,8 @@ async fn ingest_stage(
     CommonArgs,
     tokio::task::JoinHandle<Result<()>>,
 )> {
-    let (n, key) = (args.messages, key_of(args.keys));
-    let (schema_url, topic, payload) = (&setup.schema_url, &setup.topic, &setup.payload);
+    let n = args.messages;
+    let (schema_url, topic) = (&setup.schema_url, &setup.topic);
     let port = free_port()?;
     let common = CommonArgs {
         service_id: "bench-producer".into(),
@@ -337,28 +358,53 @@ async fn ingest_stage(
         outbox_system: None,
     };
     let producer_task = tokio::spawn(crate::producer::run(
-        ProducerArgs {
-            common: common.clone(),
-            relay_rows_per_kafka_batch: 10_000,
-            relay_linger_ms: 50,
-            max_body_bytes: 256 * 1024 * 1024,
-            db_pool_size: args.concurrency.max(1) + 2,
-            relay_disabled: true,
-            max_batch_messages: args.messages_per_request.max(1),
-            max_concurrent_requests: args.concurrency.max(1) * 4,
-            relay_queue_kbytes: None,
-            relay_fetch_kbytes: None,
-            max_backlog_messages: 0,
-            // The benchmark drops its schema afterwards; nothing to delete meanwhile.
-            retention_seconds: 0,
-            ledger_retention_seconds: 0,
-            retention_interval_seconds: 30,
-        },
+        producer_args(args, common.clone(), false),
         signal.clone(),
     ));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for_http(&http, &format!("{base}{}", crate::probes::READINESS_PATH)).await?;
+    let started = Instant::now();
+    let expected = send_batches(args, setup, topic, &http, &base).await?;
+    let ingest = compare(stage("ingest", n, started.elapsed()), raw_copy_stage);
+    report_stage(&ingest);
+    Ok((ingest, expected, common, producer_task))
+}
+
+/// The settings of the benchmark's in-process producer (`relay` off: the ingest stage
+/// times the HTTP path alone).
+fn producer_args(args: &BenchArgs, common: CommonArgs, relay: bool) -> ProducerArgs {
+    ProducerArgs {
+        common,
+        relay_rows_per_kafka_batch: i64::from(
+            outbox_contract::worker_env::defaults::RELAY_ROWS_PER_KAFKA_BATCH,
+        ),
+        relay_linger_ms: 50,
+        max_body_bytes: 256 * 1024 * 1024,
+        db_pool_size: args.concurrency.max(1) + 2,
+        relay_disabled: !relay,
+        max_batch_messages: args.messages_per_request.max(1),
+        max_concurrent_requests: args.concurrency.max(1) * 4,
+        relay_queue_kbytes: None,
+        relay_fetch_kbytes: None,
+        max_backlog_messages: 0,
+        // The benchmark drops its schema afterwards; nothing to delete meanwhile.
+        retention_seconds: 0,
+        ledger_retention_seconds: 0,
+        retention_interval_seconds: 30,
+    }
+}
+
+/// Sends the N messages to `topic` through the producer at `base`, `--concurrency`
+/// batch requests of `--messages-per-request` at once, and returns their ids.
+async fn send_batches(
+    args: &BenchArgs,
+    setup: &Setup,
+    topic: &str,
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<IdSet> {
+    let (n, key, payload) = (args.messages, key_of(args.keys), &setup.payload);
     let bodies: Vec<bytes::Bytes> = (0..n)
         .step_by(args.messages_per_request)
         .map(|s| {
@@ -368,7 +414,6 @@ async fn ingest_stage(
             bytes::Bytes::from(serde_json::json!({ "messages": messages }).to_string())
         })
         .collect();
-    let started = Instant::now();
     let answers: Vec<Result<Vec<i64>>> = futures::stream::iter(bodies.into_iter().map(|body| {
         let http = http.clone();
         let url = format!("{base}/api/messages/batch");
@@ -403,8 +448,6 @@ async fn ingest_stage(
     for a in answers {
         ids.extend(a?);
     }
-    let ingest = compare(stage("ingest", n, started.elapsed()), raw_copy_stage);
-    report_stage(&ingest);
     let expected = IdSet::from_ids(ids);
     if expected.len() != n as u64 {
         return Err(Error::Bench(format!(
@@ -412,8 +455,7 @@ async fn ingest_stage(
             expected.len()
         )));
     }
-
-    Ok((ingest, expected, common, producer_task))
+    Ok(expected)
 }
 
 /// Stage 5: the relay drains the outbox into Kafka; compared with the raw produce.
@@ -474,33 +516,12 @@ async fn consume_stage(
     let (n, tag) = (args.messages, &setup.tag);
     let group = format!("{tag}-group");
     let consumer_task = tokio::spawn(crate::consumer::run(
-        ConsumerArgs {
-            common: CommonArgs {
-                service_id: "bench-consumer".into(),
-                http_port: free_port()?,
-                ..common
-            },
-            group: group.clone(),
-            retry_max_retries: -1,
-            retry_backoff_ms: 200,
-            retry_max_backoff_ms: 10_000,
-            dead_letter_topic: None,
-            acks_per_transaction: 5_000,
-            transaction_linger_ms: 20,
-        },
+        consumer_args(common, &group)?,
         signal.clone(),
     ));
     let mut first = None;
     loop {
-        let acked: Option<i64> = db
-            .query_one(
-                "SELECT sum(acked)::bigint FROM outbox_ack_chunks WHERE group_name = $1",
-                &[&group],
-            )
-            .await
-            .db("counting acknowledgements")?
-            .get(0);
-        let acked = acked.unwrap_or(0);
+        let acked = acknowledged(db, &group).await?;
         if acked > 0 {
             first.get_or_insert_with(Instant::now);
         }
@@ -526,6 +547,37 @@ async fn consume_stage(
     );
 
     Ok((consume, consumer_task))
+}
+
+/// The settings of a benchmark consumer of `group` (defaults of the consumer role).
+fn consumer_args(common: CommonArgs, group: &str) -> Result<ConsumerArgs> {
+    Ok(ConsumerArgs {
+        common: CommonArgs {
+            service_id: format!("bench-consumer-{group}"),
+            http_port: free_port()?,
+            ..common
+        },
+        group: group.to_string(),
+        retry_max_retries: -1,
+        retry_backoff_ms: 200,
+        retry_max_backoff_ms: 10_000,
+        dead_letter_topic: None,
+        acks_per_transaction: 5_000,
+        transaction_linger_ms: 20,
+    })
+}
+
+/// Messages `group` acknowledged so far.
+async fn acknowledged(db: &tokio_postgres::Client, group: &str) -> Result<i64> {
+    let acked: Option<i64> = db
+        .query_one(
+            "SELECT sum(acked)::bigint FROM outbox_ack_chunks WHERE group_name = $1",
+            &[&group],
+        )
+        .await
+        .db("counting acknowledgements")?
+        .get(0);
+    Ok(acked.unwrap_or(0))
 }
 
 /// The JSON report and the table of stages.

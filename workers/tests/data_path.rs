@@ -1414,3 +1414,68 @@ async fn workers_of_another_system_wait_while_the_schema_is_held_and_say_by_whom
     consumer.wait_healthy("/readyz").await;
     assert!(producer.terminate() && consumer.terminate() && first.terminate());
 }
+
+/// `outbox-worker bench` runs every stage against the real PostgreSQL and Kafka, the
+/// end-to-end stage included, and reports each against its raw baseline.
+#[tokio::test]
+async fn the_benchmark_times_every_stage_and_the_whole_pipeline_against_raw_baselines() {
+    let tb = testbed_support::testbed();
+    let dir = std::env::temp_dir().join(unique_name("bench"));
+    std::fs::create_dir_all(&dir).expect("a report directory");
+    let report = dir.join("bench-report.json");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-worker"))
+        .args(["bench", "--messages", "3000", "--partitions", "3"])
+        .args(["--messages-per-request", "500", "--concurrency", "2"])
+        .arg("--report")
+        .arg(&report)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &tb.kafka_bootstrap_servers)
+        .env("DATABASE_URL", &tb.database_url)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running the benchmark");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench exit {}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("the report")).expect("JSON");
+    let stages: Vec<(String, Option<String>)> = json["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            assert_eq!(s["messages"], 3000, "{s:#}");
+            assert!(
+                s["messages_per_second"].as_f64().is_some_and(|r| r > 0.0),
+                "{s:#}"
+            );
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["baseline"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    let named = |n: &str, b: Option<&str>| (n.to_string(), b.map(str::to_string));
+    assert_eq!(
+        stages,
+        vec![
+            named("raw_copy", None),
+            named("raw_produce", None),
+            named("raw_consume", None),
+            named("ingest", Some("raw_copy")),
+            named("relay", Some("raw_produce")),
+            named("consume", Some("raw_consume")),
+            named("raw sum", None),
+            named("end to end", Some("raw sum")),
+        ]
+    );
+    assert!(
+        stdout.contains("3 groups acknowledged all 3000 messages, verified exactly"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
