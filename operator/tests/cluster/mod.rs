@@ -215,6 +215,18 @@ pub fn install_chart(watched: &str) -> Release {
     let chart = testbed_support::repo_root().join("charts/outbox-operator");
     let chart = chart.display().to_string();
     let namespace = format!("{watched}-op");
+    // helm installs the chart's CRDs only where none exist: on a testbed kept from an
+    // earlier run they are brought up to date the way the README says to upgrade.
+    run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &format!("{chart}/crds/"),
+        ],
+    );
     run(
         "helm",
         &[

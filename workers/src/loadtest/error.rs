@@ -6,6 +6,9 @@ pub enum LoadTestError {
     /// The settings (flags or the LoadTest spec) cannot describe a run.
     #[error("load test settings: {0}")]
     Settings(String),
+    /// The LoadTest CRD on the API server lacks status fields this runner writes.
+    #[error("the LoadTest CRD on the API server is older than this runner: it does not declare {fields}; apply the chart's CRDs (kubectl apply --server-side -f charts/outbox-operator/crds/), which helm install and upgrade never update once they exist")]
+    StaleCrd { fields: String },
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {context}: {source}")]
     Kube {
@@ -80,6 +83,7 @@ impl LoadTestError {
     pub fn reason(&self) -> &'static str {
         match self {
             LoadTestError::Settings(_) => "InvalidSettings",
+            LoadTestError::StaleCrd { .. } => "StaleCrd",
             LoadTestError::Kube { .. } | LoadTestError::KubeConfig { .. } => "KubernetesApiError",
             LoadTestError::NoProducers { .. } => "NoProducers",
             LoadTestError::Http { .. } => "HttpClientError",

@@ -257,7 +257,13 @@ impl StatusBook {
         })?;
         status_apply::apply(&target.api, &target.name, FIELD_MANAGER, &body)
             .await
-            .kube(|| format!("writing the status of LoadTest {}", target.name))?;
+            .map_err(|source| match undeclared_fields(&source) {
+                Some(fields) => LoadTestError::StaleCrd { fields },
+                None => LoadTestError::Kube {
+                    context: format!("writing the status of LoadTest {}", target.name),
+                    source,
+                },
+            })?;
         if let Some(lasted) = self.board.answered(outage::API_SERVER) {
             tracing::info!(
                 seconds = format!("{:.1}", lasted.as_secs_f64()),
@@ -272,10 +278,28 @@ impl StatusBook {
 /// than an answer about the request.
 pub fn api_server_away(error: &kube::Error) -> bool {
     match error {
+        kube::Error::Api(_) if undeclared_fields(error).is_some() => false,
         kube::Error::Api(status) => status.code >= 500 || status.code == 429,
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
         _ => false,
     }
+}
+
+/// The status fields an API server refused because its CRD does not declare them
+/// (it answers 500 "failed to create typed patch object ... field not declared in
+/// schema"), e.g. `.status.cpu, .status.scenarios[0].latency.p95`.
+pub fn undeclared_fields(error: &kube::Error) -> Option<String> {
+    let kube::Error::Api(status) = error else {
+        return None;
+    };
+    let fields: Vec<&str> = status
+        .message
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(": field not declared in schema"))
+        .map(|f| f.trim().trim_end_matches(':').trim())
+        .filter(|f| f.starts_with('.'))
+        .collect();
+    (!fields.is_empty()).then(|| fields.join(", "))
 }
 
 /// The higher of two phases (unset counts as Pending).
@@ -503,5 +527,26 @@ mod tests {
         assert!(api_server_away(&status(429)));
         assert!(!api_server_away(&status(404)), "the LoadTest is gone");
         assert!(!api_server_away(&status(422)), "the write was refused");
+    }
+
+    #[test]
+    fn a_crd_older_than_the_runner_is_named_not_waited_for_as_an_outage() {
+        let refused = kube::Error::Api(
+            kube::core::Status::failure("failed to create typed patch object (/; outbox.dev/v1alpha1, Kind=LoadTest): errors:\n  .status.cpu: field not declared in schema\n  .status.scenarios[0].latency.p95: field not declared in schema", "")
+                .with_code(500)
+                .boxed(),
+        );
+        assert!(!api_server_away(&refused));
+        assert_eq!(
+            undeclared_fields(&refused).as_deref(),
+            Some(".status.cpu, .status.scenarios[0].latency.p95")
+        );
+        let away = kube::Error::Api(
+            kube::core::Status::failure("etcdserver: request timed out", "")
+                .with_code(500)
+                .boxed(),
+        );
+        assert!(api_server_away(&away));
+        assert_eq!(undeclared_fields(&away), None);
     }
 }
