@@ -38,6 +38,16 @@ die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 # Postgres' server binaries from Debian's postgresql-$PG_MAJOR package.
 pg_bindir() { echo "/usr/lib/postgresql/$PG_MAJOR/bin"; }
 
+# write_if_changed FILE: writes stdin to FILE, leaving FILE untouched when it already
+# holds exactly that. A running kube-proxy exits when its config file is written, even
+# with the same bytes, so `up.sh` on a running testbed must not rewrite it.
+write_if_changed() {
+  local tmp
+  tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 # free_ports N: N distinct TCP ports free on loopback, below the kernel's ephemeral range
 # (so no outgoing connection can take one between this pick and the bind), starting at a
 # random place so that two testbeds on one machine are unlikely to pick the same ones.

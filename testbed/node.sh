@@ -100,7 +100,7 @@ EOF
 }
 EOF
   printf 'nameserver %s\nsearch .\noptions ndots:1\n' "$NODE_IP" >"$NODE/resolv.conf"
-  cat >"$NODE/kubelet/config.yaml" <<EOF
+  write_if_changed "$NODE/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -133,7 +133,7 @@ clusterDomain: cluster.local
 serializeImagePulls: false
 maxPods: 110
 EOF
-  cat >"$NODE/kube-proxy.yaml" <<EOF
+  write_if_changed "$NODE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $PKI/kube-proxy.kubeconfig}
@@ -149,7 +149,7 @@ oomScoreAdj: 0
 # Zeroes: kube-proxy leaves the host's conntrack sysctls alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
-  cat >"$NODE/coredns/Corefile" <<EOF
+  write_if_changed "$NODE/coredns/Corefile" <<EOF
 .:53 {
     bind $NODE_IP
     errors
