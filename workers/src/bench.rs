@@ -346,17 +346,9 @@ async fn ingest_stage(
     tokio::task::JoinHandle<Result<()>>,
 )> {
     let n = args.messages;
-    let (schema_url, topic) = (&setup.schema_url, &setup.topic);
-    let port = free_port()?;
-    let common = CommonArgs {
-        service_id: "bench-producer".into(),
-        kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
-        database_url: schema_url.to_string(),
-        kafka_topics: vec![topic.to_string()],
-        http_port: port,
-        http_address: std::net::IpAddr::from([127, 0, 0, 1]),
-        outbox_system: None,
-    };
+    let topic = &setup.topic;
+    let common = producer_common(args, "bench-producer", &setup.schema_url, topic)?;
+    let port = common.http_port;
     let producer_task = tokio::spawn(crate::producer::run(
         producer_args(args, common.clone(), false),
         signal.clone(),
@@ -369,6 +361,24 @@ async fn ingest_stage(
     let ingest = compare(stage("ingest", n, started.elapsed()), raw_copy_stage);
     report_stage(&ingest);
     Ok((ingest, expected, common, producer_task))
+}
+
+/// Where a benchmark producer listens (a free loopback port) and what it works on.
+fn producer_common(
+    args: &BenchArgs,
+    service_id: &str,
+    schema_url: &str,
+    topic: &str,
+) -> Result<CommonArgs> {
+    Ok(CommonArgs {
+        service_id: service_id.into(),
+        kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
+        database_url: schema_url.to_string(),
+        kafka_topics: vec![topic.to_string()],
+        http_port: free_port()?,
+        http_address: std::net::IpAddr::from([127, 0, 0, 1]),
+        outbox_system: None,
+    })
 }
 
 /// The settings of the benchmark's in-process producer (`relay` off: the ingest stage

@@ -481,8 +481,9 @@ pub struct GroupStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BacklogStatus {
-    /// Rows accepted but not yet relayed to Kafka, counted up to 1,000,000 (a value of
-    /// 1000000 means at least that many).
+    /// Rows accepted but not yet relayed to Kafka: counted exactly up to 10,000; beyond,
+    /// the id sequence's last value less the relay's watermark (high by the ids of
+    /// rolled-back requests).
     pub pending: i64,
     /// Age of the oldest pending row in seconds (absent when nothing is pending).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,10 +9,9 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    acknowledged, consumer_args, create_schema, free_port, producer_args, send_batches, stage,
-    wait_for_http, BenchArgs, Setup, Stage,
+    acknowledged, consumer_args, create_schema, producer_args, producer_common, send_batches,
+    stage, wait_for_http, BenchArgs, Setup, Stage,
 };
-use crate::config::CommonArgs;
 use crate::error::{Error, Result};
 use crate::ledger;
 
@@ -51,16 +50,8 @@ pub async fn run(
     let schema_url = create_schema(&args.database_url, &schema).await?;
     let topic = format!("{}-e2e", setup.tag).replace('_', "-");
     crate::kafka::create_topic(&setup.kafka, &topic, args.partitions, 1).await?;
-    let port = free_port()?;
-    let common = CommonArgs {
-        service_id: "bench-e2e-producer".into(),
-        kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
-        database_url: schema_url.clone(),
-        kafka_topics: vec![topic.clone()],
-        http_port: port,
-        http_address: std::net::IpAddr::from([127, 0, 0, 1]),
-        outbox_system: None,
-    };
+    let common = producer_common(args, "bench-e2e-producer", &schema_url, &topic)?;
+    let port = common.http_port;
     let mut tasks = vec![tokio::spawn(crate::producer::run(
         producer_args(args, common.clone(), true),
         signal.clone(),
