@@ -26,9 +26,6 @@ pub const WORKER_BINARY: &str = "outbox-worker";
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/outbox-dev/outbox-worker";
 pub use outbox_contract::probes::{LIVENESS_PATH, READINESS_PATH};
 
-pub use outbox_contract::labels::{
-    COMPONENT as COMPONENT_LABEL, GROUP as GROUP_LABEL, SYSTEM as SYSTEM_LABEL,
-};
 /// Pod-template annotation carrying a hash of the ConfigMap's data, so that a config
 /// change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "outbox.dev/config-hash";
@@ -120,7 +117,10 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
 pub fn labels(owner: &Owner, component: &str, group: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = worker_labels(&owner.name, component);
     if let Some(group) = group {
-        labels.insert(GROUP_LABEL.to_string(), group.to_string());
+        labels.insert(
+            outbox_contract::labels::GROUP.to_string(),
+            group.to_string(),
+        );
     }
     labels
 }
@@ -138,8 +138,14 @@ pub fn worker_labels(system: &str, component: &str) -> BTreeMap<String, String> 
             "app.kubernetes.io/managed-by".to_string(),
             "outbox-operator".to_string(),
         ),
-        (COMPONENT_LABEL.to_string(), component.to_string()),
-        (SYSTEM_LABEL.to_string(), system.to_string()),
+        (
+            outbox_contract::labels::COMPONENT.to_string(),
+            component.to_string(),
+        ),
+        (
+            outbox_contract::labels::SYSTEM.to_string(),
+            system.to_string(),
+        ),
     ])
 }
 

@@ -137,28 +137,38 @@ impl Collector for CpuCollector {
     }
 }
 
+/// Every sample of `metric` in a Prometheus text exposition: its labels (the text
+/// between the braces, empty without) and its value.
+pub fn samples<'a>(text: &'a str, metric: &str) -> Vec<(&'a str, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?;
+            let (labels, rest) = match rest.chars().next()? {
+                '{' => rest[1..].split_once('}')?,
+                ' ' => ("", rest),
+                _ => return None,
+            };
+            Some((labels, rest.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A Prometheus text exposition's `outbox_cpu_seconds_total` samples, by part (an
 /// exposition without them gives an empty map).
 pub fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
-    let mut parts = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("outbox_cpu_seconds_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
-        };
-        let part = labels
-            .split(',')
-            .filter_map(|l| l.split_once('='))
-            .find(|(k, _)| k.trim() == "part")
-            .map(|(_, v)| v.trim().trim_matches('"').to_string());
-        let value = value.split_whitespace().next().and_then(|v| v.parse().ok());
-        if let (Some(part), Some(value)) = (part, value) {
-            parts.insert(part, value);
-        }
-    }
-    parts
+    samples(text, "outbox_cpu_seconds_total")
+        .into_iter()
+        .filter_map(|(labels, value)| {
+            let part = labels
+                .split(',')
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| k.trim() == "part")?
+                .1
+                .trim()
+                .trim_matches('"');
+            Some((part.to_string(), value))
+        })
+        .collect()
 }
 
 #[cfg(test)]

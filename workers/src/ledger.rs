@@ -462,6 +462,14 @@ impl IdSet {
         self.ranges.iter().flat_map(|(a, b)| *a..=*b)
     }
 
+    /// Whether any id of the set lies in ledger chunk `chunk`.
+    pub fn touches_chunk(&self, chunk: i64) -> bool {
+        let first = chunk * CHUNK_IDS;
+        self.ranges
+            .iter()
+            .any(|(a, b)| *a < first + CHUNK_IDS && *b >= first)
+    }
+
     fn bounds(&self) -> Option<(i64, i64)> {
         Some((self.ranges.first()?.0, self.ranges.last()?.1))
     }
@@ -543,12 +551,7 @@ pub async fn group_report<C: GenericClient>(
         let chunk: i64 = row.get(0);
         let bits: Vec<u8> = row.get(1);
         let chunk_latency: Option<Vec<u8>> = row.get(2);
-        let first = chunk * CHUNK_IDS;
-        let touched = expected
-            .ranges()
-            .iter()
-            .any(|(a, b)| *a < first + CHUNK_IDS && *b >= first);
-        if touched {
+        if expected.touches_chunk(chunk) {
             if let Some(bytes) = chunk_latency {
                 let h = decode_histogram(&bytes)?;
                 match &mut latency {
@@ -681,12 +684,7 @@ pub async fn latency_since<C: GenericClient>(
     let mut total = new_histogram()?;
     for row in rows {
         let chunk: i64 = row.get(0);
-        let first = chunk * CHUNK_IDS;
-        let touched = ids
-            .ranges()
-            .iter()
-            .any(|(a, b)| *a < first + CHUNK_IDS && *b >= first);
-        if !touched {
+        if !ids.touches_chunk(chunk) {
             continue;
         }
         let mut h = decode_histogram(&row.get::<_, Vec<u8>>(1))?;

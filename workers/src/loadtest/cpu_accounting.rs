@@ -189,13 +189,8 @@ pub fn components_of(kind: &Kind, text: &str) -> BTreeMap<String, f64> {
             }
         }
         Kind::Consumer(group) => {
-            let total: f64 = if parts.is_empty() {
-                samples(text, "process_cpu_seconds_total").iter().sum()
-            } else {
-                parts.values().sum()
-            };
-            if !parts.is_empty() || text.contains("process_cpu_seconds_total") {
-                out.insert(consumers(group), total);
+            if !parts.is_empty() {
+                out.insert(consumers(group), parts.values().sum());
             }
         }
         Kind::External(component) => {
@@ -210,16 +205,9 @@ pub fn components_of(kind: &Kind, text: &str) -> BTreeMap<String, f64> {
 
 /// Values of every sample of `metric` in a Prometheus text exposition.
 pub fn samples(text: &str, metric: &str) -> Vec<f64> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(metric)?;
-            let rest = match rest.chars().next()? {
-                '{' => rest.split_once('}')?.1,
-                ' ' => rest,
-                _ => return None,
-            };
-            rest.split_whitespace().next()?.parse().ok()
-        })
+    crate::cpu::samples(text, metric)
+        .into_iter()
+        .map(|(_, value)| value)
         .collect()
 }
 

@@ -452,8 +452,10 @@ fn validate(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Runs the load test as its steps: connect → resume point → send every scenario →
-/// settle uncertain outcomes → verify → judge (pure, `judge`) → record → report.
+/// Runs the load test as its steps: connect → resume point → read the CPU counters →
+/// send every scenario (draining the backlog before one sent a message at a time) →
+/// settle uncertain outcomes → verify → judge (pure, `judge`) → read the CPU counters
+/// again, each one-at-a-time scenario's own latency → record → report.
 async fn execute(
     args: &LoadTestArgs,
     plan: &Plan,
@@ -515,17 +517,6 @@ async fn execute(
         },
     );
     let cpu_after = plan.cpu.read(&http).await;
-    for (name, window, ids) in &sent.latency_windows {
-        let latency = scenario_latency::close(&mut db, window, ids).await?;
-        if let Some(result) = book
-            .status_mut()
-            .scenarios
-            .iter_mut()
-            .find(|s| &s.name == name)
-        {
-            result.end_to_end_latency = latency;
-        }
-    }
     let acknowledged_by_all = verification
         .reports
         .iter()
@@ -538,6 +529,7 @@ async fn execute(
         cpu_started.elapsed(),
         acknowledged_by_all,
     ));
+    record_scenario_latency(&mut db, book, &sent.latency_windows).await?;
     record(book, &judgement, &verification).await?;
     publish_report(
         args,
@@ -746,6 +738,22 @@ async fn send_all(
     })
 }
 
+/// Each one-at-a-time scenario's own end-to-end latency per group, into its result.
+async fn record_scenario_latency(
+    db: &mut OutboxDb,
+    book: &mut StatusBook,
+    windows: &[(String, scenario_latency::Window, IdSet)],
+) -> Result<()> {
+    for (name, window, ids) in windows {
+        let latency = scenario_latency::close(db, window, ids).await?;
+        let scenarios = &mut book.status_mut().scenarios;
+        if let Some(result) = scenarios.iter_mut().find(|s| &s.name == name) {
+            result.end_to_end_latency = latency;
+        }
+    }
+    Ok(())
+}
+
 /// Before `scenario` is sent one message at a time: waits until every group
 /// acknowledged `earlier`, so that the scenario's latency is its own (see
 /// `scenario_latency`).
@@ -784,7 +792,12 @@ async fn drain_before(
             "backlog drained"
         );
     } else {
-        tracing::warn!(scenario, seconds = started.elapsed().as_secs_f64(), "the backlog was not drained within the verification timeout; the scenario's latency includes it");
+        tracing::warn!(
+            scenario,
+            seconds = started.elapsed().as_secs_f64(),
+            "the backlog did not drain (no acknowledgement for {}s, or the verification timeout ran out); sending the scenario anyway, its latency includes the backlog",
+            scenario_latency::DRAIN_STALL.as_secs()
+        );
     }
     Ok(window)
 }

@@ -8,7 +8,7 @@
 //! acknowledgements since, which are the scenario's own when nothing else writes to
 //! the outbox meanwhile.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use outbox_contract::crd::GroupLatency;
@@ -22,6 +22,10 @@ use crate::shutdown::{self, ShutdownSignal};
 
 /// How often the drain looks at the ledger.
 const DRAIN_POLL: Duration = Duration::from_secs(1);
+/// How long the drain waits without any acknowledgement arriving before it gives up
+/// (no consumer is running, or one is stuck): the scenario is then sent anyway, its
+/// latency marked as not drained.
+pub const DRAIN_STALL: Duration = Duration::from_secs(30);
 
 /// A ledger chunk and its latency histogram as it was read.
 type ChunkReading = (i64, Histogram<u64>);
@@ -35,8 +39,9 @@ pub struct Window {
     baselines: Vec<(String, Option<ChunkReading>)>,
 }
 
-/// Waits (up to `timeout`) until every group acknowledged `earlier`, then reads each
-/// group's chunk holding the last of them.
+/// Waits until every group acknowledged `earlier` (for at most `timeout`, and while
+/// acknowledgements keep arriving: [`DRAIN_STALL`]), then reads each group's chunk
+/// holding the last of them.
 pub async fn open(
     db: &mut OutboxDb,
     groups: &[String],
@@ -44,10 +49,27 @@ pub async fn open(
     timeout: Duration,
     shutdown: &mut ShutdownSignal,
 ) -> Result<Window> {
-    let wait = verify::wait_for_acknowledgements(db, groups, earlier, timeout, DRAIN_POLL, |_| {});
-    let drained = tokio::select! {
-        done = wait => !done?.timed_out,
-        _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
+    let started = Instant::now();
+    let mut progress = Progress::new(started);
+    let drained = loop {
+        let mut acknowledged = 0;
+        let mut complete = true;
+        for group in groups {
+            let report = crate::with_db!(db, |c| verify::report(c, group, earlier).await);
+            acknowledged += report.acknowledged;
+            complete &= report.missing == 0;
+        }
+        if complete {
+            break true;
+        }
+        let now = Instant::now();
+        if now - started >= timeout || progress.stalled(acknowledged, now) {
+            break false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
+        }
     };
     let mut baselines = Vec::with_capacity(groups.len());
     let last = earlier.ranges().last().map(|(_, high)| *high);
@@ -65,6 +87,33 @@ pub async fn open(
         baselines.push((group.clone(), baseline));
     }
     Ok(Window { drained, baselines })
+}
+
+/// When acknowledgements last grew (pure: fed the count and the time).
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    acknowledged: u64,
+    since: Instant,
+}
+
+impl Progress {
+    fn new(now: Instant) -> Progress {
+        Progress {
+            acknowledged: 0,
+            since: now,
+        }
+    }
+
+    /// True once `acknowledged` has not grown for [`DRAIN_STALL`].
+    fn stalled(&mut self, acknowledged: u64, now: Instant) -> bool {
+        if acknowledged > self.acknowledged {
+            *self = Progress {
+                acknowledged,
+                since: now,
+            };
+        }
+        now - self.since >= DRAIN_STALL
+    }
 }
 
 /// The latency of `ids` per group, measured against `window`.
@@ -97,5 +146,26 @@ fn ledger_error(source: crate::Error) -> LoadTestError {
     LoadTestError::Ledger {
         context: "reading the acknowledgement ledger's latency",
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_drain_gives_up_only_after_a_stall_without_new_acknowledgements() {
+        let t0 = Instant::now();
+        let mut p = Progress::new(t0);
+        assert!(!p.stalled(0, t0 + Duration::from_secs(29)));
+        assert!(
+            !p.stalled(10, t0 + Duration::from_secs(31)),
+            "growth restarts the clock"
+        );
+        assert!(!p.stalled(10, t0 + Duration::from_secs(60)));
+        assert!(p.stalled(10, t0 + Duration::from_secs(61)));
+        // Nothing ever acknowledged (no consumer): 30 s.
+        let mut idle = Progress::new(t0);
+        assert!(idle.stalled(0, t0 + DRAIN_STALL));
     }
 }

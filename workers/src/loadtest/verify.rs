@@ -204,7 +204,7 @@ pub async fn wait_for_acknowledgements(
     }
 }
 
-async fn report(client: &Client, group: &str, expected: &IdSet) -> Result<GroupReport> {
+pub async fn report(client: &Client, group: &str, expected: &IdSet) -> Result<GroupReport> {
     ledger::group_report(client, group, expected)
         .await
         .map_err(|source| LoadTestError::Ledger {
