@@ -2,7 +2,8 @@
 //! `outbox_cpu_seconds_total{part}` so that a load test can say where the cores went.
 //!
 //! Threads are named for their work: the main runtime's threads `outbox-main` (HTTP
-//! ingest in a producer, the consume-and-acknowledge loop in a consumer), the relay's
+//! ingest and housekeeping such as retention in a producer, the consume-and-acknowledge
+//! loop in a consumer), the relay's
 //! own runtime `outbox-relay`, librdkafka's threads `rdk:*`. The kernel keeps each
 //! live thread's time in `/proc/self/task/<tid>/stat` and the whole process's, exited
 //! threads included, in `/proc/self/stat`; what the live named threads do not explain
