@@ -572,7 +572,7 @@ fn consumer_args(common: CommonArgs, group: &str) -> Result<ConsumerArgs> {
         retry_backoff_ms: 200,
         retry_max_backoff_ms: 10_000,
         dead_letter_topic: None,
-        acks_per_transaction: 5_000,
+        acks_per_transaction: crate::consumer::DEFAULT_ACKS_PER_TRANSACTION,
         transaction_linger_ms: 20,
     })
 }

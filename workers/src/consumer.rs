@@ -56,12 +56,27 @@ pub struct ConsumerArgs {
     /// retrying rather than drop a message.
     #[arg(long, env = names::DEAD_LETTER_TOPIC)]
     pub dead_letter_topic: Option<String>,
-    /// Most messages acknowledged per ledger transaction.
-    #[arg(long, env = "CONSUMER_ACKS_PER_TRANSACTION", default_value_t = 5_000)]
+    /// Most messages acknowledged per ledger transaction. A transaction writes one
+    /// per-key order row per key it holds, so a consumer catching up on a backlog does
+    /// less work per message with larger ones; it also ends at
+    /// [`TRANSACTION_MAX_BYTES`] of payload.
+    #[arg(long, env = "CONSUMER_ACKS_PER_TRANSACTION", default_value_t = DEFAULT_ACKS_PER_TRANSACTION)]
     pub acks_per_transaction: usize,
     /// How long a transaction's acknowledgements wait for more to arrive.
     #[arg(long, env = "CONSUMER_TRANSACTION_LINGER_MS", default_value_t = 20)]
     pub transaction_linger_ms: u64,
+}
+
+/// Messages per ledger transaction unless `CONSUMER_ACKS_PER_TRANSACTION` says.
+pub const DEFAULT_ACKS_PER_TRANSACTION: usize = 20_000;
+
+/// Payload and key bytes one ledger transaction's messages hold at most (the batch
+/// ends with the message that reaches it), so large messages cannot fill memory.
+pub const TRANSACTION_MAX_BYTES: usize = 16 << 20;
+
+/// Bytes a message holds in a batch.
+fn message_bytes(m: &OwnedMessage) -> usize {
+    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
 }
 
 #[derive(Clone)]
@@ -270,10 +285,15 @@ impl Member<'_> {
                 }
             };
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < self.args.acks_per_transaction {
+            let mut bytes: usize = batch.iter().map(message_bytes).sum();
+            while batch.len() < self.args.acks_per_transaction && bytes < TRANSACTION_MAX_BYTES {
                 tokio::select! {
                     m = self.consumer.recv() => match m {
-                        Ok(m) => batch.push(m.detach()),
+                        Ok(m) => {
+                            let m = m.detach();
+                            bytes += message_bytes(&m);
+                            batch.push(m);
+                        }
                         Err(e) => { tracing::warn!(error = %e, "Kafka consumer error"); break; }
                     },
                     _ = tokio::time::sleep_until(deadline) => break,
