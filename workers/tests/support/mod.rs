@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outbox_workers::ledger::{self, GroupReport, IdSet};
 use serde_json::{json, Value};
-use testbed_support::{eventually, free_port, kafka, testbed, unique_name};
+use testbed_support::{free_port, kafka, testbed, unique_name};
 
 /// Where the brokers and the database of one test are.
 #[derive(Debug, Clone)]
@@ -217,6 +217,19 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // A failing test says what its workers were doing.
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- last {} lines of {} ({}):\n{}",
+                tail.len(),
+                self.name,
+                self.log.display(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
@@ -270,7 +283,8 @@ pub async fn outbox_rows(db: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Waits until `group` acknowledged every id in `expected`, then returns its report.
+/// Waits until `group` acknowledged every id in `expected`, then returns its report;
+/// on timeout it panics with the last report (how far the group got).
 pub async fn wait_acknowledged(
     database_url: &str,
     group: &str,
@@ -280,15 +294,24 @@ pub async fn wait_acknowledged(
     let client = outbox_workers::db::connect(database_url)
         .await
         .expect("connect");
-    let what = format!("group {group} to acknowledge {} messages", expected.len());
-    let report = eventually(&what, timeout, || async {
-        let report = ledger::group_report(&client, group, expected).await.ok()?;
-        (report.missing == 0).then_some(report)
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match ledger::group_report(&client, group, expected).await {
+            Ok(report) if report.missing == 0 => break,
+            Ok(report) => last = Some(report),
+            Err(e) => eprintln!("group report: {e}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for group {group} to acknowledge {} messages; last report: {last:?}",
+                expected.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Let late redeliveries land before counting duplicates.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = report;
     ledger::group_report(&client, group, expected)
         .await
         .expect("report")
