@@ -8,7 +8,7 @@ use std::time::Duration;
 use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
 use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
-use support::{keyed_messages, wait_acknowledged, Env, Worker};
+use support::{keyed_messages, wait_acknowledged, wait_acknowledged_supervising, Env, Worker};
 use testbed_support::tls::TestCa;
 use testbed_support::{free_port, kafka};
 
@@ -94,41 +94,12 @@ async fn stopping_and_restarting_the_broker_and_the_database_during_a_run_loses_
     );
     assert!(ids.len() >= 20 * 200, "accepted {} messages", ids.len());
     let expected = IdSet::from_ids(ids);
-    // As its Deployment would, start a worker again that stopped on its own: a consumer
-    // whose Kafka client stays wedged after the broker restart exits after a minute
-    // (`kafka_watchdog`), and a new client carries on from the committed offsets.
-    let client = outbox_workers::db::connect(&pg.url())
-        .await
-        .expect("connect");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    let mut started_again = Vec::new();
-    loop {
-        if let Some(status) = consumer.exited() {
-            started_again.push(format!("consumer ({status})"));
-            consumer = Worker::consumer(&env, "c1", "restart-group", &fast_retry);
-        }
-        if let Some(status) = producer.exited() {
-            started_again.push(format!("producer ({status})"));
-            producer = Worker::producer(&env, "p1", &[("RELAY_ROWS_PER_KAFKA_BATCH", "100")]);
-        }
-        let report = outbox_workers::ledger::group_report(&client, "restart-group", &expected)
-            .await
-            .ok();
-        if report.as_ref().is_some_and(|r| r.missing == 0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "restart-group did not acknowledge all {} messages in 300 s; last report {report:?}; workers started again: {started_again:?}",
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let report = wait_acknowledged(
+    let (report, started_again) = wait_acknowledged_supervising(
         &pg.url(),
         "restart-group",
         &expected,
-        Duration::from_secs(10),
+        Duration::from_secs(300),
+        &mut [&mut producer, &mut consumer],
     )
     .await;
     assert_eq!(report.missing, 0, "{report:?}");
@@ -228,16 +199,17 @@ async fn a_kafka_outage_from_start_up_on_stops_neither_ingest_nor_a_process_and_
     kafka.start_again();
     kafka::create_topic(&kafka.bootstrap(), &env.topic, 3, &[]).await;
     let expected = IdSet::from_ids(ids);
-    let report = wait_acknowledged(
+    let (report, started_again) = wait_acknowledged_supervising(
         &env.database_url,
         "outage-group",
         &expected,
-        Duration::from_secs(120),
+        Duration::from_secs(240),
+        &mut [&mut producer, &mut consumer],
     )
     .await;
     assert_eq!(report.missing, 0, "{report:?}");
     assert_eq!(report.out_of_order, 0, "{report:?}");
-    eprintln!("after a {OUTAGE:?} Kafka outage from start-up: {report:?}");
+    eprintln!("after a {OUTAGE:?} Kafka outage from start-up: {report:?}; started again: {started_again:?}");
     assert!(producer.exited().is_none() && consumer.exited().is_none());
     assert!(producer.terminate(), "{}", producer.log_text());
     assert!(consumer.terminate(), "{}", consumer.log_text());

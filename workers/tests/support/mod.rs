@@ -42,6 +42,17 @@ pub struct Worker {
     pub port: u16,
     child: Option<Child>,
     pub log: PathBuf,
+    /// What it was started with, to start it again (not for workers in a cgroup).
+    launch: Option<Launch>,
+}
+
+/// A worker's role, test environment, name and extra settings.
+#[derive(Clone)]
+struct Launch {
+    role: String,
+    env: Env,
+    name: String,
+    extra: Vec<(String, String)>,
 }
 
 impl Worker {
@@ -69,7 +80,37 @@ impl Worker {
     }
 
     fn start(role: &str, env: &Env, name: &str, extra: &[(&str, &str)]) -> Worker {
-        Worker::spawn(role, env, name, extra, None)
+        let mut worker = Worker::spawn(role, env, name, extra, None);
+        worker.launch = Some(Launch {
+            role: role.to_string(),
+            env: env.clone(),
+            name: name.to_string(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+        worker
+    }
+
+    /// Starts the worker again, with the same settings, when it stopped on its own
+    /// (as its Deployment would); says how it had ended.
+    pub fn start_again_if_exited(&mut self) -> Option<String> {
+        let status = self.exited()?;
+        let launch = self.launch.clone()?;
+        let extra: Vec<(&str, &str)> = launch
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let previous = self.log.clone();
+        *self = Worker::spawn(&launch.role, &launch.env, &launch.name, &extra, None);
+        self.launch = Some(launch);
+        Some(format!(
+            "{} had exited ({status}; log {})",
+            self.name,
+            previous.display()
+        ))
     }
 
     fn spawn(
@@ -125,6 +166,7 @@ impl Worker {
             port,
             child: Some(child),
             log,
+            launch: None,
         }
     }
 
@@ -291,12 +333,31 @@ pub async fn wait_acknowledged(
     expected: &IdSet,
     timeout: Duration,
 ) -> GroupReport {
+    wait_acknowledged_supervising(database_url, group, expected, timeout, &mut [])
+        .await
+        .0
+}
+
+/// [`wait_acknowledged`] while starting `workers` again that stop on their own, as
+/// their Deployments would (a consumer whose Kafka client stays wedged after a broker
+/// restart exits after a minute: `kafka_watchdog`). Also returns what was started again.
+pub async fn wait_acknowledged_supervising(
+    database_url: &str,
+    group: &str,
+    expected: &IdSet,
+    timeout: Duration,
+    workers: &mut [&mut Worker],
+) -> (GroupReport, Vec<String>) {
     let client = outbox_workers::db::connect(database_url)
         .await
         .expect("connect");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = None;
+    let mut started_again = Vec::new();
     loop {
+        for worker in workers.iter_mut() {
+            started_again.extend(worker.start_again_if_exited());
+        }
         match ledger::group_report(&client, group, expected).await {
             Ok(report) if report.missing == 0 => break,
             Ok(report) => last = Some(report),
@@ -304,7 +365,7 @@ pub async fn wait_acknowledged(
         }
         if tokio::time::Instant::now() >= deadline {
             panic!(
-                "timed out after {timeout:?} waiting for group {group} to acknowledge {} messages; last report: {last:?}",
+                "timed out after {timeout:?} waiting for group {group} to acknowledge {} messages; last report: {last:?}; started again: {started_again:?}",
                 expected.len()
             );
         }
@@ -312,9 +373,10 @@ pub async fn wait_acknowledged(
     }
     // Let late redeliveries land before counting duplicates.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ledger::group_report(&client, group, expected)
+    let report = ledger::group_report(&client, group, expected)
         .await
-        .expect("report")
+        .expect("report");
+    (report, started_again)
 }
 
 /// `n` messages over `keys` keys, numbered per key so order can be read off.
