@@ -28,6 +28,7 @@ pub mod outage;
 pub mod progress;
 pub mod report;
 pub mod scenario_latency;
+pub mod series;
 pub mod split;
 pub mod status;
 pub mod verify;
@@ -555,6 +556,7 @@ async fn execute(
             verification_seconds: (verification.waited.as_secs_f64() * 1000.0).round() / 1000.0,
             verification: verification.reports.clone(),
             status: book.status().clone(),
+            series: series::Series::default(),
         },
     )?;
     tracing::info!(phase = ?book.phase(), verified = judgement.verified.ok, "load test finished");

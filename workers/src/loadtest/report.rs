@@ -58,6 +58,8 @@ pub struct Report {
     pub verification: Vec<GroupReport>,
     /// Exactly the status written to the LoadTest.
     pub status: LoadTestStatus,
+    /// What was sampled while the run went.
+    pub series: super::series::Series,
 }
 
 impl Report {

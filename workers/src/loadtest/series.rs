@@ -1,0 +1,99 @@
+//! Time series sampled while a run goes: per interval, the messages sent, accepted and
+//! acknowledged per group, request latency percentiles, the outbox backlog, consumer
+//! lag, and each worker's resident memory and CPU. The JSON report and the HTML report
+//! carry them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The series of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Series {
+    /// Seconds between samples.
+    pub interval_seconds: f64,
+    /// Samples, oldest first.
+    pub points: Vec<Point>,
+    /// Request latency histogram of each scenario sent one message per request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub request_latency_histograms: BTreeMap<String, Vec<Bucket>>,
+}
+
+/// One sample: rates over the interval that ends at `t`, levels at `t`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Point {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Scenario being sent, if any (none while the runner drains or verifies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    /// Messages per second an arrival-rate scenario offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_per_second: Option<f64>,
+    /// Messages accepted per second.
+    pub accepted_per_second: f64,
+    /// Messages failed per second.
+    pub failed_per_second: f64,
+    /// Arrivals missed per second (every connection busy).
+    #[serde(default)]
+    pub missed_per_second: f64,
+    /// Latency of the requests answered in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_latency_ms: Option<IntervalLatency>,
+    /// Messages acknowledged per second, per consumer group (the group's members'
+    /// `outbox_consumer_acknowledged_total`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acknowledged_per_second: BTreeMap<String, f64>,
+    /// Outbox rows not yet relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i64>,
+    /// Messages not yet consumed, per consumer group (sum over its members).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumer_lag: BTreeMap<String, i64>,
+    /// Each worker (pod name or address): resident memory and CPU.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workers: BTreeMap<String, WorkerPoint>,
+}
+
+/// Request latency over one interval, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntervalLatency {
+    /// Requests answered in the interval.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// One worker at one sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoint {
+    /// `producer` or `consumer <group>`.
+    pub component: String,
+    /// Resident memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<f64>,
+    /// CPU cores used over the interval (CPU seconds per second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+}
+
+/// One histogram bucket: requests of latency at most `le_ms` and above the previous
+/// bucket's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bucket {
+    /// Upper bound, ms.
+    pub le_ms: f64,
+    /// Requests in the bucket.
+    pub count: u64,
+}
