@@ -37,6 +37,8 @@ pub mod loadtest {
     pub const VERIFIED: &str = "Verified";
     /// A dependency is away and the runner waits for it. Runner.
     pub const DEGRADED: &str = "Degraded";
+    /// Every threshold of the spec (and the arrival-rate defaults) held. Runner.
+    pub const THRESHOLDS_MET: &str = "ThresholdsMet";
 }
 
 /// A condition as the reconciler wants it, before timestamps.

@@ -540,6 +540,19 @@ mod tests {
             crate::runner_job::deadline_seconds(&empty),
             600 + 600 + 300 + 300
         );
+        // Arrival-rate scenarios take their stages' time, whatever the rate.
+        let rate: crate::crd::LoadTest = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/loadtest-rate.yaml"
+            ))
+            .expect("the rate LoadTest"),
+        )
+        .expect("parses");
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&rate.spec),
+            600 + 60 + 60 + rate.spec.verification_timeout_seconds + 300 + 300
+        );
     }
 
     fn status(phase: Option<LoadTestPhase>) -> LoadTestStatus {

@@ -35,13 +35,25 @@ pub struct RunnerParams<'a> {
 }
 
 /// Seconds a runner Job may run before Kubernetes stops it (`activeDeadlineSeconds`):
-/// ten minutes to start, the messages at no less than 1,000 per second, the
-/// verification timeout, the runner's five minutes of patience with producers that
-/// push back and its five minutes of patience with an outbox database that is away. A
-/// run that takes longer is stuck, and ends Failed instead of running on.
+/// ten minutes to start, the messages at no less than 1,000 per second (an arrival-rate
+/// scenario: its stages' durations), the verification timeout, the runner's five
+/// minutes of patience with producers that push back and its five minutes of patience
+/// with an outbox database that is away. A run that takes longer is stuck, and ends
+/// Failed instead of running on.
 pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
-    let messages: i64 = spec.scenarios.iter().map(|s| s.messages.max(0)).sum();
-    600 + messages / 1_000 + spec.verification_timeout_seconds.max(0) + 300 + 300
+    let sending: i64 = spec
+        .scenarios
+        .iter()
+        .map(|s| match &s.arrival_rate {
+            Some(rate) => rate
+                .stages
+                .iter()
+                .map(|stage| stage.duration_seconds.max(0))
+                .sum(),
+            None => s.messages.unwrap_or(0).max(0) / 1_000,
+        })
+        .sum();
+    600 + sending + spec.verification_timeout_seconds.max(0) + 300 + 300
 }
 
 /// The runner Job: `outbox-worker loadtest --namespace <ns> --name <loadtest>`, with the

@@ -477,8 +477,8 @@ async fn run_row(bench: &Bench, index: usize, fault: &str, phase: Phase, message
     )
     .unwrap_or_else(|e| panic!("{e}"));
     lt.metadata.name = Some(name.clone());
-    lt.spec.scenarios[0].messages = messages;
-    lt.spec.scenarios[1].messages = 1_000;
+    lt.spec.scenarios[0].messages = Some(messages);
+    lt.spec.scenarios[1].messages = Some(1_000);
     if phase == Phase::Verifying {
         // Without the one-at-a-time scenario after it, which gives the consumers time to
         // catch up, verification starts with their backlog and lasts long enough to hit.

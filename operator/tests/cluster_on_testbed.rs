@@ -267,7 +267,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     )
     .unwrap_or_else(|e| panic!("{e}"));
     lt.metadata.name = Some("chaos".into());
-    lt.spec.scenarios[0].messages = 500_000;
+    lt.spec.scenarios[0].messages = Some(500_000);
     lt.spec.success_threshold = 100.0;
     lt.spec.verification_timeout_seconds = 600;
     // Kafka and PostgreSQL are host processes here: the testbed's exporter serves their
@@ -369,7 +369,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     assert_eq!(status.phase, Some(LoadTestPhase::Succeeded), "{status:#?}");
     assert_eq!(
         status.accepted_messages,
-        Some(500_000 + lt.spec.scenarios[1].messages),
+        Some(500_000 + lt.spec.scenarios[1].offered_messages()),
         "every message accepted, the deleted producer's share through the Service: {status:#?}"
     );
     let verified = status.conditions.iter().find(|c| c.type_ == "Verified");

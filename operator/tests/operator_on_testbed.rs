@@ -300,13 +300,19 @@ async fn sample_manifests_are_accepted_by_the_api_server_as_written() {
     for file in [
         "manifests/loadtest-reference.yaml",
         "manifests/loadtest-small.yaml",
+        "manifests/loadtest-rate.yaml",
     ] {
         let lt: LoadTest = parse_sample(file);
         let created = loadtests
             .create(&dry_run, &lt)
             .await
             .unwrap_or_else(|e| panic!("{file} refused: {e}"));
-        let messages: i64 = created.spec.scenarios.iter().map(|s| s.messages).sum();
+        let messages: i64 = created
+            .spec
+            .scenarios
+            .iter()
+            .map(|s| s.offered_messages())
+            .sum();
         assert!(messages > 0, "{file}");
     }
     delete_namespace(&client, &ns).await;
@@ -407,6 +413,107 @@ async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
             )
         }
         other => panic!("renaming the topic was not refused: {other:?}"),
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn invalid_load_tests_are_refused_by_the_api_server_naming_the_rule() {
+    let (client, ns) = setup("lt-invalid").await;
+    let api: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let base = || {
+        let mut v = serde_json::to_value(parse_sample::<LoadTest>("manifests/loadtest-rate.yaml"))
+            .unwrap_or_default();
+        v["metadata"]["name"] = "bad".into();
+        v
+    };
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "messages and an arrival rate",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0]["messages"] = 5.into();
+                v
+            },
+            "exactly one of messages",
+        ),
+        (
+            "neither messages nor an arrival rate",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0] = serde_json::json!({"name": "empty"});
+                v
+            },
+            "exactly one of messages",
+        ),
+        (
+            "a batching arrival rate",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0]["batching"] = true.into();
+                v
+            },
+            "batching must be false",
+        ),
+        (
+            "concurrency on an arrival rate",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0]["concurrency"] = 4.into();
+                v
+            },
+            "arrivalRate.connections, not concurrency",
+        ),
+        (
+            "501 connections",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0]["arrivalRate"]["connections"] = 501.into();
+                v
+            },
+            "spec.scenarios[0].arrivalRate.connections",
+        ),
+        (
+            "a rate of 0",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][1]["arrivalRate"]["stages"][2]["ratePerSecond"] = 0.into();
+                v
+            },
+            "spec.scenarios[1].arrivalRate.stages[2].ratePerSecond",
+        ),
+        (
+            "a latency limit without a percentile",
+            {
+                let mut v = base();
+                v["spec"]["thresholds"]["requestLatencyMs"] = serde_json::json!({});
+                v
+            },
+            "names at least one of p50, p95, p99",
+        ),
+        (
+            "an achieved ratio above 1",
+            {
+                let mut v = base();
+                v["spec"]["thresholds"]["minAchievedRatio"] = 1.5.into();
+                v
+            },
+            "spec.thresholds.minAchievedRatio",
+        ),
+    ];
+    for (what, body, says) in cases {
+        let lt: LoadTest = serde_json::from_value(body).unwrap_or_else(|e| panic!("{what}: {e}"));
+        match api.create(&PostParams::default(), &lt).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{what}: {status:?}");
+                assert!(
+                    status.message.contains(says),
+                    "{what}: {:?} does not say {says:?}",
+                    status.message
+                );
+            }
+            other => panic!("{what} was not refused: {other:?}"),
+        }
     }
     delete_namespace(&client, &ns).await;
 }

@@ -132,7 +132,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let metrics = ConsumerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    registry.register_collector(Box::new(crate::cpu::CpuCollector));
+    registry.register_collector(Box::new(crate::cpu::ProcessCollector));
     let started = Started::default();
     let health = HealthState {
         database_url: args.common.database_url.clone(),

@@ -1,5 +1,6 @@
 //! CPU time of this process, split by what its threads do, served on `/metrics` as
-//! `outbox_cpu_seconds_total{part}` so that a load test can say where the cores went.
+//! `outbox_cpu_seconds_total{part}` so that a load test can say where the cores went;
+//! beside it the process's resident memory, `process_resident_memory_bytes`.
 //!
 //! Threads are named for their work: the main runtime's threads `outbox-main` (HTTP
 //! ingest and housekeeping such as retention in a producer, the consume-and-acknowledge
@@ -14,6 +15,18 @@ use std::collections::BTreeMap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+/// The resident set of a process, in bytes, from its `/proc/<pid>/status` text.
+pub fn resident_bytes(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: f64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => Some(value * 1024.0),
+        _ => None,
+    }
+}
 
 /// Clock ticks per second of the times in `/proc/.../stat` (`USER_HZ`, 100 on every
 /// Linux architecture this runs on).
@@ -115,12 +128,25 @@ pub fn this_process_total() -> Option<f64> {
     Some(ticks as f64 / TICKS_PER_SECOND)
 }
 
-/// Serves [`this_process`] as `outbox_cpu_seconds_total{part}` on every scrape.
+/// Serves [`this_process`] as `outbox_cpu_seconds_total{part}` and the resident memory
+/// as `process_resident_memory_bytes` on every scrape.
 #[derive(Debug, Default)]
-pub struct CpuCollector;
+pub struct ProcessCollector;
 
-impl Collector for CpuCollector {
+impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(bytes) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| resident_bytes(&s))
+        {
+            let gauge = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of this process in bytes",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(bytes).encode(gauge)?;
+        }
         let Some(parts) = this_process() else {
             return Ok(());
         };
@@ -210,6 +236,14 @@ mod tests {
     }
 
     #[test]
+    fn resident_memory_is_read_from_the_vmrss_line_in_kilobytes() {
+        let status = "Name:\toutbox-worker\nVmPeak:\t  9000 kB\nVmRSS:\t   2048 kB\nThreads:\t9\n";
+        assert_eq!(resident_bytes(status), Some(2048.0 * 1024.0));
+        assert_eq!(resident_bytes("Name:\tx\n"), None);
+        assert_eq!(resident_bytes("VmRSS:\t12 pages\n"), None);
+    }
+
+    #[test]
     fn this_process_reads_its_own_threads() {
         let parts = this_process().expect("/proc/self is readable on Linux");
         assert_eq!(parts.len(), 4);
@@ -219,9 +253,15 @@ mod tests {
     #[test]
     fn the_collector_output_parses_back_by_part() {
         let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(CpuCollector));
+        registry.register_collector(Box::new(ProcessCollector));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let resident = samples(&text, "process_resident_memory_bytes");
+        assert_eq!(resident.len(), 1, "{text}");
+        assert!(
+            resident[0].1 > 1e6,
+            "a test process holds more than 1 MB: {text}"
+        );
         let parts = parse_exposition(&text);
         assert_eq!(
             parts.keys().map(String::as_str).collect::<Vec<_>>(),

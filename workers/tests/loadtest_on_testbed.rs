@@ -439,8 +439,229 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
         "{cpu:#}"
     );
     assert_eq!(cpu["unreadable"], serde_json::json!(["kafka"]), "{cpu:#}");
+    // Sampled while it ran: throughput, every worker's memory and CPU.
+    let points = report["series"]["points"]
+        .as_array()
+        .expect("series points");
+    assert!(
+        points
+            .iter()
+            .any(|p| p["scenario"] == "batch" && f64_of(&p["acceptedPerSecond"]) > 0.0),
+        "accepted per second while the batch was sent"
+    );
+    let workers = points.last().map(|p| &p["workers"]).expect("a last point");
+    assert_eq!(
+        workers.as_object().map(|w| w.len()),
+        Some(3 + 6),
+        "{workers:#}"
+    );
+    assert!(
+        workers
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(_, w)| f64_of(&w["residentBytes"]) > 1e6),
+        "{workers:#}"
+    );
+    assert!(
+        points.iter().any(|p| p["backlog"].as_i64().is_some()),
+        "the outbox backlog over time"
+    );
+    let histogram = report["series"]["requestLatencyHistograms"]["immediate"]
+        .as_array()
+        .expect("the immediate scenario's latency histogram");
+    let counted: u64 = histogram.iter().filter_map(|b| b["count"].as_u64()).sum();
+    assert_eq!(counted, 500, "{histogram:?}");
     let table = system.processes.log_tail("runner");
     assert!(table.contains("CPU-µs per message end to end"), "{table}");
+}
+
+/// Writes `yaml` (a LoadTest spec) where the runner of `system` reads it.
+fn spec_file(system: &System, label: &str, yaml: &str) -> PathBuf {
+    let path = system.processes.logs.join(format!("{label}-spec.yaml"));
+    std::fs::write(&path, yaml).expect("write the spec");
+    path
+}
+
+fn f64_of(v: &Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number, got {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constant_rate_and_a_ramp_hold_their_rates_and_report_each_stage() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-rate", 2, &[("a", 1), ("b", 1)]).await;
+    let spec = spec_file(
+        &system,
+        "rate",
+        "systemRef: {name: local}
+scenarios:
+- name: steady
+  arrivalRate:
+    connections: 20
+    stages: [{ratePerSecond: 200, durationSeconds: 8}]
+- name: ramp
+  arrivalRate:
+    connections: 40
+    stages:
+    - {ratePerSecond: 50, durationSeconds: 3}
+    - {ratePerSecond: 150, durationSeconds: 3}
+    - {ratePerSecond: 300, durationSeconds: 3}
+messageSize: 128
+keys: 20
+thresholds:
+  requestLatencyMs: {p99: 5000}
+  minAchievedRatio: 0.9
+",
+    );
+    let spec = spec.display().to_string();
+    let (exit, report) = system
+        .run(
+            "runner",
+            &["--spec", &spec, "--verification-timeout", "120s"],
+            Duration::from_secs(300),
+        )
+        .await;
+    let status = &report["status"];
+    assert!(exit.success(), "runner exit {exit}: {status:#}");
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    assert_eq!(
+        condition(status, "ThresholdsMet")["status"],
+        "True",
+        "{status:#}"
+    );
+
+    // The steady rate: 1,600 arrivals over 8 s, all sent on time and accepted, in
+    // 8 s within a few percent.
+    let steady = scenario(&report, "steady");
+    assert_eq!(steady["messages"], 1600, "{steady:#}");
+    assert_eq!(steady["accepted"], 1600, "{steady:#}");
+    assert_eq!(steady["missedArrivals"], 0, "{steady:#}");
+    let seconds = f64_of(&steady["durationSeconds"]);
+    assert!(
+        (7.9..=8.4).contains(&seconds),
+        "200 msg/s for 8 s took {seconds} s: {steady:#}"
+    );
+    let rate = 1600.0 / seconds;
+    assert!((rate - 200.0).abs() <= 0.05 * 200.0, "{rate} msg/s");
+    let [p50, p95, p99] = ["p50", "p95", "p99"].map(|k| f64_of(&steady["latency"][k]));
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{steady:#}");
+    let stage = &steady["stages"][0];
+    assert_eq!(stage["offered"], 1600);
+    assert!(f64_of(&stage["achievedRatio"]) >= 0.95, "{stage:#}");
+    // Its own end-to-end latency, per group.
+    assert_eq!(
+        steady["endToEndLatency"].as_array().map(Vec::len),
+        Some(2),
+        "{steady:#}"
+    );
+
+    // The ramp: each stage's offered arrivals and what it achieved.
+    let ramp = scenario(&report, "ramp");
+    let stages = ramp["stages"].as_array().expect("ramp stages");
+    let offered: Vec<i64> = stages
+        .iter()
+        .map(|s| s["offered"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(offered, vec![150, 450, 900], "{ramp:#}");
+    for s in stages {
+        let ratio = f64_of(&s["achievedRatio"]);
+        assert!((0.9..=1.01).contains(&ratio), "{s:#}");
+        assert!(s["latency"]["p95"].as_f64().is_some(), "{s:#}");
+    }
+    let checks = status["thresholds"].as_array().expect("threshold checks");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["metric"] == "achievedRatio" && c["subject"] == "stage 3"),
+        "{checks:#?}"
+    );
+
+    // The time series: the offered rate per second follows the stages.
+    let points = report["series"]["points"]
+        .as_array()
+        .expect("series points");
+    let offered_in = |name: &str| -> Vec<f64> {
+        points
+            .iter()
+            .filter(|p| p["scenario"] == name)
+            .filter_map(|p| p["offeredPerSecond"].as_f64())
+            .collect()
+    };
+    let mut steady_rates = offered_in("steady");
+    steady_rates.sort_by(f64::total_cmp);
+    assert!(steady_rates.len() >= 5, "{steady_rates:?}");
+    let median = steady_rates[steady_rates.len() / 2];
+    assert!(
+        (median - 200.0).abs() <= 20.0,
+        "median offered {median}/s: {steady_rates:?}"
+    );
+    let ramp_rates = offered_in("ramp");
+    let top = ramp_rates.iter().copied().fold(0.0, f64::max);
+    assert!((250.0..=350.0).contains(&top), "{ramp_rates:?}");
+    for name in system.group_names() {
+        assert!(
+            points
+                .iter()
+                .any(|p| p["acknowledgedPerSecond"][name.as_str()]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0)),
+            "group {name} acknowledgements over time"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impossible_threshold_fails_the_run_naming_it_and_the_measured_value() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-limit", 1, &[("a", 1)]).await;
+    let spec = spec_file(
+        &system,
+        "limit",
+        "systemRef: {name: local}
+scenarios:
+- name: steady
+  arrivalRate:
+    stages: [{ratePerSecond: 50, durationSeconds: 2}]
+thresholds:
+  requestLatencyMs: {p50: 0.001}
+",
+    );
+    let spec = spec.display().to_string();
+    let (exit, report) = system
+        .run("runner", &["--spec", &spec], Duration::from_secs(180))
+        .await;
+    let status = &report["status"];
+    assert_eq!(
+        exit.code(),
+        Some(2),
+        "a failed run exits 2 in local mode: {status:#}"
+    );
+    assert_eq!(status["phase"], "Failed", "{status:#}");
+    assert_eq!(
+        condition(status, "Verified")["status"],
+        "True",
+        "every message still arrived: {status:#}"
+    );
+    let met = condition(status, "ThresholdsMet");
+    assert_eq!(met["status"], "False");
+    assert_eq!(met["reason"], "ThresholdsCrossed");
+    let check = status["thresholds"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["metric"] == "requestLatency.p50"))
+        .unwrap_or_else(|| panic!("the p50 check: {status:#}"));
+    assert_eq!(check["passed"], false);
+    let measured = f64_of(&check["measured"]);
+    assert!(measured > 0.001);
+    let message = met["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("scenario steady: requestLatency.p50")
+            && message.contains("> 0.001 ms")
+            && message.contains(&format!("{}", (measured * 1000.0).round() / 1000.0)),
+        "the condition names the limit and the measured value: {message}"
+    );
+    assert_eq!(condition(status, "Complete")["reason"], "ThresholdsCrossed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,15 +913,17 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         scenarios: vec![
             Scenario {
                 name: "batch".into(),
-                messages: 3001,
+                messages: Some(3001),
                 batching: true,
                 concurrency: None,
+                ..Scenario::default()
             },
             Scenario {
                 name: "immediate".into(),
-                messages: 100,
+                messages: Some(100),
                 batching: false,
                 concurrency: Some(4),
+                ..Scenario::default()
             },
         ],
         message_size: 128,
@@ -710,6 +933,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         ttl_seconds_after_finished: None,
         image: None,
         cpu_sources: Vec::new(),
+        thresholds: None,
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests
@@ -901,9 +1125,10 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
         },
         scenarios: vec![Scenario {
             name: "batch".into(),
-            messages: 3000,
+            messages: Some(3000),
             batching: true,
             concurrency: None,
+            ..Scenario::default()
         }],
         message_size: 64,
         keys: 10,
@@ -912,6 +1137,7 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
         ttl_seconds_after_finished: None,
         image: None,
         cpu_sources: Vec::new(),
+        thresholds: None,
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Messages","type":"integer","description":"Messages accepted over all scenarios","jsonPath":".status.acceptedMessages"}"#,
     printcolumn = r#"{"name":"Throughput","type":"number","description":"Overall accepted messages per second","jsonPath":".status.throughput"}"#,
     printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.conditions[?(@.type==\"Verified\")].status"}"#,
+    printcolumn = r#"{"name":"Thresholds","type":"string","description":"True when every threshold held","jsonPath":".status.conditions[?(@.type==\"ThresholdsMet\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -44,7 +45,8 @@ pub struct LoadTestSpec {
     #[serde(default = "default_keys")]
     #[schemars(range(min = 1))]
     pub keys: i64,
-    /// Percentage of messages that must be accepted for the run to succeed (default 95).
+    /// Percentage of each scenario's messages that must be accepted for the run to
+    /// succeed (default 95).
     #[serde(default = "default_success_threshold")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub success_threshold: f64,
@@ -66,6 +68,71 @@ pub struct LoadTestSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub cpu_sources: Vec<CpuSource>,
+    /// Limits the run must stay within to succeed, beside the success threshold and
+    /// verification (which tolerates no missing and no out-of-order message). Each
+    /// crossed limit is named in the `ThresholdsMet` condition with its measured value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
+}
+
+/// Limits a run must stay within. Latency limits apply to the scenarios sent one
+/// message per request (immediate and arrival-rate ones); a batch request's latency is
+/// that of a whole batch and is not judged.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    /// Request latency (send → the producer's answer) in ms. Default for arrival-rate
+    /// scenarios when absent: p50 50, p95 200, p99 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_latency_ms: Option<LatencyLimits>,
+    /// End-to-end latency (outbox write → acknowledged) in ms, per consumer group, of
+    /// each scenario whose own latency is measured (sent one message per request after
+    /// earlier scenarios' backlog drained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_to_end_latency_ms: Option<LatencyLimits>,
+    /// Least accepted messages per second of every scenario.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub min_throughput: Option<f64>,
+    /// Least ratio of achieved to offered rate of every arrival-rate stage, e.g. 0.95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_achieved_ratio: Option<f64>,
+    /// Most redelivered messages in any consumer group (at-least-once delivery allows
+    /// them; absent: any number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_duplicates: Option<i64>,
+}
+
+/// Upper limits on latency percentiles, in milliseconds; an absent one is not judged.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.p50) || has(self.p95) || has(self.p99)").message("a latency limit names at least one of p50, p95, p99"))]
+pub struct LatencyLimits {
+    /// Median, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub p50: Option<f64>,
+    /// 95th percentile, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub p95: Option<f64>,
+    /// 99th percentile, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub p99: Option<f64>,
+}
+
+impl LatencyLimits {
+    /// The seed suites' targets, for arrival-rate scenarios without limits of their own.
+    pub fn arrival_rate_default() -> LatencyLimits {
+        LatencyLimits {
+            p50: Some(50.0),
+            p95: Some(200.0),
+            p99: Some(500.0),
+        }
+    }
 }
 
 /// A Prometheus endpoint reporting one component's CPU time.
@@ -107,22 +174,83 @@ pub struct SystemRef {
     pub name: String,
 }
 
-/// One scenario of a load test.
+/// One scenario of a load test: either a number of messages sent as fast as
+/// `concurrency` allows (closed model), or an arrival rate held for a duration, in one
+/// or more stages (open model).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.messages) != has(self.arrivalRate)").message("a scenario sets exactly one of messages (sent as fast as its concurrency allows) and arrivalRate (an open-model rate)"))]
+#[x_kube(validation = Rule::new("!has(self.arrivalRate) || !self.batching").message("an arrivalRate scenario sends one message per request: batching must be false"))]
+#[x_kube(validation = Rule::new("!has(self.arrivalRate) || !has(self.concurrency)").message("an arrivalRate scenario bounds its requests in flight with arrivalRate.connections, not concurrency"))]
 pub struct Scenario {
     /// Scenario name, e.g. `batch` or `immediate`.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    /// Messages to send, split across all producers.
+    /// Messages to send, split across all producers (closed model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub messages: i64,
+    pub messages: Option<i64>,
     /// True: the batch endpoint (bulk ingest); false: one request per message.
+    #[serde(default)]
     pub batching: bool,
     /// Concurrent requests in flight per producer (runner default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub concurrency: Option<i32>,
+    /// An arrival rate (open model): requests start on schedule whether or not earlier
+    /// ones were answered, one message each, spread over all producers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<ArrivalRate>,
+}
+
+impl Scenario {
+    /// Messages the scenario offers: its `messages`, or every stage's rate × duration.
+    pub fn offered_messages(&self) -> i64 {
+        match (&self.messages, &self.arrival_rate) {
+            (Some(m), _) => *m,
+            (None, Some(rate)) => rate.stages.iter().map(RateStage::messages).sum(),
+            (None, None) => 0,
+        }
+    }
+}
+
+/// An open-model arrival rate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrivalRate {
+    /// Stages, one after the other, each holding its rate for its duration: one stage
+    /// is a constant rate, several a ramp (e.g. 100 → 1,000 → 10,000 msg/s).
+    #[schemars(length(min = 1, max = 20))]
+    pub stages: Vec<RateStage>,
+    /// Requests in flight at most, over all producers (default 100). An arrival due
+    /// while all are busy is not sent: it counts as a missed arrival, and the rate
+    /// does not slow down when answers do.
+    #[serde(default = "default_connections")]
+    #[schemars(range(min = 1, max = 500))]
+    pub connections: i32,
+}
+
+fn default_connections() -> i32 {
+    100
+}
+
+/// One stage of an arrival rate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RateStage {
+    /// Messages per second offered during the stage.
+    #[schemars(range(min = 1, max = 100000))]
+    pub rate_per_second: i64,
+    /// How long the stage lasts, in seconds.
+    #[schemars(range(min = 1, max = 86400))]
+    pub duration_seconds: i64,
+}
+
+impl RateStage {
+    /// Messages the stage offers.
+    pub fn messages(&self) -> i64 {
+        self.rate_per_second.saturating_mul(self.duration_seconds)
+    }
 }
 
 /// Phase of a load test. Moves only forward: Pending, Running, Verifying, then
@@ -210,6 +338,9 @@ pub struct LoadTestStatus {
     /// Where the CPU went from the first send until verification ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuAccounting>,
+    /// Every threshold judged, passed or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<ThresholdCheck>,
     /// Scheduled (operator), Complete and Verified (runner; the operator sets Complete
     /// when the Job failed before the runner reported), Degraded (runner: a dependency
     /// is away and the runner is waiting for it).
@@ -309,6 +440,60 @@ pub struct ScenarioResult {
     /// latency includes the backlog).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog_drained: Option<bool>,
+    /// Arrivals of an arrival-rate scenario that were due while every connection was
+    /// busy, and so were not sent (not counted in `messages`' accepted or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_arrivals: Option<i64>,
+    /// Each stage of an arrival-rate scenario: offered and achieved rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageResult>,
+}
+
+/// One arrival-rate stage as it went.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StageResult {
+    /// Messages per second offered.
+    pub rate_per_second: i64,
+    /// The stage's length, in seconds.
+    pub duration_seconds: i64,
+    /// Arrivals scheduled (rate × duration).
+    pub offered: i64,
+    /// Arrivals sent on time.
+    pub sent: i64,
+    /// Messages accepted.
+    pub accepted: i64,
+    /// Arrivals due while every connection was busy.
+    pub missed_arrivals: i64,
+    /// Accepted messages per second of the stage's duration.
+    pub achieved_rate: f64,
+    /// `achievedRate / ratePerSecond`: 1.0 when the system kept up.
+    pub achieved_ratio: f64,
+    /// Request latency of the stage's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyPercentiles>,
+}
+
+/// One threshold as judged.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdCheck {
+    /// What was measured, e.g. `requestLatency.p95`, `endToEndLatency.p99`,
+    /// `throughput`, `achievedRatio`, `duplicates`.
+    pub metric: String,
+    /// Scenario it was measured in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    /// Consumer group, for end-to-end latency and duplicates; stage number (from 1)
+    /// for an achieved ratio, as `stage N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The limit.
+    pub limit: f64,
+    /// The measured value.
+    pub measured: f64,
+    /// Whether the value is within the limit.
+    pub passed: bool,
 }
 
 /// Latency percentiles in milliseconds.

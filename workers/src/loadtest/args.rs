@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outbox_contract::crd::Scenario;
+use outbox_contract::crd::{LoadTestSpec, Scenario};
 
 /// `outbox-worker loadtest`.
 #[derive(clap::Args, Debug, Clone)]
@@ -50,6 +50,11 @@ pub struct LoadTestArgs {
     /// Taken from the LoadTest when --name is given.
     #[arg(long = "scenario", value_name = "SCENARIO", value_parser = parse_scenario, conflicts_with = "name")]
     pub scenarios: Vec<Scenario>,
+    /// A LoadTest manifest (or only its spec) whose scenarios, message size, keys,
+    /// success threshold, verification timeout and thresholds the run takes (outside
+    /// Kubernetes), e.g. `manifests/loadtest-rate.yaml`; the other flags override it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["name", "scenarios"])]
+    pub spec: Option<PathBuf>,
     /// Payload bytes per message (default 256).
     #[arg(long, conflicts_with = "name")]
     pub message_size: Option<i32>,
@@ -90,6 +95,10 @@ pub struct LoadTestArgs {
     /// LoadTest's uid.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Time between samples of the time series (rates, latency, backlog, lag, each
+    /// worker's memory and CPU) in the reports.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub sample_interval: Duration,
     /// Seconds between progress updates (log lines, LoadTest status).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub progress_interval: Duration,
@@ -136,10 +145,22 @@ pub fn parse_scenario(text: &str) -> Result<Scenario, String> {
     };
     Ok(Scenario {
         name: name.to_string(),
-        messages,
+        messages: Some(messages),
         batching,
         concurrency,
+        ..Scenario::default()
     })
+}
+
+/// Reads a LoadTest manifest, or only its spec, from YAML (or JSON) text.
+pub fn parse_spec(text: &str) -> Result<LoadTestSpec, String> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+    let spec = match value.get("spec") {
+        Some(spec) if value.get("kind").is_some() => spec.clone(),
+        _ => value,
+    };
+    serde_yaml::from_value(spec).map_err(|e| format!("not a LoadTest spec: {e}"))
 }
 
 /// Parses `90`, `90s`, `1500ms`, `10m`, `1h`.
@@ -171,13 +192,13 @@ mod tests {
         let s = parse_scenario("batch:10_000_000:batched").expect("valid");
         assert_eq!(
             (s.name.as_str(), s.messages, s.batching),
-            ("batch", 10_000_000, true)
+            ("batch", Some(10_000_000), true)
         );
         assert_eq!(s.concurrency, None);
         let s = parse_scenario("immediate:500:immediate:8").expect("valid");
         assert_eq!(
             (s.messages, s.batching, s.concurrency),
-            (500, false, Some(8))
+            (Some(500), false, Some(8))
         );
     }
 
@@ -195,6 +216,33 @@ mod tests {
         assert!(parse_scenario("batch:5:sometimes")
             .unwrap_err()
             .contains("neither"));
+    }
+
+    #[test]
+    fn a_spec_comes_from_a_whole_manifest_or_from_the_spec_alone() {
+        let manifest = "apiVersion: outbox.dev/v1alpha1\nkind: LoadTest\nmetadata: {name: rate}\nspec:\n  systemRef: {name: outbox}\n  scenarios:\n  - name: steady\n    arrivalRate:\n      connections: 20\n      stages: [{ratePerSecond: 200, durationSeconds: 10}]\n  thresholds:\n    requestLatencyMs: {p95: 1}\n";
+        let spec = parse_spec(manifest).expect("manifest");
+        let rate = spec.scenarios[0].arrival_rate.as_ref().expect("a rate");
+        assert_eq!(
+            (rate.connections, rate.stages[0].rate_per_second),
+            (20, 200)
+        );
+        assert_eq!(spec.scenarios[0].offered_messages(), 2000);
+        assert_eq!(
+            spec.thresholds
+                .and_then(|t| t.request_latency_ms)
+                .and_then(|l| l.p95),
+            Some(1.0)
+        );
+        let bare = parse_spec(
+            "systemRef: {name: outbox}\nscenarios: [{name: b, messages: 5, batching: true}]\n",
+        )
+        .expect("bare spec");
+        assert_eq!(bare.scenarios[0].messages, Some(5));
+        assert_eq!(bare.message_size, 256, "defaults apply");
+        assert!(parse_spec("kind: LoadTest\nspec: {scenarios: 3}\n")
+            .unwrap_err()
+            .contains("not a LoadTest spec"));
     }
 
     #[test]

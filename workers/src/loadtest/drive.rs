@@ -10,16 +10,21 @@
 //! backoff for up to `--infrastructure-patience`; in a Job, after [`FALLBACK_AFTER`],
 //! they go to the producer Service instead (the pod was deleted and replaced, say).
 //! Only an outage longer than the patience fails the rest of that producer's share.
+//!
+//! An arrival-rate scenario (open model) starts its requests on schedule instead, one
+//! message each, in stages of constant rate: an arrival due while all of a producer's
+//! connections are busy is not sent and counts as missed, so the offered rate holds
+//! when answers slow down.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::discover::Producer;
 use super::ids::IdCollector;
-use super::measure::{ProducerOutcome, ScenarioOutcome, Tally};
+use super::measure::{Latencies, ProducerOutcome, ScenarioOutcome, StagePlan, StageTally, Tally};
 use super::outage::{self, Board};
 use crate::ledger::IdSet;
 
@@ -79,21 +84,60 @@ pub struct ScenarioSend {
     /// How long a producer may be unreachable before its requests go to the fallback
     /// ([`FALLBACK_AFTER`] in a run).
     pub fallback_after: Duration,
+    /// An arrival-rate scenario's stages still to send (`concurrency` is then each
+    /// producer's connections); empty for a scenario sent as fast as it goes.
+    pub stages: Vec<StageSend>,
 }
 
-/// Live counters of a scenario, read by the progress reporter.
+/// One arrival-rate stage as it is about to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSend {
+    /// Messages per second offered, over all producers.
+    pub rate_per_second: i64,
+    /// The stage's length in the spec.
+    pub duration: Duration,
+    /// The part of it still to send (shorter when an earlier attempt sent some).
+    pub remaining: Duration,
+    /// Arrivals still to send, per producer (same order as the producers).
+    pub arrivals: Vec<u64>,
+}
+
+/// Live counters of a scenario, read by the progress reporter and the sampler.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Messages accepted so far in this attempt.
     pub accepted: AtomicU64,
     /// Messages failed so far in this attempt.
     pub failed: AtomicU64,
+    /// Arrivals missed so far (every connection busy), arrival-rate scenarios only.
+    pub missed: AtomicU64,
+    /// Arrivals due so far (sent or missed), arrival-rate scenarios only.
+    pub arrived: AtomicU64,
+    /// Latency of the requests answered since the sampler last took it.
+    latency: Mutex<Latencies>,
 }
 
 impl Counters {
-    /// Accepted plus failed.
+    /// Accepted, failed and missed.
     pub fn done(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+        self.accepted.load(Ordering::Relaxed)
+            + self.failed.load(Ordering::Relaxed)
+            + self.missed.load(Ordering::Relaxed)
+    }
+
+    /// A request was answered after `latency`.
+    fn answered_after(&self, latency: Duration) {
+        if let Ok(mut l) = self.latency.lock() {
+            l.record(latency);
+        }
+    }
+
+    /// The latency of the requests answered since the last call.
+    pub fn take_latency(&self) -> Latencies {
+        self.latency
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 }
 
@@ -149,6 +193,16 @@ pub async fn send_scenario(
             counters: counters.clone(),
             unreachable: AtomicBool::new(false),
             via_fallback: AtomicBool::new(false),
+            stages: send
+                .stages
+                .iter()
+                .map(|s| {
+                    (
+                        s.arrivals.get(tasks.len()).copied().unwrap_or(0),
+                        s.remaining,
+                    )
+                })
+                .collect(),
         };
         first_index += share;
         tasks.push(tokio::spawn(job.run()));
@@ -174,6 +228,7 @@ pub async fn send_scenario(
                     messages: share,
                     tally,
                     duration: started.elapsed(),
+                    stages: Vec::new(),
                 });
             }
         }
@@ -186,6 +241,15 @@ pub async fn send_scenario(
             already_accepted: send.already_accepted,
             producers: outcomes,
             duration: started.elapsed(),
+            stages: send
+                .stages
+                .iter()
+                .map(|s| StagePlan {
+                    rate_per_second: s.rate_per_second,
+                    duration: s.duration,
+                    remaining: s.remaining,
+                })
+                .collect(),
         },
         ids: ids.finish(),
         uncertain,
@@ -218,6 +282,8 @@ struct ProducerJob {
     /// Set once the producer was unreachable for `fallback_after` and there is a
     /// fallback: the rest of its share goes there.
     via_fallback: AtomicBool,
+    /// Arrival-rate stages: this producer's arrivals and the time they spread over.
+    stages: Vec<(u64, Duration)>,
 }
 
 struct ProducerDone {
@@ -226,16 +292,28 @@ struct ProducerDone {
     uncertain: u64,
 }
 
+#[derive(Default)]
 struct WorkerDone {
     tally: Tally,
     ids: IdCollector,
     uncertain: u64,
 }
 
+impl WorkerDone {
+    fn merge(&mut self, other: WorkerDone) {
+        self.tally.merge(&other.tally);
+        self.ids.extend(&other.ids.finish());
+        self.uncertain += other.uncertain;
+    }
+}
+
 impl ProducerJob {
     async fn run(self) -> ProducerDone {
         let started = Instant::now();
         let job = Arc::new(self);
+        if !job.stages.is_empty() {
+            return job.run_paced(started).await;
+        }
         let next_request = Arc::new(AtomicU64::new(0));
         let requests = job.share.div_ceil(job.messages_per_request as u64);
         let workers = (job.concurrency as u64).min(requests).max(1);
@@ -294,9 +372,109 @@ impl ProducerJob {
                 messages: job.share,
                 tally,
                 duration: started.elapsed(),
+                stages: Vec::new(),
             },
             ids: ids.finish(),
             uncertain,
+        }
+    }
+
+    /// Sends an arrival-rate share: each stage's arrivals start evenly spread over the
+    /// stage, one message per request, whether or not earlier requests were answered;
+    /// at most `concurrency` are in flight, and an arrival due while all are busy is
+    /// missed (counted, never sent late).
+    async fn run_paced(self: Arc<Self>, started: Instant) -> ProducerDone {
+        let connections = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        let mut in_flight: tokio::task::JoinSet<(usize, WorkerDone, Duration)> =
+            tokio::task::JoinSet::new();
+        let mut stages: Vec<StageTally> = self
+            .stages
+            .iter()
+            .map(|&(arrivals, _)| StageTally {
+                offered: arrivals,
+                ..StageTally::default()
+            })
+            .collect();
+        let mut total = WorkerDone::default();
+        // A stage lasts until its last answer, when that comes after its end.
+        let collect = |joined: Result<(usize, WorkerDone, Duration), tokio::task::JoinError>,
+                       stages: &mut Vec<StageTally>,
+                       total: &mut WorkerDone| {
+            match joined {
+                Ok((stage, done, since_stage_start)) => {
+                    if let Some(s) = stages.get_mut(stage) {
+                        s.tally.merge(&done.tally);
+                        s.lasted = s.lasted.max(since_stage_start);
+                    }
+                    total.merge(done);
+                }
+                Err(e) => {
+                    tracing::error!(producer = %self.producer.name, error = %e, "request task failed")
+                }
+            }
+        };
+        let mut offset = 0u64;
+        for (stage, &(arrivals, length)) in self.stages.iter().enumerate() {
+            let stage_start = tokio::time::Instant::now();
+            for k in 0..arrivals {
+                let due = stage_start + length.mul_f64(k as f64 / arrivals as f64);
+                tokio::time::sleep_until(due).await;
+                let first = self.first_index + offset;
+                offset += 1;
+                self.counters.arrived.fetch_add(1, Ordering::Relaxed);
+                if self.unreachable.load(Ordering::Relaxed) {
+                    let mut done = WorkerDone::default();
+                    done.tally.failed(1, PRODUCER_UNREACHABLE, None);
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    stages[stage].sent += 1;
+                    collect(Ok((stage, done, Duration::ZERO)), &mut stages, &mut total);
+                    continue;
+                }
+                match connections.clone().try_acquire_owned() {
+                    Ok(connection) => {
+                        stages[stage].sent += 1;
+                        let job = self.clone();
+                        in_flight.spawn(async move {
+                            let mut done = WorkerDone::default();
+                            job.request(first, 1, &mut done).await;
+                            drop(connection);
+                            (stage, done, stage_start.elapsed())
+                        });
+                    }
+                    Err(_) => {
+                        stages[stage].missed += 1;
+                        self.counters.missed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                while let Some(joined) = in_flight.try_join_next() {
+                    collect(joined, &mut stages, &mut total);
+                }
+            }
+            tokio::time::sleep_until(stage_start + length).await;
+            stages[stage].lasted = stages[stage].lasted.max(length);
+        }
+        while let Some(joined) = in_flight.join_next().await {
+            collect(joined, &mut stages, &mut total);
+        }
+        let missed: u64 = stages.iter().map(|s| s.missed).sum();
+        // Requests a crashed task never reported are failures of unknown fate.
+        let unreported = self
+            .share
+            .saturating_sub(total.tally.accepted + total.tally.failed + missed);
+        if unreported > 0 {
+            total.tally.failed(unreported, "runnerPanic", None);
+            total.uncertain += unreported;
+        }
+        ProducerDone {
+            outcome: ProducerOutcome {
+                producer: self.producer.name.clone(),
+                messages: self.share,
+                tally: total.tally,
+                duration: started.elapsed(),
+                stages,
+            },
+            ids: total.ids.finish(),
+            uncertain: total.uncertain,
         }
     }
 
@@ -358,6 +536,7 @@ impl ProducerJob {
                 Err(e) => Verdict::Uncertain(transport_reason(&e)),
             };
             let latency = sent_at.elapsed();
+            self.counters.answered_after(latency);
             if matches!(
                 verdict,
                 Verdict::Accepted(_) | Verdict::Retry(..) | Verdict::Refused(_)
@@ -710,6 +889,7 @@ mod tests {
             infrastructure_patience: Duration::from_secs(1),
             fallback_url: None,
             fallback_after: FALLBACK_AFTER,
+            stages: Vec::new(),
         };
         let board = Board::default();
         let sent = send_scenario(
@@ -794,7 +974,115 @@ mod tests {
             infrastructure_patience: Duration::from_secs(60),
             fallback_url: None,
             fallback_after: FALLBACK_AFTER,
+            stages: Vec::new(),
         }
+    }
+
+    /// A producer on loopback that accepts each message with the next id after
+    /// `delay`.
+    async fn slow_producer(delay: Duration) -> (Producer, tokio::task::JoinHandle<()>) {
+        let seen = Arc::new(AtomicU64::new(0));
+        let app = axum::Router::new().route(
+            "/api/messages/send",
+            axum::routing::post(move || {
+                let seen = seen.clone();
+                async move {
+                    tokio::time::sleep(delay).await;
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({"status": "accepted", "id": n}))
+                }
+            }),
+        );
+        let (address, server) = serve(app).await;
+        (Producer::from_url(&format!("http://{address}")), server)
+    }
+
+    /// An arrival-rate scenario of `stages` (rate, seconds) on one producer.
+    fn paced(stages: &[(i64, u64)], connections: usize) -> ScenarioSend {
+        let stages: Vec<StageSend> = stages
+            .iter()
+            .map(|&(rate, seconds)| StageSend {
+                rate_per_second: rate,
+                duration: Duration::from_secs(seconds),
+                remaining: Duration::from_secs(seconds),
+                arrivals: vec![rate as u64 * seconds],
+            })
+            .collect();
+        let total = stages.iter().map(|s| s.arrivals[0]).sum();
+        ScenarioSend {
+            concurrency: connections,
+            shares: vec![total],
+            stages,
+            ..one_at_a_time(total, Duration::from_secs(5))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_arrival_rate_holds_its_rate_and_reports_each_stage() {
+        let (producer, server) = slow_producer(Duration::from_millis(2)).await;
+        let counters = Arc::new(Counters::default());
+        let started = Instant::now();
+        let sent = send_scenario(
+            &reqwest::Client::new(),
+            &[producer],
+            &shape(),
+            &paced(&[(100, 1), (300, 1)], 20),
+            counters.clone(),
+            &Board::default(),
+        )
+        .await;
+        let took = started.elapsed();
+        server.abort();
+        let result = sent.outcome.result();
+        assert_eq!(result.messages, 400);
+        assert_eq!(result.accepted, 400, "{result:?}");
+        assert_eq!(result.missed_arrivals, Some(0));
+        assert!(
+            took >= Duration::from_millis(1990) && took < Duration::from_secs(4),
+            "two one-second stages took {took:?}"
+        );
+        assert_eq!(result.stages.len(), 2);
+        let [slow, fast] = [&result.stages[0], &result.stages[1]];
+        assert_eq!((slow.offered, slow.sent, slow.accepted), (100, 100, 100));
+        assert_eq!((fast.offered, fast.sent, fast.accepted), (300, 300, 300));
+        assert!((slow.achieved_ratio - 1.0).abs() < 0.01, "{slow:?}");
+        assert!((fast.achieved_rate - 300.0).abs() < 3.0, "{fast:?}");
+        assert!(fast.latency.is_some(), "each stage has its request latency");
+        assert_eq!(sent.ids.len(), 400);
+        assert!(counters.take_latency().count() > 0);
+    }
+
+    #[tokio::test]
+    async fn arrivals_due_while_every_connection_is_busy_are_missed_not_sent_late() {
+        // 2 connections of 100 ms serve 20 requests a second at most; 100 are offered.
+        let (producer, server) = slow_producer(Duration::from_millis(100)).await;
+        let counters = Arc::new(Counters::default());
+        let started = Instant::now();
+        let sent = send_scenario(
+            &reqwest::Client::new(),
+            &[producer],
+            &shape(),
+            &paced(&[(100, 1)], 2),
+            counters.clone(),
+            &Board::default(),
+        )
+        .await;
+        let took = started.elapsed();
+        server.abort();
+        let result = sent.outcome.result();
+        let missed = result.missed_arrivals.unwrap_or(0);
+        assert_eq!(result.accepted + missed, 100, "{result:?}");
+        assert!(
+            (15..=25).contains(&result.accepted),
+            "about 20 fit, got {result:?}"
+        );
+        assert_eq!(counters.missed.load(Ordering::Relaxed), missed as u64);
+        assert!(
+            took < Duration::from_millis(1500),
+            "the rate did not wait for answers: {took:?}"
+        );
+        let stage = &result.stages[0];
+        assert!(stage.achieved_ratio < 0.3, "{stage:?}");
     }
 
     /// Serves `app` on a loopback port of its own.

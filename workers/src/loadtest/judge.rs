@@ -20,13 +20,21 @@ pub struct Judgement {
     pub complete: Said,
     /// The `Verified` condition.
     pub verified: Said,
+    /// The `ThresholdsMet` condition.
+    pub thresholds: Said,
     /// The status message.
     pub message: String,
 }
 
 /// The verdict: every scenario must have `success_threshold` percent of its messages
-/// accepted, and `verified` (the `Verified` condition verification computed) must hold.
-pub fn judge(scenarios: &[ScenarioResult], success_threshold: f64, verified: Said) -> Judgement {
+/// accepted, `thresholds` (the `ThresholdsMet` condition, see `thresholds`) must hold,
+/// and so must `verified` (the `Verified` condition verification computed).
+pub fn judge(
+    scenarios: &[ScenarioResult],
+    success_threshold: f64,
+    verified: Said,
+    thresholds: Said,
+) -> Judgement {
     let below: Vec<String> = scenarios
         .iter()
         .filter_map(|s| {
@@ -47,6 +55,8 @@ pub fn judge(scenarios: &[ScenarioResult], success_threshold: f64, verified: Sai
                 below.join("; ")
             ),
         )
+    } else if !thresholds.ok {
+        ("ThresholdsCrossed", thresholds.message.clone())
     } else if !verified.ok {
         (
             "NotVerified",
@@ -63,12 +73,12 @@ pub fn judge(scenarios: &[ScenarioResult], success_threshold: f64, verified: Sai
             ),
         )
     };
-    let phase = if below.is_empty() && verified.ok {
+    let phase = if below.is_empty() && verified.ok && thresholds.ok {
         LoadTestPhase::Succeeded
     } else {
         LoadTestPhase::Failed
     };
-    let status_message = if verified.ok {
+    let status_message = if verified.ok || !thresholds.ok {
         message.clone()
     } else {
         verified.message.clone()
@@ -81,6 +91,7 @@ pub fn judge(scenarios: &[ScenarioResult], success_threshold: f64, verified: Sai
             message,
         },
         verified,
+        thresholds,
         message: status_message,
     }
 }
@@ -118,9 +129,41 @@ mod tests {
         }
     }
 
+    fn held() -> Said {
+        Said {
+            ok: true,
+            reason: "NoThresholds",
+            message: "none".into(),
+        }
+    }
+
+    #[test]
+    fn a_crossed_threshold_fails_a_verified_run_and_says_which() {
+        let crossed = Said {
+            ok: false,
+            reason: "ThresholdsCrossed",
+            message: "1 of 3 threshold checks crossed: scenario steady: requestLatency.p95 250 ms > 200 ms".into(),
+        };
+        let j = judge(
+            &[scenario("steady", 100, 100)],
+            95.0,
+            verified(true),
+            crossed,
+        );
+        assert_eq!(j.phase, LoadTestPhase::Failed);
+        assert_eq!(j.complete.reason, "ThresholdsCrossed");
+        assert!(
+            j.message.contains("requestLatency.p95 250 ms > 200 ms"),
+            "{}",
+            j.message
+        );
+        assert!(j.verified.ok, "delivery itself was verified");
+        assert!(!j.thresholds.ok);
+    }
+
     #[test]
     fn a_run_that_met_the_threshold_and_was_verified_succeeds() {
-        let j = judge(&[scenario("batch", 100, 100)], 95.0, verified(true));
+        let j = judge(&[scenario("batch", 100, 100)], 95.0, verified(true), held());
         assert_eq!(j.phase, LoadTestPhase::Succeeded);
         assert_eq!(j.complete.reason, "Succeeded");
         assert!(j.complete.ok && j.verified.ok);
@@ -133,6 +176,7 @@ mod tests {
             &[scenario("batch", 100, 100), scenario("single", 100, 90)],
             95.0,
             verified(true),
+            held(),
         );
         assert_eq!(j.phase, LoadTestPhase::Failed);
         assert_eq!(j.complete.reason, "ThresholdNotMet");
@@ -148,7 +192,12 @@ mod tests {
 
     #[test]
     fn a_run_not_verified_fails_with_what_verification_found() {
-        let j = judge(&[scenario("batch", 100, 100)], 95.0, verified(false));
+        let j = judge(
+            &[scenario("batch", 100, 100)],
+            95.0,
+            verified(false),
+            held(),
+        );
         assert_eq!(j.phase, LoadTestPhase::Failed);
         assert_eq!(j.complete.reason, "NotVerified");
         assert!(j.complete.message.contains("group-c missing 5"));

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use outbox_contract::crd::{LatencyPercentiles, ProducerResult, ScenarioResult};
+use outbox_contract::crd::{LatencyPercentiles, ProducerResult, ScenarioResult, StageResult};
+
+use super::series::Bucket;
 
 /// Highest latency the histograms track exactly: one hour, in microseconds. Longer
 /// samples are clamped to it (a request never takes that long: the client times out).
@@ -55,6 +57,21 @@ impl Latencies {
     /// Number of samples.
     pub fn count(&self) -> u64 {
         self.0.len()
+    }
+
+    /// The histogram in buckets whose upper bounds grow by half from 1 ms, up to the
+    /// largest sample (empty without samples).
+    pub fn buckets(&self) -> Vec<Bucket> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        self.0
+            .iter_log(1000, 1.5)
+            .map(|v| Bucket {
+                le_ms: (v.value_iterated_to() as f64 / 1000.0 * 1000.0).round() / 1000.0,
+                count: v.count_since_last_iteration(),
+            })
+            .collect()
     }
 
     /// p50, p90, p95, p99, p99.9 and max in milliseconds; `None` without samples.
@@ -158,6 +175,34 @@ pub struct ProducerOutcome {
     pub tally: Tally,
     /// Wall time of its share.
     pub duration: Duration,
+    /// Its arrival-rate stages, if the scenario had any.
+    pub stages: Vec<StageTally>,
+}
+
+/// One producer's part of an arrival-rate stage.
+#[derive(Debug, Clone, Default)]
+pub struct StageTally {
+    /// Arrivals scheduled.
+    pub offered: u64,
+    /// Arrivals sent on time.
+    pub sent: u64,
+    /// Arrivals due while every connection was busy.
+    pub missed: u64,
+    /// What the sent ones got.
+    pub tally: Tally,
+    /// From the stage's start to its end or its last answer, whichever came later.
+    pub lasted: Duration,
+}
+
+/// An arrival-rate stage as planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePlan {
+    /// Messages per second offered, over all producers.
+    pub rate_per_second: i64,
+    /// Its length in the spec.
+    pub duration: Duration,
+    /// The part this attempt sent.
+    pub remaining: Duration,
 }
 
 impl ProducerOutcome {
@@ -194,6 +239,8 @@ pub struct ScenarioOutcome {
     pub producers: Vec<ProducerOutcome>,
     /// Wall time of this attempt's sending.
     pub duration: Duration,
+    /// An arrival-rate scenario's stages (empty otherwise).
+    pub stages: Vec<StagePlan>,
 }
 
 impl ScenarioOutcome {
@@ -219,9 +266,65 @@ impl ScenarioOutcome {
         self.accepted() as f64 * 100.0 / self.messages as f64
     }
 
+    /// Each stage's figures over all producers.
+    pub fn stage_results(&self) -> Vec<StageResult> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let mut total = StageTally {
+                    lasted: plan.remaining,
+                    ..StageTally::default()
+                };
+                for p in &self.producers {
+                    if let Some(s) = p.stages.get(i) {
+                        total.offered += s.offered;
+                        total.sent += s.sent;
+                        total.missed += s.missed;
+                        total.tally.merge(&s.tally);
+                        total.lasted = total.lasted.max(s.lasted);
+                    }
+                }
+                // Accepted over the time it took to answer them: below the offered
+                // rate when answers fell behind, even with nothing missed.
+                let achieved = throughput(total.tally.accepted, total.lasted);
+                let offered_rate = if plan.remaining.is_zero() {
+                    0.0
+                } else {
+                    total.offered as f64 / plan.remaining.as_secs_f64()
+                };
+                StageResult {
+                    rate_per_second: plan.rate_per_second,
+                    duration_seconds: i64::try_from(plan.duration.as_secs()).unwrap_or(i64::MAX),
+                    offered: to_i64(total.offered),
+                    sent: to_i64(total.sent),
+                    accepted: to_i64(total.tally.accepted),
+                    missed_arrivals: to_i64(total.missed),
+                    achieved_rate: achieved,
+                    achieved_ratio: if offered_rate > 0.0 {
+                        (achieved / offered_rate * 1000.0).round() / 1000.0
+                    } else {
+                        0.0
+                    },
+                    latency: total.tally.latency.percentiles(),
+                }
+            })
+            .collect()
+    }
+
+    /// Arrivals missed over every producer and stage.
+    pub fn missed(&self) -> u64 {
+        self.producers
+            .iter()
+            .flat_map(|p| &p.stages)
+            .map(|s| s.missed)
+            .sum()
+    }
+
     /// The status entry for this scenario.
     pub fn result(&self) -> ScenarioResult {
         let tally = self.tally();
+        let stages = self.stage_results();
         ScenarioResult {
             name: self.name.clone(),
             messages: to_i64(self.messages),
@@ -233,6 +336,8 @@ impl ScenarioOutcome {
             throughput: throughput(tally.accepted, self.duration),
             latency: tally.latency.percentiles(),
             per_producer: self.producers.iter().map(ProducerOutcome::result).collect(),
+            missed_arrivals: (!stages.is_empty()).then(|| to_i64(self.missed())),
+            stages,
             ..ScenarioResult::default()
         }
     }
@@ -283,6 +388,7 @@ mod tests {
                 messages: accepted,
                 tally,
                 duration: Duration::from_secs(2),
+                stages: Vec::new(),
             }
         };
         let s = ScenarioOutcome {
@@ -292,6 +398,7 @@ mod tests {
             already_accepted: 2,
             producers: vec![producer("p0", 4), producer("p1", 2), producer("p2", 2)],
             duration: Duration::from_secs(2),
+            stages: Vec::new(),
         };
         let r = s.result();
         assert_eq!(r.accepted, 10);
@@ -305,5 +412,62 @@ mod tests {
             "per producer: this attempt only"
         );
         assert_eq!(s.accepted_percent(), 100.0);
+    }
+
+    fn producer(stages: Vec<StageTally>) -> ProducerOutcome {
+        ProducerOutcome {
+            producer: "p".into(),
+            messages: stages.iter().map(|s| s.offered).sum(),
+            tally: Tally::default(),
+            duration: Duration::from_secs(2),
+            stages,
+        }
+    }
+
+    fn stage(offered: u64, accepted: u64, missed: u64, lasted_ms: u64) -> StageTally {
+        let mut tally = Tally::default();
+        tally.accepted(accepted, Duration::from_millis(4));
+        StageTally {
+            offered,
+            sent: offered - missed,
+            missed,
+            tally,
+            lasted: Duration::from_millis(lasted_ms),
+        }
+    }
+
+    #[test]
+    fn a_stage_achieves_what_its_producers_got_accepted_over_the_time_its_answers_took() {
+        let plan = |rate| StagePlan {
+            rate_per_second: rate,
+            duration: Duration::from_secs(1),
+            remaining: Duration::from_secs(1),
+        };
+        let outcome = ScenarioOutcome {
+            name: "ramp".into(),
+            batching: false,
+            messages: 1200,
+            already_accepted: 0,
+            producers: vec![
+                producer(vec![stage(100, 100, 0, 1000), stage(500, 400, 100, 1000)]),
+                producer(vec![stage(100, 100, 0, 1000), stage(500, 500, 0, 1250)]),
+            ],
+            duration: Duration::from_secs(2),
+            stages: vec![plan(200), plan(1000)],
+        };
+        let stages = outcome.stage_results();
+        assert_eq!(stages[0].offered, 200);
+        assert_eq!(stages[0].achieved_ratio, 1.0);
+        let fast = &stages[1];
+        assert_eq!(
+            (fast.offered, fast.sent, fast.accepted, fast.missed_arrivals),
+            (1000, 900, 900, 100)
+        );
+        // 900 in 1.25 s (the slower producer's last answer) = 720/s of 1,000/s offered.
+        assert_eq!(fast.achieved_rate, 720.0);
+        assert_eq!(fast.achieved_ratio, 0.72);
+        let result = outcome.result();
+        assert_eq!(result.missed_arrivals, Some(100));
+        assert_eq!(result.stages.len(), 2);
     }
 }

@@ -27,10 +27,12 @@ pub mod measure;
 pub mod outage;
 pub mod progress;
 pub mod report;
+pub mod sampler;
 pub mod scenario_latency;
 pub mod series;
 pub mod split;
 pub mod status;
+pub mod thresholds;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -54,7 +56,7 @@ use discover::Producer;
 use drive::{Counters, MessageShape, ScenarioSend};
 use progress::Display;
 use report::{Report, ReportSettings};
-use status::{StatusBook, Target, COMPLETE, VERIFIED};
+use status::{StatusBook, Target, COMPLETE, THRESHOLDS_MET, VERIFIED};
 
 use crate::ledger::IdSet;
 use crate::shutdown::{self, ShutdownSignal};
@@ -96,6 +98,8 @@ pub struct Plan {
     pub verification_timeout: Duration,
     /// Where the CPU accounting reads from.
     pub cpu: CpuPlan,
+    /// The limits the run is judged against (the arrival-rate defaults apply without).
+    pub thresholds: Option<outbox_contract::crd::Thresholds>,
 }
 
 /// Where the CPU accounting of a run reads from (see `cpu_accounting`).
@@ -380,6 +384,7 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
             u64::try_from(spec.verification_timeout_seconds.max(1)).unwrap_or(600),
         ),
         cpu,
+        thresholds: spec.thresholds.clone(),
     };
     validate(&plan)?;
     let target = Target {
@@ -404,12 +409,29 @@ fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
             "--producer-url is required without --namespace/--name (e.g. --producer-url http://127.0.0.1:5301)".into(),
         ));
     }
-    if args.scenarios.is_empty() {
+    let spec = match &args.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| LoadTestError::Settings(format!("--spec {}: {e}", path.display())))?;
+            Some(
+                args::parse_spec(&text).map_err(|e| {
+                    LoadTestError::Settings(format!("--spec {}: {e}", path.display()))
+                })?,
+            )
+        }
+        None => None,
+    };
+    let scenarios = match &spec {
+        Some(spec) => spec.scenarios.clone(),
+        None => args.scenarios.clone(),
+    };
+    if scenarios.is_empty() {
         return Err(LoadTestError::Settings(
-            "at least one --scenario is required without --namespace/--name (e.g. --scenario batch:30000:batched)".into(),
+            "at least one --scenario (or a --spec with scenarios) is required without --namespace/--name (e.g. --scenario batch:30000:batched)".into(),
         ));
     }
     let cpu = CpuPlan::new(&producers, &[], args)?;
+    let from_spec = |f: fn(&outbox_contract::crd::LoadTestSpec) -> i64| spec.as_ref().map(f);
     let plan = Plan {
         run_id: args
             .run_id
@@ -420,14 +442,28 @@ fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
         producers,
         producer_fallback: None,
         groups: args.groups.clone(),
-        scenarios: args.scenarios.clone(),
-        message_size: usize::try_from(args.message_size.unwrap_or(256).max(1)).unwrap_or(256),
-        keys: u64::try_from(args.keys.unwrap_or(1000).max(1)).unwrap_or(1),
-        success_threshold: args.success_threshold.unwrap_or(95.0),
+        scenarios,
+        message_size: usize::try_from(
+            args.message_size
+                .map(i64::from)
+                .or(from_spec(|s| i64::from(s.message_size)))
+                .unwrap_or(256)
+                .max(1),
+        )
+        .unwrap_or(256),
+        keys: u64::try_from(args.keys.or(from_spec(|s| s.keys)).unwrap_or(1000).max(1))
+            .unwrap_or(1),
+        success_threshold: args
+            .success_threshold
+            .or(spec.as_ref().map(|s| s.success_threshold))
+            .unwrap_or(95.0),
         verification_timeout: args
             .verification_timeout
+            .or(from_spec(|s| s.verification_timeout_seconds)
+                .map(|s| Duration::from_secs(u64::try_from(s.max(1)).unwrap_or(600))))
             .unwrap_or(Duration::from_secs(600)),
         cpu,
+        thresholds: spec.and_then(|s| s.thresholds),
     };
     validate(&plan)?;
     Ok(plan)
@@ -446,6 +482,28 @@ fn validate(plan: &Plan) -> Result<()> {
         return Err(LoadTestError::Settings(
             "scenario names must be unique".into(),
         ));
+    }
+    for s in &plan.scenarios {
+        // The API server's CEL rules say the same for a LoadTest; a --spec file has
+        // not been through them.
+        let problem = match (&s.messages, &s.arrival_rate) {
+            (Some(_), Some(_)) | (None, None) => {
+                Some("sets exactly one of messages and arrivalRate")
+            }
+            (None, Some(_)) if s.batching => {
+                Some("is an arrivalRate scenario: batching must be false")
+            }
+            (None, Some(rate)) if rate.stages.is_empty() => {
+                Some("has an arrivalRate without stages")
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(LoadTestError::Settings(format!(
+                "scenario {}: {problem}",
+                s.name
+            )));
+        }
     }
     if plan.groups.is_empty() {
         tracing::warn!("no consumer group to verify: the run cannot be Verified");
@@ -482,14 +540,25 @@ async fn execute(
     let resume = resume_point(args, plan, book, &mut db).await?;
     let cpu_started = Instant::now();
     let cpu_before = plan.cpu.read(&http).await;
+    let live = Arc::new(sampler::Live::default());
+    let sampling = sampler::Sampler::start(
+        http.clone(),
+        plan.cpu.clone(),
+        args.database_url.clone(),
+        args.sample_interval,
+        live.clone(),
+    );
     let mut sent = send_all(
-        args,
-        plan,
+        Sending {
+            args,
+            plan,
+            resume: &resume,
+            http: &http,
+            display: &display,
+            live: &live,
+        },
         book,
         &mut db,
-        &resume,
-        &http,
-        &display,
         &mut shutdown,
     )
     .await?;
@@ -507,16 +576,6 @@ async fn execute(
     start_verification(plan, book, &sent.expected).await?;
     let verification =
         verify_with_progress(&mut db, plan, &sent.expected, book, &display, &mut shutdown).await?;
-    let (ok, reason, message) = verification.condition();
-    let judgement = judge::judge(
-        &book.status().scenarios,
-        plan.success_threshold,
-        judge::Said {
-            ok,
-            reason,
-            message,
-        },
-    );
     let cpu_after = plan.cpu.read(&http).await;
     let acknowledged_by_all = verification
         .reports
@@ -531,7 +590,32 @@ async fn execute(
         acknowledged_by_all,
     ));
     record_scenario_latency(&mut db, book, &sent.latency_windows).await?;
+    let groups: Vec<_> = verification
+        .reports
+        .iter()
+        .map(verify::group_status)
+        .collect();
+    let checks = thresholds::check(
+        plan.thresholds.as_ref(),
+        &plan.scenarios,
+        &book.status().scenarios,
+        &groups,
+    );
+    let (ok, reason, message) = verification.condition();
+    let judgement = judge::judge(
+        &book.status().scenarios,
+        plan.success_threshold,
+        judge::Said {
+            ok,
+            reason,
+            message,
+        },
+        thresholds::condition(&checks),
+    );
+    book.status_mut().thresholds = checks;
     record(book, &judgement, &verification).await?;
+    let mut series = sampling.finish().await;
+    series.request_latency_histograms = std::mem::take(&mut sent.histograms);
     publish_report(
         args,
         plan,
@@ -556,7 +640,7 @@ async fn execute(
             verification_seconds: (verification.waited.as_secs_f64() * 1000.0).round() / 1000.0,
             verification: verification.reports.clone(),
             status: book.status().clone(),
-            series: series::Series::default(),
+            series,
         },
     )?;
     tracing::info!(phase = ?book.phase(), verified = judgement.verified.ok, "load test finished");
@@ -629,20 +713,37 @@ struct SentAll {
     /// Scenarios whose own end-to-end latency is measured after verification: the
     /// scenario, the ledger before it was sent, and its ids.
     latency_windows: Vec<(String, scenario_latency::Window, IdSet)>,
+    /// Request latency histogram of each scenario sent one message per request.
+    histograms: BTreeMap<String, Vec<series::Bucket>>,
+}
+
+/// What sending reads: the settings, the plan, where an earlier attempt left off, the
+/// HTTP client, the progress display and the sampler's view of the live scenario.
+#[derive(Clone, Copy)]
+struct Sending<'a> {
+    args: &'a LoadTestArgs,
+    plan: &'a Plan,
+    resume: &'a ResumePoint,
+    http: &'a reqwest::Client,
+    display: &'a Display,
+    live: &'a sampler::Live,
 }
 
 /// Marks the run Running, then sends each scenario not sent before, recording each.
-#[allow(clippy::too_many_arguments)]
 async fn send_all(
-    args: &LoadTestArgs,
-    plan: &Plan,
+    sending: Sending<'_>,
     book: &mut StatusBook,
     db: &mut OutboxDb,
-    resume: &ResumePoint,
-    http: &reqwest::Client,
-    display: &Display,
     shutdown: &mut ShutdownSignal,
 ) -> Result<SentAll> {
+    let Sending {
+        args,
+        plan,
+        resume,
+        http,
+        display,
+        live,
+    } = sending;
     {
         let status = book.status_mut();
         status.run_id = Some(plan.run_id.clone());
@@ -676,6 +777,7 @@ async fn send_all(
     let mut attempt_accepted = 0u64;
     let mut attempt_seconds = 0f64;
     let mut latency_windows = Vec::new();
+    let mut histograms = BTreeMap::new();
     for scenario in &plan.scenarios {
         let before = resume
             .earlier
@@ -687,7 +789,7 @@ async fn send_all(
             tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
             continue;
         }
-        let window = if !scenario.batching && !expected.is_empty() && !plan.groups.is_empty() {
+        let window = if !scenario.batching && !plan.groups.is_empty() {
             Some(drain_before(db, plan, book, &scenario.name, &expected, shutdown).await?)
         } else {
             None
@@ -702,7 +804,11 @@ async fn send_all(
             concurrency = send.concurrency,
             "sending"
         );
-        let sent = send_with_progress(http, plan, &shape, &send, book, display, shutdown).await?;
+        let sent =
+            send_with_progress(http, plan, &shape, &send, book, display, live, shutdown).await?;
+        if !send.batching {
+            histograms.insert(send.name.clone(), sent.outcome.tally().latency.buckets());
+        }
         expected = expected.union(&sent.ids);
         uncertain += sent.uncertain;
         attempt_accepted += sent.outcome.tally().accepted;
@@ -737,6 +843,7 @@ async fn send_all(
         expected,
         uncertain,
         latency_windows,
+        histograms,
     })
 }
 
@@ -811,29 +918,48 @@ fn scenario_send(
     scenario: &Scenario,
     already: u64,
 ) -> ScenarioSend {
-    let messages = u64::try_from(scenario.messages.max(0)).unwrap_or(0);
+    let messages = u64::try_from(scenario.offered_messages().max(0)).unwrap_or(0);
     let already = already.min(messages);
-    let concurrency = scenario
-        .concurrency
-        .and_then(|c| usize::try_from(c).ok())
-        .or(args.concurrency)
-        .unwrap_or(if scenario.batching {
-            DEFAULT_BATCH_CONCURRENCY
-        } else {
-            DEFAULT_IMMEDIATE_CONCURRENCY
-        });
+    let producers = plan.producers.len();
+    let (concurrency, stages, shares) = match &scenario.arrival_rate {
+        Some(rate) => {
+            let stages = split::arrival_stages(&rate.stages, already, producers);
+            let shares = (0..producers)
+                .map(|p| stages.iter().map(|s| s.arrivals[p]).sum())
+                .collect();
+            let connections = usize::try_from(rate.connections.max(1)).unwrap_or(1);
+            (connections.div_ceil(producers.max(1)), stages, shares)
+        }
+        None => {
+            let concurrency = scenario
+                .concurrency
+                .and_then(|c| usize::try_from(c).ok())
+                .or(args.concurrency)
+                .unwrap_or(if scenario.batching {
+                    DEFAULT_BATCH_CONCURRENCY
+                } else {
+                    DEFAULT_IMMEDIATE_CONCURRENCY
+                });
+            (
+                concurrency,
+                Vec::new(),
+                split::split(messages - already, producers),
+            )
+        }
+    };
     ScenarioSend {
         name: scenario.name.clone(),
         batching: scenario.batching,
         messages,
         already_accepted: already,
-        shares: split::split(messages - already, plan.producers.len()),
+        shares,
         messages_per_request: args.messages_per_request,
         concurrency,
         retry_patience: args.retry_patience,
         infrastructure_patience: args.infrastructure_patience,
         fallback_url: plan.producer_fallback.clone(),
         fallback_after: drive::FALLBACK_AFTER,
+        stages,
     }
 }
 
@@ -881,6 +1007,8 @@ async fn record(
     let said = |s: &judge::Said| (s.ok, s.reason, s.message.clone());
     let (ok, reason, message) = said(&judgement.verified);
     book.set_condition(VERIFIED, ok, reason, message);
+    let (ok, reason, message) = said(&judgement.thresholds);
+    book.set_condition(THRESHOLDS_MET, ok, reason, message);
     let (ok, reason, message) = said(&judgement.complete);
     book.set_condition(COMPLETE, ok, reason, message);
     book.advance(judgement.phase);
@@ -920,6 +1048,7 @@ fn publish_report(
 }
 
 /// Sends one scenario while showing progress and writing it into the status.
+#[allow(clippy::too_many_arguments)]
 async fn send_with_progress(
     http: &reqwest::Client,
     plan: &Plan,
@@ -927,9 +1056,11 @@ async fn send_with_progress(
     send: &ScenarioSend,
     book: &mut StatusBook,
     display: &Display,
+    live: &sampler::Live,
     shutdown: &mut ShutdownSignal,
 ) -> Result<drive::Sent> {
     let counters = Arc::new(Counters::default());
+    live.sending(&send.name, counters.clone());
     let to_send: u64 = send.shares.iter().sum();
     let mut bar = display.bar(&send.name, send.messages);
     let accepted_before: i64 = book
@@ -968,6 +1099,7 @@ async fn send_with_progress(
             _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
         }
     };
+    live.idle();
     let done = sent.outcome.accepted();
     bar.finish(
         send.already_accepted + counters.done(),

@@ -154,6 +154,28 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
                 let _ = writeln!(out, "  {label}: {}", counts.join(", "));
             }
         }
+        if let Some(missed) = s.missed_arrivals {
+            let _ = writeln!(out, "  arrivals missed (every connection busy): {missed}");
+        }
+        for (i, stage) in s.stages.iter().enumerate() {
+            let p95 = stage
+                .latency
+                .as_ref()
+                .map(|l| format!(", p95 {:.1} ms", l.p95))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  stage {}: {} msg/s offered for {} s: {} sent, {} accepted, {} missed; achieved {:.1} msg/s ({:.3} of offered){p95}",
+                i + 1,
+                stage.rate_per_second,
+                stage.duration_seconds,
+                stage.sent,
+                stage.accepted,
+                stage.missed_arrivals,
+                stage.achieved_rate,
+                stage.achieved_ratio
+            );
+        }
         if !s.end_to_end_latency.is_empty() {
             let drained = match s.backlog_drained {
                 Some(false) => "the earlier backlog NOT drained first",
@@ -198,6 +220,14 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
             p99,
             max
         );
+    }
+    if !status.thresholds.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "thresholds:");
+        for c in &status.thresholds {
+            let mark = if c.passed { "ok     " } else { "CROSSED" };
+            let _ = writeln!(out, "  {mark} {}", super::thresholds::describe(c));
+        }
     }
     let _ = writeln!(out);
     for c in &status.conditions {

@@ -72,7 +72,12 @@ pub async fn open(
         }
     };
     let mut baselines = Vec::with_capacity(groups.len());
-    let last = earlier.ranges().last().map(|(_, high)| *high);
+    // Nothing sent before in this run: the highest id handed out so far (an earlier
+    // run's) bounds the chunk the new ids may share with older acknowledgements.
+    let last = match earlier.ranges().last() {
+        Some((_, high)) => Some(*high),
+        None => crate::with_db!(db, |c| highest_id_handed_out(c).await),
+    };
     for group in groups {
         let baseline = match last {
             None => None,
@@ -87,6 +92,20 @@ pub async fn open(
         baselines.push((group.clone(), baseline));
     }
     Ok(Window { drained, baselines })
+}
+
+/// The last id of the last block of the outbox id sequence handed out to a producer
+/// (`None` before the first).
+async fn highest_id_handed_out(client: &tokio_postgres::Client) -> Result<Option<i64>> {
+    use super::error::DbContext;
+    let row = client
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value + $1 - 1 END FROM outbox_message_id_seq",
+            &[&crate::schema::ID_BLOCK],
+        )
+        .await
+        .db("reading the outbox id sequence")?;
+    row.try_get(0).db("reading the outbox id sequence")
 }
 
 /// When acknowledgements last grew (pure: fed the count and the time).

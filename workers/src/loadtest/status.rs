@@ -22,7 +22,7 @@ use super::error::{KubeContext, LoadTestError, Result};
 use super::outage::{self, Board};
 
 /// The conditions the runner writes.
-pub use outbox_contract::conditions::loadtest::{COMPLETE, DEGRADED, VERIFIED};
+pub use outbox_contract::conditions::loadtest::{COMPLETE, DEGRADED, THRESHOLDS_MET, VERIFIED};
 /// Field manager of the runner's status writes.
 pub use outbox_contract::field_managers::RUNNER as FIELD_MANAGER;
 
@@ -40,6 +40,7 @@ const RUNNER_FIELDS: &[&str] = &[
     "endToEndLatency",
     "outages",
     "cpu",
+    "thresholds",
     "conditions",
 ];
 
@@ -80,7 +81,7 @@ impl StatusBook {
         let mut status = current;
         status
             .conditions
-            .retain(|c| c.type_ == COMPLETE || c.type_ == VERIFIED || c.type_ == DEGRADED);
+            .retain(|c| [COMPLETE, VERIFIED, DEGRADED, THRESHOLDS_MET].contains(&c.type_.as_str()));
         StatusBook {
             target,
             status,

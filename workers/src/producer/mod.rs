@@ -115,7 +115,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
         let metrics = ProducerMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        registry.register_collector(Box::new(crate::cpu::CpuCollector));
+        registry.register_collector(Box::new(crate::cpu::ProcessCollector));
         let wake = Arc::new(Notify::new());
         let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
         let state_pool = pool.clone();

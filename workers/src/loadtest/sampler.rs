@@ -1,0 +1,412 @@
+//! Samples a run into its time series (`series`) every interval while it goes: the
+//! scenario being sent (from its live counters), the workers' `/metrics` (CPU,
+//! resident memory, each consumer's acknowledgements and lag) and the outbox backlog.
+//!
+//! Turning two readings into a point is pure ([`point`]), so it is unit-tested; the
+//! task around it only reads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::cpu_accounting::{Kind, Source};
+use super::drive::Counters;
+use super::series::{IntervalLatency, Point, Series, WorkerPoint};
+use super::CpuPlan;
+
+/// How long one worker's `/metrics` may take to answer.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the worker pods are listed again in a Job.
+const LIST_EVERY: u32 = 10;
+
+/// The scenario being sent, set by the sender and read by the sampler.
+#[derive(Default)]
+pub struct Live(Mutex<Option<(String, Arc<Counters>)>>);
+
+impl Live {
+    /// `scenario` is being sent with `counters`.
+    pub fn sending(&self, scenario: &str, counters: Arc<Counters>) {
+        if let Ok(mut live) = self.0.lock() {
+            *live = Some((scenario.to_string(), counters));
+        }
+    }
+
+    /// Nothing is being sent.
+    pub fn idle(&self) {
+        if let Ok(mut live) = self.0.lock() {
+            *live = None;
+        }
+    }
+
+    fn current(&self) -> Option<(String, Arc<Counters>)> {
+        self.0.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// What one worker's `/metrics` said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerReading {
+    /// `producer` or `consumer <group>`.
+    pub component: String,
+    /// The consumer's group, if a consumer.
+    pub group: Option<String>,
+    /// CPU seconds of the process.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory, bytes.
+    pub resident_bytes: Option<f64>,
+    /// Messages acknowledged since the process started (consumers).
+    pub acknowledged: Option<f64>,
+    /// Messages in its partitions not yet consumed (consumers).
+    pub lag: Option<f64>,
+}
+
+/// Everything read at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// The scenario being sent, if any.
+    pub scenario: Option<String>,
+    /// Its counters: accepted, failed, missed, arrived.
+    pub counts: [u64; 4],
+    /// Latency of the requests answered since the last reading.
+    pub latency: Option<IntervalLatency>,
+    /// Each worker by name.
+    pub workers: BTreeMap<String, WorkerReading>,
+    /// Outbox rows not yet relayed.
+    pub backlog: Option<i64>,
+    /// Whether the scenario is an arrival-rate one.
+    pub paced: bool,
+}
+
+/// The point between readings `before` and `now` (pure): rates over the interval,
+/// levels at `now`. Counters of a scenario that changed since start from zero; a worker
+/// seen first now, or whose counters went back (it restarted), adds no rate.
+pub fn point(before: &Reading, now: &Reading) -> Point {
+    let dt = (now.t - before.t).max(1e-3);
+    let same_scenario = before.scenario.is_some() && before.scenario == now.scenario;
+    let prior = |i: usize| if same_scenario { before.counts[i] } else { 0 };
+    let rate = |i: usize| round(now.counts[i].saturating_sub(prior(i)) as f64 / dt);
+    let mut acknowledged: BTreeMap<String, f64> = BTreeMap::new();
+    let mut lag: BTreeMap<String, i64> = BTreeMap::new();
+    let mut workers = BTreeMap::new();
+    for (name, w) in &now.workers {
+        let was = before.workers.get(name);
+        let delta = |f: fn(&WorkerReading) -> Option<f64>| {
+            let (b, n) = (was.and_then(f)?, f(w)?);
+            (n >= b).then_some(n - b)
+        };
+        if let Some(group) = &w.group {
+            if let Some(d) = delta(|r| r.acknowledged) {
+                *acknowledged.entry(group.clone()).or_default() += d / dt;
+            }
+            if let Some(l) = w.lag {
+                *lag.entry(group.clone()).or_default() += l as i64;
+            }
+        }
+        workers.insert(
+            name.clone(),
+            WorkerPoint {
+                component: w.component.clone(),
+                resident_bytes: w.resident_bytes,
+                cpu_cores: delta(|r| r.cpu_seconds).map(|d| round(d / dt)),
+            },
+        );
+    }
+    Point {
+        t: round(now.t),
+        scenario: now.scenario.clone(),
+        offered_per_second: (now.paced && now.scenario.is_some()).then(|| rate(3)),
+        accepted_per_second: rate(0),
+        failed_per_second: rate(1),
+        missed_per_second: rate(2),
+        request_latency_ms: now.latency.clone(),
+        acknowledged_per_second: acknowledged
+            .into_iter()
+            .map(|(g, v)| (g, round(v)))
+            .collect(),
+        backlog: now.backlog,
+        consumer_lag: lag,
+        workers,
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// A worker's metrics text read into a [`WorkerReading`].
+pub fn read_worker(kind: &Kind, text: &str) -> WorkerReading {
+    let sum = |metric: &str| {
+        let found = crate::cpu::samples(text, metric);
+        (!found.is_empty()).then(|| found.iter().map(|(_, v)| v).sum())
+    };
+    let (component, group) = match kind {
+        Kind::Producer => ("producer".to_string(), None),
+        Kind::Consumer(g) => (format!("consumer {g}"), Some(g.clone())),
+        Kind::External(c) => (c.clone(), None),
+    };
+    let consumer = group.is_some();
+    WorkerReading {
+        component,
+        group,
+        cpu_seconds: sum("outbox_cpu_seconds_total").or_else(|| sum("process_cpu_seconds_total")),
+        resident_bytes: sum("process_resident_memory_bytes"),
+        acknowledged: consumer
+            .then(|| sum("outbox_consumer_acknowledged_total"))
+            .flatten(),
+        lag: consumer.then(|| sum("outbox_consumer_lag")).flatten(),
+    }
+}
+
+/// The running sampler (stopped when dropped).
+pub struct Sampler {
+    task: Option<tokio::task::JoinHandle<Series>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Sampler {
+    /// Starts sampling every `interval`: the `live` scenario, the workers of `cpu`
+    /// (its producer and consumer sources, or in a Job the pods listed), and the
+    /// backlog in the database at `database_url`.
+    pub fn start(
+        http: reqwest::Client,
+        cpu: CpuPlan,
+        database_url: String,
+        interval: Duration,
+        live: Arc<Live>,
+    ) -> Sampler {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut series = Series {
+                interval_seconds: interval.as_secs_f64(),
+                ..Series::default()
+            };
+            let mut db: Option<tokio_postgres::Client> = None;
+            let mut sources = Vec::new();
+            let mut before: Option<Reading> = None;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u32 = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                if n.is_multiple_of(LIST_EVERY) {
+                    sources = worker_sources(&cpu).await;
+                }
+                n = n.wrapping_add(1);
+                let reading = read(&http, &sources, &mut db, &database_url, &live, started).await;
+                if let Some(b) = &before {
+                    series.points.push(point(b, &reading));
+                }
+                before = Some(reading);
+            }
+            series
+        });
+        Sampler {
+            task: Some(task),
+            stop,
+        }
+    }
+
+    /// Stops sampling and returns the series.
+    pub async fn finish(mut self) -> Series {
+        let _ = self.stop.send(true);
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Series::default(),
+        }
+    }
+}
+
+async fn worker_sources(cpu: &CpuPlan) -> Vec<Source> {
+    let mut sources: Vec<Source> = cpu
+        .sources
+        .iter()
+        .filter(|s| !matches!(s.kind, Kind::External(_)))
+        .cloned()
+        .collect();
+    if let Some((pods, system)) = &cpu.worker_pods {
+        match super::cpu_accounting::worker_sources(pods, system).await {
+            Ok(found) => sources.extend(found),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not list the system's pods for the time series")
+            }
+        }
+    }
+    sources
+}
+
+async fn read(
+    http: &reqwest::Client,
+    sources: &[Source],
+    db: &mut Option<tokio_postgres::Client>,
+    database_url: &str,
+    live: &Live,
+    started: Instant,
+) -> Reading {
+    let answers = futures::future::join_all(sources.iter().map(|s| async move {
+        let response = http.get(&s.url).timeout(READ_TIMEOUT).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.text().await.ok()
+    }))
+    .await;
+    let workers = sources
+        .iter()
+        .zip(answers)
+        .filter_map(|(s, text)| Some((s.instance.clone(), read_worker(&s.kind, &text?))))
+        .collect();
+    let backlog = backlog(db, database_url).await;
+    let (scenario, counts, latency, paced) = match live.current() {
+        Some((name, c)) => {
+            let latencies = c.take_latency();
+            let latency = latencies.percentiles().map(|p| IntervalLatency {
+                count: latencies.count(),
+                p50: p.p50,
+                p95: p.p95,
+                p99: p.p99,
+                max: p.max,
+            });
+            let arrived = c.arrived.load(Ordering::Relaxed);
+            (
+                Some(name),
+                [
+                    c.accepted.load(Ordering::Relaxed),
+                    c.failed.load(Ordering::Relaxed),
+                    c.missed.load(Ordering::Relaxed),
+                    arrived,
+                ],
+                latency,
+                arrived > 0,
+            )
+        }
+        None => (None, [0; 4], None, false),
+    };
+    Reading {
+        t: started.elapsed().as_secs_f64(),
+        scenario,
+        counts,
+        latency,
+        workers,
+        backlog,
+        paced,
+    }
+}
+
+/// The outbox backlog (`outbox_backlog.pending`), reconnecting when needed; `None`
+/// while the database does not answer.
+async fn backlog(db: &mut Option<tokio_postgres::Client>, database_url: &str) -> Option<i64> {
+    if db.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+        *db = crate::db::connect(database_url).await.ok();
+    }
+    let client = db.as_ref()?;
+    let row = tokio::time::timeout(
+        READ_TIMEOUT,
+        client.query_one("SELECT pending FROM outbox_backlog", &[]),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    row.try_get::<_, i64>(0).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(group: &str, cpu: f64, acknowledged: f64, lag: f64) -> WorkerReading {
+        WorkerReading {
+            component: format!("consumer {group}"),
+            group: Some(group.into()),
+            cpu_seconds: Some(cpu),
+            resident_bytes: Some(50e6),
+            acknowledged: Some(acknowledged),
+            lag: Some(lag),
+        }
+    }
+
+    fn reading(t: f64, scenario: Option<&str>, counts: [u64; 4]) -> Reading {
+        Reading {
+            t,
+            scenario: scenario.map(str::to_string),
+            counts,
+            paced: counts[3] > 0,
+            ..Reading::default()
+        }
+    }
+
+    #[test]
+    fn rates_are_the_counters_growth_over_the_interval() {
+        let mut before = reading(10.0, Some("steady"), [1000, 10, 5, 1015]);
+        let mut now = reading(12.0, Some("steady"), [1400, 10, 25, 1435]);
+        before
+            .workers
+            .insert("c-1".into(), consumer("a", 3.0, 900.0, 0.0));
+        before
+            .workers
+            .insert("c-2".into(), consumer("a", 3.0, 100.0, 0.0));
+        now.workers
+            .insert("c-1".into(), consumer("a", 4.0, 1300.0, 40.0));
+        now.workers
+            .insert("c-2".into(), consumer("a", 3.5, 300.0, 2.0));
+        now.workers
+            .insert("c-3".into(), consumer("b", 1.0, 5.0, 7.0));
+        now.backlog = Some(120);
+        let p = point(&before, &now);
+        assert_eq!(p.accepted_per_second, 200.0);
+        assert_eq!(p.missed_per_second, 10.0);
+        assert_eq!(p.offered_per_second, Some(210.0));
+        assert_eq!(p.acknowledged_per_second["a"], 300.0);
+        assert!(
+            !p.acknowledged_per_second.contains_key("b"),
+            "a member seen first now has no rate yet"
+        );
+        assert_eq!(p.consumer_lag["a"], 42);
+        assert_eq!(p.consumer_lag["b"], 7);
+        assert_eq!(p.workers["c-1"].cpu_cores, Some(0.5));
+        assert_eq!(p.workers["c-3"].cpu_cores, None);
+        assert_eq!(p.backlog, Some(120));
+    }
+
+    #[test]
+    fn a_new_scenario_counts_from_zero_and_a_restarted_worker_adds_no_rate() {
+        let mut before = reading(10.0, Some("batch"), [5000, 0, 0, 0]);
+        let mut now = reading(11.0, Some("immediate"), [30, 0, 0, 0]);
+        before
+            .workers
+            .insert("c-1".into(), consumer("a", 30.0, 9000.0, 0.0));
+        now.workers
+            .insert("c-1".into(), consumer("a", 0.2, 10.0, 0.0));
+        let p = point(&before, &now);
+        assert_eq!(p.accepted_per_second, 30.0);
+        assert_eq!(p.offered_per_second, None, "not an arrival-rate scenario");
+        assert!(p.acknowledged_per_second.is_empty());
+        assert_eq!(p.workers["c-1"].cpu_cores, None);
+    }
+
+    #[test]
+    fn metrics_text_gives_cpu_memory_acknowledgements_and_lag() {
+        let text = "# HELP x\noutbox_cpu_seconds_total{part=\"main\"} 1.5\noutbox_cpu_seconds_total{part=\"other\"} 0.5\nprocess_resident_memory_bytes 1048576\noutbox_consumer_acknowledged_total 77\noutbox_consumer_lag 3\n";
+        let r = read_worker(&Kind::Consumer("a".into()), text);
+        assert_eq!(r.cpu_seconds, Some(2.0));
+        assert_eq!(r.resident_bytes, Some(1048576.0));
+        assert_eq!((r.acknowledged, r.lag), (Some(77.0), Some(3.0)));
+        let p = read_worker(&Kind::Producer, text);
+        assert_eq!((p.acknowledged, p.lag), (None, None));
+        assert_eq!(p.component, "producer");
+    }
+}
