@@ -20,27 +20,50 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the worker pods are listed again in a Job.
 const LIST_EVERY: u32 = 10;
 
-/// The scenario being sent, set by the sender and read by the sampler.
+/// The scenario being sent, set by the sender and read by the sampler. A change
+/// wakes the sampler at once, so a scenario shorter than the interval still gets its
+/// point, with its final counters.
 #[derive(Default)]
-pub struct Live(Mutex<Option<(String, Arc<Counters>)>>);
+pub struct Live {
+    state: Mutex<LiveState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct LiveState {
+    current: Option<(String, Arc<Counters>)>,
+    /// The current scenario is sent: it is read once more, then forgotten.
+    finished: bool,
+}
 
 impl Live {
     /// `scenario` is being sent with `counters`.
     pub fn sending(&self, scenario: &str, counters: Arc<Counters>) {
-        if let Ok(mut live) = self.0.lock() {
-            *live = Some((scenario.to_string(), counters));
+        if let Ok(mut live) = self.state.lock() {
+            *live = LiveState {
+                current: Some((scenario.to_string(), counters)),
+                finished: false,
+            };
         }
+        self.changed.notify_one();
     }
 
-    /// Nothing is being sent.
+    /// The scenario is sent.
     pub fn idle(&self) {
-        if let Ok(mut live) = self.0.lock() {
-            *live = None;
+        if let Ok(mut live) = self.state.lock() {
+            live.finished = true;
         }
+        self.changed.notify_one();
     }
 
-    fn current(&self) -> Option<(String, Arc<Counters>)> {
-        self.0.lock().ok().and_then(|l| l.clone())
+    /// The scenario to read now (a finished one for the last time).
+    fn take(&self) -> Option<(String, Arc<Counters>)> {
+        let mut live = self.state.lock().ok()?;
+        let current = live.current.clone();
+        if live.finished {
+            live.current = None;
+        }
+        current
     }
 }
 
@@ -201,6 +224,7 @@ impl Sampler {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    _ = live.changed.notified() => {}
                     _ = stopped.changed() => break,
                 }
                 if n.is_multiple_of(LIST_EVERY) {
@@ -271,7 +295,7 @@ async fn read(
         .filter_map(|(s, text)| Some((s.instance.clone(), read_worker(&s.kind, &text?))))
         .collect();
     let backlog = backlog(db, database_url).await;
-    let (scenario, counts, latency, paced) = match live.current() {
+    let (scenario, counts, latency, paced) = match live.take() {
         Some((name, c)) => {
             let latencies = c.take_latency();
             let latency = latencies.percentiles().map(|p| IntervalLatency {
