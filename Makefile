@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check demo bench chaos
+.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check demo bench bench-check chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -96,10 +96,19 @@ kind-install: kind-load ## helm install the chart into the kind cluster
 	  --set loadtest.namespaces='{default}' --wait
 
 BENCH_MESSAGES ?= 1000000
-bench: ## workers benchmark: raw COPY / produce / consume baselines beside ingest, relay, consume (release)
+BENCH_ROUNDS ?= 3
+BENCH_BASELINE ?= workers/bench-baseline.json
+BENCH_RUN = "$${CARGO_TARGET_DIR:-target}/release/outbox-worker" bench \
+	  --messages $(BENCH_MESSAGES) --rounds $(BENCH_ROUNDS) --baseline "$(CURDIR)/$(BENCH_BASELINE)" \
+	  --report "$${TESTBED_STATE_DIR}/bench-report.json"
+bench: ## workers benchmark: raw COPY / produce / consume baselines beside ingest, relay, consume, end to end (median of rounds; keeps the figures in BENCH_BASELINE)
 	$(CARGO) build --release -p outbox-workers --bin outbox-worker
-	@testbed/with-testbed.sh bash -c '"$${CARGO_TARGET_DIR:-target}/release/outbox-worker" bench \
-	  --messages $(BENCH_MESSAGES) --report "$${TESTBED_STATE_DIR}/bench-report.json" && \
+	@testbed/with-testbed.sh bash -c '$(BENCH_RUN) --update-baseline && \
+	  cp "$${TESTBED_STATE_DIR}/bench-report.json" bench-report.json'
+
+bench-check: ## the benchmark, failing when a ratio fell more than the tolerance (20 %) below BENCH_BASELINE
+	$(CARGO) build --release -p outbox-workers --bin outbox-worker
+	@testbed/with-testbed.sh bash -c '$(BENCH_RUN) --check && \
 	  cp "$${TESTBED_STATE_DIR}/bench-report.json" bench-report.json'
 
 demo: deps ## the main job: testbed up, chart installed, reference OutboxSystem + LoadTest run and verified

@@ -14,8 +14,15 @@
 //!    acknowledgement to last); vs raw_consume.
 //! 7. `end to end`: HTTP → outbox → relay → Kafka → three groups acknowledged, all at
 //!    once ([`end_to_end`]); vs the raw stages added up for the same work.
+//!
+//! A warm-up round of `--warm-up-messages` goes first and is not counted (the fresh
+//! broker's idempotent-producer set-up, cold caches); then `--rounds` rounds, each in a
+//! schema and topics of its own, and every figure is the median with its spread
+//! ([`regression`]). With `--baseline`, each ratio's change against the kept figures is
+//! printed, `--check` fails on a regression and `--update-baseline` keeps the new ones.
 
 mod end_to_end;
+pub mod regression;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +31,8 @@ use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
+
+use regression::{Baseline, Figure};
 use tokio::sync::Notify;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -69,6 +78,24 @@ pub struct BenchArgs {
     /// Keep the benchmark schema and topics afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Timed rounds; every figure is their median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Messages per stage of the untimed warm-up round (0: none).
+    #[arg(long, default_value_t = 50_000)]
+    pub warm_up_messages: usize,
+    /// The kept figures to compare with (a JSON file; absent: nothing to compare).
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<std::path::PathBuf>,
+    /// Fail when a ratio fell more than `--tolerance` below its baseline figure.
+    #[arg(long, requires = "baseline")]
+    pub check: bool,
+    /// Write this run's figures to `--baseline`.
+    #[arg(long, requires = "baseline", conflicts_with = "check")]
+    pub update_baseline: bool,
+    /// How far (0–1) a ratio may fall below its baseline figure.
+    #[arg(long, default_value_t = regression::DEFAULT_TOLERANCE)]
+    pub tolerance: f64,
 }
 
 /// One timed stage.
@@ -92,7 +119,13 @@ pub struct BenchReport {
     pub messages_per_request: usize,
     pub concurrency: usize,
     pub cores: usize,
+    pub warm_up_messages: usize,
+    /// Each stage's median over the rounds, with the spread.
+    pub figures: Vec<Figure>,
+    /// The stages of the last round.
     pub stages: Vec<Stage>,
+    /// Every round's stages.
+    pub rounds: Vec<Vec<Stage>>,
 }
 
 fn stage(name: &'static str, messages: usize, elapsed: Duration) -> Stage {
@@ -113,27 +146,88 @@ fn compare(mut s: Stage, baseline: &Stage) -> Stage {
     s
 }
 
-/// Runs every stage and writes the report.
-/// Runs the benchmark as its stages, each a function: the raw baselines (COPY, produce,
-/// consume), then the pipeline (ingest, relay, one consumer group) each compared with
-/// its baseline, then the report.
+/// Runs the benchmark: a warm-up round, the timed rounds, the report, and the
+/// comparison with the baseline.
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let setup = Setup::create(&args).await?;
+    if !(0.0..1.0).contains(&args.tolerance) {
+        return Err(Error::Config(format!(
+            "--tolerance {} is not between 0 and 1",
+            args.tolerance
+        )));
+    }
+    let baseline = match &args.baseline {
+        Some(path) if path.exists() => Some(Baseline::read(path)?),
+        Some(path) if args.check => {
+            return Err(Error::Config(format!(
+                "--check: no baseline at {} (make one with --update-baseline)",
+                path.display()
+            )))
+        }
+        _ => None,
+    };
+    if args.warm_up_messages > 0 {
+        let warm = BenchArgs {
+            messages: args.warm_up_messages,
+            ..args.clone()
+        };
+        println!(
+            "warm-up round ({} messages per stage, not counted)",
+            warm.messages
+        );
+        round(&warm, 0).await?;
+    }
+    let mut rounds = Vec::new();
+    for r in 1..=args.rounds {
+        println!("\nround {r} of {}", args.rounds);
+        rounds.push(round(&args, r).await?);
+    }
+    let figures = regression::figures(&rounds);
+    write_report(&args, rounds, &figures)?;
+    print_figures(&figures, baseline.as_ref(), &args);
+    if let Some(baseline) = &baseline {
+        let changes = regression::compare(baseline, &figures, args.tolerance);
+        if args.check {
+            if let Some(e) = regression::regressions_error(&changes, args.tolerance) {
+                return Err(e);
+            }
+            println!(
+                "no ratio fell more than {:.0} % below its baseline",
+                args.tolerance * 100.0
+            );
+        }
+    }
+    if let (true, Some(path)) = (args.update_baseline, &args.baseline) {
+        Baseline {
+            messages: args.messages,
+            rounds: args.rounds as usize,
+            figures,
+        }
+        .write(path)?;
+        println!("baseline written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// One round of every stage: the raw baselines (COPY, produce, consume), then the
+/// pipeline (ingest, relay, one consumer group) each compared with its baseline, then
+/// the whole pipeline against the raw stages added up.
+async fn round(args: &BenchArgs, number: u32) -> Result<Vec<Stage>> {
+    let setup = Setup::create(args, number).await?;
     println!(
-        "benchmark: {} messages of {} bytes, {} partitions, schema {}",
+        "{} messages of {} bytes, {} partitions, schema {}",
         args.messages, args.payload_bytes, args.partitions, setup.tag
     );
-    let raw_copy_stage = raw_copy_stage(&args, &setup).await?;
-    let raw_produce = raw_produce_stage(&args, &setup).await?;
-    let raw_consume = raw_consume_stage(&args, &setup).await?;
+    let raw_copy_stage = raw_copy_stage(args, &setup).await?;
+    let raw_produce = raw_produce_stage(args, &setup).await?;
+    let raw_consume = raw_consume_stage(args, &setup).await?;
     let (stop, signal) = crate::shutdown::channel();
     let (ingest, expected, common, producer_task) =
-        ingest_stage(&args, &setup, &raw_copy_stage, signal.clone()).await?;
+        ingest_stage(args, &setup, &raw_copy_stage, signal.clone()).await?;
     let db = crate::db::connect(&setup.schema_url).await?;
     let (relay_stage, relay_task) =
-        relay_stage(&args, &setup, &db, &raw_produce, signal.clone()).await?;
+        relay_stage(args, &setup, &db, &raw_produce, signal.clone()).await?;
     let (consume, consumer_task) = consume_stage(
-        &args,
+        args,
         &setup,
         &db,
         &raw_consume,
@@ -143,7 +237,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     )
     .await?;
     let raw_sum = end_to_end::raw_sum(&raw_copy_stage, &raw_produce, &raw_consume);
-    let (end_to_end, e2e_workers) = end_to_end::run(&args, &setup, &raw_sum, signal).await?;
+    let (end_to_end, e2e_workers) = end_to_end::run(args, &setup, &raw_sum, signal).await?;
     let _ = stop.send(true);
     let _ = relay_task.await;
     let _ = producer_task.await;
@@ -158,19 +252,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .await;
         }
     }
-    write_report(
-        &args,
-        vec![
-            raw_copy_stage,
-            raw_produce,
-            raw_consume,
-            ingest,
-            relay_stage,
-            consume,
-            raw_sum,
-            end_to_end,
-        ],
-    )
+    Ok(vec![
+        raw_copy_stage,
+        raw_produce,
+        raw_consume,
+        ingest,
+        relay_stage,
+        consume,
+        raw_sum,
+        end_to_end,
+    ])
 }
 
 /// What every stage shares: a schema and two topics of this run's own.
@@ -184,8 +275,12 @@ struct Setup {
 }
 
 impl Setup {
-    async fn create(args: &BenchArgs) -> Result<Setup> {
-        let tag = format!("bench_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    /// Round `number`'s schema and topics (0 is the warm-up).
+    async fn create(args: &BenchArgs, number: u32) -> Result<Setup> {
+        let tag = format!(
+            "bench_{}_r{number}",
+            chrono::Utc::now().format("%Y%m%d%H%M%S")
+        );
         let schema_url = create_schema(&args.database_url, &tag).await?;
         let kafka =
             crate::kafka::client_config(&args.kafka_bootstrap_servers, &kafka_client_properties());
@@ -591,10 +686,9 @@ async fn acknowledged(db: &tokio_postgres::Client, group: &str) -> Result<i64> {
 }
 
 /// The JSON report and the table of stages.
-fn write_report(args: &BenchArgs, stages: Vec<Stage>) -> Result<()> {
-    let n = args.messages;
+fn write_report(args: &BenchArgs, rounds: Vec<Vec<Stage>>, figures: &[Figure]) -> Result<()> {
     let report = BenchReport {
-        messages: n,
+        messages: args.messages,
         payload_bytes: args.payload_bytes,
         partitions: args.partitions,
         messages_per_request: args.messages_per_request,
@@ -602,7 +696,10 @@ fn write_report(args: &BenchArgs, stages: Vec<Stage>) -> Result<()> {
         cores: std::thread::available_parallelism()
             .map(|c| c.get())
             .unwrap_or(1),
-        stages,
+        warm_up_messages: args.warm_up_messages,
+        figures: figures.to_vec(),
+        stages: rounds.last().cloned().unwrap_or_default(),
+        rounds,
     };
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::Config(format!("encoding the report: {e}")))?;
@@ -610,22 +707,43 @@ fn write_report(args: &BenchArgs, stages: Vec<Stage>) -> Result<()> {
         context: format!("writing {}", args.report.display()),
         source,
     })?;
+    println!("\nreport written to {}", args.report.display());
+    Ok(())
+}
+
+/// The figures: median rate, median ratio with its spread over the rounds, and the
+/// change against the baseline.
+fn print_figures(figures: &[Figure], baseline: Option<&Baseline>, args: &BenchArgs) {
+    let changes = baseline
+        .map(|b| regression::compare(b, figures, args.tolerance))
+        .unwrap_or_default();
     println!(
-        "\n{:<12} {:>12} {:>10} {:>14}",
-        "stage", "msg/s", "seconds", "vs baseline"
+        "\nmedian of {} round(s):\n{:<12} {:>12} {:>28} {:>24}",
+        args.rounds, "stage", "msg/s", "vs raw baseline (min–max)", "vs kept figure"
     );
-    for s in &report.stages {
-        let ratio = match (s.baseline, s.ratio) {
-            (Some(b), Some(r)) => format!("{r:.2} x {b}"),
-            _ => "baseline".into(),
+    for f in figures {
+        let ratio = match (&f.baseline, f.ratio) {
+            (Some(b), Some(r)) => format!("{r:.2} × {b} ({:.2}–{:.2})", f.min, f.max),
+            _ => format!("baseline ({:.0}–{:.0})", f.min, f.max),
         };
+        let change = changes
+            .iter()
+            .find(|c| c.stage == f.stage)
+            .map(|c| {
+                format!(
+                    "{:.2} → {:.2} ({:+.0} %){}",
+                    c.before,
+                    c.now,
+                    (c.change - 1.0) * 100.0,
+                    if c.regressed { " REGRESSED" } else { "" }
+                )
+            })
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<12} {:>12.0} {:>10.2} {:>14}",
-            s.name, s.messages_per_second, s.seconds, ratio
+            "{:<12} {:>12.0} {:>28} {:>24}",
+            f.stage, f.messages_per_second, ratio, change
         );
     }
-    println!("report written to {}", args.report.display());
-    Ok(())
 }
 
 fn report_stage(s: &Stage) {

@@ -1438,34 +1438,54 @@ async fn workers_of_another_system_wait_while_the_schema_is_held_and_say_by_whom
     assert!(producer.terminate() && consumer.terminate() && first.terminate());
 }
 
-/// `outbox-worker bench` runs every stage against the real PostgreSQL and Kafka, the
-/// end-to-end stage included, and reports each against its raw baseline.
-#[tokio::test]
-async fn the_benchmark_times_every_stage_and_the_whole_pipeline_against_raw_baselines() {
+/// `outbox-worker bench` with `args` against the testbed; its exit status and output.
+async fn bench(args: &[&str]) -> (std::process::ExitStatus, String) {
     let tb = testbed_support::testbed();
-    let dir = std::env::temp_dir().join(unique_name("bench"));
-    std::fs::create_dir_all(&dir).expect("a report directory");
-    let report = dir.join("bench-report.json");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outbox-worker"))
         .args(["bench", "--messages", "3000", "--partitions", "3"])
         .args(["--messages-per-request", "500", "--concurrency", "2"])
-        .arg("--report")
-        .arg(&report)
+        .args(args)
         .env("KAFKA_BOOTSTRAP_SERVERS", &tb.kafka_bootstrap_servers)
         .env("DATABASE_URL", &tb.database_url)
         .kill_on_drop(true)
         .output()
         .await
         .expect("running the benchmark");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench exit {}:\n{stdout}\n{}",
-        out.status,
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status, text)
+}
+
+/// `outbox-worker bench` runs every stage against the real PostgreSQL and Kafka, the
+/// end-to-end stage included, in rounds after a warm-up, and reports each stage's
+/// median against its raw baseline; it keeps the figures as a baseline, and a check
+/// against a baseline made deliberately faster fails naming the stages.
+#[tokio::test]
+async fn the_benchmark_times_every_stage_and_the_whole_pipeline_against_raw_baselines() {
+    let dir = std::env::temp_dir().join(unique_name("bench"));
+    std::fs::create_dir_all(&dir).expect("a report directory");
+    let report = dir.join("bench-report.json");
+    let baseline = dir.join("baseline.json");
+    let (report_arg, baseline_arg) = (report.display().to_string(), baseline.display().to_string());
+    let (status, stdout) = bench(&[
+        "--rounds",
+        "2",
+        "--warm-up-messages",
+        "300",
+        "--report",
+        &report_arg,
+        "--baseline",
+        &baseline_arg,
+        "--update-baseline",
+    ])
+    .await;
+    assert!(status.success(), "bench exit {status}:\n{stdout}");
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("the report")).expect("JSON");
+    assert_eq!(json["rounds"].as_array().map(Vec::len), Some(2), "{json:#}");
     let stages: Vec<(String, Option<String>)> = json["stages"]
         .as_array()
         .expect("stages")
@@ -1499,6 +1519,56 @@ async fn the_benchmark_times_every_stage_and_the_whole_pipeline_against_raw_base
     assert!(
         stdout.contains("3 groups acknowledged all 3000 messages, verified exactly"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("warm-up round (300 messages per stage, not counted)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("median of 2 round(s)"), "{stdout}");
+    // Each ratio's figure is the median of the rounds, within their spread.
+    for f in json["figures"].as_array().expect("figures") {
+        if let Some(ratio) = f["ratio"].as_f64() {
+            let (min, max) = (
+                f["min"].as_f64().unwrap_or(-1.0),
+                f["max"].as_f64().unwrap_or(-1.0),
+            );
+            assert!(min <= ratio && ratio <= max, "{f:#}");
+        }
+    }
+
+    // The kept figures, made deliberately faster: the check fails and names them.
+    let mut kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).expect("the baseline written"))
+            .expect("baseline JSON");
+    for f in kept["figures"].as_array_mut().expect("kept figures") {
+        if let Some(ratio) = f["ratio"].as_f64() {
+            f["ratio"] = (ratio * 10.0).into();
+        }
+    }
+    let faster = dir.join("faster.json");
+    std::fs::write(&faster, kept.to_string()).expect("write the faster baseline");
+    let (status, output) = bench(&[
+        "--rounds",
+        "1",
+        "--warm-up-messages",
+        "0",
+        "--report",
+        &report_arg,
+        "--baseline",
+        &faster.display().to_string(),
+        "--check",
+    ])
+    .await;
+    assert!(
+        !status.success(),
+        "a slower run than its baseline fails the check:\n{output}"
+    );
+    assert!(
+        output.contains("regression beyond the 20 % tolerance")
+            && output.contains("relay")
+            && output.contains("end to end")
+            && output.contains("REGRESSED"),
+        "{output}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
