@@ -27,6 +27,7 @@ pub mod measure;
 pub mod outage;
 pub mod progress;
 pub mod report;
+pub mod report_store;
 pub mod sampler;
 pub mod scenario_latency;
 pub mod series;

@@ -20,6 +20,28 @@ pub struct Series {
     pub request_latency_histograms: BTreeMap<String, Vec<Bucket>>,
 }
 
+impl Series {
+    /// Every `every`-th point (the last one always kept), for a report that must be
+    /// smaller; `every` of 0 or 1 keeps them all.
+    pub fn thinned(&self, every: usize) -> Series {
+        if every <= 1 {
+            return self.clone();
+        }
+        let last = self.points.len().saturating_sub(1);
+        Series {
+            interval_seconds: self.interval_seconds * every as f64,
+            points: self
+                .points
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % every == 0 || *i == last)
+                .map(|(_, p)| p.clone())
+                .collect(),
+            request_latency_histograms: self.request_latency_histograms.clone(),
+        }
+    }
+}
+
 /// One sample: rates over the interval that ends at `t`, levels at `t`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -96,4 +118,27 @@ pub struct Bucket {
     pub le_ms: f64,
     /// Requests in the bucket.
     pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thinned_series_keeps_every_nth_point_and_the_last() {
+        let series = Series {
+            interval_seconds: 1.0,
+            points: (0..10)
+                .map(|t| Point {
+                    t: f64::from(t),
+                    ..Point::default()
+                })
+                .collect(),
+            ..Series::default()
+        };
+        let t: Vec<f64> = series.thinned(4).points.iter().map(|p| p.t).collect();
+        assert_eq!(t, vec![0.0, 4.0, 8.0, 9.0]);
+        assert_eq!(series.thinned(4).interval_seconds, 4.0);
+        assert_eq!(series.thinned(1), series);
+    }
 }

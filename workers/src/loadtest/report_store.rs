@@ -1,0 +1,133 @@
+//! Where a run in a Job leaves its HTML report: the ConfigMap `<loadtest>-report`,
+//! owned by the LoadTest (deleted with it), key `report.html`. It outlives the runner's
+//! pod, and one command fetches it:
+//!
+//! ```text
+//! kubectl get configmap <loadtest>-report -o jsonpath='{.data.report\.html}' > report.html
+//! ```
+//!
+//! A ConfigMap holds at most 1 MiB, so a report that would not fit is rendered again
+//! from a thinner series (every second point, then every fourth, ...).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::Api;
+
+use super::error::{KubeContext, Result};
+use super::series::Series;
+
+/// The key of the HTML in the ConfigMap.
+pub const KEY: &str = "report.html";
+/// The most a report may weigh: a ConfigMap's 1 MiB, less room for its metadata.
+pub const MAX_BYTES: usize = 1_000_000;
+
+/// The ConfigMap name for LoadTest `loadtest`.
+pub fn config_map_name(loadtest: &str) -> String {
+    format!("{loadtest}-report")
+}
+
+/// Where the report goes: the namespace's ConfigMaps and the LoadTest that owns it.
+#[derive(Clone)]
+pub struct ReportTarget {
+    pub api: Api<ConfigMap>,
+    pub loadtest: String,
+    pub uid: String,
+}
+
+/// The ConfigMap holding `html` for `loadtest` (uid `uid`), owned by it (pure).
+pub fn config_map(loadtest: &str, uid: &str, html: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(config_map_name(loadtest)),
+            labels: Some(BTreeMap::from([(
+                "outbox.dev/loadtest".to_string(),
+                loadtest.to_string(),
+            )])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "outbox.dev/v1alpha1".into(),
+                kind: "LoadTest".into(),
+                name: loadtest.to_string(),
+                uid: uid.to_string(),
+                controller: Some(false),
+                block_owner_deletion: Some(false),
+            }]),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(KEY.to_string(), html)])),
+        ..ConfigMap::default()
+    }
+}
+
+/// Renders with `render` from `series`, thinned until the page fits in [`MAX_BYTES`];
+/// also returns by how much it was thinned (1: not at all).
+pub fn fitting(series: &Series, render: impl Fn(&Series) -> String) -> (String, usize) {
+    let mut every = 1;
+    loop {
+        let thinned = series.thinned(every);
+        let html = render(&thinned);
+        if html.len() <= MAX_BYTES || thinned.points.len() <= 2 {
+            return (html, every);
+        }
+        every *= 2;
+    }
+}
+
+/// Writes the ConfigMap (server-side apply under the runner's field manager).
+pub async fn store(target: &ReportTarget, html: String) -> Result<String> {
+    let object = config_map(&target.loadtest, &target.uid, html);
+    let name = config_map_name(&target.loadtest);
+    target
+        .api
+        .patch(
+            &name,
+            &PatchParams::apply(outbox_contract::field_managers::RUNNER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .kube(|| format!("writing the report ConfigMap {name}"))?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadtest::series::Point;
+
+    #[test]
+    fn the_report_config_map_is_owned_by_its_load_test_and_named_after_it() {
+        let cm = config_map("reference", "uid-1", "<html></html>".into());
+        assert_eq!(cm.metadata.name.as_deref(), Some("reference-report"));
+        let owner = &cm.metadata.owner_references.as_ref().expect("an owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("LoadTest", "reference", "uid-1")
+        );
+        assert_eq!(
+            cm.data.as_ref().and_then(|d| d.get(KEY)).map(String::as_str),
+            Some("<html></html>")
+        );
+    }
+
+    #[test]
+    fn a_report_too_large_for_a_config_map_is_rendered_from_a_thinner_series() {
+        let series = Series {
+            interval_seconds: 1.0,
+            points: (0..1000)
+                .map(|t| Point {
+                    t: f64::from(t),
+                    ..Point::default()
+                })
+                .collect(),
+            ..Series::default()
+        };
+        // 2,000 bytes a point: 1,000 points are 2 MB, 250 fit.
+        let (html, every) = fitting(&series, |s| "x".repeat(2000 * s.points.len()));
+        assert_eq!(every, 4);
+        assert!(html.len() <= MAX_BYTES);
+        let (_, every) = fitting(&series, |_| "small".into());
+        assert_eq!(every, 1);
+    }
+}
