@@ -467,6 +467,12 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
         points.iter().any(|p| p["backlog"].as_i64().is_some()),
         "the outbox backlog over time"
     );
+    let growth = report["memoryGrowth"].as_array().expect("memory growth");
+    assert_eq!(growth.len(), 9, "every worker's memory over the run: {growth:#?}");
+    assert!(
+        growth.iter().all(|g| f64_of(&g["peakBytes"]) >= f64_of(&g["lastBytes"])),
+        "{growth:#?}"
+    );
     let histogram = report["series"]["requestLatencyHistograms"]["immediate"]
         .as_array()
         .expect("the immediate scenario's latency histogram");

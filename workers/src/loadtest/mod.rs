@@ -641,6 +641,7 @@ async fn execute(
             verification_seconds: (verification.waited.as_secs_f64() * 1000.0).round() / 1000.0,
             verification: verification.reports.clone(),
             status: book.status().clone(),
+            memory_growth: series.memory_growth(),
             series,
         },
     )?;
@@ -1037,7 +1038,8 @@ fn publish_report(
         json.write(path)?;
         tracing::info!(path = %path.display(), "wrote the JSON report");
     }
-    let table = report::summary_table(&plan.run_id, book.status());
+    let mut table = report::summary_table(&plan.run_id, book.status());
+    table.push_str(&report::memory_table(&json.series));
     if display.is_terminal() {
         println!("{table}");
     } else {

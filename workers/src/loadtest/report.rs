@@ -60,6 +60,8 @@ pub struct Report {
     pub status: LoadTestStatus,
     /// What was sampled while the run went.
     pub series: super::series::Series,
+    /// Each worker's resident memory from its first sample to its last.
+    pub memory_growth: Vec<super::series::MemoryGrowth>,
 }
 
 impl Report {
@@ -85,6 +87,34 @@ fn ms(l: &Option<LatencyPercentiles>) -> [String; 5] {
         Some(l) => [l.p50, l.p90, l.p99, l.p999, l.max].map(|v| format!("{v:.1}")),
         None => std::array::from_fn(|_| "-".to_string()),
     }
+}
+
+/// Each worker's resident memory over the run, as the summary prints it.
+pub fn memory_table(series: &super::series::Series) -> String {
+    let growth = series.memory_growth();
+    let mut out = String::new();
+    if growth.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "resident memory over the run (first → last, peak; growth per minute):"
+    );
+    let mb = |b: f64| b / 1_048_576.0;
+    for g in &growth {
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<18} {:>7.1} → {:>7.1} MiB, peak {:>7.1} MiB; {:+.2} MiB/min over {:.0} s",
+            g.worker,
+            g.component,
+            mb(g.first_bytes),
+            mb(g.last_bytes),
+            mb(g.peak_bytes),
+            mb(g.bytes_per_minute()),
+            g.seconds
+        );
+    }
+    out
 }
 
 /// The summary table of a finished run.

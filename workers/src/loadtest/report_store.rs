@@ -106,7 +106,10 @@ mod tests {
             ("LoadTest", "reference", "uid-1")
         );
         assert_eq!(
-            cm.data.as_ref().and_then(|d| d.get(KEY)).map(String::as_str),
+            cm.data
+                .as_ref()
+                .and_then(|d| d.get(KEY))
+                .map(String::as_str),
             Some("<html></html>")
         );
     }

@@ -20,7 +20,59 @@ pub struct Series {
     pub request_latency_histograms: BTreeMap<String, Vec<Bucket>>,
 }
 
+/// One worker's resident memory over a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryGrowth {
+    /// Pod name or address.
+    pub worker: String,
+    /// `producer` or `consumer <group>`.
+    pub component: String,
+    /// At its first and last sample, and the most, in bytes.
+    pub first_bytes: f64,
+    pub last_bytes: f64,
+    pub peak_bytes: f64,
+    /// Seconds between its first and last sample.
+    pub seconds: f64,
+}
+
+impl MemoryGrowth {
+    /// Growth per minute in bytes (0 over less than a second).
+    pub fn bytes_per_minute(&self) -> f64 {
+        if self.seconds < 1.0 {
+            0.0
+        } else {
+            (self.last_bytes - self.first_bytes) / self.seconds * 60.0
+        }
+    }
+}
+
 impl Series {
+    /// Each worker's resident memory from its first sample to its last: does it stay
+    /// flat over a long run?
+    pub fn memory_growth(&self) -> Vec<MemoryGrowth> {
+        let mut out: BTreeMap<&str, MemoryGrowth> = BTreeMap::new();
+        let mut first_t: BTreeMap<&str, f64> = BTreeMap::new();
+        for p in &self.points {
+            for (name, w) in &p.workers {
+                let Some(bytes) = w.resident_bytes else {
+                    continue;
+                };
+                let start = *first_t.entry(name).or_insert(p.t);
+                let g = out.entry(name).or_insert_with(|| MemoryGrowth {
+                    worker: name.clone(),
+                    component: w.component.clone(),
+                    first_bytes: bytes,
+                    ..MemoryGrowth::default()
+                });
+                g.last_bytes = bytes;
+                g.peak_bytes = g.peak_bytes.max(bytes);
+                g.seconds = p.t - start;
+            }
+        }
+        out.into_values().collect()
+    }
+
     /// Every `every`-th point (the last one always kept), for a report that must be
     /// smaller; `every` of 0 or 1 keeps them all.
     pub fn thinned(&self, every: usize) -> Series {
@@ -140,5 +192,45 @@ mod tests {
         assert_eq!(t, vec![0.0, 4.0, 8.0, 9.0]);
         assert_eq!(series.thinned(4).interval_seconds, 4.0);
         assert_eq!(series.thinned(1), series);
+    }
+
+    #[test]
+    fn memory_growth_runs_from_each_workers_first_sample_to_its_last() {
+        let at = |t: f64, workers: &[(&str, f64)]| Point {
+            t,
+            workers: workers
+                .iter()
+                .map(|(n, mb)| {
+                    (
+                        n.to_string(),
+                        WorkerPoint {
+                            component: "producer".into(),
+                            resident_bytes: Some(mb * 1e6),
+                            cpu_cores: None,
+                        },
+                    )
+                })
+                .collect(),
+            ..Point::default()
+        };
+        let series = Series {
+            interval_seconds: 1.0,
+            points: vec![
+                at(0.0, &[("p-0", 30.0)]),
+                at(60.0, &[("p-0", 50.0), ("p-1", 20.0)]),
+                at(120.0, &[("p-0", 40.0), ("p-1", 20.0)]),
+            ],
+            ..Series::default()
+        };
+        let growth = series.memory_growth();
+        assert_eq!(growth.len(), 2);
+        let p0 = &growth[0];
+        assert_eq!(
+            (p0.first_bytes, p0.last_bytes, p0.peak_bytes),
+            (30e6, 40e6, 50e6)
+        );
+        assert_eq!(p0.seconds, 120.0);
+        assert_eq!(p0.bytes_per_minute(), 5e6);
+        assert_eq!(growth[1].bytes_per_minute(), 0.0);
     }
 }
