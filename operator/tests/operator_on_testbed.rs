@@ -483,6 +483,15 @@ async fn invalid_load_tests_are_refused_by_the_api_server_naming_the_rule() {
             "spec.scenarios[1].arrivalRate.stages[2].ratePerSecond",
         ),
         (
+            "the first scenario with the previous one",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0]["withPrevious"] = true.into();
+                v
+            },
+            "the first scenario has no scenario before it",
+        ),
+        (
             "a latency limit without a percentile",
             {
                 let mut v = base();

@@ -468,9 +468,15 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
         "the outbox backlog over time"
     );
     let growth = report["memoryGrowth"].as_array().expect("memory growth");
-    assert_eq!(growth.len(), 9, "every worker's memory over the run: {growth:#?}");
+    assert_eq!(
+        growth.len(),
+        9,
+        "every worker's memory over the run: {growth:#?}"
+    );
     assert!(
-        growth.iter().all(|g| f64_of(&g["peakBytes"]) >= f64_of(&g["lastBytes"])),
+        growth
+            .iter()
+            .all(|g| f64_of(&g["peakBytes"]) >= f64_of(&g["lastBytes"])),
         "{growth:#?}"
     );
     let histogram = report["series"]["requestLatencyHistograms"]["immediate"]
@@ -616,6 +622,59 @@ thresholds:
             "group {name} acknowledgements over time"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_marked_with_previous_are_sent_at_the_same_time_and_all_verified() {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-together", 2, &[("a", 1)]).await;
+    let spec = spec_file(
+        &system,
+        "together",
+        "systemRef: {name: local}
+scenarios:
+- {name: batch, messages: 20000, batching: true, concurrency: 1}
+- name: steady
+  withPrevious: true
+  arrivalRate:
+    connections: 20
+    stages: [{ratePerSecond: 100, durationSeconds: 3}]
+- {name: after, messages: 50}
+",
+    );
+    let spec = spec.display().to_string();
+    let (exit, report) = system
+        .run(
+            "runner",
+            &["--spec", &spec, "--messages-per-request", "500"],
+            Duration::from_secs(240),
+        )
+        .await;
+    let status = &report["status"];
+    assert!(exit.success(), "runner exit {exit}: {status:#}");
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    assert_eq!(status["acceptedMessages"], 20_350, "{status:#}");
+    assert_eq!(
+        group(&report, &system.groups[0].name)["acknowledged"],
+        20_350
+    );
+    // Sent together: sampled under both names at once.
+    let points = report["series"]["points"]
+        .as_array()
+        .expect("series points");
+    assert!(
+        points.iter().any(|p| p["scenario"] == "batch + steady"),
+        "{:#?}",
+        points.iter().map(|p| &p["scenario"]).collect::<Vec<_>>()
+    );
+    // A scenario's own end-to-end latency is measured only when it is sent alone.
+    assert!(scenario(&report, "steady")["endToEndLatency"].is_null());
+    assert_eq!(
+        scenario(&report, "after")["endToEndLatency"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

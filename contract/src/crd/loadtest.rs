@@ -33,9 +33,11 @@ use serde::{Deserialize, Serialize};
 pub struct LoadTestSpec {
     /// The OutboxSystem (same namespace) to load.
     pub system_ref: SystemRef,
-    /// Scenarios, run one after the other.
+    /// Scenarios, run one after the other, except those marked `withPrevious`, which
+    /// start together with the scenario before them.
     #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("spec.scenarios: scenario names must be unique"))]
+    #[x_kube(validation = Rule::new("!has(self[0].withPrevious) || !self[0].withPrevious").message("spec.scenarios[0].withPrevious: the first scenario has no scenario before it"))]
     pub scenarios: Vec<Scenario>,
     /// Payload size of each message in bytes.
     #[serde(default = "default_message_size")]
@@ -201,6 +203,12 @@ pub struct Scenario {
     /// ones were answered, one message each, spread over all producers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arrival_rate: Option<ArrivalRate>,
+    /// Start together with the scenario before it instead of after it (e.g. a
+    /// constant rate of single messages while a batch is ingested). The scenarios sent
+    /// together share the producers; a scenario's own end-to-end latency is measured
+    /// only when it is sent alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_previous: bool,
 }
 
 impl Scenario {

@@ -780,58 +780,70 @@ async fn send_all(
     let mut attempt_seconds = 0f64;
     let mut latency_windows = Vec::new();
     let mut histograms = BTreeMap::new();
-    for scenario in &plan.scenarios {
-        let before = resume
-            .earlier
-            .get(&scenario.name)
-            .cloned()
-            .unwrap_or_default();
-        expected = expected.union(&before);
-        if resume.finished.contains(&scenario.name) {
-            tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
-            continue;
+    for group in together(&plan.scenarios) {
+        let mut todo = Vec::with_capacity(group.len());
+        for scenario in group {
+            let before = resume
+                .earlier
+                .get(&scenario.name)
+                .cloned()
+                .unwrap_or_default();
+            expected = expected.union(&before);
+            if resume.finished.contains(&scenario.name) {
+                tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
+                continue;
+            }
+            todo.push(scenario_send(args, plan, scenario, before.len()));
         }
-        let window = if !scenario.batching && !plan.groups.is_empty() {
-            Some(drain_before(db, plan, book, &scenario.name, &expected, shutdown).await?)
-        } else {
-            None
+        // A scenario sent one message per request, alone, measures its own latency.
+        let window = match todo.as_slice() {
+            [send] if !send.batching && !plan.groups.is_empty() => {
+                Some(drain_before(db, plan, book, &send.name, &expected, shutdown).await?)
+            }
+            _ => None,
         };
-        let send = scenario_send(args, plan, scenario, before.len());
-        tracing::info!(
-            scenario = %send.name,
-            messages = send.messages,
-            already_accepted = send.already_accepted,
-            shares = ?send.shares,
-            batching = send.batching,
-            concurrency = send.concurrency,
-            "sending"
-        );
-        let sent =
-            send_with_progress(http, plan, &shape, &send, book, display, live, shutdown).await?;
-        if !send.batching {
-            histograms.insert(send.name.clone(), sent.outcome.tally().latency.buckets());
+        for send in &todo {
+            tracing::info!(
+                scenario = %send.name,
+                messages = send.messages,
+                already_accepted = send.already_accepted,
+                shares = ?send.shares,
+                batching = send.batching,
+                concurrency = send.concurrency,
+                together = todo.len(),
+                "sending"
+            );
         }
-        expected = expected.union(&sent.ids);
-        uncertain += sent.uncertain;
-        attempt_accepted += sent.outcome.tally().accepted;
-        attempt_seconds += sent.outcome.duration.as_secs_f64();
-        let mut result = sent.outcome.result();
-        if let Some(window) = window {
-            result.backlog_drained = Some(window.drained);
-            latency_windows.push((scenario.name.clone(), window, sent.ids.clone()));
+        let sent_group =
+            send_with_progress(http, plan, &shape, &todo, book, display, live, shutdown).await?;
+        let mut longest = 0f64;
+        for (send, sent) in todo.iter().zip(sent_group) {
+            if !send.batching {
+                histograms.insert(send.name.clone(), sent.outcome.tally().latency.buckets());
+            }
+            expected = expected.union(&sent.ids);
+            uncertain += sent.uncertain;
+            attempt_accepted += sent.outcome.tally().accepted;
+            longest = longest.max(sent.outcome.duration.as_secs_f64());
+            let mut result = sent.outcome.result();
+            if let Some(window) = &window {
+                result.backlog_drained = Some(window.drained);
+                latency_windows.push((send.name.clone(), window.clone(), sent.ids.clone()));
+            }
+            tracing::info!(
+                scenario = %result.name,
+                accepted = result.accepted,
+                failed = result.failed,
+                seconds = result.duration_seconds,
+                throughput = result.throughput,
+                "scenario sent"
+            );
+            let status = book.status_mut();
+            status.scenarios.retain(|s| s.name != result.name);
+            status.scenarios.push(result);
+            status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
         }
-        tracing::info!(
-            scenario = %result.name,
-            accepted = result.accepted,
-            failed = result.failed,
-            seconds = result.duration_seconds,
-            throughput = result.throughput,
-            "scenario sent"
-        );
-        let status = book.status_mut();
-        status.scenarios.retain(|s| s.name != result.name);
-        status.scenarios.push(result);
-        status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
+        attempt_seconds += longest;
         book.write_now().await?;
     }
     let status = book.status_mut();
@@ -847,6 +859,19 @@ async fn send_all(
         latency_windows,
         histograms,
     })
+}
+
+/// The scenarios in the groups they are sent in: each starts a group, unless it is
+/// marked `withPrevious` (then it joins the group before it).
+fn together(scenarios: &[Scenario]) -> Vec<Vec<&Scenario>> {
+    let mut groups: Vec<Vec<&Scenario>> = Vec::new();
+    for s in scenarios {
+        match groups.last_mut() {
+            Some(group) if s.with_previous => group.push(s),
+            _ => groups.push(vec![s]),
+        }
+    }
+    groups
 }
 
 /// Each one-at-a-time scenario's own end-to-end latency per group, into its result.
@@ -1056,61 +1081,96 @@ async fn send_with_progress(
     http: &reqwest::Client,
     plan: &Plan,
     shape: &MessageShape,
-    send: &ScenarioSend,
+    sends: &[ScenarioSend],
     book: &mut StatusBook,
     display: &Display,
     live: &sampler::Live,
     shutdown: &mut ShutdownSignal,
-) -> Result<drive::Sent> {
-    let counters = Arc::new(Counters::default());
-    live.sending(&send.name, counters.clone());
-    let to_send: u64 = send.shares.iter().sum();
-    let mut bar = display.bar(&send.name, send.messages);
+) -> Result<Vec<drive::Sent>> {
+    let counters: Vec<Arc<Counters>> = sends.iter().map(|_| Arc::default()).collect();
+    live.sending(
+        sends
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(counters.iter().cloned())
+            .collect(),
+    );
+    let mut bars: Vec<_> = sends
+        .iter()
+        .map(|s| display.bar(&s.name, s.messages))
+        .collect();
     let accepted_before: i64 = book
         .status()
         .scenarios
         .iter()
-        .filter(|s| s.name != send.name)
+        .filter(|s| !sends.iter().any(|send| send.name == s.name))
         .map(|s| s.accepted)
         .sum();
     let board = book.board().clone();
-    let task = drive::send_scenario(http, &plan.producers, shape, send, counters.clone(), &board);
-    tokio::pin!(task);
+    let tasks = futures::future::join_all(sends.iter().zip(&counters).map(|(send, c)| {
+        let (http, producers, shape, send, c, board) = (
+            http.clone(),
+            plan.producers.clone(),
+            shape.clone(),
+            send.clone(),
+            c.clone(),
+            board.clone(),
+        );
+        tokio::spawn(async move {
+            drive::send_scenario(&http, &producers, &shape, &send, c, &board).await
+        })
+    }));
+    tokio::pin!(tasks);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let sent = loop {
+    let joined = loop {
         tokio::select! {
-            sent = &mut task => break sent,
+            joined = &mut tasks => break joined,
             _ = tick.tick() => {
-                let accepted = counters.accepted.load(Ordering::Relaxed);
-                let failed = counters.failed.load(Ordering::Relaxed);
-                let note = format!("accepted {} failed {failed}", accepted + send.already_accepted);
-                bar.set(send.already_accepted + counters.done(), &note);
+                let mut parts = Vec::new();
+                let mut accepted_now = 0;
+                for ((send, c), bar) in sends.iter().zip(&counters).zip(&mut bars) {
+                    let accepted = c.accepted.load(Ordering::Relaxed) + send.already_accepted;
+                    let failed = c.failed.load(Ordering::Relaxed);
+                    bar.set(send.already_accepted + c.done(), &format!("accepted {accepted} failed {failed}"));
+                    parts.push(format!(
+                        "{}: {}/{} sent ({accepted} accepted, {failed} failed)",
+                        send.name,
+                        send.already_accepted + c.done(),
+                        send.messages,
+                    ));
+                    accepted_now += accepted;
+                }
                 let outage = book.reflect_outages();
                 let status = book.status_mut();
                 status.message = Some(format!(
-                    "{}: {}/{} sent ({} accepted, {failed} failed){}",
-                    send.name,
-                    send.already_accepted + counters.done(),
-                    send.messages,
-                    accepted + send.already_accepted,
+                    "{}{}",
+                    parts.join("; "),
                     outage.map(|o| format!("; {o}")).unwrap_or_default()
                 ));
-                status.accepted_messages = Some(accepted_before + measure::to_i64(accepted + send.already_accepted));
+                status.accepted_messages = Some(accepted_before + measure::to_i64(accepted_now));
                 book.write_progress().await;
             }
             _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
         }
     };
     live.idle();
-    let done = sent.outcome.accepted();
-    bar.finish(
-        send.already_accepted + counters.done(),
-        &format!(
-            "accepted {done}, failed {} of {to_send} sent",
-            sent.outcome.tally().failed
-        ),
-    );
+    let mut sent = Vec::with_capacity(sends.len());
+    for ((send, c), (bar, result)) in sends.iter().zip(&counters).zip(bars.iter_mut().zip(joined)) {
+        let result = result.map_err(|e| {
+            LoadTestError::Settings(format!("the sender of scenario {} failed: {e}", send.name))
+        })?;
+        let to_send: u64 = send.shares.iter().sum();
+        bar.finish(
+            send.already_accepted + c.done(),
+            &format!(
+                "accepted {}, failed {} of {to_send} sent",
+                result.outcome.accepted(),
+                result.outcome.tally().failed
+            ),
+        );
+        sent.push(result);
+    }
     Ok(sent)
 }
 
@@ -1188,4 +1248,40 @@ async fn verify_with_progress(
         }
     }
     Ok(verification)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(name: &str, with_previous: bool) -> Scenario {
+        Scenario {
+            name: name.into(),
+            messages: Some(10),
+            with_previous,
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn scenarios_marked_with_previous_are_sent_together_with_the_one_before() {
+        let scenarios = [
+            scenario("batch", false),
+            scenario("steady", true),
+            scenario("spike", true),
+            scenario("immediate", false),
+            // The first scenario has nothing before it (the API server refuses it).
+            scenario("late", true),
+        ];
+        let names: Vec<Vec<&str>> = together(&scenarios)
+            .iter()
+            .map(|g| g.iter().map(|s| s.name.as_str()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![vec!["batch", "steady", "spike"], vec!["immediate", "late"]]
+        );
+        let first_alone = together(&scenarios[4..]);
+        assert_eq!(first_alone.len(), 1);
+    }
 }

@@ -31,17 +31,18 @@ pub struct Live {
 
 #[derive(Default)]
 struct LiveState {
-    current: Option<(String, Arc<Counters>)>,
-    /// The current scenario is sent: it is read once more, then forgotten.
+    /// The scenarios being sent (several when sent together) and their counters.
+    current: Vec<(String, Arc<Counters>)>,
+    /// They are sent: they are read once more, then forgotten.
     finished: bool,
 }
 
 impl Live {
-    /// `scenario` is being sent with `counters`.
-    pub fn sending(&self, scenario: &str, counters: Arc<Counters>) {
+    /// `scenarios` are being sent, each with its counters.
+    pub fn sending(&self, scenarios: Vec<(String, Arc<Counters>)>) {
         if let Ok(mut live) = self.state.lock() {
             *live = LiveState {
-                current: Some((scenario.to_string(), counters)),
+                current: scenarios,
                 finished: false,
             };
         }
@@ -56,12 +57,14 @@ impl Live {
         self.changed.notify_one();
     }
 
-    /// The scenario to read now (a finished one for the last time).
-    fn take(&self) -> Option<(String, Arc<Counters>)> {
-        let mut live = self.state.lock().ok()?;
+    /// The scenarios to read now (finished ones for the last time).
+    fn take(&self) -> Vec<(String, Arc<Counters>)> {
+        let Ok(mut live) = self.state.lock() else {
+            return Vec::new();
+        };
         let current = live.current.clone();
         if live.finished {
-            live.current = None;
+            live.current.clear();
         }
         current
     }
@@ -295,31 +298,34 @@ async fn read(
         .filter_map(|(s, text)| Some((s.instance.clone(), read_worker(&s.kind, &text?))))
         .collect();
     let backlog = backlog(db, database_url).await;
-    let (scenario, counts, latency, paced) = match live.take() {
-        Some((name, c)) => {
-            let latencies = c.take_latency();
-            let latency = latencies.percentiles().map(|p| IntervalLatency {
-                count: latencies.count(),
-                p50: p.p50,
-                p95: p.p95,
-                p99: p.p99,
-                max: p.max,
-            });
-            let arrived = c.arrived.load(Ordering::Relaxed);
-            (
-                Some(name),
-                [
-                    c.accepted.load(Ordering::Relaxed),
-                    c.failed.load(Ordering::Relaxed),
-                    c.missed.load(Ordering::Relaxed),
-                    arrived,
-                ],
-                latency,
-                arrived > 0,
-            )
+    // Scenarios sent together are read as one: their names joined, their counts added.
+    let current = live.take();
+    let mut counts = [0u64; 4];
+    let mut latencies = super::measure::Latencies::default();
+    for (_, c) in &current {
+        for (sum, counter) in counts
+            .iter_mut()
+            .zip([&c.accepted, &c.failed, &c.missed, &c.arrived])
+        {
+            *sum += counter.load(Ordering::Relaxed);
         }
-        None => (None, [0; 4], None, false),
-    };
+        latencies.merge(&c.take_latency());
+    }
+    let scenario = (!current.is_empty()).then(|| {
+        current
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    });
+    let latency = latencies.percentiles().map(|p| IntervalLatency {
+        count: latencies.count(),
+        p50: p.p50,
+        p95: p.p95,
+        p99: p.p99,
+        max: p.max,
+    });
+    let paced = counts[3] > 0;
     Reading {
         t: started.elapsed().as_secs_f64(),
         scenario,
