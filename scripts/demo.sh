@@ -98,6 +98,15 @@ jq '{phase,
   groups: [.groups[]? | {group, expected, acknowledged, missing, duplicates, outOfOrder}],
   cpu: (.cpu // {} | {windowSeconds, nodeSeconds, microsPerMessage, unreadable,
     components: [.components[]? | "\(.component): \(.seconds) s"]})}' "$REPORT"
+elapsed=$((SECONDS - start))
+HTML=$REPO_ROOT/loadtest-report.html
+CM=$(kubectl -n "$NAMESPACE" get loadtest "$LT" -o jsonpath='{.status.reportConfigMap}')
+if [ -n "$CM" ]; then
+  kubectl -n "$NAMESPACE" get configmap "$CM" -o jsonpath='{.data.report\.html}' >"$HTML"
+  echo "HTML report (charts over time, thresholds, verdict): $HTML"
+else
+  echo "the runner wrote no HTML report ConfigMap (status.reportConfigMap is empty)"
+fi
 echo "LoadTest status as JSON: $REPORT; the runner's log: kubectl logs job/$LT-run"
-echo "send to verified: $((SECONDS - start)) s"
+echo "send to verified: $elapsed s"
 [ "$phase" = Succeeded ] || die "LoadTest ended $phase"

@@ -349,6 +349,10 @@ pub struct LoadTestStatus {
     /// Every threshold judged, passed or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<ThresholdCheck>,
+    /// The ConfigMap holding this run's HTML report (key `report.html`), written by a
+    /// runner in a Job: `kubectl get configmap <it> -o jsonpath='{.data.report\.html}'`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_config_map: Option<String>,
     /// Scheduled (operator), Complete and Verified (runner; the operator sets Complete
     /// when the Job failed before the runner reported), Degraded (runner: a dependency
     /// is away and the runner is waiting for it).

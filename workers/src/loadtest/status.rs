@@ -41,6 +41,7 @@ const RUNNER_FIELDS: &[&str] = &[
     "outages",
     "cpu",
     "thresholds",
+    "reportConfigMap",
     "conditions",
 ];
 
