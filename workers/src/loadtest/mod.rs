@@ -21,6 +21,7 @@ pub mod database;
 pub mod discover;
 pub mod drive;
 pub mod error;
+pub mod html_report;
 pub mod ids;
 pub mod judge;
 pub mod measure;
