@@ -66,6 +66,10 @@ pub struct LoadTestArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
+    /// Write the HTML report here: one self-contained page (verdict, tables and charts
+    /// of the run) that opens in a browser with no network.
+    #[arg(long, value_name = "PATH")]
+    pub html_report: Option<PathBuf>,
     /// Messages per request of a batching scenario.
     #[arg(long, default_value_t = 2000)]
     pub messages_per_request: usize,

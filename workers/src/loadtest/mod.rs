@@ -1,7 +1,7 @@
 //! The load-test runner (`outbox-worker loadtest`): drives every producer of an
 //! OutboxSystem in parallel through the LoadTest's scenarios, verifies that every
 //! consumer group acknowledged every accepted message, and writes the results into the
-//! LoadTest's status, a JSON report and a summary table.
+//! LoadTest's status, a JSON report, an HTML report and a summary table.
 //!
 //! A run is identified by its run id (the LoadTest's uid; a fresh UUID in local mode)
 //! stamped into every message as the `loadtest-run` header, with the scenario in
@@ -908,6 +908,11 @@ fn publish_report(
     if let Some(path) = &args.report {
         json.write(path)?;
         tracing::info!(path = %path.display(), "wrote the JSON report");
+    }
+    if let Some(path) = &args.html_report {
+        // No thresholds table until the status records the checks.
+        html_report::write(path, &html_report::render(&json, &[])?)?;
+        tracing::info!(path = %path.display(), "wrote the HTML report");
     }
     let table = report::summary_table(&plan.run_id, book.status());
     if display.is_terminal() {
