@@ -202,6 +202,29 @@ mod tests {
     }
 
     #[test]
+    fn the_reports_go_where_the_flags_say() {
+        use clap::{CommandFactory, Parser};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadTestArgs,
+        }
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "--database-url",
+            "postgres://localhost/outbox",
+            "--report",
+            "run.json",
+            "--html-report",
+            "run.html",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.args.report, Some(PathBuf::from("run.json")));
+        assert_eq!(cli.args.html_report, Some(PathBuf::from("run.html")));
+    }
+
+    #[test]
     fn durations_take_units_and_default_to_seconds() {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
