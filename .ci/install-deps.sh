@@ -32,6 +32,10 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 # The fault matrix enters pods' network namespaces; `make lint` checks the shell scripts.
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 command -v shellcheck >/dev/null || need_pkgs+=(shellcheck)
+# The HTML load-test report's test draws the report in a headless chromium; CI checks the
+# vendored uPlot against its npm package (scripts/vendor-uplot.sh --check).
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+command -v npm >/dev/null || need_pkgs+=(npm)
 sudo=()
 [ "$(id -u)" = 0 ] || sudo=(sudo)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -16,6 +16,8 @@ struct Cli {
     role: Role,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Role {
     /// HTTP ingest into the PostgreSQL outbox, and the relay to Kafka.

@@ -71,6 +71,10 @@ pub struct LoadTestArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
+    /// Write the HTML report here: one self-contained page (verdict, tables and charts
+    /// of the run) that opens in a browser with no network.
+    #[arg(long, value_name = "PATH")]
+    pub html_report: Option<PathBuf>,
     /// Messages per request of a batching scenario.
     #[arg(long, default_value_t = 2000)]
     pub messages_per_request: usize,
@@ -243,6 +247,29 @@ mod tests {
         assert!(parse_spec("kind: LoadTest\nspec: {scenarios: 3}\n")
             .unwrap_err()
             .contains("not a LoadTest spec"));
+    }
+
+    #[test]
+    fn the_reports_go_where_the_flags_say() {
+        use clap::{CommandFactory, Parser};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: LoadTestArgs,
+        }
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "--database-url",
+            "postgres://localhost/outbox",
+            "--report",
+            "run.json",
+            "--html-report",
+            "run.html",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.args.report, Some(PathBuf::from("run.json")));
+        assert_eq!(cli.args.html_report, Some(PathBuf::from("run.html")));
     }
 
     #[test]

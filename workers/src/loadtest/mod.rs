@@ -1,7 +1,7 @@
 //! The load-test runner (`outbox-worker loadtest`): drives every producer of an
 //! OutboxSystem in parallel through the LoadTest's scenarios, verifies that every
 //! consumer group acknowledged every accepted message, and writes the results into the
-//! LoadTest's status, a JSON report and a summary table.
+//! LoadTest's status, a JSON report, an HTML report and a summary table.
 //!
 //! A run is identified by its run id (the LoadTest's uid; a fresh UUID in local mode)
 //! stamped into every message as the `loadtest-run` header, with the scenario in
@@ -21,6 +21,7 @@ pub mod database;
 pub mod discover;
 pub mod drive;
 pub mod error;
+pub mod html_report;
 pub mod ids;
 pub mod judge;
 pub mod measure;
@@ -101,6 +102,8 @@ pub struct Plan {
     pub cpu: CpuPlan,
     /// The limits the run is judged against (the arrival-rate defaults apply without).
     pub thresholds: Option<outbox_contract::crd::Thresholds>,
+    /// In a Job: where the HTML report goes (the ConfigMap `<loadtest>-report`).
+    pub report_target: Option<report_store::ReportTarget>,
 }
 
 /// Where the CPU accounting of a run reads from (see `cpu_accounting`).
@@ -386,6 +389,11 @@ async fn resolve(args: &LoadTestArgs) -> Result<Resolved> {
         ),
         cpu,
         thresholds: spec.thresholds.clone(),
+        report_target: Some(report_store::ReportTarget {
+            api: Api::namespaced(client.clone(), namespace),
+            loadtest: name.clone(),
+            uid: lt.metadata.uid.clone().unwrap_or_default(),
+        }),
     };
     validate(&plan)?;
     let target = Target {
@@ -465,6 +473,7 @@ fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Result<Plan> {
             .unwrap_or(Duration::from_secs(600)),
         cpu,
         thresholds: spec.and_then(|s| s.thresholds),
+        report_target: None,
     };
     validate(&plan)?;
     Ok(plan)
@@ -644,7 +653,8 @@ async fn execute(
             memory_growth: series.memory_growth(),
             series,
         },
-    )?;
+    )
+    .await?;
     tracing::info!(phase = ?book.phase(), verified = judgement.verified.ok, "load test finished");
     Ok(Outcome::Finished(book.phase()))
 }
@@ -1051,17 +1061,53 @@ async fn record(
     book.write_now().await
 }
 
-/// Writes the JSON report (when asked) and shows the summary table.
-fn publish_report(
+/// Writes the JSON and HTML reports (where asked; in a Job the HTML one into the
+/// ConfigMap `<loadtest>-report`, named in the status) and shows the summary table.
+async fn publish_report(
     args: &LoadTestArgs,
     plan: &Plan,
-    book: &StatusBook,
+    book: &mut StatusBook,
     display: &Display,
     json: Report,
 ) -> Result<()> {
+    if let Some(target) = &plan.report_target {
+        let mut failed = None;
+        let (html, every) = report_store::fitting(&json.series, |series| {
+            let thinned = Report {
+                series: series.clone(),
+                ..json.clone()
+            };
+            html_report::render(&thinned).unwrap_or_else(|e| {
+                failed = Some(e.to_string());
+                String::new()
+            })
+        });
+        match failed {
+            Some(e) => tracing::warn!(error = %e, "could not render the HTML report"),
+            None => match report_store::store(target, html).await {
+                Ok(name) => {
+                    tracing::info!(config_map = %name, every_nth_sample = every, "wrote the HTML report into a ConfigMap");
+                    book.status_mut().report_config_map = Some(name);
+                    book.write_now().await?;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "could not write the HTML report ConfigMap; the status holds the results")
+                }
+            },
+        }
+    }
+    // The reports carry the status as it stands now, the ConfigMap's name included.
+    let json = Report {
+        status: book.status().clone(),
+        ..json
+    };
     if let Some(path) = &args.report {
         json.write(path)?;
         tracing::info!(path = %path.display(), "wrote the JSON report");
+    }
+    if let Some(path) = &args.html_report {
+        html_report::write(path, &html_report::render(&json)?)?;
+        tracing::info!(path = %path.display(), "wrote the HTML report");
     }
     let mut table = report::summary_table(&plan.run_id, book.status());
     table.push_str(&report::memory_table(&json.series));

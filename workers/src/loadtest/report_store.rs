@@ -30,7 +30,7 @@ pub fn config_map_name(loadtest: &str) -> String {
 }
 
 /// Where the report goes: the namespace's ConfigMaps and the LoadTest that owns it.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ReportTarget {
     pub api: Api<ConfigMap>,
     pub loadtest: String,
@@ -63,7 +63,7 @@ pub fn config_map(loadtest: &str, uid: &str, html: String) -> ConfigMap {
 
 /// Renders with `render` from `series`, thinned until the page fits in [`MAX_BYTES`];
 /// also returns by how much it was thinned (1: not at all).
-pub fn fitting(series: &Series, render: impl Fn(&Series) -> String) -> (String, usize) {
+pub fn fitting(series: &Series, mut render: impl FnMut(&Series) -> String) -> (String, usize) {
     let mut every = 1;
     loop {
         let thinned = series.thinned(every);
