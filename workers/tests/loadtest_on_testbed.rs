@@ -1057,6 +1057,38 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         assert_eq!(g["missing"], 0, "{g:#}");
     }
 
+    // The HTML report waits in a ConfigMap owned by the LoadTest, named in the status.
+    assert_eq!(
+        server["reportConfigMap"],
+        format!("{name}-report"),
+        "{server:#}"
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &namespace);
+    let cm = config_maps
+        .get(&format!("{name}-report"))
+        .await
+        .expect("the report ConfigMap");
+    let owner = &cm.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("LoadTest", name)
+    );
+    let html = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("report.html"))
+        .expect("report.html in the ConfigMap");
+    let run_id = server["runId"].as_str().expect("a run id");
+    assert!(
+        html.starts_with("<!DOCTYPE html>") && html.contains(run_id) && html.contains("uPlot"),
+        "the report page of this run"
+    );
+    assert!(
+        html.contains("\"acceptedPerSecond\""),
+        "the page carries the sampled series"
+    );
+
     // Started again (a restarted Job pod), the runner finds the run finished and does
     // nothing: the status stays as it was.
     let again = system.processes.logs.join("k8s-report-2.json");
