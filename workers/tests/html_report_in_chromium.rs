@@ -69,6 +69,7 @@ fn series() -> Series {
                 accepted_per_second: accepted,
                 failed_per_second: if i % 7 == 3 { 25.0 } else { 2.0 },
                 missed_per_second: if ramp && i > 10 { offered * 0.03 } else { 0.0 },
+                relayed_per_second: Some(accepted * 0.98),
                 request_latency_ms: Some(IntervalLatency {
                     count: accepted as u64,
                     p50,
@@ -262,7 +263,7 @@ fn the_html_report_draws_every_chart_in_chromium() {
     );
     // throughput, latency, backlog, two histograms, memory, CPU
     let expected: BTreeMap<&str, (usize, usize)> = BTreeMap::from([
-        ("throughput", (1, 6)),
+        ("throughput", (1, 7)),
         ("latency", (1, 4)),
         ("backlog", (1, 3)),
         ("histogram", (2, 1)),

@@ -21,6 +21,7 @@
   const PALETTE = ["#2ca02c", "#9467bd", "#e377c2", "#17becf", "#bcbd22", "#8c564b", "#1f77b4", "#ff7f0e"];
   const COLOR = {
     accepted: "#1f77b4",
+    relayed: "#7f7f7f",
     offered: "#8c564b",
     failed: "#d62728",
     missed: "#ff7f0e",
@@ -80,6 +81,9 @@
     throughput() {
       const set = lines();
       set.add("accepted/s", COLOR.accepted, points.map((p) => value(p.acceptedPerSecond)));
+      if (points.some((p) => value(p.relayedPerSecond) !== null)) {
+        set.add("relayed/s", COLOR.relayed, points.map((p) => value(p.relayedPerSecond)));
+      }
       if (points.some((p) => value(p.offeredPerSecond) !== null)) {
         set.add("offered/s", COLOR.offered, points.map((p) => value(p.offeredPerSecond)), { dash: [8, 4] });
       }

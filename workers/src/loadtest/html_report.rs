@@ -582,6 +582,7 @@ mod tests {
             accepted_per_second: 480.5,
             failed_per_second: 2.0,
             missed_per_second: 17.5,
+            relayed_per_second: Some(478.0),
             request_latency_ms: Some(IntervalLatency {
                 count: 480,
                 p50: 4.5,

@@ -73,6 +73,10 @@ impl Live {
 /// What one worker's `/metrics` said.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkerReading {
+    /// Seconds since the run started when its answer came (its rates are over the
+    /// time between two of its own answers: one slow answer must not squeeze another
+    /// worker's interval).
+    pub at: f64,
     /// `producer` or `consumer <group>`.
     pub component: String,
     /// The consumer's group, if a consumer.
@@ -85,6 +89,8 @@ pub struct WorkerReading {
     pub acknowledged: Option<f64>,
     /// Messages in its partitions not yet consumed (consumers).
     pub lag: Option<f64>,
+    /// Messages its relay published since the process started (producers).
+    pub relayed: Option<f64>,
 }
 
 /// Everything read at one moment.
@@ -115,17 +121,23 @@ pub fn point(before: &Reading, now: &Reading) -> Point {
     let prior = |i: usize| if same_scenario { before.counts[i] } else { 0 };
     let rate = |i: usize| round(now.counts[i].saturating_sub(prior(i)) as f64 / dt);
     let mut acknowledged: BTreeMap<String, f64> = BTreeMap::new();
+    let mut relayed: Option<f64> = None;
     let mut lag: BTreeMap<String, i64> = BTreeMap::new();
     let mut workers = BTreeMap::new();
     for (name, w) in &now.workers {
         let was = before.workers.get(name);
+        // Growth per second between this worker's two answers.
         let delta = |f: fn(&WorkerReading) -> Option<f64>| {
-            let (b, n) = (was.and_then(f)?, f(w)?);
-            (n >= b).then_some(n - b)
+            let was = was?;
+            let (b, n) = (f(was)?, f(w)?);
+            (n >= b).then(|| (n - b) / (w.at - was.at).max(1e-3))
         };
+        if let Some(d) = delta(|r| r.relayed) {
+            *relayed.get_or_insert(0.0) += d;
+        }
         if let Some(group) = &w.group {
             if let Some(d) = delta(|r| r.acknowledged) {
-                *acknowledged.entry(group.clone()).or_default() += d / dt;
+                *acknowledged.entry(group.clone()).or_default() += d;
             }
             if let Some(l) = w.lag {
                 *lag.entry(group.clone()).or_default() += l as i64;
@@ -136,7 +148,7 @@ pub fn point(before: &Reading, now: &Reading) -> Point {
             WorkerPoint {
                 component: w.component.clone(),
                 resident_bytes: w.resident_bytes,
-                cpu_cores: delta(|r| r.cpu_seconds).map(|d| round(d / dt)),
+                cpu_cores: delta(|r| r.cpu_seconds).map(round),
             },
         );
     }
@@ -147,6 +159,7 @@ pub fn point(before: &Reading, now: &Reading) -> Point {
         accepted_per_second: rate(0),
         failed_per_second: rate(1),
         missed_per_second: rate(2),
+        relayed_per_second: relayed.map(round),
         request_latency_ms: now.latency.clone(),
         acknowledged_per_second: acknowledged
             .into_iter()
@@ -175,6 +188,7 @@ pub fn read_worker(kind: &Kind, text: &str) -> WorkerReading {
     };
     let consumer = group.is_some();
     WorkerReading {
+        at: 0.0,
         component,
         group,
         cpu_seconds: sum("outbox_cpu_seconds_total").or_else(|| sum("process_cpu_seconds_total")),
@@ -183,6 +197,9 @@ pub fn read_worker(kind: &Kind, text: &str) -> WorkerReading {
             .then(|| sum("outbox_consumer_acknowledged_total"))
             .flatten(),
         lag: consumer.then(|| sum("outbox_consumer_lag")).flatten(),
+        relayed: matches!(kind, Kind::Producer)
+            .then(|| sum("outbox_relay_published_total"))
+            .flatten(),
     }
 }
 
@@ -289,13 +306,23 @@ async fn read(
         if !response.status().is_success() {
             return None;
         }
-        response.text().await.ok()
+        let text = response.text().await.ok()?;
+        Some((text, started.elapsed().as_secs_f64()))
     }))
     .await;
     let workers = sources
         .iter()
         .zip(answers)
-        .filter_map(|(s, text)| Some((s.instance.clone(), read_worker(&s.kind, &text?))))
+        .filter_map(|(s, answer)| {
+            let (text, at) = answer?;
+            Some((
+                s.instance.clone(),
+                WorkerReading {
+                    at,
+                    ..read_worker(&s.kind, &text)
+                },
+            ))
+        })
         .collect();
     let backlog = backlog(db, database_url).await;
     // Scenarios sent together are read as one: their names joined, their counts added.
@@ -358,14 +385,16 @@ async fn backlog(db: &mut Option<tokio_postgres::Client>, database_url: &str) ->
 mod tests {
     use super::*;
 
-    fn consumer(group: &str, cpu: f64, acknowledged: f64, lag: f64) -> WorkerReading {
+    fn consumer(at: f64, group: &str, cpu: f64, acknowledged: f64, lag: f64) -> WorkerReading {
         WorkerReading {
+            at,
             component: format!("consumer {group}"),
             group: Some(group.into()),
             cpu_seconds: Some(cpu),
             resident_bytes: Some(50e6),
             acknowledged: Some(acknowledged),
             lag: Some(lag),
+            relayed: None,
         }
     }
 
@@ -385,21 +414,32 @@ mod tests {
         let mut now = reading(12.0, Some("steady"), [1400, 10, 25, 1435]);
         before
             .workers
-            .insert("c-1".into(), consumer("a", 3.0, 900.0, 0.0));
+            .insert("c-1".into(), consumer(10.0, "a", 3.0, 900.0, 0.0));
         before
             .workers
-            .insert("c-2".into(), consumer("a", 3.0, 100.0, 0.0));
+            .insert("c-2".into(), consumer(9.0, "a", 3.0, 100.0, 0.0));
         now.workers
-            .insert("c-1".into(), consumer("a", 4.0, 1300.0, 40.0));
+            .insert("c-1".into(), consumer(12.0, "a", 4.0, 1300.0, 40.0));
         now.workers
-            .insert("c-2".into(), consumer("a", 3.5, 300.0, 2.0));
+            .insert("c-2".into(), consumer(11.0, "a", 3.5, 300.0, 2.0));
         now.workers
-            .insert("c-3".into(), consumer("b", 1.0, 5.0, 7.0));
+            .insert("c-3".into(), consumer(12.0, "b", 1.0, 5.0, 7.0));
+        let producer = |at: f64, relayed: f64| WorkerReading {
+            at,
+            component: "producer".into(),
+            relayed: Some(relayed),
+            ..WorkerReading::default()
+        };
+        before.workers.insert("p-0".into(), producer(10.0, 5000.0));
+        now.workers.insert("p-0".into(), producer(12.0, 6000.0));
+        before.workers.insert("p-1".into(), producer(10.0, 0.0));
+        now.workers.insert("p-1".into(), producer(12.0, 0.0));
         now.backlog = Some(120);
         let p = point(&before, &now);
         assert_eq!(p.accepted_per_second, 200.0);
         assert_eq!(p.missed_per_second, 10.0);
         assert_eq!(p.offered_per_second, Some(210.0));
+        // c-1: 400 in its 2 s; c-2: 200 between its answers 2 s apart.
         assert_eq!(p.acknowledged_per_second["a"], 300.0);
         assert!(
             !p.acknowledged_per_second.contains_key("b"),
@@ -410,6 +450,28 @@ mod tests {
         assert_eq!(p.workers["c-1"].cpu_cores, Some(0.5));
         assert_eq!(p.workers["c-3"].cpu_cores, None);
         assert_eq!(p.backlog, Some(120));
+        assert_eq!(
+            p.relayed_per_second,
+            Some(500.0),
+            "the relays' publishing over 2 s"
+        );
+    }
+
+    #[test]
+    fn a_worker_answering_late_gets_its_own_interval_not_a_spike() {
+        // The last reading took 2 s: c-1 answered at its start, the reading ended at
+        // 137.7 s, and the next one came 0.1 s later. c-1 grew 1,000 in the 2.1 s
+        // between its own answers, not in 0.1 s.
+        let mut before = reading(137.7, None, [0; 4]);
+        let mut now = reading(137.8, None, [0; 4]);
+        before
+            .workers
+            .insert("c-1".into(), consumer(135.7, "a", 10.0, 5000.0, 0.0));
+        now.workers
+            .insert("c-1".into(), consumer(137.8, "a", 10.21, 6000.0, 0.0));
+        let p = point(&before, &now);
+        assert_eq!(p.acknowledged_per_second["a"], 476.19);
+        assert_eq!(p.workers["c-1"].cpu_cores, Some(0.1));
     }
 
     #[test]
@@ -418,9 +480,9 @@ mod tests {
         let mut now = reading(11.0, Some("immediate"), [30, 0, 0, 0]);
         before
             .workers
-            .insert("c-1".into(), consumer("a", 30.0, 9000.0, 0.0));
+            .insert("c-1".into(), consumer(10.0, "a", 30.0, 9000.0, 0.0));
         now.workers
-            .insert("c-1".into(), consumer("a", 0.2, 10.0, 0.0));
+            .insert("c-1".into(), consumer(11.0, "a", 0.2, 10.0, 0.0));
         let p = point(&before, &now);
         assert_eq!(p.accepted_per_second, 30.0);
         assert_eq!(p.offered_per_second, None, "not an arrival-rate scenario");
@@ -430,13 +492,14 @@ mod tests {
 
     #[test]
     fn metrics_text_gives_cpu_memory_acknowledgements_and_lag() {
-        let text = "# HELP x\noutbox_cpu_seconds_total{part=\"main\"} 1.5\noutbox_cpu_seconds_total{part=\"other\"} 0.5\nprocess_resident_memory_bytes 1048576\noutbox_consumer_acknowledged_total 77\noutbox_consumer_lag 3\n";
+        let text = "# HELP x\noutbox_cpu_seconds_total{part=\"main\"} 1.5\noutbox_cpu_seconds_total{part=\"other\"} 0.5\nprocess_resident_memory_bytes 1048576\noutbox_consumer_acknowledged_total 77\noutbox_consumer_lag 3\noutbox_relay_published_total 9\n";
         let r = read_worker(&Kind::Consumer("a".into()), text);
         assert_eq!(r.cpu_seconds, Some(2.0));
         assert_eq!(r.resident_bytes, Some(1048576.0));
         assert_eq!((r.acknowledged, r.lag), (Some(77.0), Some(3.0)));
         let p = read_worker(&Kind::Producer, text);
         assert_eq!((p.acknowledged, p.lag), (None, None));
+        assert_eq!((p.relayed, r.relayed), (Some(9.0), None));
         assert_eq!(p.component, "producer");
     }
 }

@@ -113,6 +113,10 @@ pub struct Point {
     /// Arrivals missed per second (every connection busy).
     #[serde(default)]
     pub missed_per_second: f64,
+    /// Messages the relays published to Kafka per second (the producers'
+    /// `outbox_relay_published_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_per_second: Option<f64>,
     /// Latency of the requests answered in the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_latency_ms: Option<IntervalLatency>,
