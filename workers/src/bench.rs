@@ -718,7 +718,7 @@ fn print_figures(figures: &[Figure], baseline: Option<&Baseline>, args: &BenchAr
         .map(|b| regression::compare(b, figures, args.tolerance))
         .unwrap_or_default();
     println!(
-        "\nmedian of {} round(s):\n{:<12} {:>12} {:>28} {:>24}",
+        "\nmedian of {} round(s):\n{:<12} {:>12} {:>34} {:>28}",
         args.rounds, "stage", "msg/s", "vs raw baseline (min–max)", "vs kept figure"
     );
     for f in figures {
@@ -740,7 +740,7 @@ fn print_figures(figures: &[Figure], baseline: Option<&Baseline>, args: &BenchAr
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<12} {:>12.0} {:>28} {:>24}",
+            "{:<12} {:>12.0} {:>34} {:>28}",
             f.stage, f.messages_per_second, ratio, change
         );
     }

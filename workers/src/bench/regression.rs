@@ -78,6 +78,11 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+fn rounded(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
 /// Each stage's figure over `rounds` (every round has the same stages in the same
 /// order).
 pub fn figures(rounds: &[Vec<Stage>]) -> Vec<Figure> {
@@ -93,14 +98,22 @@ pub fn figures(rounds: &[Vec<Stage>]) -> Vec<Figure> {
             };
             let rates = of(|s| Some(s.messages_per_second));
             let ratios = of(|s| s.ratio);
-            let spread = if ratios.is_empty() { &rates } else { &ratios };
+            // Rates to a tenth of a message per second, ratios to four digits.
+            let (spread, digits) = if ratios.is_empty() {
+                (&rates, 1)
+            } else {
+                (&ratios, 4)
+            };
             Figure {
                 stage: s.name.to_string(),
                 baseline: s.baseline.map(str::to_string),
-                messages_per_second: median(&rates),
-                ratio: (!ratios.is_empty()).then(|| median(&ratios)),
-                min: spread.iter().copied().fold(f64::INFINITY, f64::min),
-                max: spread.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                messages_per_second: rounded(median(&rates), 1),
+                ratio: (!ratios.is_empty()).then(|| rounded(median(&ratios), 4)),
+                min: rounded(spread.iter().copied().fold(f64::INFINITY, f64::min), digits),
+                max: rounded(
+                    spread.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    digits,
+                ),
             }
         })
         .collect()
