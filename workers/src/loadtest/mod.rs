@@ -805,13 +805,23 @@ async fn send_all(
             }
             todo.push(scenario_send(args, plan, scenario, before.len()));
         }
+        if todo.is_empty() {
+            continue;
+        }
         // A scenario sent one message per request, alone, measures its own latency.
-        let window = match todo.as_slice() {
-            [send] if !send.batching && !plan.groups.is_empty() => {
-                Some(drain_before(db, plan, book, &send.name, &expected, shutdown).await?)
-            }
-            _ => None,
+        let measures_own =
+            matches!(todo.as_slice(), [send] if !send.batching) && !plan.groups.is_empty();
+        // An earlier scenario's latency is read before anything new lands in its ledger
+        // chunks: once every group acknowledged everything sent so far.
+        let window = if measures_own || !latency_windows.is_empty() {
+            let names: Vec<&str> = todo.iter().map(|s| s.name.as_str()).collect();
+            Some(drain_before(db, plan, book, &names.join(" + "), &expected, shutdown).await?)
+        } else {
+            None
         };
+        record_scenario_latency(db, book, &latency_windows).await?;
+        latency_windows.clear();
+        let window = window.filter(|_| measures_own);
         for send in &todo {
             tracing::info!(
                 scenario = %send.name,
@@ -884,7 +894,8 @@ fn together(scenarios: &[Scenario]) -> Vec<Vec<&Scenario>> {
     groups
 }
 
-/// Each one-at-a-time scenario's own end-to-end latency per group, into its result.
+/// Each one-at-a-time scenario's own end-to-end latency per group, into its result:
+/// before the next scenario is sent, or after verification for the last one.
 async fn record_scenario_latency(
     db: &mut OutboxDb,
     book: &mut StatusBook,
