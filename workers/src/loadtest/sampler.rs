@@ -108,8 +108,6 @@ pub struct Reading {
     pub workers: BTreeMap<String, WorkerReading>,
     /// Outbox rows not yet relayed.
     pub backlog: Option<i64>,
-    /// Whether the scenario is an arrival-rate one.
-    pub paced: bool,
 }
 
 /// The point between readings `before` and `now` (pure): rates over the interval,
@@ -155,7 +153,8 @@ pub fn point(before: &Reading, now: &Reading) -> Point {
     Point {
         t: round(now.t),
         scenario: now.scenario.clone(),
-        offered_per_second: (now.paced && now.scenario.is_some()).then(|| rate(3)),
+        // Only arrival-rate scenarios count arrivals.
+        offered_per_second: (now.counts[3] > 0 && now.scenario.is_some()).then(|| rate(3)),
         accepted_per_second: rate(0),
         failed_per_second: rate(1),
         missed_per_second: rate(2),
@@ -352,7 +351,6 @@ async fn read(
         p99: p.p99,
         max: p.max,
     });
-    let paced = counts[3] > 0;
     Reading {
         t: started.elapsed().as_secs_f64(),
         scenario,
@@ -360,7 +358,6 @@ async fn read(
         latency,
         workers,
         backlog,
-        paced,
     }
 }
 
@@ -403,7 +400,6 @@ mod tests {
             t,
             scenario: scenario.map(str::to_string),
             counts,
-            paced: counts[3] > 0,
             ..Reading::default()
         }
     }
