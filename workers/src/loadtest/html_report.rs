@@ -183,7 +183,9 @@ pub fn render(report: &Report) -> Result<String> {
     verdict(&mut page, report, phase, name);
     thresholds_table(&mut page, &report.status.thresholds);
     scenarios_table(&mut page, report);
+    stages_table(&mut page, report);
     groups_table(&mut page, report);
+    cpu_table(&mut page, report);
     conditions_table(&mut page, report);
     page.push_str("<h2>Over time</h2>\n<div class=\"charts\">\n");
     for chart in charts(&report.series) {
@@ -351,6 +353,97 @@ fn scenarios_table(page: &mut String, report: &Report) {
         page.push_str("<tr><td class=\"text\" colspan=\"10\">no scenario recorded</td></tr>\n");
     }
     page.push_str("</tbody>\n</table>\n");
+}
+
+/// Each arrival-rate stage: the rate offered, the rate achieved and their ratio (a
+/// ramp's linearity), missed arrivals and request latency.
+fn stages_table(page: &mut String, report: &Report) {
+    let stages: Vec<_> = report
+        .status
+        .scenarios
+        .iter()
+        .flat_map(|s| s.stages.iter().enumerate().map(move |(i, st)| (s, i, st)))
+        .collect();
+    if stages.is_empty() {
+        return;
+    }
+    page.push_str(
+        "<h2>Arrival-rate stages</h2>\n<table class=\"stages\">\n<thead><tr>\
+         <th class=\"text\">scenario</th><th>stage</th><th>offered msg/s</th>\
+         <th>seconds</th><th>accepted</th><th>missed</th><th>achieved msg/s</th>\
+         <th>achieved / offered</th><th>p95 ms</th></tr></thead>\n<tbody>\n",
+    );
+    for (s, i, st) in stages {
+        let [_, p95, _] = percentiles(&st.latency);
+        let class = if st.missed_arrivals > 0 {
+            " class=\"fail\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            page,
+            "<tr><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td{class}>{}</td><td>{:.1}</td><td>{:.3}</td><td>{p95}</td></tr>",
+            escape(&s.name),
+            i + 1,
+            group_digits(st.rate_per_second),
+            st.duration_seconds,
+            group_digits(st.accepted),
+            group_digits(st.missed_arrivals),
+            st.achieved_rate,
+            st.achieved_ratio,
+        );
+    }
+    page.push_str("</tbody>\n</table>\n");
+}
+
+/// Where the CPU went over the run (`status.cpu`), largest first.
+fn cpu_table(page: &mut String, report: &Report) {
+    let Some(cpu) = &report.status.cpu else {
+        return;
+    };
+    if cpu.components.is_empty() {
+        return;
+    }
+    let per_message = cpu
+        .micros_per_message
+        .map(|m| format!(", {m:.1} CPU-µs per message end to end"))
+        .unwrap_or_default();
+    let node = cpu
+        .node_seconds
+        .map(|n| format!("; node busy {n:.1} s"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        page,
+        "<h2>CPU</h2>\n<p>over {:.1} s{node}{per_message}</p>\n<table class=\"cpu\">\n\
+         <thead><tr><th class=\"text\">component</th><th>CPU seconds</th><th>share</th>\
+         </tr></thead>\n<tbody>",
+        cpu.window_seconds
+    );
+    let total: f64 = cpu.components.iter().map(|c| c.seconds).sum();
+    let mut components: Vec<_> = cpu.components.iter().collect();
+    components.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    for c in components {
+        let share = if total > 0.0 {
+            100.0 * c.seconds / total
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            page,
+            "<tr><td class=\"text\">{}</td><td>{:.1}</td><td>{share:.1} %</td></tr>",
+            escape(&c.component),
+            c.seconds
+        );
+    }
+    page.push_str("</tbody>\n</table>\n");
+    if !cpu.unreadable.is_empty() {
+        let _ = writeln!(
+            page,
+            "<p>not readable: {}</p>",
+            escape(&cpu.unreadable.join(", "))
+        );
+    }
 }
 
 /// Per consumer group: the exact verification against the ledger.
@@ -763,6 +856,57 @@ mod tests {
              <td class=\"text\">group-a</td><td>1,000</td><td>2500.5</td>\
              <td class=\"text fail\">FAILED</td>"
         ));
+    }
+
+    #[test]
+    fn arrival_rate_stages_and_the_cpu_accounting_get_their_tables() {
+        use outbox_contract::crd::{ComponentCpu, CpuAccounting, StageResult};
+        let page = render(&report(sampled())).expect("renders");
+        assert!(!page.contains("<h2>Arrival-rate stages</h2>") && !page.contains("<h2>CPU</h2>"));
+        let mut with = report(sampled());
+        with.status.scenarios[0].stages = vec![StageResult {
+            rate_per_second: 1000,
+            duration_seconds: 20,
+            offered: 20_000,
+            sent: 19_000,
+            accepted: 19_000,
+            missed_arrivals: 1000,
+            achieved_rate: 912.5,
+            achieved_ratio: 0.9125,
+            latency: None,
+        }];
+        with.status.cpu = Some(CpuAccounting {
+            window_seconds: 240.5,
+            node_seconds: Some(471.7),
+            components: vec![
+                ComponentCpu {
+                    component: "relay".into(),
+                    seconds: 54.3,
+                },
+                ComponentCpu {
+                    component: "postgresql".into(),
+                    seconds: 178.2,
+                },
+            ],
+            micros_per_message: Some(47.1),
+            unreadable: vec!["kafka".into()],
+        });
+        let page = render(&with).expect("renders");
+        assert!(page.contains(
+            "<tr><td class=\"text\">immediate</td><td>1</td><td>1,000</td><td>20</td>\
+             <td>19,000</td><td class=\"fail\">1,000</td><td>912.5</td><td>0.912</td><td>-</td></tr>"
+        ), "{page}");
+        assert!(page.contains(
+            "<p>over 240.5 s; node busy 471.7 s, 47.1 CPU-µs per message end to end</p>"
+        ));
+        let postgresql =
+            page.find("<td class=\"text\">postgresql</td><td>178.2</td><td>76.6 %</td>");
+        let relay = page.find("<td class=\"text\">relay</td><td>54.3</td><td>23.4 %</td>");
+        assert!(
+            postgresql.is_some() && relay.is_some() && postgresql < relay,
+            "largest first"
+        );
+        assert!(page.contains("<p>not readable: kafka</p>"));
     }
 
     #[test]
