@@ -184,12 +184,24 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or(start)
 }
 
-/// A loopback port free at the time of asking.
+/// A loopback port nothing listens on now, and that this process has not handed out
+/// before: the kernel may give the same free port to two binds in a row, and two
+/// workers started one after the other would then race for it (seen in CI: a consumer
+/// exited on "Address already in use" while its twin answered its health checks).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A name unique to this test run: `prefix-<pid>-<seconds>-<counter>`, lower case, valid
@@ -323,6 +335,13 @@ mod tests {
     fn missing_env_file_says_how_to_start_the_testbed() {
         let err = Testbed::from_env_file(Path::new("/nonexistent/.testbed/env")).unwrap_err();
         assert!(err.to_string().contains("make testbed-up"), "{err}");
+    }
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 
     #[test]
