@@ -405,35 +405,20 @@ fn cpu_table(page: &mut String, report: &Report) {
     if cpu.components.is_empty() {
         return;
     }
-    let per_message = cpu
-        .micros_per_message
-        .map(|m| format!(", {m:.1} CPU-µs per message end to end"))
-        .unwrap_or_default();
-    let node = cpu
-        .node_seconds
-        .map(|n| format!("; node busy {n:.1} s"))
-        .unwrap_or_default();
     let _ = writeln!(
         page,
-        "<h2>CPU</h2>\n<p>over {:.1} s{node}{per_message}</p>\n<table class=\"cpu\">\n\
+        "<h2>CPU</h2>\n<p>{}</p>\n<table class=\"cpu\">\n\
          <thead><tr><th class=\"text\">component</th><th>CPU seconds</th><th>share</th>\
          </tr></thead>\n<tbody>",
-        cpu.window_seconds
+        super::report::cpu_heading(cpu)
     );
-    let total: f64 = cpu.components.iter().map(|c| c.seconds).sum();
-    let mut components: Vec<_> = cpu.components.iter().collect();
-    components.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    for c in components {
-        let share = if total > 0.0 {
-            100.0 * c.seconds / total
-        } else {
-            0.0
-        };
+    let mut shares = super::report::cpu_shares(cpu);
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (component, seconds, share) in shares {
         let _ = writeln!(
             page,
-            "<tr><td class=\"text\">{}</td><td>{:.1}</td><td>{share:.1} %</td></tr>",
-            escape(&c.component),
-            c.seconds
+            "<tr><td class=\"text\">{}</td><td>{seconds:.1}</td><td>{share:.1} %</td></tr>",
+            escape(component),
         );
     }
     page.push_str("</tbody>\n</table>\n");

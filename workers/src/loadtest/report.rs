@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use outbox_contract::crd::{LatencyPercentiles, LoadTestStatus};
+use outbox_contract::crd::{CpuAccounting, LatencyPercentiles, LoadTestStatus};
 use serde::Serialize;
 
 use super::error::{LoadTestError, Result};
@@ -87,6 +87,36 @@ fn ms(l: &Option<LatencyPercentiles>) -> [String; 5] {
         Some(l) => [l.p50, l.p90, l.p99, l.p999, l.max].map(|v| format!("{v:.1}")),
         None => std::array::from_fn(|_| "-".to_string()),
     }
+}
+
+/// What the CPU accounting covers, e.g. `over 240.5 s; node busy 471.7 s, 47.1 CPU-µs
+/// per message end to end` (the summary and the HTML report both show it).
+pub fn cpu_heading(cpu: &CpuAccounting) -> String {
+    let per_message = cpu
+        .micros_per_message
+        .map(|m| format!(", {m:.1} CPU-µs per message end to end"))
+        .unwrap_or_default();
+    let node = cpu
+        .node_seconds
+        .map(|n| format!("; node busy {n:.1} s"))
+        .unwrap_or_default();
+    format!("over {:.1} s{node}{per_message}", cpu.window_seconds)
+}
+
+/// Each component's CPU seconds and percentage of all the components' seconds.
+pub fn cpu_shares(cpu: &CpuAccounting) -> Vec<(&str, f64, f64)> {
+    let total: f64 = cpu.components.iter().map(|c| c.seconds).sum();
+    cpu.components
+        .iter()
+        .map(|c| {
+            let share = if total > 0.0 {
+                100.0 * c.seconds / total
+            } else {
+                0.0
+            };
+            (c.component.as_str(), c.seconds, share)
+        })
+        .collect()
 }
 
 /// Each worker's resident memory over the run, as the summary prints it.
@@ -269,30 +299,12 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
     }
     if let Some(cpu) = &status.cpu {
         let _ = writeln!(out);
-        let per_message = cpu
-            .micros_per_message
-            .map(|m| format!(", {m:.1} CPU-µs per message end to end"))
-            .unwrap_or_default();
-        let node = cpu
-            .node_seconds
-            .map(|n| format!("; node busy {n:.1} s"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "CPU over {:.1} s{node}{per_message}:",
-            cpu.window_seconds
-        );
-        let total: f64 = cpu.components.iter().map(|c| c.seconds).sum();
-        for c in &cpu.components {
-            let share = if total > 0.0 {
-                100.0 * c.seconds / total
-            } else {
-                0.0
-            };
+        let _ = writeln!(out, "CPU {}:", cpu_heading(cpu));
+        for (component, seconds, share) in cpu_shares(cpu) {
             let _ = writeln!(
                 out,
                 "  {:<28} {:>9.1} s {:>5.1} %",
-                c.component, c.seconds, share
+                component, seconds, share
             );
         }
         if !cpu.unreadable.is_empty() {
