@@ -225,15 +225,10 @@ pub fn ttl_remaining(
     Some((ttl - elapsed).max(0))
 }
 
-/// Reconciles one LoadTest.
+/// Reconciles one LoadTest. The controller in `run` calls it only while this replica
+/// may act (`run::when_leading`, the leadership gate of both controllers).
 #[instrument(skip_all, fields(loadtest = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
 pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.may_act() {
-        // Leadership lapsed (a renewal missed its deadline): another replica may lead
-        // by now. The process is on its way out; do nothing.
-        warn!("not leading any more; not reconciling");
-        return Ok(Action::await_change());
-    }
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let name = cached.name_any();
     let namespace = cached

@@ -8,9 +8,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::ListParams;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::context::Context;
@@ -62,7 +63,9 @@ pub async fn check_crds_installed(client: &Client, scope: &Scope) -> Result<()> 
     Ok(())
 }
 
-/// Runs the OutboxSystem and LoadTest controllers until `shutdown` resolves.
+/// Runs the OutboxSystem and LoadTest controllers until `shutdown` resolves: check the
+/// CRDs → start both controllers, each reconcile behind the leadership gate
+/// ([`when_leading`]) → stop both on `shutdown`.
 pub async fn run(
     ctx: Context,
     scope: Scope,
@@ -70,36 +73,92 @@ pub async fn run(
 ) -> Result<()> {
     check_crds_installed(&ctx.client, &scope).await?;
     let ctx = Arc::new(ctx);
-    let client = ctx.client.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                break;
-            }
+    let systems = outbox_system_controller(&scope, ctx.clone(), stopped(stop_rx.clone()));
+    let loadtests = load_test_controller(&scope, ctx, stopped(stop_rx));
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down the controllers");
+        if stop_tx.send(true).is_err() {
+            warn!("controllers already stopped");
         }
-    };
-    let config = watcher::Config::default().any_semantic();
+    });
+    info!(?scope, "controllers running");
+    futures::join!(systems, loadtests);
+    info!("controllers stopped");
+    Ok(())
+}
 
-    let systems = Controller::new(scope.api::<OutboxSystem>(&client), config.clone())
+/// Resolves once `rx` says stop (or its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The leadership gate of both controllers, held here once: while leader election says
+/// this replica's leadership has lapsed (a renewal missed its deadline), another
+/// replica may lead by now and the process is on its way out, so `reconcile` is not
+/// run and the object waits for a change. Otherwise `reconcile` runs.
+async fn when_leading<K, F, Fut>(object: Arc<K>, ctx: Arc<Context>, reconcile: F) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action>>,
+{
+    if !ctx.may_act() {
+        warn!(
+            kind = %K::kind(&()),
+            name = %object.name_any(),
+            namespace = object.namespace().unwrap_or_default(),
+            "not leading any more; not reconciling"
+        );
+        return Ok(Action::await_change());
+    }
+    reconcile(object, ctx).await
+}
+
+/// The OutboxSystem controller: reconciles on changes of the systems and of the
+/// Deployments, Services and ConfigMaps they own.
+fn outbox_system_controller(
+    scope: &Scope,
+    ctx: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    let client = ctx.client.clone();
+    let config = watcher::Config::default().any_semantic();
+    Controller::new(scope.api::<OutboxSystem>(&client), config.clone())
         .owns(scope.api::<Deployment>(&client), config.clone())
         .owns(scope.api::<Service>(&client), config.clone())
-        .owns(scope.api::<ConfigMap>(&client), config.clone())
-        .graceful_shutdown_on(wait(stop_rx.clone()))
+        .owns(scope.api::<ConfigMap>(&client), config)
+        .graceful_shutdown_on(stop)
         .run(
-            system_controller::reconcile,
+            |system, ctx| when_leading(system, ctx, system_controller::reconcile),
             system_controller::error_policy,
-            ctx.clone(),
+            ctx,
         )
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(outboxsystem = %object.name, "reconciled"),
                 Err(error) => tracing::debug!(%error, "OutboxSystem controller"),
             }
-        });
-    let loadtest_controller = Controller::new(scope.api::<LoadTest>(&client), config.clone());
-    let loadtest_store = loadtest_controller.store();
-    let loadtests = loadtest_controller
+        })
+}
+
+/// The LoadTest controller: reconciles on changes of the LoadTests and their Jobs, and
+/// of the OutboxSystem a LoadTest names.
+fn load_test_controller(
+    scope: &Scope,
+    ctx: Arc<Context>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    let client = ctx.client.clone();
+    let config = watcher::Config::default().any_semantic();
+    let controller = Controller::new(scope.api::<LoadTest>(&client), config.clone());
+    let loadtest_store = controller.store();
+    controller
         .owns(scope.api::<Job>(&client), config.clone())
         // A LoadTest waiting for its OutboxSystem starts as soon as the system appears.
         .watches(scope.api::<OutboxSystem>(&client), config, move |system| {
@@ -112,9 +171,9 @@ pub async fn run(
                 .map(|lt| ObjectRef::from_obj(&*lt))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(wait(stop_rx))
+        .graceful_shutdown_on(stop)
         .run(
-            loadtest_controller::reconcile,
+            |loadtest, ctx| when_leading(loadtest, ctx, loadtest_controller::reconcile),
             loadtest_controller::error_policy,
             ctx,
         )
@@ -123,16 +182,77 @@ pub async fn run(
                 Ok((object, _)) => tracing::debug!(loadtest = %object.name, "reconciled"),
                 Err(error) => tracing::debug!(%error, "LoadTest controller"),
             }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::leader::{Elector, LeaseSettings};
+    use crate::metrics::Metrics;
+    use crate::Settings;
+
+    /// A context whose client points at nothing: the gate must decide without it.
+    fn context(elect: bool) -> Arc<Context> {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let client = Client::try_from(config).expect("a client");
+        let elector = elect.then(|| {
+            Arc::new(Elector::new(
+                client.clone(),
+                LeaseSettings {
+                    namespace: "operators".into(),
+                    name: "outbox-operator".into(),
+                    identity: "replica-a".into(),
+                    lease_duration: Duration::from_secs(15),
+                    renew_deadline: Duration::from_secs(10),
+                },
+            ))
         });
-    tokio::spawn(async move {
-        shutdown.await;
-        info!("shutting down the controllers");
-        if stop_tx.send(true).is_err() {
-            warn!("controllers already stopped");
-        }
-    });
-    info!(?scope, "controllers running");
-    futures::join!(systems, loadtests);
-    info!("controllers stopped");
-    Ok(())
+        Arc::new(Context::new(client, Metrics::default(), Settings::default()).with_leader(elector))
+    }
+
+    fn object() -> Arc<ConfigMap> {
+        Arc::new(ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("demo".into()),
+                namespace: Some("team-a".into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        })
+    }
+
+    /// Runs `when_leading` with a reconcile that records that it ran.
+    async fn gate(ctx: Arc<Context>) -> (Action, bool) {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let action = when_leading(object(), ctx, |_, _| async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok(Action::requeue(Duration::from_secs(7)))
+        })
+        .await
+        .expect("the gate itself never fails");
+        (action, ran.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_lead_does_not_reconcile_and_waits_for_a_change() {
+        // A candidate that never held the Lease, as one whose renewal missed its deadline.
+        let (action, ran) = gate(context(true)).await;
+        assert!(!ran, "the reconcile ran without leadership");
+        assert_eq!(action, Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn without_leader_election_every_reconcile_runs_and_keeps_its_action() {
+        let (action, ran) = gate(context(false)).await;
+        assert!(ran);
+        assert_eq!(action, Action::requeue(Duration::from_secs(7)));
+    }
 }

@@ -36,15 +36,10 @@ pub const TOPIC_FINALIZER: &str = "outbox.dev/topic";
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "outboxsystem";
 
-/// Reconciles one OutboxSystem.
+/// Reconciles one OutboxSystem. The controller in `run` calls it only while this replica
+/// may act (`run::when_leading`, the leadership gate of both controllers).
 #[instrument(skip_all, fields(outboxsystem = %system.name_any(), namespace = system.namespace().unwrap_or_default()))]
 pub async fn reconcile(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.may_act() {
-        // Leadership lapsed (a renewal missed its deadline): another replica may lead
-        // by now. The process is on its way out; do nothing.
-        warn!("not leading any more; not reconciling");
-        return Ok(Action::await_change());
-    }
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let namespace = system
         .namespace()
