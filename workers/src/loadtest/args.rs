@@ -187,6 +187,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// The runner's flags as a command line would give them (tests).
+#[cfg(test)]
+pub fn from_flags(flags: &[&str]) -> LoadTestArgs {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadTestArgs,
+    }
+    let line = ["loadtest", "--database-url", "postgres://localhost/outbox"];
+    Cli::try_parse_from(line.iter().chain(flags))
+        .expect("valid flags")
+        .args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
