@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use outbox_contract::crd::{CpuAccounting, LatencyPercentiles, LoadTestStatus};
+use outbox_contract::crd::{CpuAccounting, LatencyPercentiles, LoadTestStatus, ScenarioResult};
 use serde::Serialize;
 
 use super::error::{LoadTestError, Result};
@@ -147,7 +147,8 @@ pub fn memory_table(series: &super::series::Series) -> String {
     out
 }
 
-/// The summary table of a finished run.
+/// The summary table of a finished run: the scenarios (with each producer's share and
+/// the details of each), the groups, the thresholds, the conditions and the CPU.
 pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
     let mut out = String::new();
     let phase = status
@@ -155,6 +156,29 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
         .map(|p| format!("{p:?}"))
         .unwrap_or_else(|| "Pending".into());
     let _ = writeln!(out, "load test {run_id}: {phase}");
+    scenarios_section(&mut out, status);
+    groups_section(&mut out, status);
+    thresholds_section(&mut out, status);
+    let _ = writeln!(out);
+    for c in &status.conditions {
+        let _ = writeln!(
+            out,
+            "{}: {} ({}) {}",
+            c.type_, c.status, c.reason, c.message
+        );
+    }
+    cpu_section(&mut out, status);
+    if let (Some(accepted), Some(throughput)) = (status.accepted_messages, status.throughput) {
+        let _ = writeln!(
+            out,
+            "accepted {accepted} messages, {throughput:.1} msg/s while sending"
+        );
+    }
+    out
+}
+
+/// One line per scenario and per producer, each scenario's details below it.
+fn scenarios_section(out: &mut String, status: &LoadTestStatus) {
     let _ = writeln!(
         out,
         "{:<24} {:>10} {:>10} {:>8} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -205,52 +229,62 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
                 max
             );
         }
-        for (label, counts) in [
-            ("failures", &s.failure_reasons),
-            ("pushed back (requests sent again)", &s.retried_requests),
-        ] {
-            if !counts.is_empty() {
-                let counts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
-                let _ = writeln!(out, "  {label}: {}", counts.join(", "));
-            }
-        }
-        if let Some(missed) = s.missed_arrivals {
-            let _ = writeln!(out, "  arrivals missed (every connection busy): {missed}");
-        }
-        for (i, stage) in s.stages.iter().enumerate() {
-            let p95 = stage
-                .latency
-                .as_ref()
-                .map(|l| format!(", p95 {:.1} ms", l.p95))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  stage {}: {} msg/s offered for {} s: {} sent, {} accepted, {} missed; achieved {:.1} msg/s ({:.3} of offered){p95}",
-                i + 1,
-                stage.rate_per_second,
-                stage.duration_seconds,
-                stage.sent,
-                stage.accepted,
-                stage.missed_arrivals,
-                stage.achieved_rate,
-                stage.achieved_ratio
-            );
-        }
-        if !s.end_to_end_latency.is_empty() {
-            let drained = match s.backlog_drained {
-                Some(false) => "the earlier backlog NOT drained first",
-                _ => "the earlier backlog drained first",
-            };
-            let _ = writeln!(out, "  end to end, this scenario alone ({drained}):");
-            for g in &s.end_to_end_latency {
-                let _ = writeln!(
-                    out,
-                    "    {:<22} p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} acks)",
-                    g.group, g.p50, g.p95, g.p99, g.max, g.count
-                );
-            }
+        scenario_details(out, s);
+    }
+}
+
+/// Failures, retries, missed arrivals, stages and the scenario's own end-to-end
+/// latency, where it has them.
+fn scenario_details(out: &mut String, s: &ScenarioResult) {
+    for (label, counts) in [
+        ("failures", &s.failure_reasons),
+        ("pushed back (requests sent again)", &s.retried_requests),
+    ] {
+        if !counts.is_empty() {
+            let counts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+            let _ = writeln!(out, "  {label}: {}", counts.join(", "));
         }
     }
+    if let Some(missed) = s.missed_arrivals {
+        let _ = writeln!(out, "  arrivals missed (every connection busy): {missed}");
+    }
+    for (i, stage) in s.stages.iter().enumerate() {
+        let p95 = stage
+            .latency
+            .as_ref()
+            .map(|l| format!(", p95 {:.1} ms", l.p95))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  stage {}: {} msg/s offered for {} s: {} sent, {} accepted, {} missed; achieved {:.1} msg/s ({:.3} of offered){p95}",
+            i + 1,
+            stage.rate_per_second,
+            stage.duration_seconds,
+            stage.sent,
+            stage.accepted,
+            stage.missed_arrivals,
+            stage.achieved_rate,
+            stage.achieved_ratio
+        );
+    }
+    if !s.end_to_end_latency.is_empty() {
+        let drained = match s.backlog_drained {
+            Some(false) => "the earlier backlog NOT drained first",
+            _ => "the earlier backlog drained first",
+        };
+        let _ = writeln!(out, "  end to end, this scenario alone ({drained}):");
+        for g in &s.end_to_end_latency {
+            let _ = writeln!(
+                out,
+                "    {:<22} p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} acks)",
+                g.group, g.p50, g.p95, g.p99, g.max, g.count
+            );
+        }
+    }
+}
+
+/// One line per consumer group.
+fn groups_section(out: &mut String, status: &LoadTestStatus) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -281,6 +315,10 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
             max
         );
     }
+}
+
+/// Every threshold checked, crossed ones marked.
+fn thresholds_section(out: &mut String, status: &LoadTestStatus) {
     if !status.thresholds.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "thresholds:");
@@ -289,14 +327,10 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
             let _ = writeln!(out, "  {mark} {}", super::thresholds::describe(c));
         }
     }
-    let _ = writeln!(out);
-    for c in &status.conditions {
-        let _ = writeln!(
-            out,
-            "{}: {} ({}) {}",
-            c.type_, c.status, c.reason, c.message
-        );
-    }
+}
+
+/// Where the CPU went.
+fn cpu_section(out: &mut String, status: &LoadTestStatus) {
     if let Some(cpu) = &status.cpu {
         let _ = writeln!(out);
         let _ = writeln!(out, "CPU {}:", cpu_heading(cpu));
@@ -311,19 +345,12 @@ pub fn summary_table(run_id: &str, status: &LoadTestStatus) -> String {
             let _ = writeln!(out, "  not readable: {}", cpu.unreadable.join(", "));
         }
     }
-    if let (Some(accepted), Some(throughput)) = (status.accepted_messages, status.throughput) {
-        let _ = writeln!(
-            out,
-            "accepted {accepted} messages, {throughput:.1} msg/s while sending"
-        );
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outbox_contract::crd::{GroupVerification, LoadTestPhase, ScenarioResult};
+    use outbox_contract::crd::{GroupVerification, LoadTestPhase};
 
     #[test]
     fn the_summary_names_every_scenario_and_group() {

@@ -74,9 +74,12 @@ pub struct ProducerArgs {
     pub relay_disabled: bool,
 }
 
-/// Runs the producer until `shutdown`: serves HTTP at once (liveness; readiness once
-/// PostgreSQL answers and the schema is migrated, however long that takes), then relays.
-/// Kafka need not be up, nor the topics exist: the relay waits for them.
+/// Runs the producer until `shutdown`, as its steps: check the settings → the Kafka
+/// client and the topics' size limits → serve HTTP at once (liveness; readiness once
+/// PostgreSQL answers and the schema is migrated, however long that takes) → wait for
+/// PostgreSQL → housekeeping (backlog bound and gauge, retention) → the relay → wait
+/// for the server and the relay to stop. Kafka need not be up, nor the topics exist:
+/// the relay waits for them.
 pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
     if args.relay_rows_per_kafka_batch < 1 {
@@ -86,131 +89,26 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     }
     let span = tracing::info_span!("producer", service_id = %args.common.service_id);
     async move {
-        let topics = args.common.topics();
-        let memory = RelayMemory::from_args(&args, crate::memory::cgroup_limit());
-        tracing::info!(
-            limit_bytes = ?memory.limit,
-            queue_kbytes = memory.queue_kbytes,
-            fetch_bytes = memory.fetch_bytes,
-            "relay memory"
-        );
-        let kafka_config = crate::kafka::client_config(
-            &args.common.kafka_bootstrap_servers,
-            &kafka_client_properties(),
-        );
-        let kafka: rdkafka::producer::FutureProducer = kafka_config
-            .create()
-            .kafka("creating a Kafka metadata client")?;
-        let limits = TopicLimits::new();
-        tokio::spawn(
-            refresh_limits(
-                limits.clone(),
-                kafka_config.clone(),
-                topics.clone(),
-                shutdown.clone(),
-            )
-            .in_current_span(),
-        );
-
-        let metrics = ProducerMetrics::default();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        registry.register_collector(Box::new(crate::cpu::ProcessCollector));
-        let wake = Arc::new(Notify::new());
-        let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
-        let state_pool = pool.clone();
-        let backlog = crate::backpressure::BacklogBound::new(args.max_backlog_messages);
-        let started = Started::default();
-        let state = http::AppState {
-            pool,
-            topics: Arc::new(topics.iter().cloned().collect::<HashSet<_>>()),
-            wake: wake.clone(),
-            metrics: metrics.clone(),
-            registry: Arc::new(registry),
-            kafka,
-            max_body_bytes: args.max_body_bytes,
-            limits: limits.clone(),
-            started: started.clone(),
-            max_batch_messages: args.max_batch_messages.max(1),
-            in_progress: Arc::new(tokio::sync::Semaphore::new(
-                args.max_concurrent_requests.max(1),
-            )),
-            max_concurrent_requests: args.max_concurrent_requests.max(1),
-            backlog: backlog.clone(),
-            health: Arc::new(crate::probes::CachedCheck::default()),
-        };
-        let (listener, address) = args.common.bind_http().await?;
-        tracing::info!(%address, topics = ?topics, "producer listening");
-        let mut server_shutdown = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, http::router(state))
-                .with_graceful_shutdown(async move { shutdown::wait(&mut server_shutdown).await })
-                .await
-        });
-
+        let kafka = KafkaSide::connect(&args, &shutdown)?;
+        let state = app_state(&args, &kafka)?;
+        let parts = state.clone();
+        let server = serve(&args, state, shutdown.clone()).await?;
         let mut waiting = shutdown.clone();
-        let relay = match crate::db::wait_and_migrate(
+        let migrated = crate::db::wait_and_migrate(
             &args.common.database_url,
             args.common.outbox_system.as_deref(),
             &mut waiting,
         )
-        .await?
-        {
+        .await?;
+        let relay = match migrated {
             None => None,
             Some(client) => {
                 drop(client);
-                started.set();
-                tokio::spawn(
-                    backlog
-                        .watch(state_pool.clone(), shutdown.clone())
-                        .in_current_span(),
-                );
-                tokio::spawn(
-                    watch_backlog(state_pool, metrics.clone(), shutdown.clone()).in_current_span(),
-                );
-                tokio::spawn(
-                    crate::retention::run(
-                        args.common.database_url.clone(),
-                        RetentionSettings {
-                            relayed: Duration::from_secs(args.retention_seconds),
-                            ledger: Duration::from_secs(args.ledger_retention_seconds),
-                            interval: Duration::from_secs(args.retention_interval_seconds.max(1)),
-                            batch: 50_000,
-                        },
-                        metrics.clone(),
-                        shutdown.clone(),
-                    )
-                    .in_current_span(),
-                );
-                (!args.relay_disabled).then(|| {
-                    let relay = Relay::new(
-                        args.common.database_url.clone(),
-                        RelayTarget {
-                            kafka: kafka_config,
-                            topics,
-                            limits,
-                        },
-                        RelaySettings {
-                            rows_per_kafka_batch: args.relay_rows_per_kafka_batch,
-                            linger: Duration::from_millis(args.relay_linger_ms),
-                            queue_kbytes: memory.queue_kbytes,
-                            fetch_bytes: memory.fetch_bytes,
-                            ..RelaySettings::default()
-                        },
-                        wake,
-                        metrics,
-                        args.common.service_id.clone(),
-                    );
-                    relay
-                        .spawn_on_own_runtime(shutdown.clone())
-                        .map_err(|source| Error::Io {
-                            context: "starting the relay's runtime".into(),
-                            source,
-                        })
-                })
+                parts.started.set();
+                housekeeping(&args, &parts, &shutdown);
+                start_relay(&args, kafka, &parts, &shutdown)?
             }
         };
-        let relay = relay.transpose()?;
         let served = server.await;
         if let Some(relay) = relay {
             let _ = relay.await;
@@ -230,6 +128,159 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     }
     .instrument(span)
     .await
+}
+
+/// The producer's side of Kafka: the client configuration, a client for metadata, the
+/// topics' size limits (kept fresh in the background) and the relay's memory.
+struct KafkaSide {
+    config: rdkafka::ClientConfig,
+    client: rdkafka::producer::FutureProducer,
+    topics: Vec<String>,
+    limits: Arc<TopicLimits>,
+    memory: RelayMemory,
+}
+
+impl KafkaSide {
+    fn connect(args: &ProducerArgs, shutdown: &ShutdownSignal) -> Result<KafkaSide> {
+        let topics = args.common.topics();
+        let memory = RelayMemory::from_args(args, crate::memory::cgroup_limit());
+        tracing::info!(
+            limit_bytes = ?memory.limit,
+            queue_kbytes = memory.queue_kbytes,
+            fetch_bytes = memory.fetch_bytes,
+            "relay memory"
+        );
+        let config = crate::kafka::client_config(
+            &args.common.kafka_bootstrap_servers,
+            &kafka_client_properties(),
+        );
+        let client = config.create().kafka("creating a Kafka metadata client")?;
+        let limits = TopicLimits::new();
+        tokio::spawn(
+            refresh_limits(
+                limits.clone(),
+                config.clone(),
+                topics.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
+        Ok(KafkaSide {
+            config,
+            client,
+            topics,
+            limits,
+            memory,
+        })
+    }
+}
+
+/// What the HTTP handlers share: the pool, metrics, limits and admission.
+fn app_state(args: &ProducerArgs, kafka: &KafkaSide) -> Result<http::AppState> {
+    let metrics = ProducerMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry.register_collector(Box::new(crate::cpu::ProcessCollector));
+    Ok(http::AppState {
+        pool: crate::db::pool(&args.common.database_url, args.db_pool_size)?,
+        topics: Arc::new(kafka.topics.iter().cloned().collect::<HashSet<_>>()),
+        wake: Arc::new(Notify::new()),
+        metrics,
+        registry: Arc::new(registry),
+        kafka: kafka.client.clone(),
+        max_body_bytes: args.max_body_bytes,
+        limits: kafka.limits.clone(),
+        started: Started::default(),
+        max_batch_messages: args.max_batch_messages.max(1),
+        in_progress: Arc::new(tokio::sync::Semaphore::new(
+            args.max_concurrent_requests.max(1),
+        )),
+        max_concurrent_requests: args.max_concurrent_requests.max(1),
+        backlog: crate::backpressure::BacklogBound::new(args.max_backlog_messages),
+        health: Arc::new(crate::probes::CachedCheck::default()),
+    })
+}
+
+/// Serves the HTTP API until `shutdown`.
+async fn serve(
+    args: &ProducerArgs,
+    state: http::AppState,
+    mut shutdown: ShutdownSignal,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let (listener, address) = args.common.bind_http().await?;
+    tracing::info!(%address, topics = ?state.topics, "producer listening");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
+            .await
+    }))
+}
+
+/// The background work once PostgreSQL answers: the backlog bound and gauge, and
+/// retention.
+fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &ShutdownSignal) {
+    tokio::spawn(
+        parts
+            .backlog
+            .clone()
+            .watch(parts.pool.clone(), shutdown.clone())
+            .in_current_span(),
+    );
+    tokio::spawn(
+        watch_backlog(parts.pool.clone(), parts.metrics.clone(), shutdown.clone())
+            .in_current_span(),
+    );
+    tokio::spawn(
+        crate::retention::run(
+            args.common.database_url.clone(),
+            RetentionSettings {
+                relayed: Duration::from_secs(args.retention_seconds),
+                ledger: Duration::from_secs(args.ledger_retention_seconds),
+                interval: Duration::from_secs(args.retention_interval_seconds.max(1)),
+                batch: 50_000,
+            },
+            parts.metrics.clone(),
+            shutdown.clone(),
+        )
+        .in_current_span(),
+    );
+}
+
+/// The relay on its own runtime, unless another process relays.
+fn start_relay(
+    args: &ProducerArgs,
+    kafka: KafkaSide,
+    parts: &http::AppState,
+    shutdown: &ShutdownSignal,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if args.relay_disabled {
+        return Ok(None);
+    }
+    let relay = Relay::new(
+        args.common.database_url.clone(),
+        RelayTarget {
+            kafka: kafka.config,
+            topics: kafka.topics,
+            limits: kafka.limits,
+        },
+        RelaySettings {
+            rows_per_kafka_batch: args.relay_rows_per_kafka_batch,
+            linger: Duration::from_millis(args.relay_linger_ms),
+            queue_kbytes: kafka.memory.queue_kbytes,
+            fetch_bytes: kafka.memory.fetch_bytes,
+            ..RelaySettings::default()
+        },
+        parts.wake.clone(),
+        parts.metrics.clone(),
+        args.common.service_id.clone(),
+    );
+    relay
+        .spawn_on_own_runtime(shutdown.clone())
+        .map(Some)
+        .map_err(|source| Error::Io {
+            context: "starting the relay's runtime".into(),
+            source,
+        })
 }
 
 /// What the relay may hold in memory: the Kafka producer's queue and one batch read
