@@ -98,7 +98,8 @@ pub struct OperatorStatus {
 }
 
 /// The operator's part of the status (pure): `system_found` tells whether the
-/// OutboxSystem exists, `job` the state of the runner Job after this reconcile.
+/// OutboxSystem exists, `job` the state of the runner Job after this reconcile. A
+/// finished run keeps its phase; otherwise the Job's state decides, each case below.
 pub fn operator_status(
     current: &LoadTestStatus,
     system_found: bool,
@@ -118,96 +119,122 @@ pub fn operator_status(
         };
     }
     match job {
-        JobState::Absent if !system_found => OperatorStatus {
-            phase: current_phase,
-            job_name: None,
-            message: Some(format!("OutboxSystem {system} not found; no Job created")),
-            conditions: vec![Desired::no(
-                types::SCHEDULED,
-                "SystemNotFound",
-                format!(
-                    "spec.systemRef.name: OutboxSystem {system} does not exist in this namespace"
-                ),
-            )],
-            completed: false,
-        },
+        JobState::Absent if !system_found => system_missing(current_phase, system),
         JobState::Absent if current.job_name.is_none() && !runner_account.found => {
-            let message = format!(
-                "ServiceAccount {} of the load-test runner does not exist in namespace {}: \
-                 add the namespace to the chart's loadtest.namespaces (helm upgrade ... \
-                 --set loadtest.namespaces={{...,{}}}) and create the LoadTest again",
-                runner_account.name, runner_account.namespace, runner_account.namespace
-            );
-            OperatorStatus {
-                phase: LoadTestPhase::Failed,
-                job_name: None,
-                message: Some(message.clone()),
-                conditions: vec![
-                    Desired::no(types::SCHEDULED, "RunnerAccountMissing", message.clone()),
-                    Desired::yes(types::COMPLETE, "RunnerAccountMissing", message),
-                ],
-                completed: true,
-            }
+            runner_account_missing(runner_account)
         }
-        JobState::Absent => OperatorStatus {
-            phase: LoadTestPhase::Failed,
-            job_name: current.job_name.clone(),
-            message: Some(format!(
-                "the runner Job {} disappeared before the run finished",
-                job_name(loadtest)
-            )),
-            conditions: vec![Desired::yes(
-                types::COMPLETE,
-                "JobLost",
-                "the runner Job was deleted before the runner reported a result",
-            )],
-            completed: true,
-        },
-        JobState::Active => OperatorStatus {
-            phase: current_phase,
-            job_name: Some(job_name(loadtest)),
-            message: None,
-            conditions: vec![Desired::yes(
-                types::SCHEDULED,
-                "JobCreated",
-                format!("runner Job {} created", job_name(loadtest)),
-            )],
-            completed: false,
-        },
+        JobState::Absent => job_lost(current, loadtest),
+        JobState::Active => job_running(current_phase, loadtest),
         JobState::Succeeded | JobState::Failed => {
-            let (reason, message) = if job == JobState::Failed {
-                (
-                    "JobFailed",
-                    format!(
-                        "the runner Job {} failed before the runner reported a result",
-                        job_name(loadtest)
-                    ),
-                )
-            } else {
-                (
-                    "RunnerDidNotReport",
-                    format!(
-                        "the runner Job {} exited without reporting a result",
-                        job_name(loadtest)
-                    ),
-                )
-            };
-            OperatorStatus {
-                phase: LoadTestPhase::Failed,
-                job_name: Some(job_name(loadtest)),
-                message: Some(message.clone()),
-                conditions: vec![
-                    Desired::yes(
-                        types::SCHEDULED,
-                        "JobCreated",
-                        format!("runner Job {} created", job_name(loadtest)),
-                    ),
-                    Desired::yes(types::COMPLETE, reason, message),
-                ],
-                completed: true,
-            }
+            job_ended_without_report(job == JobState::Failed, loadtest)
         }
     }
+}
+
+/// No Job and no OutboxSystem: the run waits, not scheduled.
+fn system_missing(phase: LoadTestPhase, system: &str) -> OperatorStatus {
+    OperatorStatus {
+        phase,
+        job_name: None,
+        message: Some(format!("OutboxSystem {system} not found; no Job created")),
+        conditions: vec![Desired::no(
+            types::SCHEDULED,
+            "SystemNotFound",
+            format!("spec.systemRef.name: OutboxSystem {system} does not exist in this namespace"),
+        )],
+        completed: false,
+    }
+}
+
+/// No Job was ever made and the runner's ServiceAccount is missing: the run fails,
+/// saying how to add the namespace.
+fn runner_account_missing(account: RunnerAccount<'_>) -> OperatorStatus {
+    let message = format!(
+        "ServiceAccount {} of the load-test runner does not exist in namespace {}: \
+         add the namespace to the chart's loadtest.namespaces (helm upgrade ... \
+         --set loadtest.namespaces={{...,{}}}) and create the LoadTest again",
+        account.name, account.namespace, account.namespace
+    );
+    OperatorStatus {
+        phase: LoadTestPhase::Failed,
+        job_name: None,
+        message: Some(message.clone()),
+        conditions: vec![
+            Desired::no(types::SCHEDULED, "RunnerAccountMissing", message.clone()),
+            Desired::yes(types::COMPLETE, "RunnerAccountMissing", message),
+        ],
+        completed: true,
+    }
+}
+
+/// The Job was made and is gone before the runner reported: the run fails.
+fn job_lost(current: &LoadTestStatus, loadtest: &str) -> OperatorStatus {
+    OperatorStatus {
+        phase: LoadTestPhase::Failed,
+        job_name: current.job_name.clone(),
+        message: Some(format!(
+            "the runner Job {} disappeared before the run finished",
+            job_name(loadtest)
+        )),
+        conditions: vec![Desired::yes(
+            types::COMPLETE,
+            "JobLost",
+            "the runner Job was deleted before the runner reported a result",
+        )],
+        completed: true,
+    }
+}
+
+/// The Job runs: the runner's phase stands.
+fn job_running(phase: LoadTestPhase, loadtest: &str) -> OperatorStatus {
+    OperatorStatus {
+        phase,
+        job_name: Some(job_name(loadtest)),
+        message: None,
+        conditions: vec![job_created(loadtest)],
+        completed: false,
+    }
+}
+
+/// The Job ended (`failed`, or exited 0) while the run had not finished, so the runner
+/// did not report: the run fails.
+fn job_ended_without_report(failed: bool, loadtest: &str) -> OperatorStatus {
+    let (reason, message) = if failed {
+        (
+            "JobFailed",
+            format!(
+                "the runner Job {} failed before the runner reported a result",
+                job_name(loadtest)
+            ),
+        )
+    } else {
+        (
+            "RunnerDidNotReport",
+            format!(
+                "the runner Job {} exited without reporting a result",
+                job_name(loadtest)
+            ),
+        )
+    };
+    OperatorStatus {
+        phase: LoadTestPhase::Failed,
+        job_name: Some(job_name(loadtest)),
+        message: Some(message.clone()),
+        conditions: vec![
+            job_created(loadtest),
+            Desired::yes(types::COMPLETE, reason, message),
+        ],
+        completed: true,
+    }
+}
+
+/// `Scheduled` True: the Job was created.
+fn job_created(loadtest: &str) -> Desired {
+    Desired::yes(
+        types::SCHEDULED,
+        "JobCreated",
+        format!("runner Job {} created", job_name(loadtest)),
+    )
 }
 
 /// Seconds left before the Job of a finished run is deleted (None: no TTL or not finished).
@@ -225,165 +252,274 @@ pub fn ttl_remaining(
     Some((ttl - elapsed).max(0))
 }
 
-/// Reconciles one LoadTest. The controller in `run` calls it only while this replica
-/// may act (`run::when_leading`, the leadership gate of both controllers).
+/// Reconciles one LoadTest as its steps: read it and its Job fresh → a finished run
+/// goes to [`finish`] (the Job is deleted after the TTL) → read what the run depends on
+/// (the OutboxSystem, the runner's ServiceAccount) → create the one Job (built pure)
+/// when due ([`job_due`], pure) → decide the status from the Job's state
+/// ([`decide_status`], pure) → announce it ([`announcements`], pure) → write it →
+/// [`finish`] a run that just ended, or look again later ([`look_again`], pure).
+///
+/// The controller in `run` calls it only while this replica may act
+/// (`run::when_leading`, the leadership gate of both controllers).
 #[instrument(skip_all, fields(loadtest = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
 pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
-    let name = cached.name_any();
     let namespace = cached
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     if cached.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let loadtests: Api<LoadTest> = Api::namespaced(ctx.client.clone(), &namespace);
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    // The cache may lag behind the runner's last status write: decide on a fresh read.
+    let Some(fresh) = read_fresh(&ctx, &cached.name_any(), &namespace).await? else {
+        return Ok(Action::await_change());
+    };
+    let Fresh {
+        lt,
+        current,
+        mut job,
+    } = fresh;
+    if current.phase.unwrap_or_default().is_finished() {
+        return finish(&ctx, &lt, &namespace, job.as_ref(), &current).await;
+    }
+    let system = read_system(&ctx, &lt, &namespace).await?;
+    let account = RunnerAccount {
+        name: &ctx.settings.loadtest_service_account,
+        namespace: &namespace,
+        found: runner_account_found(&ctx, &namespace, &current, job.is_some()).await?,
+    };
+    let due = job_due(&current, job.is_some(), system.is_some(), account.found);
+    if let (true, Some(system)) = (due, &system) {
+        job = Some(create_job(&ctx, &lt, &namespace, system).await?);
+    }
+    let update = decide_status(
+        &current,
+        system.is_some(),
+        account,
+        job.as_ref(),
+        &lt.name_any(),
+        &lt.spec.system_ref.name,
+    );
+    for event in announcements(&current, &update, &lt.spec.system_ref.name) {
+        publish_event(&ctx, &lt, event.type_, event.reason, event.note).await;
+    }
+    write_status(&ctx, &namespace, &lt, &current, &update).await?;
+    if update.phase.is_finished() {
+        return finish(&ctx, &lt, &namespace, job.as_ref(), &current).await;
+    }
+    Ok(look_again(system.is_some(), job.is_some()))
+}
+
+/// A LoadTest as the API server has it now, with its status and its runner Job.
+struct Fresh {
+    lt: LoadTest,
+    current: LoadTestStatus,
+    job: Option<Job>,
+}
+
+/// Reads the LoadTest `name` and its Job (`None`: the LoadTest is gone). The cache may
+/// lag behind the runner's last status write: the reconcile decides on a fresh read.
+async fn read_fresh(ctx: &Context, name: &str, namespace: &str) -> Result<Option<Fresh>> {
+    let loadtests: Api<LoadTest> = Api::namespaced(ctx.client.clone(), namespace);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(lt) = loadtests
-        .get_opt(&name)
+        .get_opt(name)
         .await
         .map_err(Error::kube(format!("reading LoadTest {name}")))?
     else {
-        return Ok(Action::await_change());
+        return Ok(None);
     };
     let current = lt.status.clone().unwrap_or_default();
-    let phase = current.phase.unwrap_or_default();
-    let job_key = job_name(&name);
-    let mut job = jobs
+    let job_key = job_name(name);
+    let job = jobs
         .get_opt(&job_key)
         .await
         .map_err(Error::kube(format!("reading Job {job_key}")))?;
+    Ok(Some(Fresh { lt, current, job }))
+}
 
-    if phase.is_finished() {
-        return finish(&ctx, &lt, &jobs, job.as_ref(), &current).await;
-    }
-
-    let system_name = lt.spec.system_ref.name.clone();
-    let systems: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), &namespace);
-    let system = systems
-        .get_opt(&system_name)
+/// The OutboxSystem the LoadTest names, if it exists.
+async fn read_system(
+    ctx: &Context,
+    lt: &LoadTest,
+    namespace: &str,
+) -> Result<Option<OutboxSystem>> {
+    let system_name = &lt.spec.system_ref.name;
+    let systems: Api<OutboxSystem> = Api::namespaced(ctx.client.clone(), namespace);
+    systems
+        .get_opt(system_name)
         .await
-        .map_err(Error::kube(format!("reading OutboxSystem {system_name}")))?;
+        .map_err(Error::kube(format!("reading OutboxSystem {system_name}")))
+}
 
-    // The runner's ServiceAccount exists only where the chart made it: elsewhere the
-    // Job could never start a pod, and would wait for ever.
-    let account_name = ctx.settings.loadtest_service_account.clone();
-    let account_found = if job.is_none() && current.job_name.is_none() {
-        let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
-        accounts
-            .get_opt(&account_name)
-            .await
-            .map_err(Error::kube(format!(
-                "reading ServiceAccount {account_name}"
-            )))?
-            .is_some()
-    } else {
-        true
-    };
-    let runner_account = RunnerAccount {
-        name: &account_name,
-        namespace: &namespace,
-        found: account_found,
-    };
-
-    // Create the one Job, only while the run has not started.
-    if job.is_none()
-        && phase == LoadTestPhase::Pending
-        && current.job_name.is_none()
-        && account_found
-    {
-        if let Some(system) = &system {
-            let owner_ref = lt
-                .controller_owner_ref(&())
-                .ok_or(Error::MissingObjectKey("metadata.uid"))?;
-            let params = RunnerParams {
-                name: &name,
-                namespace: &namespace,
-                owner_ref,
-                service_account: &ctx.settings.loadtest_service_account,
-            };
-            let desired = runner_job(&params, &lt, system);
-            job = Some(create_job(&jobs, &desired).await?);
-            info!(job = %job_key, "created the runner Job");
-            publish_event(
-                &ctx,
-                &lt,
-                EventType::Normal,
-                "JobCreated",
-                format!("created runner Job {job_key}"),
-            )
-            .await;
-        }
+/// Whether the runner's ServiceAccount exists. It exists only where the chart made it:
+/// elsewhere the Job could never start a pod, and would wait for ever. Looked up only
+/// while the run never had a Job (else taken as found).
+async fn runner_account_found(
+    ctx: &Context,
+    namespace: &str,
+    current: &LoadTestStatus,
+    job_exists: bool,
+) -> Result<bool> {
+    if !never_had_a_job(current, job_exists) {
+        return Ok(true);
     }
+    let account_name = &ctx.settings.loadtest_service_account;
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(accounts
+        .get_opt(account_name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading ServiceAccount {account_name}"
+        )))?
+        .is_some())
+}
 
-    let state = job_state(job.as_ref());
+/// No Job now, and none recorded in the status (pure).
+fn never_had_a_job(current: &LoadTestStatus, job_exists: bool) -> bool {
+    !job_exists && current.job_name.is_none()
+}
+
+/// Whether this reconcile creates the runner Job (pure): only while the run has not
+/// started (Pending, never had a Job; a Job that vanished is not made again), and only
+/// with its OutboxSystem and the runner's ServiceAccount there.
+fn job_due(
+    current: &LoadTestStatus,
+    job_exists: bool,
+    system_found: bool,
+    account_found: bool,
+) -> bool {
+    never_had_a_job(current, job_exists)
+        && current.phase.unwrap_or_default() == LoadTestPhase::Pending
+        && system_found
+        && account_found
+}
+
+/// Creates the one runner Job (built pure by [`runner_job`]) and announces it.
+/// Server-side apply with the operator's field manager is idempotent, and the
+/// deterministic name means a second LoadTest run cannot exist.
+async fn create_job(
+    ctx: &Context,
+    lt: &LoadTest,
+    namespace: &str,
+    system: &OutboxSystem,
+) -> Result<Job> {
+    let name = lt.name_any();
+    let owner_ref = lt
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let params = RunnerParams {
+        name: &name,
+        namespace,
+        owner_ref,
+        service_account: &ctx.settings.loadtest_service_account,
+    };
+    let desired = runner_job(&params, lt, system);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let job = server_side_apply(&jobs, &desired).await?;
+    let job_key = job_name(&name);
+    info!(job = %job_key, "created the runner Job");
+    publish_event(
+        ctx,
+        lt,
+        EventType::Normal,
+        "JobCreated",
+        format!("created runner Job {job_key}"),
+    )
+    .await;
+    Ok(job)
+}
+
+/// The operator's part of the status after this reconcile (pure): [`operator_status`]
+/// from the Job's state; when the Job ran past its deadline, the message names it.
+pub fn decide_status(
+    current: &LoadTestStatus,
+    system_found: bool,
+    runner_account: RunnerAccount<'_>,
+    job: Option<&Job>,
+    loadtest: &str,
+    system: &str,
+) -> OperatorStatus {
+    let state = job_state(job);
     let mut update = operator_status(
-        &current,
-        system.is_some(),
+        current,
+        system_found,
         runner_account,
         state,
-        &name,
-        &system_name,
+        loadtest,
+        system,
     );
-    if state == JobState::Failed && job_failed_for(job.as_ref(), "DeadlineExceeded") {
-        let deadline = job
-            .as_ref()
-            .and_then(|j| j.spec.as_ref()?.active_deadline_seconds)
-            .unwrap_or_default();
-        if let Some(message) = update.message.as_mut() {
-            message.push_str(&format!(
-                ": it ran past its deadline of {deadline} s (activeDeadlineSeconds, from the messages and verificationTimeoutSeconds)"
-            ));
-        }
+    if let (Some(deadline), Some(message)) = (deadline_exceeded(job), update.message.as_mut()) {
+        message.push_str(&format!(
+            ": it ran past its deadline of {deadline} s (activeDeadlineSeconds, from the messages and verificationTimeoutSeconds)"
+        ));
     }
+    update
+}
+
+/// The Job's `activeDeadlineSeconds` (0 when unset) when it failed for running past it.
+fn deadline_exceeded(job: Option<&Job>) -> Option<i64> {
+    job_failed_for(job, "DeadlineExceeded").then(|| {
+        job.and_then(|j| j.spec.as_ref()?.active_deadline_seconds)
+            .unwrap_or_default()
+    })
+}
+
+/// An Event to publish about the LoadTest.
+#[derive(Debug, Clone, PartialEq)]
+struct Announcement {
+    type_: EventType,
+    reason: &'static str,
+    note: String,
+}
+
+/// The Events a status update is worth (pure): `SystemNotFound` when the OutboxSystem
+/// is found missing (once: not while `Scheduled` already says so), `RunFailed` when the
+/// update fails the run.
+fn announcements(
+    current: &LoadTestStatus,
+    update: &OperatorStatus,
+    system: &str,
+) -> Vec<Announcement> {
+    let mut events = Vec::new();
     let previously =
-        conditions::find(&current.conditions, types::SCHEDULED).map(|c| c.reason.clone());
+        conditions::find(&current.conditions, types::SCHEDULED).map(|c| c.reason.as_str());
     if update
         .conditions
         .iter()
         .any(|c| c.reason == "SystemNotFound")
-        && previously.as_deref() != Some("SystemNotFound")
+        && previously != Some("SystemNotFound")
     {
-        publish_event(
-            &ctx,
-            &lt,
-            EventType::Warning,
-            "SystemNotFound",
-            format!("OutboxSystem {system_name} not found; no Job created"),
-        )
-        .await;
+        events.push(Announcement {
+            type_: EventType::Warning,
+            reason: "SystemNotFound",
+            note: format!("OutboxSystem {system} not found; no Job created"),
+        });
     }
     if update.phase == LoadTestPhase::Failed {
-        publish_event(
-            &ctx,
-            &lt,
-            EventType::Warning,
-            "RunFailed",
-            update.message.clone().unwrap_or_default(),
-        )
-        .await;
+        events.push(Announcement {
+            type_: EventType::Warning,
+            reason: "RunFailed",
+            note: update.message.clone().unwrap_or_default(),
+        });
     }
-    write_status(&loadtests, &lt, &current, &update).await?;
-
-    if update.phase.is_finished() {
-        return finish(&ctx, &lt, &jobs, job.as_ref(), &current).await;
-    }
-    if system.is_none() && job.is_none() {
-        return Ok(Action::requeue(Duration::from_secs(15)));
-    }
-    // Job status changes arrive through `.owns()`; look again now and then anyway.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    events
 }
 
-/// Creates the Job if absent: server-side apply with the operator's field manager is
-/// idempotent, and the deterministic name means a second LoadTest run cannot exist.
-async fn create_job(jobs: &Api<Job>, job: &Job) -> Result<Job> {
-    server_side_apply(jobs, job).await
+/// When to look at an unfinished run again (pure): soon while it waits for its
+/// OutboxSystem without a Job; now and then otherwise, though Job status changes
+/// arrive through `.owns()`.
+fn look_again(system_found: bool, job_exists: bool) -> Action {
+    if !system_found && !job_exists {
+        Action::requeue(Duration::from_secs(15))
+    } else {
+        Action::requeue(Duration::from_secs(60))
+    }
 }
 
+/// Writes the operator's part of the status, unless it says nothing new.
 async fn write_status(
-    api: &Api<LoadTest>,
+    ctx: &Context,
+    namespace: &str,
     lt: &LoadTest,
     current: &LoadTestStatus,
     update: &OperatorStatus,
@@ -425,14 +561,15 @@ async fn write_status(
                 source,
             })?;
     }
-    apply_status(api, &lt.name_any(), &status).await
+    let api: Api<LoadTest> = Api::namespaced(ctx.client.clone(), namespace);
+    apply_status(&api, &lt.name_any(), &status).await
 }
 
 /// After the run: delete the Job (and its pods) once the TTL has passed.
 async fn finish(
     ctx: &Context,
     lt: &LoadTest,
-    jobs: &Api<Job>,
+    namespace: &str,
     job: Option<&Job>,
     status: &LoadTestStatus,
 ) -> Result<Action> {
@@ -443,6 +580,7 @@ async fn finish(
         None => Ok(Action::await_change()),
         Some(0) => {
             let job_key = job.name_any();
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
             jobs.delete(&job_key, &DeleteParams::background())
                 .await
                 .map_err(Error::kube(format!("deleting Job {job_key}")))?;
@@ -617,6 +755,169 @@ mod tests {
         );
         assert_eq!(s.phase, LoadTestPhase::Succeeded);
         assert!(s.conditions.is_empty());
+    }
+
+    #[test]
+    fn a_job_that_vanished_after_it_was_made_fails_the_run_as_lost() {
+        let mut current = status(Some(LoadTestPhase::Running));
+        current.job_name = Some("lt-run".into());
+        let s = operator_status(
+            &current,
+            true,
+            account(true),
+            JobState::Absent,
+            "lt",
+            "demo",
+        );
+        assert_eq!(s.phase, LoadTestPhase::Failed);
+        assert!(s.completed);
+        assert_eq!(s.job_name.as_deref(), Some("lt-run"));
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].type_, types::COMPLETE);
+        assert_eq!(s.conditions[0].reason, "JobLost");
+        assert!(s.message.is_some_and(|m| m.contains("lt-run disappeared")));
+    }
+
+    #[test]
+    fn a_job_that_exited_0_without_a_report_fails_the_run() {
+        let s = operator_status(
+            &status(Some(LoadTestPhase::Running)),
+            true,
+            account(true),
+            JobState::Succeeded,
+            "lt",
+            "demo",
+        );
+        assert_eq!(s.phase, LoadTestPhase::Failed);
+        let reasons: Vec<_> = s.conditions.iter().map(|c| (c.type_, &*c.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                (types::SCHEDULED, "JobCreated"),
+                (types::COMPLETE, "RunnerDidNotReport")
+            ]
+        );
+    }
+
+    fn failed_job(reason: &str, deadline: Option<i64>) -> Job {
+        use k8s_openapi::api::batch::v1::{JobCondition, JobSpec, JobStatus};
+        Job {
+            spec: Some(JobSpec {
+                active_deadline_seconds: deadline,
+                ..JobSpec::default()
+            }),
+            status: Some(JobStatus {
+                conditions: Some(vec![JobCondition {
+                    type_: "Failed".into(),
+                    status: "True".into(),
+                    reason: Some(reason.into()),
+                    ..JobCondition::default()
+                }]),
+                ..JobStatus::default()
+            }),
+            ..Job::default()
+        }
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_fails_the_run_naming_the_deadline() {
+        let running = status(Some(LoadTestPhase::Running));
+        let job = failed_job("DeadlineExceeded", Some(12_345));
+        let s = decide_status(&running, true, account(true), Some(&job), "lt", "demo");
+        assert_eq!(s.phase, LoadTestPhase::Failed);
+        let message = s.message.expect("a message");
+        assert!(
+            message.starts_with("the runner Job lt-run failed before the runner reported")
+                && message.ends_with(
+                    ": it ran past its deadline of 12345 s (activeDeadlineSeconds, from the messages and verificationTimeoutSeconds)"
+                ),
+            "{message}"
+        );
+        // Failed for another reason: no deadline in the message.
+        let job = failed_job("BackoffLimitExceeded", Some(12_345));
+        let s = decide_status(&running, true, account(true), Some(&job), "lt", "demo");
+        assert!(s.message.is_some_and(|m| !m.contains("deadline")));
+    }
+
+    #[test]
+    fn the_job_is_made_only_for_a_pending_run_that_never_had_one_with_system_and_account() {
+        let pending = status(None);
+        assert!(job_due(&pending, false, true, true));
+        assert!(!job_due(&pending, true, true, true), "a Job exists");
+        assert!(!job_due(&pending, false, false, true), "no OutboxSystem");
+        assert!(!job_due(&pending, false, true, false), "no ServiceAccount");
+        let running = status(Some(LoadTestPhase::Running));
+        assert!(!job_due(&running, false, true, true), "the run started");
+        let mut vanished = status(None);
+        vanished.job_name = Some("lt-run".into());
+        assert!(
+            !job_due(&vanished, false, true, true),
+            "a Job that vanished is not made again"
+        );
+    }
+
+    #[test]
+    fn a_missing_system_is_announced_once_and_a_failed_run_with_its_message() {
+        let waiting = operator_status(
+            &status(None),
+            false,
+            account(true),
+            JobState::Absent,
+            "lt",
+            "demo",
+        );
+        assert_eq!(
+            announcements(&status(None), &waiting, "demo"),
+            [Announcement {
+                type_: EventType::Warning,
+                reason: "SystemNotFound",
+                note: "OutboxSystem demo not found; no Job created".into(),
+            }]
+        );
+        // The status already says so: no second Event.
+        let mut said = status(None);
+        said.conditions = conditions::merge(&[], &waiting.conditions, None, Timestamp::UNIX_EPOCH);
+        assert!(announcements(&said, &waiting, "demo").is_empty());
+
+        let failed = operator_status(
+            &status(Some(LoadTestPhase::Running)),
+            true,
+            account(true),
+            JobState::Failed,
+            "lt",
+            "demo",
+        );
+        let events = announcements(&status(Some(LoadTestPhase::Running)), &failed, "demo");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "RunFailed");
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert_eq!(Some(&events[0].note), failed.message.as_ref());
+
+        let active = operator_status(
+            &status(Some(LoadTestPhase::Running)),
+            true,
+            account(true),
+            JobState::Active,
+            "lt",
+            "demo",
+        );
+        assert!(announcements(&status(None), &active, "demo").is_empty());
+    }
+
+    #[test]
+    fn a_run_waiting_for_its_system_is_looked_at_sooner() {
+        assert_eq!(
+            look_again(false, false),
+            Action::requeue(Duration::from_secs(15))
+        );
+        assert_eq!(
+            look_again(true, false),
+            Action::requeue(Duration::from_secs(60))
+        );
+        assert_eq!(
+            look_again(false, true),
+            Action::requeue(Duration::from_secs(60))
+        );
     }
 
     #[test]
