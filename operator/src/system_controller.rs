@@ -139,61 +139,33 @@ enum Gate {
     Stop(Action),
 }
 
-/// The checks before anything is applied: a valid spec, a topic and a schema no other
-/// system holds, and not paused. A refusal is written into status (and an event).
+/// The checks before anything is applied, in order: a valid spec → a topic no other
+/// system holds → open the database session and claim the schema → not paused. A
+/// refusal (each built pure) is written into status with an Event; a pause too.
 async fn gate(
     ctx: &Context,
     system: &OutboxSystem,
     namespace: &str,
     current: &OutboxSystemStatus,
 ) -> Result<Gate> {
-    let name = system.name_any();
-    let spec = &system.spec;
-    // Validate (no client).
-    let problems = validate(&name, spec);
-    if !problems.is_empty() {
-        let message = problems.join("; ");
-        let refusal = Refusal {
-            reason: "InvalidSpec",
-            message: &message,
-            conditions: &[types::READY],
-        };
+    if let Some(refusal) = invalid_spec(&system.name_any(), &system.spec) {
+        let message = refusal.message.clone();
         report_refusal(ctx, system, current, refusal, Announce::Always).await?;
         return Err(Error::InvalidSpec(message));
     }
-
-    // Another system on the same topic of the same Kafka: the later one is refused, so
-    // that neither consumes the other's messages nor deletes the other's topic.
     if let Some(other) = topic_taken_by(ctx, system, namespace).await? {
-        let message = format!(
-            "topic {} on {} is already used by OutboxSystem {other}: two systems on one topic consume each other's messages; give this one its own spec.topic.name",
-            spec.topic.name, spec.kafka.bootstrap_servers
-        );
-        let refusal = Refusal {
-            reason: "TopicInUse",
-            message: &message,
-            conditions: &[types::READY, types::TOPIC_READY],
-        };
+        let refusal = topic_in_use(&system.spec, &other);
         report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
         return Ok(Gate::Stop(Action::requeue(std::time::Duration::from_secs(
             60,
         ))));
     }
-
     // One session for the schema claim and the backlog; unreachable, it is reported in
     // BacklogObserved and the workers check the claim themselves.
-    let mut database = open_database(ctx, namespace, spec).await;
+    let mut database = open_database(ctx, namespace, &system.spec).await;
     if let Ok(session) = database.as_mut() {
         if let Some(claim) = schema_taken_by(ctx, system, namespace, session).await {
-            let message = format!(
-                "the outbox schema {} is held by OutboxSystem {}: two systems on one schema share the relay lock and the consumer ledgers; give this one its own database or schema (search_path in the URL of spec.database.urlSecretRef)",
-                claim.schema, claim.holder
-            );
-            let refusal = Refusal {
-                reason: "DatabaseInUse",
-                message: &message,
-                conditions: &[types::READY],
-            };
+            let refusal = schema_in_use(&claim);
             report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
             // Soon again: the holder's deletion is not an event of this system.
             return Ok(Gate::Stop(Action::requeue(std::time::Duration::from_secs(
@@ -201,38 +173,83 @@ async fn gate(
             ))));
         }
     }
-
-    if spec.paused {
-        let conditions = conditions::merge(
-            &current.conditions,
-            &[conditions::Desired::yes(
-                types::PAUSED,
-                "Paused",
-                "spec.paused is true: the operator leaves the topic and workloads as they are",
-            )],
-            system.metadata.generation,
-            Timestamp::now(),
-        );
-        let was_paused = conditions::find(&current.conditions, types::PAUSED)
-            .is_some_and(|c| c.status == "True");
-        let mut status = current.clone();
-        status.observed_generation = system.metadata.generation;
-        replace_conditions(&mut status.conditions, conditions);
-        patch_status(ctx, namespace, &name, &status).await?;
-        if !was_paused {
-            publish_event(
-                ctx,
-                system,
-                EventType::Normal,
-                "Paused",
-                "reconciliation paused".into(),
-            )
-            .await;
-        }
+    if system.spec.paused {
+        record_pause(ctx, system, namespace, current).await?;
         return Ok(Gate::Stop(Action::await_change()));
     }
-
     Ok(Gate::Go(database))
+}
+
+/// The refusal of a spec that fails validation (pure, no client).
+fn invalid_spec(name: &str, spec: &OutboxSystemSpec) -> Option<Refusal> {
+    let problems = validate(name, spec);
+    (!problems.is_empty()).then(|| Refusal {
+        reason: "InvalidSpec",
+        message: problems.join("; "),
+        conditions: &[types::READY],
+    })
+}
+
+/// The refusal of a second system on the topic of another (`namespace/name`) on the
+/// same Kafka (pure): the later one is refused, so that neither consumes the other's
+/// messages nor deletes the other's topic.
+fn topic_in_use(spec: &OutboxSystemSpec, other: &str) -> Refusal {
+    Refusal {
+        reason: "TopicInUse",
+        message: format!(
+            "topic {} on {} is already used by OutboxSystem {other}: two systems on one topic consume each other's messages; give this one its own spec.topic.name",
+            spec.topic.name, spec.kafka.bootstrap_servers
+        ),
+        conditions: &[types::READY, types::TOPIC_READY],
+    }
+}
+
+/// The refusal of a system whose outbox schema another system holds (pure).
+fn schema_in_use(claim: &Claim) -> Refusal {
+    Refusal {
+        reason: "DatabaseInUse",
+        message: format!(
+            "the outbox schema {} is held by OutboxSystem {}: two systems on one schema share the relay lock and the consumer ledgers; give this one its own database or schema (search_path in the URL of spec.database.urlSecretRef)",
+            claim.schema, claim.holder
+        ),
+        conditions: &[types::READY],
+    }
+}
+
+/// Writes `Paused` into status, with an Event when the system was not paused before.
+async fn record_pause(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    current: &OutboxSystemStatus,
+) -> Result<()> {
+    let conditions = conditions::merge(
+        &current.conditions,
+        &[conditions::Desired::yes(
+            types::PAUSED,
+            "Paused",
+            "spec.paused is true: the operator leaves the topic and workloads as they are",
+        )],
+        system.metadata.generation,
+        Timestamp::now(),
+    );
+    let was_paused =
+        conditions::find(&current.conditions, types::PAUSED).is_some_and(|c| c.status == "True");
+    let mut status = current.clone();
+    status.observed_generation = system.metadata.generation;
+    replace_conditions(&mut status.conditions, conditions);
+    patch_status(ctx, namespace, &system.name_any(), &status).await?;
+    if !was_paused {
+        publish_event(
+            ctx,
+            system,
+            EventType::Normal,
+            "Paused",
+            "reconciliation paused".into(),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Builds the children (pure) and applies them; returns the Deployments as applied.
@@ -782,10 +799,11 @@ async fn secret_value(
 
 /// Why the operator will not reconcile a system: `conditions` turn False and
 /// `Degraded` True, all with `reason` and `message`.
-struct Refusal<'a> {
+#[derive(Debug)]
+struct Refusal {
     reason: &'static str,
-    message: &'a str,
-    conditions: &'a [&'static str],
+    message: String,
+    conditions: &'static [&'static str],
 }
 
 /// When [`report_refusal`] writes and announces.
@@ -802,19 +820,10 @@ async fn report_refusal(
     ctx: &Context,
     system: &OutboxSystem,
     current: &OutboxSystemStatus,
-    refusal: Refusal<'_>,
+    refusal: Refusal,
     announce: Announce,
 ) -> Result<()> {
-    let mut desired: Vec<conditions::Desired> = refusal
-        .conditions
-        .iter()
-        .map(|t| conditions::Desired::no(t, refusal.reason, refusal.message.to_string()))
-        .collect();
-    desired.push(conditions::Desired::yes(
-        types::DEGRADED,
-        refusal.reason,
-        refusal.message.to_string(),
-    ));
+    let desired = refusal_conditions(&refusal);
     let merged = conditions::merge(
         &current.conditions,
         &desired,
@@ -834,10 +843,26 @@ async fn report_refusal(
         system,
         EventType::Warning,
         refusal.reason,
-        refusal.message.to_string(),
+        refusal.message,
     )
     .await;
     Ok(())
+}
+
+/// The conditions a refusal sets (pure): its `conditions` False and `Degraded` True,
+/// all with its reason and message.
+fn refusal_conditions(refusal: &Refusal) -> Vec<conditions::Desired> {
+    let mut desired: Vec<conditions::Desired> = refusal
+        .conditions
+        .iter()
+        .map(|t| conditions::Desired::no(t, refusal.reason, refusal.message.clone()))
+        .collect();
+    desired.push(conditions::Desired::yes(
+        types::DEGRADED,
+        refusal.reason,
+        refusal.message.clone(),
+    ));
+    desired
 }
 
 /// The OutboxSystem (`namespace/name`) created before this one that uses the same topic
@@ -860,6 +885,14 @@ async fn topic_taken_by(
         }
         Err(e) => return Err(Error::kube("listing OutboxSystems".to_string())(e)),
     };
+    Ok(first_on_topic(system, &others))
+}
+
+/// Among `others`, the system (`namespace/name`) that holds `system`'s topic (pure):
+/// the one created first of those on the same topic of the same Kafka (bootstrap
+/// servers qualified by each one's namespace), when it was created before `system`
+/// (ties broken by namespace and name); systems being deleted do not count.
+fn first_on_topic(system: &OutboxSystem, others: &[OutboxSystem]) -> Option<String> {
     let kafka_of = |s: &OutboxSystem| {
         qualify_bootstrap_servers(
             &s.spec.kafka.bootstrap_servers,
@@ -874,13 +907,13 @@ async fn topic_taken_by(
             s.name_any(),
         )
     };
-    Ok(others
+    others
         .iter()
         .filter(|o| o.uid() != system.uid() && o.metadata.deletion_timestamp.is_none())
         .filter(|o| o.spec.topic.name == system.spec.topic.name && kafka_of(o) == ours)
         .filter(|o| key(o) < key(system))
         .min_by_key(|o| key(o))
-        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())))
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
 }
 
 /// Whether the operator created this system's topic: recorded at its first look; a
@@ -1022,4 +1055,134 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference system (`manifests/outbox-system.yaml`) as `namespace/name`,
+    /// created at second `created`.
+    fn system(namespace: &str, name: &str, created: i64) -> OutboxSystem {
+        let mut system: OutboxSystem = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/outbox-system.yaml"
+            ))
+            .expect("the reference OutboxSystem"),
+        )
+        .expect("parses");
+        system.metadata.name = Some(name.into());
+        system.metadata.namespace = Some(namespace.into());
+        system.metadata.uid = Some(format!("uid-{namespace}-{name}"));
+        system.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(created).unwrap_or(Timestamp::UNIX_EPOCH),
+        ));
+        system
+    }
+
+    #[test]
+    fn the_topic_belongs_to_the_system_created_first_on_the_same_kafka() {
+        let me = system("team-a", "late", 300);
+        let others = vec![
+            me.clone(),
+            system("team-a", "early", 200),
+            system("team-a", "earliest", 100),
+            system("team-a", "later", 400),
+        ];
+        assert_eq!(
+            first_on_topic(&me, &others).as_deref(),
+            Some("team-a/earliest")
+        );
+        // The first one is not refused: nobody came before it.
+        assert_eq!(first_on_topic(&others[2], &others), None);
+    }
+
+    #[test]
+    fn other_topics_other_kafkas_and_systems_being_deleted_do_not_hold_the_topic() {
+        let me = system("team-a", "me", 300);
+        let mut other_topic = system("team-a", "other-topic", 100);
+        other_topic.spec.topic.name = "other-events".into();
+        // The same bare Service name in another namespace is another Kafka.
+        let other_kafka = system("team-b", "other-kafka", 100);
+        let mut leaving = system("team-a", "leaving", 100);
+        leaving.metadata.deletion_timestamp = leaving.metadata.creation_timestamp.clone();
+        let others = [me.clone(), other_topic, other_kafka, leaving];
+        assert_eq!(first_on_topic(&me, &others), None);
+
+        // One Kafka named in full from two namespaces is the same Kafka.
+        let mut me = me;
+        me.spec.kafka.bootstrap_servers = "kafka.shared.svc:9092".into();
+        let mut elsewhere = system("team-b", "elsewhere", 100);
+        elsewhere.spec.kafka.bootstrap_servers = "kafka.shared.svc:9092".into();
+        assert_eq!(
+            first_on_topic(&me, &[elsewhere]).as_deref(),
+            Some("team-b/elsewhere")
+        );
+    }
+
+    #[test]
+    fn systems_created_in_the_same_second_are_ordered_by_namespace_and_name() {
+        let b = system("team-a", "b", 100);
+        let a = system("team-a", "a", 100);
+        let both = [a.clone(), b.clone()];
+        assert_eq!(first_on_topic(&b, &both).as_deref(), Some("team-a/a"));
+        assert_eq!(first_on_topic(&a, &both), None);
+    }
+
+    #[test]
+    fn a_valid_spec_passes_and_an_invalid_one_is_refused_naming_every_problem() {
+        let valid = system("team-a", "outbox", 100);
+        assert!(invalid_spec("outbox", &valid.spec).is_none());
+        let mut spec = valid.spec;
+        let topic = spec.topic.name.clone();
+        spec.consumers.groups[0].dead_letter_topic = Some(topic);
+        let refusal = invalid_spec("9-starts-with-a-digit", &spec).expect("refused");
+        assert_eq!(refusal.reason, "InvalidSpec");
+        assert_eq!(refusal.conditions, [types::READY]);
+        assert!(
+            refusal
+                .message
+                .contains("must start with a letter: it prefixes Service names; ")
+                && refusal.message.contains("deadLetterTopic must differ"),
+            "{}",
+            refusal.message
+        );
+    }
+
+    #[test]
+    fn a_refusal_turns_its_conditions_false_and_degraded_true() {
+        let spec = system("team-a", "late", 300).spec;
+        let refusal = topic_in_use(&spec, "team-a/early");
+        assert!(
+            refusal
+                .message
+                .contains("topic shared-events on outbox-kafka:9092")
+                && refusal.message.contains("OutboxSystem team-a/early"),
+            "{}",
+            refusal.message
+        );
+        let set: Vec<_> = refusal_conditions(&refusal)
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.reason, c.message == refusal.message))
+            .collect();
+        assert_eq!(
+            set,
+            [
+                (types::READY, false, "TopicInUse".to_string(), true),
+                (types::TOPIC_READY, false, "TopicInUse".to_string(), true),
+                (types::DEGRADED, true, "TopicInUse".to_string(), true),
+            ]
+        );
+        let claim = Claim {
+            holder: "team-b/first".into(),
+            schema: "outbox.public".into(),
+        };
+        let refusal = schema_in_use(&claim);
+        assert_eq!(refusal.reason, "DatabaseInUse");
+        assert_eq!(refusal.conditions, [types::READY]);
+        assert!(refusal
+            .message
+            .contains("outbox.public is held by OutboxSystem team-b/first"));
+    }
 }
