@@ -22,7 +22,7 @@ use crate::crd::{
     DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus, PartitionRaise, TopicStatus,
 };
 use crate::error::{Error, Result};
-use crate::kafka::{self, client_config, plan_topic, KafkaAdmin};
+use crate::kafka::{self, client_config, plan_topic, KafkaAdmin, ObservedTopic, TopicPlan};
 use crate::postgres_tls::{CaSource, TlsDefaults};
 use crate::schema_owner::{self, Claim};
 use crate::server_side_apply::{apply_status, server_side_apply};
@@ -558,8 +558,10 @@ async fn kafka_client_properties(
     Ok(kafka::client_properties(&secret.data.unwrap_or_default()))
 }
 
-/// Creates or adjusts the topic; never fails the reconcile on a Kafka problem, which
-/// goes into the outcome instead.
+/// Creates or adjusts the topic as its steps: connect → describe → plan (pure,
+/// `plan_topic`) → change it ([`change_topic`]: a creation recorded before it happens)
+/// → announce the change (built pure by [`topic_change`]) → read it back. Never fails
+/// the reconcile on a Kafka problem, which goes into the outcome instead.
 async fn reconcile_topic(
     ctx: &Context,
     system: &OutboxSystem,
@@ -591,24 +593,35 @@ async fn reconcile_topic(
     outcome.observed = observed.clone();
     // First look: no topic yet means the operator creates it for this system.
     outcome.created = Some(observed.is_none());
-    let changes =
-        plan.create || plan.raise_partitions_to.is_some() || !plan.config_changes.is_empty();
-    if !changes {
+    let Some(change) = topic_change(spec, observed.as_ref(), &plan) else {
+        return (outcome, Some(admin));
+    };
+    if let Err(error) = change_topic(ctx, system, spec, &admin, observed.as_ref(), &plan).await {
+        outcome.error = Some(error);
         return (outcome, Some(admin));
     }
+    outcome.raised = change.raised;
+    announce_topic_change(ctx, system, &spec.topic.name, change).await;
+    finish_topic(admin, spec, outcome).await
+}
+
+/// Carries out `plan`. A creation is recorded in status before the topic exists, so
+/// that no failure after it can make a later look mistake the topic for one that was
+/// there before. A failure to apply is announced with a Warning Event.
+async fn change_topic(
+    ctx: &Context,
+    system: &OutboxSystem,
+    spec: &OutboxSystemSpec,
+    admin: &KafkaAdmin,
+    observed: Option<&ObservedTopic>,
+    plan: &TopicPlan,
+) -> std::result::Result<(), String> {
     if plan.create {
-        // Recorded before the topic exists, so that no failure after the creation can
-        // make a later look mistake the topic for one that was there before.
-        if let Err(e) = record_topic_created(ctx, system, &spec.topic.name).await {
-            outcome.error = Some(e.to_string());
-            return (outcome, Some(admin));
-        }
+        record_topic_created(ctx, system, &spec.topic.name)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    if let Err(e) = admin
-        .apply_plan(&spec.topic, observed.as_ref(), &plan)
-        .await
-    {
-        outcome.error = Some(e.to_string());
+    if let Err(e) = admin.apply_plan(&spec.topic, observed, plan).await {
         publish_event(
             ctx,
             system,
@@ -617,40 +630,77 @@ async fn reconcile_topic(
             e.to_string(),
         )
         .await;
-        return (outcome, Some(admin));
+        return Err(e.to_string());
     }
-    let (reason, note) = if plan.create {
-        (
-            "TopicCreated",
-            format!(
-                "created topic {} with {} partitions",
-                spec.topic.name, spec.topic.partitions
+    Ok(())
+}
+
+/// What a change of the topic is announced as.
+#[derive(Debug, Clone, PartialEq)]
+struct TopicChange {
+    type_: EventType,
+    reason: &'static str,
+    note: String,
+    /// `(from, to)` when the partitions are raised.
+    raised: Option<(i32, i32)>,
+}
+
+/// The change `plan` makes to the topic, as it is announced (pure): None when it
+/// changes nothing; else a creation, a raise of the partitions (a Warning: per-key
+/// order), or new config values, in that order of precedence.
+fn topic_change(
+    spec: &OutboxSystemSpec,
+    observed: Option<&ObservedTopic>,
+    plan: &TopicPlan,
+) -> Option<TopicChange> {
+    let topic = &spec.topic.name;
+    if plan.create {
+        return Some(TopicChange {
+            type_: EventType::Normal,
+            reason: "TopicCreated",
+            note: format!(
+                "created topic {topic} with {} partitions",
+                spec.topic.partitions
             ),
-        )
-    } else if let Some(n) = plan.raise_partitions_to {
-        let from = observed.as_ref().map_or(0, |o| o.partitions);
-        outcome.raised = Some((from, n));
-        let note = partition_raise_warning(&spec.topic.name, from, n);
-        warn!(topic = %spec.topic.name, from, to = n, "{note}");
-        publish_event(ctx, system, EventType::Warning, "PartitionsRaised", note).await;
-        return finish_topic(admin, spec, outcome).await;
-    } else {
-        (
-            "TopicConfigUpdated",
-            format!(
-                "set {} on topic {}",
-                plan.config_changes
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                spec.topic.name
-            ),
-        )
-    };
-    info!(topic = %spec.topic.name, reason, "{note}");
-    publish_event(ctx, system, EventType::Normal, reason, note).await;
-    finish_topic(admin, spec, outcome).await
+            raised: None,
+        });
+    }
+    if let Some(to) = plan.raise_partitions_to {
+        let from = observed.map_or(0, |o| o.partitions);
+        return Some(TopicChange {
+            type_: EventType::Warning,
+            reason: "PartitionsRaised",
+            note: partition_raise_warning(topic, from, to),
+            raised: Some((from, to)),
+        });
+    }
+    (!plan.config_changes.is_empty()).then(|| TopicChange {
+        type_: EventType::Normal,
+        reason: "TopicConfigUpdated",
+        note: format!(
+            "set {} on topic {topic}",
+            plan.config_changes
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        raised: None,
+    })
+}
+
+/// Logs and publishes a change of the topic.
+async fn announce_topic_change(
+    ctx: &Context,
+    system: &OutboxSystem,
+    topic: &str,
+    change: TopicChange,
+) {
+    match change.raised {
+        Some((from, to)) => warn!(topic = %topic, from, to, "{}", change.note),
+        None => info!(topic = %topic, reason = change.reason, "{}", change.note),
+    }
+    publish_event(ctx, system, change.type_, change.reason, change.note).await;
 }
 
 /// Reads the topic back after a change.
@@ -1184,5 +1234,74 @@ mod tests {
         assert!(refusal
             .message
             .contains("outbox.public is held by OutboxSystem team-b/first"));
+    }
+
+    fn observed(partitions: i32, config: &[(&str, &str)]) -> ObservedTopic {
+        let config: BTreeMap<String, String> = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ObservedTopic {
+            partitions,
+            replication_factor: 1,
+            dynamic_config: config.clone(),
+            effective_config: config,
+        }
+    }
+
+    #[test]
+    fn a_missing_topic_is_created_and_announced_with_its_partitions() {
+        let spec = system("team-a", "outbox", 100).spec;
+        let plan = plan_topic(&spec.topic, None);
+        let change = topic_change(&spec, None, &plan).expect("a change");
+        assert_eq!(change.type_, EventType::Normal);
+        assert_eq!(change.reason, "TopicCreated");
+        assert_eq!(change.note, "created topic shared-events with 6 partitions");
+        assert_eq!(change.raised, None);
+    }
+
+    #[test]
+    fn raised_partitions_are_a_warning_about_key_order_naming_from_and_to() {
+        let spec = system("team-a", "outbox", 100).spec;
+        let found = observed(4, &[]);
+        let plan = plan_topic(&spec.topic, Some(&found));
+        let change = topic_change(&spec, Some(&found), &plan).expect("a change");
+        assert_eq!(change.type_, EventType::Warning);
+        assert_eq!(change.reason, "PartitionsRaised");
+        assert_eq!(change.raised, Some((4, 6)));
+        assert!(
+            change
+                .note
+                .starts_with("raised topic shared-events from 4 to 6 partitions")
+                && change.note.contains("per-key order"),
+            "{}",
+            change.note
+        );
+    }
+
+    #[test]
+    fn changed_config_is_announced_naming_the_keys_and_a_matching_topic_not_at_all() {
+        let mut spec = system("team-a", "outbox", 100).spec;
+        spec.topic.config = [
+            ("retention.ms".to_string(), "60000".to_string()),
+            ("cleanup.policy".to_string(), "delete".to_string()),
+        ]
+        .into();
+        let found = observed(6, &[("cleanup.policy", "compact")]);
+        let plan = plan_topic(&spec.topic, Some(&found));
+        let change = topic_change(&spec, Some(&found), &plan).expect("a change");
+        assert_eq!(change.type_, EventType::Normal);
+        assert_eq!(change.reason, "TopicConfigUpdated");
+        assert_eq!(
+            change.note,
+            "set cleanup.policy, retention.ms on topic shared-events"
+        );
+
+        let matching = observed(
+            6,
+            &[("cleanup.policy", "delete"), ("retention.ms", "60000")],
+        );
+        let plan = plan_topic(&spec.topic, Some(&matching));
+        assert_eq!(topic_change(&spec, Some(&matching), &plan), None);
     }
 }
