@@ -1004,107 +1004,135 @@ async fn delete_topic(ctx: &Context, namespace: &str, spec: &OutboxSystemSpec) -
     admin.delete_topic(&spec.topic.name).await
 }
 
+/// Lets a deleted system go, as its steps: forget when its status was written → keep
+/// the topic (deletionPolicy Retain, or a topic that existed before the system) or
+/// delete it ([`delete_our_topic`]) → announce. Works even if Apply never ran.
 async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     if let (Some(uid), Ok(mut writes)) = (system.uid(), ctx.status_writes.lock()) {
         writes.remove(&uid);
     }
-    let spec = &system.spec;
-    match spec.topic.deletion_policy {
+    let topic = &system.spec.topic.name;
+    let note = match system.spec.topic.deletion_policy {
         DeletionPolicy::Retain => {
-            info!(topic = %spec.topic.name, "keeping the topic (deletionPolicy Retain)");
-            publish_event(
-                &ctx,
-                system.as_ref(),
-                EventType::Normal,
-                "TopicRetained",
-                format!("kept topic {} (deletionPolicy Retain)", spec.topic.name),
-            )
-            .await;
+            info!(topic = %topic, "keeping the topic (deletionPolicy Retain)");
+            format!("kept topic {topic} (deletionPolicy Retain)")
         }
         DeletionPolicy::Delete if !topic_is_ours(&system) => {
             let note = format!(
-                "kept topic {}: it existed before this OutboxSystem (deletionPolicy Delete deletes only a topic the operator created for it)",
-                spec.topic.name
+                "kept topic {topic}: it existed before this OutboxSystem (deletionPolicy Delete deletes only a topic the operator created for it)"
             );
-            info!(topic = %spec.topic.name, "{note}");
-            publish_event(
-                &ctx,
-                system.as_ref(),
-                EventType::Normal,
-                "TopicRetained",
-                note,
-            )
-            .await;
+            info!(topic = %topic, "{note}");
+            note
         }
-        DeletionPolicy::Delete => {
-            let namespace = system
-                .namespace()
-                .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-            let skip = system
-                .annotations()
-                .get(SKIP_TOPIC_DELETION_ANNOTATION)
-                .is_some_and(|v| v == "true");
-            let deleted = if skip {
-                Err(format!("annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true"))
-            } else {
-                delete_topic(&ctx, &namespace, spec)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            if let Err(why) = deleted {
-                let waited = system
-                    .metadata
-                    .deletion_timestamp
-                    .as_ref()
-                    .map(|t| Timestamp::now().duration_since(t.0).as_secs())
-                    .unwrap_or(0)
-                    .max(0) as u64;
-                let limit = ctx.settings.topic_deletion_timeout.as_secs();
-                if !skip && waited < limit {
-                    publish_event(
-                        &ctx,
-                        system.as_ref(),
-                        EventType::Warning,
-                        "TopicDeletionFailed",
-                        format!(
-                            "could not delete topic {} ({why}); retrying, and giving up after {limit} s (or now, with annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true)",
-                            spec.topic.name
-                        ),
-                    )
-                    .await;
-                    return Err(Error::TopicNotReconciled {
-                        topic: spec.topic.name.clone(),
-                        message: why,
-                    });
-                }
-                let note = format!(
-                    "left topic {} behind ({why}{}): the OutboxSystem is deleted without it; delete the topic in Kafka yourself",
-                    spec.topic.name,
-                    if skip { String::new() } else { format!("; gave up after {waited} s") }
-                );
-                warn!(topic = %spec.topic.name, "{note}");
-                publish_event(
-                    &ctx,
-                    system.as_ref(),
-                    EventType::Warning,
-                    "TopicLeftBehind",
-                    note,
-                )
-                .await;
-                return Ok(Action::await_change());
-            }
-            info!(topic = %spec.topic.name, "deleted the topic (deletionPolicy Delete)");
-            publish_event(
-                &ctx,
-                system.as_ref(),
-                EventType::Normal,
-                "TopicDeleted",
-                format!("deleted topic {} (deletionPolicy Delete)", spec.topic.name),
-            )
-            .await;
+        DeletionPolicy::Delete => return delete_our_topic(&ctx, &system).await,
+    };
+    publish_event(
+        &ctx,
+        system.as_ref(),
+        EventType::Normal,
+        "TopicRetained",
+        note,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Deletes the topic the operator created for the system. When that fails, the
+/// decision is [`after_failed_deletion`]'s (pure): retry (an error, so the finalizer
+/// stays) until `topic_deletion_timeout` has passed since the deletion, then, or at
+/// once with the skip annotation, let the system go and leave the topic behind.
+async fn delete_our_topic(ctx: &Context, system: &OutboxSystem) -> Result<Action> {
+    let namespace = system
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let topic = &system.spec.topic.name;
+    let skip = skips_topic_deletion(system);
+    let deleted = if skip {
+        Err(format!("annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true"))
+    } else {
+        delete_topic(ctx, &namespace, &system.spec)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let Err(why) = deleted else {
+        info!(topic = %topic, "deleted the topic (deletionPolicy Delete)");
+        let note = format!("deleted topic {topic} (deletionPolicy Delete)");
+        publish_event(ctx, system, EventType::Normal, "TopicDeleted", note).await;
+        return Ok(Action::await_change());
+    };
+    let waited = seconds_since(
+        system.metadata.deletion_timestamp.as_ref(),
+        Timestamp::now(),
+    );
+    let limit = ctx.settings.topic_deletion_timeout.as_secs();
+    match after_failed_deletion(topic, &why, skip, waited, limit) {
+        FailedDeletion::Retry { note } => {
+            publish_event(ctx, system, EventType::Warning, "TopicDeletionFailed", note).await;
+            Err(Error::TopicNotReconciled {
+                topic: topic.clone(),
+                message: why,
+            })
+        }
+        FailedDeletion::LeaveBehind { note } => {
+            warn!(topic = %topic, "{note}");
+            publish_event(ctx, system, EventType::Warning, "TopicLeftBehind", note).await;
+            Ok(Action::await_change())
         }
     }
-    Ok(Action::await_change())
+}
+
+/// Whether the system carries `outbox.dev/skip-topic-deletion: "true"` (pure).
+fn skips_topic_deletion(system: &OutboxSystem) -> bool {
+    system
+        .annotations()
+        .get(SKIP_TOPIC_DELETION_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// Whole seconds from `since` to `now`; 0 without `since` or when it lies ahead (pure).
+fn seconds_since(since: Option<&Time>, now: Timestamp) -> u64 {
+    let seconds = since
+        .map(|t| now.duration_since(t.0).as_secs())
+        .unwrap_or(0);
+    u64::try_from(seconds).unwrap_or(0)
+}
+
+/// What follows a failed deletion of the topic, with the note of its Warning Event.
+#[derive(Debug, PartialEq)]
+enum FailedDeletion {
+    /// Try again: the deletion keeps the system until the topic is gone.
+    Retry { note: String },
+    /// Let the system go without its topic.
+    LeaveBehind { note: String },
+}
+
+/// The decision after the topic could not be deleted (`why`), `waited` seconds after
+/// the system's deletion, `limit` the seconds the operator keeps trying (pure): with
+/// the skip annotation it gives up at once.
+fn after_failed_deletion(
+    topic: &str,
+    why: &str,
+    skip: bool,
+    waited: u64,
+    limit: u64,
+) -> FailedDeletion {
+    if !skip && waited < limit {
+        return FailedDeletion::Retry {
+            note: format!(
+                "could not delete topic {topic} ({why}); retrying, and giving up after {limit} s (or now, with annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true)"
+            ),
+        };
+    }
+    FailedDeletion::LeaveBehind {
+        note: format!(
+            "left topic {topic} behind ({why}{}): the OutboxSystem is deleted without it; delete the topic in Kafka yourself",
+            if skip {
+                String::new()
+            } else {
+                format!("; gave up after {waited} s")
+            }
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -1303,5 +1331,82 @@ mod tests {
         );
         let plan = plan_topic(&spec.topic, Some(&matching));
         assert_eq!(topic_change(&spec, Some(&matching), &plan), None);
+    }
+
+    #[test]
+    fn only_a_topic_the_operator_created_is_its_to_delete() {
+        let mut system = system("team-a", "outbox", 100);
+        assert!(!topic_is_ours(&system), "never got as far as its topic");
+        let seen = |created_by_operator, partitions| OutboxSystemStatus {
+            topic: Some(TopicStatus {
+                name: "shared-events".into(),
+                partitions,
+                created_by_operator,
+                ..TopicStatus::default()
+            }),
+            ..OutboxSystemStatus::default()
+        };
+        system.status = Some(seen(Some(true), Some(6)));
+        assert!(topic_is_ours(&system));
+        system.status = Some(seen(Some(false), Some(6)));
+        assert!(!topic_is_ours(&system), "found in Kafka");
+        // From before the record: its own once it had seen the topic.
+        system.status = Some(seen(None, Some(6)));
+        assert!(topic_is_ours(&system));
+        system.status = Some(seen(None, None));
+        assert!(!topic_is_ours(&system));
+    }
+
+    #[test]
+    fn a_failed_topic_deletion_is_retried_until_the_limit_then_the_topic_is_left_behind() {
+        assert_eq!(
+            after_failed_deletion("events", "broker down", false, 299, 300),
+            FailedDeletion::Retry {
+                note: "could not delete topic events (broker down); retrying, and giving up after 300 s (or now, with annotation outbox.dev/skip-topic-deletion=true)".into()
+            }
+        );
+        assert_eq!(
+            after_failed_deletion("events", "broker down", false, 300, 300),
+            FailedDeletion::LeaveBehind {
+                note: "left topic events behind (broker down; gave up after 300 s): the OutboxSystem is deleted without it; delete the topic in Kafka yourself".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_skip_annotation_leaves_the_topic_behind_at_once() {
+        let mut system = system("team-a", "outbox", 100);
+        assert!(!skips_topic_deletion(&system));
+        system.metadata.annotations = Some(
+            [(
+                SKIP_TOPIC_DELETION_ANNOTATION.to_string(),
+                "yes".to_string(),
+            )]
+            .into(),
+        );
+        assert!(!skips_topic_deletion(&system), "only \"true\" skips");
+        system.metadata.annotations = Some(
+            [(
+                SKIP_TOPIC_DELETION_ANNOTATION.to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        );
+        assert!(skips_topic_deletion(&system));
+        let why = format!("annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true");
+        assert_eq!(
+            after_failed_deletion("events", &why, true, 0, 300),
+            FailedDeletion::LeaveBehind {
+                note: "left topic events behind (annotation outbox.dev/skip-topic-deletion=true): the OutboxSystem is deleted without it; delete the topic in Kafka yourself".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_time_since_deletion_is_whole_seconds_and_never_negative() {
+        let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
+        assert_eq!(seconds_since(Some(&Time(at(1000))), at(1090)), 90);
+        assert_eq!(seconds_since(Some(&Time(at(1000))), at(990)), 0);
+        assert_eq!(seconds_since(None, at(1090)), 0);
     }
 }
