@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -356,8 +356,10 @@ async fn observe(
     }
 }
 
-/// Computes the status (pure), announces changed conditions as events, and writes the
-/// status when it changed enough.
+/// Writes the status as its steps: compute it from the observation (pure,
+/// `system_status::compute`) → merge the conditions → announce the changed ones
+/// ([`conditions_to_announce`], pure) → assemble the status ([`next_status`], pure)
+/// → write it when it changed enough ([`status_needs_write`]).
 async fn write_status(
     ctx: &Context,
     system: &OutboxSystem,
@@ -366,72 +368,106 @@ async fn write_status(
     topic: &TopicOutcome,
     observation: &Observation,
 ) -> Result<()> {
-    let name = system.name_any();
+    let now = Timestamp::now();
     let computed = system_status::compute(observation);
     let new_conditions = conditions::merge(
         &current.conditions,
         &computed.conditions,
         system.metadata.generation,
-        Timestamp::now(),
+        now,
     );
-    for changed in conditions::changed(&current.conditions, &new_conditions) {
-        let good = (changed.status == "True") != (changed.type_ == types::DEGRADED);
-        let first = conditions::find(&current.conditions, &changed.type_).is_none();
-        if first && (good || changed.type_ == types::PAUSED) {
-            // A good state seen for the first time is not news.
-            continue;
-        }
-        publish_event(
-            ctx,
-            system,
-            if good {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            &changed.reason,
-            format!("{}={}: {}", changed.type_, changed.status, changed.message),
-        )
-        .await;
+    for (type_, changed) in conditions_to_announce(&current.conditions, &new_conditions) {
+        let note = format!("{}={}: {}", changed.type_, changed.status, changed.message);
+        publish_event(ctx, system, type_, &changed.reason, note).await;
     }
-    let status = OutboxSystemStatus {
-        observed_generation: system.metadata.generation,
-        conditions: new_conditions,
-        topic: Some(TopicStatus {
-            // Recorded at the first look only; a system from before this field keeps
-            // None (and its topic is deleted with deletionPolicy Delete, as before).
-            created_by_operator: match current.topic.as_ref() {
-                Some(t) if t.created_by_operator.is_some() => t.created_by_operator,
-                Some(t) if t.partitions.is_some() => None,
-                _ => topic.created,
-            },
-            last_partition_raise: topic
-                .raised
-                .map(|(from, to)| PartitionRaise {
-                    from,
-                    to,
-                    time: Time(Timestamp::now()),
-                })
-                .or_else(|| {
-                    current
-                        .topic
-                        .as_ref()
-                        .and_then(|t| t.last_partition_raise.clone())
-                }),
-            ..computed.topic
-        }),
-        producers: Some(computed.producers),
-        groups: computed.groups,
-        groups_summary: Some(computed.groups_summary),
-        backlog: computed.backlog,
-    };
+    let generation = system.metadata.generation;
+    let status = next_status(generation, current, topic, computed, new_conditions, now);
     if status_needs_write(ctx, system, &status) {
-        patch_status(ctx, namespace, &name, &status).await?;
+        patch_status(ctx, namespace, &system.name_any(), &status).await?;
         if let (Some(uid), Ok(mut writes)) = (system.uid(), ctx.status_writes.lock()) {
             writes.insert(uid, std::time::Instant::now());
         }
     }
     Ok(())
+}
+
+/// The conditions whose change is news, with the type of their Event (pure): a
+/// Warning for a bad state (False, or `Degraded` True), Normal otherwise. A good state
+/// seen for the first time is not news, nor is `Paused` seen for the first time.
+fn conditions_to_announce<'a>(
+    before: &[Condition],
+    after: &'a [Condition],
+) -> Vec<(EventType, &'a Condition)> {
+    conditions::changed(before, after)
+        .into_iter()
+        .filter_map(|changed| {
+            let good = (changed.status == "True") != (changed.type_ == types::DEGRADED);
+            let first = conditions::find(before, &changed.type_).is_none();
+            if first && (good || changed.type_ == types::PAUSED) {
+                return None;
+            }
+            let type_ = if good {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            Some((type_, changed))
+        })
+        .collect()
+}
+
+/// The status to write (pure): the computed fields and `conditions`, with what
+/// `status.topic` keeps across reconciles ([`topic_record`]).
+fn next_status(
+    generation: Option<i64>,
+    current: &OutboxSystemStatus,
+    topic: &TopicOutcome,
+    computed: system_status::ComputedStatus,
+    conditions: Vec<Condition>,
+    now: Timestamp,
+) -> OutboxSystemStatus {
+    OutboxSystemStatus {
+        observed_generation: generation,
+        conditions,
+        topic: Some(topic_record(
+            current.topic.as_ref(),
+            topic,
+            computed.topic,
+            now,
+        )),
+        producers: Some(computed.producers),
+        groups: computed.groups,
+        groups_summary: Some(computed.groups_summary),
+        backlog: computed.backlog,
+    }
+}
+
+/// `status.topic` (pure): the computed fields, and what the operator remembers.
+/// `createdByOperator` is recorded at the first look only; a system from before this
+/// field keeps None (and its topic is deleted with deletionPolicy Delete, as before).
+/// `lastPartitionRaise` is this reconcile's raise (at `now`), else the last one.
+fn topic_record(
+    current: Option<&TopicStatus>,
+    topic: &TopicOutcome,
+    computed: TopicStatus,
+    now: Timestamp,
+) -> TopicStatus {
+    TopicStatus {
+        created_by_operator: match current {
+            Some(t) if t.created_by_operator.is_some() => t.created_by_operator,
+            Some(t) if t.partitions.is_some() => None,
+            _ => topic.created,
+        },
+        last_partition_raise: topic
+            .raised
+            .map(|(from, to)| PartitionRaise {
+                from,
+                to,
+                time: Time(now),
+            })
+            .or_else(|| current.and_then(|t| t.last_partition_raise.clone())),
+        ..computed
+    }
 }
 
 /// Significant changes are written at once; changes of lag and backlog alone at most
@@ -452,10 +488,7 @@ fn status_needs_write(ctx: &Context, system: &OutboxSystem, status: &OutboxSyste
     last.is_none_or(|at| at.elapsed() >= ctx.settings.status_refresh)
 }
 
-fn replace_conditions(
-    current: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    updated: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-) {
+fn replace_conditions(current: &mut Vec<Condition>, updated: Vec<Condition>) {
     for condition in updated {
         match current.iter_mut().find(|c| c.type_ == condition.type_) {
             Some(slot) => *slot = condition,
@@ -1408,5 +1441,124 @@ mod tests {
         assert_eq!(seconds_since(Some(&Time(at(1000))), at(1090)), 90);
         assert_eq!(seconds_since(Some(&Time(at(1000))), at(990)), 0);
         assert_eq!(seconds_since(None, at(1090)), 0);
+    }
+
+    /// Conditions as merged at second 0 from `(type, status, reason)`.
+    fn conditions_of(desired: &[(&'static str, bool, &str)]) -> Vec<Condition> {
+        let desired: Vec<conditions::Desired> = desired
+            .iter()
+            .map(|&(type_, status, reason)| conditions::Desired {
+                type_,
+                status,
+                reason: reason.into(),
+                message: format!("{reason} message"),
+            })
+            .collect();
+        conditions::merge(&[], &desired, Some(1), Timestamp::UNIX_EPOCH)
+    }
+
+    fn announced(before: &[Condition], after: &[Condition]) -> Vec<(EventType, String)> {
+        conditions_to_announce(before, after)
+            .into_iter()
+            .map(|(type_, c)| (type_, format!("{}={} {}", c.type_, c.status, c.reason)))
+            .collect()
+    }
+
+    #[test]
+    fn a_first_good_state_is_not_news_a_first_bad_one_is() {
+        let after = conditions_of(&[
+            (types::READY, true, "AllReady"),
+            (types::PAUSED, false, "NotPaused"),
+            (types::DEGRADED, true, "TopicConflict"),
+            (types::TOPIC_READY, false, "TopicConflict"),
+        ]);
+        assert_eq!(
+            announced(&[], &after),
+            [
+                (
+                    EventType::Warning,
+                    "Degraded=True TopicConflict".to_string()
+                ),
+                (
+                    EventType::Warning,
+                    "TopicReady=False TopicConflict".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn changes_are_announced_as_warnings_when_bad_and_normal_when_good_and_sameness_not_at_all() {
+        let before = conditions_of(&[
+            (types::READY, true, "AllReady"),
+            (types::DEGRADED, true, "TopicConflict"),
+            (types::PRODUCERS_READY, true, "ReplicasReady"),
+        ]);
+        let after = conditions_of(&[
+            (types::READY, false, "ProducersNotReady"),
+            (types::DEGRADED, false, "Healthy"),
+            (types::PRODUCERS_READY, true, "ReplicasReady"),
+        ]);
+        assert_eq!(
+            announced(&before, &after),
+            [
+                (
+                    EventType::Warning,
+                    "Ready=False ProducersNotReady".to_string()
+                ),
+                (EventType::Normal, "Degraded=False Healthy".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_topic_record_keeps_who_created_it_and_the_last_raise() {
+        let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
+        let computed = TopicStatus {
+            name: "shared-events".into(),
+            partitions: Some(6),
+            ..TopicStatus::default()
+        };
+        let created = TopicOutcome {
+            created: Some(true),
+            ..TopicOutcome::default()
+        };
+        // First look: the outcome says who made the topic.
+        let first = topic_record(None, &created, computed.clone(), at(10));
+        assert_eq!(first.created_by_operator, Some(true));
+        assert_eq!(first.partitions, Some(6));
+        assert_eq!(first.last_partition_raise, None);
+        // Later looks keep the first record, whatever they see.
+        let found = TopicOutcome {
+            created: Some(false),
+            raised: Some((6, 8)),
+            ..TopicOutcome::default()
+        };
+        let raised = topic_record(Some(&first), &found, computed.clone(), at(20));
+        assert_eq!(raised.created_by_operator, Some(true));
+        assert_eq!(
+            raised.last_partition_raise,
+            Some(PartitionRaise {
+                from: 6,
+                to: 8,
+                time: Time(at(20)),
+            })
+        );
+        let later = topic_record(
+            Some(&raised),
+            &TopicOutcome::default(),
+            computed.clone(),
+            at(30),
+        );
+        assert_eq!(later.last_partition_raise, raised.last_partition_raise);
+        // A system from before the record, which had seen its topic, keeps None.
+        let legacy = TopicStatus {
+            created_by_operator: None,
+            ..computed.clone()
+        };
+        assert_eq!(
+            topic_record(Some(&legacy), &created, computed, at(40)).created_by_operator,
+            None
+        );
     }
 }
