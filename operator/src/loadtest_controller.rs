@@ -253,11 +253,11 @@ pub fn ttl_remaining(
 }
 
 /// Reconciles one LoadTest as its steps: read it and its Job fresh → a finished run
-/// goes to [`finish`] (the Job is deleted after the TTL) → read what the run depends on
+/// goes to `finish` (the Job is deleted after the TTL) → read what the run depends on
 /// (the OutboxSystem, the runner's ServiceAccount) → create the one Job (built pure)
-/// when due ([`job_due`], pure) → decide the status from the Job's state
-/// ([`decide_status`], pure) → announce it ([`announcements`], pure) → write it →
-/// [`finish`] a run that just ended, or look again later ([`look_again`], pure).
+/// when due (`job_due`, pure) → decide the status from the Job's state
+/// (`decide_status`, pure) → announce it (`announcements`, pure) → write it →
+/// `finish` a run that just ended, or look again later (`look_again`, pure).
 ///
 /// The controller in `run` calls it only while this replica may act
 /// (`run::when_leading`, the leadership gate of both controllers).

@@ -65,7 +65,7 @@ pub async fn check_crds_installed(client: &Client, scope: &Scope) -> Result<()> 
 
 /// Runs the OutboxSystem and LoadTest controllers until `shutdown` resolves: check the
 /// CRDs → start both controllers, each reconcile behind the leadership gate
-/// ([`when_leading`]) → stop both on `shutdown`.
+/// (`when_leading`) → stop both on `shutdown`.
 pub async fn run(
     ctx: Context,
     scope: Scope,

@@ -1,5 +1,7 @@
-//! The OutboxSystem reconciler: read -> validate -> build children -> apply -> topic ->
-//! observe -> status.
+//! The OutboxSystem reconciler: read fresh -> gate (validate, topic and schema not
+//! another system's, not paused) -> build the children (pure) and apply them -> topic
+//! -> observe -> status; on deletion, the topic finalizer's cleanup. Each step is a
+//! function, its decisions pure functions with unit tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,8 +38,9 @@ pub const TOPIC_FINALIZER: &str = "outbox.dev/topic";
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "outboxsystem";
 
-/// Reconciles one OutboxSystem. The controller in `run` calls it only while this replica
-/// may act (`run::when_leading`, the leadership gate of both controllers).
+/// Reconciles one OutboxSystem through the topic finalizer: `apply` to a live system,
+/// `cleanup` of a deleted one. The controller in `run` calls it only while this
+/// replica may act (`run::when_leading`, the leadership gate of both controllers).
 #[instrument(skip_all, fields(outboxsystem = %system.name_any(), namespace = system.namespace().unwrap_or_default()))]
 pub async fn reconcile(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
