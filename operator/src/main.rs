@@ -1,11 +1,13 @@
 //! The `operator` binary: both controllers, `/metrics` and `/healthz`, until SIGTERM.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use std::sync::Arc;
+use tokio::sync::watch;
 
 use outbox_operator::leader::{Elector, LeaseSettings};
 use outbox_operator::metrics::Metrics;
@@ -74,68 +76,25 @@ enum LogFormat {
     Text,
 }
 
+/// The operator's life as its steps: read the flags → logging → connect → scope and
+/// settings (pure, from the flags) → the leader election, when asked for (its Lease
+/// settings pure, from the flags) → serve `/metrics` and `/healthz`, and turn SIGTERM
+/// into a stop → wait for the Lease → run both controllers until stopped or the Lease
+/// is lost → release the Lease → exit, with an error when the Lease was lost.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_new(&args.log_level)
-        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
-    match args.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
-
+    init_logging(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
-    let scope = match args.namespace {
-        Some(ns) if !ns.is_empty() => Scope::Namespace(ns),
-        _ => Scope::All,
-    };
+    let scope = scope(&args);
     let metrics = Metrics::default();
-    let settings = Settings {
-        loadtest_service_account: args.loadtest_service_account,
-        status_refresh: Duration::from_secs(args.status_refresh_seconds.max(1)),
-        stall_after: Duration::from_secs(args.delivery_stall_seconds.max(1)),
-        topic_deletion_timeout: Duration::from_secs(args.topic_deletion_timeout_seconds),
-    };
-    let elector = match (args.leader_elect, args.leader_election_namespace) {
-        (false, _) => None,
-        (true, None) => anyhow::bail!(
-            "--leader-elect needs --leader-election-namespace (or POD_NAMESPACE) for its Lease"
-        ),
-        (true, Some(namespace)) => {
-            let identity = args
-                .identity
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| format!("outbox-operator-{}", std::process::id()));
-            Some(Arc::new(Elector::new(
-                client.clone(),
-                LeaseSettings {
-                    namespace,
-                    name: args.leader_election_lease_name,
-                    identity,
-                    lease_duration: Duration::from_secs(args.leader_election_lease_seconds.max(2)),
-                    renew_deadline: LeaseSettings::default_renew_deadline(Duration::from_secs(
-                        args.leader_election_lease_seconds.max(2),
-                    )),
-                },
-            )))
-        }
-    };
+    let settings = settings(&args);
+    let elector = lease_settings(&args)?.map(|lease| Arc::new(Elector::new(client.clone(), lease)));
     let ctx = Context::new(client, metrics.clone(), settings).with_leader(elector.clone());
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        while !*rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    };
+    let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         args.metrics_bind_address,
         metrics,
@@ -146,33 +105,16 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    // With leader election: wait for the Lease (or a signal), and stop reconciling
-    // when it is lost.
-    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+    // Without leader election `lost_tx` stays here unsent until main returns: the Lease
+    // is never lost.
+    let (lost_tx, lost_rx) = watch::channel(false);
     if let Some(elector) = &elector {
-        tokio::select! {
-            _ = elector.acquire() => {}
-            _ = stopped(stop_rx.clone()) => {
-                server.abort();
-                return Ok(());
-            }
+        if !lead(elector, &stop_rx, lost_tx).await {
+            server.abort();
+            return Ok(());
         }
-        let keeper = elector.clone();
-        tokio::spawn(async move {
-            keeper.keep().await;
-            let _ = lost_tx.send(true);
-        });
     }
-    let shutdown = {
-        let stop = stopped(stop_rx);
-        let lost = stopped(lost_rx.clone());
-        async move {
-            tokio::select! {
-                _ = stop => {}
-                _ = lost => {}
-            }
-        }
-    };
+    let shutdown = first_of(stopped(stop_rx), stopped(lost_rx.clone()));
     let result = run(ctx, scope, shutdown).await;
     if let Some(elector) = &elector {
         elector.release().await;
@@ -185,4 +127,174 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// JSON or text logs, filtered by `--log-level`.
+fn init_logging(args: &Args) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid --log-level {:?}", args.log_level))?;
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    Ok(())
+}
+
+/// The namespaces to watch (pure): one, or all when none or an empty one is given.
+fn scope(args: &Args) -> Scope {
+    match &args.namespace {
+        Some(ns) if !ns.is_empty() => Scope::Namespace(ns.clone()),
+        _ => Scope::All,
+    }
+}
+
+/// The reconciles' settings from the flags (pure); periods of at least a second.
+fn settings(args: &Args) -> Settings {
+    Settings {
+        loadtest_service_account: args.loadtest_service_account.clone(),
+        status_refresh: Duration::from_secs(args.status_refresh_seconds.max(1)),
+        stall_after: Duration::from_secs(args.delivery_stall_seconds.max(1)),
+        topic_deletion_timeout: Duration::from_secs(args.topic_deletion_timeout_seconds),
+    }
+}
+
+/// The leader election's Lease from the flags (pure but for the host name, read when
+/// no identity is given): None without `--leader-elect`; an error when the Lease has no
+/// namespace. The lease lasts at least 2 s; the renew deadline is client-go's share of it.
+fn lease_settings(args: &Args) -> anyhow::Result<Option<LeaseSettings>> {
+    if !args.leader_elect {
+        return Ok(None);
+    }
+    let Some(namespace) = args.leader_election_namespace.clone() else {
+        anyhow::bail!(
+            "--leader-elect needs --leader-election-namespace (or POD_NAMESPACE) for its Lease"
+        );
+    };
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("outbox-operator-{}", std::process::id()));
+    let lease_duration = Duration::from_secs(args.leader_election_lease_seconds.max(2));
+    Ok(Some(LeaseSettings {
+        namespace,
+        name: args.leader_election_lease_name.clone(),
+        identity,
+        lease_duration,
+        renew_deadline: LeaseSettings::default_renew_deadline(lease_duration),
+    }))
+}
+
+/// Waits for the Lease (false: a stop came first), then keeps it in the background and
+/// says on `lost_tx` when it is lost.
+async fn lead(
+    elector: &Arc<Elector>,
+    stop_rx: &watch::Receiver<bool>,
+    lost_tx: watch::Sender<bool>,
+) -> bool {
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = stopped(stop_rx.clone()) => return false,
+    }
+    let keeper = elector.clone();
+    tokio::spawn(async move {
+        keeper.keep().await;
+        let _ = lost_tx.send(true);
+    });
+    true
+}
+
+/// Resolves once `rx` says stop (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Resolves when either of `a` and `b` does.
+async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = a => {}
+        _ = b => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags of a bare `operator` with leader election set by hand, so that the
+    /// test's environment (POD_NAMESPACE, POD_NAME, ...) does not decide.
+    fn args() -> Args {
+        let mut args = Args::try_parse_from(["operator"]).expect("a bare operator parses");
+        args.leader_elect = false;
+        args.leader_election_namespace = None;
+        args.identity = Some("replica-a".into());
+        args
+    }
+
+    #[test]
+    fn an_empty_or_missing_namespace_watches_all_namespaces() {
+        let mut a = args();
+        a.namespace = None;
+        assert_eq!(scope(&a), Scope::All);
+        a.namespace = Some(String::new());
+        assert_eq!(scope(&a), Scope::All);
+        a.namespace = Some("team-a".into());
+        assert_eq!(scope(&a), Scope::Namespace("team-a".into()));
+    }
+
+    #[test]
+    fn settings_come_from_the_flags_with_periods_of_at_least_a_second() {
+        let mut a = args();
+        a.loadtest_service_account = "runner".into();
+        a.status_refresh_seconds = 0;
+        a.delivery_stall_seconds = 0;
+        a.topic_deletion_timeout_seconds = 0;
+        let s = settings(&a);
+        assert_eq!(s.loadtest_service_account, "runner");
+        assert_eq!(s.status_refresh, Duration::from_secs(1));
+        assert_eq!(s.stall_after, Duration::from_secs(1));
+        // No floor: 0 lets a topic that cannot be deleted go at once.
+        assert_eq!(s.topic_deletion_timeout, Duration::ZERO);
+        a.status_refresh_seconds = 45;
+        assert_eq!(settings(&a).status_refresh, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn leader_election_needs_a_namespace_for_its_lease() {
+        let mut a = args();
+        assert!(lease_settings(&a).expect("no election").is_none());
+        a.leader_elect = true;
+        let error = lease_settings(&a).expect_err("no namespace").to_string();
+        assert!(error.contains("POD_NAMESPACE"), "{error}");
+    }
+
+    #[test]
+    fn the_lease_lasts_at_least_two_seconds_and_is_renewed_within_two_thirds() {
+        let mut a = args();
+        a.leader_elect = true;
+        a.leader_election_namespace = Some("operators".into());
+        a.leader_election_lease_name = "outbox-lease".into();
+        a.leader_election_lease_seconds = 1;
+        let lease = lease_settings(&a).expect("valid").expect("an election");
+        assert_eq!(lease.namespace, "operators");
+        assert_eq!(lease.name, "outbox-lease");
+        assert_eq!(lease.identity, "replica-a");
+        assert_eq!(lease.lease_duration, Duration::from_secs(2));
+        assert_eq!(
+            lease.renew_deadline,
+            Duration::from_millis(1333) + Duration::from_nanos(333_333)
+        );
+        a.leader_election_lease_seconds = 15;
+        let lease = lease_settings(&a).expect("valid").expect("an election");
+        assert_eq!(lease.lease_duration, Duration::from_secs(15));
+        assert_eq!(lease.renew_deadline, Duration::from_secs(10));
+    }
 }
