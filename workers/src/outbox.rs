@@ -153,16 +153,19 @@ pub async fn insert_once(
         .transaction()
         .await
         .store("starting a batch", false)?;
-    let ids = allocate_ids(&tx, messages.len())
+    let blocks = allocate_blocks(&tx, messages.len())
         .await
         .map_err(StoreError::NotStored)?;
+    let ids = expand_blocks(&blocks, messages.len());
     if let Some(key) = key {
         // A concurrent request with the same key waits here until the first commits.
+        // The ids are recorded as their blocks (`expand_blocks` gives them back).
+        let count = i32::try_from(messages.len()).unwrap_or(i32::MAX);
         let recorded = tx
             .execute(
-                "INSERT INTO outbox_idempotency (key, ids) VALUES ($1, $2)
+                "INSERT INTO outbox_idempotency (key, id_blocks, id_count) VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO NOTHING",
-                &[&key, &ids],
+                &[&key, &blocks, &count],
             )
             .await
             .store("recording the idempotency key", false)?;
@@ -209,10 +212,21 @@ async fn replay(
     sent: usize,
 ) -> Result<Stored, StoreError> {
     let row = client
-        .query_one("SELECT ids FROM outbox_idempotency WHERE key = $1", &[&key])
+        .query_one(
+            "SELECT ids, id_blocks, id_count FROM outbox_idempotency WHERE key = $1",
+            &[&key],
+        )
         .await
         .store("reading the idempotency key", false)?;
-    let ids: Vec<i64> = row.get(0);
+    // Records from before migration 9 hold every id.
+    let ids: Vec<i64> = match row.get::<_, Option<Vec<i64>>>(0) {
+        Some(ids) => ids,
+        None => {
+            let blocks: Vec<i64> = row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default();
+            let count = row.get::<_, Option<i32>>(2).unwrap_or(0);
+            expand_blocks(&blocks, usize::try_from(count).unwrap_or(0))
+        }
+    };
     if ids.len() != sent {
         return Err(StoreError::KeyReused {
             key: key.to_string(),
@@ -223,8 +237,9 @@ async fn replay(
     Ok(Stored::Replayed(ids))
 }
 
-/// Reserves `n` unique ids: `ceil(n / ID_BLOCK)` sequence blocks, increasing.
-pub async fn allocate_ids<C: GenericClient>(client: &C, n: usize) -> Result<Vec<i64>> {
+/// Reserves `n` unique ids as `ceil(n / ID_BLOCK)` sequence blocks: their starts,
+/// ascending (`expand_blocks` gives the ids).
+async fn allocate_blocks<C: GenericClient>(client: &C, n: usize) -> Result<Vec<i64>> {
     let blocks = n.div_ceil(ID_BLOCK as usize) as i64;
     let rows = client
         .query(
@@ -235,7 +250,7 @@ pub async fn allocate_ids<C: GenericClient>(client: &C, n: usize) -> Result<Vec<
         .db("allocating message ids")?;
     let mut starts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     starts.sort_unstable();
-    Ok(expand_blocks(&starts, n))
+    Ok(starts)
 }
 
 /// The first `n` ids of the blocks starting at `starts`.

@@ -195,6 +195,21 @@ FROM outbox_relay_state s,
                     LIMIT 10000) AS capped) AS c;
 "#,
     ),
+    (
+        9,
+        r#"
+-- A request's ids as the starts of their sequence blocks and their count: a batch of
+-- 2,000 messages is recorded as 16 numbers instead of 2,000 ids (16 KB, which
+-- PostgreSQL compressed with pglz and moved out of line in every batch's transaction).
+-- Records written before keep their ids.
+ALTER TABLE outbox_idempotency
+    ALTER COLUMN ids DROP NOT NULL,
+    ADD COLUMN id_blocks bigint[],
+    ADD COLUMN id_count integer,
+    ADD CONSTRAINT outbox_idempotency_ids_or_blocks
+        CHECK (ids IS NOT NULL OR (id_blocks IS NOT NULL AND id_count IS NOT NULL));
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

@@ -1214,6 +1214,76 @@ async fn a_request_sent_again_with_its_idempotency_key_stores_nothing_twice() {
 }
 
 #[tokio::test]
+async fn a_keyed_batch_is_recorded_as_its_id_blocks_and_replayed_exactly() {
+    let env = Env::on_testbed("idemblocks", 1).await;
+    let mut producer = Worker::producer(&env, "p1", &[("RELAY_DISABLED", "true")]);
+    producer.wait_healthy("/readyz").await;
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+
+    // 2,000 ids are 16 sequence blocks of 128: the record holds those 16 numbers, not
+    // 16 KB of ids (which PostgreSQL compressed and moved out of line on every batch).
+    let (status, first) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "bulk-1",
+        &batch_of(&env.topic, 2000),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let row = db
+        .query_one(
+            "SELECT ids IS NULL, cardinality(id_blocks), id_count,
+                    pg_column_size(outbox_idempotency.*)
+             FROM outbox_idempotency WHERE key = 'bulk-1'",
+            &[],
+        )
+        .await
+        .expect("the key's record");
+    let (no_ids, blocks, count, bytes): (bool, i32, i32, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!(no_ids, "every id stored again");
+    assert_eq!((blocks, count), (16, 2000));
+    assert!(bytes < 400, "the record takes {bytes} bytes");
+    let (status, again) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "bulk-1",
+        &batch_of(&env.topic, 2000),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(
+        again["ids"], first["ids"],
+        "the first request's ids, in order"
+    );
+
+    // A record written before the blocks (every id in `ids`) is still answered.
+    db.execute(
+        "INSERT INTO outbox_idempotency (key, ids) VALUES ('older', ARRAY[5, 6, 7]::bigint[])",
+        &[],
+    )
+    .await
+    .expect("an older record");
+    let (status, older) = post_keyed(
+        &producer,
+        "/api/messages/batch",
+        "older",
+        &batch_of(&env.topic, 3),
+    )
+    .await;
+    assert_eq!(status, 200, "{older}");
+    assert_eq!(older["ids"], serde_json::json!([5, 6, 7]), "{older}");
+    assert_eq!(
+        support::outbox_rows(&db).await,
+        2000,
+        "replays stored nothing"
+    );
+}
+
+#[tokio::test]
 async fn a_connection_lost_at_commit_is_answered_unknown_and_a_keyed_retry_stores_nothing_twice() {
     let env = Env::on_testbed("unknown", 1).await;
     let cutter = support::CommitCutter::start(&env.database_url).await;
