@@ -108,56 +108,21 @@ pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
     run_member(args, shutdown).instrument(span).await
 }
 
+/// A member's life as its steps: the Kafka consumer → serve the probes and metrics at
+/// once → wait for PostgreSQL (and the schema) → subscribe, with the side tasks (a
+/// warning until the topics exist, lag, the Kafka watchdog) → consume until shutdown or
+/// a wedged client → commit the last offsets and stop.
 async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<()> {
     let topics = args.common.topics();
     let base = crate::kafka::client_config(
         &args.common.kafka_bootstrap_servers,
         &kafka_client_properties(),
     );
-    let mut config = base.clone();
-    config
-        .set("group.id", &args.group)
-        .set("client.id", &args.common.service_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("enable.partition.eof", "false")
-        // A topic created after start-up is picked up within seconds, not minutes.
-        .set("topic.metadata.refresh.interval.ms", "10000");
-    let consumer: Arc<StreamConsumer> =
-        Arc::new(config.create().kafka("creating the Kafka consumer")?);
-
+    let consumer = Arc::new(create_consumer(&args, &base)?);
     let metrics = ConsumerMetrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    registry.register_collector(Box::new(crate::cpu::ProcessCollector));
     let started = Started::default();
-    let health = HealthState {
-        database_url: args.common.database_url.clone(),
-        group: args.group.clone(),
-        consumer: consumer.clone(),
-        metrics: metrics.clone(),
-        registry: Arc::new(registry),
-        started: started.clone(),
-        health: Arc::new(probes::CachedCheck::default()),
-    };
-    let (listener, address) = args.common.bind_http().await?;
-    let app = Router::new()
-        .route("/api/consumer/health", get(health_check))
-        .route(probes::LIVENESS_PATH, get(probes::alive))
-        .route(probes::READINESS_PATH, get(ready))
-        .route("/metrics", get(render_metrics))
-        .with_state(health);
-    let mut http_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown::wait(&mut http_shutdown).await })
-            .await
-    });
-    tracing::info!(%address, topics = ?topics, "consumer serving probes; waiting for PostgreSQL");
-
+    let server = serve(&args, &consumer, &metrics, &started, shutdown.clone()).await?;
+    tracing::info!(topics = ?topics, "consumer serving probes; waiting for PostgreSQL");
     let Some(db) = crate::db::wait_and_migrate(
         &args.common.database_url,
         args.common.outbox_system.as_deref(),
@@ -197,7 +162,6 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     );
     started.set();
     tracing::info!("consumer started");
-
     let mut member = Member {
         args: &args,
         consumer: &consumer,
@@ -208,19 +172,82 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
         wedged,
     };
     let result = member.consume(&mut shutdown).await;
+    stop(&consumer, server, lag, result.is_ok()).await;
+    result
+}
+
+/// The group member's Kafka consumer: offsets stored and committed only by the member,
+/// after the acknowledgements are durable.
+fn create_consumer(args: &ConsumerArgs, base: &rdkafka::ClientConfig) -> Result<StreamConsumer> {
+    let mut config = base.clone();
+    config
+        .set("group.id", &args.group)
+        .set("client.id", &args.common.service_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("enable.partition.eof", "false")
+        // A topic created after start-up is picked up within seconds, not minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    config.create().kafka("creating the Kafka consumer")
+}
+
+/// Serves health, the probes and the metrics until `shutdown`.
+async fn serve(
+    args: &ConsumerArgs,
+    consumer: &Arc<StreamConsumer>,
+    metrics: &ConsumerMetrics,
+    started: &Started,
+    mut shutdown: ShutdownSignal,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    registry.register_collector(Box::new(crate::cpu::ProcessCollector));
+    let health = HealthState {
+        database_url: args.common.database_url.clone(),
+        group: args.group.clone(),
+        consumer: consumer.clone(),
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+        started: started.clone(),
+        health: Arc::new(probes::CachedCheck::default()),
+    };
+    let (listener, address) = args.common.bind_http().await?;
+    let app = Router::new()
+        .route("/api/consumer/health", get(health_check))
+        .route(probes::LIVENESS_PATH, get(probes::alive))
+        .route(probes::READINESS_PATH, get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(health);
+    tracing::info!(%address, "consumer listening");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
+            .await
+    }))
+}
+
+/// Commits the last offsets and stops the side tasks. After a clean stop the HTTP
+/// server drains; a member stopping on its own (a wedged Kafka client) stops it too.
+async fn stop(
+    consumer: &StreamConsumer,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    lag: tokio::task::JoinHandle<()>,
+    clean: bool,
+) {
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final offset commit");
     }
     consumer.unsubscribe();
-    if result.is_ok() {
+    if clean {
         let _ = server.await;
     } else {
-        // The worker stops on its own (a wedged Kafka client): so does its HTTP server.
         server.abort();
     }
     lag.abort();
     tracing::info!("consumer stopped");
-    result
 }
 
 /// Checks every 10 s until all `topics` exist, warning about what is missing.

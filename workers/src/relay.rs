@@ -363,23 +363,11 @@ impl Relay {
         result
     }
 
+    /// One leadership session as its steps: the topics and their size limits → the
+    /// Kafka producer → the prepared statements → the stored watermark → publish until
+    /// shutdown, an error or a wedged Kafka client → let what is in flight land.
     async fn lead(&self, client: &Client, shutdown: &mut ShutdownSignal) -> Result<()> {
-        // Kafka may be down or a topic missing (the producer starts anyway): wait here,
-        // the error says which, and ingest goes on filling the outbox.
-        crate::kafka::check_topics_async(&self.kafka, &self.topics, Duration::from_secs(10))
-            .await?;
-        // Fresh topic limits for this session: the producer batches no larger than the
-        // smallest topic takes, and rows larger than their topic takes are quarantined.
-        if let Err(e) = self.limits.refresh(&self.kafka, &self.topics).await {
-            tracing::warn!(error = %crate::error_chain(&e), "could not read the topics' max.message.bytes; using the relay's own limit");
-        }
-        let batch_bytes = self
-            .limits
-            .smallest_topic_limit()
-            .map_or(message_size::RELAY_MESSAGE_MAX_BYTES, |t| {
-                t.saturating_sub(message_size::RECORD_OVERHEAD)
-            })
-            .clamp(1, message_size::RELAY_MESSAGE_MAX_BYTES);
+        let batch_bytes = self.topic_limits().await?;
         let mut kafka = self.kafka.clone();
         kafka.set(
             "queue.buffering.max.kbytes",
@@ -400,17 +388,7 @@ impl Relay {
                 .await
                 .db("preparing the quarantine insert")?,
         };
-        let row = client
-            .query_one("SELECT wm_txid::text, wm_id FROM outbox_relay_state", &[])
-            .await
-            .db("reading the relay watermark")?;
-        let txid: String = row.get(0);
-        let start = Watermark {
-            txid: txid
-                .parse()
-                .map_err(|e| Error::Relay(format!("stored watermark txid {txid:?}: {e}")))?,
-            id: row.get(1),
-        };
+        let start = stored_watermark(client).await?;
         tracing::info!(
             txid = start.txid,
             id = start.id,
@@ -441,15 +419,40 @@ impl Relay {
             }
         };
         drop(watch);
-        // Whatever happened, let what is in flight land before a successor (or our next
-        // session) republishes from the watermark, so a key is never overtaken.
-        let mut persist_ok = result.is_ok();
+        self.land(&session, in_flight, result.is_ok()).await;
+        result
+    }
+
+    /// Waits for Kafka and the topics (the error says which is missing; ingest goes on
+    /// filling the outbox), then reads the topics' size limits afresh: the largest Kafka
+    /// batch the smallest topic takes. Rows larger than their topic takes are
+    /// quarantined.
+    async fn topic_limits(&self) -> Result<usize> {
+        crate::kafka::check_topics_async(&self.kafka, &self.topics, Duration::from_secs(10))
+            .await?;
+        if let Err(e) = self.limits.refresh(&self.kafka, &self.topics).await {
+            tracing::warn!(error = %crate::error_chain(&e), "could not read the topics' max.message.bytes; using the relay's own limit");
+        }
+        Ok(self
+            .limits
+            .smallest_topic_limit()
+            .map_or(message_size::RELAY_MESSAGE_MAX_BYTES, |t| {
+                t.saturating_sub(message_size::RECORD_OVERHEAD)
+            })
+            .clamp(1, message_size::RELAY_MESSAGE_MAX_BYTES))
+    }
+
+    /// Whatever ended the session, lets what is in flight land before a successor (or
+    /// the next session) republishes from the watermark, so a key is never overtaken.
+    /// The watermark moves past what landed, in order, while every write succeeds.
+    async fn land(&self, session: &Session<'_>, mut in_flight: VecDeque<InFlight>, ok: bool) {
+        let mut persist_ok = ok;
         while let Some(mut batch) = in_flight.pop_front() {
             let delivered = (&mut batch.deliveries).await;
             if persist_ok {
                 match delivered {
                     Ok(Ok(())) => {
-                        if let Err(e) = self.persist(&session, batch.last, batch.count).await {
+                        if let Err(e) = self.persist(session, batch.last, batch.count).await {
                             tracing::warn!(error = %e, "could not store the watermark while stopping");
                             persist_ok = false;
                         }
@@ -458,7 +461,6 @@ impl Relay {
                 }
             }
         }
-        result
     }
 
     async fn publish(
@@ -780,6 +782,21 @@ async fn await_deliveries(
         }
     }
     Ok(())
+}
+
+/// The watermark the last session stored.
+async fn stored_watermark(client: &Client) -> Result<Watermark> {
+    let row = client
+        .query_one("SELECT wm_txid::text, wm_id FROM outbox_relay_state", &[])
+        .await
+        .db("reading the relay watermark")?;
+    let txid: String = row.get(0);
+    Ok(Watermark {
+        txid: txid
+            .parse()
+            .map_err(|e| Error::Relay(format!("stored watermark txid {txid:?}: {e}")))?,
+        id: row.get(1),
+    })
 }
 
 #[cfg(test)]
