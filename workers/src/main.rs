@@ -5,12 +5,6 @@ use tracing_subscriber::EnvFilter;
 
 use outbox_workers::{bench, consumer, cpu, loadtest, producer, shutdown};
 
-/// mimalloc rather than glibc's malloc: in the reference run the workers spent about a
-/// tenth of the node's CPU in malloc, free and their consolidation (a profile of the
-/// whole node), allocating and freeing messages across tokio's threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "outbox-worker",
