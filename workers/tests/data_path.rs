@@ -1214,6 +1214,50 @@ async fn a_request_sent_again_with_its_idempotency_key_stores_nothing_twice() {
 }
 
 #[tokio::test]
+async fn a_message_sent_alone_to_a_producer_that_does_not_relay_wakes_the_relay_elsewhere() {
+    let env = Env::on_testbed("wake", 1).await;
+    // The relay polls the outbox only once a minute: only a wake brings a message out
+    // sooner. Ingest goes to the other producer, which does not relay.
+    let mut relaying = Worker::producer(&env, "p1", &[("RELAY_LINGER_MS", "60000")]);
+    let mut ingest = Worker::producer(&env, "p2", &[("RELAY_DISABLED", "true")]);
+    relaying.wait_healthy("/readyz").await;
+    ingest.wait_healthy("/readyz").await;
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let relayed = |id: i64| {
+        let db = &db;
+        async move {
+            db.query_one("SELECT wm_id >= $1 FROM outbox_relay_state", &[&id])
+                .await
+                .expect("the watermark")
+                .get::<_, bool>(0)
+        }
+    };
+    // The relay's first look, at start, finds its own message (woken in process).
+    let first = support::send_one(&relaying, &env.topic, "k", "first").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !relayed(first).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 0..3 {
+        let sent = std::time::Instant::now();
+        let id = support::send_one(&ingest, &env.topic, "k", &format!("alone {n}")).await;
+        while !relayed(id).await {
+            assert!(
+                sent.elapsed() < Duration::from_secs(20),
+                "message {id}, sent alone to the other producer, was not relayed within 20 s: the relay was not woken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_keyed_batch_is_recorded_as_its_id_blocks_and_replayed_exactly() {
     let env = Env::on_testbed("idemblocks", 1).await;
     let mut producer = Worker::producer(&env, "p1", &[("RELAY_DISABLED", "true")]);

@@ -28,7 +28,10 @@ use crate::probes::{self, Started};
 pub struct AppState {
     pub pool: deadpool_postgres::Pool,
     pub topics: Arc<HashSet<String>>,
+    /// This producer's relay, woken when a batch is stored.
     pub wake: Arc<Notify>,
+    /// Every relay, woken when a message sent alone is stored.
+    pub waker: super::waker::RelayWaker,
     pub metrics: ProducerMetrics,
     pub registry: Arc<Registry>,
     pub kafka: FutureProducer,
@@ -457,17 +460,15 @@ async fn send(
             .await
             .map(|id| Stored::New(vec![id])),
         Some(key) => {
-            outbox::insert_once(
-                &mut client,
-                std::slice::from_ref(&message),
-                Some(&key),
-                true,
-            )
-            .await
+            outbox::insert_once(&mut client, std::slice::from_ref(&message), Some(&key)).await
         }
     };
     match stored {
         Ok(stored) => {
+            if matches!(stored, Stored::New(_)) {
+                // Committed: the relay that leads, wherever it runs, looks at once.
+                state.waker.wake();
+            }
             let (ids, replayed) = accepted(&state, stored);
             let mut body = json!({"status": "accepted", "id": ids.first(), "topic": message.topic});
             if replayed {
@@ -540,7 +541,7 @@ async fn batch(
             )
         }
     };
-    match outbox::insert_once(&mut client, &messages, key.as_deref(), false).await {
+    match outbox::insert_once(&mut client, &messages, key.as_deref()).await {
         Ok(stored) => {
             let (ids, replayed) = accepted(&state, stored);
             let mut body = json!({"status": "accepted", "count": ids.len(), "ids": ids});

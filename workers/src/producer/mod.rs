@@ -1,6 +1,7 @@
 //! The producer role: HTTP ingest into the outbox, and the relay to Kafka.
 
 pub mod http;
+pub mod waker;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -90,7 +91,7 @@ pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     let span = tracing::info_span!("producer", service_id = %args.common.service_id);
     async move {
         let kafka = KafkaSide::connect(&args, &shutdown)?;
-        let state = app_state(&args, &kafka)?;
+        let state = app_state(&args, &kafka, &shutdown)?;
         let parts = state.clone();
         let server = serve(&args, state, shutdown.clone()).await?;
         let mut waiting = shutdown.clone();
@@ -175,16 +176,24 @@ impl KafkaSide {
     }
 }
 
-/// What the HTTP handlers share: the pool, metrics, limits and admission.
-fn app_state(args: &ProducerArgs, kafka: &KafkaSide) -> Result<http::AppState> {
+/// What the HTTP handlers share: the pool, metrics, limits, admission and the relay's
+/// wakers.
+fn app_state(
+    args: &ProducerArgs,
+    kafka: &KafkaSide,
+    shutdown: &ShutdownSignal,
+) -> Result<http::AppState> {
     let metrics = ProducerMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     registry.register_collector(Box::new(crate::cpu::ProcessCollector));
+    let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
+    let wake = Arc::new(Notify::new());
     Ok(http::AppState {
-        pool: crate::db::pool(&args.common.database_url, args.db_pool_size)?,
+        waker: waker::RelayWaker::start(wake.clone(), pool.clone(), shutdown.clone()),
+        pool,
         topics: Arc::new(kafka.topics.iter().cloned().collect::<HashSet<_>>()),
-        wake: Arc::new(Notify::new()),
+        wake,
         metrics,
         registry: Arc::new(registry),
         kafka: kafka.client.clone(),
