@@ -443,7 +443,7 @@ async fn send(
             return e.into_response();
         }
     };
-    let mut client = match state.pool.get().await {
+    let client = match state.pool.get().await {
         Ok(c) => c,
         Err(source) => {
             return unavailable(
@@ -459,9 +459,7 @@ async fn send(
         None => outbox::insert_one(&**client, &message)
             .await
             .map(|id| Stored::New(vec![id])),
-        Some(key) => {
-            outbox::insert_once(&mut client, std::slice::from_ref(&message), Some(&key)).await
-        }
+        Some(key) => outbox::insert_one_once(&client, &message, &key).await,
     };
     match stored {
         Ok(stored) => {
