@@ -916,7 +916,7 @@ async fn report_refusal(
         system.metadata.generation,
         Timestamp::now(),
     );
-    if announce == Announce::WhenChanged && merged == current.conditions {
+    if announce == Announce::WhenChanged && already_said(&current.conditions, &merged) {
         return Ok(());
     }
     let mut status = current.clone();
@@ -933,6 +933,16 @@ async fn report_refusal(
     )
     .await;
     Ok(())
+}
+
+/// Whether `current` already holds each of `merged` as it is (pure). The refusal owns
+/// only its own condition types; a system that ran before it was refused has others
+/// too, which must not make every requeue write the status and publish the Warning
+/// again.
+fn already_said(current: &[Condition], merged: &[Condition]) -> bool {
+    merged
+        .iter()
+        .all(|m| conditions::find(current, &m.type_) == Some(m))
 }
 
 /// The conditions a refusal sets (pure): its `conditions` False and `Degraded` True,
@@ -1261,6 +1271,38 @@ mod tests {
                 && refusal.message.contains("deadLetterTopic must differ"),
             "{}",
             refusal.message
+        );
+    }
+
+    #[test]
+    fn a_refusal_already_in_the_status_is_not_written_or_announced_again() {
+        let spec = system("team-a", "late", 300).spec;
+        let refusal = topic_in_use(&spec, "team-a/early");
+        let at = Timestamp::from_second(1_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let said = conditions::merge(&[], &refusal_conditions(&refusal), Some(2), at);
+        // The system ran before it was refused: its status has other conditions too.
+        let mut current = vec![Condition {
+            type_: types::PRODUCERS_READY.to_string(),
+            status: "True".into(),
+            reason: "Ready".into(),
+            message: "every producer is ready".into(),
+            observed_generation: Some(2),
+            last_transition_time: Time(at),
+        }];
+        replace_conditions(&mut current, said);
+        let later = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let again = conditions::merge(&current, &refusal_conditions(&refusal), Some(2), later);
+        assert!(
+            already_said(&current, &again),
+            "the same refusal is news again"
+        );
+        let other = topic_in_use(&spec, "team-b/other");
+        let changed = conditions::merge(&current, &refusal_conditions(&other), Some(2), later);
+        assert!(!already_said(&current, &changed), "a new holder is news");
+        let newer = conditions::merge(&current, &refusal_conditions(&refusal), Some(3), later);
+        assert!(
+            !already_said(&current, &newer),
+            "a new generation is recorded"
         );
     }
 
