@@ -456,7 +456,7 @@ async fn send(
         }
     };
     let stored = match key {
-        None => outbox::insert_one(&**client, &message)
+        None => outbox::insert_one(&client, &message)
             .await
             .map(|id| Stored::New(vec![id])),
         Some(key) => outbox::insert_one_once(&client, &message, &key).await,
