@@ -429,6 +429,7 @@ impl Member<'_> {
     async fn record(&mut self, acks: &[Ack]) -> Result<()> {
         if self.db.as_ref().is_none_or(Client::is_closed) {
             self.db = None;
+            self.recorder.new_connection();
             self.db = Some(crate::db::connect(&self.args.common.database_url).await?);
         }
         let Some(db) = self.db.as_mut() else {

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::error::{DbContext, Error, Result};
 
@@ -84,7 +84,56 @@ pub struct RecordOutcome {
 pub struct AckRecorder {
     group: String,
     known_chunks: HashSet<i64>,
+    /// Prepared on the connection in use; forgotten with it (`new_connection`) and
+    /// after any failure.
+    statements: Option<Statements>,
 }
+
+/// The recorder's statements, prepared once per connection: a consumer sent messages
+/// one at a time runs several small transactions a second, and PostgreSQL parsed and
+/// planned each statement of each one.
+#[derive(Debug, Clone)]
+struct Statements {
+    create: Statement,
+    lock: Statement,
+    key_order: Statement,
+    write: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements> {
+        let prepare = |sql: &'static str| async move {
+            client
+                .prepare(sql)
+                .await
+                .db("preparing the ledger's statements")
+        };
+        Ok(Statements {
+            create: prepare(CREATE_CHUNKS).await?,
+            lock: prepare(LOCK_CHUNKS).await?,
+            key_order: prepare(KEY_ORDER).await?,
+            write: prepare(WRITE_CHUNKS).await?,
+        })
+    }
+}
+
+/// Creates the empty rows of chunks `$2` (ascending) for group `$1`.
+const CREATE_CHUNKS: &str = "INSERT INTO outbox_ack_chunks (group_name, chunk, bits)
+     SELECT $1, c, $3 FROM unnest($2::bigint[]) AS c ORDER BY c
+     ON CONFLICT DO NOTHING";
+
+/// Locks chunks `$2` of group `$1` (ascending) and reads their bits and histograms.
+const LOCK_CHUNKS: &str = "SELECT chunk, bits, latency FROM outbox_ack_chunks
+     WHERE group_name = $1 AND chunk = ANY($2)
+     ORDER BY chunk FOR UPDATE";
+
+/// Writes the changed chunks' bits, counts and histograms.
+const WRITE_CHUNKS: &str = "UPDATE outbox_ack_chunks c
+     SET bits = v.bits, acked = c.acked + v.added,
+         latency = COALESCE(v.latency, c.latency), updated_at = now()
+     FROM unnest($2::bigint[], $3::bytea[], $4::int[], $5::bytea[])
+          AS v(chunk, bits, added, latency)
+     WHERE c.group_name = $1 AND c.chunk = v.chunk";
 
 #[derive(Debug)]
 struct ChunkState {
@@ -100,6 +149,7 @@ impl AckRecorder {
         AckRecorder {
             group: group.into(),
             known_chunks: HashSet::new(),
+            statements: None,
         }
     }
 
@@ -119,17 +169,40 @@ impl AckRecorder {
         if acks.is_empty() {
             return Ok(RecordOutcome::default());
         }
+        let statements = match &self.statements {
+            Some(s) => s.clone(),
+            None => Statements::prepare(client).await?,
+        };
+        let recorded = self.record_with(client, &statements, acks).await;
+        // A failure may have been the connection's: prepare again on the next one.
+        self.statements = recorded.is_ok().then_some(statements);
+        recorded
+    }
+
+    /// The connection the recorder is given from now on is a new one: its statements
+    /// are prepared again.
+    pub fn new_connection(&mut self) {
+        self.statements = None;
+    }
+
+    async fn record_with(
+        &mut self,
+        client: &mut Client,
+        statements: &Statements,
+        acks: &[Ack],
+    ) -> Result<RecordOutcome> {
         let chunks = chunks_of(acks);
-        self.create_chunks(client, &chunks).await?;
+        self.create_chunks(client, &statements.create, &chunks)
+            .await?;
         let tx = client
             .transaction()
             .await
             .db("starting an acknowledgement batch")?;
-        let mut state = self.lock_chunks(&tx, &chunks).await?;
-        let last_by_key = self.key_order(&tx, acks).await?;
+        let mut state = self.lock_chunks(&tx, &statements.lock, &chunks).await?;
+        let last_by_key = self.key_order(&tx, &statements.key_order, acks).await?;
         let now_us = chrono::Utc::now().timestamp_micros();
         let (outcome, anomalies) = apply_acks(&self.group, &mut state, &last_by_key, acks, now_us)?;
-        self.write_chunks(&tx, &state).await?;
+        self.write_chunks(&tx, &statements.write, &state).await?;
         anomalies.insert(&tx, &self.group).await?;
         tx.commit()
             .await
@@ -141,7 +214,12 @@ impl AckRecorder {
     /// Creates the rows of `chunks` this recorder has not seen yet. Outside the locking
     /// transaction: creating empty rows is idempotent, and doing it here keeps lock
     /// order (ascending chunk) deadlock-free.
-    async fn create_chunks(&self, client: &Client, chunks: &[i64]) -> Result<()> {
+    async fn create_chunks(
+        &self,
+        client: &Client,
+        statement: &Statement,
+        chunks: &[i64],
+    ) -> Result<()> {
         let new_chunks: Vec<i64> = chunks
             .iter()
             .copied()
@@ -152,12 +230,7 @@ impl AckRecorder {
         }
         let zero = vec![0u8; CHUNK_BYTES];
         client
-            .execute(
-                "INSERT INTO outbox_ack_chunks (group_name, chunk, bits)
-                 SELECT $1, c, $3 FROM unnest($2::bigint[]) AS c ORDER BY c
-                 ON CONFLICT DO NOTHING",
-                &[&self.group, &new_chunks, &zero],
-            )
+            .execute(statement, &[&self.group, &new_chunks, &zero])
             .await
             .db("creating ledger chunks")?;
         Ok(())
@@ -167,15 +240,11 @@ impl AckRecorder {
     async fn lock_chunks<C: GenericClient>(
         &self,
         tx: &C,
+        statement: &Statement,
         chunks: &[i64],
     ) -> Result<HashMap<i64, ChunkState>> {
         let rows = tx
-            .query(
-                "SELECT chunk, bits, latency FROM outbox_ack_chunks
-                 WHERE group_name = $1 AND chunk = ANY($2)
-                 ORDER BY chunk FOR UPDATE",
-                &[&self.group, &chunks],
-            )
+            .query(statement, &[&self.group, &chunks])
             .await
             .db("locking ledger chunks")?;
         let mut state: HashMap<i64, ChunkState> = HashMap::with_capacity(rows.len());
@@ -209,6 +278,7 @@ impl AckRecorder {
     async fn key_order<C: GenericClient>(
         &self,
         tx: &C,
+        statement: &Statement,
         acks: &[Ack],
     ) -> Result<HashMap<u64, (u64, i64)>> {
         let mut batch_max: HashMap<i64, (u64, i64)> = HashMap::new();
@@ -227,7 +297,7 @@ impl AckRecorder {
         let txids: Vec<i64> = keys.iter().map(|k| batch_max[k].0 as i64).collect();
         let ids: Vec<i64> = keys.iter().map(|k| batch_max[k].1).collect();
         for row in tx
-            .query(KEY_ORDER, &[&self.group, &keys, &txids, &ids])
+            .query(statement, &[&self.group, &keys, &txids, &ids])
             .await
             .db("reading and storing the keys' acknowledged order")?
         {
@@ -242,6 +312,7 @@ impl AckRecorder {
     async fn write_chunks<C: GenericClient>(
         &self,
         tx: &C,
+        statement: &Statement,
         state: &HashMap<i64, ChunkState>,
     ) -> Result<()> {
         let mut changed_chunks = Vec::new();
@@ -264,12 +335,7 @@ impl AckRecorder {
             return Ok(());
         }
         tx.execute(
-            "UPDATE outbox_ack_chunks c
-             SET bits = v.bits, acked = c.acked + v.added,
-                 latency = COALESCE(v.latency, c.latency), updated_at = now()
-             FROM unnest($2::bigint[], $3::bytea[], $4::int[], $5::bytea[])
-                  AS v(chunk, bits, added, latency)
-             WHERE c.group_name = $1 AND c.chunk = v.chunk",
+            statement,
             &[
                 &self.group,
                 &changed_chunks,
