@@ -350,12 +350,18 @@ fn busy(state: &AppState) -> Response {
         .into_response()
 }
 
-/// Counts what was stored and wakes the relay; returns the ids and whether an earlier
-/// request with the same idempotency key had stored them.
-fn accepted(state: &AppState, stored: Stored) -> (Vec<i64>, bool) {
+/// Counts what was stored and wakes the relay (a message sent alone: the one that
+/// leads, wherever it runs; a batch: this producer's, the others look on their next
+/// poll); returns the ids and whether an earlier request with the same idempotency key
+/// had stored them.
+fn accepted(state: &AppState, stored: Stored, alone: bool) -> (Vec<i64>, bool) {
     match stored {
         Stored::New(ids) => {
-            state.wake.notify_one();
+            if alone {
+                state.waker.wake();
+            } else {
+                state.wake.notify_one();
+            }
             state.metrics.accepted.inc_by(ids.len() as u64);
             state.backlog.accepted(ids.len() as u64);
             (ids, false)
@@ -463,11 +469,7 @@ async fn send(
     };
     match stored {
         Ok(stored) => {
-            if matches!(stored, Stored::New(_)) {
-                // Committed: the relay that leads, wherever it runs, looks at once.
-                state.waker.wake();
-            }
-            let (ids, replayed) = accepted(&state, stored);
+            let (ids, replayed) = accepted(&state, stored, true);
             let mut body = json!({"status": "accepted", "id": ids.first(), "topic": message.topic});
             if replayed {
                 body["replayed"] = true.into();
@@ -541,7 +543,7 @@ async fn batch(
     };
     match outbox::insert_once(&mut client, &messages, key.as_deref()).await {
         Ok(stored) => {
-            let (ids, replayed) = accepted(&state, stored);
+            let (ids, replayed) = accepted(&state, stored, false);
             let mut body = json!({"status": "accepted", "count": ids.len(), "ids": ids});
             if replayed {
                 body["replayed"] = true.into();
