@@ -193,10 +193,9 @@ pub enum Stored {
 
 /// Stores all `messages` or none in one transaction, at most once per idempotency
 /// `key`: the key is recorded in the same transaction, so a retry of a request whose
-/// answer was lost finds it and gets the first request's ids. No NOTIFY in the
-/// transaction: PostgreSQL serializes the commits of notifying transactions on one
-/// global lock (a third of the single-insert throughput on this machine), so the
-/// caller wakes the relay after the commit (`producer::waker`).
+/// answer was lost finds it and gets the first request's ids. No NOTIFY: the caller
+/// wakes its own relay after the commit, and a leader elsewhere finds the batch on its
+/// next look at the outbox.
 pub async fn insert_once(
     client: &mut tokio_postgres::Client,
     messages: &[NewMessage],
