@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_postgres::{Client, GenericClient, Statement, ToStatement};
 
 use crate::error::{DbContext, Error, Result};
 
@@ -98,6 +98,7 @@ struct Statements {
     lock: Statement,
     key_order: Statement,
     write: Statement,
+    anomalies: Statement,
 }
 
 impl Statements {
@@ -113,6 +114,7 @@ impl Statements {
             lock: prepare(LOCK_CHUNKS).await?,
             key_order: prepare(KEY_ORDER).await?,
             write: prepare(WRITE_CHUNKS).await?,
+            anomalies: prepare(INSERT_ANOMALIES).await?,
         })
     }
 }
@@ -126,6 +128,11 @@ const CREATE_CHUNKS: &str = "INSERT INTO outbox_ack_chunks (group_name, chunk, b
 const LOCK_CHUNKS: &str = "SELECT chunk, bits, latency FROM outbox_ack_chunks
      WHERE group_name = $1 AND chunk = ANY($2)
      ORDER BY chunk FOR UPDATE";
+
+/// Records acknowledgements that were not first deliveries in order.
+const INSERT_ANOMALIES: &str =
+    "INSERT INTO outbox_ack_anomalies (group_name, id, kind, kafka_partition, kafka_offset)
+     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bigint[])";
 
 /// Writes the changed chunks' bits, counts and histograms.
 const WRITE_CHUNKS: &str = "UPDATE outbox_ack_chunks c
@@ -194,20 +201,59 @@ impl AckRecorder {
         let chunks = chunks_of(acks);
         self.create_chunks(client, &statements.create, &chunks)
             .await?;
-        let tx = client
-            .transaction()
-            .await
-            .db("starting an acknowledgement batch")?;
-        let mut state = self.lock_chunks(&tx, &statements.lock, &chunks).await?;
-        let last_by_key = self.key_order(&tx, &statements.key_order, acks).await?;
+        let recorded = self.in_transaction(client, statements, acks, &chunks).await;
+        if recorded.is_err() {
+            // Nothing of the batch stays. A connection this fails on is given up by the
+            // caller, so the error that matters is the batch's.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        let outcome = recorded?;
+        self.known_chunks.extend(chunks);
+        Ok(outcome)
+    }
+
+    /// The batch's transaction in two round trips, so the chunks stay locked for one
+    /// (members of a group take turns on them): begin, lock the chunks, and read and
+    /// store the keys' order, pipelined → apply the acks (pure) → write the chunks and
+    /// the anomalies and commit, pipelined. Every statement is prepared, so each is
+    /// sent whole when first polled and the server runs them in this order. A statement
+    /// that fails aborts the transaction (the COMMIT after it rolls back), and the
+    /// first failure is the one returned.
+    async fn in_transaction(
+        &self,
+        client: &Client,
+        statements: &Statements,
+        acks: &[Ack],
+        chunks: &[i64],
+    ) -> Result<RecordOutcome> {
+        let (begun, state, last_by_key) = futures::join!(
+            async {
+                client
+                    .batch_execute("BEGIN")
+                    .await
+                    .db("starting an acknowledgement batch")
+            },
+            self.lock_chunks(client, &statements.lock, chunks),
+            self.key_order(client, &statements.key_order, acks),
+        );
+        begun?;
+        let mut state = state?;
+        let last_by_key = last_by_key?;
         let now_us = chrono::Utc::now().timestamp_micros();
         let (outcome, anomalies) = apply_acks(&self.group, &mut state, &last_by_key, acks, now_us)?;
-        self.write_chunks(&tx, &statements.write, &state).await?;
-        anomalies.insert(&tx, &self.group).await?;
-        tx.commit()
-            .await
-            .db("committing an acknowledgement batch")?;
-        self.known_chunks.extend(chunks);
+        let (written, noted, committed) = futures::join!(
+            self.write_chunks(client, &statements.write, &state),
+            anomalies.insert(client, &statements.anomalies, &self.group),
+            async {
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .db("committing an acknowledgement batch")
+            },
+        );
+        written?;
+        noted?;
+        committed?;
         Ok(outcome)
     }
 
@@ -355,7 +401,9 @@ impl AckRecorder {
         for ack in acks {
             anomalies.push(ack, "dead_lettered");
         }
-        anomalies.insert(client, &self.group).await
+        anomalies
+            .insert(client, INSERT_ANOMALIES, &self.group)
+            .await
     }
 }
 
@@ -434,15 +482,25 @@ impl Anomalies {
         self.offsets.push(ack.offset);
     }
 
-    async fn insert<C: GenericClient>(&self, client: &C, group: &str) -> Result<()> {
+    async fn insert<C: GenericClient, S: ToStatement + ?Sized + Sync + Send>(
+        &self,
+        client: &C,
+        statement: &S,
+        group: &str,
+    ) -> Result<()> {
         if self.ids.is_empty() {
             return Ok(());
         }
         client
             .execute(
-                "INSERT INTO outbox_ack_anomalies (group_name, id, kind, kafka_partition, kafka_offset)
-                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bigint[])",
-                &[&group, &self.ids, &self.kinds, &self.partitions, &self.offsets],
+                statement,
+                &[
+                    &group,
+                    &self.ids,
+                    &self.kinds,
+                    &self.partitions,
+                    &self.offsets,
+                ],
             )
             .await
             .db("recording ledger anomalies")?;

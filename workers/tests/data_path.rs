@@ -1483,6 +1483,80 @@ async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
 }
 
 #[tokio::test]
+async fn an_acknowledgement_batch_that_fails_at_its_first_or_last_statement_records_nothing_and_the_next_batch_goes_on(
+) {
+    use outbox_workers::ledger::{self, Ack, AckRecorder};
+    let env = Env::on_testbed("ackatomic", 1).await;
+    let mut db = ledger::connect_and_migrate(&env.database_url)
+        .await
+        .expect("ledger");
+    // A batch's transaction runs in two round trips: the key order is stored in the
+    // first, the anomaly rows are written in the last, just before COMMIT. Either is
+    // refused on this session when the test says so.
+    db.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'refused by the test: %', TG_TABLE_NAME; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON outbox_ack_anomalies
+           FOR EACH ROW WHEN (current_setting('outbox_test.refuse', true) = 'last')
+           EXECUTE FUNCTION refuse();
+         CREATE TRIGGER refuse BEFORE UPDATE ON outbox_ack_key_order
+           FOR EACH ROW WHEN (current_setting('outbox_test.refuse', true) = 'first')
+           EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .expect("triggers");
+    let ack = |id: i64, txid: u64| Ack {
+        id,
+        partition: 0,
+        offset: id,
+        key_hash: Some(42),
+        order: Some((txid, id)),
+        created_at_us: None,
+    };
+    let all = IdSet::from_ids([1, 2, 3]);
+    let mut recorder = AckRecorder::new("g");
+    recorder.record(&mut db, &[ack(1, 5)]).await.expect("first");
+    for (refuse, table) in [
+        ("first", "outbox_ack_key_order"),
+        ("last", "outbox_ack_anomalies"),
+    ] {
+        db.batch_execute(&format!("SET outbox_test.refuse = '{refuse}'"))
+            .await
+            .expect("the session is usable");
+        // A redelivery of 1 (an anomaly row) with a new message 3 in one batch: neither
+        // 3's bit nor the key's new order may stay.
+        let refused = recorder.record(&mut db, &[ack(1, 5), ack(3, 7)]).await;
+        let error = outbox_workers::error_chain(&refused.expect_err("refused"));
+        assert!(
+            error.contains(&format!("refused by the test: {table}")),
+            "{error}"
+        );
+        let report = ledger::group_report(&db, "g", &all).await.expect("report");
+        assert_eq!(
+            (report.acknowledged, report.missing, report.duplicates),
+            (1, 2, 0),
+            "refused at the {refuse} statement: {report:?}"
+        );
+    }
+    // The same connection goes on, out of the failed transactions; key 42's order is
+    // still message 1's, so message 2 (before 3) is not out of order.
+    db.batch_execute("SET outbox_test.refuse = 'off'")
+        .await
+        .expect("the session is usable");
+    let outcome = recorder
+        .record(&mut db, &[ack(2, 6)])
+        .await
+        .expect("the next batch");
+    assert_eq!((outcome.acknowledged, outcome.out_of_order), (1, 0));
+    let report = ledger::group_report(&db, "g", &all).await.expect("report");
+    assert_eq!(
+        (report.acknowledged, report.missing, report.out_of_order),
+        (2, 1, 0),
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
 async fn workers_of_another_system_wait_while_the_schema_is_held_and_say_by_whom() {
     let env = Env::on_testbed("schema-held", 1).await;
     let mut first = Worker::producer(&env, "p-first", &[("OUTBOX_SYSTEM", "team-a/orders")]);

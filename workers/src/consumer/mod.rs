@@ -30,6 +30,9 @@ use crate::ledger::{Ack, AckRecorder};
 use crate::metrics::ConsumerMetrics;
 use crate::probes::{self, Started};
 use crate::shutdown::{self, ShutdownSignal};
+use batch::{BatchLimits, First, Inbox};
+
+mod batch;
 
 /// Consumer settings.
 #[derive(clap::Args, Debug, Clone)]
@@ -62,7 +65,8 @@ pub struct ConsumerArgs {
     /// [`TRANSACTION_MAX_BYTES`] of payload.
     #[arg(long, env = "CONSUMER_ACKS_PER_TRANSACTION", default_value_t = DEFAULT_ACKS_PER_TRANSACTION)]
     pub acks_per_transaction: usize,
-    /// How long a transaction's acknowledgements wait for more to arrive.
+    /// How long a transaction whose first message had to be waited for waits for more
+    /// (messages that queued while the last one was recorded go at once).
     #[arg(long, env = "CONSUMER_TRANSACTION_LINGER_MS", default_value_t = 20)]
     pub transaction_linger_ms: u64,
 }
@@ -73,11 +77,6 @@ pub const DEFAULT_ACKS_PER_TRANSACTION: usize = 20_000;
 /// Payload and key bytes one ledger transaction's messages hold at most (the batch
 /// ends with the message that reaches it), so large messages cannot fill memory.
 pub const TRANSACTION_MAX_BYTES: usize = 16 << 20;
-
-/// Bytes a message holds in a batch.
-fn message_bytes(m: &OwnedMessage) -> usize {
-    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
-}
 
 #[derive(Clone)]
 struct HealthState {
@@ -296,36 +295,29 @@ enum Outcome {
 
 impl Member<'_> {
     async fn consume(&mut self, shutdown: &mut ShutdownSignal) -> Result<()> {
-        let linger = Duration::from_millis(self.args.transaction_linger_ms);
+        let limits = BatchLimits {
+            linger: Duration::from_millis(self.args.transaction_linger_ms),
+            max_messages: self.args.acks_per_transaction,
+            max_bytes: TRANSACTION_MAX_BYTES,
+        };
         loop {
-            let first = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = shutdown::wait(shutdown) => return Ok(()),
-                wedged = self.wedged.wedged() => return Err(wedged),
+            let (first, how) = match batch::queued(self.consumer) {
+                Some(m) => (m, First::Queued),
+                None => tokio::select! {
+                    m = self.consumer.next() => (m, First::Waited),
+                    _ = shutdown::wait(shutdown) => return Ok(()),
+                    wedged = self.wedged.wedged() => return Err(wedged),
+                },
             };
-            let mut batch = match first {
-                Ok(m) => vec![m.detach()],
+            let first = match first {
+                Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
-            let deadline = tokio::time::Instant::now() + linger;
-            let mut bytes: usize = batch.iter().map(message_bytes).sum();
-            while batch.len() < self.args.acks_per_transaction && bytes < TRANSACTION_MAX_BYTES {
-                tokio::select! {
-                    m = self.consumer.recv() => match m {
-                        Ok(m) => {
-                            let m = m.detach();
-                            bytes += message_bytes(&m);
-                            batch.push(m);
-                        }
-                        Err(e) => { tracing::warn!(error = %e, "Kafka consumer error"); break; }
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                }
-            }
+            let batch = batch::gather(self.consumer, first, how, &limits).await;
             self.metrics.consumed.inc_by(batch.len() as u64);
             match self.process(&batch, shutdown).await? {
                 Outcome::Stopped => return Ok(()),
@@ -435,7 +427,15 @@ impl Member<'_> {
         let Some(db) = self.db.as_mut() else {
             return Err(Error::NoDatabaseSession("record acknowledgements"));
         };
-        let outcome = self.recorder.record(db, acks).await?;
+        let outcome = match self.recorder.record(db, acks).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The next try starts on a new connection: one a batch failed on may
+                // have been left in a state no one can vouch for.
+                self.db = None;
+                return Err(e);
+            }
+        };
         self.metrics.acknowledged.inc_by(outcome.acknowledged);
         self.metrics.duplicates.inc_by(outcome.duplicates);
         self.metrics.out_of_order.inc_by(outcome.out_of_order);
