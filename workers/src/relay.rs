@@ -452,7 +452,7 @@ impl Relay {
             if persist_ok {
                 match delivered {
                     Ok(Ok(())) => {
-                        if let Err(e) = self.persist(session, batch.last, batch.count).await {
+                        if let Err(e) = self.persist(session, batch.last, batch.count, 1).await {
                             tracing::warn!(error = %e, "could not store the watermark while stopping");
                             persist_ok = false;
                         }
@@ -478,12 +478,7 @@ impl Relay {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            while in_flight
-                .front()
-                .is_some_and(|b| b.deliveries.is_finished())
-            {
-                self.complete_oldest(session, in_flight).await?;
-            }
+            self.complete_finished(session, in_flight).await?;
             let rows = self.fetch(session, fetch, cursor, &mut limit).await?;
             if rows.is_empty() {
                 if !in_flight.is_empty() {
@@ -672,10 +667,10 @@ impl Relay {
             suspects.remove(&row.at);
         }
         match outcome {
-            Ok(()) => self.persist(session, row.at, 1).await,
+            Ok(()) => self.persist(session, row.at, 1, 1).await,
             Err(reason) => {
                 self.quarantine(session, row.at, &reason).await?;
-                self.persist(session, row.at, 0).await
+                self.persist(session, row.at, 0, 1).await
             }
         }
     }
@@ -696,21 +691,63 @@ impl Relay {
         Ok(())
     }
 
+    /// Waits for the oldest batch in flight, then lands it with those after it that
+    /// are in too.
     async fn complete_oldest(
         &self,
         session: &Session<'_>,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<()> {
-        let Some(batch) = in_flight.pop_front() else {
-            return Ok(());
-        };
-        let InFlight {
-            last,
-            count,
-            deliveries,
-        } = batch;
-        match deliveries.await {
-            Ok(Ok(())) => {}
+        let mut finished = Vec::new();
+        if let Some(oldest) = in_flight.pop_front() {
+            finished.push((oldest.last, oldest.count, oldest.deliveries.await));
+        }
+        self.complete(session, in_flight, finished).await
+    }
+
+    /// Lands the batches at the front whose deliveries are all in, without waiting.
+    async fn complete_finished(
+        &self,
+        session: &Session<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<()> {
+        self.complete(session, in_flight, Vec::new()).await
+    }
+
+    /// Lands `finished` and every batch after it whose deliveries are all in, and
+    /// stores the watermark once after the last of them: batches of a few messages
+    /// each (messages sent one at a time) otherwise cost a watermark transaction each.
+    /// A failed batch stops there, with the watermark stored after those before it.
+    async fn complete(
+        &self,
+        session: &Session<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+        mut finished: Vec<(Watermark, u64, Delivered)>,
+    ) -> Result<()> {
+        while in_flight
+            .front()
+            .is_some_and(|b| b.deliveries.is_finished())
+        {
+            if let Some(batch) = in_flight.pop_front() {
+                finished.push((batch.last, batch.count, batch.deliveries.await));
+            }
+        }
+        let (landed, failed) = land_in_order(finished);
+        if let Some(landed) = landed {
+            self.persist(session, landed.last, landed.count, landed.batches)
+                .await?;
+        }
+        match failed {
+            Some(outcome) => self.confirmed(outcome),
+            None => Ok(()),
+        }
+    }
+
+    /// A batch's deliveries as the session's result: a message Kafka refused for good
+    /// becomes a suspect (published alone next, quarantined if refused again).
+    fn confirmed(&self, outcome: Delivered) -> Result<()> {
+        match outcome {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(failure)) => {
                 if failure.for_good {
                     if let Ok(mut suspects) = self.suspects.lock() {
@@ -721,17 +758,22 @@ impl Relay {
                         failure.at.id, failure.error
                     )));
                 }
-                return Err(Error::Relay(format!(
+                Err(Error::Relay(format!(
                     "Kafka did not confirm message {}: {}",
                     failure.at.id, failure.error
-                )));
+                )))
             }
-            Err(e) => return Err(Error::Relay(format!("delivery task failed: {e}"))),
+            Err(e) => Err(Error::Relay(format!("delivery task failed: {e}"))),
         }
-        self.persist(session, last, count).await
     }
 
-    async fn persist(&self, session: &Session<'_>, last: Watermark, count: u64) -> Result<()> {
+    async fn persist(
+        &self,
+        session: &Session<'_>,
+        last: Watermark,
+        count: u64,
+        batches: u64,
+    ) -> Result<()> {
         let delta = count as i64;
         session
             .client
@@ -742,7 +784,7 @@ impl Relay {
             .await
             .db("advancing the relay watermark")?;
         self.metrics.published.inc_by(count);
-        self.metrics.relay_batches.inc();
+        self.metrics.relay_batches.inc_by(batches);
         Ok(())
     }
 }
@@ -757,6 +799,37 @@ struct Session<'a> {
 struct Statements {
     persist: Statement,
     quarantine: Statement,
+}
+
+/// A batch's deliveries as its task ends.
+type Delivered = std::result::Result<Result<(), DeliveryFailure>, tokio::task::JoinError>;
+
+/// Batches landed together: the watermark after the last, their messages and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Landed {
+    last: Watermark,
+    count: u64,
+    batches: u64,
+}
+
+/// Of batches finished in order, those that landed before the first that did not, and
+/// the outcome of that one: the watermark may move past the first group only.
+fn land_in_order(
+    finished: Vec<(Watermark, u64, Delivered)>,
+) -> (Option<Landed>, Option<Delivered>) {
+    let mut landed: Option<Landed> = None;
+    for (last, count, outcome) in finished {
+        if !matches!(outcome, Ok(Ok(()))) {
+            return (landed, Some(outcome));
+        }
+        let before = landed.map_or((0, 0), |l| (l.count, l.batches));
+        landed = Some(Landed {
+            last,
+            count: before.0 + count,
+            batches: before.1 + 1,
+        });
+    }
+    (landed, None)
 }
 
 async fn await_deliveries(
@@ -801,7 +874,59 @@ async fn stored_watermark(client: &Client) -> Result<Watermark> {
 
 #[cfg(test)]
 mod tests {
-    use super::next_fetch_rows;
+    use super::{land_in_order, next_fetch_rows, Delivered, DeliveryFailure, Landed, Watermark};
+
+    fn at(id: i64) -> Watermark {
+        Watermark { txid: 7, id }
+    }
+
+    fn refused(id: i64) -> Delivered {
+        Ok(Err(DeliveryFailure {
+            at: at(id),
+            error: "broker down".into(),
+            for_good: false,
+        }))
+    }
+
+    #[test]
+    fn batches_that_landed_together_store_one_watermark_after_the_last() {
+        let (landed, failed) = land_in_order(vec![
+            (at(3), 3, Ok(Ok(()))),
+            (at(5), 2, Ok(Ok(()))),
+            (at(9), 4, Ok(Ok(()))),
+        ]);
+        assert_eq!(
+            landed,
+            Some(Landed {
+                last: at(9),
+                count: 9,
+                batches: 3
+            })
+        );
+        assert!(failed.is_none());
+    }
+
+    #[test]
+    fn the_watermark_stops_before_the_first_batch_that_did_not_land() {
+        let (landed, failed) = land_in_order(vec![
+            (at(3), 3, Ok(Ok(()))),
+            (at(5), 2, refused(4)),
+            (at(9), 4, Ok(Ok(()))),
+        ]);
+        assert_eq!(
+            landed,
+            Some(Landed {
+                last: at(3),
+                count: 3,
+                batches: 1
+            })
+        );
+        assert!(matches!(failed, Some(Ok(Err(f))) if f.at == at(4)));
+        let (landed, failed) = land_in_order(vec![(at(5), 2, refused(5))]);
+        assert_eq!(landed, None);
+        assert!(failed.is_some());
+        assert_eq!(land_in_order(Vec::new()).0, None);
+    }
 
     #[test]
     fn large_rows_are_read_as_many_as_the_fetch_bytes_hold() {
