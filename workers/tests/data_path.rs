@@ -658,6 +658,70 @@ async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_ol
 }
 
 #[tokio::test]
+async fn reading_the_backlog_view_walks_the_index_from_the_watermark_and_compiles_nothing() {
+    let url = testbed_support::testbed()
+        .fresh_schema("backlog-plan")
+        .await
+        .expect("fresh schema");
+    let client = outbox_workers::ledger::connect_and_migrate(&url)
+        .await
+        .expect("migrate");
+    // 30,000 rows, all relayed, as after a run; the table analyzed, as autovacuum does.
+    client
+        .batch_execute(
+            "INSERT INTO outbox_messages (id, topic, payload)
+               SELECT g, 't', 'p' FROM generate_series(1, 30000) AS g;
+             SELECT setval('outbox_message_id_seq', 30000);
+             UPDATE outbox_relay_state SET (wm_txid, wm_id) =
+               (SELECT txid, id FROM outbox_messages WHERE id = 30000);
+             ANALYZE outbox_messages;",
+        )
+        .await
+        .expect("30,000 relayed rows");
+    let jit_above_cost: f64 = client
+        .query_one("SELECT current_setting('jit_above_cost')::float8", &[])
+        .await
+        .expect("jit_above_cost")
+        .get(0);
+    let explained: serde_json::Value = client
+        .query_one(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT pending, oldest_age_seconds FROM outbox_backlog",
+            &[],
+        )
+        .await
+        .expect("explain the backlog view")
+        .get(0);
+    let top = &explained[0];
+    fn scans(node: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        if let Some(relation) = node["Relation Name"].as_str() {
+            let kind = node["Node Type"].as_str().unwrap_or_default();
+            out.push((kind.to_string(), relation.to_string()));
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            scans(child, out);
+        }
+    }
+    let mut found = Vec::new();
+    scans(&top["Plan"], &mut found);
+    // Each producer reads the view every 10 s, the runner every second: a plan that
+    // scanned the outbox, or cost enough to be JIT-compiled (140 ms of CPU a reading),
+    // took seconds of the database's CPU in every minute of a run.
+    assert!(
+        found
+            .iter()
+            .any(|(_, relation)| relation == "outbox_messages")
+            && !found.contains(&("Seq Scan".into(), "outbox_messages".into())),
+        "the outbox is scanned, not walked from the watermark: {found:?}"
+    );
+    let cost = top["Plan"]["Total Cost"].as_f64().expect("a total cost");
+    assert!(
+        cost < jit_above_cost,
+        "cost {cost} reaches jit_above_cost {jit_above_cost}"
+    );
+    assert!(top.get("JIT").is_none(), "JIT-compiled: {}", top["JIT"]);
+}
+
+#[tokio::test]
 async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarantined_without_stopping_delivery(
 ) {
     let env = Env::on_testbed("oversized", 1).await;
