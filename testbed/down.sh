@@ -29,6 +29,7 @@ fi
 # Reverse start order. Each part runs in its own session (setsid), so its process group
 # id is its pid: the signal reaches every child too.
 for name in cpu-exporter kafka kube-controller-manager kube-apiserver etcd; do stop_part "$name"; done
+service_cgroups_remove
 
 if ((keep_logs)); then
   find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +

@@ -19,6 +19,7 @@ command -v nft >/dev/null && nft list tables 2>/dev/null | sed 's/^/nft /'
 command -v nfacct >/dev/null && nfacct_names | sed 's/^/nfacct /'
 awk '$2 ~ /kubelet|containerd|netns|\.testbed|kubepods|cni/ {print "mount " $2}' /proc/self/mounts | sort
 find "$CGROUP_ROOT" -maxdepth 2 -name kubepods -type d 2>/dev/null | sed 's/^/cgroup /' | sort
+[ -d "$SERVICE_CGROUPS" ] && echo "cgroup $SERVICE_CGROUPS"
 for p in "${NODE_HOST_PATHS[@]}"; do [ -e "$p" ] && echo "path $p"; done
 for prog in containerd containerd-shim-runc-v2 kubelet kube-proxy kube-scheduler coredns pause; do
   pgrep -x "$prog" >/dev/null 2>&1 && echo "process $prog"

@@ -38,6 +38,43 @@ die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 # Postgres' server binaries from Debian's postgresql-$PG_MAJOR package.
 pg_bindir() { echo "/usr/lib/postgresql/$PG_MAJOR/bin"; }
 
+# ---------------------------------------------------------------- service cgroups
+# With the node, the pods share the cores with PostgreSQL and Kafka. On cgroup v1 a
+# process left in the root cgroup weighs as much (cpu.shares 1024) as one core's worth of
+# the whole /kubepods tree (1024 per core), so twenty busy PostgreSQL backends outweighed
+# every pod together ten to one: under a load of single messages the relay and the
+# consumers starved while ingest ran. Each service runs in a cpu cgroup of its own
+# instead, weighing one core, as it would in a pod requesting one CPU or on a machine of
+# its own. Made by up.sh as root with the node (cgroup v1 only), removed by down.sh.
+SERVICE_CGROUPS=/sys/fs/cgroup/cpu/outbox-testbed
+SERVICE_CPU_SHARES=1024
+
+service_cgroups_create() { # one cpu cgroup per service, when the node runs on cgroup v1
+  ((TESTBED_NODE)) && [ "$(id -u)" = 0 ] || return 0
+  if [ ! -f /sys/fs/cgroup/cpu/cpu.shares ]; then
+    log "no cgroup v1 cpu hierarchy: PostgreSQL and Kafka share the root cgroup with the node"
+    return 0
+  fi
+  local name
+  for name in postgres kafka; do
+    mkdir -p "$SERVICE_CGROUPS/$name"
+    echo "$SERVICE_CPU_SHARES" >"$SERVICE_CGROUPS/$name/cpu.shares"
+  done
+}
+
+enter_service_cgroup() { # enter_service_cgroup NAME: this (sub)shell and what it starts join NAME's cgroup, if made
+  if [ -d "$SERVICE_CGROUPS/$1" ]; then echo "$BASHPID" >"$SERVICE_CGROUPS/$1/cgroup.procs"; fi
+}
+
+service_cgroups_remove() { # once their processes are gone
+  [ -d "$SERVICE_CGROUPS" ] || return 0
+  local dir
+  for dir in "$SERVICE_CGROUPS"/*/; do
+    [ -d "$dir" ] && { rmdir "$dir" || log "warning: $dir still has processes: $(tr '\n' ' ' <"$dir/cgroup.procs")"; }
+  done
+  rmdir "$SERVICE_CGROUPS" 2>/dev/null || true
+}
+
 # write_if_changed FILE: writes stdin to FILE, leaving FILE untouched when it already
 # holds exactly that. A running kube-proxy exits when its config file is written, even
 # with the same bytes, so `up.sh` on a running testbed must not rewrite it.

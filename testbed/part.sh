@@ -64,7 +64,7 @@ stop() { # stop PART SIGNAL
 start() { # start PART: the same command line as before, then wait until it answers
   if [ "$1" = postgres ]; then
     log "postgres: starting"
-    as_pg "$(pg_bindir)/pg_ctl" -D "$PG_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null
+    (enter_service_cgroup postgres; as_pg "$(pg_bindir)/pg_ctl" -D "$PG_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null)
   else
     local saved=$RUN_DIR/$1.cmdline
     if [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; then
@@ -75,8 +75,7 @@ start() { # start PART: the same command line as before, then wait until it answ
     local -a cmd
     mapfile -d '' -t cmd <"$saved"
     log "$1: starting again (log: $LOG_DIR/$1.log)"
-    setsid "${cmd[@]}" >>"$LOG_DIR/$1.log" 2>&1 </dev/null &
-    echo $! >"$RUN_DIR/$1.pid"
+    (enter_service_cgroup "$1"; setsid "${cmd[@]}" >>"$LOG_DIR/$1.log" 2>&1 </dev/null & echo $! >"$RUN_DIR/$1.pid")
   fi
   wait_for "$1" 120 "$LOG_DIR/$1.log" ready "$1" || die "$1 did not answer within 120 s after starting"
   log "$1: answering"

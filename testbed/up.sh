@@ -239,7 +239,8 @@ while True:
   "${KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
     -c "$KAFKA_DIR/server.properties" >>"$LOG_DIR/kafka.log" 2>&1 || fail_part kafka
 fi
-start kafka "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_DIR/server.properties"
+service_cgroups_create
+(enter_service_cgroup kafka; start kafka "${KAFKA_JAVA[@]}" kafka.Kafka "$KAFKA_DIR/server.properties")
 wait_for kafka 120 "$LOG_DIR/kafka.log" python3 "$TESTBED_DIR/kafka_metadata.py" "127.0.0.1:$KAFKA_PORT" \
   || fail_part kafka
 
@@ -274,7 +275,8 @@ EOF
 fi
 if ! as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" status >/dev/null 2>&1; then
   log "postgres: starting (log: $LOG_DIR/postgres.log)"
-  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null || fail_part postgres
+  (enter_service_cgroup postgres; as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null) \
+    || fail_part postgres
 else
   log "postgres: already running"
 fi
