@@ -581,15 +581,20 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
     assert!(consumer.terminate(), "{}", consumer.log_text());
 }
 
-#[tokio::test]
-async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_oldest() {
+/// A session on a fresh schema of the testbed's database, migrated.
+async fn migrated_schema(name: &str) -> tokio_postgres::Client {
     let url = testbed_support::testbed()
-        .fresh_schema("backlog-view")
+        .fresh_schema(name)
         .await
         .expect("fresh schema");
-    let client = outbox_workers::ledger::connect_and_migrate(&url)
+    outbox_workers::ledger::connect_and_migrate(&url)
         .await
-        .expect("migrate");
+        .expect("migrate")
+}
+
+#[tokio::test]
+async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_oldest() {
+    let client = migrated_schema("backlog-view").await;
     // Three rows accepted two minutes ago, in three transactions, none relayed yet.
     for id in 1..=3i64 {
         client
@@ -659,13 +664,7 @@ async fn the_backlog_view_counts_rows_behind_the_watermark_and_the_age_of_the_ol
 
 #[tokio::test]
 async fn reading_the_backlog_view_walks_the_index_from_the_watermark_and_compiles_nothing() {
-    let url = testbed_support::testbed()
-        .fresh_schema("backlog-plan")
-        .await
-        .expect("fresh schema");
-    let client = outbox_workers::ledger::connect_and_migrate(&url)
-        .await
-        .expect("migrate");
+    let client = migrated_schema("backlog-plan").await;
     // 30,000 rows, all relayed, as after a run; the table analyzed, as autovacuum does.
     client
         .batch_execute(
