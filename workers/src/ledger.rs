@@ -203,8 +203,10 @@ impl AckRecorder {
             .await?;
         let recorded = self.in_transaction(client, statements, acks, &chunks).await;
         if recorded.is_err() {
-            // Nothing of the batch stays. A connection this fails on is given up by the
-            // caller, so the error that matters is the batch's.
+            // Nothing of the batch stays, and the session is out of the transaction for
+            // the next batch. Should this fail on a connection still open, the next
+            // batch fails inside the aborted transaction and its ROLLBACK ends it; the
+            // error that matters is the batch's.
             let _ = client.batch_execute("ROLLBACK").await;
         }
         let outcome = recorded?;

@@ -427,15 +427,7 @@ impl Member<'_> {
         let Some(db) = self.db.as_mut() else {
             return Err(Error::NoDatabaseSession("record acknowledgements"));
         };
-        let outcome = match self.recorder.record(db, acks).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                // The next try starts on a new connection: one a batch failed on may
-                // have been left in a state no one can vouch for.
-                self.db = None;
-                return Err(e);
-            }
-        };
+        let outcome = self.recorder.record(db, acks).await?;
         self.metrics.acknowledged.inc_by(outcome.acknowledged);
         self.metrics.duplicates.inc_by(outcome.duplicates);
         self.metrics.out_of_order.inc_by(outcome.out_of_order);
