@@ -446,19 +446,15 @@ impl Relay {
     /// the next session) republishes from the watermark, so a key is never overtaken.
     /// The watermark moves past what landed, in order, while every write succeeds.
     async fn land(&self, session: &Session<'_>, mut in_flight: VecDeque<InFlight>, ok: bool) {
-        let mut persist_ok = ok;
-        while let Some(mut batch) = in_flight.pop_front() {
-            let delivered = (&mut batch.deliveries).await;
-            if persist_ok {
-                match delivered {
-                    Ok(Ok(())) => {
-                        if let Err(e) = self.persist(session, batch.last, batch.count, 1).await {
-                            tracing::warn!(error = %e, "could not store the watermark while stopping");
-                            persist_ok = false;
-                        }
-                    }
-                    _ => persist_ok = false,
+        let mut persist = ok;
+        while !in_flight.is_empty() {
+            if persist {
+                if let Err(e) = self.complete_oldest(session, &mut in_flight).await {
+                    tracing::warn!(error = %e, "while stopping: the watermark stays before what did not land");
+                    persist = false;
                 }
+            } else if let Some(batch) = in_flight.pop_front() {
+                let _ = batch.deliveries.await;
             }
         }
     }
