@@ -33,6 +33,8 @@ pub struct Live {
 struct LiveState {
     /// The scenarios being sent (several when sent together) and their counters.
     current: Vec<(String, Arc<Counters>)>,
+    /// When they started.
+    since: Option<Instant>,
     /// They are sent: they are read once more, then forgotten.
     finished: bool,
 }
@@ -43,6 +45,7 @@ impl Live {
         if let Ok(mut live) = self.state.lock() {
             *live = LiveState {
                 current: scenarios,
+                since: Some(Instant::now()),
                 finished: false,
             };
         }
@@ -57,12 +60,13 @@ impl Live {
         self.changed.notify_one();
     }
 
-    /// The scenarios to read now (finished ones for the last time).
-    fn take(&self) -> Vec<(String, Arc<Counters>)> {
+    /// The scenarios to read now (finished ones for the last time), and when they
+    /// started.
+    fn take(&self) -> (Vec<(String, Arc<Counters>)>, Option<Instant>) {
         let Ok(mut live) = self.state.lock() else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
-        let current = live.current.clone();
+        let current = (live.current.clone(), live.since);
         if live.finished {
             live.current.clear();
         }
@@ -102,6 +106,8 @@ pub struct Reading {
     pub scenario: Option<String>,
     /// Its counters: accepted, failed, missed, arrived.
     pub counts: [u64; 4],
+    /// When it started, on the same clock as `t`.
+    pub scenario_since: Option<f64>,
     /// Latency of the requests answered since the last reading.
     pub latency: Option<IntervalLatency>,
     /// Each worker by name.
@@ -111,13 +117,19 @@ pub struct Reading {
 }
 
 /// The point between readings `before` and `now` (pure): rates over the interval,
-/// levels at `now`. Counters of a scenario that changed since start from zero; a worker
-/// seen first now, or whose counters went back (it restarted), adds no rate.
+/// levels at `now`. Counters of a scenario that changed since start from zero, and
+/// count over the time since it started (which may reach back past `before`, a reading
+/// taken as it started); a worker seen first now, or whose counters went back (it
+/// restarted), adds no rate.
 pub fn point(before: &Reading, now: &Reading) -> Point {
     let dt = (now.t - before.t).max(1e-3);
     let same_scenario = before.scenario.is_some() && before.scenario == now.scenario;
     let prior = |i: usize| if same_scenario { before.counts[i] } else { 0 };
-    let rate = |i: usize| round(now.counts[i].saturating_sub(prior(i)) as f64 / dt);
+    let counted_over = match now.scenario_since {
+        Some(since) if !same_scenario => (now.t - since).max(1e-3),
+        _ => dt,
+    };
+    let rate = |i: usize| round(now.counts[i].saturating_sub(prior(i)) as f64 / counted_over);
     let mut acknowledged: BTreeMap<String, f64> = BTreeMap::new();
     let mut relayed: Option<f64> = None;
     let mut lag: BTreeMap<String, i64> = BTreeMap::new();
@@ -325,7 +337,7 @@ async fn read(
         .collect();
     let backlog = backlog(db, database_url).await;
     // Scenarios sent together are read as one: their names joined, their counts added.
-    let current = live.take();
+    let (current, since) = live.take();
     let mut counts = [0u64; 4];
     let mut latencies = super::measure::Latencies::default();
     for (_, c) in &current {
@@ -355,6 +367,7 @@ async fn read(
         t: started.elapsed().as_secs_f64(),
         scenario,
         counts,
+        scenario_since: since.map(|s| s.saturating_duration_since(started).as_secs_f64()),
         latency,
         workers,
         backlog,
@@ -484,6 +497,23 @@ mod tests {
         assert_eq!(p.offered_per_second, None, "not an arrival-rate scenario");
         assert!(p.acknowledged_per_second.is_empty());
         assert_eq!(p.workers["c-1"].cpu_cores, None);
+    }
+
+    #[test]
+    fn a_new_scenarios_first_point_counts_over_the_time_since_it_started() {
+        // The last reading labelled with the old scenario was taken after the new one
+        // started (its final reading came late): the new one's 150 arrivals of its
+        // first 3 s are 50 per second, not 150 in the 0.2 s since that reading.
+        let before = reading(10.0, Some("steady"), [1600, 0, 0, 1600]);
+        let mut now = reading(10.2, Some("ramp"), [150, 0, 0, 150]);
+        now.scenario_since = Some(7.2);
+        let p = point(&before, &now);
+        assert_eq!(p.offered_per_second, Some(50.0));
+        assert_eq!(p.accepted_per_second, 50.0);
+        // Once it is the same scenario, rates are over the interval again.
+        let mut later = reading(11.2, Some("ramp"), [200, 0, 0, 200]);
+        later.scenario_since = Some(7.2);
+        assert_eq!(point(&now, &later).offered_per_second, Some(50.0));
     }
 
     #[test]
