@@ -581,6 +581,18 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
     assert!(consumer.terminate(), "{}", consumer.log_text());
 }
 
+/// The acknowledgement of message `id` of key 42, published in order `(txid, id)`.
+fn key_42_ack(id: i64, txid: u64) -> outbox_workers::ledger::Ack {
+    outbox_workers::ledger::Ack {
+        id,
+        partition: 0,
+        offset: id,
+        key_hash: Some(42),
+        order: Some((txid, id)),
+        created_at_us: None,
+    }
+}
+
 /// A session on a fresh schema of the testbed's database, migrated.
 async fn migrated_schema(name: &str) -> tokio_postgres::Client {
     let url = testbed_support::testbed()
@@ -1501,20 +1513,9 @@ async fn a_producer_whose_schema_is_not_migrated_yet_answers_starting_not_a_data
 
 #[tokio::test]
 async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
-    use outbox_workers::ledger::{self, Ack, AckRecorder};
-    let env = Env::on_testbed("keyorder", 1).await;
-    let mut db = ledger::connect_and_migrate(&env.database_url)
-        .await
-        .expect("ledger");
-    // Message `id` of key 42, published in order `(txid, id)`.
-    let ack = |id: i64, txid: u64| Ack {
-        id,
-        partition: 0,
-        offset: id,
-        key_hash: Some(42),
-        order: Some((txid, id)),
-        created_at_us: None,
-    };
+    use outbox_workers::ledger::{self, AckRecorder};
+    let mut db = migrated_schema("keyorder").await;
+    let ack = key_42_ack;
     let out_of_order = |outcome: outbox_workers::Result<ledger::RecordOutcome>| {
         outcome.expect("recorded").out_of_order
     };
@@ -1548,11 +1549,8 @@ async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
 #[tokio::test]
 async fn an_acknowledgement_batch_that_fails_at_its_first_or_last_statement_records_nothing_and_the_next_batch_goes_on(
 ) {
-    use outbox_workers::ledger::{self, Ack, AckRecorder};
-    let env = Env::on_testbed("ackatomic", 1).await;
-    let mut db = ledger::connect_and_migrate(&env.database_url)
-        .await
-        .expect("ledger");
+    use outbox_workers::ledger::{self, AckRecorder};
+    let mut db = migrated_schema("ackatomic").await;
     // A batch's transaction runs in two round trips: the key order is stored in the
     // first, the anomaly rows are written in the last, just before COMMIT. Either is
     // refused on this session when the test says so.
@@ -1568,14 +1566,7 @@ async fn an_acknowledgement_batch_that_fails_at_its_first_or_last_statement_reco
     )
     .await
     .expect("triggers");
-    let ack = |id: i64, txid: u64| Ack {
-        id,
-        partition: 0,
-        offset: id,
-        key_hash: Some(42),
-        order: Some((txid, id)),
-        created_at_us: None,
-    };
+    let ack = key_42_ack;
     let all = IdSet::from_ids([1, 2, 3]);
     let mut recorder = AckRecorder::new("g");
     recorder.record(&mut db, &[ack(1, 5)]).await.expect("first");
