@@ -20,9 +20,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the worker pods are listed again in a Job.
 const LIST_EVERY: u32 = 10;
 
-/// The scenario being sent, set by the sender and read by the sampler. A change
-/// wakes the sampler at once, so a scenario shorter than the interval still gets its
-/// point, with its final counters.
+/// The scenario being sent, set by the sender and read by the sampler. Its end wakes
+/// the sampler at once, so a scenario shorter than the interval still gets its point,
+/// with its final counters; its start is read at the next tick (a point a few
+/// milliseconds after the start would rate two arrivals over 5 ms as 400 per second).
 #[derive(Default)]
 pub struct Live {
     state: Mutex<LiveState>,
@@ -49,7 +50,6 @@ impl Live {
                 finished: false,
             };
         }
-        self.changed.notify_one();
     }
 
     /// The scenario is sent.
@@ -497,6 +497,20 @@ mod tests {
         assert_eq!(p.offered_per_second, None, "not an arrival-rate scenario");
         assert!(p.acknowledged_per_second.is_empty());
         assert_eq!(p.workers["c-1"].cpu_cores, None);
+    }
+
+    #[test]
+    fn a_scenario_wakes_the_sampler_when_it_ends_not_when_it_starts() {
+        use futures::FutureExt;
+        let live = Live::default();
+        live.sending(vec![("ramp".into(), Arc::default())]);
+        assert!(live.changed.notified().now_or_never().is_none());
+        live.idle();
+        assert!(live.changed.notified().now_or_never().is_some());
+        let (read, since) = live.take();
+        assert_eq!(read.len(), 1, "read once more after it ended");
+        assert!(since.is_some());
+        assert!(live.take().0.is_empty(), "then forgotten");
     }
 
     #[test]
