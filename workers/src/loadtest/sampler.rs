@@ -118,8 +118,8 @@ pub struct Reading {
 
 /// The point between readings `before` and `now` (pure): rates over the interval,
 /// levels at `now`. Counters of a scenario that changed since start from zero, and
-/// count over the time since it started (which may reach back past `before`, a reading
-/// taken as it started); a worker seen first now, or whose counters went back (it
+/// count over the time since it started (shorter than the interval when it started
+/// between the two readings); a worker seen first now, or whose counters went back (it
 /// restarted), adds no rate.
 pub fn point(before: &Reading, now: &Reading) -> Point {
     let dt = (now.t - before.t).max(1e-3);
