@@ -477,14 +477,10 @@ impl Relay {
             self.complete_finished(session, in_flight).await?;
             let rows = self.fetch(session, fetch, cursor, &mut limit).await?;
             if rows.is_empty() {
-                if !in_flight.is_empty() {
-                    self.complete_oldest(session, in_flight).await?;
-                    continue;
-                }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.settings.linger) => {}
-                    _ = shutdown::wait(shutdown) => return Ok(()),
+                match self.idle(in_flight, shutdown).await {
+                    Idle::Landed(oldest) => self.complete(session, in_flight, vec![oldest]).await?,
+                    Idle::Look => {}
+                    Idle::Stop => return Ok(()),
                 }
                 continue;
             }
@@ -492,6 +488,33 @@ impl Relay {
             while in_flight.len() > self.settings.max_in_flight_batches {
                 self.complete_oldest(session, in_flight).await?;
             }
+        }
+    }
+
+    /// With nothing new to read: waits until the oldest batch in flight lands, new rows
+    /// are announced, or the linger passes, whichever comes first. Waiting for Kafka
+    /// alone would hold messages sent one at a time behind the confirmation of those
+    /// before them: a round trip to the broker each, under load tens of milliseconds.
+    async fn idle(
+        &self,
+        in_flight: &mut VecDeque<InFlight>,
+        shutdown: &mut ShutdownSignal,
+    ) -> Idle {
+        let oldest = async {
+            match in_flight.front_mut() {
+                Some(batch) => Some((&mut batch.deliveries).await),
+                None => std::future::pending().await,
+            }
+        };
+        let landed = tokio::select! {
+            outcome = oldest => outcome,
+            _ = self.wake.notified() => return Idle::Look,
+            _ = tokio::time::sleep(self.settings.linger) => return Idle::Look,
+            _ = shutdown::wait(shutdown) => return Idle::Stop,
+        };
+        match (landed, in_flight.pop_front()) {
+            (Some(outcome), Some(batch)) => Idle::Landed((batch.last, batch.count, outcome)),
+            _ => Idle::Look,
         }
     }
 
@@ -783,6 +806,16 @@ impl Relay {
         self.metrics.relay_batches.inc_by(batches);
         Ok(())
     }
+}
+
+/// What ended an idle relay's wait.
+enum Idle {
+    /// The oldest batch in flight finished: land it.
+    Landed((Watermark, u64, Delivered)),
+    /// New rows may be there (announced, or the linger passed).
+    Look,
+    /// Shutdown.
+    Stop,
 }
 
 /// What a leading session publishes with.

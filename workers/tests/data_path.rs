@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use outbox_workers::ledger::IdSet;
 use serde_json::Value;
-use support::{keyed_messages, send_batch, send_one, wait_acknowledged, Env, Worker};
+use support::{
+    keyed_messages, read_topic, send_batch, send_one, wait_acknowledged, Env, TopicMessage, Worker,
+};
 use testbed_support::{kafka, unique_name};
 
 const PRODUCER_HEALTH: &str = "/api/messages/health";
@@ -426,43 +428,8 @@ async fn producers_starting_at_once_all_migrate_the_same_fresh_schema() {
     assert!(versions_distinct);
 }
 
-/// Reads `topic` from the start until `count` messages arrived; returns each message's
-/// headers as a map.
-async fn read_topic_headers(
-    bootstrap: &str,
-    topic: &str,
-    count: usize,
-) -> Vec<std::collections::HashMap<String, String>> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::{Headers, Message};
-    let mut config = outbox_workers::kafka::client_config(bootstrap, &Default::default());
-    config
-        .set("group.id", unique_name("dlt-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false");
-    let reader: StreamConsumer = config.create().expect("dead-letter reader");
-    reader.subscribe(&[topic]).expect("subscribe");
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while seen.len() < count {
-        let next = tokio::time::timeout_at(deadline, reader.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} messages on {topic}", seen.len()))
-            .expect("read the dead-letter topic");
-        let headers = next
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                        (h.key.to_string(), value.into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        seen.push(headers);
-    }
-    seen
+fn headers_only(messages: Vec<TopicMessage>) -> Vec<std::collections::HashMap<String, String>> {
+    messages.into_iter().map(|m| m.headers).collect()
 }
 
 #[tokio::test]
@@ -515,7 +482,7 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
         .expect("produce a message without an id header");
     }
 
-    let letters = read_topic_headers(&env.bootstrap, &dead_letters, 52).await;
+    let letters = headers_only(read_topic(&env.bootstrap, &dead_letters, 52).await);
     let reason = |h: &std::collections::HashMap<String, String>| {
         h.get(outbox_workers::headers::DEAD_LETTER_REASON)
             .cloned()
@@ -886,7 +853,7 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
         .expect("name the poison");
     tx.commit().await.expect("commit");
 
-    let letters = read_topic_headers(&env.bootstrap, &dead_letters, 1).await;
+    let letters = headers_only(read_topic(&env.bootstrap, &dead_letters, 1).await);
     assert_eq!(
         letters[0]
             .get(outbox_workers::headers::MESSAGE_ID)

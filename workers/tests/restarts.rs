@@ -8,7 +8,9 @@ use std::time::Duration;
 use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
 use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
-use support::{keyed_messages, wait_acknowledged, wait_acknowledged_supervising, Env, Worker};
+use support::{
+    keyed_messages, read_topic, wait_acknowledged, wait_acknowledged_supervising, Env, Worker,
+};
 use testbed_support::tls::TestCa;
 use testbed_support::{free_port, kafka};
 
@@ -866,4 +868,67 @@ async fn stored_for_run(db: &tokio_postgres::Client, run_id: &str) -> i64 {
     .await
     .map(|r| r.get::<_, i64>(0))
     .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn messages_sent_while_kafka_has_not_confirmed_the_last_batch_are_handed_on_at_once() {
+    // The broker stays frozen this long after the last message is sent: a message
+    // handed on only once the batch before it is confirmed waits at least as long.
+    const HELD: Duration = Duration::from_secs(3);
+    let kafka = ThrowawayKafka::start();
+    let topic = testbed_support::unique_name("unconfirmed");
+    kafka::create_topic(&kafka.bootstrap(), &topic, 1, &[]).await;
+    let env = Env {
+        bootstrap: kafka.bootstrap(),
+        database_url: testbed_support::testbed()
+            .fresh_schema("unconfirmed")
+            .await
+            .expect("fresh schema"),
+        topic: topic.clone(),
+    };
+    // An idle relay looks every second unless woken: only the wake can explain a quick
+    // hand-over.
+    let mut producer = Worker::producer(&env, "p1", &[("RELAY_LINGER_MS", "1000")]);
+    producer.wait_healthy("/api/messages/health").await;
+    support::send_one(&producer, &topic, "k", "before").await;
+    read_topic(&env.bootstrap, &topic, 1).await;
+
+    let frozen = kafka.freeze();
+    // The first is handed to the client and waits for its confirmation; the others
+    // come while it waits.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(support::send_one(&producer, &topic, "k", &format!("frozen-{i}")).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(HELD).await;
+    drop(frozen);
+
+    let messages = read_topic(&env.bootstrap, &topic, 4).await;
+    let handed_after_ms: Vec<(i64, i64)> = messages
+        .iter()
+        .filter_map(|m| {
+            let id = m
+                .headers
+                .get(outbox_workers::headers::MESSAGE_ID)?
+                .parse()
+                .ok()?;
+            let created_us: i64 = m
+                .headers
+                .get(outbox_workers::headers::CREATED_AT_MICROS)?
+                .parse()
+                .ok()?;
+            Some((id, m.timestamp_ms - created_us / 1000))
+        })
+        .filter(|(id, _)| ids.contains(id))
+        .collect();
+    assert_eq!(handed_after_ms.len(), 3, "{messages:?}");
+    for (id, after_ms) in &handed_after_ms {
+        assert!(
+            *after_ms < 1_000,
+            "message {id} was handed to Kafka {after_ms} ms after it was stored, the broker \
+             frozen meanwhile: {handed_after_ms:?}"
+        );
+    }
+    drop(producer);
 }

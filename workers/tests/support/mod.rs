@@ -293,6 +293,51 @@ pub async fn send_one(producer: &Worker, topic: &str, key: &str, message: &str) 
     body["id"].as_i64().expect("id")
 }
 
+/// A message read back from a topic: its headers and its Kafka timestamp.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    pub headers: std::collections::HashMap<String, String>,
+    /// Milliseconds since the epoch: when the producer handed it to its client.
+    pub timestamp_ms: i64,
+}
+
+/// Reads `topic` from the start until `count` messages arrived (at most 90 s).
+pub async fn read_topic(bootstrap: &str, topic: &str, count: usize) -> Vec<TopicMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let mut config = outbox_workers::kafka::client_config(bootstrap, &Default::default());
+    config
+        .set("group.id", unique_name("topic-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    let reader: StreamConsumer = config.create().expect("topic reader");
+    reader.subscribe(&[topic]).expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() < count {
+        let next = tokio::time::timeout_at(deadline, reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages on {topic}", seen.len()))
+            .expect("read the topic");
+        let headers = next
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_string(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        seen.push(TopicMessage {
+            headers,
+            timestamp_ms: next.timestamp().to_millis().unwrap_or_default(),
+        });
+    }
+    seen
+}
+
 /// Sends a batch of `(key, message)`; returns the ids in order.
 pub async fn send_batch(producer: &Worker, topic: &str, messages: &[(String, String)]) -> Vec<i64> {
     let body = json!({"messages": messages.iter().map(|(k, m)| json!({"topic": topic, "key": k, "message": m})).collect::<Vec<_>>()});

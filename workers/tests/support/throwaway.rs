@@ -311,6 +311,14 @@ impl ThrowawayKafka {
         );
     }
 
+    /// Freezes the broker (SIGSTOP) while the guard lives: connections stay open and
+    /// nothing is answered, as a broker stalled in a long pause; SIGCONT on drop.
+    pub fn freeze(&self) -> Frozen {
+        let pid = self.child.as_ref().expect("the broker runs").id();
+        assert!(signal("STOP", pid), "kill -STOP {pid} failed");
+        Frozen { pid }
+    }
+
     /// Stops the broker gracefully (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -338,6 +346,26 @@ impl Drop for ThrowawayKafka {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A frozen broker ([`ThrowawayKafka::freeze`]), thawed on drop.
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("CONT", self.pid);
+    }
+}
+
+/// Sends signal `name` to `pid`; whether it was delivered.
+fn signal(name: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Every packet to and from `address:port` dropped (not refused, not reset) while this
