@@ -117,6 +117,25 @@ pub async fn insert_one(
     Ok(row.get(0))
 }
 
+/// Opens every session of the request pool and prepares the single-message statements
+/// on each, once the schema is in place. Opened on demand instead, the sessions came
+/// when a burst of single messages did, each costing PostgreSQL a backend start,
+/// authentication and cold caches in the middle of it. Best effort: a session that
+/// cannot be opened now is opened by the request that needs it. Returns how many were
+/// warmed.
+pub async fn warm_pool(pool: &deadpool_postgres::Pool) -> usize {
+    let sessions = futures::future::join_all((0..pool.status().max_size).map(|_| async {
+        let client = pool.get().await.ok()?;
+        for statement in [INSERT_ONE, INSERT_ONE_ONCE] {
+            client.prepare_cached(statement).await.ok()?;
+        }
+        Some(client)
+    }))
+    .await;
+    // All held until here, so that each is a session of its own.
+    sessions.iter().flatten().count()
+}
+
 /// One message (the immediate path). Prepared once per pooled connection: parsing and
 /// planning it for every message was a share of PostgreSQL's work per message sent
 /// alone.

@@ -1781,3 +1781,56 @@ async fn the_benchmark_times_every_stage_and_the_whole_pipeline_against_raw_base
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The backend pids of the sessions named `application`.
+async fn sessions_named(observer: &tokio_postgres::Client, application: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = observer
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&application],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[tokio::test]
+async fn a_burst_of_single_messages_finds_the_producers_sessions_already_open() {
+    const POOL: usize = 6;
+    let mut env = Env::on_testbed("warm", 1).await;
+    let application = unique_name("warm");
+    env.database_url = format!("{}&application_name={application}", env.database_url);
+    let mut producer = Worker::producer(&env, "p1", &[("DB_POOL_SIZE", &POOL.to_string())]);
+    producer.wait_healthy("/api/messages/health").await;
+    let observer = outbox_workers::db::connect(&testbed_support::testbed().database_url)
+        .await
+        .expect("connect");
+    // The pool's sessions and, beside them, the relay's and retention's (opened at
+    // start-up too: read again once they all had the time).
+    testbed_support::eventually(
+        "the producer's pool sessions opened",
+        Duration::from_secs(20),
+        || async { (sessions_named(&observer, &application).await.len() > POOL).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sessions_named(&observer, &application).await;
+
+    let messages: Vec<String> = (0..2 * POOL).map(|i| format!("burst-{i}")).collect();
+    let sends = messages
+        .iter()
+        .map(|m| send_one(&producer, &env.topic, "k", m));
+    let ids = futures::future::join_all(sends).await;
+    assert_eq!(ids.len(), 2 * POOL);
+
+    let after = sessions_named(&observer, &application).await;
+    let opened: Vec<&i32> = after.iter().filter(|p| !before.contains(p)).collect();
+    assert!(
+        opened.is_empty(),
+        "the burst opened sessions {opened:?} (before: {before:?}, after: {after:?})"
+    );
+}

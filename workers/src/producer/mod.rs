@@ -225,9 +225,21 @@ async fn serve(
     }))
 }
 
-/// The background work once PostgreSQL answers: the backlog bound and gauge, and
-/// retention.
+/// The background work once PostgreSQL answers: the request pool's sessions, the
+/// backlog bound and gauge, and retention.
 fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &ShutdownSignal) {
+    let pool = parts.pool.clone();
+    tokio::spawn(
+        async move {
+            let warmed = crate::outbox::warm_pool(&pool).await;
+            tracing::info!(
+                warmed,
+                size = pool.status().max_size,
+                "request pool sessions opened"
+            );
+        }
+        .in_current_span(),
+    );
     tokio::spawn(
         parts
             .backlog
