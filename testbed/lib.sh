@@ -44,8 +44,10 @@ pg_bindir() { echo "/usr/lib/postgresql/$PG_MAJOR/bin"; }
 # the whole /kubepods tree (1024 per core), so twenty busy PostgreSQL backends outweighed
 # every pod together ten to one: under a load of single messages the relay and the
 # consumers starved while ingest ran. Each service runs in a cpu cgroup of its own
-# instead, weighing one core, as it would in a pod requesting one CPU or on a machine of
-# its own. Made by up.sh as root with the node (cgroup v1 only), removed by down.sh.
+# instead, under /outbox-testbed, which weighs one core (its default 1,024 shares) for
+# the two together, as a database and a broker in one pod requesting one CPU would; the
+# children's shares divide that between them. Made by up.sh as root with the node
+# (cgroup v1 only), removed by down.sh.
 SERVICE_CGROUPS=/sys/fs/cgroup/cpu/outbox-testbed
 SERVICE_CPU_SHARES=1024
 
