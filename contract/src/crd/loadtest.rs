@@ -195,7 +195,8 @@ pub struct Scenario {
     /// True: the batch endpoint (bulk ingest); false: one request per message.
     #[serde(default)]
     pub batching: bool,
-    /// Concurrent requests in flight per producer (runner default when absent).
+    /// Concurrent requests in flight per producer (when absent: 2 for batching
+    /// scenarios, 1, one message at a time, for the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub concurrency: Option<i32>,

@@ -78,8 +78,8 @@ pub struct LoadTestArgs {
     /// Messages per request of a batching scenario.
     #[arg(long, default_value_t = 2000)]
     pub messages_per_request: usize,
-    /// Requests in flight per producer when the scenario does not say (default: 3 for
-    /// batching scenarios, 16 for immediate ones).
+    /// Requests in flight per producer when the scenario does not say (default: 2 for
+    /// batching scenarios, 1 for immediate ones).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// How long a request answered 429 or 503 (nothing stored: backlog at its bound,
