@@ -502,19 +502,19 @@ impl Relay {
     ) -> Idle {
         let oldest = async {
             match in_flight.front_mut() {
-                Some(batch) => Some((&mut batch.deliveries).await),
+                Some(batch) => (&mut batch.deliveries).await,
                 None => std::future::pending().await,
             }
         };
-        let landed = tokio::select! {
+        let outcome = tokio::select! {
             outcome = oldest => outcome,
             _ = self.wake.notified() => return Idle::Look,
             _ = tokio::time::sleep(self.settings.linger) => return Idle::Look,
             _ = shutdown::wait(shutdown) => return Idle::Stop,
         };
-        match (landed, in_flight.pop_front()) {
-            (Some(outcome), Some(batch)) => Idle::Landed((batch.last, batch.count, outcome)),
-            _ => Idle::Look,
+        match in_flight.pop_front() {
+            Some(batch) => Idle::Landed((batch.last, batch.count, outcome)),
+            None => Idle::Look,
         }
     }
 
