@@ -19,11 +19,16 @@ use super::CpuPlan;
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the worker pods are listed again in a Job.
 const LIST_EVERY: u32 = 10;
+/// A scenario still being sent is first read this long after it started, at the
+/// earliest: a tick (or the previous scenario's end) right after the start rated the
+/// ramp's first 50 arrivals a second as 474 per second in CI.
+const FIRST_WINDOW: Duration = Duration::from_millis(250);
 
 /// The scenario being sent, set by the sender and read by the sampler. Its end wakes
 /// the sampler at once, so a scenario shorter than the interval still gets its point,
-/// with its final counters; its start is read at the next tick (a point a few
-/// milliseconds after the start would rate two arrivals over 5 ms as 400 per second).
+/// with its final counters; its start is read at the next tick, and never sooner than
+/// [`FIRST_WINDOW`] after it (a point a few milliseconds after the start would rate two
+/// arrivals over 5 ms as 400 per second).
 #[derive(Default)]
 pub struct Live {
     state: Mutex<LiveState>,
@@ -58,6 +63,20 @@ impl Live {
             live.finished = true;
         }
         self.changed.notify_one();
+    }
+
+    /// How long to wait before reading, so that a scenario still being sent is not
+    /// rated over the first moments of its life ([`FIRST_WINDOW`]).
+    fn settle(&self) -> Duration {
+        let Ok(live) = self.state.lock() else {
+            return Duration::ZERO;
+        };
+        match live.since {
+            Some(since) if !live.finished && !live.current.is_empty() => {
+                FIRST_WINDOW.saturating_sub(since.elapsed())
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// The scenarios to read now (finished ones for the last time), and when they
@@ -258,6 +277,7 @@ impl Sampler {
                     _ = live.changed.notified() => {}
                     _ = stopped.changed() => break,
                 }
+                tokio::time::sleep(live.settle()).await;
                 if n.is_multiple_of(LIST_EVERY) {
                     sources = worker_sources(&cpu).await;
                 }
@@ -511,6 +531,20 @@ mod tests {
         assert_eq!(read.len(), 1, "read once more after it ended");
         assert!(since.is_some());
         assert!(live.take().0.is_empty(), "then forgotten");
+    }
+
+    #[test]
+    fn a_scenario_is_first_read_a_quarter_second_after_it_started_unless_it_ended() {
+        let live = Live::default();
+        assert_eq!(live.settle(), Duration::ZERO, "nothing being sent");
+        live.sending(vec![("ramp".into(), Arc::default())]);
+        let wait = live.settle();
+        assert!(
+            wait > FIRST_WINDOW - Duration::from_millis(100) && wait <= FIRST_WINDOW,
+            "{wait:?}"
+        );
+        live.idle();
+        assert_eq!(live.settle(), Duration::ZERO, "its end is read at once");
     }
 
     #[test]
