@@ -277,7 +277,11 @@ impl Sampler {
                     _ = live.changed.notified() => {}
                     _ = stopped.changed() => break,
                 }
-                tokio::time::sleep(live.settle()).await;
+                // The first reading is the baseline, taken at once: held back, it could
+                // be a short first scenario's final one, and no point would carry it.
+                if before.is_some() {
+                    tokio::time::sleep(live.settle()).await;
+                }
                 if n.is_multiple_of(LIST_EVERY) {
                     sources = worker_sources(&cpu).await;
                 }
