@@ -236,10 +236,7 @@ impl Worker {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        signal("TERM", child.id());
         for _ in 0..150 {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.success();
@@ -273,6 +270,15 @@ impl Drop for Worker {
             );
         }
     }
+}
+
+/// Sends signal `name` (`TERM`, `KILL`, `STOP`, …) to `pid`; whether it was delivered.
+pub fn signal(name: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Sends one message; returns its id.
@@ -525,7 +531,9 @@ impl Drop for MemoryCgroup {
     fn drop(&mut self) {
         let pids = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
         for pid in pids.lines() {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).status();
+            if let Ok(pid) = pid.trim().parse() {
+                signal("KILL", pid);
+            }
         }
         for _ in 0..50 {
             if std::fs::remove_dir(&self.dir).is_ok() {

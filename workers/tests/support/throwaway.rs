@@ -10,6 +10,8 @@ use std::time::Duration;
 use testbed_support::tls::ServerTls;
 use testbed_support::{free_port, repo_root, unique_name};
 
+use super::signal;
+
 fn versions_value(name: &str) -> String {
     let text = std::fs::read_to_string(repo_root().join("testbed").join("versions.env"))
         .expect("testbed/versions.env");
@@ -322,10 +324,7 @@ impl ThrowawayKafka {
     /// Stops the broker gracefully (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            signal("TERM", child.id());
             for _ in 0..300 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
@@ -357,15 +356,6 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         signal("CONT", self.pid);
     }
-}
-
-/// Sends signal `name` to `pid`; whether it was delivered.
-fn signal(name: &str, pid: u32) -> bool {
-    Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Every packet to and from `address:port` dropped (not refused, not reset) while this
