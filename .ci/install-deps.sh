@@ -46,6 +46,8 @@ fi
 # Debian's postgresql package may start a cluster of its own; the testbed runs its own.
 command -v go >/dev/null || { log "Go is required (preinstalled on this machine kind)"; exit 1; }
 command -v cargo >/dev/null || { log "Rust is required (preinstalled on this machine kind)"; exit 1; }
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# The list whole before grep -q: piped, pipefail would count grep's early exit as a miss.
+components=$(rustup component list --installed 2>/dev/null || true)
+grep -q '^rustfmt' <<<"$components" || rustup component add rustfmt
+grep -q '^clippy' <<<"$components" || rustup component add clippy
 log "all build and testbed dependencies present"

@@ -318,13 +318,16 @@ node_down() {
 # iptables: every KUBE-* and CNI-* chain and every rule that jumps to one; then the nft
 # tables (iptables-nft's own included) and nfacct objects that were not there before.
 node_clean_netfilter() {
-  local save restore
+  local save restore rules ours='KUBE-|CNI-'
   for pair in "iptables-save iptables-restore" "ip6tables-save ip6tables-restore"; do
     read -r save restore <<<"$pair"
-    if "$save" 2>/dev/null | grep -qE 'KUBE-|CNI-'; then
-      "$save" | grep -vE '^:(KUBE-|CNI-)|^-A (KUBE-|CNI-)|-[jg] (KUBE-|CNI-)' | "$restore" \
-        || log "warning: $restore failed"
-    fi
+    # The whole save first: `save | grep -q` under pipefail fails when grep stops reading
+    # before a long save is written (SIGPIPE), which skipped the cleanup.
+    rules=$("$save" 2>/dev/null) || { log "warning: $save failed; its rules are left as they are"; continue; }
+    grep -qE "$ours" <<<"$rules" || continue
+    grep -vE "^:($ours)|^-A ($ours)|-[jg] ($ours)" <<<"$rules" | "$restore" || log "warning: $restore failed"
+    rules=$("$save" 2>/dev/null | grep -E "$ours" || true)
+    [ -z "$rules" ] || log "warning: $save still shows $(wc -l <<<"$rules") chains or rules of the node, e.g. ${rules%%$'\n'*}"
   done
   local table
   while read -r table; do
