@@ -1,6 +1,5 @@
 //! The `operator` binary: both controllers, `/metrics` and `/healthz`, until SIGTERM.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,8 +78,9 @@ enum LogFormat {
 /// The operator's life as its steps: read the flags → logging → connect → scope and
 /// settings (pure, from the flags) → the leader election, when asked for (its Lease
 /// settings pure, from the flags) → serve `/metrics` and `/healthz`, and turn SIGTERM
-/// into a stop → wait for the Lease → run both controllers until stopped or the Lease
-/// is lost → release the Lease → exit, with an error when the Lease was lost.
+/// into a stop → wait for the Lease → run both controllers until stopped (reconciles
+/// under way finish, then the Lease is released) or the Lease is lost (they are
+/// dropped at once, and the process exits with an error).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -114,18 +114,24 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let shutdown = first_of(stopped(stop_rx), stopped(lost_rx.clone()));
-    let result = run(ctx, scope, shutdown).await;
+    // A stop lets the reconciles under way finish. A lost Lease drops them where they
+    // are: the replica that took over may be acting already, so not one more write
+    // goes out in this one's name (and no Kafka or API call under way delays the exit).
+    let outcome = tokio::select! {
+        result = run(ctx, scope, stopped(stop_rx)) => Some(result),
+        () = stopped(lost_rx) => None,
+    };
+    let Some(result) = outcome else {
+        server.abort();
+        anyhow::bail!(
+            "lost the leader-election Lease; dropped the reconciles under way and exiting so that this replica restarts as a candidate"
+        );
+    };
     if let Some(elector) = &elector {
         elector.release().await;
     }
     server.abort();
     result.context("running the controllers")?;
-    if *lost_rx.borrow() {
-        anyhow::bail!(
-            "lost the leader-election Lease; exiting so that this replica restarts as a candidate"
-        );
-    }
     Ok(())
 }
 
@@ -214,14 +220,6 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             break;
         }
-    }
-}
-
-/// Resolves when either of `a` and `b` does.
-async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
-    tokio::select! {
-        _ = a => {}
-        _ = b => {}
     }
 }
 

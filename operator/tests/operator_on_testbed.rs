@@ -1600,7 +1600,8 @@ async fn a_paused_leader_stops_acting_before_a_new_leader_starts() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the paused leader did not give up within 15 s of running again"
+            "the paused leader did not give up within 15 s of running again\n{}",
+            a.log_tail(40)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -1631,6 +1632,100 @@ async fn a_paused_leader_stops_acting_before_a_new_leader_starts() {
         reporters.iter().all(|r| r == "replica-b"),
         "Events about the second LoadTest from {reporters:?}"
     );
+    delete_namespace(&client, &ns).await;
+}
+
+/// A leader that loses the Lease while one of its reconciles waits on Kafka (a broker
+/// that accepts connections and never answers) drops that reconcile and exits: the
+/// replica that took over may be acting already, so nothing more is written in the old
+/// leader's name, however long the reconcile would still have taken.
+#[tokio::test]
+async fn a_leader_that_loses_the_lease_mid_reconcile_writes_nothing_more() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let (client, ns) = setup("lost-mid").await;
+    // The kernel completes the handshakes (its backlog); nothing ever reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let silent_broker = silent
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
+    let mut a = OperatorProcess::spawn_with(
+        &ns,
+        &format!("{ns}-a"),
+        &[
+            "--leader-elect",
+            "--leader-election-namespace",
+            ns.as_str(),
+            "--leader-election-lease-seconds",
+            "3",
+            "--identity",
+            "replica-a",
+        ],
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    eventually("replica-a holds the Lease", WAIT, || async {
+        let lease = leases.get_opt("outbox-operator").await.ok()??;
+        (lease.spec?.holder_identity? == "replica-a").then_some(())
+    })
+    .await;
+    let mut system = reference_system(&unique_name("lost-mid"));
+    system.spec.kafka.bootstrap_servers = silent_broker;
+    let systems = create_system(&client, &ns, &system).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    // Its children applied, the reconcile goes on to the topic: the silent broker.
+    wait_present(&deployments, "outbox-producer").await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let written_by_a = || async {
+        let version = systems
+            .get(&system.name_any())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .resource_version();
+        let events = events
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .into_iter()
+            .filter(|e| e.reporting_instance.as_deref() == Some("replica-a"))
+            .count();
+        (version, events)
+    };
+
+    // Taken over, as a replica that found the Lease expired would take it.
+    let before = written_by_a().await;
+    let mut lease = leases
+        .get("outbox-operator")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("replica-b".into());
+        spec.acquire_time = Some(now.clone());
+        spec.renew_time = Some(now);
+    }
+    leases
+        .replace("outbox-operator", &PostParams::default(), &lease)
+        .await
+        .unwrap_or_else(|e| panic!("taking the Lease over: {e}"));
+
+    let exit = eventually("replica-a gives up", WAIT, || {
+        let exited = a.exited();
+        async move { exited }
+    })
+    .await;
+    assert!(
+        !exit.success(),
+        "it exits saying it lost the Lease: {exit:?}"
+    );
+    assert_eq!(
+        written_by_a().await,
+        before,
+        "replica-a wrote the OutboxSystem or an Event after it lost the Lease (resourceVersion, Events)\n{}",
+        a.log_tail(40)
+    );
+    drop(silent);
     delete_namespace(&client, &ns).await;
 }
 

@@ -188,6 +188,7 @@ pub fn start_operator_with(
 pub struct OperatorProcess {
     child: Child,
     metrics_port: u16,
+    log: PathBuf,
 }
 
 impl OperatorProcess {
@@ -229,6 +230,7 @@ impl OperatorProcess {
         OperatorProcess {
             child,
             metrics_port,
+            log,
         }
     }
 
@@ -267,6 +269,17 @@ impl OperatorProcess {
             .status()
             .unwrap_or_else(|e| panic!("kill: {e}"));
         assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// The last `lines` lines of the process's log, for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        format!(
+            "--- last {lines} lines of {} ---\n{}",
+            self.log.display(),
+            all[all.len().saturating_sub(lines)..].join("\n")
+        )
     }
 
     /// The exit status, once the process has exited.
