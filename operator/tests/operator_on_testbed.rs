@@ -1444,34 +1444,15 @@ async fn loadtest_gets_exactly_one_job_across_operator_restarts_and_status_does_
 #[tokio::test]
 async fn only_the_lease_holder_reconciles_another_replica_takes_over_when_it_dies_and_sigterm_releases_the_lease(
 ) {
-    use k8s_openapi::api::coordination::v1::Lease;
     let (client, ns) = setup("leader").await;
-    let elect = |identity: &'static str| {
-        [
-            "--leader-elect",
-            "--leader-election-namespace",
-            ns.as_str(),
-            "--leader-election-lease-seconds",
-            "3",
-            "--identity",
-            identity,
-        ]
-    };
-    let a = OperatorProcess::spawn_with(&ns, &format!("{ns}-a"), &elect("replica-a"));
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let holder = || {
-        let leases = leases.clone();
-        async move {
-            let lease = leases.get_opt("outbox-operator").await.ok()??;
-            lease.spec?.holder_identity
-        }
-    };
+    let a = OperatorProcess::spawn_elected(&ns, "replica-a");
+    let holder = || lease_holder(&client, &ns);
     let first = eventually("replica-a holds the Lease", WAIT, || async {
         holder().await.filter(|h| h == "replica-a")
     })
     .await;
     assert_eq!(first, "replica-a");
-    let b = OperatorProcess::spawn_with(&ns, &format!("{ns}-b"), &elect("replica-b"));
+    let b = OperatorProcess::spawn_elected(&ns, "replica-b");
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     loadtests
         .create(
@@ -1516,37 +1497,14 @@ async fn only_the_lease_holder_reconciles_another_replica_takes_over_when_it_die
 
 #[tokio::test]
 async fn a_paused_leader_stops_acting_before_a_new_leader_starts() {
-    use k8s_openapi::api::coordination::v1::Lease;
     let (client, ns) = setup("paused").await;
-    let elect = |identity: &'static str| {
-        [
-            "--leader-elect",
-            "--leader-election-namespace",
-            ns.as_str(),
-            "--leader-election-lease-seconds",
-            "3",
-            "--identity",
-            identity,
-        ]
-    };
-    let mut a = OperatorProcess::spawn_with(&ns, &format!("{ns}-a"), &elect("replica-a"));
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let holder = || {
-        let leases = leases.clone();
-        async move {
-            leases
-                .get_opt("outbox-operator")
-                .await
-                .ok()??
-                .spec?
-                .holder_identity
-        }
-    };
+    let mut a = OperatorProcess::spawn_elected(&ns, "replica-a");
+    let holder = || lease_holder(&client, &ns);
     eventually("replica-a holds the Lease", WAIT, || async {
         holder().await.filter(|h| h == "replica-a")
     })
     .await;
-    let b = OperatorProcess::spawn_with(&ns, &format!("{ns}-b"), &elect("replica-b"));
+    let b = OperatorProcess::spawn_elected(&ns, "replica-b");
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     loadtests
         .create(
@@ -1650,25 +1608,14 @@ async fn a_leader_that_loses_the_lease_mid_reconcile_writes_nothing_more() {
         .local_addr()
         .unwrap_or_else(|e| panic!("{e}"))
         .to_string();
-    let mut a = OperatorProcess::spawn_with(
-        &ns,
-        &format!("{ns}-a"),
-        &[
-            "--leader-elect",
-            "--leader-election-namespace",
-            ns.as_str(),
-            "--leader-election-lease-seconds",
-            "3",
-            "--identity",
-            "replica-a",
-        ],
-    );
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut a = OperatorProcess::spawn_elected(&ns, "replica-a");
     eventually("replica-a holds the Lease", WAIT, || async {
-        let lease = leases.get_opt("outbox-operator").await.ok()??;
-        (lease.spec?.holder_identity? == "replica-a").then_some(())
+        lease_holder(&client, &ns)
+            .await
+            .filter(|h| h == "replica-a")
     })
     .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let mut system = reference_system(&unique_name("lost-mid"));
     system.spec.kafka.bootstrap_servers = silent_broker;
     let systems = create_system(&client, &ns, &system).await;

@@ -234,6 +234,24 @@ impl OperatorProcess {
         }
     }
 
+    /// A replica `identity` that runs for the Lease `outbox-operator` in `namespace`,
+    /// lasting 3 s (so that a test sees a take-over within seconds).
+    pub fn spawn_elected(namespace: &str, identity: &str) -> Self {
+        Self::spawn_with(
+            namespace,
+            &format!("{namespace}-{identity}"),
+            &[
+                "--leader-elect",
+                "--leader-election-namespace",
+                namespace,
+                "--leader-election-lease-seconds",
+                "3",
+                "--identity",
+                identity,
+            ],
+        )
+    }
+
     pub async fn get(&self, path: &str) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
@@ -339,6 +357,14 @@ pub async fn create_system(
         .await
         .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
     api
+}
+
+/// Who holds the operator's Lease in `namespace` now (None: no Lease, or released).
+pub async fn lease_holder(client: &Client, namespace: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), namespace);
+    let lease = leases.get_opt("outbox-operator").await.ok()??;
+    lease.spec?.holder_identity
 }
 
 /// Partitions of `topic` in the testbed's Kafka (None: no such topic).
