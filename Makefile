@@ -31,10 +31,13 @@ testbed-images: ## build the operator and worker images (PROFILE=debug|release) 
 
 CHAOS_TABLE := $(CARGO_TARGET_DIR)/tmp/chaos-table.md
 
-test: deps ## all tests on the real testbed: brings it up, runs them, takes it down again (prints the fault-matrix sample)
+test: deps ## all tests on the real testbed, then the kind quick start on its node (kind-check): brings it up, runs them, takes it down again
 	@rm -f "$(CHAOS_TABLE)"
 	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) build --workspace --bins && \
-	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && $(CARGO) test --workspace --no-fail-fast'; \
+	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" || exit 1; \
+	  $(CARGO) test --workspace --no-fail-fast; tests=$$?; testbed/kind-check.sh; kind=$$?; \
+	  echo "cargo test: exit $$tests; kind quick start (testbed/kind-check.sh): exit $$kind"; \
+	  [ $$tests = 0 ] && [ $$kind = 0 ]'; \
 	  status=$$?; [ -f "$(CHAOS_TABLE)" ] && { echo "fault matrix (sample):"; cat "$(CHAOS_TABLE)"; }; exit $$status
 
 CHAOS_FAULTS ?= all
@@ -65,7 +68,7 @@ crds-check: ## fail when crds/ or the chart's copy differ from what crdgen write
 chart-check: ## helm lint, and the rendered chart validated by the testbed's v1.33 API server
 	@testbed/with-testbed.sh testbed/chart-check.sh
 
-SHELL_SCRIPTS := testbed/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
+SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
 lint: deps ## rustfmt, clippy -D warnings, CRD drift (crds/ and the chart's copy), shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -78,22 +81,33 @@ OPERATOR_IMAGE ?= ghcr.io/outbox-dev/outbox-operator:$(VERSION)
 WORKER_IMAGE ?= ghcr.io/outbox-dev/outbox-worker:$(VERSION)
 KIND_CLUSTER ?= outbox
 
-.PHONY: images kind-up kind-load kind-install
+.PHONY: images kind-up kind-dev kind-load kind-chart kind-install kind-check
 images: ## build the operator and worker images (needs a Docker engine)
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
 	docker build -f workers/Dockerfile -t $(WORKER_IMAGE) .
 
 kind-up: ## create the kind cluster from manifests/kind/cluster.yaml with dev Kafka and PostgreSQL
 	kind create cluster --config manifests/kind/cluster.yaml
+	$(MAKE) --no-print-directory kind-dev
+
+kind-dev: ## apply the dev Kafka and PostgreSQL (manifests/kind/) to the current cluster and wait for them
 	kubectl apply -f manifests/kind/postgres.yaml -f manifests/kind/kafka.yaml
-	kubectl rollout status deployment/outbox-postgres deployment/outbox-kafka --timeout=5m
+	kubectl rollout status deployment/outbox-postgres --timeout=5m
+	kubectl rollout status deployment/outbox-kafka --timeout=5m
 
 kind-load: images ## load both images into the kind cluster
 	kind load docker-image --name $(KIND_CLUSTER) $(OPERATOR_IMAGE) $(WORKER_IMAGE)
 
 kind-install: kind-load ## helm install the chart into the kind cluster
+	$(MAKE) --no-print-directory kind-chart
+
+kind-chart: ## helm install the chart into outbox-system of the current cluster, as kind-install does
 	helm upgrade --install outbox-operator charts/outbox-operator --namespace outbox-system --create-namespace \
 	  --set loadtest.namespaces='{default}' --wait
+
+kind-check: deps ## the kind quick start on the testbed's node (all but kind create, docker build, kind load), small LoadTest Verified
+	$(CARGO) build -p outbox-operator -p outbox-workers --bins
+	@testbed/with-testbed.sh bash -c 'testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && testbed/kind-check.sh'
 
 BENCH_MESSAGES ?= 1000000
 BENCH_ROUNDS ?= 3
