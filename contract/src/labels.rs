@@ -23,3 +23,15 @@ pub fn consumers_of(system: &str) -> String {
 pub fn workers_of(system: &str) -> String {
     format!("{SYSTEM}={system},{COMPONENT} in ({PRODUCER},{CONSUMER})")
 }
+
+/// Label every child of the operator carries, with value [`OPERATOR`]; the operator
+/// watches only children that carry it.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// [`MANAGED_BY`] of the operator's children.
+pub const OPERATOR: &str = "outbox-operator";
+
+/// The selector of every child the operator made (Deployments, Services, ConfigMaps,
+/// Jobs): what its watches on those kinds ask the API server for.
+pub fn operator_children() -> String {
+    format!("{MANAGED_BY}={OPERATOR}")
+}

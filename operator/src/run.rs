@@ -120,6 +120,15 @@ where
     reconcile(object, ctx).await
 }
 
+/// The watch on a kind of children: only objects the operator made (its label), so that
+/// on a big cluster the API server sends neither the other Deployments, Services,
+/// ConfigMaps and Jobs nor their changes (and `owns` watches metadata only).
+fn children_watch() -> watcher::Config {
+    watcher::Config::default()
+        .any_semantic()
+        .labels(&outbox_contract::labels::operator_children())
+}
+
 /// The OutboxSystem controller: reconciles on changes of the systems and of the
 /// Deployments, Services and ConfigMaps they own.
 fn outbox_system_controller(
@@ -129,10 +138,10 @@ fn outbox_system_controller(
 ) -> impl Future<Output = ()> {
     let client = ctx.client.clone();
     let config = watcher::Config::default().any_semantic();
-    Controller::new(scope.api::<OutboxSystem>(&client), config.clone())
-        .owns(scope.api::<Deployment>(&client), config.clone())
-        .owns(scope.api::<Service>(&client), config.clone())
-        .owns(scope.api::<ConfigMap>(&client), config)
+    Controller::new(scope.api::<OutboxSystem>(&client), config)
+        .owns(scope.api::<Deployment>(&client), children_watch())
+        .owns(scope.api::<Service>(&client), children_watch())
+        .owns(scope.api::<ConfigMap>(&client), children_watch())
         .graceful_shutdown_on(stop)
         .run(
             |system, ctx| when_leading(system, ctx, system_controller::reconcile),
@@ -159,7 +168,7 @@ fn load_test_controller(
     let controller = Controller::new(scope.api::<LoadTest>(&client), config.clone());
     let loadtest_store = controller.store();
     controller
-        .owns(scope.api::<Job>(&client), config.clone())
+        .owns(scope.api::<Job>(&client), children_watch())
         // A LoadTest waiting for its OutboxSystem starts as soon as the system appears.
         .watches(scope.api::<OutboxSystem>(&client), config, move |system| {
             let namespace = system.namespace();

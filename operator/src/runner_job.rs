@@ -163,6 +163,14 @@ mod tests {
     }
 
     #[test]
+    fn the_job_carries_the_label_the_operators_watch_selects_by() {
+        let job = runner_job(&params(), &loadtest(), &system());
+        assert!(crate::workloads::tests::watched_by_the_operator(
+            &job.metadata
+        ));
+    }
+
+    #[test]
     fn job_runs_the_runner_for_this_loadtest_and_replaces_a_runner_that_died() {
         let job = runner_job(&params(), &loadtest(), &system());
         assert_eq!(job.metadata.name.as_deref(), Some("small-run"));

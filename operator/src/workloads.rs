@@ -135,8 +135,8 @@ pub fn worker_labels(system: &str, component: &str) -> BTreeMap<String, String> 
         ),
         ("app.kubernetes.io/instance".to_string(), system.to_string()),
         (
-            "app.kubernetes.io/managed-by".to_string(),
-            "outbox-operator".to_string(),
+            outbox_contract::labels::MANAGED_BY.to_string(),
+            outbox_contract::labels::OPERATOR.to_string(),
         ),
         (
             outbox_contract::labels::COMPONENT.to_string(),
@@ -533,7 +533,7 @@ pub fn owner_of(system: &OutboxSystem) -> Option<Owner> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crd::*;
 
@@ -608,6 +608,35 @@ mod tests {
             .find(|e| e.name == name)?
             .value
             .clone()
+    }
+
+    /// Whether `meta`'s labels match the selector the operator watches its children by.
+    pub(crate) fn watched_by_the_operator(meta: &ObjectMeta) -> bool {
+        let selector = outbox_contract::labels::operator_children();
+        let Some((key, value)) = selector.split_once('=') else {
+            return false;
+        };
+        meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str) == Some(value)
+    }
+
+    #[test]
+    fn every_child_carries_the_label_the_operators_watches_select_by() {
+        let children = build(&owner(), &reference_spec());
+        let mut metas = vec![
+            &children.config_map.metadata,
+            &children.producer.metadata,
+            &children.producer_service.metadata,
+        ];
+        metas.extend(children.consumers.iter().map(|d| &d.metadata));
+        metas.extend(children.consumer_services.iter().map(|s| &s.metadata));
+        for meta in metas {
+            assert!(
+                watched_by_the_operator(meta),
+                "{:?} is not selected by {}: the operator would never see it change",
+                meta.name,
+                outbox_contract::labels::operator_children()
+            );
+        }
     }
 
     #[test]
