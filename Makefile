@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check demo bench bench-check chaos
+.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check chart-values-check demo bench bench-check chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ crds-check: ## fail when crds/ or the chart's copy differ from what crdgen write
 
 chart-check: ## helm lint, and the rendered chart validated by the testbed's v1.33 API server
 	@testbed/with-testbed.sh testbed/chart-check.sh
+
+chart-values-check: ## what the chart's values render (helm template only, no testbed)
+	@testbed/chart-values-check.sh
 
 SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
 lint: deps ## rustfmt, clippy -D warnings, CRD drift (crds/ and the chart's copy), shellcheck

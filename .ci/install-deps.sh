@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v jq >/dev/null || need_pkgs+=(jq)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+# testbed/chart-values-check.sh reads what helm renders with PyYAML.
+python3 -c 'import yaml' 2>/dev/null || need_pkgs+=(python3-yaml)
 command -v mvn >/dev/null || need_pkgs+=(maven)
 command -v java >/dev/null || need_pkgs+=(openjdk-17-jre-headless)
 command -v g++ >/dev/null || need_pkgs+=(g++)

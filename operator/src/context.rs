@@ -18,6 +18,9 @@ pub struct Settings {
     /// (Kafka or its client Secret gone) before it lets the OutboxSystem go and leaves
     /// the topic behind, with a Warning Event naming it.
     pub topic_deletion_timeout: std::time::Duration,
+    /// The image (and its pull policy) of producers, consumers and load-test runners
+    /// whose OutboxSystem or LoadTest names none.
+    pub worker_image: crate::workloads::WorkerImage,
 }
 
 impl Default for Settings {
@@ -27,6 +30,7 @@ impl Default for Settings {
             status_refresh: std::time::Duration::from_secs(30),
             stall_after: std::time::Duration::from_secs(120),
             topic_deletion_timeout: std::time::Duration::from_secs(300),
+            worker_image: crate::workloads::WorkerImage::default(),
         }
     }
 }

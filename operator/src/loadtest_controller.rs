@@ -412,6 +412,7 @@ async fn create_job(
         namespace,
         owner_ref,
         service_account: &ctx.settings.loadtest_service_account,
+        worker_image: &ctx.settings.worker_image,
     };
     let desired = runner_job(&params, lt, system);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use outbox_operator::leader::{Elector, LeaseSettings};
 use outbox_operator::metrics::Metrics;
+use outbox_operator::workloads::{default_image, WorkerImage};
 use outbox_operator::{run, server, Context, Scope, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -36,6 +38,23 @@ struct Args {
         default_value = "outbox-loadtest"
     )]
     loadtest_service_account: String,
+    /// Worker image of producers, consumers and load-test runners whose OutboxSystem or
+    /// LoadTest names no `image`.
+    #[arg(
+        long,
+        env = "WORKER_IMAGE",
+        default_value_t = default_image(),
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    worker_image: String,
+    /// Pull policy for that worker image (default: Kubernetes' own); a spec's
+    /// `imagePullPolicy` wins.
+    #[arg(
+        long,
+        env = "WORKER_IMAGE_PULL_POLICY",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    worker_image_pull_policy: Option<String>,
     /// Seconds between status refreshes of a healthy OutboxSystem (lag, backlog).
     #[arg(long, env = "STATUS_REFRESH_SECONDS", default_value_t = 30)]
     status_refresh_seconds: u64,
@@ -165,6 +184,10 @@ fn settings(args: &Args) -> Settings {
         status_refresh: Duration::from_secs(args.status_refresh_seconds.max(1)),
         stall_after: Duration::from_secs(args.delivery_stall_seconds.max(1)),
         topic_deletion_timeout: Duration::from_secs(args.topic_deletion_timeout_seconds),
+        worker_image: WorkerImage {
+            image: args.worker_image.clone(),
+            pull_policy: args.worker_image_pull_policy.clone(),
+        },
     }
 }
 
@@ -234,7 +257,41 @@ mod tests {
         args.leader_elect = false;
         args.leader_election_namespace = None;
         args.identity = Some("replica-a".into());
+        args.worker_image = default_image();
+        args.worker_image_pull_policy = None;
         args
+    }
+
+    #[test]
+    fn the_worker_image_defaults_to_the_compiled_in_one_and_comes_from_the_flags() {
+        use clap::CommandFactory;
+        let command = Args::command();
+        let flag = command
+            .get_arguments()
+            .find(|a| a.get_id() == "worker_image")
+            .expect("--worker-image");
+        assert_eq!(flag.get_env(), Some(std::ffi::OsStr::new("WORKER_IMAGE")));
+        assert_eq!(flag.get_default_values(), [default_image().as_str()]);
+        assert_eq!(settings(&args()).worker_image, WorkerImage::default());
+
+        let a = Args::try_parse_from([
+            "operator",
+            "--worker-image",
+            "registry.example/outbox-worker:7",
+            "--worker-image-pull-policy",
+            "Always",
+        ])
+        .expect("valid flags");
+        let image = settings(&a).worker_image;
+        assert_eq!(image.image, "registry.example/outbox-worker:7");
+        assert_eq!(image.pull_policy.as_deref(), Some("Always"));
+        for wrong in [
+            ["--worker-image", ""],
+            ["--worker-image-pull-policy", "Sometimes"],
+        ] {
+            let argv = std::iter::once("operator").chain(wrong);
+            assert!(Args::try_parse_from(argv).is_err(), "{wrong:?}");
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::crd::{LoadTest, OutboxSystem};
 use crate::workloads::{
-    common_env, container_security_context, default_image, env_from, pod_security_context,
-    worker_labels, worker_volumes, WORKER_BINARY,
+    common_env, container_security_context, env_from, pod_security_context, worker_labels,
+    worker_volumes, WorkerImage, WORKER_BINARY,
 };
 
 /// Label naming the LoadTest a Job runs.
@@ -32,6 +32,8 @@ pub struct RunnerParams<'a> {
     pub owner_ref: OwnerReference,
     /// ServiceAccount of the runner.
     pub service_account: &'a str,
+    /// The runner's image when neither the LoadTest nor its OutboxSystem names one.
+    pub worker_image: &'a WorkerImage,
 }
 
 /// Seconds a runner Job may run before Kubernetes stops it (`activeDeadlineSeconds`):
@@ -62,17 +64,15 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
     let system_name = system.metadata.name.clone().unwrap_or_default();
     let mut labels = worker_labels(&system_name, outbox_contract::labels::LOADTEST);
     labels.insert(LOADTEST_LABEL.to_string(), params.name.to_string());
-    let image = loadtest
-        .spec
-        .image
-        .clone()
-        .or_else(|| system.spec.image.clone())
-        .unwrap_or_else(default_image);
+    let (image, image_pull_policy) = params.worker_image.resolve(
+        &[loadtest.spec.image.as_ref(), system.spec.image.as_ref()],
+        system.spec.image_pull_policy.as_ref(),
+    );
     let (volumes, mounts) = worker_volumes(&system.spec);
     let container = Container {
         name: "runner".to_string(),
         image: Some(image),
-        image_pull_policy: system.spec.image_pull_policy.clone(),
+        image_pull_policy,
         command: Some(vec![WORKER_BINARY.to_string()]),
         args: Some(vec![
             "loadtest".to_string(),
@@ -159,7 +159,25 @@ mod tests {
                 block_owner_deletion: Some(true),
             },
             service_account: "outbox-loadtest",
+            worker_image: &CONFIGURED,
         }
+    }
+
+    /// The operator's worker image in these tests (its `--worker-image`).
+    static CONFIGURED: std::sync::LazyLock<WorkerImage> =
+        std::sync::LazyLock::new(|| WorkerImage {
+            image: "registry.example/outbox-worker:7".into(),
+            pull_policy: Some("IfNotPresent".into()),
+        });
+
+    fn runner_image(job: &Job) -> (Option<String>, Option<String>) {
+        let c = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default();
+        (c.image, c.image_pull_policy)
     }
 
     #[test]
@@ -198,5 +216,23 @@ mod tests {
             .and_then(|s| s.template.spec)
             .map(|p| p.containers[0].image.clone());
         assert_eq!(image, Some(Some("example/runner:2".to_string())));
+    }
+
+    #[test]
+    fn without_an_image_in_the_loadtest_or_its_system_the_runner_gets_the_operators_worker_image() {
+        let mut bare = system();
+        bare.spec.image = None;
+        assert_eq!(
+            runner_image(&runner_job(&params(), &loadtest(), &bare)),
+            (
+                Some("registry.example/outbox-worker:7".into()),
+                Some("IfNotPresent".into())
+            )
+        );
+        // The system's own image keeps its place, with the system's pull policy (none).
+        assert_eq!(
+            runner_image(&runner_job(&params(), &loadtest(), &system())),
+            (Some("example/worker:1".into()), None)
+        );
     }
 }

@@ -263,7 +263,7 @@ async fn apply_children(
 ) -> Result<(Deployment, Vec<Deployment>)> {
     let spec = &system.spec;
     let owner = workloads::owner_of(system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
-    let children = workloads::build(&owner, spec);
+    let children = workloads::build(&owner, spec, &ctx.settings.worker_image);
     let client = ctx.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);

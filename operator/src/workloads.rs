@@ -30,9 +30,50 @@ pub use outbox_contract::probes::{LIVENESS_PATH, READINESS_PATH};
 /// change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "outbox.dev/config-hash";
 
-/// The worker image of the default release.
+/// The worker image of the default release, compiled in: the default of the operator's
+/// `--worker-image`.
 pub fn default_image() -> String {
     format!("{DEFAULT_IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The worker image the operator gives a worker whose spec names none: the operator's
+/// `--worker-image` (`WORKER_IMAGE`, the chart's `workerImage`), else [`default_image`],
+/// with the pull policy for it (`--worker-image-pull-policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerImage {
+    /// Image reference.
+    pub image: String,
+    /// Pull policy for that image; None leaves it to Kubernetes.
+    pub pull_policy: Option<String>,
+}
+
+impl Default for WorkerImage {
+    fn default() -> Self {
+        WorkerImage {
+            image: default_image(),
+            pull_policy: None,
+        }
+    }
+}
+
+impl WorkerImage {
+    /// Image and pull policy of one worker container: the first image of `specified`
+    /// (most specific first, e.g. the role's own, then the system's) with the spec's pull
+    /// policy; when none names an image, this one, with the spec's pull policy or else
+    /// this one's.
+    pub fn resolve(
+        &self,
+        specified: &[Option<&String>],
+        spec_pull_policy: Option<&String>,
+    ) -> (String, Option<String>) {
+        match specified.iter().flatten().next() {
+            Some(image) => ((*image).clone(), spec_pull_policy.cloned()),
+            None => (
+                self.image.clone(),
+                spec_pull_policy.or(self.pull_policy.as_ref()).cloned(),
+            ),
+        }
+    }
 }
 
 /// Name of the producer Deployment and Service.
@@ -76,12 +117,12 @@ pub struct Children {
     pub consumer_services: Vec<Service>,
 }
 
-/// Builds every child of `system`.
-pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
+/// Builds every child of `system`; workers whose spec names no image get `worker_image`.
+pub fn build(owner: &Owner, spec: &OutboxSystemSpec, worker_image: &WorkerImage) -> Children {
     let config_map = config_map(owner, spec);
     let config_hash = hash_config(&config_map);
     Children {
-        producer: producer_deployment(owner, spec, &config_hash),
+        producer: producer_deployment(owner, spec, worker_image, &config_hash),
         producer_service: service(
             owner,
             &producer_name(&owner.name),
@@ -93,7 +134,7 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec) -> Children {
             .consumers
             .groups
             .iter()
-            .map(|g| consumer_deployment(owner, spec, g, &config_hash))
+            .map(|g| consumer_deployment(owner, spec, g, worker_image, &config_hash))
             .collect(),
         consumer_services: spec
             .consumers
@@ -352,6 +393,7 @@ struct PodParams<'a> {
     component: &'a str,
     group: Option<&'a str>,
     image: String,
+    image_pull_policy: Option<String>,
     args: Vec<String>,
     env: Vec<EnvVar>,
     port: i32,
@@ -371,7 +413,7 @@ fn deployment(
     let container = Container {
         name: params.component.to_string(),
         image: Some(params.image),
-        image_pull_policy: spec.image_pull_policy.clone(),
+        image_pull_policy: params.image_pull_policy,
         command: Some(vec![WORKER_BINARY.to_string()]),
         args: Some(params.args),
         env: Some(params.env),
@@ -425,6 +467,7 @@ fn deployment(
 pub fn producer_deployment(
     owner: &Owner,
     spec: &OutboxSystemSpec,
+    worker_image: &WorkerImage,
     config_hash: &str,
 ) -> Deployment {
     let mut env = common_env(spec, spec.producers.port);
@@ -434,12 +477,10 @@ pub fn producer_deployment(
             .into_iter()
             .map(|(name, value)| plain_env(name, value)),
     );
-    let image = spec
-        .producers
-        .image
-        .clone()
-        .or_else(|| spec.image.clone())
-        .unwrap_or_else(default_image);
+    let (image, image_pull_policy) = worker_image.resolve(
+        &[spec.producers.image.as_ref(), spec.image.as_ref()],
+        spec.image_pull_policy.as_ref(),
+    );
     deployment(
         owner,
         spec,
@@ -447,6 +488,7 @@ pub fn producer_deployment(
             component: outbox_contract::labels::PRODUCER,
             group: None,
             image,
+            image_pull_policy,
             args: vec!["producer".to_string()],
             env,
             port: spec.producers.port,
@@ -463,6 +505,7 @@ pub fn consumer_deployment(
     owner: &Owner,
     spec: &OutboxSystemSpec,
     group: &ConsumerGroupSpec,
+    worker_image: &WorkerImage,
     config_hash: &str,
 ) -> Deployment {
     let mut env = common_env(spec, spec.consumers.port);
@@ -472,12 +515,10 @@ pub fn consumer_deployment(
             .into_iter()
             .map(|(name, value)| plain_env(name, value)),
     );
-    let image = spec
-        .consumers
-        .image
-        .clone()
-        .or_else(|| spec.image.clone())
-        .unwrap_or_else(default_image);
+    let (image, image_pull_policy) = worker_image.resolve(
+        &[spec.consumers.image.as_ref(), spec.image.as_ref()],
+        spec.image_pull_policy.as_ref(),
+    );
     deployment(
         owner,
         spec,
@@ -485,6 +526,7 @@ pub fn consumer_deployment(
             component: outbox_contract::labels::CONSUMER,
             group: Some(&group.name),
             image,
+            image_pull_policy,
             args: vec!["consumer".to_string()],
             env,
             port: spec.consumers.port,
@@ -641,7 +683,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reference_topology_gives_one_producer_and_three_consumer_deployments() {
-        let children = build(&owner(), &reference_spec());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         assert_eq!(
             children.producer.metadata.name.as_deref(),
             Some("demo-producer")
@@ -674,7 +716,7 @@ pub(crate) mod tests {
     #[test]
     fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
         let mut spec = reference_spec();
-        let children = build(&owner(), &spec);
+        let children = build(&owner(), &spec, &WorkerImage::default());
         let p = &children.producer;
         assert_eq!(env_value(p, "RETENTION_SECONDS").as_deref(), Some("3600"));
         assert_eq!(
@@ -686,7 +728,7 @@ pub(crate) mod tests {
             Some("20000000")
         );
         spec.retention.relayed_seconds = 0;
-        let children = build(&owner(), &spec);
+        let children = build(&owner(), &spec, &WorkerImage::default());
         assert_eq!(
             env_value(&children.producer, "RETENTION_SECONDS").as_deref(),
             Some("0")
@@ -695,7 +737,7 @@ pub(crate) mod tests {
 
     #[test]
     fn consumer_env_carries_group_and_retry_policy() {
-        let children = build(&owner(), &reference_spec());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         let b = &children.consumers[1];
         assert_eq!(
             env_value(b, "KAFKA_CONSUMER_GROUP").as_deref(),
@@ -719,7 +761,7 @@ pub(crate) mod tests {
             name: "pg-ca".into(),
             key: "root.pem".into(),
         });
-        let children = build(&owner(), &spec);
+        let children = build(&owner(), &spec, &WorkerImage::default());
         let deployments = std::iter::once(&children.producer).chain(children.consumers.iter());
         for deployment in deployments {
             let pod = deployment
@@ -755,13 +797,13 @@ pub(crate) mod tests {
                 Some("/etc/outbox/postgres-ca/ca.crt")
             );
         }
-        let without = build(&owner(), &reference_spec());
+        let without = build(&owner(), &reference_spec(), &WorkerImage::default());
         assert_eq!(env_value(&without.producer, "PGSSLROOTCERT"), None);
     }
 
     #[test]
     fn database_url_comes_only_from_the_secret() {
-        let children = build(&owner(), &reference_spec());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         let container = &children
             .producer
             .spec
@@ -800,7 +842,7 @@ pub(crate) mod tests {
 
     #[test]
     fn pods_are_locked_down_and_probed() {
-        let children = build(&owner(), &reference_spec());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         let pod = children.producer.spec.and_then(|s| s.template.spec);
         let Some(pod) = pod else {
             panic!("no pod spec")
@@ -838,7 +880,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_is_controlled_by_the_system() {
-        let children = build(&owner(), &reference_spec());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         let metas = [
             &children.config_map.metadata,
             &children.producer.metadata,
@@ -857,9 +899,9 @@ pub(crate) mod tests {
     #[test]
     fn config_change_changes_the_pod_template_hash() {
         let mut spec = reference_spec();
-        let before = build(&owner(), &spec);
+        let before = build(&owner(), &spec, &WorkerImage::default());
         spec.kafka.bootstrap_servers = "other:9092".into();
-        let after = build(&owner(), &spec);
+        let after = build(&owner(), &spec, &WorkerImage::default());
         let hash = |d: &Deployment| {
             d.spec
                 .as_ref()
@@ -867,5 +909,59 @@ pub(crate) mod tests {
                 .and_then(|m| m.annotations.clone())
         };
         assert_ne!(hash(&before.producer), hash(&after.producer));
+    }
+
+    /// Image and pull policy of the producer and of every consumer group.
+    fn images(children: &Children) -> Vec<(Option<String>, Option<String>)> {
+        std::iter::once(&children.producer)
+            .chain(&children.consumers)
+            .map(|d| {
+                let c = &d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .expect("pod spec")
+                    .containers[0];
+                (c.image.clone(), c.image_pull_policy.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_spec_without_image_gets_the_operators_worker_image_and_one_with_an_image_keeps_it() {
+        let configured = WorkerImage {
+            image: "registry.example/outbox-worker:7".into(),
+            pull_policy: Some("Always".into()),
+        };
+        let both = |image: &str, policy: Option<&str>| {
+            vec![(Some(image.to_string()), policy.map(String::from)); 4]
+        };
+        let spec = reference_spec();
+        assert_eq!(spec.image, None);
+        assert_eq!(
+            images(&build(&owner(), &spec, &configured)),
+            both("registry.example/outbox-worker:7", Some("Always"))
+        );
+        // The spec's own image, with the spec's pull policy (none: Kubernetes decides),
+        // never the one configured for the operator's default image.
+        let mut spec = reference_spec();
+        spec.image = Some("example/own:1".into());
+        assert_eq!(
+            images(&build(&owner(), &spec, &configured)),
+            both("example/own:1", None)
+        );
+        // A role's image before the system's; the spec's pull policy before the default's.
+        spec.producers.image = Some("example/producer:2".into());
+        spec.image = None;
+        spec.image_pull_policy = Some("Never".into());
+        let got = images(&build(&owner(), &spec, &configured));
+        assert_eq!(
+            got[0],
+            (Some("example/producer:2".into()), Some("Never".into()))
+        );
+        assert_eq!(
+            got[1..],
+            both("registry.example/outbox-worker:7", Some("Never"))[1..]
+        );
     }
 }

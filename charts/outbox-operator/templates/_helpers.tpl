@@ -29,3 +29,35 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- toJson (list .Release.Namespace) -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The operator's ServiceAccount: the chart's own, or the one named with create=false. */ -}}
+{{- define "outbox-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "outbox-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- if not .Values.serviceAccount.name -}}
+{{- fail "serviceAccount.create=false needs serviceAccount.name: the existing ServiceAccount (in the release namespace) that the operator runs as and the chart binds its RBAC to" -}}
+{{- end -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* "true" when the operator replicas elect a leader: leaderElection.enabled true, or
+auto (also null) with more than one replica. false with more than one replica fails:
+two operators would both reconcile. */ -}}
+{{- define "outbox-operator.leaderElection" -}}
+{{- $enabled := .Values.leaderElection.enabled -}}
+{{- $replicas := int .Values.replicaCount -}}
+{{- if kindIs "bool" $enabled -}}
+{{- if and (not $enabled) (gt $replicas 1) -}}
+{{- fail (printf "leaderElection.enabled=false with replicaCount=%d: more than one operator replica needs leader election, or both would reconcile the same objects. Set leaderElection.enabled to auto (or true), or replicaCount to 1." $replicas) -}}
+{{- end -}}
+{{- ternary "true" "false" $enabled -}}
+{{- else -}}
+{{- ternary "true" "false" (gt $replicas 1) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "outbox-operator.workerImage" -}}
+{{- printf "%s:%s" .Values.workerImage.repository (default .Chart.AppVersion .Values.workerImage.tag) -}}
+{{- end -}}

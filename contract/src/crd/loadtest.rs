@@ -61,7 +61,8 @@ pub struct LoadTestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
-    /// Runner image override (defaults to the OutboxSystem's image).
+    /// Runner image override (defaults to the OutboxSystem's image, then to the
+    /// operator's worker image: its `--worker-image`, the Helm chart's `workerImage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Components outside the OutboxSystem whose CPU time the run accounts for (the

@@ -36,11 +36,16 @@ pub struct OutboxSystemSpec {
     /// as they are and reports `Paused` in status. Deletion is still handled.
     #[serde(default)]
     pub paused: bool,
-    /// Worker image for every role (`outbox-worker` binary). Defaults to
-    /// `ghcr.io/outbox-dev/outbox-worker:<operator version>`.
+    /// Worker image for every role (`outbox-worker` binary). Defaults to the operator's
+    /// worker image: its `--worker-image` flag (env `WORKER_IMAGE`, set from the Helm
+    /// chart's `workerImage` values), else `ghcr.io/outbox-dev/outbox-worker:<operator
+    /// version>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Image pull policy for the worker pods (Always, IfNotPresent, Never).
+    /// Image pull policy for the worker pods (Always, IfNotPresent, Never). Defaults to
+    /// the policy the operator has for its worker image (`--worker-image-pull-policy`,
+    /// the chart's `workerImage.pullPolicy`) where the pod runs that image, else to
+    /// Kubernetes' default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
     pub image_pull_policy: Option<String>,
