@@ -663,7 +663,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_carries_the_label_the_operators_watches_select_by() {
-        let children = build(&owner(), &reference_spec());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         let mut metas = vec![
             &children.config_map.metadata,
             &children.producer.metadata,
