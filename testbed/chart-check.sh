@@ -15,7 +15,7 @@ for values in "" "--set watchNamespace=outbox-system" "--set leaderElection.enab
   "--set serviceAccount.create=false --set serviceAccount.name=chart-check --set rbac.aggregateClusterRoles=false"; do
   # shellcheck disable=SC2086
   helm template chart-check "$chart" --namespace outbox-system --kube-version "$K8S_VERSION" \
-    --include-crds $values | kubectl apply --server-side --field-manager=chart-check --dry-run=server -f - >/dev/null \
+    --include-crds $values | kubectl apply --server-side --force-conflicts --field-manager=chart-check --dry-run=server -f - >/dev/null \
     || die "the API server rejected the chart rendered with: ${values:-defaults}"
 done
 # helm install validates the values against values.schema.json before it renders.
