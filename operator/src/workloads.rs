@@ -543,6 +543,8 @@ mod tests {
             replicas,
             retry: RetrySpec::default(),
             dead_letter_topic: None,
+            pod: PodSettings::default(),
+            pod_disruption_budget: None,
         };
         OutboxSystemSpec {
             paused: false,
