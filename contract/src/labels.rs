@@ -6,6 +6,28 @@ pub const SYSTEM: &str = "outbox.dev/system";
 pub const GROUP: &str = "outbox.dev/group";
 /// Label naming the role: [`PRODUCER`], [`CONSUMER`] or [`LOADTEST`].
 pub const COMPONENT: &str = "app.kubernetes.io/component";
+/// Label naming the LoadTest a runner Job and its pod belong to.
+pub const LOADTEST_NAME: &str = "outbox.dev/loadtest";
+/// Label naming the program (`outbox-worker`).
+pub const NAME: &str = "app.kubernetes.io/name";
+/// Label naming the OutboxSystem, as the common Kubernetes labels do.
+pub const INSTANCE: &str = "app.kubernetes.io/instance";
+/// Label naming the operator as the manager of a child.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Every label the operator sets on its children and their pods. Deployment and
+/// PodDisruptionBudget selectors, Services and the load-test runner select by them, so
+/// a user's pod labels may not set them: the CRDs refuse such labels at admission, and
+/// the builders put the operator's values over any that got through.
+pub const RESERVED: [&str; 7] = [
+    NAME,
+    INSTANCE,
+    MANAGED_BY,
+    COMPONENT,
+    SYSTEM,
+    GROUP,
+    LOADTEST_NAME,
+];
 
 /// [`COMPONENT`] of the producer Deployment and its pods.
 pub const PRODUCER: &str = "producer";
@@ -24,10 +46,8 @@ pub fn workers_of(system: &str) -> String {
     format!("{SYSTEM}={system},{COMPONENT} in ({PRODUCER},{CONSUMER})")
 }
 
-/// Label every child of the operator carries, with value [`OPERATOR`]; the operator
-/// watches only children that carry it.
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// [`MANAGED_BY`] of the operator's children.
+/// [`MANAGED_BY`] of the operator's children: the operator watches only children that
+/// carry it.
 pub const OPERATOR: &str = "outbox-operator";
 
 /// The selector of every child the operator made (Deployments, Services, ConfigMaps,

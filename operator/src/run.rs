@@ -7,6 +7,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -130,7 +131,7 @@ fn children_watch() -> watcher::Config {
 }
 
 /// The OutboxSystem controller: reconciles on changes of the systems and of the
-/// Deployments, Services and ConfigMaps they own.
+/// Deployments, Services, ConfigMaps and PodDisruptionBudgets they own.
 fn outbox_system_controller(
     scope: &Scope,
     ctx: Arc<Context>,
@@ -142,6 +143,7 @@ fn outbox_system_controller(
         .owns(scope.api::<Deployment>(&client), children_watch())
         .owns(scope.api::<Service>(&client), children_watch())
         .owns(scope.api::<ConfigMap>(&client), children_watch())
+        .owns(scope.api::<PodDisruptionBudget>(&client), children_watch())
         .graceful_shutdown_on(stop)
         .run(
             |system, ctx| when_leading(system, ctx, system_controller::reconcile),

@@ -6,12 +6,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::crd::{LoadTest, OutboxSystem};
 use crate::workloads::{
-    common_env, container_security_context, env_from, pod_security_context, worker_labels,
-    worker_volumes, WorkerImage, WORKER_BINARY,
+    common_env, container_security_context, env_from, pod_security_context, with_pod_settings,
+    worker_labels, worker_volumes, WorkerImage, WORKER_BINARY,
 };
 
 /// Label naming the LoadTest a Job runs.
-pub const LOADTEST_LABEL: &str = "outbox.dev/loadtest";
+pub const LOADTEST_LABEL: &str = outbox_contract::labels::LOADTEST_NAME;
 
 /// New runner pods the Job may start after one died before the run ended.
 pub const RUNNER_RETRIES: i32 = 3;
@@ -59,7 +59,8 @@ pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
 }
 
 /// The runner Job: `outbox-worker loadtest --namespace <ns> --name <loadtest>`, with the
-/// system's settings in its environment; a runner that dies is replaced and resumes.
+/// system's settings in its environment, `spec.runner`'s resources (or the defaults)
+/// and pod settings; a runner that dies is replaced and resumes.
 pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &OutboxSystem) -> Job {
     let system_name = system.metadata.name.clone().unwrap_or_default();
     let mut labels = worker_labels(&system_name, outbox_contract::labels::LOADTEST);
@@ -85,6 +86,7 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
         env_from: Some(env_from(&system_name, &system.spec)),
         security_context: Some(container_security_context()),
         volume_mounts: Some(mounts),
+        resources: Some(loadtest.spec.runner.resources_or_default()),
         ..Container::default()
     };
     Job {
@@ -101,20 +103,23 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
             // finished or failed the run recorded that in status and exits 0.
             backoff_limit: Some(RUNNER_RETRIES),
             active_deadline_seconds: Some(deadline_seconds(&loadtest.spec)),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".to_string()),
-                    service_account_name: Some(params.service_account.to_string()),
-                    containers: vec![container],
-                    security_context: Some(pod_security_context()),
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
+            template: with_pod_settings(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        restart_policy: Some("Never".to_string()),
+                        service_account_name: Some(params.service_account.to_string()),
+                        containers: vec![container],
+                        security_context: Some(pod_security_context()),
+                        volumes: Some(volumes),
+                        ..PodSpec::default()
+                    }),
+                },
+                &loadtest.spec.runner.pod,
+            ),
             ..JobSpec::default()
         }),
         status: None,
@@ -234,5 +239,83 @@ mod tests {
             runner_image(&runner_job(&params(), &loadtest(), &system())),
             (Some("example/worker:1".into()), None)
         );
+    }
+
+    fn container_resources(job: &Job) -> Option<k8s_openapi::api::core::v1::ResourceRequirements> {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].resources.clone())
+    }
+
+    #[test]
+    fn the_runner_gets_resources_sized_from_the_reference_run_unless_the_loadtest_sets_them() {
+        let job = runner_job(&params(), &loadtest(), &system());
+        let resources = container_resources(&job).unwrap_or_default();
+        let quantity = |map: &Option<std::collections::BTreeMap<String, _>>, key: &str| {
+            map.as_ref()
+                .and_then(|m| m.get(key))
+                .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
+        };
+        assert_eq!(
+            quantity(&resources.requests, "cpu").as_deref(),
+            Some("100m")
+        );
+        assert_eq!(
+            quantity(&resources.requests, "memory").as_deref(),
+            Some("128Mi")
+        );
+        assert_eq!(
+            quantity(&resources.limits, "memory").as_deref(),
+            Some("256Mi")
+        );
+        assert_eq!(
+            quantity(&resources.limits, "cpu"),
+            None,
+            "a throttled runner would measure its own stalls as latency"
+        );
+
+        let mut lt = loadtest();
+        let own: k8s_openapi::api::core::v1::ResourceRequirements =
+            serde_json::from_value(serde_json::json!({"limits": {"memory": "1Gi"}}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        lt.spec.runner.resources = Some(own.clone());
+        let job = runner_job(&params(), &lt, &system());
+        assert_eq!(container_resources(&job), Some(own));
+    }
+
+    #[test]
+    fn every_pod_setting_of_spec_runner_lands_in_the_runner_pod_template() {
+        let mut lt = loadtest();
+        lt.spec.runner.pod = crate::workloads::tests::every_pod_setting();
+        let job = runner_job(&params(), &lt, &system());
+        let template = job.spec.clone().map(|s| s.template).unwrap_or_default();
+        let own = job.metadata.labels.clone().unwrap_or_default();
+        crate::workloads::tests::assert_every_pod_setting_in(&template, &own);
+        // The Job itself carries only the operator's labels.
+        assert_eq!(
+            job.metadata.labels.and_then(|l| l.get("team").cloned()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_users_runner_pod_labels_never_replace_the_operators_own() {
+        let mut lt = loadtest();
+        lt.spec.runner.pod.metadata.labels = outbox_contract::labels::RESERVED
+            .iter()
+            .map(|k| (k.to_string(), "someone-else".to_string()))
+            .collect();
+        let job = runner_job(&params(), &lt, &system());
+        let own = job.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(own.get(LOADTEST_LABEL).map(String::as_str), Some("small"));
+        let pod_labels = job
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        for (key, value) in &own {
+            assert_eq!(pod_labels.get(key), Some(value), "{key}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -278,7 +279,12 @@ async fn apply_children(
     for service in &children.consumer_services {
         server_side_apply(&services, service).await?;
     }
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    for budget in &children.budgets {
+        server_side_apply(&budgets, budget).await?;
+    }
     prune_removed_groups(ctx, system, namespace, spec).await?;
+    prune_unwanted_budgets(ctx, system, namespace, &children.budgets).await?;
 
     Ok((producer, consumers))
 }
@@ -510,6 +516,69 @@ async fn patch_status(
     apply_status(&api, name, status).await
 }
 
+/// Whether `meta` names `system` as its controller.
+fn controlled_by(
+    system: &OutboxSystem,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> bool {
+    let uid = system.uid();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| Some(&r.uid) == uid.as_ref() && r.controller == Some(true))
+}
+
+/// Deletes the system's PodDisruptionBudgets that are not `wanted`: those of groups no
+/// longer in the spec and those switched off (`podDisruptionBudget.enabled: false`).
+async fn prune_unwanted_budgets(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    wanted: &[PodDisruptionBudget],
+) -> Result<()> {
+    let selector =
+        ListParams::default().labels(&outbox_contract::labels::workers_of(&system.name_any()));
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = budgets
+        .list(&selector)
+        .await
+        .map_err(Error::kube("listing PodDisruptionBudgets"))?
+        .items;
+    for child in unwanted_children(system, &found, wanted) {
+        info!(budget = %child, "deleting a PodDisruptionBudget no longer wanted");
+        budgets
+            .delete(&child, &DeleteParams::background())
+            .await
+            .map_err(Error::kube(format!("deleting PodDisruptionBudget {child}")))?;
+        publish_event(
+            ctx,
+            system,
+            EventType::Normal,
+            "PodDisruptionBudgetRemoved",
+            format!("deleted PodDisruptionBudget {child}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Names of the objects in `found` that `system` controls and that are not `wanted`
+/// (pure): what pruning deletes. An object of the same name that another owner
+/// controls, or nobody, is left alone.
+fn unwanted_children<K: kube::Resource>(
+    system: &OutboxSystem,
+    found: &[K],
+    wanted: &[K],
+) -> Vec<String> {
+    let wanted: BTreeSet<String> = wanted.iter().map(|k| k.name_any()).collect();
+    found
+        .iter()
+        .filter(|k| controlled_by(system, k.meta()))
+        .map(|k| k.name_any())
+        .filter(|name| !wanted.contains(name))
+        .collect()
+}
+
 /// Deletes consumer Deployments and Services of groups no longer in the spec.
 async fn prune_removed_groups(
     ctx: &Context,
@@ -525,13 +594,6 @@ async fn prune_removed_groups(
         .map(|g| workloads::consumer_name(&name, &g.name))
         .collect();
     let selector = ListParams::default().labels(&outbox_contract::labels::consumers_of(&name));
-    let uid = system.uid();
-    let owned_by_us = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.owner_references
-            .iter()
-            .flatten()
-            .any(|r| Some(&r.uid) == uid.as_ref() && r.controller == Some(true))
-    };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     for d in deployments
         .list(&selector)
@@ -539,7 +601,7 @@ async fn prune_removed_groups(
         .map_err(Error::kube("listing consumer Deployments"))?
     {
         let child = d.name_any();
-        if !wanted.contains(&child) && owned_by_us(&d.metadata) {
+        if !wanted.contains(&child) && controlled_by(system, &d.metadata) {
             info!(deployment = %child, "deleting the Deployment of a removed consumer group");
             deployments
                 .delete(&child, &DeleteParams::background())
@@ -562,7 +624,7 @@ async fn prune_removed_groups(
         .map_err(Error::kube("listing consumer Services"))?
     {
         let child = s.name_any();
-        if !wanted.contains(&child) && owned_by_us(&s.metadata) {
+        if !wanted.contains(&child) && controlled_by(system, &s.metadata) {
             services
                 .delete(&child, &DeleteParams::background())
                 .await
@@ -1605,5 +1667,31 @@ mod tests {
             topic_record(Some(&legacy), &created, computed, at(40)).created_by_operator,
             None
         );
+    }
+
+    #[test]
+    fn switched_off_and_removed_groups_budgets_are_pruned_and_others_owners_left_alone() {
+        use kube::Resource;
+        let ours = system("ns", "outbox", 1);
+        let other = system("ns", "other", 1);
+        let owner = workloads::owner_of(&ours).expect("the fixture has a name and uid");
+        let found = workloads::budgets(&owner, &ours.spec);
+        // Switched off for the producers, group-c removed from the spec: wanted are
+        // group-a's and group-b's.
+        let mut spec = ours.spec.clone();
+        spec.producers.pod_disruption_budget.enabled = false;
+        spec.consumers.groups.retain(|g| g.name != "group-c");
+        let wanted = workloads::budgets(&owner, &spec);
+        // A budget of the same name that another system controls is not ours to delete.
+        let mut foreign = found[0].clone();
+        foreign.metadata.name = Some("outbox-consumer-group-x".into());
+        foreign.metadata.owner_references = other.controller_owner_ref(&()).map(|r| vec![r]);
+        let mut all = found.clone();
+        all.push(foreign);
+        assert_eq!(
+            unwanted_children(&ours, &all, &wanted),
+            ["outbox-producer", "outbox-consumer-group-c"]
+        );
+        assert!(unwanted_children(&ours, &found, &found).is_empty());
     }
 }

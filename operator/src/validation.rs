@@ -73,6 +73,8 @@ mod tests {
                         replicas: 1,
                         retry: RetrySpec::default(),
                         dead_letter_topic: None,
+                        pod: PodSettings::default(),
+                        pod_disruption_budget: None,
                     })
                     .collect(),
                 ..ConsumersSpec::default()

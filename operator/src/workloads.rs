@@ -1,6 +1,6 @@
 //! Desired child objects of an OutboxSystem (pure functions, no client): the producer
-//! Deployment and Service, one Deployment and Service per consumer group, and the
-//! ConfigMap with the non-secret settings.
+//! Deployment and Service, one Deployment and Service per consumer group, their
+//! PodDisruptionBudgets, and the ConfigMap with the non-secret settings.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -13,12 +13,15 @@ use k8s_openapi::api::core::v1::{
     SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec as BudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use outbox_contract::worker_env::{names, ConsumerSettings, ProducerSettings};
 
-use crate::crd::{ConsumerGroupSpec, OutboxSystem, OutboxSystemSpec};
+use crate::crd::{
+    ConsumerGroupSpec, OutboxSystem, OutboxSystemSpec, PodDisruptionBudgetSpec, PodSettings,
+};
 
 /// Name of the worker binary in the image.
 pub const WORKER_BINARY: &str = "outbox-worker";
@@ -115,6 +118,10 @@ pub struct Children {
     pub consumers: Vec<Deployment>,
     /// One Service per consumer group, in spec order.
     pub consumer_services: Vec<Service>,
+    /// The PodDisruptionBudgets wanted: the producers' and then each group's, in spec
+    /// order, each where its `podDisruptionBudget` is enabled. Any other budget of the
+    /// system is to be deleted.
+    pub budgets: Vec<PodDisruptionBudget>,
 }
 
 /// Builds every child of `system`; workers whose spec names no image get `worker_image`.
@@ -150,7 +157,96 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec, worker_image: &WorkerImage)
                 )
             })
             .collect(),
+        budgets: budgets(owner, spec),
         config_map,
+    }
+}
+
+/// The PodDisruptionBudgets of the producers and of each group whose budget is enabled.
+pub fn budgets(owner: &Owner, spec: &OutboxSystemSpec) -> Vec<PodDisruptionBudget> {
+    let producers = (
+        producer_name(&owner.name),
+        labels(owner, outbox_contract::labels::PRODUCER, None),
+        spec.producers.pod_disruption_budget.clone(),
+    );
+    let groups = spec.consumers.groups.iter().map(|g| {
+        (
+            consumer_name(&owner.name, &g.name),
+            labels(owner, outbox_contract::labels::CONSUMER, Some(&g.name)),
+            spec.consumers.pod_disruption_budget_of(g),
+        )
+    });
+    std::iter::once(producers)
+        .chain(groups)
+        .filter(|(_, _, budget)| budget.enabled)
+        .map(|(name, labels, budget)| pod_disruption_budget(owner, &name, labels, &budget))
+        .collect()
+}
+
+/// A PodDisruptionBudget named like its workload, selecting exactly the workload's pods
+/// (its Deployment's selector): at most `maxUnavailable` of them evicted at once, and a
+/// pod that is not ready always evictable (it serves nothing; a crash-looping pod must
+/// not block a node drain).
+pub fn pod_disruption_budget(
+    owner: &Owner,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    budget: &PodDisruptionBudgetSpec,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(owner, name, labels.clone()),
+        spec: Some(BudgetSpec {
+            max_unavailable: Some(IntOrString::Int(budget.max_unavailable)),
+            selector: Some(LabelSelector {
+                match_labels: Some(labels),
+                match_expressions: None,
+            }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            ..BudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The pod template `operator` built, with the user's `settings` added: their labels
+/// and annotations under the operator's own (the operator's value wins on a shared key:
+/// selectors and the config-hash rollout depend on them), and each scheduling field
+/// set. A topology spread constraint without a `labelSelector` gets the operator's pod
+/// labels, so that it counts exactly the pods of this workload.
+pub fn with_pod_settings(operator: PodTemplateSpec, settings: &PodSettings) -> PodTemplateSpec {
+    let mut metadata = operator.metadata.unwrap_or_default();
+    let own_labels = metadata.labels.clone().unwrap_or_default();
+    let under = |user: &BTreeMap<String, String>, own: Option<BTreeMap<String, String>>| {
+        let mut map = user.clone();
+        map.extend(own.unwrap_or_default());
+        (!map.is_empty()).then_some(map)
+    };
+    metadata.labels = under(&settings.metadata.labels, metadata.labels.take());
+    metadata.annotations = under(&settings.metadata.annotations, metadata.annotations.take());
+    let mut pod = operator.spec.unwrap_or_default();
+    if !settings.node_selector.is_empty() {
+        pod.node_selector = Some(settings.node_selector.clone());
+    }
+    pod.tolerations = settings.tolerations.clone();
+    pod.affinity = settings.affinity.clone();
+    pod.topology_spread_constraints = settings.topology_spread_constraints.clone().map(|list| {
+        list.into_iter()
+            .map(|mut constraint| {
+                constraint
+                    .label_selector
+                    .get_or_insert_with(|| LabelSelector {
+                        match_labels: Some(own_labels.clone()),
+                        match_expressions: None,
+                    });
+                constraint
+            })
+            .collect()
+    });
+    pod.priority_class_name = settings.priority_class_name.clone();
+    pod.image_pull_secrets = settings.image_pull_secrets.clone();
+    PodTemplateSpec {
+        metadata: Some(metadata),
+        spec: Some(pod),
     }
 }
 
@@ -171,10 +267,13 @@ pub fn labels(owner: &Owner, component: &str, group: Option<&str>) -> BTreeMap<S
 pub fn worker_labels(system: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
-            "app.kubernetes.io/name".to_string(),
+            outbox_contract::labels::NAME.to_string(),
             WORKER_BINARY.to_string(),
         ),
-        ("app.kubernetes.io/instance".to_string(), system.to_string()),
+        (
+            outbox_contract::labels::INSTANCE.to_string(),
+            system.to_string(),
+        ),
         (
             outbox_contract::labels::MANAGED_BY.to_string(),
             outbox_contract::labels::OPERATOR.to_string(),
@@ -400,6 +499,7 @@ struct PodParams<'a> {
     resources: Option<ResourceRequirements>,
     replicas: i32,
     name: String,
+    pod: PodSettings,
 }
 
 fn deployment(
@@ -439,24 +539,27 @@ fn deployment(
                 match_labels: Some(labels.clone()),
                 match_expressions: None,
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash.to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    security_context: Some(pod_security_context()),
-                    automount_service_account_token: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
+            template: with_pod_settings(
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        annotations: Some(BTreeMap::from([(
+                            CONFIG_HASH_ANNOTATION.to_string(),
+                            config_hash.to_string(),
+                        )])),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![container],
+                        security_context: Some(pod_security_context()),
+                        automount_service_account_token: Some(false),
+                        termination_grace_period_seconds: Some(30),
+                        volumes: Some(volumes),
+                        ..PodSpec::default()
+                    }),
+                },
+                &params.pod,
+            ),
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -495,6 +598,7 @@ pub fn producer_deployment(
             resources: spec.producers.resources.clone(),
             replicas: spec.producers.replicas,
             name: producer_name(&owner.name),
+            pod: spec.producers.pod.clone(),
         },
         config_hash,
     )
@@ -533,6 +637,7 @@ pub fn consumer_deployment(
             resources: spec.consumers.resources.clone(),
             replicas: group.replicas,
             name: consumer_name(&owner.name, &group.name),
+            pod: spec.consumers.pod_of(group),
         },
         config_hash,
     )
@@ -585,6 +690,8 @@ pub(crate) mod tests {
             replicas,
             retry: RetrySpec::default(),
             dead_letter_topic: None,
+            pod: PodSettings::default(),
+            pod_disruption_budget: None,
         };
         OutboxSystemSpec {
             paused: false,
@@ -671,6 +778,8 @@ pub(crate) mod tests {
         ];
         metas.extend(children.consumers.iter().map(|d| &d.metadata));
         metas.extend(children.consumer_services.iter().map(|s| &s.metadata));
+        metas.extend(children.budgets.iter().map(|b| &b.metadata));
+        assert_eq!(metas.len(), 13, "every child of the reference system is checked");
         for meta in metas {
             assert!(
                 watched_by_the_operator(meta),
@@ -888,7 +997,8 @@ pub(crate) mod tests {
         ]
         .into_iter()
         .chain(children.consumers.iter().map(|d| &d.metadata))
-        .chain(children.consumer_services.iter().map(|s| &s.metadata));
+        .chain(children.consumer_services.iter().map(|s| &s.metadata))
+        .chain(children.budgets.iter().map(|b| &b.metadata));
         for m in metas {
             let refs = m.owner_references.clone().unwrap_or_default();
             assert_eq!(refs.len(), 1, "{:?}", m.name);
@@ -963,5 +1073,308 @@ pub(crate) mod tests {
             got[1..],
             both("registry.example/outbox-worker:7", Some("Never"))[1..]
         );
+    }
+
+    fn pod_template(d: &Deployment) -> PodTemplateSpec {
+        d.spec.clone().map(|s| s.template).unwrap_or_default()
+    }
+
+    fn pod_settings(json: serde_json::Value) -> PodSettings {
+        serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Pod settings with every field set.
+    pub(crate) fn every_pod_setting() -> PodSettings {
+        pod_settings(serde_json::json!({
+            "metadata": {"labels": {"team": "payments"},
+                         "annotations": {"sidecar.example/inject": "false"}},
+            "nodeSelector": {"pool": "outbox"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "outbox",
+                             "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                           "whenUnsatisfiable": "ScheduleAnyway"}],
+            "priorityClassName": "outbox-critical",
+            "imagePullSecrets": [{"name": "registry-credentials"}]
+        }))
+    }
+
+    /// Asserts that each field of [`every_pod_setting`] is in `template`, and that its
+    /// spread constraint selects the pods by `own` (the operator's pod labels).
+    pub(crate) fn assert_every_pod_setting_in(
+        template: &PodTemplateSpec,
+        own: &BTreeMap<String, String>,
+    ) {
+        let meta = template.metadata.clone().unwrap_or_default();
+        let labels = meta.labels.unwrap_or_default();
+        assert_eq!(labels.get("team").map(String::as_str), Some("payments"));
+        for (k, v) in own {
+            assert_eq!(labels.get(k), Some(v), "operator label {k}");
+        }
+        let annotations = meta.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get("sidecar.example/inject")
+                .map(String::as_str),
+            Some("false")
+        );
+        let pod = template.spec.clone().unwrap_or_default();
+        let wanted = every_pod_setting();
+        assert_eq!(
+            pod.node_selector,
+            Some(BTreeMap::from([("pool".to_string(), "outbox".to_string())]))
+        );
+        assert_eq!(pod.tolerations, wanted.tolerations);
+        assert_eq!(pod.affinity, wanted.affinity);
+        assert_eq!(pod.priority_class_name.as_deref(), Some("outbox-critical"));
+        assert_eq!(
+            pod.image_pull_secrets
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["registry-credentials"]
+        );
+        let spread = pod.topology_spread_constraints.unwrap_or_default();
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(
+            spread[0]
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref()),
+            Some(own),
+            "a constraint without a selector counts this workload's pods"
+        );
+    }
+
+    #[test]
+    fn every_pod_setting_lands_in_the_producer_pod_template() {
+        let mut spec = reference_spec();
+        spec.producers.pod = every_pod_setting();
+        let children = build(&owner(), &spec, &WorkerImage::default());
+        let own = labels(&owner(), outbox_contract::labels::PRODUCER, None);
+        assert_every_pod_setting_in(&pod_template(&children.producer), &own);
+        // The config hash annotation is still there beside the user's.
+        let annotations = pod_template(&children.producer)
+            .metadata
+            .and_then(|m| m.annotations)
+            .unwrap_or_default();
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        // Consumers got none of it.
+        let consumer = pod_template(&children.consumers[0])
+            .spec
+            .unwrap_or_default();
+        assert_eq!(consumer.priority_class_name, None);
+        assert_eq!(consumer.tolerations, None);
+    }
+
+    #[test]
+    fn every_consumers_wide_pod_setting_lands_in_each_groups_pod_template() {
+        let mut spec = reference_spec();
+        spec.consumers.pod = every_pod_setting();
+        let children = build(&owner(), &spec, &WorkerImage::default());
+        for (deployment, group) in children.consumers.iter().zip(&spec.consumers.groups) {
+            let own = labels(
+                &owner(),
+                outbox_contract::labels::CONSUMER,
+                Some(&group.name),
+            );
+            assert_every_pod_setting_in(&pod_template(deployment), &own);
+        }
+        let producer = pod_template(&children.producer).spec.unwrap_or_default();
+        assert_eq!(producer.priority_class_name, None);
+    }
+
+    #[test]
+    fn a_groups_own_pod_settings_override_the_consumers_wide_ones_only_in_its_deployment() {
+        let mut spec = reference_spec();
+        spec.consumers.pod = pod_settings(serde_json::json!({
+            "metadata": {"labels": {"team": "payments", "tier": "consumers"}},
+            "nodeSelector": {"pool": "general"},
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "priorityClassName": "normal"
+        }));
+        spec.consumers.groups[1].pod = pod_settings(serde_json::json!({
+            "metadata": {"labels": {"tier": "slow-consumers"}},
+            "tolerations": [],
+            "priorityClassName": "low"
+        }));
+        let children = build(&owner(), &spec, &WorkerImage::default());
+        let pod = |i: usize| pod_template(&children.consumers[i]);
+        let label = |i: usize, key: &str| {
+            pod(i)
+                .metadata
+                .and_then(|m| m.labels)
+                .and_then(|l| l.get(key).cloned())
+        };
+        let spec_of = |i: usize| pod(i).spec.unwrap_or_default();
+        // group-a: the consumers-wide settings.
+        assert_eq!(label(0, "tier").as_deref(), Some("consumers"));
+        assert_eq!(spec_of(0).priority_class_name.as_deref(), Some("normal"));
+        assert_eq!(spec_of(0).tolerations.map(|t| t.len()), Some(1));
+        // group-b: its own label value and class, its empty tolerations, the rest merged.
+        assert_eq!(label(1, "tier").as_deref(), Some("slow-consumers"));
+        assert_eq!(label(1, "team").as_deref(), Some("payments"));
+        assert_eq!(spec_of(1).priority_class_name.as_deref(), Some("low"));
+        assert_eq!(spec_of(1).tolerations, Some(Vec::new()));
+        assert_eq!(
+            spec_of(1).node_selector,
+            Some(BTreeMap::from([(
+                "pool".to_string(),
+                "general".to_string()
+            )]))
+        );
+    }
+
+    #[test]
+    fn a_users_pod_labels_and_annotations_never_replace_the_operators_own() {
+        let mut spec = reference_spec();
+        let mut evil = BTreeMap::new();
+        for key in outbox_contract::labels::RESERVED {
+            evil.insert(key.to_string(), "someone-else".to_string());
+        }
+        spec.producers.pod.metadata.labels = evil.clone();
+        spec.consumers.pod.metadata.labels = evil;
+        spec.producers.pod.metadata.annotations =
+            BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), "stale".to_string())]);
+        let children = build(&owner(), &spec, &WorkerImage::default());
+        let clean = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let deployments = std::iter::once((&children.producer, &clean.producer))
+            .chain(children.consumers.iter().zip(clean.consumers.iter()));
+        for (with, without) in deployments {
+            let selector = with.spec.as_ref().map(|s| s.selector.clone());
+            assert_eq!(selector, without.spec.as_ref().map(|s| s.selector.clone()));
+            let labels = pod_template(with).metadata.and_then(|m| m.labels);
+            let own = pod_template(without).metadata.and_then(|m| m.labels);
+            // Reserved keys the operator does not set on this pod (outbox.dev/group on
+            // a producer, outbox.dev/loadtest) may stay as given: nothing selects them.
+            for (key, value) in own.iter().flatten() {
+                assert_eq!(
+                    labels.as_ref().and_then(|l| l.get(key)),
+                    Some(value),
+                    "{key}"
+                );
+            }
+        }
+        let hash = |d: &Deployment| {
+            pod_template(d)
+                .metadata
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+        };
+        assert_eq!(hash(&children.producer), hash(&clean.producer));
+    }
+
+    #[test]
+    fn a_topology_spread_constraint_with_its_own_selector_keeps_it() {
+        let mut spec = reference_spec();
+        spec.producers.pod = pod_settings(serde_json::json!({
+            "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"team": "payments"}}}]
+        }));
+        let children = build(&owner(), &spec, &WorkerImage::default());
+        let spread = pod_template(&children.producer)
+            .spec
+            .and_then(|p| p.topology_spread_constraints)
+            .unwrap_or_default();
+        assert_eq!(
+            spread[0]
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(BTreeMap::from([(
+                "team".to_string(),
+                "payments".to_string()
+            )]))
+        );
+    }
+
+    #[test]
+    fn without_pod_settings_the_pod_template_has_no_scheduling_fields() {
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let pod = pod_template(&children.producer).spec.unwrap_or_default();
+        assert_eq!(pod.node_selector, None);
+        assert_eq!(pod.tolerations, None);
+        assert_eq!(pod.affinity, None);
+        assert_eq!(pod.topology_spread_constraints, None);
+        assert_eq!(pod.priority_class_name, None);
+        assert_eq!(pod.image_pull_secrets, None);
+    }
+
+    fn budget_summary(b: &PodDisruptionBudget) -> (String, Option<IntOrString>) {
+        (
+            b.metadata.name.clone().unwrap_or_default(),
+            b.spec.as_ref().and_then(|s| s.max_unavailable.clone()),
+        )
+    }
+
+    #[test]
+    fn by_default_the_producers_and_each_group_get_a_budget_of_one_pod_at_a_time() {
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
+        let one = Some(IntOrString::Int(1));
+        assert_eq!(
+            summary,
+            [
+                ("demo-producer".to_string(), one.clone()),
+                ("demo-consumer-group-a".to_string(), one.clone()),
+                ("demo-consumer-group-b".to_string(), one.clone()),
+                ("demo-consumer-group-c".to_string(), one),
+            ]
+        );
+        let workloads = std::iter::once(&children.producer).chain(children.consumers.iter());
+        for (budget, deployment) in children.budgets.iter().zip(workloads) {
+            let spec = budget.spec.clone().unwrap_or_default();
+            assert_eq!(
+                spec.selector,
+                deployment.spec.as_ref().map(|s| s.selector.clone()),
+                "a budget selects exactly its workload's pods"
+            );
+            assert_eq!(
+                spec.unhealthy_pod_eviction_policy.as_deref(),
+                Some("AlwaysAllow")
+            );
+            assert_eq!(budget.metadata.labels, deployment.metadata.labels);
+            let refs = budget.metadata.owner_references.clone().unwrap_or_default();
+            assert_eq!(refs, vec![owner().owner_ref]);
+        }
+    }
+
+    #[test]
+    fn switched_off_budgets_are_not_built_and_a_groups_own_budget_replaces_the_consumers_wide_one()
+    {
+        let mut spec = reference_spec();
+        spec.producers.pod_disruption_budget.enabled = false;
+        spec.consumers.pod_disruption_budget.max_unavailable = 2;
+        spec.consumers.groups[1].pod_disruption_budget = Some(PodDisruptionBudgetSpec {
+            enabled: false,
+            max_unavailable: 1,
+        });
+        spec.consumers.groups[2].pod_disruption_budget = Some(PodDisruptionBudgetSpec {
+            enabled: true,
+            max_unavailable: 1,
+        });
+        let children = build(&owner(), &spec, &WorkerImage::default());
+        let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "demo-consumer-group-a".to_string(),
+                    Some(IntOrString::Int(2))
+                ),
+                (
+                    "demo-consumer-group-c".to_string(),
+                    Some(IntOrString::Int(1))
+                ),
+            ]
+        );
+        spec.consumers.pod_disruption_budget.enabled = false;
+        spec.consumers.groups[2].pod_disruption_budget = None;
+        assert!(build(&owner(), &spec, &WorkerImage::default()).budgets.is_empty());
     }
 }

@@ -14,7 +14,8 @@ use cluster::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
 use outbox_operator::workloads::default_image;
@@ -165,10 +166,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     .await;
 
     // The reference OutboxSystem as manifests/ has it, on a topic of this test's own.
-    let text =
-        std::fs::read_to_string(testbed_support::repo_root().join("manifests/outbox-system.yaml"))
-            .unwrap_or_else(|e| panic!("{e}"));
-    let mut system: OutboxSystem = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let mut system: OutboxSystem = sample("manifests/outbox-system.yaml");
     assert_eq!(system.spec.kafka.bootstrap_servers, "outbox-kafka:9092");
     let topic = unique_name("e2e-events");
     system.spec.topic.name = topic.clone();
@@ -179,10 +177,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
 
     // Every pod Running and Ready; status counts them and says Ready.
-    ready_pods(&pods, "app.kubernetes.io/component=producer", 3).await;
-    for (group, replicas) in [("group-a", 3), ("group-b", 2), ("group-c", 1)] {
-        ready_pods(&pods, &format!("outbox.dev/group={group}"), replicas).await;
-    }
+    reference_pods_ready(&pods).await;
     let ready = eventually(
         "the OutboxSystem Ready=True with 3/3 producers and every group full",
         POD_WAIT,
@@ -259,13 +254,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     // A LoadTest big enough that the faults below land while it runs. A producer pod
     // is deleted while the runner sends to it: its requests go to the producer Service
     // instead, under the same idempotency keys, so every message is still accepted.
-    let mut lt: LoadTest = serde_yaml::from_str(
-        &std::fs::read_to_string(
-            testbed_support::repo_root().join("manifests/loadtest-small.yaml"),
-        )
-        .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut lt: LoadTest = sample("manifests/loadtest-small.yaml");
     lt.metadata.name = Some("chaos".into());
     lt.spec.scenarios[0].messages = Some(500_000);
     lt.spec.success_threshold = 100.0;
@@ -475,6 +464,121 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     let after = restart_counts(list(pods.clone(), selector).await);
     assert_eq!(after, before, "pods restarted after Kafka's pause");
     eprintln!("{sent} sends accepted while Kafka was paused for 60 s; no pod restarted");
+}
+
+#[tokio::test]
+async fn evicting_every_group_a_pod_at_once_takes_only_what_the_budget_allows_and_the_run_ends_verified(
+) {
+    let client = client().await;
+    let (ns, _db_url) = namespace_with_host_services(&client, "evict").await;
+    let _release = install_chart(&ns);
+    let mut system: OutboxSystem = sample("manifests/outbox-system.yaml");
+    system.spec.topic.name = unique_name("evict-events");
+    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
+    systems
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    reference_pods_ready(&pods).await;
+
+    // group-a's budget as the disruption controller sees it: 3 healthy, 1 may go.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let budget = "outbox-consumer-group-a";
+    eventually(
+        "group-a's budget to allow one disruption of 3 healthy pods",
+        POD_WAIT,
+        || {
+            let budgets = budgets.clone();
+            async move {
+                let pdb = budgets.get(budget).await.ok()?;
+                let status = pdb.status?;
+                let current = status.observed_generation == pdb.metadata.generation;
+                (current && status.current_healthy == 3 && status.disruptions_allowed == 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A small LoadTest; once it runs, every group-a pod is evicted at the same moment.
+    let mut lt: LoadTest = sample("manifests/loadtest-small.yaml");
+    lt.metadata.name = Some("evicted".into());
+    lt.spec.scenarios[0].messages = Some(200_000);
+    lt.spec.success_threshold = 100.0;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    loadtests
+        .create(&PostParams::default(), &lt)
+        .await
+        .unwrap_or_else(|e| panic!("creating the LoadTest: {e}"));
+    eventually("the LoadTest to run", POD_WAIT, || {
+        let loadtests = loadtests.clone();
+        async move {
+            let phase = loadtest_phase(&loadtests, "evicted").await?;
+            assert!(
+                !phase.is_finished(),
+                "the LoadTest ended before the evictions: raise its size"
+            );
+            matches!(phase, LoadTestPhase::Running | LoadTestPhase::Verifying).then_some(())
+        }
+    })
+    .await;
+    let group_a = ready_pods(&pods, "outbox.dev/group=group-a", 3).await;
+    let evict = EvictParams::default();
+    let answers = futures::future::join_all(group_a.iter().map(|p| {
+        let pods = pods.clone();
+        let name = p.name_any();
+        let evict = &evict;
+        async move { pods.evict(&name, evict).await }
+    }))
+    .await;
+    let mut evicted = Vec::new();
+    let mut refused = 0;
+    for (pod, answer) in group_a.iter().zip(answers) {
+        match answer {
+            Ok(_) => evicted.push(pod.name_any()),
+            Err(kube::Error::Api(status)) if status.code == 429 => refused += 1,
+            Err(other) => panic!("evicting {}: {other}", pod.name_any()),
+        }
+    }
+    assert_eq!(
+        (evicted.len(), refused),
+        (1, 2),
+        "maxUnavailable 1: one eviction allowed, the others refused with 429"
+    );
+    let phase = loadtest_phase(&loadtests, "evicted").await;
+    assert!(
+        phase.is_some_and(|p| !p.is_finished()),
+        "the LoadTest ended before the evictions were answered ({phase:?}): raise its size"
+    );
+    for pod in &group_a {
+        let name = pod.name_any();
+        let now = pods.get_opt(&name).await.unwrap_or_else(|e| panic!("{e}"));
+        let going = now.is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+        assert_eq!(going, evicted.contains(&name), "{name}");
+    }
+
+    // The evicted member is replaced, and the run ends Verified with nothing missing.
+    let done = eventually("the LoadTest to finish", Duration::from_secs(600), || {
+        let loadtests = loadtests.clone();
+        async move {
+            let lt = loadtests.get("evicted").await.ok()?;
+            lt.status.as_ref()?.phase?.is_finished().then_some(lt)
+        }
+    })
+    .await;
+    let status = done.status.unwrap_or_default();
+    assert_eq!(status.phase, Some(LoadTestPhase::Succeeded), "{status:#?}");
+    let verified = status.conditions.iter().find(|c| c.type_ == "Verified");
+    assert_eq!(
+        verified.map(|c| c.status.as_str()),
+        Some("True"),
+        "{status:#?}"
+    );
+    for g in &status.groups {
+        assert_eq!(g.missing, 0, "group {} lost messages: {status:#?}", g.group);
+    }
+    ready_pods(&pods, "outbox.dev/group=group-a", 3).await;
 }
 
 /// The testbed's Kafka broker stopped (SIGSTOP to its process group: connections stay

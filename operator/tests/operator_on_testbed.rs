@@ -6,7 +6,10 @@ mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -372,6 +375,26 @@ async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
                 v
             },
             "spec.consumers.groups",
+        ),
+        (
+            "a pod label the operator selects by",
+            {
+                let mut v = base();
+                v["spec"]["consumers"]["groups"][0]["pod"] =
+                    serde_json::json!({"metadata": {"labels": {"outbox.dev/group": "group-b"}}});
+                v
+            },
+            "spec.consumers.groups[0].pod.metadata.labels",
+        ),
+        (
+            "a budget of 0 unavailable pods (a drain could never finish)",
+            {
+                let mut v = base();
+                v["spec"]["producers"]["podDisruptionBudget"] =
+                    serde_json::json!({"maxUnavailable": 0});
+                v
+            },
+            "spec.producers.podDisruptionBudget.maxUnavailable",
         ),
     ];
     for (what, body, field) in cases {
@@ -1883,4 +1906,282 @@ async fn assert_no_workloads(deployments: &Api<Deployment>, system: &str) {
         children.items.is_empty(),
         "the refused system {system} got no workloads"
     );
+}
+
+/// Pod settings with a field of each kind: maps, lists and a class name.
+fn pod_settings(priority_class: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"labels": {"team": "payments"},
+                     "annotations": {"example.com/owner": "outbox-tests"}},
+        "nodeSelector": {"pool": "outbox"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "outbox",
+                         "effect": "NoSchedule"}],
+        "priorityClassName": priority_class,
+        "imagePullSecrets": [{"name": "registry-credentials"}]
+    })
+}
+
+/// Asserts that every field of [`pod_settings`] is in `template` (of `what`).
+fn assert_pod_settings(template: &PodTemplateSpec, priority_class: &str, team: &str, what: &str) {
+    let meta = template.metadata.clone().unwrap_or_default();
+    let labels = meta.labels.unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some(team), "{what}");
+    let annotations = meta.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get("example.com/owner").map(String::as_str),
+        Some("outbox-tests"),
+        "{what}"
+    );
+    let pod = template.spec.clone().unwrap_or_default();
+    assert_eq!(
+        pod.node_selector,
+        Some(BTreeMap::from([("pool".to_string(), "outbox".to_string())])),
+        "{what}"
+    );
+    let tolerations: Vec<_> = pod
+        .tolerations
+        .iter()
+        .flatten()
+        .map(|t| {
+            (
+                t.key.clone(),
+                t.operator.clone(),
+                t.value.clone(),
+                t.effect.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tolerations,
+        [(
+            Some("dedicated".to_string()),
+            Some("Equal".to_string()),
+            Some("outbox".to_string()),
+            Some("NoSchedule".to_string())
+        )],
+        "{what}"
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some(priority_class),
+        "{what}"
+    );
+    let secrets: Vec<String> = pod
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(secrets, ["registry-credentials"], "{what}");
+}
+
+/// A PriorityClass of one test; deleted at the end of the test, and when dropped
+/// (also when the test fails) through kubectl, best effort.
+struct TestPriorityClass {
+    name: String,
+    deleted: bool,
+}
+
+impl TestPriorityClass {
+    async fn create(client: &kube::Client) -> TestPriorityClass {
+        let name = unique_name("outbox-tests-priority");
+        let classes: Api<PriorityClass> = Api::all(client.clone());
+        let class: PriorityClass = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "value": 1000,
+            "description": "outbox operator tests: pod settings"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        classes
+            .create(&PostParams::default(), &class)
+            .await
+            .unwrap_or_else(|e| panic!("creating PriorityClass {name}: {e}"));
+        TestPriorityClass {
+            name,
+            deleted: false,
+        }
+    }
+
+    async fn delete(mut self, client: &kube::Client) {
+        let classes: Api<PriorityClass> = Api::all(client.clone());
+        classes
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("deleting PriorityClass {}: {e}", self.name));
+        self.deleted = true;
+    }
+}
+
+impl Drop for TestPriorityClass {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "delete",
+                "priorityclass",
+                &self.name,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .env("KUBECONFIG", &testbed().kubeconfig)
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn pod_settings_in_the_spec_reach_the_deployments_and_the_runner_jobs_pod_templates() {
+    let (client, ns) = setup("obs-pods").await;
+    let class = TestPriorityClass::create(&client).await;
+    let _operator = start_operator(&client, &ns);
+    let mut system = reference_system(&unique_name("pods-events"));
+    let settings: outbox_operator::crd::PodSettings =
+        serde_json::from_value(pod_settings(&class.name)).unwrap_or_else(|e| panic!("{e}"));
+    system.spec.producers.pod = settings.clone();
+    system.spec.consumers.pod = settings.clone();
+    // group-b overrides one label: merged over the consumers-wide settings.
+    system.spec.consumers.groups[1].pod.metadata.labels =
+        BTreeMap::from([("team".to_string(), "ledger".to_string())]);
+    create_system(&client, &ns, &system).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for (name, team) in [
+        ("outbox-producer", "payments"),
+        ("outbox-consumer-group-a", "payments"),
+        ("outbox-consumer-group-b", "ledger"),
+        ("outbox-consumer-group-c", "payments"),
+    ] {
+        let d = wait_present(&deployments, name).await;
+        let spec = d.spec.clone().unwrap_or_default();
+        assert_pod_settings(&spec.template, &class.name, team, name);
+        // The operator's selector labels are on the pods whatever the user added.
+        let selector = spec.selector.match_labels.unwrap_or_default();
+        let pod_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        for (k, v) in &selector {
+            assert_eq!(pod_labels.get(k), Some(v), "{name}: {k}");
+        }
+    }
+
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let mut lt = small_loadtest("placed", "outbox");
+    lt.spec.runner.pod = settings;
+    loadtests
+        .create(&PostParams::default(), &lt)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = wait_present(&jobs, "placed-run").await;
+    let template = job.spec.map(|s| s.template).unwrap_or_default();
+    assert_pod_settings(&template, &class.name, "payments", "the runner Job");
+    let resources = template
+        .spec
+        .and_then(|p| p.containers.first().and_then(|c| c.resources.clone()))
+        .unwrap_or_default();
+    assert_eq!(
+        resources
+            .limits
+            .unwrap_or_default()
+            .get("memory")
+            .map(|q| q.0.as_str()),
+        Some("256Mi"),
+        "the runner's default memory limit"
+    );
+    delete_namespace(&client, &ns).await;
+    class.delete(&client).await;
+}
+
+#[tokio::test]
+async fn each_producer_set_and_group_gets_an_owned_budget_that_goes_when_switched_off_or_removed() {
+    let (client, ns) = setup("obs-pdb").await;
+    let _operator = start_operator(&client, &ns);
+    let system = reference_system(&unique_name("pdb-events"));
+    let systems = create_system(&client, &ns, &system).await;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let owner = systems
+        .get("outbox")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "outbox-producer",
+        "outbox-consumer-group-a",
+        "outbox-consumer-group-b",
+        "outbox-consumer-group-c",
+    ] {
+        let budget = wait_present(&budgets, name).await;
+        let spec = budget.spec.clone().unwrap_or_default();
+        assert_eq!(
+            spec.max_unavailable,
+            Some(IntOrString::Int(1)),
+            "{name}: one pod at a time"
+        );
+        let deployment = wait_present(&deployments, name).await;
+        assert_eq!(
+            spec.selector,
+            deployment.spec.map(|s| s.selector),
+            "{name} selects exactly its workload's pods"
+        );
+        let refs = budget.metadata.owner_references.unwrap_or_default();
+        assert_eq!(refs.len(), 1, "{name}: {refs:?}");
+        assert_eq!(
+            (
+                refs[0].kind.as_str(),
+                Some(refs[0].uid.as_str()),
+                refs[0].controller
+            ),
+            ("OutboxSystem", owner.metadata.uid.as_deref(), Some(true)),
+            "{name}"
+        );
+    }
+
+    // Switched off for the producers and for group-b alone: those two go, the others stay.
+    let off = serde_json::json!({"spec": {
+        "producers": {"podDisruptionBudget": {"enabled": false}},
+        "consumers": {"groups": [
+            {"name": "group-a", "replicas": 3, "retry": {"maxRetries": -1}},
+            {"name": "group-b", "replicas": 2, "retry": {"maxRetries": -1},
+             "podDisruptionBudget": {"enabled": false}},
+            {"name": "group-c", "replicas": 1, "retry": {"maxRetries": -1}}
+        ]}
+    }});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&budgets, "outbox-producer").await;
+    wait_gone(&budgets, "outbox-consumer-group-b").await;
+    for kept in ["outbox-consumer-group-a", "outbox-consumer-group-c"] {
+        assert!(
+            budgets.get_opt(kept).await.ok().flatten().is_some(),
+            "{kept} was deleted with the others"
+        );
+    }
+
+    // A group removed from the spec loses its budget with its Deployment; switched on
+    // again, the producers' budget comes back.
+    let fewer = serde_json::json!({"spec": {
+        "producers": {"podDisruptionBudget": {"enabled": true}},
+        "consumers": {"groups": [
+            {"name": "group-a", "replicas": 3, "retry": {"maxRetries": -1}},
+            {"name": "group-b", "replicas": 2, "retry": {"maxRetries": -1},
+             "podDisruptionBudget": {"enabled": false}}
+        ]}
+    }});
+    systems
+        .patch("outbox", &PatchParams::default(), &Patch::Merge(&fewer))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&budgets, "outbox-consumer-group-c").await;
+    wait_present(&budgets, "outbox-producer").await;
+    assert!(budgets
+        .get_opt("outbox-consumer-group-a")
+        .await
+        .ok()
+        .flatten()
+        .is_some());
+    delete_namespace(&client, &ns).await;
 }

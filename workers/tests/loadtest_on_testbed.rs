@@ -1013,6 +1013,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         image: None,
         cpu_sources: Vec::new(),
         thresholds: None,
+        runner: Default::default(),
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests
@@ -1249,6 +1250,7 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
         image: None,
         cpu_sources: Vec::new(),
         thresholds: None,
+        runner: Default::default(),
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests

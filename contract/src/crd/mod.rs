@@ -2,9 +2,11 @@
 
 mod loadtest;
 mod outbox_system;
+mod pod_settings;
 
 pub use loadtest::*;
 pub use outbox_system::*;
+pub use pod_settings::*;
 
 /// API group of every custom resource here.
 pub const GROUP: &str = "outbox.dev";
@@ -130,6 +132,93 @@ mod tests {
         let status = &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
             ["status"]["properties"];
         assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
+    }
+
+    fn spec_schema<K: kube::CustomResourceExt>() -> serde_json::Value {
+        let crd = serde_json::to_value(K::crd()).unwrap_or_default();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    /// The CEL rules on a schema node, as one string.
+    fn rules(node: &serde_json::Value) -> String {
+        node["x-kubernetes-validations"].to_string()
+    }
+
+    #[test]
+    fn pod_settings_are_wherever_a_workload_is_built_and_refuse_the_operators_labels() {
+        let system = spec_schema::<OutboxSystem>();
+        let loadtest = spec_schema::<LoadTest>();
+        let producers = &system["properties"]["producers"]["properties"];
+        let consumers = &system["properties"]["consumers"]["properties"];
+        let group = &consumers["groups"]["items"]["properties"];
+        let runner = &loadtest["properties"]["runner"]["properties"];
+        assert!(runner["resources"]["properties"]["limits"].is_object());
+        for pod in [
+            &producers["pod"],
+            &consumers["pod"],
+            &group["pod"],
+            &runner["pod"],
+        ] {
+            let fields = &pod["properties"];
+            for field in [
+                "nodeSelector",
+                "tolerations",
+                "affinity",
+                "topologySpreadConstraints",
+                "priorityClassName",
+                "imagePullSecrets",
+            ] {
+                assert!(fields[field].is_object(), "{field} missing in {pod}");
+                assert!(
+                    fields[field]["description"].is_string(),
+                    "{field} has no description for kubectl explain"
+                );
+            }
+            let metadata = &fields["metadata"];
+            assert!(metadata["properties"]["labels"].is_object());
+            assert!(metadata["properties"]["annotations"].is_object());
+            let rule = rules(metadata);
+            for key in crate::labels::RESERVED {
+                assert!(
+                    rule.contains(&format!("'{key}'")),
+                    "{key} not refused: {rule}"
+                );
+            }
+            assert!(rule.contains("metadata.labels may not set"), "{rule}");
+        }
+    }
+
+    #[test]
+    fn budgets_are_on_with_one_pod_unavailable_at_a_time_unless_told_and_never_zero() {
+        let budget: PodDisruptionBudgetSpec =
+            serde_json::from_value(serde_json::json!({})).unwrap_or_default();
+        assert_eq!(budget, PodDisruptionBudgetSpec::default());
+        assert!(budget.enabled);
+        assert_eq!(budget.max_unavailable, 1);
+        let system = spec_schema::<OutboxSystem>();
+        let consumers = &system["properties"]["consumers"]["properties"];
+        for node in [
+            &system["properties"]["producers"]["properties"]["podDisruptionBudget"],
+            &consumers["podDisruptionBudget"],
+            &consumers["groups"]["items"]["properties"]["podDisruptionBudget"],
+        ] {
+            assert_eq!(
+                node["properties"]["maxUnavailable"]["minimum"].as_f64(),
+                Some(1.0),
+                "{node}"
+            );
+        }
+        // A group without its own budget takes the consumers-wide one.
+        let consumers: ConsumersSpec = serde_json::from_value(serde_json::json!({
+            "podDisruptionBudget": {"maxUnavailable": 2},
+            "groups": [{"name": "a", "replicas": 3},
+                       {"name": "b", "replicas": 3, "podDisruptionBudget": {"enabled": false}}]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let a = consumers.pod_disruption_budget_of(&consumers.groups[0]);
+        let b = consumers.pod_disruption_budget_of(&consumers.groups[1]);
+        assert_eq!((a.enabled, a.max_unavailable), (true, 2));
+        assert_eq!((b.enabled, b.max_unavailable), (false, 1));
     }
 
     #[test]

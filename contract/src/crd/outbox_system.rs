@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::PodSettings;
 use crate::worker_env::defaults;
 
 /// Declares one transactional-outbox messaging system: a Kafka topic, the producer
@@ -224,6 +225,15 @@ pub struct ProducersSpec {
     #[serde(default = "default_max_backlog")]
     #[schemars(range(min = 0))]
     pub max_backlog: i64,
+    /// Scheduling and metadata of the producer pods: node selector, tolerations,
+    /// affinity, topology spread, priority class, image pull secrets, labels and
+    /// annotations.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod: PodSettings,
+    /// The PodDisruptionBudget of the producer pods (on by default: a node drain
+    /// evicts one producer at a time).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
 }
 
 impl Default for ProducersSpec {
@@ -235,8 +245,53 @@ impl Default for ProducersSpec {
             relay: RelaySpec::default(),
             port: default_port(),
             max_backlog: default_max_backlog(),
+            pod: PodSettings::default(),
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
         }
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// A PodDisruptionBudget (`policy/v1`) over one workload's pods: how many of them
+/// voluntary disruptions (a node drain, the cluster autoscaler, anything using the
+/// Eviction API) may take at once. It has the workload's name, selects exactly its
+/// pods and is owned by the OutboxSystem. With 1 replica and `maxUnavailable: 1` the
+/// one pod may still be evicted (its work waits in Kafka or the outbox meanwhile, and
+/// nothing is lost); with 0 replicas the budget covers no pod. A pod that is not ready
+/// may always be evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`): it serves
+/// nothing, and a crash-looping pod must not block a drain.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    /// Whether the operator keeps the PodDisruptionBudget (default true). Set false
+    /// and the operator deletes the one it made.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pods that may be unavailable at once through voluntary disruptions, at least 1
+    /// (default 1).
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PodDisruptionBudgetSpec {
+    fn default() -> Self {
+        PodDisruptionBudgetSpec {
+            enabled: default_true(),
+            max_unavailable: default_max_unavailable(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_unavailable() -> i32 {
+    1
 }
 
 fn default_max_backlog() -> i64 {
@@ -304,6 +359,34 @@ pub struct ConsumersSpec {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub groups: Vec<ConsumerGroupSpec>,
+    /// Scheduling and metadata of every group's pods, unless a group's own `pod`
+    /// says otherwise: a group's settings override these field by field (maps such as
+    /// `nodeSelector` and `metadata.labels` are merged key by key, the group's value
+    /// winning; lists such as `tolerations`, and `affinity` and `priorityClassName`,
+    /// are replaced whole when the group sets them, an empty list included).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod: PodSettings,
+    /// The PodDisruptionBudget of each group (one per group, on by default: a node
+    /// drain evicts one member of a group at a time), unless the group sets its own.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+}
+
+impl ConsumersSpec {
+    /// The pod settings of `group`: its own over the consumers-wide ones
+    /// ([`PodSettings::overridden_by`]).
+    pub fn pod_of(&self, group: &ConsumerGroupSpec) -> PodSettings {
+        self.pod.overridden_by(&group.pod)
+    }
+
+    /// The disruption budget of `group`: its own when it sets one, the consumers-wide
+    /// one otherwise.
+    pub fn pod_disruption_budget_of(&self, group: &ConsumerGroupSpec) -> PodDisruptionBudgetSpec {
+        group
+            .pod_disruption_budget
+            .clone()
+            .unwrap_or_else(|| self.pod_disruption_budget.clone())
+    }
 }
 
 impl Default for ConsumersSpec {
@@ -313,6 +396,8 @@ impl Default for ConsumersSpec {
             resources: None,
             port: default_port(),
             groups: Vec::new(),
+            pod: PodSettings::default(),
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
         }
     }
 }
@@ -337,6 +422,15 @@ pub struct ConsumerGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub dead_letter_topic: Option<String>,
+    /// This group's pod settings, over `spec.consumers.pod` field by field (maps merged
+    /// key by key, this group's value winning; lists and the other fields replaced
+    /// whole when set here, an empty list included).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pod: PodSettings,
+    /// This group's PodDisruptionBudget, replacing `spec.consumers.podDisruptionBudget`
+    /// whole when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
 }
 
 /// Retry policy of a consumer group.
