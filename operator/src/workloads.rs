@@ -765,7 +765,11 @@ pub(crate) mod tests {
         let Some((key, value)) = selector.split_once('=') else {
             return false;
         };
-        meta.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str) == Some(value)
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+            == Some(value)
     }
 
     #[test]
@@ -779,7 +783,11 @@ pub(crate) mod tests {
         metas.extend(children.consumers.iter().map(|d| &d.metadata));
         metas.extend(children.consumer_services.iter().map(|s| &s.metadata));
         metas.extend(children.budgets.iter().map(|b| &b.metadata));
-        assert_eq!(metas.len(), 13, "every child of the reference system is checked");
+        assert_eq!(
+            metas.len(),
+            13,
+            "every child of the reference system is checked"
+        );
         for meta in metas {
             assert!(
                 watched_by_the_operator(meta),
@@ -1375,6 +1383,8 @@ pub(crate) mod tests {
         );
         spec.consumers.pod_disruption_budget.enabled = false;
         spec.consumers.groups[2].pod_disruption_budget = None;
-        assert!(build(&owner(), &spec, &WorkerImage::default()).budgets.is_empty());
+        assert!(build(&owner(), &spec, &WorkerImage::default())
+            .budgets
+            .is_empty());
     }
 }

@@ -102,8 +102,21 @@ impl Testbed {
 
     /// A client for the testbed's kube-apiserver, as the admin user.
     pub async fn kube_client(&self) -> Result<kube::Client, TestbedError> {
+        self.admin_client(true).await
+    }
+
+    /// The admin client without kube's retries of 429, 503 and 504 answers, for a test
+    /// that must see them (an eviction a PodDisruptionBudget refuses answers 429, and the
+    /// default client would retry it until the budget allows it again).
+    pub async fn kube_client_without_retries(&self) -> Result<kube::Client, TestbedError> {
+        self.admin_client(false).await
+    }
+
+    async fn admin_client(&self, default_retry: bool) -> Result<kube::Client, TestbedError> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.default_retry = default_retry;
         Ok(kube::Client::try_from(config)?)
     }
 
