@@ -8,7 +8,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DeleteParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -237,27 +236,12 @@ fn job_created(loadtest: &str) -> Desired {
     )
 }
 
-/// Seconds left before the Job of a finished run is deleted (None: no TTL or not finished).
-pub fn ttl_remaining(
-    status: &LoadTestStatus,
-    ttl_seconds: Option<i64>,
-    now: Timestamp,
-) -> Option<i64> {
-    let ttl = ttl_seconds?;
-    if !status.phase.unwrap_or_default().is_finished() {
-        return None;
-    }
-    let finished = status.completion_time.as_ref().map(|t| t.0).unwrap_or(now);
-    let elapsed = now.as_second() - finished.as_second();
-    Some((ttl - elapsed).max(0))
-}
-
 /// Reconciles one LoadTest as its steps: read it and its Job fresh → a finished run
-/// goes to `finish` (the Job is deleted after the TTL) → read what the run depends on
+/// is left as it is (Kubernetes deletes its Job after the TTL) → read what the run depends on
 /// (the OutboxSystem, the runner's ServiceAccount) → create the one Job (built pure)
 /// when due (`job_due`, pure) → decide the status from the Job's state
 /// (`decide_status`, pure) → announce it (`announcements`, pure) → write it →
-/// `finish` a run that just ended, or look again later (`look_again`, pure).
+/// look again later (`look_again`, pure) unless the run ended.
 ///
 /// The controller in `run` calls it only while this replica may act
 /// (`run::when_leading`, the leadership gate of both controllers).
@@ -279,7 +263,9 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         mut job,
     } = fresh;
     if current.phase.unwrap_or_default().is_finished() {
-        return finish(&ctx, &lt, &namespace, job.as_ref(), &current).await;
+        // Nothing moves a finished run; Kubernetes deletes its Job after the Job's own
+        // ttlSecondsAfterFinished (the LoadTest's, set when the Job was made).
+        return Ok(Action::await_change());
     }
     let system = read_system(&ctx, &lt, &namespace).await?;
     let account = RunnerAccount {
@@ -304,7 +290,7 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
     }
     write_status(&ctx, &namespace, &lt, &current, &update).await?;
     if update.phase.is_finished() {
-        return finish(&ctx, &lt, &namespace, job.as_ref(), &current).await;
+        return Ok(Action::await_change());
     }
     Ok(look_again(system.is_some(), job.is_some()))
 }
@@ -564,42 +550,6 @@ async fn write_status(
     }
     let api: Api<LoadTest> = Api::namespaced(ctx.client.clone(), namespace);
     apply_status(&api, &lt.name_any(), &status).await
-}
-
-/// After the run: delete the Job (and its pods) once the TTL has passed.
-async fn finish(
-    ctx: &Context,
-    lt: &LoadTest,
-    namespace: &str,
-    job: Option<&Job>,
-    status: &LoadTestStatus,
-) -> Result<Action> {
-    let Some(job) = job else {
-        return Ok(Action::await_change());
-    };
-    match ttl_remaining(status, lt.spec.ttl_seconds_after_finished, Timestamp::now()) {
-        None => Ok(Action::await_change()),
-        Some(0) => {
-            let job_key = job.name_any();
-            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-            jobs.delete(&job_key, &DeleteParams::background())
-                .await
-                .map_err(Error::kube(format!("deleting Job {job_key}")))?;
-            info!(job = %job_key, "deleted the runner Job after ttlSecondsAfterFinished");
-            publish_event(
-                ctx,
-                lt,
-                EventType::Normal,
-                "JobDeleted",
-                format!("deleted runner Job {job_key} after ttlSecondsAfterFinished"),
-            )
-            .await;
-            Ok(Action::await_change())
-        }
-        Some(left) => Ok(Action::requeue(Duration::from_secs(
-            u64::try_from(left).unwrap_or(1).max(1),
-        ))),
-    }
 }
 
 /// Logs and counts a failed reconcile and backs off.
@@ -918,25 +868,6 @@ mod tests {
         assert_eq!(
             look_again(false, true),
             Action::requeue(Duration::from_secs(60))
-        );
-    }
-
-    #[test]
-    fn ttl_counts_from_completion() {
-        let done = LoadTestStatus {
-            phase: Some(LoadTestPhase::Succeeded),
-            completion_time: Some(Time(
-                Timestamp::from_second(1000).unwrap_or(Timestamp::UNIX_EPOCH),
-            )),
-            ..LoadTestStatus::default()
-        };
-        let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
-        assert_eq!(ttl_remaining(&done, Some(60), at(1030)), Some(30));
-        assert_eq!(ttl_remaining(&done, Some(60), at(2000)), Some(0));
-        assert_eq!(ttl_remaining(&done, None, at(2000)), None);
-        assert_eq!(
-            ttl_remaining(&status(Some(LoadTestPhase::Running)), Some(1), at(2000)),
-            None
         );
     }
 }

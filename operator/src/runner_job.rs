@@ -103,6 +103,12 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
             // finished or failed the run recorded that in status and exits 0.
             backoff_limit: Some(RUNNER_RETRIES),
             active_deadline_seconds: Some(deadline_seconds(&loadtest.spec)),
+            // Kubernetes deletes the finished Job (and its pod) itself, whether or not
+            // the operator runs then; the results stay in the LoadTest's status.
+            ttl_seconds_after_finished: loadtest
+                .spec
+                .ttl_seconds_after_finished
+                .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
             template: with_pod_settings(
                 PodTemplateSpec {
                     metadata: Some(ObjectMeta {
@@ -186,6 +192,19 @@ mod tests {
     }
 
     #[test]
+    fn the_loadtests_ttl_is_the_jobs_own_so_kubernetes_deletes_the_finished_job() {
+        let mut lt = loadtest();
+        let job = runner_job(&params(), &lt, &system());
+        assert_eq!(job.spec.and_then(|s| s.ttl_seconds_after_finished), None);
+        lt.spec.ttl_seconds_after_finished = Some(600);
+        let job = runner_job(&params(), &lt, &system());
+        assert_eq!(
+            job.spec.and_then(|s| s.ttl_seconds_after_finished),
+            Some(600)
+        );
+    }
+
+    #[test]
     fn the_job_carries_the_label_the_operators_watch_selects_by() {
         let job = runner_job(&params(), &loadtest(), &system());
         assert!(crate::workloads::tests::watched_by_the_operator(
@@ -257,10 +276,7 @@ mod tests {
                 .and_then(|m| m.get(key))
                 .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
         };
-        assert_eq!(
-            quantity(&resources.requests, "cpu").as_deref(),
-            Some("100m")
-        );
+        assert_eq!(quantity(&resources.requests, "cpu").as_deref(), Some("50m"));
         assert_eq!(
             quantity(&resources.requests, "memory").as_deref(),
             Some("128Mi")

@@ -474,6 +474,16 @@ async fn evicting_every_group_a_pod_at_once_takes_only_what_the_budget_allows_an
     let _release = install_chart(&ns);
     let mut system: OutboxSystem = sample("manifests/outbox-system.yaml");
     system.spec.topic.name = unique_name("evict-events");
+    // The budget is under test, not throughput: CPU requests small enough that this
+    // system and its runner fit on the 2-CPU node beside the reference system of the
+    // test running in parallel (9 pods of 100m each; with both at 100m the runner
+    // waited Pending for a share of CPU past the test's patience).
+    let small = serde_json::from_value::<k8s_openapi::api::core::v1::ResourceRequirements>(
+        serde_json::json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    system.spec.producers.resources = Some(small.clone());
+    system.spec.consumers.resources = Some(small);
     let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
     systems
         .create(&PostParams::default(), &system)

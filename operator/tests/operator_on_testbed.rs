@@ -1350,6 +1350,24 @@ async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_t
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    // The Job ends as a runner's does once it reported (here: its deadline cut short),
+    // and Kubernetes deletes it after its own ttlSecondsAfterFinished, which the
+    // operator took from the LoadTest.
+    let job = jobs
+        .get("short-run")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished),
+        Some(3)
+    );
+    jobs.patch(
+        "short-run",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"activeDeadlineSeconds": 1}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     wait_gone(&jobs, "short-run").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let jobs_left = jobs

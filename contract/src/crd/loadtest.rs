@@ -60,10 +60,11 @@ pub struct LoadTestSpec {
     #[serde(default = "default_verification_timeout")]
     #[schemars(range(min = 1))]
     pub verification_timeout_seconds: i64,
-    /// Delete the runner Job this many seconds after the run finished (results stay in
-    /// this LoadTest's status). Absent: keep the Job.
+    /// Seconds after the runner Job finished that Kubernetes deletes it and its pod (the
+    /// Job's own `ttlSecondsAfterFinished`; the results stay in this LoadTest's status).
+    /// Absent: keep the Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 2147483647))]
     pub ttl_seconds_after_finished: Option<i64>,
     /// Runner image override (defaults to the OutboxSystem's image, then to the
     /// operator's worker image: its `--worker-image`, the Helm chart's `workerImage`).
@@ -90,7 +91,7 @@ pub struct LoadTestSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RunnerSpec {
     /// CPU and memory requests and limits of the runner container. Absent: requests
-    /// 100m CPU and 128Mi memory, a 256Mi memory limit and no CPU limit (a throttled
+    /// 50m CPU and 128Mi memory, a 256Mi memory limit and no CPU limit (a throttled
     /// runner would measure its own stalls as latency). `{}` sets none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -120,8 +121,9 @@ impl RunnerSpec {
 
     /// The runner's resources when the LoadTest names none, sized from the reference
     /// run (10,000,000 + 5,000 messages, `make demo`, README "Where the 2 cores go"):
-    /// the runner used 5.0–8.6 CPU seconds over runs of 180–232 s, about 0.05 of a
-    /// core, and no container of the run exceeded 92 MiB. The runner's own memory peak
+    /// the runner used 5.0–8.6 CPU seconds over runs of 180–232 s, 0.03–0.05 of a core,
+    /// which the CPU request (50m) covers without reserving a node's share that the
+    /// producers and consumers, whose load it is, need more; no container of the run exceeded 92 MiB. The runner's own memory peak
     /// was not recorded apart from the others', so 92 MiB is an upper bound, not its
     /// figure: the request (128Mi) sits above it and the limit (256Mi, the workers'
     /// in the sample) leaves room for longer arrival-rate runs' time series. No CPU
@@ -134,7 +136,7 @@ impl RunnerSpec {
                 .collect::<BTreeMap<_, _>>()
         };
         ResourceRequirements {
-            requests: Some(quantities(&[("cpu", "100m"), ("memory", "128Mi")])),
+            requests: Some(quantities(&[("cpu", "50m"), ("memory", "128Mi")])),
             limits: Some(quantities(&[("memory", "256Mi")])),
             ..ResourceRequirements::default()
         }
