@@ -213,16 +213,7 @@ group.initial.rebalance.delay.ms=0
 log.retention.hours=24
 message.max.bytes=10485760
 EOF
-cat >"$KAFKA_DIR/log4j.properties" <<'EOF'
-log4j.rootLogger=INFO, stdout
-log4j.appender.stdout=org.apache.log4j.ConsoleAppender
-log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
-log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka.request.logger=WARN
-log4j.logger.state.change.logger=WARN
-log4j.logger.kafka.log.LogCleaner=WARN
-log4j.logger.org.apache.kafka.storage=WARN
-EOF
+cp "$TESTBED_DIR/kafka/log4j.properties" "$KAFKA_DIR/log4j.properties"
 KAFKA_JAVA=(java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
   "-Dlog4j.configuration=file:$KAFKA_DIR/log4j.properties" -cp "$KAFKA_LIB/*")
 if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then

@@ -89,14 +89,7 @@ populate_kafka() {
   mkdir -p "$rootfs/opt/kafka/libs" "$rootfs/opt/kafka/config" "$rootfs/var/lib/kafka/data" \
     "$rootfs/etc/kafka/docker"
   cp "$KAFKA_LIB"/*.jar "$rootfs/opt/kafka/libs/"
-  cat >"$rootfs/opt/kafka/config/log4j.properties" <<'EOF'
-log4j.rootLogger=INFO, stdout
-log4j.appender.stdout=org.apache.log4j.ConsoleAppender
-log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
-log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
-log4j.logger.kafka.request.logger=WARN
-log4j.logger.kafka.log.LogCleaner=WARN
-EOF
+  cp "$SCRIPT_DIR/../kafka/log4j.properties" "$rootfs/opt/kafka/config/log4j.properties"
   cat >"$rootfs/etc/kafka/docker/run" <<'EOF'
 #!/bin/bash
 # Stand-in for apache/kafka's entrypoint (testbed/node/standin-images.sh): KAFKA_* to
@@ -183,7 +176,7 @@ EOF
 }
 
 out=$OUT_DIR/kafka.tar
-if up_to_date "$out" "$KAFKA_TAG" "$KAFKA_LIB"; then
+if up_to_date "$out" "$KAFKA_TAG" "$KAFKA_LIB" "$SCRIPT_DIR/../kafka/log4j.properties"; then
   log "kafka.tar (docker.io/apache/kafka:$KAFKA_TAG): cached"
 else
   log "kafka.tar (docker.io/apache/kafka:$KAFKA_TAG): building from $KAFKA_LIB and $JAVA_HOME"
