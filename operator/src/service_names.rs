@@ -59,12 +59,15 @@ pub fn qualify_database_url(url: &str, namespace: &str) -> String {
     if !scheme.eq_ignore_ascii_case("postgres") && !scheme.eq_ignore_ascii_case("postgresql") {
         return url.to_string();
     }
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((user, hosts)) => (Some(user), hosts),
-        None => (None, authority),
+    // Split as tokio-postgres, which opens the session, reads it: the credentials run
+    // to the first `@` (a password may hold `/`, `?` or `#` unencoded, and an `@` only
+    // as `%40`), the host(s) from there to the next `/` or `?`.
+    let (userinfo, after) = match rest.split_once('@') {
+        Some((user, after)) => (Some(user), after),
+        None => (None, rest),
     };
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (hosts, tail) = after.split_at(end);
     if hosts.contains('%') {
         return url.to_string();
     }
@@ -109,13 +112,47 @@ mod tests {
     }
 
     #[test]
+    fn a_password_holding_reserved_characters_is_kept_and_only_the_host_qualified() {
+        let reserved = ":/?#[]@!$&'()*+,;=%";
+        let raw: String = reserved
+            .chars()
+            .filter(|c| !matches!(c, '@' | '%'))
+            .collect();
+        let encoded: String = reserved
+            .chars()
+            .map(|c| format!("%{:02X}", c as u32))
+            .collect();
+        for password in [format!("Zq{raw}Zq"), format!("Zq{encoded}Zq")] {
+            let url =
+                format!("postgres://outbox:{password}@outbox-postgres:5432/outbox?sslmode=disable");
+            let qualified = qualify_database_url(&url, "team-a");
+            let parse = |u: &str| {
+                u.parse::<tokio_postgres::Config>()
+                    .unwrap_or_else(|e| panic!("{u}: {e}"))
+            };
+            let (before, after) = (parse(&url), parse(&qualified));
+            assert_eq!(after.get_password(), before.get_password(), "{qualified}");
+            assert_eq!(after.get_user(), Some("outbox"), "{qualified}");
+            assert_eq!(after.get_dbname(), Some("outbox"), "{qualified}");
+            assert_eq!(after.get_ports(), [5432], "{qualified}");
+            assert_eq!(
+                after.get_hosts(),
+                [tokio_postgres::config::Host::Tcp(
+                    "outbox-postgres.team-a.svc".into()
+                )],
+                "{qualified}"
+            );
+        }
+    }
+
+    #[test]
     fn database_urls_get_their_host_qualified_and_keep_everything_else() {
         assert_eq!(
             qualify_database_url(
-                "postgres://outbox:s3cr@t@outbox-postgres:5432/outbox?options=-csearch_path%3Dx",
+                "postgres://outbox:s3cr%40t@outbox-postgres:5432/outbox?options=-csearch_path%3Dx",
                 "ns"
             ),
-            "postgres://outbox:s3cr@t@outbox-postgres.ns.svc:5432/outbox?options=-csearch_path%3Dx"
+            "postgres://outbox:s3cr%40t@outbox-postgres.ns.svc:5432/outbox?options=-csearch_path%3Dx"
         );
         assert_eq!(
             qualify_database_url("postgresql://pg/db", "ns"),

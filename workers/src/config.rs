@@ -120,16 +120,17 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return redact_key_value(url);
     };
-    // The host starts after the last `@` of the authority: a password may hold `@`.
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let redacted_tail = redact_query_password(tail);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return format!("{scheme}://{authority}{redacted_tail}");
+    // A password may hold `/`, `?`, `#` or `@` unencoded (tokio-postgres reads the
+    // credentials up to the first `@`, others up to the last), so everything up to the
+    // last `@` is taken for credentials: after the user name it is redacted whole.
+    // Where that `@` stood in a query instead, more is hidden than needed, never less.
+    let Some((userinfo, after)) = rest.rsplit_once('@') else {
+        return format!("{scheme}://{}", redact_query_password(rest));
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}{redacted_tail}"),
-        None => format!("{scheme}://{userinfo}@{host}{redacted_tail}"),
+    let after = redact_query_password(after);
+    match userinfo.find([':', '/', '?', '#']) {
+        Some(end) => format!("{scheme}://{}:***@{after}", &userinfo[..end]),
+        None => format!("{scheme}://{userinfo}@{after}"),
     }
 }
 
@@ -255,6 +256,36 @@ mod tests {
         assert_eq!(props.len(), 2);
         assert_eq!(props["security.protocol"], "SASL_SSL");
         assert_eq!(props["sasl.mechanism"], "PLAIN");
+    }
+
+    /// A password with every character RFC 3986 reserves: raw (all but `@` and `%`,
+    /// which tokio-postgres would read as the end of the credentials and as an escape)
+    /// and percent-encoded (all of them).
+    pub(crate) fn passwords_with_every_reserved_character() -> [String; 2] {
+        let reserved = ":/?#[]@!$&'()*+,;=%";
+        let raw: String = reserved
+            .chars()
+            .filter(|c| !matches!(c, '@' | '%'))
+            .collect();
+        let encoded: String = reserved
+            .chars()
+            .map(|c| format!("%{:02X}", c as u32))
+            .collect();
+        [format!("Zq{raw}Zq"), format!("Zq{encoded}Zq")]
+    }
+
+    #[test]
+    fn a_password_holding_reserved_characters_never_reaches_a_log() {
+        for password in passwords_with_every_reserved_character() {
+            let url =
+                format!("postgres://outbox:{password}@db.example:5432/outbox?sslmode=disable");
+            let redacted = redact_url(&url);
+            assert!(!redacted.contains("Zq"), "{url} redacted as {redacted}");
+            assert!(
+                redacted.starts_with("postgres://outbox:***@db.example:5432/outbox"),
+                "the user and host stay for whoever reads the log: {redacted}"
+            );
+        }
     }
 
     #[test]

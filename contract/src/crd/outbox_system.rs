@@ -147,7 +147,9 @@ pub struct SecretKeyRef {
 pub struct DatabaseSpec {
     /// The Secret key holding the `postgres://` URL of the outbox database. Never a plain
     /// string: the URL carries the password. A bare Service name as its host means that
-    /// Service in this OutboxSystem's namespace.
+    /// Service in this OutboxSystem's namespace. The password may hold `/`, `?` and `#`
+    /// as they are; an `@` in it must be written `%40` (the credentials end at the first
+    /// `@`).
     pub url_secret_ref: SecretKeyRef,
     /// The Secret key holding the PEM certificate(s) of the CA that signed the server's
     /// certificate, for `sslmode=verify-ca` or `verify-full` in the URL (`require` then
