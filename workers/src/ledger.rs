@@ -53,6 +53,22 @@ pub async fn connect_and_migrate(database_url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// The per-key order ledger's key of a message: SipHash-1-3 with zero keys over the
+/// topic's bytes, a 0xFF byte, the key's length as 8 little-endian bytes and the key's
+/// bytes. The definition is fixed here because the value is stored in PostgreSQL: std's
+/// `DefaultHasher`, which computed exactly this until now (so ledgers written before
+/// keep their meaning), may change its algorithm with any Rust release, and consumers
+/// built by two compilers would then track one key under two hashes.
+pub fn key_hash(topic: &str, key: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    hasher.write(topic.as_bytes());
+    hasher.write(&[0xff]);
+    hasher.write(&(key.len() as u64).to_le_bytes());
+    hasher.write(key);
+    hasher.finish()
+}
+
 /// One consumed message to acknowledge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
@@ -859,6 +875,28 @@ pub async fn ids_with_header<C: GenericClient>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_hash_has_a_fixed_definition_and_keeps_the_values_ledgers_hold() {
+        // What consumers stored until now: std's DefaultHasher over (topic, key), as this
+        // toolchain computes it; the new definition gives the same values.
+        for (topic, key) in [
+            ("shared-events", &b"key-42"[..]),
+            ("t", &b""[..]),
+            ("orders.v1", &[0u8, 255, 7, 0xff][..]),
+        ] {
+            use std::hash::{Hash, Hasher};
+            let mut std_hasher = std::collections::hash_map::DefaultHasher::new();
+            topic.hash(&mut std_hasher);
+            key.hash(&mut std_hasher);
+            assert_eq!(key_hash(topic, key), std_hasher.finish(), "{topic}/{key:?}");
+        }
+        // And the value itself, so that no later library or compiler moves it.
+        assert_eq!(
+            key_hash("shared-events", b"key-42"),
+            17_291_709_239_215_673_287
+        );
+    }
 
     fn ack(id: i64, key: Option<u64>, order: Option<(u64, i64)>) -> Ack {
         Ack {

@@ -3,7 +3,6 @@
 //! durable.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -542,12 +541,7 @@ fn parse_batch(batch: &[OwnedMessage]) -> Parsed<'_> {
             foreign.push(m);
             continue;
         };
-        let key_hash = m.key().map(|k| {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            m.topic().hash(&mut hasher);
-            k.hash(&mut hasher);
-            hasher.finish()
-        });
+        let key_hash = m.key().map(|k| crate::ledger::key_hash(m.topic(), k));
         acks.push(Ack {
             id,
             partition: m.partition(),
