@@ -113,16 +113,7 @@ mod tests {
 
     #[test]
     fn a_password_holding_reserved_characters_is_kept_and_only_the_host_qualified() {
-        let reserved = ":/?#[]@!$&'()*+,;=%";
-        let raw: String = reserved
-            .chars()
-            .filter(|c| !matches!(c, '@' | '%'))
-            .collect();
-        let encoded: String = reserved
-            .chars()
-            .map(|c| format!("%{:02X}", c as u32))
-            .collect();
-        for password in [format!("Zq{raw}Zq"), format!("Zq{encoded}Zq")] {
+        for password in testbed_support::passwords_with_every_reserved_character() {
             let url =
                 format!("postgres://outbox:{password}@outbox-postgres:5432/outbox?sslmode=disable");
             let qualified = qualify_database_url(&url, "team-a");

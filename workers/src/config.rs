@@ -258,25 +258,9 @@ mod tests {
         assert_eq!(props["sasl.mechanism"], "PLAIN");
     }
 
-    /// A password with every character RFC 3986 reserves: raw (all but `@` and `%`,
-    /// which tokio-postgres would read as the end of the credentials and as an escape)
-    /// and percent-encoded (all of them).
-    pub(crate) fn passwords_with_every_reserved_character() -> [String; 2] {
-        let reserved = ":/?#[]@!$&'()*+,;=%";
-        let raw: String = reserved
-            .chars()
-            .filter(|c| !matches!(c, '@' | '%'))
-            .collect();
-        let encoded: String = reserved
-            .chars()
-            .map(|c| format!("%{:02X}", c as u32))
-            .collect();
-        [format!("Zq{raw}Zq"), format!("Zq{encoded}Zq")]
-    }
-
     #[test]
     fn a_password_holding_reserved_characters_never_reaches_a_log() {
-        for password in passwords_with_every_reserved_character() {
+        for password in testbed_support::passwords_with_every_reserved_character() {
             let url =
                 format!("postgres://outbox:{password}@db.example:5432/outbox?sslmode=disable");
             let redacted = redact_url(&url);

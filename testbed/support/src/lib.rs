@@ -217,6 +217,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Two passwords holding every character RFC 3986 reserves, marked `Zq` at both ends:
+/// raw (all but `@` and `%`, which tokio-postgres reads as the end of the credentials
+/// and as an escape) and percent-encoded (all of them), for tests of URL handling.
+pub fn passwords_with_every_reserved_character() -> [String; 2] {
+    let reserved = ":/?#[]@!$&'()*+,;=%";
+    let raw: String = reserved
+        .chars()
+        .filter(|c| !matches!(c, '@' | '%'))
+        .collect();
+    let encoded: String = reserved
+        .chars()
+        .map(|c| format!("%{:02X}", c as u32))
+        .collect();
+    [format!("Zq{raw}Zq"), format!("Zq{encoded}Zq")]
+}
+
 /// A name unique to this test run: `prefix-<pid>-<seconds>-<counter>`, lower case, valid
 /// as a Kubernetes name, a Kafka topic, a consumer group and (with `_`) a SQL identifier.
 pub fn unique_name(prefix: &str) -> String {
