@@ -63,6 +63,13 @@ replicate() {
   done
 }
 
+# ldd_paths: the absolute library paths in ldd's output on stdin, loader included:
+# "libfoo.so.1 => /path/libfoo.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)";
+# linux-vdso.so.1 has no path.
+ldd_paths() {
+  awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u
+}
+
 # lib_closure BINARY: the absolute paths ldd resolves for BINARY, loader included; nothing
 # for a static binary.
 lib_closure() {
@@ -75,9 +82,7 @@ lib_closure() {
   if grep -q 'not found' <<<"$out"; then
     die "ldd $1: unresolved libraries:"$'\n'"$(grep 'not found' <<<"$out")"
   fi
-  # "libfoo.so.1 => /path/libfoo.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)";
-  # linux-vdso.so.1 has no path.
-  awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$out" | sort -u
+  ldd_paths <<<"$out"
 }
 
 # build_image OUT_TAR TAG POPULATE_FN CONFIG_ARG...: a one-layer image whose rootfs is

@@ -61,7 +61,7 @@ add_with_libs() {
     replicate "$rootfs" "$file"
     out=$(ldd "$file" 2>&1) || true
     case $out in *"not a dynamic executable"* | *"statically linked"* | *"not found"*) continue ;; esac
-    for lib in $(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$out" | sort -u); do
+    for lib in $(ldd_paths <<<"$out"); do
       replicate "$rootfs" "$lib"
     done
   done
