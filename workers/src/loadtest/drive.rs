@@ -1045,8 +1045,15 @@ mod tests {
         let [slow, fast] = [&result.stages[0], &result.stages[1]];
         assert_eq!((slow.offered, slow.sent, slow.accepted), (100, 100, 100));
         assert_eq!((fast.offered, fast.sent, fast.accepted), (300, 300, 300));
-        assert!((slow.achieved_ratio - 1.0).abs() < 0.01, "{slow:?}");
-        assert!((fast.achieved_rate - 300.0).abs() < 3.0, "{fast:?}");
+        // Pacing never runs ahead of the rate (the whole stage could be sent in a
+        // few milliseconds otherwise); how late the last answer comes back depends on
+        // how busy the machine is, so the lower bound is loose.
+        for stage in [slow, fast] {
+            assert!(
+                stage.achieved_ratio <= 1.01 && stage.achieved_ratio >= 0.85,
+                "{stage:?}"
+            );
+        }
         assert!(fast.latency.is_some(), "each stage has its request latency");
         assert_eq!(sent.ids.len(), 400);
         assert!(counters.take_latency().count() > 0);
