@@ -22,19 +22,62 @@ pub const RELAY_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// Bytes kept free for the record batch framing and the relay's `outbox-*` headers.
 pub const RECORD_OVERHEAD: usize = 512;
 
+/// Headers one message may carry at most; ingest refuses more (413).
+pub const MAX_HEADERS: usize = 64;
+
+/// Bytes one message's headers may hold at most, names, values and Kafka's framing
+/// counted as [`header_bytes`] does; ingest refuses more (413). Headers are metadata:
+/// a few W3C trace contexts and baggage fit many times over, a document does not
+/// (it belongs in the payload, which the topic's limit bounds).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// A message's size as Kafka counts it, before compression: payload, key, and every
-/// header name and value.
+/// header with its framing ([`header_bytes`]).
 pub fn record_size<'a>(
     payload: &str,
     key: Option<&str>,
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> usize {
-    payload.len()
-        + key.map_or(0, str::len)
-        + headers
-            .into_iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
+    payload.len() + key.map_or(0, str::len) + header_bytes(headers)
+}
+
+/// Bytes the headers take in a Kafka record (v2): each name and value with the
+/// varint that gives its length. Ten thousand empty headers are not free.
+pub fn header_bytes<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> usize {
+    headers
+        .into_iter()
+        .map(|(k, v)| varint_len(k.len()) + k.len() + varint_len(v.len()) + v.len())
+        .sum()
+}
+
+/// Bytes of Kafka's zig-zag varint for a length `n`.
+fn varint_len(n: usize) -> usize {
+    let mut zigzag = (n as u64).saturating_mul(2);
+    let mut bytes = 1;
+    while zigzag >= 0x80 {
+        zigzag >>= 7;
+        bytes += 1;
+    }
+    bytes
+}
+
+/// Why a message's headers are refused at ingest, if they are: more than
+/// [`MAX_HEADERS`], or more than [`MAX_HEADER_BYTES`].
+pub fn refuse_headers<'a>(
+    headers: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    let count = headers.len();
+    if count > MAX_HEADERS {
+        return Some(format!(
+            "{count} headers; at most {MAX_HEADERS} per message are allowed"
+        ));
+    }
+    let bytes = header_bytes(headers);
+    (bytes > MAX_HEADER_BYTES).then(|| {
+        format!(
+            "the headers take {bytes} bytes (names, values and Kafka's framing); at most {MAX_HEADER_BYTES} per message are allowed"
+        )
+    })
 }
 
 /// The largest message a topic takes, and why. Cheap to get (it is asked for every
@@ -170,9 +213,38 @@ mod tests {
     }
 
     #[test]
-    fn a_record_counts_payload_key_and_headers() {
+    fn a_record_counts_payload_key_and_headers_with_their_framing() {
         assert_eq!(record_size("abc", None, []), 3);
-        assert_eq!(record_size("abc", Some("kk"), [("h", "vv")]), 8);
+        // Each header name and value carries a varint of its length.
+        assert_eq!(
+            record_size("abc", Some("kk"), [("h", "vv")]),
+            3 + 2 + 1 + 1 + 1 + 2
+        );
+        // 63 is the largest length whose zig-zag varint fits one byte.
+        let long = "v".repeat(64);
+        assert_eq!(header_bytes([("", long.as_str())]), 1 + 2 + 64);
+        let short = "v".repeat(63);
+        assert_eq!(header_bytes([("", short.as_str())]), 1 + 1 + 63);
+        assert_eq!(varint_len(1 << 19), 3);
+        assert_eq!(varint_len(1 << 20), 4);
+        // Empty headers still take two bytes each.
+        let empty = vec![("", ""); 10_000];
+        assert_eq!(header_bytes(empty.iter().copied()), 20_000);
+    }
+
+    #[test]
+    fn ingest_refuses_too_many_headers_or_too_many_header_bytes() {
+        let names: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("h{i}")).collect();
+        let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+        assert_eq!(refuse_headers(many[..MAX_HEADERS].iter().copied()), None);
+        let refused = refuse_headers(many.iter().copied()).expect("65 headers are refused");
+        assert!(refused.contains("65 headers; at most 64"), "{refused}");
+        let value = "x".repeat(MAX_HEADER_BYTES);
+        let refused = refuse_headers([("h", value.as_str())].into_iter())
+            .expect("32 KiB and more is refused");
+        assert!(refused.contains("at most 32768"), "{refused}");
+        let fits = "x".repeat(MAX_HEADER_BYTES - 1 - 1 - 3);
+        assert_eq!(refuse_headers([("h", fits.as_str())].into_iter()), None);
     }
 
     #[test]

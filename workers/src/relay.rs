@@ -124,6 +124,9 @@ pub struct Relay {
 struct InFlight {
     last: Watermark,
     count: u64,
+    /// Bytes of its rows (payload, key and headers): librdkafka's queue bound counts
+    /// payloads only, so the relay bounds what it hands over itself.
+    bytes: usize,
     deliveries: JoinHandle<Result<(), DeliveryFailure>>,
 }
 
@@ -152,7 +155,9 @@ fn refused_for_good(code: RDKafkaErrorCode) -> bool {
 /// Rows of a session's first read, before their size is known.
 const FIRST_FETCH_ROWS: i64 = 1_000;
 
-/// Payload and key bytes of a fetched row (columns 4 and 3 of `FETCH`).
+/// Bytes a fetched row holds: payload, key and headers (columns 4, 3 and 5 of
+/// `FETCH`), the headers as PostgreSQL sent them, unparsed. An empty payload may come
+/// with most of a megabyte of headers.
 fn row_bytes(row: &tokio_postgres::Row) -> usize {
     let payload = row.try_get::<_, &str>(4).map_or(0, str::len);
     let key = row
@@ -160,7 +165,31 @@ fn row_bytes(row: &tokio_postgres::Row) -> usize {
         .ok()
         .flatten()
         .map_or(0, str::len);
-    payload + key
+    let headers = row
+        .try_get::<_, Option<RawJson<'_>>>(5)
+        .ok()
+        .flatten()
+        .map_or(0, |h| h.0.len());
+    payload + key + headers
+}
+
+/// A json or jsonb value's bytes as they came over the wire, not parsed.
+struct RawJson<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawJson<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawJson(raw))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
+        )
+    }
 }
 
 /// Rows to ask for next: as many rows of `row_bytes` as `fetch_bytes` holds, at least
@@ -170,6 +199,15 @@ fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, rows_per_kafka_batch: i
     i64::try_from(fit)
         .unwrap_or(i64::MAX)
         .clamp(1, rows_per_kafka_batch.max(1))
+}
+
+/// Whether more is in flight than the settings allow: more batches than
+/// `max_in_flight_batches`, or more bytes (headers included) than the producer's
+/// queue is given.
+fn over_in_flight_bounds(in_flight: &VecDeque<InFlight>, settings: &RelaySettings) -> bool {
+    in_flight.len() > settings.max_in_flight_batches
+        || in_flight.iter().map(|b| b.bytes).sum::<usize>()
+            > settings.queue_kbytes.saturating_mul(1024)
 }
 
 /// What one outbox row becomes in Kafka.
@@ -485,7 +523,7 @@ impl Relay {
                 continue;
             }
             cursor = self.send_rows(session, &rows, cursor, in_flight).await?;
-            while in_flight.len() > self.settings.max_in_flight_batches {
+            while over_in_flight_bounds(in_flight, &self.settings) {
                 self.complete_oldest(session, in_flight).await?;
             }
         }
@@ -529,6 +567,7 @@ impl Relay {
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<Watermark> {
         let mut deliveries = Vec::with_capacity(rows.len());
+        let mut handed_bytes = 0usize;
         let mut last = cursor;
         // Read once per batch, not locked per row; empty but after a refusal.
         let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
@@ -547,7 +586,14 @@ impl Relay {
             if !suspects.is_empty() && suspects.contains(&row.at) {
                 // Refused for good once with its batch: find out whether it is this
                 // message, without anything else in flight.
-                self.seal(std::mem::take(&mut deliveries), cursor, last, in_flight);
+                let handed = std::mem::take(&mut handed_bytes);
+                self.seal(
+                    std::mem::take(&mut deliveries),
+                    handed,
+                    cursor,
+                    last,
+                    in_flight,
+                );
                 while !in_flight.is_empty() {
                     self.complete_oldest(session, in_flight).await?;
                 }
@@ -557,12 +603,15 @@ impl Relay {
                 continue;
             }
             match self.hand(session, &mut row, in_flight).await? {
-                Handed::Queued(delivery) => deliveries.push((row.at, delivery)),
+                Handed::Queued(delivery) => {
+                    handed_bytes += row.size;
+                    deliveries.push((row.at, delivery));
+                }
                 Handed::Refused(reason) => self.quarantine(session, row.at, &reason).await?,
             }
             last = row.at;
         }
-        self.seal(deliveries, cursor, last, in_flight);
+        self.seal(deliveries, handed_bytes, cursor, last, in_flight);
         Ok(last)
     }
 
@@ -609,6 +658,7 @@ impl Relay {
     fn seal(
         &self,
         deliveries: Vec<(Watermark, DeliveryFuture)>,
+        bytes: usize,
         from: Watermark,
         last: Watermark,
         in_flight: &mut VecDeque<InFlight>,
@@ -619,6 +669,7 @@ impl Relay {
         in_flight.push_back(InFlight {
             last,
             count: deliveries.len() as u64,
+            bytes,
             deliveries: tokio::spawn(await_deliveries(deliveries)),
         });
     }
@@ -903,7 +954,11 @@ async fn stored_watermark(client: &Client) -> Result<Watermark> {
 
 #[cfg(test)]
 mod tests {
-    use super::{land_in_order, next_fetch_rows, Delivered, DeliveryFailure, Landed, Watermark};
+    use super::{
+        land_in_order, next_fetch_rows, over_in_flight_bounds, Delivered, DeliveryFailure,
+        InFlight, Landed, RelaySettings, Watermark,
+    };
+    use std::collections::VecDeque;
 
     fn at(id: i64) -> Watermark {
         Watermark { txid: 7, id }
@@ -955,6 +1010,34 @@ mod tests {
         assert_eq!(landed, None);
         assert!(failed.is_some());
         assert_eq!(land_in_order(Vec::new()).0, None);
+    }
+
+    #[tokio::test]
+    async fn batches_in_flight_are_bounded_in_bytes_headers_included_as_well_as_in_number() {
+        let settings = RelaySettings {
+            max_in_flight_batches: 4,
+            queue_kbytes: 1024,
+            ..RelaySettings::default()
+        };
+        let batch = |bytes: usize| InFlight {
+            last: at(1),
+            count: 1,
+            bytes,
+            deliveries: tokio::spawn(async { Ok(()) }),
+        };
+        let mut in_flight: VecDeque<InFlight> = (0..4).map(|_| batch(256 * 1024)).collect();
+        assert!(
+            !over_in_flight_bounds(&in_flight, &settings),
+            "4 batches, 1 MiB"
+        );
+        in_flight.push_back(batch(0));
+        assert!(over_in_flight_bounds(&in_flight, &settings), "5 batches");
+        // Two batches of rows that are all headers: few, but more bytes than the queue.
+        let heavy: VecDeque<InFlight> = (0..2).map(|_| batch(600 * 1024)).collect();
+        assert!(
+            over_in_flight_bounds(&heavy, &settings),
+            "1.2 MiB in 2 batches"
+        );
     }
 
     #[test]

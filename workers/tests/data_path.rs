@@ -213,6 +213,9 @@ async fn bad_requests_get_a_4xx_naming_the_problem_and_store_nothing() {
         ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"outbox-id\":\"7\"}}}}"), 400, "headers.outbox-id: header names starting with `outbox-` are reserved"),
         ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"Outbox-Txid\":\"1\"}}}}"), 400, "reserved"),
         ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"{topic}\",\"message\":\"m\",\"headers\":{{\"outbox-created-at-us\":\"1\"}}}}]}}"), 400, "messages[1].headers.outbox-created-at-us"),
+        // Headers are metadata: their count and bytes are capped at ingest.
+        ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"\",\"headers\":{{{}}}}}", (0..65).map(|i| format!("\"h{i}\":\"\"")).collect::<Vec<_>>().join(",")), 413, "headers: 65 headers; at most 64 per message"),
+        ("/api/messages/batch", "application/json", format!("{{\"messages\":[{{\"topic\":\"{topic}\",\"message\":\"ok\"}},{{\"topic\":\"{topic}\",\"message\":\"\",\"headers\":{{{}}}}}]}}", (0..100).map(|i| format!("\"h{i}\":\"\"")).collect::<Vec<_>>().join(",")), 413, "messages[1].headers: 100 headers"),
         // NUL is valid JSON but PostgreSQL text cannot hold it: 400, not 503 forever.
         ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"a\\u0000b\"}}"), 400, "message: contains a NUL character"),
         ("/api/messages/send", "application/json", format!("{{\"topic\":\"{topic}\",\"message\":\"m\",\"key\":\"k\\u0000\"}}"), 400, "key: contains a NUL character"),
@@ -1110,15 +1113,7 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
         .expect("migrate");
     // 1 GB behind the watermark before the relay starts: the worst case for its reads.
     // Windows of one block of pseudo-random letters: no row shrinks when compressed.
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let block: String = (0..2 * SIZE)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            char::from(b'a' + (seed % 26) as u8)
-        })
-        .collect();
+    let block = support::incompressible_letters(2 * SIZE);
     let mut row = 0usize;
     let mut payload = || {
         row += 1;
@@ -1167,6 +1162,81 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
     assert_eq!(cgroup.oom_kills(), 0);
     eprintln!(
         "relayed {ROWS} × {SIZE} B with a peak of {} MiB under a {} MiB limit",
+        cgroup.peak_bytes() >> 20,
+        LIMIT >> 20
+    );
+}
+
+#[tokio::test]
+async fn header_heavy_rows_relay_within_a_256_mib_memory_limit() {
+    // Empty payloads with ~900 KB of headers each: what a client could send before
+    // ingest capped headers, or what a row written straight into the table holds.
+    const ROWS: usize = 300;
+    const HEADERS: usize = 9;
+    const VALUE: usize = 100 * 1024;
+    const LIMIT: u64 = 256 * 1024 * 1024;
+    let env = Env::on_testbed("headerrows", 3).await;
+    let mut db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    outbox_workers::schema::migrate(&mut db)
+        .await
+        .expect("migrate");
+    let block = support::incompressible_letters(2 * VALUE);
+    let mut window = 0usize;
+    let mut headers = || {
+        let map: serde_json::Map<String, Value> = (0..HEADERS)
+            .map(|h| {
+                window += 1;
+                let start = (window * 7919) % VALUE;
+                (format!("h{h}"), Value::from(&block[start..start + VALUE]))
+            })
+            .collect();
+        Value::Object(map).to_string()
+    };
+    for _ in 0..ROWS / 10 {
+        let rows: Vec<String> = (0..10).map(|_| headers()).collect();
+        db.execute(
+            "INSERT INTO outbox_messages (id, topic, key, payload, headers)
+             SELECT nextval('outbox_message_id_seq'), $1, 'key-' || (n % 50), '', h::jsonb
+             FROM unnest($2::text[]) WITH ORDINALITY AS u(h, n)",
+            &[&env.topic, &rows],
+        )
+        .await
+        .expect("insert 10 header-heavy rows");
+    }
+    let cgroup = support::MemoryCgroup::new("relay-headers-256mi", LIMIT);
+    let mut producer = Worker::producer_in(&cgroup, &env, "p1", &[]);
+    producer.wait_healthy("/readyz").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let published = loop {
+        assert!(
+            producer.exited().is_none(),
+            "the producer died (OOM kills: {}, peak {} MiB); log:\n{}",
+            cgroup.oom_kills(),
+            cgroup.peak_bytes() >> 20,
+            producer.log_text()
+        );
+        let published: i64 = db
+            .query_one("SELECT published FROM outbox_relay_state", &[])
+            .await
+            .expect("relay state")
+            .get(0);
+        if published >= ROWS as i64 || tokio::time::Instant::now() > deadline {
+            break published;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(published, ROWS as i64);
+    assert_eq!(
+        kafka::message_count(&env.bootstrap, &env.topic).await,
+        Some(ROWS as i64),
+        "every row is in Kafka, once"
+    );
+    assert_eq!(cgroup.oom_kills(), 0);
+    eprintln!(
+        "relayed {ROWS} rows of {} KB headers with a peak of {} MiB under a {} MiB limit",
+        HEADERS * VALUE / 1024,
         cgroup.peak_bytes() >> 20,
         LIMIT >> 20
     );

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 
 /// Where a batch's messages come from: the Kafka consumer (a queue in tests).
 pub trait Inbox {
@@ -48,9 +48,15 @@ pub fn queued(inbox: &impl Inbox) -> Option<KafkaResult<OwnedMessage>> {
     inbox.next().now_or_never()
 }
 
-/// Bytes a message holds in a batch.
+/// Bytes a message holds in a batch: payload, key, and every header name and value
+/// (a message of empty payload may carry most of a megabyte in headers).
 pub fn message_bytes(m: &OwnedMessage) -> usize {
-    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
+    let headers = m.headers().map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len) + headers
 }
 
 /// The batch that starts with `first`: what else is queued, and, when `first` was
@@ -94,6 +100,7 @@ pub async fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::Timestamp;
     use tokio::sync::{mpsc, Mutex};
     use tokio::time::Instant;
@@ -127,6 +134,32 @@ mod tests {
         max_messages: 100,
         max_bytes: 1 << 20,
     };
+
+    #[test]
+    fn a_message_counts_its_headers_as_well_as_its_payload_and_key() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace",
+                value: Some("x".repeat(900_000).as_str()),
+            })
+            .insert(Header {
+                key: "empty",
+                value: None::<&str>,
+            });
+        let m = OwnedMessage::new(
+            None,
+            Some(b"key".to_vec()),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            1,
+            Some(headers),
+        );
+        assert_eq!(
+            message_bytes(&m),
+            3 + "trace".len() + 900_000 + "empty".len()
+        );
+    }
 
     /// Three messages queued now, a fourth 5 ms later.
     fn queue_with_a_late_fourth() -> Queue {

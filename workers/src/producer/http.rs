@@ -247,6 +247,18 @@ fn validate(
         refuse_nul(name, field)?;
         refuse_nul(value, field)?;
     }
+    if let Some(headers) = &request.headers {
+        if let Some(problem) =
+            message_size::refuse_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        {
+            let field = format!("{field_prefix}headers");
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!("{field}: {problem}"),
+                field: Some(field),
+            });
+        }
+    }
     let size = message_size::record_size(
         &request.message,
         request.key.as_deref(),

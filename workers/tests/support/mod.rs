@@ -430,6 +430,20 @@ pub async fn wait_acknowledged_supervising(
     (report, started_again)
 }
 
+/// `len` pseudo-random lowercase letters (a fixed xorshift sequence): text that
+/// PostgreSQL's compression cannot shrink much, so rows hold the bytes they claim.
+pub fn incompressible_letters(len: usize) -> String {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect()
+}
+
 /// `n` messages over `keys` keys, numbered per key so order can be read off.
 pub fn keyed_messages(prefix: &str, n: usize, keys: usize) -> Vec<(String, String)> {
     (0..n)
