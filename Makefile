@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit lint fmt crds crds-check chart-check chart-values-check demo bench bench-check chaos
+.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit test-scripts lint fmt crds crds-check chart-check chart-values-check demo bench bench-check chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ testbed-images: ## build the operator and worker images (PROFILE=debug|release) 
 
 CHAOS_TABLE := $(CARGO_TARGET_DIR)/tmp/chaos-table.md
 
-test: deps ## all tests on the real testbed, then the kind quick start on its node (kind-check): brings it up, runs them, takes it down again
+test: deps test-scripts ## the script tests, then all tests on the real testbed, then the kind quick start on its node (kind-check): brings it up, runs them, takes it down again
 	@rm -f "$(CHAOS_TABLE)"
 	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) build --workspace --bins && \
 	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" || exit 1; \
@@ -49,8 +49,11 @@ chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's
 	  CHAOS_FAULTS="$(CHAOS_FAULTS)" CHAOS_MESSAGES="$(CHAOS_MESSAGES)" $(CARGO) test -p outbox-operator --test chaos_on_testbed -- --nocapture'; \
 	  status=$$?; [ -f "$(CHAOS_TABLE)" ] && cat "$(CHAOS_TABLE)"; exit $$status
 
-test-unit: ## unit tests only (no testbed needed)
+test-unit: test-scripts ## unit tests only (no testbed needed), the script tests too
 	$(CARGO) test --workspace --lib --bins
+
+test-scripts: ## the testbed scripts' own tests (testbed/tests/*-test.sh: seconds, no root, no testbed)
+	@for t in testbed/tests/*-test.sh; do echo "== $$t"; bash "$$t" || exit 1; done
 
 fmt: ## format the Rust code
 	$(CARGO) fmt --all
@@ -71,7 +74,7 @@ chart-check: ## helm lint, and the rendered chart validated by the testbed's v1.
 chart-values-check: ## what the chart's values render (helm template only, no testbed)
 	@testbed/chart-values-check.sh
 
-SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
+SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh testbed/tests/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
 lint: deps ## rustfmt, clippy -D warnings, CRD drift (crds/ and the chart's copy), shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -22,13 +22,15 @@ if [ -f "$STATE_DIR/postgres/postmaster.pid" ]; then
   else
     "$PG_BIN/pg_ctl" -D "$STATE_DIR/postgres" -m fast -w -t 30 stop >/dev/null 2>&1 || true
   fi
-  pid=$(head -n1 "$STATE_DIR/postgres/postmaster.pid" 2>/dev/null || true)
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+  # Still there (pg_ctl timed out): SIGKILL to the postmaster, if its pid is still it.
+  stop_recorded_process --kill --process --keep-pidfile postgres "$STATE_DIR/postgres/postmaster.pid" \
+    "$PG_BIN/postgres" -D "$STATE_DIR/postgres" || true
 fi
 
 # Reverse start order. Each part runs in its own session (setsid), so its process group
-# id is its pid: the signal reaches every child too.
-for name in cpu-exporter kafka kube-controller-manager kube-apiserver etcd; do stop_part "$name"; done
+# id is its pid: the signal reaches every child too. Only while its pid is still the
+# process up.sh started (stop_part checks its start time and command line).
+for name in cpu-exporter kafka kube-controller-manager kube-apiserver etcd; do stop_part "$name" || true; done
 service_cgroups_remove
 
 if ((keep_logs)); then

@@ -21,7 +21,9 @@ awk '$2 ~ /kubelet|containerd|netns|\.testbed|kubepods|cni/ {print "mount " $2}'
 find "$CGROUP_ROOT" -maxdepth 2 -name kubepods -type d 2>/dev/null | sed 's/^/cgroup /' | sort
 [ -d "$SERVICE_CGROUPS" ] && echo "cgroup $SERVICE_CGROUPS"
 for p in "${NODE_HOST_PATHS[@]}"; do [ -e "$p" ] && echo "path $p"; done
+# pgrep -x compares with the process name, which the kernel cuts at 15 characters: the
+# shims' is containerd-shim (their whole name never matched, so leftover shims went unseen).
 for prog in containerd containerd-shim-runc-v2 kubelet kube-proxy kube-scheduler coredns pause; do
-  pgrep -x "$prog" >/dev/null 2>&1 && echo "process $prog"
+  pgrep -x "${prog:0:15}" >/dev/null 2>&1 && echo "process $prog"
 done
 true

@@ -285,8 +285,8 @@ node_down() {
     kubectl_ delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
   fi
   local name
-  for name in kube-proxy kubelet coredns kube-scheduler; do stop_part "$name"; done
-  if [ -f "$RUN_DIR/containerd.pid" ] && kill -0 "$(cat "$RUN_DIR/containerd.pid")" 2>/dev/null; then
+  for name in kube-proxy kubelet coredns kube-scheduler; do stop_part "$name" || true; done
+  if part_running containerd; then
     local c
     for c in $(ctr_ tasks ls -q 2>/dev/null); do
       ctr_ tasks kill -a -s SIGKILL "$c" >/dev/null 2>&1 || true
@@ -295,9 +295,17 @@ node_down() {
     for c in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$c" >/dev/null 2>&1 || true; done
     for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers delete "$c" >/dev/null 2>&1 || true; done
   fi
-  stop_part containerd
-  # Shims outlive containerd by design; ours are the ones started with our socket.
-  pkill -KILL -f "containerd-shim-runc-v2 .*-address $CTRD_SOCK" 2>/dev/null || true
+  stop_part containerd || true
+  # Shims outlive containerd by design. Each one wrote its pid to shim.pid in the bundle
+  # of the task it was started for, under our containerd's state directory; it is killed
+  # while that pid still runs containerd-shim-runc-v2 for that task and our socket.
+  local shim_pid id
+  for shim_pid in "$NODE"/containerd/state/io.containerd.runtime.v2.task/*/*/shim.pid; do
+    [ -f "$shim_pid" ] || continue
+    id=$(basename "$(dirname "$shim_pid")")
+    stop_recorded_process --kill --process "shim $id" "$shim_pid" \
+      containerd-shim-runc-v2 -id "$id" -address "$CTRD_SOCK" || true
+  done
   sleep 0.3
   # Mounts: overlay rootfs, netns, kubelet's bind mount of its root dir, volumes.
   local m

@@ -27,35 +27,34 @@ ready() { # ready PART: true when PART answers
     kafka) python3 "$TESTBED_DIR/kafka_metadata.py" "127.0.0.1:$KAFKA_PORT" ;;
     kube-apiserver) kubectl_ get --raw /readyz ;;
     kubelet) curl -fsS "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" ;;
-    *) kill -0 "$(cat "$RUN_DIR/$1.pid")" ;;
+    *) part_running "$1" ;;
   esac
 }
+
+# The postmaster as pg_ctl starts it: what its pid in postmaster.pid must still run.
+POSTMASTER=("$(pg_bindir)/postgres" -D "$PG_DIR")
 
 stop() { # stop PART SIGNAL
   if [ "$1" = postgres ]; then
     if [ "$2" = KILL ]; then
-      local pid
-      pid=$(head -n1 "$PG_DIR/postmaster.pid" 2>/dev/null) || die "postgres is not running"
-      log "postgres: SIGKILL to the postmaster (pid $pid)"
-      kill -KILL "$pid"
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+      # The postmaster alone (its backends notice and exit, as after a crash); its
+      # postmaster.pid stays for the next start's checks.
+      check_recorded_process "$PG_DIR/postmaster.pid" "${POSTMASTER[@]}" \
+        || die "postgres is not running (${RECORDED_WHY})"
+      stop_recorded_process --kill --process --keep-pidfile postgres "$PG_DIR/postmaster.pid" "${POSTMASTER[@]}"
     else
       log "postgres: fast shutdown"
       as_pg "$(pg_bindir)/pg_ctl" -D "$PG_DIR" -m fast -w -t 60 stop >/dev/null
     fi
     return 0
   fi
-  local pidfile=$RUN_DIR/$1.pid pid
-  [ -f "$pidfile" ] || die "$1 is not running (no $pidfile)"
-  pid=$(cat "$pidfile")
-  kill -0 "$pid" 2>/dev/null || die "$1 is not running (pid $pid is gone)"
-  # Kept for `start`: the exact command line, NUL-separated.
-  cp "/proc/$pid/cmdline" "$RUN_DIR/$1.cmdline"
+  # Only the process start_part recorded: its start time and command line still match.
+  # Its command line stays in run/PART.cmdline for `start`.
+  part_running "$1" || die "$1 is not running (${RECORDED_WHY})"
+  # A part an older up.sh started has no recorded command line: keep the one it runs.
+  [ -f "$RUN_DIR/$1.cmdline" ] || cp "/proc/$RECORDED_PID/cmdline" "$RUN_DIR/$1.cmdline"
   if [ "$2" = KILL ]; then
-    log "$1: SIGKILL (pid $pid)"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    rm -f "$pidfile"
+    stop_recorded_process --kill "$1" "$RUN_DIR/$1.pid"
   else
     stop_part "$1"
   fi
@@ -67,15 +66,15 @@ start() { # start PART: the same command line as before, then wait until it answ
     (enter_service_cgroup postgres; as_pg "$(pg_bindir)/pg_ctl" -D "$PG_DIR" -l "$LOG_DIR/postgres.log" -w -t 60 start >/dev/null)
   else
     local saved=$RUN_DIR/$1.cmdline
-    if [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; then
+    if part_running "$1"; then
       log "$1: already running"
       return 0
     fi
-    [ -f "$saved" ] || die "$1: no saved command line ($saved): stop it with this script first"
+    [ -f "$saved" ] || die "$1: no saved command line ($saved)"
     local -a cmd
     mapfile -d '' -t cmd <"$saved"
-    log "$1: starting again (log: $LOG_DIR/$1.log)"
-    (enter_service_cgroup "$1"; setsid "${cmd[@]}" >>"$LOG_DIR/$1.log" 2>&1 </dev/null & echo $! >"$RUN_DIR/$1.pid")
+    log "$1: starting again"
+    (enter_service_cgroup "$1"; start_part "$1" "${cmd[@]}")
   fi
   wait_for "$1" 120 "$LOG_DIR/$1.log" ready "$1" || die "$1 did not answer within 120 s after starting"
   log "$1: answering"

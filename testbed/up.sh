@@ -38,18 +38,9 @@ fi
 # shellcheck source=/dev/null
 . "$PORTS"
 
-running() { # running NAME: true when NAME's recorded pid is alive
-  local pidfile=$RUN_DIR/$1.pid
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
-
-start() { # start NAME CMD...: run CMD detached in its own session, log to logs/NAME.log
-  local name=$1; shift
-  if running "$name"; then log "$name: already running (pid $(cat "$RUN_DIR/$name.pid"))"; return 0; fi
-  log "$name: starting (log: $LOG_DIR/$name.log)"
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/$name.pid"
-}
+# start NAME CMD...: CMD detached in its own session, logging to logs/NAME.log, its pid,
+# start time and command line recorded in run/ (lib.sh's start_part).
+start() { start_part "$@"; }
 
 fail_part() { # fail_part NAME: report which part failed and where its log is, and stop
   log "$1 failed to start; its log is $LOG_DIR/$1.log"
