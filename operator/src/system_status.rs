@@ -274,7 +274,7 @@ fn delivery_conditions(obs: &Observation) -> (Desired, Desired) {
             MESSAGES_QUARANTINED,
             "KafkaRefusedMessages",
             format!(
-                "{} message(s) Kafka refused for good are in the outbox_quarantine table with the reason; they were not delivered",
+                "{} message(s) the relay could not publish (refused by Kafka for good, or for a topic this system does not relay to) are in the outbox_quarantine table with the reason; they were not delivered",
                 backlog.quarantined
             ),
         )

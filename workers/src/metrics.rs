@@ -75,7 +75,7 @@ impl ProducerMetrics {
         );
         r.register(
             "relay_quarantined",
-            "Rows Kafka refused for good, moved to outbox_quarantine and skipped",
+            "Rows the relay could not publish (refused by Kafka for good, or for a topic it does not relay to), moved to outbox_quarantine and skipped",
             self.quarantined.clone(),
         );
         r.register(

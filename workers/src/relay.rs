@@ -573,6 +573,22 @@ impl Relay {
         let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
         for row in rows {
             let mut row = Row::read(row)?;
+            if !self.topics.iter().any(|t| t == row.topic) {
+                // Written straight into the table: Kafka might refuse it forever (no
+                // such topic) or take it into a topic no group of this system reads.
+                let reason = format!(
+                    "topic `{}` is not one this system relays to ({})",
+                    row.topic,
+                    self.topics
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.quarantine(session, row.at, &reason).await?;
+                last = row.at;
+                continue;
+            }
             let limit = self.limits.limit(row.topic);
             if row.size > limit.bytes {
                 let reason = format!(
@@ -745,7 +761,8 @@ impl Relay {
         }
     }
 
-    /// Copies a row Kafka refused for good into `outbox_quarantine` with the reason; the
+    /// Copies a row the relay cannot publish (Kafka refused it for good, or its topic is
+    /// not one this system relays to) into `outbox_quarantine` with the reason; the
     /// watermark then moves past it like past a published row.
     async fn quarantine(&self, session: &Session<'_>, at: Watermark, reason: &str) -> Result<()> {
         session
@@ -755,9 +772,9 @@ impl Relay {
                 &[&at.txid.to_string(), &at.id, &reason],
             )
             .await
-            .db("quarantining a row Kafka refused")?;
+            .db("quarantining a row the relay cannot publish")?;
         self.metrics.quarantined.inc();
-        tracing::error!(id = at.id, txid = at.txid, %reason, "quarantined an outbox row Kafka refused for good; delivery goes on");
+        tracing::error!(id = at.id, txid = at.txid, %reason, "quarantined an outbox row the relay cannot publish; delivery goes on");
         Ok(())
     }
 

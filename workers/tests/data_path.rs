@@ -796,6 +796,69 @@ async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarant
 }
 
 #[tokio::test]
+async fn a_row_for_a_topic_the_relay_does_not_serve_is_quarantined_without_stopping_delivery() {
+    let env = Env::on_testbed("unserved", 1).await;
+    // One topic Kafka has but this system does not relay to, one Kafka does not have.
+    let elsewhere = unique_name("unserved-elsewhere");
+    kafka::create_topic(&env.bootstrap, &elsewhere, 1, &[]).await;
+    let missing = unique_name("unserved-missing");
+    let mut db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    outbox_workers::schema::migrate(&mut db)
+        .await
+        .expect("migrate");
+    for topic in [&elsewhere, &missing] {
+        db.execute(
+            "INSERT INTO outbox_messages (id, topic, key, payload)
+             VALUES (nextval('outbox_message_id_seq'), $1, 'k', 'written straight into the table')",
+            &[topic],
+        )
+        .await
+        .expect("insert a row for a topic the relay does not serve");
+    }
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let group = unique_name("g");
+    let mut consumer = Worker::consumer(&env, "c1", &group, &[]);
+    consumer.wait_healthy(CONSUMER_HEALTH).await;
+    let next = send_one(&producer, &env.topic, "k", "after the unserved rows").await;
+    let report = wait_acknowledged(
+        &env.database_url,
+        &group,
+        &IdSet::from_ids(vec![next]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.missing, 0, "{report:?}\n{}", producer.log_text());
+    let rows = db
+        .query(
+            "SELECT topic, error FROM outbox_quarantine ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("quarantined rows");
+    let quarantined: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    for ((topic, error), expected) in quarantined.iter().zip([&elsewhere, &missing]) {
+        assert_eq!(topic, expected);
+        assert!(
+            error.contains(&format!(
+                "topic `{expected}` is not one this system relays to"
+            )) && error.contains(&env.topic),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        kafka::message_count(&env.bootstrap, &elsewhere).await,
+        Some(0),
+        "nothing reached the topic the system does not serve"
+    );
+    assert!(producer.terminate(), "{}", producer.log_text());
+    assert!(consumer.terminate(), "{}", consumer.log_text());
+}
+
+#[tokio::test]
 async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch() {
     let env = Env::on_testbed("isolate", 1).await;
     let dead_letters = format!("{}-dlt", env.topic);

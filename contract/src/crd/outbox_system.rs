@@ -589,8 +589,9 @@ pub struct BacklogStatus {
     /// Age of the oldest pending row in seconds (absent when nothing is pending).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_age_seconds: Option<f64>,
-    /// Rows Kafka refused for good (too large, invalid), skipped by the relay and kept
-    /// in the `outbox_quarantine` table with the reason.
+    /// Rows the relay could not publish (refused by Kafka for good as too large or
+    /// invalid, or written for a topic this system does not relay to), skipped and
+    /// kept in the `outbox_quarantine` table with the reason.
     #[serde(default)]
     pub quarantined: i64,
     /// The oldest open transaction that holds an id, when the oldest pending row waits
