@@ -24,8 +24,9 @@ pub enum StoreError {
     /// may not be stored.
     #[error("the outcome is unknown: the connection to PostgreSQL was lost while storing, the message may or may not be stored: {0}")]
     Unknown(Error),
-    /// The idempotency key was already used for a request of another size.
-    #[error("Idempotency-Key `{key}` was used for a request of {stored} message(s); this one has {sent}: use a new key for a new request")]
+    /// The idempotency key was already used for another request (other messages, or
+    /// another count of them).
+    #[error("Idempotency-Key `{key}` was used for a different request ({stored} message(s); this one has {sent} and differs): use a new key for a new request")]
     KeyReused {
         key: String,
         stored: usize,
@@ -146,8 +147,8 @@ const INSERT_ONE: &str = "INSERT INTO outbox_messages (id, topic, key, payload, 
 /// One message under its idempotency key (see [`insert_one_once`]), prepared once per
 /// pooled connection.
 const INSERT_ONE_ONCE: &str = "WITH recorded AS (
-         INSERT INTO outbox_idempotency (key, id_blocks, id_count)
-         VALUES ($1, ARRAY[nextval('outbox_message_id_seq')], 1)
+         INSERT INTO outbox_idempotency (key, id_blocks, id_count, request_digest)
+         VALUES ($1, ARRAY[nextval('outbox_message_id_seq')], 1, $6)
          ON CONFLICT (key) DO NOTHING
          RETURNING id_blocks[1] AS id)
      INSERT INTO outbox_messages (id, topic, key, payload, headers)
@@ -166,6 +167,7 @@ pub async fn insert_one_once(
     key: &str,
 ) -> Result<Stored, StoreError> {
     let headers = message.headers_json();
+    let digest = request_digest(std::slice::from_ref(message));
     let statement = client
         .prepare_cached(INSERT_ONE_ONCE)
         .await
@@ -179,13 +181,14 @@ pub async fn insert_one_once(
                 &message.key,
                 &message.payload,
                 &headers,
+                &digest,
             ],
         )
         .await
         .store("inserting a message under its idempotency key", true)?;
     match row {
         Some(row) => Ok(Stored::New(vec![row.get(0)])),
-        None => replay(client, key, 1).await,
+        None => replay(client, key, 1, &digest).await,
     }
 }
 
@@ -232,17 +235,19 @@ pub async fn insert_once(
         // A concurrent request with the same key waits here until the first commits.
         // The ids are recorded as their blocks (`expand_blocks` gives them back).
         let count = i32::try_from(messages.len()).unwrap_or(i32::MAX);
+        let digest = request_digest(messages);
         let recorded = tx
             .execute(
-                "INSERT INTO outbox_idempotency (key, id_blocks, id_count) VALUES ($1, $2, $3)
+                "INSERT INTO outbox_idempotency (key, id_blocks, id_count, request_digest)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (key) DO NOTHING",
-                &[&key, &blocks, &count],
+                &[&key, &blocks, &count, &digest],
             )
             .await
             .store("recording the idempotency key", false)?;
         if recorded == 0 {
             drop(tx);
-            return replay(client, key, messages.len()).await;
+            return replay(client, key, messages.len(), &digest).await;
         }
     }
     let sink = tx
@@ -271,15 +276,17 @@ pub async fn insert_once(
     Ok(Stored::New(ids))
 }
 
-/// The ids an earlier request stored under `key`, if it had as many messages.
+/// The ids an earlier request stored under `key`, if it was the same request: the
+/// same digest, or for keys recorded before digests, as many messages.
 async fn replay(
     client: &tokio_postgres::Client,
     key: &str,
     sent: usize,
+    digest: &[u8],
 ) -> Result<Stored, StoreError> {
     let row = client
         .query_one(
-            "SELECT ids, id_blocks, id_count FROM outbox_idempotency WHERE key = $1",
+            "SELECT ids, id_blocks, id_count, request_digest FROM outbox_idempotency WHERE key = $1",
             &[&key],
         )
         .await
@@ -293,7 +300,10 @@ async fn replay(
             expand_blocks(&blocks, usize::try_from(count).unwrap_or(0))
         }
     };
-    if ids.len() != sent {
+    let same_digest = row
+        .get::<_, Option<&[u8]>>(3)
+        .is_none_or(|stored| stored == digest);
+    if ids.len() != sent || !same_digest {
         return Err(StoreError::KeyReused {
             key: key.to_string(),
             stored: ids.len(),
@@ -301,6 +311,37 @@ async fn replay(
         });
     }
     Ok(Stored::Replayed(ids))
+}
+
+/// SHA-256 over the messages of a request, each field length-prefixed so that no two
+/// different requests share an encoding: count, then per message topic, key (absent
+/// and empty differ), payload, and headers in name order.
+pub fn request_digest(messages: &[NewMessage]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    fn field(hash: &mut Sha256, bytes: &[u8]) {
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    }
+    let mut hash = Sha256::new();
+    hash.update((messages.len() as u64).to_be_bytes());
+    for m in messages {
+        field(&mut hash, m.topic.as_bytes());
+        match &m.key {
+            Some(key) => {
+                hash.update([1]);
+                field(&mut hash, key.as_bytes());
+            }
+            None => hash.update([0]),
+        }
+        field(&mut hash, m.payload.as_bytes());
+        let headers = m.headers.iter().flatten();
+        hash.update((headers.clone().count() as u64).to_be_bytes());
+        for (name, value) in headers {
+            field(&mut hash, name.as_bytes());
+            field(&mut hash, value.as_bytes());
+        }
+    }
+    hash.finalize().to_vec()
 }
 
 /// Reserves `n` unique ids as `ceil(n / ID_BLOCK)` sequence blocks: their starts,
@@ -340,6 +381,48 @@ mod tests {
         assert_eq!(ids[127], 128);
         assert_eq!(ids[128], 257);
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_request_digest_tells_apart_every_difference_in_its_messages() {
+        let message = |key: Option<&str>, payload: &str, headers: &[(&str, &str)]| NewMessage {
+            topic: "t".into(),
+            key: key.map(str::to_string),
+            payload: payload.into(),
+            headers: Some(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        };
+        let base = [message(Some("k"), "p", &[("h", "v")])];
+        let same = request_digest(&[message(Some("k"), "p", &[("h", "v")])]);
+        assert_eq!(request_digest(&base), same);
+        let others = [
+            vec![message(None, "p", &[("h", "v")])],
+            vec![message(Some(""), "p", &[("h", "v")])],
+            vec![message(Some("k"), "q", &[("h", "v")])],
+            vec![message(Some("k"), "p", &[("h", "w")])],
+            vec![message(Some("k"), "p", &[])],
+            // Where one field ends and the next begins is part of the digest.
+            vec![message(Some("kp"), "", &[("h", "v")])],
+            vec![message(Some("k"), "p", &[("hv", "")])],
+            vec![base[0].clone(), base[0].clone()],
+        ];
+        let mut digests = vec![same];
+        for other in &others {
+            digests.push(request_digest(other));
+        }
+        let mut unique = digests.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            digests.len(),
+            "every request has its own digest"
+        );
+        assert_eq!(digests[0].len(), 32);
     }
 
     #[test]

@@ -60,9 +60,24 @@ const DELETE_LEDGER: &str = "WITH chunks AS (
         WHERE updated_at < now() - make_interval(secs => $1::double precision))
     SELECT 1";
 
-/// Idempotency keys are kept as long as the rows they stored.
+/// Idempotency keys are kept as long as the rows they stored, and never longer than
+/// [`KEY_MAX_AGE`].
 const DELETE_KEYS: &str = "DELETE FROM outbox_idempotency
     WHERE created_at < now() - make_interval(secs => $1::double precision)";
+
+/// The longest an idempotency key is kept, also when relayed rows are kept forever:
+/// a key is there for a client's retries of one request, which end within minutes,
+/// not for every request ever made (the table would grow with every keyed request).
+pub const KEY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long idempotency keys are kept under `settings`.
+fn key_age(settings: &RetentionSettings) -> Duration {
+    if settings.relayed.is_zero() {
+        KEY_MAX_AGE
+    } else {
+        settings.relayed.min(KEY_MAX_AGE)
+    }
+}
 
 /// Runs rounds until shutdown; errors are logged and the next round tries again.
 pub async fn run(
@@ -72,8 +87,10 @@ pub async fn run(
     mut shutdown: ShutdownSignal,
 ) {
     if settings.relayed.is_zero() && settings.ledger.is_zero() {
-        tracing::info!("retention off: relayed rows and ledger data are kept");
-        return;
+        tracing::info!(
+            key_max_age_seconds = KEY_MAX_AGE.as_secs(),
+            "retention off: relayed rows and ledger data are kept; idempotency keys are not"
+        );
     }
     let mut client: Option<Client> = None;
     loop {
@@ -128,14 +145,14 @@ async fn locked_round(
             .await
             .db("deleting old ledger data")?;
     }
+    db.execute(DELETE_KEYS, &[&key_age(settings).as_secs_f64()])
+        .await
+        .db("deleting old idempotency keys")?;
     if settings.relayed.is_zero() {
         return Ok(0);
     }
     db.execute(MARK, &[]).await.db("marking the watermark")?;
     let keep = settings.relayed.as_secs_f64();
-    db.execute(DELETE_KEYS, &[&keep])
-        .await
-        .db("deleting old idempotency keys")?;
     let due = db
         .query_opt(DUE_MARK, &[&keep])
         .await

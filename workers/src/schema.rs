@@ -237,6 +237,16 @@ FROM (SELECT wm_txid, wm_id FROM outbox_relay_state LIMIT 1) AS s,
                     LIMIT 10000) AS capped) AS c;
 "#,
     ),
+    (
+        11,
+        r#"
+-- A digest of the request stored under an Idempotency-Key (SHA-256 over its messages'
+-- topics, keys, payloads and headers): the same key with another request is refused
+-- instead of answered with the first request's ids. Keys recorded before have none and
+-- are compared by their count of messages, as before.
+ALTER TABLE outbox_idempotency ADD COLUMN request_digest bytea;
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

@@ -1305,6 +1305,54 @@ async fn header_heavy_rows_relay_within_a_256_mib_memory_limit() {
     );
 }
 
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_a_day_even_when_relayed_rows_are_kept() {
+    let env = Env::on_testbed("idem-age", 1).await;
+    let mut db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    outbox_workers::schema::migrate(&mut db)
+        .await
+        .expect("migrate");
+    for (key, age_hours) in [("old", 25), ("recent", 23)] {
+        db.execute(
+            "INSERT INTO outbox_idempotency (key, id_blocks, id_count, created_at)
+             VALUES ($1, ARRAY[nextval('outbox_message_id_seq')], 1,
+                     now() - make_interval(hours => $2))",
+            &[&key, &age_hours],
+        )
+        .await
+        .expect("record a key");
+    }
+    let settings = outbox_workers::retention::RetentionSettings {
+        relayed: Duration::ZERO,
+        ledger: Duration::ZERO,
+        interval: Duration::from_secs(1),
+        batch: 1000,
+    };
+    let (_stop, mut shutdown) = outbox_workers::shutdown::channel();
+    outbox_workers::retention::round(
+        &db,
+        &settings,
+        &outbox_workers::metrics::ProducerMetrics::default(),
+        &mut shutdown,
+    )
+    .await
+    .expect("a retention round");
+    let kept: Vec<String> = db
+        .query("SELECT key FROM outbox_idempotency ORDER BY key", &[])
+        .await
+        .expect("keys")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        kept,
+        ["recent"],
+        "relayed rows are kept forever, keys for a day"
+    );
+}
+
 /// Posts `body` to `path` with `Idempotency-Key: key`; returns the status and JSON body.
 async fn post_keyed(producer: &Worker, path: &str, key: &str, body: &Value) -> (u16, Value) {
     let response = reqwest::Client::new()
@@ -1378,6 +1426,28 @@ async fn a_request_sent_again_with_its_idempotency_key_stores_nothing_twice() {
             .contains("3 message"),
         "{reused}"
     );
+    // Another client's message under a key already used, as many messages or not:
+    // refused naming the key, never answered with the first request's ids.
+    let other = serde_json::json!({"topic": env.topic, "message": "another client's"});
+    let (status, taken) = post_keyed(&producer, "/api/messages/send", "payment-9", &other).await;
+    assert_eq!(status, 422, "{taken}");
+    assert_eq!(taken["field"], "Idempotency-Key", "{taken}");
+    assert!(
+        taken["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`payment-9` was used for a different request"),
+        "{taken}"
+    );
+    assert_eq!(taken.get("id"), None, "{taken}");
+    let mut changed = batch_of(&env.topic, 3);
+    changed["messages"][2]["message"] = Value::from("changed");
+    let (status, taken) = post_keyed(&producer, "/api/messages/batch", "order-17", &changed).await;
+    assert_eq!(status, 422, "{taken}");
+    let mut headed = batch_of(&env.topic, 3);
+    headed["messages"][0]["headers"] = serde_json::json!({"tenant": "b"});
+    let (status, taken) = post_keyed(&producer, "/api/messages/batch", "order-17", &headed).await;
+    assert_eq!(status, 422, "headers are part of the request: {taken}");
     let (status, long) = post_keyed(&producer, "/api/messages/send", &"x".repeat(256), &one).await;
     assert_eq!(status, 400, "{long}");
     assert_eq!(long["field"], "Idempotency-Key", "{long}");
