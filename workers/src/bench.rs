@@ -485,7 +485,12 @@ fn producer_args(args: &BenchArgs, common: CommonArgs, relay: bool) -> ProducerA
             outbox_contract::worker_env::defaults::RELAY_ROWS_PER_KAFKA_BATCH,
         ),
         relay_linger_ms: 50,
-        max_body_bytes: 256 * 1024 * 1024,
+        max_body_bytes: Some(256 * 1024 * 1024),
+        // The benchmark's own bodies, however many at once: no memory limit to guard.
+        body_memory_kbytes: Some(4 * 1024 * 1024),
+        body_memory_wait_ms: 500,
+        body_read_timeout_ms: 30_000,
+        max_connections: 1024,
         db_pool_size: args.concurrency.max(1) + 2,
         relay_disabled: !relay,
         max_batch_messages: args.messages_per_request.max(1),
