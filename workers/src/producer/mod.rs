@@ -1,6 +1,7 @@
 //! The producer role: HTTP ingest into the outbox, and the relay to Kafka.
 
 pub mod body;
+pub mod connections;
 pub mod http;
 pub mod waker;
 
@@ -250,7 +251,8 @@ async fn serve(
     mut shutdown: ShutdownSignal,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let (listener, address) = args.common.bind_http().await?;
-    tracing::info!(%address, topics = ?state.topics, "producer listening");
+    tracing::info!(%address, topics = ?state.topics, max_connections = args.max_connections, "producer listening");
+    let listener = connections::LimitedListener::new(listener, args.max_connections);
     Ok(tokio::spawn(async move {
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
