@@ -52,6 +52,8 @@ pub struct AppState {
     pub backlog: Arc<crate::backpressure::BacklogBound>,
     /// The health answer, shared by concurrent requests.
     pub health: Arc<probes::CachedCheck>,
+    /// The readiness answer: at most one database check per interval.
+    pub readiness: Arc<probes::CachedReadiness<DatabaseDown>>,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
@@ -406,11 +408,13 @@ fn accepted(state: &AppState, stored: Stored, alone: bool) -> (Vec<i64>, bool) {
             } else {
                 state.wake.notify_one();
             }
+            state.readiness.reached();
             state.metrics.accepted.inc_by(ids.len() as u64);
             state.backlog.accepted(ids.len() as u64);
             (ids, false)
         }
         Stored::Replayed(ids) => {
+            state.readiness.reached();
             state.metrics.replayed.inc();
             (ids, true)
         }
@@ -597,34 +601,52 @@ async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
     }
 }
 
-/// Whether PostgreSQL answers `SELECT 1` on a pooled session within 3 s.
-async fn database_state(pool: &deadpool_postgres::Pool) -> Result<(), String> {
-    match tokio::time::timeout(Duration::from_secs(3), async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(())
+/// Why PostgreSQL is taken for down, in words fit for an answer to anyone: the error
+/// itself (host names, the driver's messages) is logged, never answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseDown {
+    #[error("database unreachable")]
+    Unreachable,
+    #[error("database failed a check query")]
+    Failing,
+    #[error("database did not answer within 3 s")]
+    NoAnswer,
+}
+
+/// Whether PostgreSQL answers `SELECT 1` on a pooled session within 3 s; a failure is
+/// logged whole and answered as a [`DatabaseDown`].
+async fn database_state(pool: &deadpool_postgres::Pool) -> Result<(), DatabaseDown> {
+    let checked = tokio::time::timeout(Duration::from_secs(3), async {
+        let client = pool.get().await.map_err(|source| {
+            tracing::warn!(error = %crate::error_chain(&source), "database check: no session");
+            DatabaseDown::Unreachable
+        })?;
+        client.simple_query("SELECT 1").await.map_err(|source| {
+            tracing::warn!(error = %crate::error_chain(&source), "database check: SELECT 1 failed");
+            DatabaseDown::Failing
+        })?;
+        Ok(())
     })
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Err("no answer within 3s".to_string()),
-    }
+    .await;
+    checked.unwrap_or_else(|_| {
+        tracing::warn!("database check: no answer within 3 s");
+        Err(DatabaseDown::NoAnswer)
+    })
 }
 
 /// Readiness: ingest works (schema migrated, PostgreSQL answers). Kafka is not asked.
+/// A request that reached PostgreSQL within [`probes::READINESS_MAX_AGE`] answers it;
+/// otherwise at most one check per that interval runs, however often it is probed.
 async fn ready(State(state): State<AppState>) -> Response {
     if !state.started.get() {
         return probes::readiness(Some("waiting for PostgreSQL to migrate the schema".into()));
     }
-    probes::readiness(
-        database_state(&state.pool)
-            .await
-            .err()
-            .map(|e| format!("PostgreSQL: {e}")),
-    )
+    let pool = state.pool.clone();
+    let answer = state
+        .readiness
+        .answer(|| async move { database_state(&pool).await })
+        .await;
+    probes::readiness(answer.err().map(|down| down.to_string()))
 }
 
 /// Details for people and dashboards: 200 while ingest works (status `UP`, or

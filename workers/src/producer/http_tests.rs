@@ -82,6 +82,7 @@ impl Server {
             max_concurrent_requests: settings.max_concurrent_requests,
             backlog: crate::backpressure::BacklogBound::new(0),
             health: Arc::new(crate::probes::CachedCheck::default()),
+            readiness: Arc::new(crate::probes::CachedReadiness::default()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -309,4 +310,35 @@ async fn concurrent_bodies_beyond_body_memory_get_429_and_the_bytes_held_stay_un
     }
     assert!(server.state.bodies.most_held_bytes() <= 1 << 20);
     assert_eq!(server.state.bodies.held_bytes(), 0);
+}
+
+/// A GET's answer.
+async fn get(server: &Server, path: &str) -> Answer {
+    let mut stream = TcpStream::connect(server.address).await.expect("connect");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: producer\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.expect("request");
+    answer(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered")
+}
+
+#[tokio::test]
+async fn a_readiness_503_names_a_short_reason_and_no_internal_error_text() {
+    let server = Server::start(Settings::default()).await;
+    let answer = get(&server, crate::probes::READINESS_PATH).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("database unreachable"), "{answer:?}");
+    let body = answer.body.to_ascii_lowercase();
+    for internal in [
+        "127.0.0.1",
+        ":9",
+        "secret",
+        "error connecting",
+        "connection refused",
+        "postgresql:",
+        "select",
+        "os error",
+    ] {
+        assert!(!body.contains(internal), "{internal:?} in {answer:?}");
+    }
 }

@@ -241,6 +241,7 @@ fn app_state(
         max_concurrent_requests: args.max_concurrent_requests.max(1),
         backlog: crate::backpressure::BacklogBound::new(args.max_backlog_messages),
         health: Arc::new(crate::probes::CachedCheck::default()),
+        readiness: Arc::new(crate::probes::CachedReadiness::default()),
     })
 }
 
