@@ -36,15 +36,16 @@ pub struct ProducerArgs {
     #[arg(long, env = names::RELAY_LINGER_MS, default_value_t = defaults::RELAY_LINGER_MS as u64)]
     pub relay_linger_ms: u64,
     /// Largest request body accepted, in bytes (larger: 413, refused by its
-    /// `Content-Length` before it is read). Unset: a sixteenth of the container's memory
-    /// limit, between 1 MiB and 32 MiB (32 MiB without a limit).
+    /// `Content-Length` before it is read). Unset: a thirty-second of the container's
+    /// memory limit, between 1 MiB and 32 MiB (32 MiB without a limit).
     #[arg(long, env = "MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     /// Bytes of request bodies held in memory at once across requests, in KiB. A request
     /// reserves its `Content-Length` before its body is read (a chunked body: as it
     /// arrives); one that cannot get it within `BODY_MEMORY_WAIT_MS` is answered 429
-    /// with `Retry-After`, one larger than all of it 413. Unset: an eighth of the
-    /// container's memory limit, between 2 MiB and 256 MiB (256 MiB without a limit).
+    /// with `Retry-After`, one larger than all of it 413. Unset: a sixteenth of the
+    /// container's memory limit, between 2 MiB and 256 MiB (256 MiB without a limit);
+    /// the messages parsed from the bodies take about as much again.
     #[arg(long, env = "BODY_MEMORY_KBYTES")]
     pub body_memory_kbytes: Option<usize>,
     /// How long a request waits for other requests' bodies to free `BODY_MEMORY_KBYTES`
@@ -384,12 +385,12 @@ impl BodyMemory {
         const MIB: u64 = 1 << 20;
         let max_body_bytes = args
             .max_body_bytes
-            .unwrap_or_else(|| share_of(limit, 16, MIB, 32 * MIB) as usize)
+            .unwrap_or_else(|| share_of(limit, 32, MIB, 32 * MIB) as usize)
             .max(1);
         let budget_bytes = args
             .body_memory_kbytes
             .map(|k| (k as u64).saturating_mul(1024))
-            .unwrap_or_else(|| share_of(limit, 8, 2 * MIB, 256 * MIB))
+            .unwrap_or_else(|| share_of(limit, 16, 2 * MIB, 256 * MIB))
             .max(1024);
         BodyMemory {
             max_body_bytes,
@@ -508,8 +509,11 @@ mod tests {
     #[test]
     fn request_bodies_are_bounded_by_a_share_of_the_memory_limit() {
         let memory = BodyMemory::from_args(&args(&[]), Some(256 << 20));
-        assert_eq!(memory.max_body_bytes, 16 << 20);
-        assert_eq!(memory.budget_bytes, 32 << 20);
+        assert_eq!(memory.max_body_bytes, 8 << 20);
+        assert_eq!(memory.budget_bytes, 16 << 20);
+        let large = BodyMemory::from_args(&args(&[]), Some(1 << 30));
+        assert_eq!(large.max_body_bytes, 32 << 20);
+        assert_eq!(large.budget_bytes, 64 << 20);
         let small = BodyMemory::from_args(&args(&[]), Some(8 << 20));
         assert_eq!(small.max_body_bytes, 1 << 20);
         assert_eq!(small.budget_bytes, 2 << 20);
