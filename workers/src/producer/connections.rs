@@ -37,11 +37,6 @@ impl LimitedListener {
             warned: None,
         }
     }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.limit - self.permits.available_permits()
-    }
 }
 
 /// A connection that frees its place when dropped.
