@@ -11,12 +11,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::{header, HeaderMap};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const KIB: u64 = 1024;
+
+/// How long the rest of a refused request's body is read and dropped.
+pub const DISCARD_FOR: Duration = Duration::from_secs(10);
+
+/// Reads what is left of a refused request's body and drops it, in the background and
+/// for at most [`DISCARD_FOR`], keeping none of it: a client still sending its body
+/// then reads the answer, instead of losing it to the reset that closing a connection
+/// with unread input causes.
+pub fn discard(mut rest: BodyDataStream) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DISCARD_FOR, async {
+            while let Some(Ok(_)) = rest.next().await {}
+        })
+        .await;
+    });
+}
 
 /// The bytes of request bodies this process holds at once, shared by all requests.
 #[derive(Debug)]
@@ -215,24 +231,34 @@ pub async fn read(
     budget: &Arc<BodyBudget>,
 ) -> Result<(Bytes, BodyReservation), BodyError> {
     let max = limits.max_bytes as u64;
-    let declared = declared_length(headers)?;
+    let mut stream = body.into_data_stream();
+    let declared = match declared_length(headers) {
+        Ok(declared) => declared,
+        Err(e) => {
+            discard(stream);
+            return Err(e);
+        }
+    };
     if declared.is_some_and(|n| n > max) {
+        discard(stream);
         return Err(BodyError::TooLarge {
             limit: limits.max_bytes,
         });
     }
     let deadline = tokio::time::Instant::now() + limits.read_timeout;
-    let timeout = BodyError::Timeout {
-        timeout: limits.read_timeout,
-    };
     let reserving = match declared {
         Some(n) => budget.reserve(n).await,
         None => Ok(budget.empty()),
     };
-    let mut reservation = reserving?;
+    let mut reservation = match reserving {
+        Ok(reservation) => reservation,
+        Err(refusal) => {
+            discard(stream);
+            return Err(refusal.into());
+        }
+    };
     let reading = async {
         let mut buffer: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(BodyError::Unreadable)?;
             let len = (buffer.len() + chunk.len()) as u64;
@@ -251,10 +277,18 @@ pub async fn read(
         }
         Ok(buffer)
     };
-    match tokio::time::timeout_at(deadline, reading).await {
+    let read = tokio::time::timeout_at(deadline, reading).await;
+    match read {
         Ok(Ok(buffer)) => Ok((Bytes::from(buffer), reservation)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(timeout),
+        Ok(Err(e)) => {
+            if matches!(e, BodyError::TooLarge { .. } | BodyError::Budget(_)) {
+                discard(stream);
+            }
+            Err(e)
+        }
+        Err(_) => Err(BodyError::Timeout {
+            timeout: limits.read_timeout,
+        }),
     }
 }
 

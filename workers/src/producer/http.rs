@@ -152,12 +152,15 @@ struct Input {
 /// Checks the headers, then reads the body within its limits: a body that is too
 /// large, too slow, or for which no memory is left is refused before it is read whole.
 async fn input(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Input, Response> {
-    let key = idempotency_key(headers)
-        .and_then(|key| json_content_type(headers).map(|()| key))
-        .map_err(|e| {
-            state.metrics.rejected.inc();
-            e.into_response()
-        })?;
+    let key =
+        match idempotency_key(headers).and_then(|key| json_content_type(headers).map(|()| key)) {
+            Ok(key) => key,
+            Err(e) => {
+                state.metrics.rejected.inc();
+                body::discard(body.into_data_stream());
+                return Err(e.into_response());
+            }
+        };
     match body::read(headers, body, state.body_limits, &state.bodies).await {
         Ok((body, held)) => Ok(Input { key, body, held }),
         Err(e) => Err(body_refused(state, e)),
@@ -479,7 +482,10 @@ fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
 async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let _permit = match admission(&state) {
         Ok(permit) => permit,
-        Err(refusal) => return refusal.answer(&state),
+        Err(refusal) => {
+            body::discard(body.into_data_stream());
+            return refusal.answer(&state);
+        }
     };
     let Input { key, body, held } = match input(&state, &headers, body).await {
         Ok(input) => input,
@@ -529,7 +535,10 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
 async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let _permit = match admission(&state) {
         Ok(permit) => permit,
-        Err(refusal) => return refusal.answer(&state),
+        Err(refusal) => {
+            body::discard(body.into_data_stream());
+            return refusal.answer(&state);
+        }
     };
     let Input { key, body, held } = match input(&state, &headers, body).await {
         Ok(input) => input,

@@ -342,3 +342,31 @@ async fn a_readiness_503_names_a_short_reason_and_no_internal_error_text() {
         assert!(!body.contains(internal), "{internal:?} in {answer:?}");
     }
 }
+
+#[tokio::test]
+async fn a_refused_request_is_answered_while_its_body_still_arrives() {
+    const LENGTH: usize = 10 << 20;
+    let server = Server::start(Settings {
+        max_body_bytes: 16 << 20,
+        body_memory_bytes: 16 << 20,
+        ..Settings::default()
+    })
+    .await;
+    // One request holds 10 MiB of the 16 MiB while its body has not come.
+    let _holding = server.post_head("/api/messages/send", Some(LENGTH)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.state.bodies.held_bytes(), LENGTH as u64);
+    // Another sends all of its 10 MiB, more than the sockets buffer: refused, it must
+    // still get its body taken in and read the answer, not a connection reset by a
+    // server that closed with the body unread.
+    let mut stream = server.post_head("/api/messages/send", Some(LENGTH)).await;
+    stream
+        .write_all(&unknown_topic_body(LENGTH))
+        .await
+        .expect("the body is taken in, if only to be dropped");
+    let answer = answer(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("answered");
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert_eq!(server.state.bodies.held_bytes(), LENGTH as u64);
+}
