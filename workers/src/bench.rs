@@ -491,6 +491,7 @@ fn producer_args(args: &BenchArgs, common: CommonArgs, relay: bool) -> ProducerA
         body_memory_wait_ms: 500,
         body_read_timeout_ms: 30_000,
         max_connections: 1024,
+        header_read_timeout_ms: 30_000,
         db_pool_size: args.concurrency.max(1) + 2,
         relay_disabled: !relay,
         max_batch_messages: args.messages_per_request.max(1),

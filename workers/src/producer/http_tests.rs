@@ -89,7 +89,12 @@ impl Server {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let app = router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(crate::producer::connections::serve(
+            crate::producer::connections::LimitedListener::new(listener, 64),
+            app,
+            Duration::from_secs(30),
+            std::future::pending(),
+        ));
         Server {
             address,
             state,

@@ -58,6 +58,11 @@ pub struct ProducerArgs {
     /// HTTP connections served at once; more wait in the listen queue until one closes.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// How long a request's head (its line and headers) may take to arrive, which is
+    /// also how long a kept-alive connection may sit idle between requests; then the
+    /// connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub header_read_timeout_ms: u64,
     /// Most messages in one batch request (more: 413 naming this limit).
     #[arg(long, env = "MAX_BATCH_MESSAGES", default_value_t = 50_000)]
     pub max_batch_messages: usize,
@@ -255,11 +260,12 @@ async fn serve(
     let (listener, address) = args.common.bind_http().await?;
     tracing::info!(%address, topics = ?state.topics, max_connections = args.max_connections, "producer listening");
     let listener = connections::LimitedListener::new(listener, args.max_connections);
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
-            .await
-    }))
+    Ok(tokio::spawn(connections::serve(
+        listener,
+        http::router(state),
+        Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        async move { shutdown::wait(&mut shutdown).await },
+    )))
 }
 
 /// The background work once PostgreSQL answers: the request pool's sessions, the
