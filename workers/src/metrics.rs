@@ -18,6 +18,7 @@ pub struct ProducerMetrics {
     pub unknown: Counter,
     pub busy: Counter,
     pub backlogged: Counter,
+    pub body_memory_full: Counter,
     pub replayed: Counter,
     pub retention_deleted: Counter,
     pub published: Counter,
@@ -62,6 +63,11 @@ impl ProducerMetrics {
             "requests_backlogged",
             "Requests refused because the backlog was at MAX_BACKLOG_MESSAGES (429)",
             self.backlogged.clone(),
+        );
+        r.register(
+            "requests_body_memory_full",
+            "Requests refused because request bodies in memory were at BODY_MEMORY_KBYTES (429)",
+            self.body_memory_full.clone(),
         );
         r.register(
             "requests_replayed",

@@ -2037,3 +2037,88 @@ async fn a_burst_of_single_messages_finds_the_producers_sessions_already_open() 
         "the burst opened sessions {opened:?} (before: {before:?}, after: {after:?})"
     );
 }
+
+/// A batch body of `n` messages of `size` bytes each for `topic`.
+fn large_batch(topic: &str, n: usize, size: usize) -> bytes::Bytes {
+    let payload = "x".repeat(size);
+    let messages: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"topic": topic, "key": format!("k{i}"), "message": payload}))
+        .collect();
+    bytes::Bytes::from(serde_json::json!({ "messages": messages }).to_string())
+}
+
+#[tokio::test]
+async fn concurrent_large_batches_under_a_256_mib_limit_are_stored_or_refused_and_never_oom_kill_the_producer(
+) {
+    const LIMIT: u64 = 256 * 1024 * 1024;
+    let env = Env::on_testbed("bigbodies", 1).await;
+    let cgroup = support::MemoryCgroup::new("bodies-256mi", LIMIT);
+    // The defaults under 256 MiB: bodies of at most 8 MiB, 16 MiB of them at once. A
+    // request waits 1 ms for bytes held by others, so that refusals are certain.
+    let mut producer = Worker::producer_in(&cgroup, &env, "p1", &[("BODY_MEMORY_WAIT_MS", "1")]);
+    producer.wait_healthy("/readyz").await;
+    let client = reqwest::Client::new();
+    // 33 messages of 900 KB (29 MB), as measured when 8 of them OOM-killed producers.
+    let whole = client
+        .post(producer.url("/api/messages/batch"))
+        .header("content-type", "application/json")
+        .body(large_batch(&env.topic, 33, 900_000))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(whole.status(), 413);
+    assert!(whole
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("MAX_BODY_BYTES"));
+
+    // Rounds of 8 batches of 8 messages of 900 KB (7.2 MB each) at once.
+    let body = large_batch(&env.topic, 8, 900_000);
+    let (mut stored, mut refused) = (0usize, 0usize);
+    for _round in 0..3 {
+        let requests = (0..8).map(|_| {
+            client
+                .post(producer.url("/api/messages/batch"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+        });
+        for response in futures::future::join_all(requests).await {
+            let response = response.expect("an answer");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let text = response.text().await.unwrap_or_default();
+            match status {
+                200 => stored += 1,
+                429 => {
+                    assert!(retry_after.is_some(), "{text}");
+                    assert!(text.contains("BODY_MEMORY_KBYTES"), "{text}");
+                    refused += 1;
+                }
+                other => panic!("answered {other}: {text}"),
+            }
+        }
+        assert!(
+            producer.exited().is_none(),
+            "the producer died (OOM kills: {}, peak {} MiB); log:\n{}",
+            cgroup.oom_kills(),
+            cgroup.peak_bytes() >> 20,
+            producer.log_text()
+        );
+    }
+    assert!(
+        stored > 0 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    assert_eq!(support::outbox_rows(&db).await, 8 * stored as i64);
+    assert_eq!(cgroup.oom_kills(), 0);
+    eprintln!(
+        "{stored} batches of 7.2 MB stored and {refused} refused with a peak of {} MiB under a {} MiB limit",
+        cgroup.peak_bytes() >> 20,
+        LIMIT >> 20
+    );
+}

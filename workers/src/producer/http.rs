@@ -4,9 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +22,8 @@ use crate::metrics::ProducerMetrics;
 use crate::outbox::{self, NewMessage, StoreError, Stored};
 use crate::probes::{self, Started};
 
+use super::body;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -35,7 +36,10 @@ pub struct AppState {
     pub metrics: ProducerMetrics,
     pub registry: Arc<Registry>,
     pub kafka: FutureProducer,
-    pub max_body_bytes: usize,
+    /// `MAX_BODY_BYTES` and `BODY_READ_TIMEOUT_MS`.
+    pub body_limits: super::body::BodyLimits,
+    /// The bytes of request bodies held at once (`BODY_MEMORY_KBYTES`).
+    pub bodies: Arc<super::body::BodyBudget>,
     pub limits: Arc<TopicLimits>,
     /// Set once the schema is migrated: ingest works from then on.
     pub started: Started,
@@ -48,12 +52,13 @@ pub struct AppState {
     pub backlog: Arc<crate::backpressure::BacklogBound>,
     /// The health answer, shared by concurrent requests.
     pub health: Arc<probes::CachedCheck>,
+    /// The readiness answer: at most one database check per interval.
+    pub readiness: Arc<probes::CachedReadiness<DatabaseDown>>,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
 /// `GET /api/messages/health` (details), `GET /livez`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: AppState) -> Router {
-    let limit = state.max_body_bytes;
     Router::new()
         .route("/api/messages/send", post(send))
         .route("/api/messages/batch", post(batch))
@@ -61,7 +66,6 @@ pub fn router(state: AppState) -> Router {
         .route(probes::LIVENESS_PATH, get(probes::alive))
         .route(probes::READINESS_PATH, get(ready))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -110,13 +114,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Checks the content type and body, and parses JSON into `T` with the failing field's
-/// path in the error.
-fn parse<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    max_body_bytes: usize,
-) -> Result<T, ApiError> {
+/// Refuses a content type other than JSON, before the body is read.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -138,19 +137,69 @@ fn parse<T: serde::de::DeserializeOwned>(
             field: None,
         });
     }
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError {
-                status,
-                message: format!("request body is larger than the limit of {max_body_bytes} bytes (MAX_BODY_BYTES)"),
-                field: None,
+    Ok(())
+}
+
+/// What a send or batch request brings: its idempotency key, its body and the
+/// reservation of the body's bytes in memory, to be held until it is answered (the
+/// messages parsed from the body take about as many bytes as the body).
+struct Input {
+    key: Option<String>,
+    body: Bytes,
+    held: body::BodyReservation,
+}
+
+/// Checks the headers, then reads the body within its limits: a body that is too
+/// large, too slow, or for which no memory is left is refused before it is read whole.
+async fn input(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Input, Response> {
+    let key =
+        match idempotency_key(headers).and_then(|key| json_content_type(headers).map(|()| key)) {
+            Ok(key) => key,
+            Err(e) => {
+                state.metrics.rejected.inc();
+                body::discard(body.into_data_stream());
+                return Err(e.into_response());
             }
-        } else {
-            ApiError { status, message: format!("unreadable request body: {rejection}"), field: None }
+        };
+    match body::read(headers, body, state.body_limits, &state.bodies).await {
+        Ok((body, held)) => Ok(Input { key, body, held }),
+        Err(e) => Err(body_refused(state, e)),
+    }
+}
+
+/// The answer to a body that was not read: 413 too large, 408 too slow, 429 no memory
+/// left for it now, 400 unreadable.
+fn body_refused(state: &AppState, e: body::BodyError) -> Response {
+    use body::{BodyError, BudgetRefusal};
+    let status = match &e {
+        BodyError::Budget(BudgetRefusal::Exhausted { .. }) => {
+            state.metrics.body_memory_full.inc();
+            tracing::debug!(error = %e, "refusing a request: request bodies at their memory bound");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                Json(json!({"status": "busy", "error": format!("{e}: nothing was stored, retry after 1 s")})),
+            )
+                .into_response();
         }
-    })?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&body);
+        BodyError::TooLarge { .. } | BodyError::Budget(BudgetRefusal::LargerThanBudget { .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        BodyError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        BodyError::Unreadable(_) | BodyError::BadLength => StatusCode::BAD_REQUEST,
+    };
+    state.metrics.rejected.inc();
+    ApiError {
+        status,
+        message: format!("{e}; nothing was stored"),
+        field: None,
+    }
+    .into_response()
+}
+
+/// Parses JSON into `T` with the failing field's path in the error.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -374,11 +423,13 @@ fn accepted(state: &AppState, stored: Stored, alone: bool) -> (Vec<i64>, bool) {
             } else {
                 state.wake.notify_one();
             }
+            state.readiness.reached();
             state.metrics.accepted.inc_by(ids.len() as u64);
             state.backlog.accepted(ids.len() as u64);
             (ids, false)
         }
         Stored::Replayed(ids) => {
+            state.readiness.reached();
             state.metrics.replayed.inc();
             (ids, true)
         }
@@ -440,22 +491,23 @@ fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
     }
 }
 
-async fn send(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let _permit = match admission(&state) {
         Ok(permit) => permit,
-        Err(refusal) => return refusal.answer(&state),
+        Err(refusal) => {
+            body::discard(body.into_data_stream());
+            return refusal.answer(&state);
+        }
     };
-    let parsed = idempotency_key(&headers).and_then(|key| {
-        parse::<SendRequest>(&headers, body, state.max_body_bytes)
-            .and_then(|r| validate(r, &state, ""))
-            .map(|m| (key, m))
-    });
-    let (key, message) = match parsed {
-        Ok(parsed) => parsed,
+    let Input { key, body, held } = match input(&state, &headers, body).await {
+        Ok(input) => input,
+        Err(answer) => return answer,
+    };
+    let _held = held;
+    let parsed = parse::<SendRequest>(&body).and_then(|r| validate(r, &state, ""));
+    drop(body);
+    let message = match parsed {
+        Ok(message) => message,
         Err(e) => {
             state.metrics.rejected.inc();
             return e.into_response();
@@ -492,18 +544,22 @@ async fn send(
     }
 }
 
-async fn batch(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let _permit = match admission(&state) {
         Ok(permit) => permit,
-        Err(refusal) => return refusal.answer(&state),
+        Err(refusal) => {
+            body::discard(body.into_data_stream());
+            return refusal.answer(&state);
+        }
     };
-    let (key, request) = match idempotency_key(&headers).and_then(|key| {
-        parse::<BatchRequest>(&headers, body, state.max_body_bytes).map(|r| (key, r))
-    }) {
+    let Input { key, body, held } = match input(&state, &headers, body).await {
+        Ok(input) => input,
+        Err(answer) => return answer,
+    };
+    let _held = held;
+    let parsed = parse::<BatchRequest>(&body);
+    drop(body);
+    let request = match parsed {
         Ok(r) => r,
         Err(e) => {
             state.metrics.rejected.inc();
@@ -566,34 +622,52 @@ async fn batch(
     }
 }
 
-/// Whether PostgreSQL answers `SELECT 1` on a pooled session within 3 s.
-async fn database_state(pool: &deadpool_postgres::Pool) -> Result<(), String> {
-    match tokio::time::timeout(Duration::from_secs(3), async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(())
+/// Why PostgreSQL is taken for down, in words fit for an answer to anyone: the error
+/// itself (host names, the driver's messages) is logged, never answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseDown {
+    #[error("database unreachable")]
+    Unreachable,
+    #[error("database failed a check query")]
+    Failing,
+    #[error("database did not answer within 3 s")]
+    NoAnswer,
+}
+
+/// Whether PostgreSQL answers `SELECT 1` on a pooled session within 3 s; a failure is
+/// logged whole and answered as a [`DatabaseDown`].
+async fn database_state(pool: &deadpool_postgres::Pool) -> Result<(), DatabaseDown> {
+    let checked = tokio::time::timeout(Duration::from_secs(3), async {
+        let client = pool.get().await.map_err(|source| {
+            tracing::warn!(error = %crate::error_chain(&source), "database check: no session");
+            DatabaseDown::Unreachable
+        })?;
+        client.simple_query("SELECT 1").await.map_err(|source| {
+            tracing::warn!(error = %crate::error_chain(&source), "database check: SELECT 1 failed");
+            DatabaseDown::Failing
+        })?;
+        Ok(())
     })
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Err("no answer within 3s".to_string()),
-    }
+    .await;
+    checked.unwrap_or_else(|_| {
+        tracing::warn!("database check: no answer within 3 s");
+        Err(DatabaseDown::NoAnswer)
+    })
 }
 
 /// Readiness: ingest works (schema migrated, PostgreSQL answers). Kafka is not asked.
+/// A request that reached PostgreSQL within [`probes::READINESS_MAX_AGE`] answers it;
+/// otherwise at most one check per that interval runs, however often it is probed.
 async fn ready(State(state): State<AppState>) -> Response {
     if !state.started.get() {
         return probes::readiness(Some("waiting for PostgreSQL to migrate the schema".into()));
     }
-    probes::readiness(
-        database_state(&state.pool)
-            .await
-            .err()
-            .map(|e| format!("PostgreSQL: {e}")),
-    )
+    let pool = state.pool.clone();
+    let answer = state
+        .readiness
+        .answer(|| async move { database_state(&pool).await })
+        .await;
+    probes::readiness(answer.err().map(|down| down.to_string()))
 }
 
 /// Details for people and dashboards: 200 while ingest works (status `UP`, or
@@ -634,3 +708,7 @@ async fn check_health(state: AppState) -> (StatusCode, serde_json::Value) {
 async fn metrics(State(state): State<AppState>) -> Response {
     crate::metrics::render(&state.registry)
 }
+
+#[cfg(test)]
+#[path = "http_tests.rs"]
+mod tests;

@@ -1,5 +1,7 @@
 //! The producer role: HTTP ingest into the outbox, and the relay to Kafka.
 
+pub mod body;
+pub mod connections;
 pub mod http;
 pub mod waker;
 
@@ -33,9 +35,34 @@ pub struct ProducerArgs {
     /// path wakes it at once).
     #[arg(long, env = names::RELAY_LINGER_MS, default_value_t = defaults::RELAY_LINGER_MS as u64)]
     pub relay_linger_ms: u64,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest request body accepted, in bytes (larger: 413, refused by its
+    /// `Content-Length` before it is read). Unset: a thirty-second of the container's
+    /// memory limit, between 1 MiB and 32 MiB (32 MiB without a limit).
+    #[arg(long, env = "MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Bytes of request bodies held in memory at once across requests, in KiB. A request
+    /// reserves its `Content-Length` before its body is read (a chunked body: as it
+    /// arrives); one that cannot get it within `BODY_MEMORY_WAIT_MS` is answered 429
+    /// with `Retry-After`, one larger than all of it 413. Unset: a sixteenth of the
+    /// container's memory limit, between 2 MiB and 256 MiB (256 MiB without a limit);
+    /// the messages parsed from the bodies take about as much again.
+    #[arg(long, env = "BODY_MEMORY_KBYTES")]
+    pub body_memory_kbytes: Option<usize>,
+    /// How long a request waits for other requests' bodies to free `BODY_MEMORY_KBYTES`
+    /// before it is answered 429.
+    #[arg(long, env = "BODY_MEMORY_WAIT_MS", default_value_t = 500)]
+    pub body_memory_wait_ms: u64,
+    /// How long a request body may take to arrive whole (slower: 408).
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+    /// HTTP connections served at once; more wait in the listen queue until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// How long a request's head (its line and headers) may take to arrive, which is
+    /// also how long a kept-alive connection may sit idle between requests; then the
+    /// connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub header_read_timeout_ms: u64,
     /// Most messages in one batch request (more: 413 naming this limit).
     #[arg(long, env = "MAX_BATCH_MESSAGES", default_value_t = 50_000)]
     pub max_batch_messages: usize,
@@ -189,6 +216,12 @@ fn app_state(
     registry.register_collector(Box::new(crate::cpu::ProcessCollector));
     let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
     let wake = Arc::new(Notify::new());
+    let bodies = BodyMemory::from_args(args, crate::memory::cgroup_limit());
+    tracing::info!(
+        max_body_bytes = bodies.max_body_bytes,
+        body_memory_bytes = bodies.budget_bytes,
+        "request body memory"
+    );
     Ok(http::AppState {
         waker: waker::RelayWaker::start(wake.clone(), pool.clone(), shutdown.clone()),
         pool,
@@ -197,7 +230,14 @@ fn app_state(
         metrics,
         registry: Arc::new(registry),
         kafka: kafka.client.clone(),
-        max_body_bytes: args.max_body_bytes,
+        body_limits: body::BodyLimits {
+            max_bytes: bodies.max_body_bytes,
+            read_timeout: Duration::from_millis(args.body_read_timeout_ms.max(1)),
+        },
+        bodies: body::BodyBudget::new(
+            bodies.budget_bytes,
+            Duration::from_millis(args.body_memory_wait_ms),
+        ),
         limits: kafka.limits.clone(),
         started: Started::default(),
         max_batch_messages: args.max_batch_messages.max(1),
@@ -207,6 +247,7 @@ fn app_state(
         max_concurrent_requests: args.max_concurrent_requests.max(1),
         backlog: crate::backpressure::BacklogBound::new(args.max_backlog_messages),
         health: Arc::new(crate::probes::CachedCheck::default()),
+        readiness: Arc::new(crate::probes::CachedReadiness::default()),
     })
 }
 
@@ -217,12 +258,14 @@ async fn serve(
     mut shutdown: ShutdownSignal,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let (listener, address) = args.common.bind_http().await?;
-    tracing::info!(%address, topics = ?state.topics, "producer listening");
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
-            .await
-    }))
+    tracing::info!(%address, topics = ?state.topics, max_connections = args.max_connections, "producer listening");
+    let listener = connections::LimitedListener::new(listener, args.max_connections);
+    Ok(tokio::spawn(connections::serve(
+        listener,
+        http::router(state),
+        Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        async move { shutdown::wait(&mut shutdown).await },
+    )))
 }
 
 /// The background work once PostgreSQL answers: the request pool's sessions, the
@@ -334,6 +377,34 @@ impl RelayMemory {
     }
 }
 
+/// What request bodies may hold in memory: one body, and all bodies at once, from the
+/// settings or else from the container's memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BodyMemory {
+    max_body_bytes: usize,
+    budget_bytes: u64,
+}
+
+impl BodyMemory {
+    fn from_args(args: &ProducerArgs, limit: Option<u64>) -> BodyMemory {
+        use crate::memory::share_of;
+        const MIB: u64 = 1 << 20;
+        let max_body_bytes = args
+            .max_body_bytes
+            .unwrap_or_else(|| share_of(limit, 32, MIB, 32 * MIB) as usize)
+            .max(1);
+        let budget_bytes = args
+            .body_memory_kbytes
+            .map(|k| (k as u64).saturating_mul(1024))
+            .unwrap_or_else(|| share_of(limit, 16, 2 * MIB, 256 * MIB))
+            .max(1024);
+        BodyMemory {
+            max_body_bytes,
+            budget_bytes,
+        }
+    }
+}
+
 /// Keeps the topics' size limits current for ingest: at start, then every 30 s.
 async fn refresh_limits(
     limits: std::sync::Arc<TopicLimits>,
@@ -386,7 +457,7 @@ async fn watch_backlog(
 
 #[cfg(test)]
 mod tests {
-    use super::{ProducerArgs, RelayMemory};
+    use super::{BodyMemory, ProducerArgs, RelayMemory};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -439,5 +510,31 @@ mod tests {
         );
         assert_eq!(memory.queue_kbytes, 2048);
         assert_eq!(memory.fetch_bytes, 512 * 1024);
+    }
+
+    #[test]
+    fn request_bodies_are_bounded_by_a_share_of_the_memory_limit() {
+        let memory = BodyMemory::from_args(&args(&[]), Some(256 << 20));
+        assert_eq!(memory.max_body_bytes, 8 << 20);
+        assert_eq!(memory.budget_bytes, 16 << 20);
+        let large = BodyMemory::from_args(&args(&[]), Some(1 << 30));
+        assert_eq!(large.max_body_bytes, 32 << 20);
+        assert_eq!(large.budget_bytes, 64 << 20);
+        let small = BodyMemory::from_args(&args(&[]), Some(8 << 20));
+        assert_eq!(small.max_body_bytes, 1 << 20);
+        assert_eq!(small.budget_bytes, 2 << 20);
+        let unlimited = BodyMemory::from_args(&args(&[]), None);
+        assert_eq!(unlimited.max_body_bytes, 32 << 20);
+        assert_eq!(unlimited.budget_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn explicit_body_settings_win_over_the_limit() {
+        let memory = BodyMemory::from_args(
+            &args(&["--max-body-bytes", "1000", "--body-memory-kbytes", "64"]),
+            Some(256 << 20),
+        );
+        assert_eq!(memory.max_body_bytes, 1000);
+        assert_eq!(memory.budget_bytes, 64 * 1024);
     }
 }
