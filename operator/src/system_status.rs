@@ -4,6 +4,7 @@ use crate::backlog::BacklogUnavailable;
 use crate::conditions::Desired;
 use crate::crd::{BacklogStatus, GroupStatus, ReplicaStatus, TopicStatus};
 use crate::kafka::ObservedTopic;
+use crate::topic_ownership::TOPIC_ON_OTHER_CLUSTER;
 
 /// Condition types of an OutboxSystem.
 pub use outbox_contract::conditions::outbox_system as types;
@@ -23,9 +24,14 @@ pub struct TopicOutcome {
     pub error_reason: Option<&'static str>,
     /// `(from, to)` when this reconcile raised the partition count.
     pub raised: Option<(i32, i32)>,
-    /// Whether the operator created the topic (Some(true)) or found it (Some(false)),
-    /// as seen the first time it looked; None when it could not look.
-    pub created: Option<bool>,
+    /// The ownership record this look establishes (the first look, a record from
+    /// before cluster ids adopted, a creation on another cluster); None: the recorded
+    /// one stands, or the operator could not look.
+    pub ownership: Option<crate::topic_ownership::Ownership>,
+    /// The `cluster.id` of the Kafka reached, when it could be read.
+    pub cluster_id: Option<String>,
+    /// Why the operator leaves the topic as it is (another cluster's topic), if it does.
+    pub left_alone: Option<String>,
 }
 
 /// One consumer group as observed.
@@ -101,6 +107,8 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             replication_factor: obs.topic.observed.as_ref().map(|t| t.replication_factor),
             last_partition_raise: None,
             created_by_operator: None,
+            ownership_cluster_id: None,
+            cluster_id: None,
         },
         producers: ReplicaStatus::new(p_ready, p_desired),
         groups: obs
@@ -127,6 +135,8 @@ fn topic_condition(topic: &TopicOutcome) -> Desired {
             topic.error_reason.unwrap_or("KafkaUnavailable"),
             error.clone(),
         )
+    } else if let Some(message) = &topic.left_alone {
+        Desired::no(TOPIC_READY, TOPIC_ON_OTHER_CLUSTER, message.clone())
     } else if !topic.conflicts.is_empty() {
         Desired::no(TOPIC_READY, "TopicConflict", topic.conflicts.join("; "))
     } else if let Some(found) = &topic.observed {
@@ -206,6 +216,8 @@ fn degraded_condition(topic: &TopicOutcome) -> Desired {
             topic.error_reason.unwrap_or("KafkaUnavailable"),
             error.clone(),
         )
+    } else if let Some(message) = &topic.left_alone {
+        Desired::yes(DEGRADED, TOPIC_ON_OTHER_CLUSTER, message.clone())
     } else if !topic.conflicts.is_empty() {
         Desired::yes(DEGRADED, "TopicConflict", topic.conflicts.join("; "))
     } else {
@@ -323,7 +335,7 @@ mod tests {
                 error: None,
                 error_reason: None,
                 raised: None,
-                created: None,
+                ..TopicOutcome::default()
             },
             producers: (3, 3),
             groups: vec![GroupObservation {
@@ -381,6 +393,22 @@ mod tests {
         let s = compute(&obs);
         assert_eq!(condition(&s, types::TOPIC_READY).reason, "TopicConflict");
         assert!(condition(&s, types::DEGRADED).status);
+        assert_eq!(condition(&s, types::READY).reason, "TopicNotReady");
+    }
+
+    #[test]
+    fn a_topic_left_alone_on_another_cluster_is_not_ready_and_degraded() {
+        let mut obs = observation();
+        obs.topic.left_alone = Some("topic events on Kafka cluster b was not created ...".into());
+        let s = compute(&obs);
+        let topic = condition(&s, types::TOPIC_READY);
+        assert!(!topic.status);
+        assert_eq!(topic.reason, TOPIC_ON_OTHER_CLUSTER);
+        assert!(condition(&s, types::DEGRADED).status);
+        assert_eq!(
+            condition(&s, types::DEGRADED).reason,
+            TOPIC_ON_OTHER_CLUSTER
+        );
         assert_eq!(condition(&s, types::READY).reason, "TopicNotReady");
     }
 

@@ -522,9 +522,21 @@ pub struct TopicStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_partition_raise: Option<PartitionRaise>,
     /// True when the operator created the topic for this system, false when the topic
-    /// was there before: `deletionPolicy: Delete` deletes only a topic it created.
+    /// was there before, on the Kafka cluster `ownershipClusterId`:
+    /// `deletionPolicy: Delete` deletes only a topic it created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by_operator: Option<bool>,
+    /// The Kafka cluster (its `cluster.id`) `createdByOperator` speaks of, recorded with
+    /// it. The operator changes and deletes the topic only while the Kafka it reaches
+    /// is this cluster: pointed at another one, it creates the topic there when it is
+    /// missing (and records that cluster), and leaves a topic it finds there as it is
+    /// (`TopicReady` False, reason `TopicOnOtherCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership_cluster_id: Option<String>,
+    /// The `cluster.id` of the Kafka the operator reached at its last look; two
+    /// systems on one cluster may not share a topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 /// A raise of the topic's partition count.
