@@ -346,9 +346,10 @@ impl KafkaAdmin {
         Ok(())
     }
 
-    /// Per group: messages in `topic` not yet committed by the group, summed over
-    /// `partitions` partitions (a partition without a commit counts from its low
-    /// watermark). None for a group whose offsets could not be read.
+    /// Per Kafka group id (`OutboxSystem::kafka_group_id`, not the declared name):
+    /// messages in `topic` not yet committed by the group, summed over `partitions`
+    /// partitions (a partition without a commit counts from its low watermark). None
+    /// for a group whose offsets could not be read.
     pub async fn consumer_lag(
         &self,
         topic: &str,

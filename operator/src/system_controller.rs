@@ -91,7 +91,7 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
     let (topic, admin) = topic_step(&ctx, &system, *kafka).await;
     let observation = observe(
         &ctx,
-        &system.spec,
+        &system,
         &topic,
         admin.as_ref(),
         &database,
@@ -373,26 +373,28 @@ async fn topic_step(
     }
 }
 
-/// What the reconcile observed: pods ready, consumer lag, the backlog.
+/// What the reconcile observed: pods ready, consumer lag (read by each group's Kafka
+/// group id, shown under its declared name), the backlog.
 async fn observe(
     ctx: &Context,
-    spec: &OutboxSystemSpec,
+    system: &OutboxSystem,
     topic: &TopicOutcome,
     admin: Option<&KafkaAdmin>,
     database: &std::result::Result<DatabaseSession, BacklogUnavailable>,
     producer: &Deployment,
     consumers: &[Deployment],
 ) -> Observation {
-    let group_names: Vec<String> = spec
+    let spec = &system.spec;
+    let kafka_group_ids: Vec<String> = spec
         .consumers
         .groups
         .iter()
-        .map(|g| g.name.clone())
+        .map(|g| system.kafka_group_id(&g.name))
         .collect();
     let lags = match (admin, topic.observed.as_ref()) {
         (Some(admin), Some(found)) => {
             admin
-                .consumer_lag(&spec.topic.name, found.partitions, &group_names)
+                .consumer_lag(&spec.topic.name, found.partitions, &kafka_group_ids)
                 .await
         }
         _ => BTreeMap::new(),
@@ -411,11 +413,13 @@ async fn observe(
             .groups
             .iter()
             .zip(consumers)
-            .map(|(g, d)| GroupObservation {
+            .zip(kafka_group_ids)
+            .map(|((g, d), kafka_group_id)| GroupObservation {
                 name: g.name.clone(),
                 ready: ready(d),
                 desired: g.replicas,
-                lag: lags.get(&g.name).copied().flatten(),
+                lag: lags.get(&kafka_group_id).copied().flatten(),
+                kafka_group_id,
             })
             .collect(),
         backlog: match database {

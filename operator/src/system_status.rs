@@ -37,8 +37,10 @@ pub struct TopicOutcome {
 /// One consumer group as observed.
 #[derive(Debug, Clone)]
 pub struct GroupObservation {
-    /// Group name.
+    /// Group name, as declared.
     pub name: String,
+    /// Its id in Kafka (`OutboxSystem::kafka_group_id`).
+    pub kafka_group_id: String,
     /// Ready pods.
     pub ready: i32,
     /// Desired pods.
@@ -116,6 +118,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             .iter()
             .map(|g| GroupStatus {
                 name: g.name.clone(),
+                kafka_group_id: Some(g.kafka_group_id.clone()),
                 ready: g.ready,
                 desired: g.desired,
                 lag: g.lag,
@@ -340,6 +343,7 @@ mod tests {
             producers: (3, 3),
             groups: vec![GroupObservation {
                 name: "group-a".into(),
+                kafka_group_id: "ns.outbox.group-a".into(),
                 ready: 3,
                 desired: 3,
                 lag: Some(0),
@@ -387,6 +391,23 @@ mod tests {
     }
 
     #[test]
+    fn a_group_is_shown_under_its_declared_name_with_its_kafka_group_id_beside() {
+        let mut obs = observation();
+        obs.groups[0].ready = 1;
+        let s = compute(&obs);
+        assert_eq!(s.groups[0].name, "group-a");
+        assert_eq!(
+            s.groups[0].kafka_group_id.as_deref(),
+            Some("ns.outbox.group-a")
+        );
+        let consumers = &condition(&s, types::CONSUMERS_READY).message;
+        assert!(
+            consumers.contains("group-a 1/3") && !consumers.contains("ns.outbox"),
+            "{consumers}"
+        );
+    }
+
+    #[test]
     fn topic_conflict_is_reported_as_degraded() {
         let mut obs = observation();
         obs.topic.conflicts = vec!["spec.topic.partitions is 4 but ...".into()];
@@ -417,6 +438,7 @@ mod tests {
         let mut a = crate::crd::OutboxSystemStatus {
             groups: vec![GroupStatus {
                 name: "g".into(),
+                kafka_group_id: None,
                 ready: 1,
                 desired: 1,
                 lag: Some(5),

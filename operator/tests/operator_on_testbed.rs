@@ -56,6 +56,10 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
             env.get("KAFKA_CONSUMER_GROUP").map(String::as_str),
             Some(group)
         );
+        assert_eq!(
+            env.get("KAFKA_CONSUMER_GROUP_ID"),
+            Some(&format!("{ns}.outbox.{group}"))
+        );
         assert_eq!(env.get("RETRY_MAX_RETRIES").map(String::as_str), Some("-1"));
         let owner = d.metadata.owner_references.clone().unwrap_or_default();
         assert_eq!(owner.first().map(|o| o.kind.as_str()), Some("OutboxSystem"));
@@ -895,14 +899,11 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
     let (client, ns) = setup("obs-lag").await;
     let _operator = start_operator(&client, &ns);
     let topic = unique_name("lag-events");
-    // Kafka's consumer groups are cluster-wide: names of this test's own, so that no
-    // other test's consumers (pods on the node) are members of them.
-    let mut system = reference_system(&topic);
-    let suffix = unique_name("lag");
-    for g in &mut system.spec.consumers.groups {
-        g.name = format!("{}-{suffix}", g.name);
-    }
+    // Kafka's consumer groups are cluster-wide; the operator prefixes each with the
+    // namespace and the system's name, and this test's namespace is its own.
+    let system = reference_system(&topic);
     let group_a = system.spec.consumers.groups[0].name.clone();
+    let kafka_group_a = outbox_operator::crd::kafka_group_id(&ns, "outbox", &group_a);
     let systems = create_system(&client, &ns, &system).await;
     eventually("topic created", WAIT, || {
         let topic = topic.clone();
@@ -913,7 +914,7 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
     // Ten messages into partition 0; group-a has committed offset 4 there, the others nothing.
     let config = testbed().kafka_config();
     let t = topic.clone();
-    let group = group_a.clone();
+    let group = kafka_group_a.clone();
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> =
             config.create().unwrap_or_else(|e| panic!("{e}"));
@@ -944,14 +945,18 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
         let api = systems.clone();
         async move {
             let groups = api.get("outbox").await.ok()?.status?.groups;
-            let lags: Vec<(String, Option<i64>)> =
-                groups.into_iter().map(|g| (g.name, g.lag)).collect();
-            (lags.iter().map(|(_, l)| *l).collect::<Vec<_>>() == [Some(6), Some(10), Some(10)])
+            let lags: Vec<(String, Option<String>, Option<i64>)> = groups
+                .into_iter()
+                .map(|g| (g.name, g.kafka_group_id, g.lag))
+                .collect();
+            (lags.iter().map(|(_, _, l)| *l).collect::<Vec<_>>() == [Some(6), Some(10), Some(10)])
                 .then_some(lags)
         }
     })
     .await;
+    // Shown under its declared name, read by its Kafka group id.
     assert_eq!(lags[0].0, group_a);
+    assert_eq!(lags[0].1.as_deref(), Some(kafka_group_a.as_str()));
     delete_namespace(&client, &ns).await;
 }
 
