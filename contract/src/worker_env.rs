@@ -35,8 +35,11 @@ pub mod names {
     pub const RETENTION_SECONDS: &str = "RETENTION_SECONDS";
     /// Producer: how long untouched ledger data is kept.
     pub const LEDGER_RETENTION_SECONDS: &str = "LEDGER_RETENTION_SECONDS";
-    /// Consumer: its group.
+    /// Consumer: its group as declared (the name in the ledger, metrics and reports).
     pub const KAFKA_CONSUMER_GROUP: &str = "KAFKA_CONSUMER_GROUP";
+    /// Consumer: its group's id in Kafka (`OutboxSystem::kafka_group_id`); unset, the
+    /// declared name.
+    pub const KAFKA_CONSUMER_GROUP_ID: &str = "KAFKA_CONSUMER_GROUP_ID";
     /// Consumer: tries after the first failure (-1: forever).
     pub const RETRY_MAX_RETRIES: &str = "RETRY_MAX_RETRIES";
     /// Consumer: the first retry delay.
@@ -132,6 +135,7 @@ impl ProducerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSettings {
     pub group: String,
+    pub kafka_group_id: String,
     pub retry_max_retries: i32,
     pub retry_backoff_ms: i64,
     pub retry_max_backoff_ms: i64,
@@ -139,10 +143,12 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    /// The consumer settings of `group`.
-    pub fn of(group: &ConsumerGroupSpec) -> ConsumerSettings {
+    /// The consumer settings of `group`, whose id in Kafka is `kafka_group_id`
+    /// ([`crate::crd::OutboxSystem::kafka_group_id`]'s answer for it).
+    pub fn of(group: &ConsumerGroupSpec, kafka_group_id: String) -> ConsumerSettings {
         ConsumerSettings {
             group: group.name.clone(),
+            kafka_group_id,
             retry_max_retries: group.retry.max_retries,
             retry_backoff_ms: group.retry.backoff_ms,
             retry_max_backoff_ms: group.retry.max_backoff_ms,
@@ -154,6 +160,7 @@ impl ConsumerSettings {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![
             (names::KAFKA_CONSUMER_GROUP, self.group.clone()),
+            (names::KAFKA_CONSUMER_GROUP_ID, self.kafka_group_id.clone()),
             (names::RETRY_MAX_RETRIES, self.retry_max_retries.to_string()),
             (names::RETRY_BACKOFF_MS, self.retry_backoff_ms.to_string()),
             (
@@ -171,6 +178,7 @@ impl ConsumerSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::OutboxSystem;
 
     #[test]
     fn kafka_client_names_become_librdkafka_properties() {
@@ -201,10 +209,13 @@ mod tests {
                 ledger_retention_seconds: defaults::LEDGER_RETENTION_SECONDS,
             }
         );
+        let mut system = OutboxSystem::new("orders", spec.clone());
+        system.metadata.namespace = Some("team-a".into());
         assert_eq!(
-            ConsumerSettings::of(&spec.consumers.groups[0]),
+            ConsumerSettings::of(&spec.consumers.groups[0], system.kafka_group_id("g")),
             ConsumerSettings {
                 group: "g".into(),
+                kafka_group_id: "team-a.orders.g".into(),
                 retry_max_retries: defaults::RETRY_MAX_RETRIES,
                 retry_backoff_ms: defaults::RETRY_BACKOFF_MS,
                 retry_max_backoff_ms: defaults::RETRY_MAX_BACKOFF_MS,

@@ -147,6 +147,29 @@ impl KafkaAdmin {
             .operation_timeout(Some(KAFKA_TIMEOUT))
     }
 
+    /// The Kafka cluster's id (`cluster.id`): which cluster the bootstrap servers lead
+    /// to, whatever they are called. Topic ownership is recorded against it.
+    pub async fn cluster_id(&self) -> Result<String> {
+        let config = self.config.clone();
+        let action = "reading the cluster id".to_string();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create()?;
+            consumer
+                .client()
+                .fetch_cluster_id(KAFKA_TIMEOUT)
+                .filter(|id| !id.is_empty())
+                .ok_or(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ))
+        })
+        .await
+        .map_err(|source| Error::KafkaTask {
+            action: action.clone(),
+            source,
+        })?
+        .map_err(Error::kafka(action))
+    }
+
     /// The topic as Kafka has it, or None when it does not exist.
     pub async fn describe_topic(&self, spec: &TopicSpec) -> Result<Option<ObservedTopic>> {
         let name = spec.name.clone();
@@ -323,9 +346,10 @@ impl KafkaAdmin {
         Ok(())
     }
 
-    /// Per group: messages in `topic` not yet committed by the group, summed over
-    /// `partitions` partitions (a partition without a commit counts from its low
-    /// watermark). None for a group whose offsets could not be read.
+    /// Per Kafka group id (`OutboxSystem::kafka_group_id`, not the declared name):
+    /// messages in `topic` not yet committed by the group, summed over `partitions`
+    /// partitions (a partition without a commit counts from its low watermark). None
+    /// for a group whose offsets could not be read.
     pub async fn consumer_lag(
         &self,
         topic: &str,

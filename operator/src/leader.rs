@@ -2,7 +2,10 @@
 //! reconciles at a time.
 //!
 //! The holder renews the Lease every third of its duration; a candidate takes it over
-//! when its `renewTime` is older than `leaseDurationSeconds`. Updates use the Lease's
+//! once it has seen the Lease unchanged for `leaseDurationSeconds` by its own monotonic
+//! clock (client-go's `observedTime`): the holder's `renewTime` is stamped by the
+//! holder's clock and never compared with the candidate's, so clock skew between nodes
+//! cannot hand the Lease over while its holder still renews it. Updates use the Lease's
 //! `resourceVersion`, so two candidates can never both win the same round.
 //!
 //! No overlap: the holder counts itself leader only until `renew_deadline` (shorter
@@ -11,7 +14,7 @@
 //! gives up, before any candidate may take over: even a leader that was paused
 //! (SIGSTOP, a frozen node) stops acting the moment it runs again.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -56,27 +59,94 @@ pub enum Decision {
     Wait,
 }
 
-/// Decides from the Lease's spec whether `identity` may hold it at `now`.
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decision {
-    let Some(spec) = spec else {
-        return Decision::Acquire;
-    };
-    match spec.holder_identity.as_deref() {
-        Some(holder) if holder == identity => Decision::Renew,
-        None | Some("") => Decision::Acquire,
-        Some(_) => {
-            let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(0);
-            if now.as_second() - renewed > duration {
-                Decision::Acquire
-            } else {
-                Decision::Wait
+/// A reading of this replica's clocks: the wall clock only stamps what it writes into
+/// the Lease; the monotonic clock times other holders.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Wall-clock time, written as `acquireTime` and `renewTime`.
+    pub wall: Timestamp,
+    /// Monotonic time, for when this replica saw the Lease change.
+    pub monotonic: Instant,
+}
+
+impl Now {
+    /// The clocks as they read now.
+    pub fn read() -> Self {
+        Now {
+            wall: Timestamp::now(),
+            monotonic: Instant::now(),
+        }
+    }
+}
+
+/// What this replica last saw of the Lease and when, by its own monotonic clock.
+#[derive(Debug, Default)]
+pub struct Observer {
+    last: Option<Sighting>,
+}
+
+/// One version of the Lease as seen at `at`.
+#[derive(Debug, Clone)]
+struct Sighting {
+    resource_version: Option<String>,
+    spec: Option<LeaseSpec>,
+    at: Instant,
+}
+
+impl Observer {
+    /// Notes the Lease as read at `now` and decides whether `identity` may hold it.
+    /// Another holder's Lease is timed as client-go's leaderelection does: from when
+    /// this replica last saw it change (its `resourceVersion` or its spec), plus
+    /// `leaseDurationSeconds`, on this replica's monotonic clock. The holder's
+    /// `renewTime` is never compared with the local clock, so a candidate whose clock
+    /// runs ahead does not take a Lease that is being renewed.
+    pub fn decide(&mut self, lease: Option<&Lease>, identity: &str, now: Now) -> Decision {
+        let Some(lease) = lease else {
+            self.last = None;
+            return Decision::Acquire;
+        };
+        let spec = lease.spec.as_ref();
+        let seen_at = self.note(lease, now.monotonic);
+        match spec.and_then(|s| s.holder_identity.as_deref()) {
+            Some(holder) if holder == identity => Decision::Renew,
+            None | Some("") => Decision::Acquire,
+            Some(_) => {
+                let seconds = spec
+                    .and_then(|s| s.lease_duration_seconds)
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(15);
+                if now.monotonic.saturating_duration_since(seen_at) > Duration::from_secs(seconds) {
+                    Decision::Acquire
+                } else {
+                    Decision::Wait
+                }
             }
         }
+    }
+
+    /// Notes a Lease this replica wrote itself (`now`: when it sent the write).
+    pub fn wrote(&mut self, lease: &Lease, now: Now) {
+        self.last = Some(Sighting {
+            resource_version: lease.metadata.resource_version.clone(),
+            spec: lease.spec.clone(),
+            at: now.monotonic,
+        });
+    }
+
+    /// Records `lease` as seen at `at` unless it is the version seen last; returns when
+    /// this version was first seen.
+    fn note(&mut self, lease: &Lease, at: Instant) -> Instant {
+        let same = self.last.as_ref().is_some_and(|last| {
+            last.resource_version == lease.metadata.resource_version && last.spec == lease.spec
+        });
+        if !same {
+            self.last = Some(Sighting {
+                resource_version: lease.metadata.resource_version.clone(),
+                spec: lease.spec.clone(),
+                at,
+            });
+        }
+        self.last.as_ref().map_or(at, |last| last.at)
     }
 }
 
@@ -86,6 +156,8 @@ pub struct Elector {
     settings: LeaseSettings,
     /// Until when this replica may act as leader (monotonic clock).
     valid_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// What this replica last saw of the Lease, and when.
+    observer: std::sync::Mutex<Observer>,
 }
 
 impl Elector {
@@ -95,6 +167,7 @@ impl Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             valid_until: std::sync::Mutex::new(None),
+            observer: std::sync::Mutex::new(Observer::default()),
         }
     }
 
@@ -144,36 +217,53 @@ impl Elector {
     /// One round: true when this replica holds the Lease afterwards.
     pub async fn try_hold(&self) -> Result<bool> {
         let name = &self.settings.name;
-        let now = Timestamp::now();
         let current = self
             .api
             .get_opt(name)
             .await
             .map_err(Error::kube(format!("reading Lease {name}")))?;
+        // Read after the answer: the time this replica saw this version of the Lease.
+        let now = Now::read();
         let Some(mut lease) = current else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     ..ObjectMeta::default()
                 },
-                spec: Some(self.spec(None, now, true)),
+                spec: Some(self.spec(None, now.wall, true)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(created) => {
+                    self.wrote(&created, now);
+                    Ok(true)
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(Error::kube(format!("creating Lease {name}"))(e)),
             };
         };
-        let decision = decide(lease.spec.as_ref(), &self.settings.identity, now);
+        let decision = match self.observer.lock() {
+            Ok(mut observer) => observer.decide(Some(&lease), &self.settings.identity, now),
+            // A poisoned observer cannot time anyone: take nothing.
+            Err(_) => Decision::Wait,
+        };
         if decision == Decision::Wait {
             return Ok(false);
         }
-        lease.spec = Some(self.spec(lease.spec.as_ref(), now, decision == Decision::Acquire));
+        lease.spec = Some(self.spec(lease.spec.as_ref(), now.wall, decision == Decision::Acquire));
         match self.api.replace(name, &PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                self.wrote(&written, now);
+                Ok(true)
+            }
             // Someone else wrote it first (resourceVersion changed): not ours this round.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(Error::kube(format!("updating Lease {name}"))(e)),
+        }
+    }
+
+    fn wrote(&self, lease: &Lease, now: Now) {
+        if let Ok(mut observer) = self.observer.lock() {
+            observer.wrote(lease, now);
         }
     }
 
@@ -261,20 +351,47 @@ mod tests {
         Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
-    fn held_by(holder: &str, renewed: i64) -> LeaseSpec {
-        LeaseSpec {
-            holder_identity: Some(holder.into()),
-            lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(at(renewed))),
-            ..LeaseSpec::default()
+    /// The Lease as `holder` wrote it at its wall-clock second `renewed`, as version
+    /// `version`.
+    fn lease(holder: &str, renewed: i64, version: u32) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("outbox-operator".into()),
+                resource_version: Some(version.to_string()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(at(renewed))),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    /// A candidate's clocks `seconds` after `start`, its wall clock `skew` seconds off
+    /// the holder's (whose wall clock reads 1000 at `start`).
+    fn candidate_now(start: Instant, seconds: u64, skew: i64) -> Now {
+        let seconds_i64 = i64::try_from(seconds).unwrap_or(i64::MAX);
+        Now {
+            wall: at(1000 + seconds_i64 + skew),
+            monotonic: start + Duration::from_secs(seconds),
         }
     }
 
     #[test]
     fn free_or_missing_lease_is_acquired() {
-        assert_eq!(decide(None, "a", at(100)), Decision::Acquire);
+        let now = Now::read();
         assert_eq!(
-            decide(Some(&LeaseSpec::default()), "a", at(100)),
+            Observer::default().decide(None, "a", now),
+            Decision::Acquire
+        );
+        let free = Lease {
+            spec: Some(LeaseSpec::default()),
+            ..Lease::default()
+        };
+        assert_eq!(
+            Observer::default().decide(Some(&free), "a", now),
             Decision::Acquire
         );
     }
@@ -282,19 +399,66 @@ mod tests {
     #[test]
     fn own_lease_is_renewed() {
         assert_eq!(
-            decide(Some(&held_by("a", 99)), "a", at(100)),
+            Observer::default().decide(Some(&lease("a", 99, 1)), "a", Now::read()),
             Decision::Renew
         );
     }
 
     #[test]
-    fn valid_foreign_lease_is_respected_and_expired_one_taken() {
+    fn a_candidate_whose_clock_runs_60_s_ahead_does_not_take_a_lease_the_holder_keeps_renewing() {
+        let start = Instant::now();
+        let mut candidate = Observer::default();
+        // The holder renews every 5 s by its own clock; the candidate looks every 2 s
+        // for two minutes with its wall clock a minute ahead.
+        for seconds in (0..120).step_by(2) {
+            let renewed = 1000 + i64::from(u32::try_from(seconds / 5 * 5).unwrap_or(0));
+            let version = u32::try_from(seconds / 5).unwrap_or(0) + 1;
+            let now = candidate_now(start, seconds, 60);
+            assert_eq!(
+                candidate.decide(Some(&lease("b", renewed, version)), "a", now),
+                Decision::Wait,
+                "taken at second {seconds} while the holder renews"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lease_whose_holder_stopped_renewing_is_taken_after_lease_duration_of_local_observation() {
+        let start = Instant::now();
+        let mut candidate = Observer::default();
+        // The holder's last renewal was long ago by any clock (it died before this
+        // candidate started): the candidate still times the Lease from its own first
+        // look, as the holder's clock may run behind its own.
+        let stale = lease("b", 500, 7);
+        for seconds in [0, 5, 10, 15] {
+            assert_eq!(
+                candidate.decide(Some(&stale), "a", candidate_now(start, seconds, 0)),
+                Decision::Wait,
+                "taken {seconds} s after the first look"
+            );
+        }
         assert_eq!(
-            decide(Some(&held_by("b", 90)), "a", at(100)),
+            candidate.decide(Some(&stale), "a", candidate_now(start, 16, 0)),
+            Decision::Acquire
+        );
+        // A renewal seen meanwhile starts the count again.
+        let mut candidate = Observer::default();
+        assert_eq!(
+            candidate.decide(Some(&stale), "a", candidate_now(start, 0, 0)),
+            Decision::Wait
+        );
+        let renewed = lease("b", 510, 8);
+        assert_eq!(
+            candidate.decide(Some(&renewed), "a", candidate_now(start, 14, 0)),
             Decision::Wait
         );
         assert_eq!(
-            decide(Some(&held_by("b", 80)), "a", at(100)),
+            candidate.decide(Some(&renewed), "a", candidate_now(start, 20, 0)),
+            Decision::Wait,
+            "timed from the renewal seen at 14 s, not from the first look"
+        );
+        assert_eq!(
+            candidate.decide(Some(&renewed), "a", candidate_now(start, 30, 0)),
             Decision::Acquire
         );
     }

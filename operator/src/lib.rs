@@ -18,6 +18,7 @@ pub mod server_side_apply;
 pub mod service_names;
 pub mod system_controller;
 pub mod system_status;
+pub mod topic_ownership;
 pub mod validation;
 pub mod workloads;
 

@@ -31,6 +31,7 @@ use crate::schema_owner::{self, Claim};
 use crate::server_side_apply::{apply_status, server_side_apply};
 use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
+use crate::topic_ownership::{self, Ownership, TopicAuthority};
 use crate::validation::validate;
 use crate::workloads;
 
@@ -82,15 +83,15 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let current = system.status.clone().unwrap_or_default();
-    let database = match gate(&ctx, &system, &namespace, &current).await? {
-        Gate::Go(database) => database,
+    let (database, kafka) = match gate(&ctx, &system, &namespace, &current).await? {
+        Gate::Go { database, kafka } => (database, kafka),
         Gate::Stop(action) => return Ok(action),
     };
     let (producer, consumers) = apply_children(&ctx, &system, &namespace).await?;
-    let (topic, admin) = topic_step(&ctx, &system, &namespace).await;
+    let (topic, admin) = topic_step(&ctx, &system, *kafka).await;
     let observation = observe(
         &ctx,
-        &system.spec,
+        &system,
         &topic,
         admin.as_ref(),
         &database,
@@ -137,15 +138,67 @@ async fn read_fresh(
 }
 
 /// Whether the reconcile goes on: with the database session it opened (or why there is
-/// none), or stopped with the action to take.
+/// none) and the Kafka it reached, or stopped with the action to take.
 enum Gate {
-    Go(std::result::Result<DatabaseSession, BacklogUnavailable>),
+    Go {
+        database: std::result::Result<DatabaseSession, BacklogUnavailable>,
+        kafka: Box<KafkaReach>,
+    },
     Stop(Action),
 }
 
-/// The checks before anything is applied, in order: a valid spec → a topic no other
-/// system holds → open the database session and claim the schema → not paused. A
-/// refusal (each built pure) is written into status with an Event; a pause too.
+/// The system's Kafka as reached at the start of a reconcile.
+enum KafkaReach {
+    /// The admin client and the cluster's `cluster.id`.
+    Reached {
+        admin: KafkaAdmin,
+        cluster_id: String,
+    },
+    /// What kept the operator from the cluster id (with the admin client, if it got
+    /// that far).
+    NotReached {
+        admin: Option<KafkaAdmin>,
+        reason: Option<&'static str>,
+        message: String,
+    },
+}
+
+impl KafkaReach {
+    fn cluster_id(&self) -> Option<&str> {
+        match self {
+            KafkaReach::Reached { cluster_id, .. } => Some(cluster_id),
+            KafkaReach::NotReached { .. } => None,
+        }
+    }
+}
+
+/// Connects to the system's Kafka through the client settings its spec names and reads
+/// the cluster's id. Never fails: what went wrong is in the answer.
+async fn connect_kafka(ctx: &Context, namespace: &str, spec: &OutboxSystemSpec) -> KafkaReach {
+    let not_reached = |admin, e: Error| KafkaReach::NotReached {
+        admin,
+        reason: matches!(e, Error::Secret { .. }).then_some("KafkaSettingsSecretMissing"),
+        message: e.to_string(),
+    };
+    let properties = match kafka_client_properties(ctx, namespace, spec).await {
+        Ok(properties) => properties,
+        Err(e) => return not_reached(None, e),
+    };
+    let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, namespace);
+    let admin = match KafkaAdmin::new(client_config(&bootstrap, &properties)) {
+        Ok(admin) => admin,
+        Err(e) => return not_reached(None, e),
+    };
+    match admin.cluster_id().await {
+        Ok(cluster_id) => KafkaReach::Reached { admin, cluster_id },
+        Err(e) => not_reached(Some(admin), e),
+    }
+}
+
+/// The checks before anything is applied, in order: a valid spec → reach Kafka → a
+/// topic no other system holds on that cluster → open the database session and claim
+/// the schema → not paused. A refusal (each built pure) is written into status with an
+/// Event; a pause too.
 async fn gate(
     ctx: &Context,
     system: &OutboxSystem,
@@ -157,7 +210,8 @@ async fn gate(
         report_refusal(ctx, system, current, refusal, Announce::Always).await?;
         return Err(Error::InvalidSpec(message));
     }
-    if let Some(other) = topic_taken_by(ctx, system, namespace).await? {
+    let kafka = connect_kafka(ctx, namespace, &system.spec).await;
+    if let Some(other) = topic_taken_by(ctx, system, namespace, kafka.cluster_id()).await? {
         let refusal = topic_in_use(&system.spec, &other);
         report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
         return Ok(Gate::Stop(Action::requeue(std::time::Duration::from_secs(
@@ -181,7 +235,10 @@ async fn gate(
         record_pause(ctx, system, namespace, current).await?;
         return Ok(Gate::Stop(Action::await_change()));
     }
-    Ok(Gate::Go(database))
+    Ok(Gate::Go {
+        database,
+        kafka: Box::new(kafka),
+    })
 }
 
 /// The refusal of a spec that fails validation (pure, no client).
@@ -195,8 +252,8 @@ fn invalid_spec(name: &str, spec: &OutboxSystemSpec) -> Option<Refusal> {
 }
 
 /// The refusal of a second system on the topic of another (`namespace/name`) on the
-/// same Kafka (pure): the later one is refused, so that neither consumes the other's
-/// messages nor deletes the other's topic.
+/// same Kafka cluster (pure): the later one is refused, so that neither consumes the
+/// other's messages nor deletes the other's topic.
 fn topic_in_use(spec: &OutboxSystemSpec, other: &str) -> Refusal {
     Refusal {
         reason: "TopicInUse",
@@ -289,49 +346,55 @@ async fn apply_children(
     Ok((producer, consumers))
 }
 
-/// Reconciles the Kafka topic; returns what happened and the admin client, if any.
+/// Reconciles the Kafka topic on the cluster reached; returns what happened and the
+/// admin client, if any.
 async fn topic_step(
     ctx: &Context,
     system: &OutboxSystem,
-    namespace: &str,
+    kafka: KafkaReach,
 ) -> (TopicOutcome, Option<KafkaAdmin>) {
-    let spec = &system.spec;
-    let kafka_properties = kafka_client_properties(ctx, namespace, spec).await;
-    match kafka_properties {
-        Ok(properties) => reconcile_topic(ctx, system, spec, &properties).await,
-        Err(e) => (
+    match kafka {
+        KafkaReach::Reached { admin, cluster_id } => {
+            reconcile_topic(ctx, system, admin, cluster_id).await
+        }
+        KafkaReach::NotReached {
+            admin,
+            reason,
+            message,
+        } => (
             TopicOutcome {
-                name: spec.topic.name.clone(),
-                error_reason: matches!(e, Error::Secret { .. })
-                    .then_some("KafkaSettingsSecretMissing"),
-                error: Some(e.to_string()),
+                name: system.spec.topic.name.clone(),
+                error_reason: reason,
+                error: Some(message),
                 ..TopicOutcome::default()
             },
-            None,
+            admin,
         ),
     }
 }
 
-/// What the reconcile observed: pods ready, consumer lag, the backlog.
+/// What the reconcile observed: pods ready, consumer lag (read by each group's Kafka
+/// group id, shown under its declared name), the backlog.
 async fn observe(
     ctx: &Context,
-    spec: &OutboxSystemSpec,
+    system: &OutboxSystem,
     topic: &TopicOutcome,
     admin: Option<&KafkaAdmin>,
     database: &std::result::Result<DatabaseSession, BacklogUnavailable>,
     producer: &Deployment,
     consumers: &[Deployment],
 ) -> Observation {
-    let group_names: Vec<String> = spec
+    let spec = &system.spec;
+    let kafka_group_ids: Vec<String> = spec
         .consumers
         .groups
         .iter()
-        .map(|g| g.name.clone())
+        .map(|g| system.kafka_group_id(&g.name))
         .collect();
     let lags = match (admin, topic.observed.as_ref()) {
         (Some(admin), Some(found)) => {
             admin
-                .consumer_lag(&spec.topic.name, found.partitions, &group_names)
+                .consumer_lag(&spec.topic.name, found.partitions, &kafka_group_ids)
                 .await
         }
         _ => BTreeMap::new(),
@@ -350,11 +413,13 @@ async fn observe(
             .groups
             .iter()
             .zip(consumers)
-            .map(|(g, d)| GroupObservation {
+            .zip(kafka_group_ids)
+            .map(|((g, d), kafka_group_id)| GroupObservation {
                 name: g.name.clone(),
                 ready: ready(d),
                 desired: g.replicas,
-                lag: lags.get(&g.name).copied().flatten(),
+                lag: lags.get(&kafka_group_id).copied().flatten(),
+                kafka_group_id,
             })
             .collect(),
         backlog: match database {
@@ -452,21 +517,31 @@ fn next_status(
 }
 
 /// `status.topic` (pure): the computed fields, and what the operator remembers.
-/// `createdByOperator` is recorded at the first look only; a system from before this
-/// field keeps None (and its topic is deleted with deletionPolicy Delete, as before).
-/// `lastPartitionRaise` is this reconcile's raise (at `now`), else the last one.
+/// `createdByOperator` and `ownershipClusterId` change only with an ownership record
+/// this look established (`topic.ownership`, decided by
+/// [`topic_ownership::authority`]); `clusterId` is the cluster of the last look that
+/// reached one. `lastPartitionRaise` is this reconcile's raise (at `now`), else the
+/// last one.
 fn topic_record(
     current: Option<&TopicStatus>,
     topic: &TopicOutcome,
     computed: TopicStatus,
     now: Timestamp,
 ) -> TopicStatus {
+    let (created_by_operator, ownership_cluster_id) = match &topic.ownership {
+        Some(record) => (record.created_by_operator, Some(record.cluster_id.clone())),
+        None => (
+            current.and_then(|t| t.created_by_operator),
+            current.and_then(|t| t.ownership_cluster_id.clone()),
+        ),
+    };
     TopicStatus {
-        created_by_operator: match current {
-            Some(t) if t.created_by_operator.is_some() => t.created_by_operator,
-            Some(t) if t.partitions.is_some() => None,
-            _ => topic.created,
-        },
+        created_by_operator,
+        ownership_cluster_id,
+        cluster_id: topic
+            .cluster_id
+            .clone()
+            .or_else(|| current.and_then(|t| t.cluster_id.clone())),
         last_partition_raise: topic
             .raised
             .map(|(from, to)| PartitionRaise {
@@ -656,28 +731,22 @@ async fn kafka_client_properties(
     Ok(kafka::client_properties(&secret.data.unwrap_or_default()))
 }
 
-/// Creates or adjusts the topic as its steps: connect → describe → plan (pure,
-/// `plan_topic`) → change it ([`change_topic`]: a creation recorded before it happens)
-/// → announce the change (built pure by [`topic_change`]) → read it back. Never fails
-/// the reconcile on a Kafka problem, which goes into the outcome instead.
+/// Creates or adjusts the topic as its steps: describe → may the operator change it
+/// on this cluster ([`topic_ownership::authority`], pure) → plan (pure, `plan_topic`)
+/// → change it ([`change_topic`]: a creation recorded before it happens) → announce
+/// the change (built pure by [`topic_change`]) → read it back. Never fails the
+/// reconcile on a Kafka problem, which goes into the outcome instead.
 async fn reconcile_topic(
     ctx: &Context,
     system: &OutboxSystem,
-    spec: &OutboxSystemSpec,
-    properties: &BTreeMap<String, String>,
+    admin: KafkaAdmin,
+    cluster_id: String,
 ) -> (TopicOutcome, Option<KafkaAdmin>) {
+    let spec = &system.spec;
     let mut outcome = TopicOutcome {
         name: spec.topic.name.clone(),
+        cluster_id: Some(cluster_id.clone()),
         ..TopicOutcome::default()
-    };
-    let namespace = system.namespace().unwrap_or_default();
-    let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, &namespace);
-    let admin = match KafkaAdmin::new(client_config(&bootstrap, properties)) {
-        Ok(admin) => admin,
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            return (outcome, None);
-        }
     };
     let observed = match admin.describe_topic(&spec.topic).await {
         Ok(observed) => observed,
@@ -686,15 +755,31 @@ async fn reconcile_topic(
             return (outcome, Some(admin));
         }
     };
+    outcome.observed = observed.clone();
+    let record = match topic_ownership::authority(system, &cluster_id, observed.is_some()) {
+        TopicAuthority::Reconcile { record } => record,
+        TopicAuthority::LeaveAlone { message } => {
+            warn!(topic = %spec.topic.name, cluster = %cluster_id, "{message}");
+            outcome.left_alone = Some(message);
+            return (outcome, Some(admin));
+        }
+    };
     let plan = plan_topic(&spec.topic, observed.as_ref());
     outcome.conflicts = plan.conflicts.clone();
-    outcome.observed = observed.clone();
-    // First look: no topic yet means the operator creates it for this system.
-    outcome.created = Some(observed.is_none());
+    outcome.ownership = if plan.create {
+        Some(Ownership {
+            created_by_operator: Some(true),
+            cluster_id: cluster_id.clone(),
+        })
+    } else {
+        record
+    };
     let Some(change) = topic_change(spec, observed.as_ref(), &plan) else {
         return (outcome, Some(admin));
     };
-    if let Err(error) = change_topic(ctx, system, spec, &admin, observed.as_ref(), &plan).await {
+    if let Err(error) =
+        change_topic(ctx, system, &cluster_id, &admin, observed.as_ref(), &plan).await
+    {
         outcome.error = Some(error);
         return (outcome, Some(admin));
     }
@@ -709,13 +794,14 @@ async fn reconcile_topic(
 async fn change_topic(
     ctx: &Context,
     system: &OutboxSystem,
-    spec: &OutboxSystemSpec,
+    cluster_id: &str,
     admin: &KafkaAdmin,
     observed: Option<&ObservedTopic>,
     plan: &TopicPlan,
 ) -> std::result::Result<(), String> {
+    let spec = &system.spec;
     if plan.create {
-        record_topic_created(ctx, system, &spec.topic.name)
+        record_topic_created(ctx, system, &spec.topic.name, cluster_id)
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -1024,12 +1110,13 @@ fn refusal_conditions(refusal: &Refusal) -> Vec<conditions::Desired> {
 }
 
 /// The OutboxSystem (`namespace/name`) created before this one that uses the same topic
-/// on the same Kafka, if any. Looks across all namespaces when the operator may, else
-/// in this one.
+/// on the same Kafka cluster (`cluster_id`: this system's, when it could be read), if
+/// any. Looks across all namespaces when the operator may, else in this one.
 async fn topic_taken_by(
     ctx: &Context,
     system: &OutboxSystem,
     namespace: &str,
+    cluster_id: Option<&str>,
 ) -> Result<Option<String>> {
     let all: Api<OutboxSystem> = Api::all(ctx.client.clone());
     let others = match all.list(&ListParams::default()).await {
@@ -1043,21 +1130,39 @@ async fn topic_taken_by(
         }
         Err(e) => return Err(Error::kube("listing OutboxSystems".to_string())(e)),
     };
-    Ok(first_on_topic(system, &others))
+    Ok(first_on_topic(system, cluster_id, &others))
 }
 
 /// Among `others`, the system (`namespace/name`) that holds `system`'s topic (pure):
-/// the one created first of those on the same topic of the same Kafka (bootstrap
-/// servers qualified by each one's namespace), when it was created before `system`
-/// (ties broken by namespace and name); systems being deleted do not count.
-fn first_on_topic(system: &OutboxSystem, others: &[OutboxSystem]) -> Option<String> {
-    let kafka_of = |s: &OutboxSystem| {
+/// the one created first of those on the same topic of the same Kafka, when it was
+/// created before `system` (ties broken by namespace and name); systems being deleted
+/// do not count. The same Kafka is the same cluster id (`cluster_id`, this system's
+/// now, against the other's `status.topic.clusterId`, its last look), however the
+/// bootstrap servers are written; where either id is unknown, the same bootstrap
+/// servers (qualified by each one's namespace).
+fn first_on_topic(
+    system: &OutboxSystem,
+    cluster_id: Option<&str>,
+    others: &[OutboxSystem],
+) -> Option<String> {
+    let bootstrap_of = |s: &OutboxSystem| {
         qualify_bootstrap_servers(
             &s.spec.kafka.bootstrap_servers,
             &s.namespace().unwrap_or_default(),
         )
     };
-    let ours = kafka_of(system);
+    let ours = bootstrap_of(system);
+    let same_kafka = |other: &OutboxSystem| {
+        let theirs = other
+            .status
+            .as_ref()
+            .and_then(|s| s.topic.as_ref())
+            .and_then(|t| t.cluster_id.as_deref());
+        match (cluster_id, theirs) {
+            (Some(ours), Some(theirs)) => ours == theirs,
+            _ => bootstrap_of(other) == ours,
+        }
+    };
     let key = |s: &OutboxSystem| {
         (
             s.metadata.creation_timestamp.clone().map(|t| t.0),
@@ -1068,30 +1173,28 @@ fn first_on_topic(system: &OutboxSystem, others: &[OutboxSystem]) -> Option<Stri
     others
         .iter()
         .filter(|o| o.uid() != system.uid() && o.metadata.deletion_timestamp.is_none())
-        .filter(|o| o.spec.topic.name == system.spec.topic.name && kafka_of(o) == ours)
+        .filter(|o| o.spec.topic.name == system.spec.topic.name && same_kafka(o))
         .filter(|o| key(o) < key(system))
         .min_by_key(|o| key(o))
         .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
 }
 
-/// Whether the operator created this system's topic: recorded at its first look; a
-/// system from before that record counts as owner once it had seen its topic, and one
-/// that never got as far as its topic (refused, say) owns nothing.
-fn topic_is_ours(system: &OutboxSystem) -> bool {
-    let topic = system.status.as_ref().and_then(|s| s.topic.as_ref());
-    match topic {
-        Some(t) => t.created_by_operator.unwrap_or(t.partitions.is_some()),
-        None => false,
-    }
-}
-
-/// Marks `status.topic.createdByOperator` before the operator creates the topic.
-async fn record_topic_created(ctx: &Context, system: &OutboxSystem, topic: &str) -> Result<()> {
+/// Marks `status.topic.createdByOperator` on `cluster_id` before the operator creates
+/// the topic there.
+async fn record_topic_created(
+    ctx: &Context,
+    system: &OutboxSystem,
+    topic: &str,
+    cluster_id: &str,
+) -> Result<()> {
     let name = system.name_any();
     let api: Api<OutboxSystem> =
         Api::namespaced(ctx.client.clone(), &system.namespace().unwrap_or_default());
-    let patch =
-        serde_json::json!({"status": {"topic": {"name": topic, "createdByOperator": true}}});
+    let patch = serde_json::json!({"status": {"topic": {
+        "name": topic,
+        "createdByOperator": true,
+        "ownershipClusterId": cluster_id,
+    }}});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(Error::kube(format!(
@@ -1104,12 +1207,31 @@ async fn record_topic_created(ctx: &Context, system: &OutboxSystem, topic: &str)
 /// leaving its topic in Kafka (for a Kafka that is gone for good).
 pub const SKIP_TOPIC_DELETION_ANNOTATION: &str = "outbox.dev/skip-topic-deletion";
 
-/// Deletes the system's topic through the Kafka client settings its spec names.
-async fn delete_topic(ctx: &Context, namespace: &str, spec: &OutboxSystemSpec) -> Result<()> {
-    let properties = kafka_client_properties(ctx, namespace, spec).await?;
-    let bootstrap = qualify_bootstrap_servers(&spec.kafka.bootstrap_servers, namespace);
-    let admin = KafkaAdmin::new(client_config(&bootstrap, &properties))?;
-    admin.delete_topic(&spec.topic.name).await
+/// What came of deleting the topic on the cluster reached.
+enum Deletion {
+    Deleted,
+    /// Kept: the cluster reached is not the one the operator created it on.
+    Kept(String),
+}
+
+/// Deletes the system's topic through the Kafka client settings its spec names, when
+/// the cluster reached is the one the operator created it on
+/// ([`topic_ownership::may_delete`], pure).
+async fn delete_topic(ctx: &Context, namespace: &str, system: &OutboxSystem) -> Result<Deletion> {
+    let (admin, cluster_id) = match connect_kafka(ctx, namespace, &system.spec).await {
+        KafkaReach::Reached { admin, cluster_id } => (admin, cluster_id),
+        KafkaReach::NotReached { message, .. } => {
+            return Err(Error::TopicNotReconciled {
+                topic: system.spec.topic.name.clone(),
+                message,
+            })
+        }
+    };
+    if let Err(kept) = topic_ownership::may_delete(system, &cluster_id) {
+        return Ok(Deletion::Kept(kept));
+    }
+    admin.delete_topic(&system.spec.topic.name).await?;
+    Ok(Deletion::Deleted)
 }
 
 /// Lets a deleted system go, as its steps: forget when its status was written → keep
@@ -1125,14 +1247,13 @@ async fn cleanup(system: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action>
             info!(topic = %topic, "keeping the topic (deletionPolicy Retain)");
             format!("kept topic {topic} (deletionPolicy Retain)")
         }
-        DeletionPolicy::Delete if !topic_is_ours(&system) => {
-            let note = format!(
-                "kept topic {topic}: it existed before this OutboxSystem (deletionPolicy Delete deletes only a topic the operator created for it)"
-            );
-            info!(topic = %topic, "{note}");
-            note
-        }
-        DeletionPolicy::Delete => return delete_our_topic(&ctx, &system).await,
+        DeletionPolicy::Delete => match topic_ownership::kept_on_any_cluster(&system) {
+            Some(note) => {
+                info!(topic = %topic, "{note}");
+                note
+            }
+            None => return delete_our_topic(&ctx, &system).await,
+        },
     };
     publish_event(
         &ctx,
@@ -1158,15 +1279,23 @@ async fn delete_our_topic(ctx: &Context, system: &OutboxSystem) -> Result<Action
     let deleted = if skip {
         Err(format!("annotation {SKIP_TOPIC_DELETION_ANNOTATION}=true"))
     } else {
-        delete_topic(ctx, &namespace, &system.spec)
+        delete_topic(ctx, &namespace, system)
             .await
             .map_err(|e| e.to_string())
     };
-    let Err(why) = deleted else {
-        info!(topic = %topic, "deleted the topic (deletionPolicy Delete)");
-        let note = format!("deleted topic {topic} (deletionPolicy Delete)");
-        publish_event(ctx, system, EventType::Normal, "TopicDeleted", note).await;
-        return Ok(Action::await_change());
+    let why = match deleted {
+        Ok(Deletion::Deleted) => {
+            info!(topic = %topic, "deleted the topic (deletionPolicy Delete)");
+            let note = format!("deleted topic {topic} (deletionPolicy Delete)");
+            publish_event(ctx, system, EventType::Normal, "TopicDeleted", note).await;
+            return Ok(Action::await_change());
+        }
+        Ok(Deletion::Kept(note)) => {
+            warn!(topic = %topic, "{note}");
+            publish_event(ctx, system, EventType::Normal, "TopicRetained", note).await;
+            return Ok(Action::await_change());
+        }
+        Err(why) => why,
     };
     let waited = seconds_since(
         system.metadata.deletion_timestamp.as_ref(),
@@ -1277,11 +1406,11 @@ mod tests {
             system("team-a", "later", 400),
         ];
         assert_eq!(
-            first_on_topic(&me, &others).as_deref(),
+            first_on_topic(&me, None, &others).as_deref(),
             Some("team-a/earliest")
         );
         // The first one is not refused: nobody came before it.
-        assert_eq!(first_on_topic(&others[2], &others), None);
+        assert_eq!(first_on_topic(&others[2], None, &others), None);
     }
 
     #[test]
@@ -1294,7 +1423,7 @@ mod tests {
         let mut leaving = system("team-a", "leaving", 100);
         leaving.metadata.deletion_timestamp = leaving.metadata.creation_timestamp.clone();
         let others = [me.clone(), other_topic, other_kafka, leaving];
-        assert_eq!(first_on_topic(&me, &others), None);
+        assert_eq!(first_on_topic(&me, None, &others), None);
 
         // One Kafka named in full from two namespaces is the same Kafka.
         let mut me = me;
@@ -1302,7 +1431,7 @@ mod tests {
         let mut elsewhere = system("team-b", "elsewhere", 100);
         elsewhere.spec.kafka.bootstrap_servers = "kafka.shared.svc:9092".into();
         assert_eq!(
-            first_on_topic(&me, &[elsewhere]).as_deref(),
+            first_on_topic(&me, None, &[elsewhere]).as_deref(),
             Some("team-b/elsewhere")
         );
     }
@@ -1312,8 +1441,45 @@ mod tests {
         let b = system("team-a", "b", 100);
         let a = system("team-a", "a", 100);
         let both = [a.clone(), b.clone()];
-        assert_eq!(first_on_topic(&b, &both).as_deref(), Some("team-a/a"));
-        assert_eq!(first_on_topic(&a, &both), None);
+        assert_eq!(first_on_topic(&b, None, &both).as_deref(), Some("team-a/a"));
+        assert_eq!(first_on_topic(&a, None, &both), None);
+    }
+
+    /// `system` as last seen by the operator on the Kafka cluster `cluster_id`.
+    fn seen_on(mut system: OutboxSystem, cluster_id: &str) -> OutboxSystem {
+        system.status = Some(OutboxSystemStatus {
+            topic: Some(TopicStatus {
+                name: system.spec.topic.name.clone(),
+                cluster_id: Some(cluster_id.into()),
+                ..TopicStatus::default()
+            }),
+            ..OutboxSystemStatus::default()
+        });
+        system
+    }
+
+    #[test]
+    fn the_topic_in_use_check_compares_kafka_cluster_ids_not_bootstrap_strings() {
+        let me = system("team-a", "me", 300);
+        // One cluster written two ways: the same Kafka.
+        let mut by_address = system("team-b", "by-address", 100);
+        by_address.spec.kafka.bootstrap_servers = "10.0.0.7:9092".into();
+        let by_address = seen_on(by_address, "cluster-a");
+        assert_eq!(
+            first_on_topic(&me, Some("cluster-a"), std::slice::from_ref(&by_address)).as_deref(),
+            Some("team-b/by-address")
+        );
+        // The same string leading to two clusters (the other one last saw another):
+        // not the same Kafka.
+        let same_string = seen_on(system("team-a", "same-string", 100), "cluster-b");
+        assert_eq!(first_on_topic(&me, Some("cluster-a"), &[same_string]), None);
+        // Either id unknown: the bootstrap servers decide, as before.
+        let unseen = system("team-a", "unseen", 100);
+        assert_eq!(
+            first_on_topic(&me, Some("cluster-a"), std::slice::from_ref(&unseen)).as_deref(),
+            Some("team-a/unseen")
+        );
+        assert_eq!(first_on_topic(&me, None, &[by_address]), None);
     }
 
     #[test]
@@ -1474,30 +1640,6 @@ mod tests {
     }
 
     #[test]
-    fn only_a_topic_the_operator_created_is_its_to_delete() {
-        let mut system = system("team-a", "outbox", 100);
-        assert!(!topic_is_ours(&system), "never got as far as its topic");
-        let seen = |created_by_operator, partitions| OutboxSystemStatus {
-            topic: Some(TopicStatus {
-                name: "shared-events".into(),
-                partitions,
-                created_by_operator,
-                ..TopicStatus::default()
-            }),
-            ..OutboxSystemStatus::default()
-        };
-        system.status = Some(seen(Some(true), Some(6)));
-        assert!(topic_is_ours(&system));
-        system.status = Some(seen(Some(false), Some(6)));
-        assert!(!topic_is_ours(&system), "found in Kafka");
-        // From before the record: its own once it had seen the topic.
-        system.status = Some(seen(None, Some(6)));
-        assert!(topic_is_ours(&system));
-        system.status = Some(seen(None, None));
-        assert!(!topic_is_ours(&system));
-    }
-
-    #[test]
     fn a_failed_topic_deletion_is_retried_until_the_limit_then_the_topic_is_left_behind() {
         assert_eq!(
             after_failed_deletion("events", "broker down", false, 299, 300),
@@ -1619,7 +1761,7 @@ mod tests {
     }
 
     #[test]
-    fn the_topic_record_keeps_who_created_it_and_the_last_raise() {
+    fn the_topic_record_keeps_who_created_it_on_which_cluster_and_the_last_raise() {
         let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
         let computed = TopicStatus {
             name: "shared-events".into(),
@@ -1627,22 +1769,31 @@ mod tests {
             ..TopicStatus::default()
         };
         let created = TopicOutcome {
-            created: Some(true),
+            ownership: Some(Ownership {
+                created_by_operator: Some(true),
+                cluster_id: "cluster-a".into(),
+            }),
+            cluster_id: Some("cluster-a".into()),
             ..TopicOutcome::default()
         };
-        // First look: the outcome says who made the topic.
+        // First look: the outcome says who made the topic, on which cluster.
         let first = topic_record(None, &created, computed.clone(), at(10));
         assert_eq!(first.created_by_operator, Some(true));
+        assert_eq!(first.ownership_cluster_id.as_deref(), Some("cluster-a"));
+        assert_eq!(first.cluster_id.as_deref(), Some("cluster-a"));
         assert_eq!(first.partitions, Some(6));
         assert_eq!(first.last_partition_raise, None);
-        // Later looks keep the first record, whatever they see.
+        // Later looks without a record of their own keep the first, whatever they
+        // see; the cluster of the last look is kept when a look reached none.
         let found = TopicOutcome {
-            created: Some(false),
             raised: Some((6, 8)),
+            cluster_id: Some("cluster-b".into()),
             ..TopicOutcome::default()
         };
         let raised = topic_record(Some(&first), &found, computed.clone(), at(20));
         assert_eq!(raised.created_by_operator, Some(true));
+        assert_eq!(raised.ownership_cluster_id.as_deref(), Some("cluster-a"));
+        assert_eq!(raised.cluster_id.as_deref(), Some("cluster-b"));
         assert_eq!(
             raised.last_partition_raise,
             Some(PartitionRaise {
@@ -1658,15 +1809,22 @@ mod tests {
             at(30),
         );
         assert_eq!(later.last_partition_raise, raised.last_partition_raise);
-        // A system from before the record, which had seen its topic, keeps None.
+        assert_eq!(later.cluster_id.as_deref(), Some("cluster-b"));
+        // A record from before createdByOperator, adopted: still None, now of a cluster.
         let legacy = TopicStatus {
             created_by_operator: None,
             ..computed.clone()
         };
-        assert_eq!(
-            topic_record(Some(&legacy), &created, computed, at(40)).created_by_operator,
-            None
-        );
+        let adopted = TopicOutcome {
+            ownership: Some(Ownership {
+                created_by_operator: None,
+                cluster_id: "cluster-a".into(),
+            }),
+            ..TopicOutcome::default()
+        };
+        let record = topic_record(Some(&legacy), &adopted, computed, at(40));
+        assert_eq!(record.created_by_operator, None);
+        assert_eq!(record.ownership_cluster_id.as_deref(), Some("cluster-a"));
     }
 
     #[test]

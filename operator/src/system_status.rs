@@ -4,6 +4,7 @@ use crate::backlog::BacklogUnavailable;
 use crate::conditions::Desired;
 use crate::crd::{BacklogStatus, GroupStatus, ReplicaStatus, TopicStatus};
 use crate::kafka::ObservedTopic;
+use crate::topic_ownership::TOPIC_ON_OTHER_CLUSTER;
 
 /// Condition types of an OutboxSystem.
 pub use outbox_contract::conditions::outbox_system as types;
@@ -23,16 +24,23 @@ pub struct TopicOutcome {
     pub error_reason: Option<&'static str>,
     /// `(from, to)` when this reconcile raised the partition count.
     pub raised: Option<(i32, i32)>,
-    /// Whether the operator created the topic (Some(true)) or found it (Some(false)),
-    /// as seen the first time it looked; None when it could not look.
-    pub created: Option<bool>,
+    /// The ownership record this look establishes (the first look, a record from
+    /// before cluster ids adopted, a creation on another cluster); None: the recorded
+    /// one stands, or the operator could not look.
+    pub ownership: Option<crate::topic_ownership::Ownership>,
+    /// The `cluster.id` of the Kafka reached, when it could be read.
+    pub cluster_id: Option<String>,
+    /// Why the operator leaves the topic as it is (another cluster's topic), if it does.
+    pub left_alone: Option<String>,
 }
 
 /// One consumer group as observed.
 #[derive(Debug, Clone)]
 pub struct GroupObservation {
-    /// Group name.
+    /// Group name, as declared.
     pub name: String,
+    /// Its id in Kafka (`OutboxSystem::kafka_group_id`).
+    pub kafka_group_id: String,
     /// Ready pods.
     pub ready: i32,
     /// Desired pods.
@@ -101,6 +109,8 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             replication_factor: obs.topic.observed.as_ref().map(|t| t.replication_factor),
             last_partition_raise: None,
             created_by_operator: None,
+            ownership_cluster_id: None,
+            cluster_id: None,
         },
         producers: ReplicaStatus::new(p_ready, p_desired),
         groups: obs
@@ -108,6 +118,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             .iter()
             .map(|g| GroupStatus {
                 name: g.name.clone(),
+                kafka_group_id: Some(g.kafka_group_id.clone()),
                 ready: g.ready,
                 desired: g.desired,
                 lag: g.lag,
@@ -127,6 +138,8 @@ fn topic_condition(topic: &TopicOutcome) -> Desired {
             topic.error_reason.unwrap_or("KafkaUnavailable"),
             error.clone(),
         )
+    } else if let Some(message) = &topic.left_alone {
+        Desired::no(TOPIC_READY, TOPIC_ON_OTHER_CLUSTER, message.clone())
     } else if !topic.conflicts.is_empty() {
         Desired::no(TOPIC_READY, "TopicConflict", topic.conflicts.join("; "))
     } else if let Some(found) = &topic.observed {
@@ -206,6 +219,8 @@ fn degraded_condition(topic: &TopicOutcome) -> Desired {
             topic.error_reason.unwrap_or("KafkaUnavailable"),
             error.clone(),
         )
+    } else if let Some(message) = &topic.left_alone {
+        Desired::yes(DEGRADED, TOPIC_ON_OTHER_CLUSTER, message.clone())
     } else if !topic.conflicts.is_empty() {
         Desired::yes(DEGRADED, "TopicConflict", topic.conflicts.join("; "))
     } else {
@@ -323,11 +338,12 @@ mod tests {
                 error: None,
                 error_reason: None,
                 raised: None,
-                created: None,
+                ..TopicOutcome::default()
             },
             producers: (3, 3),
             groups: vec![GroupObservation {
                 name: "group-a".into(),
+                kafka_group_id: "ns.outbox.group-a".into(),
                 ready: 3,
                 desired: 3,
                 lag: Some(0),
@@ -375,6 +391,23 @@ mod tests {
     }
 
     #[test]
+    fn a_group_is_shown_under_its_declared_name_with_its_kafka_group_id_beside() {
+        let mut obs = observation();
+        obs.groups[0].ready = 1;
+        let s = compute(&obs);
+        assert_eq!(s.groups[0].name, "group-a");
+        assert_eq!(
+            s.groups[0].kafka_group_id.as_deref(),
+            Some("ns.outbox.group-a")
+        );
+        let consumers = &condition(&s, types::CONSUMERS_READY).message;
+        assert!(
+            consumers.contains("group-a 1/3") && !consumers.contains("ns.outbox"),
+            "{consumers}"
+        );
+    }
+
+    #[test]
     fn topic_conflict_is_reported_as_degraded() {
         let mut obs = observation();
         obs.topic.conflicts = vec!["spec.topic.partitions is 4 but ...".into()];
@@ -385,10 +418,27 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_left_alone_on_another_cluster_is_not_ready_and_degraded() {
+        let mut obs = observation();
+        obs.topic.left_alone = Some("topic events on Kafka cluster b was not created ...".into());
+        let s = compute(&obs);
+        let topic = condition(&s, types::TOPIC_READY);
+        assert!(!topic.status);
+        assert_eq!(topic.reason, TOPIC_ON_OTHER_CLUSTER);
+        assert!(condition(&s, types::DEGRADED).status);
+        assert_eq!(
+            condition(&s, types::DEGRADED).reason,
+            TOPIC_ON_OTHER_CLUSTER
+        );
+        assert_eq!(condition(&s, types::READY).reason, "TopicNotReady");
+    }
+
+    #[test]
     fn gauges_alone_do_not_make_a_significant_change() {
         let mut a = crate::crd::OutboxSystemStatus {
             groups: vec![GroupStatus {
                 name: "g".into(),
+                kafka_group_id: None,
                 ready: 1,
                 desired: 1,
                 lag: Some(5),

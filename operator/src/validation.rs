@@ -15,6 +15,11 @@ pub fn validate(name: &str, spec: &OutboxSystemSpec) -> Vec<String> {
             "metadata.name {name:?} must start with a letter: it prefixes Service names"
         ));
     }
+    if name.contains('.') {
+        problems.push(format!(
+            "metadata.name {name:?} must not contain '.': it prefixes Service names and Kafka consumer group ids (<namespace>.<name>.<group>)"
+        ));
+    }
     let mut names = vec![producer_name(name), config_map_name(name)];
     names.extend(
         spec.consumers
@@ -103,6 +108,17 @@ mod tests {
         let mut s = spec(&["a"]);
         s.consumers.groups[0].dead_letter_topic = Some("t".into());
         assert!(validate("demo", &s)[0].contains("deadLetterTopic"));
+    }
+
+    #[test]
+    fn a_name_with_a_dot_is_refused_as_it_would_blur_kafka_group_ids() {
+        // `a.b` in `team` with group `c` and `a` with group `b.c` must not meet.
+        let problems = validate("orders.eu", &spec(&["group-a"]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("metadata.name \"orders.eu\" must not contain '.'"),
+            "{problems:?}"
+        );
     }
 
     #[test]

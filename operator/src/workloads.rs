@@ -103,6 +103,19 @@ pub struct Owner {
     pub namespace: String,
     /// Controller owner reference pointing at it.
     pub owner_ref: OwnerReference,
+    /// The Kafka group id of each declared consumer group, by declared name
+    /// ([`OutboxSystem::kafka_group_id`]).
+    pub kafka_group_ids: BTreeMap<String, String>,
+}
+
+impl Owner {
+    /// The Kafka group id of the declared group `group`: the system's answer, or, for a
+    /// group it was not asked about, the prefixed id of a new group.
+    pub fn kafka_group_id(&self, group: &str) -> String {
+        self.kafka_group_ids.get(group).cloned().unwrap_or_else(|| {
+            outbox_contract::crd::kafka_group_id(&self.namespace, &self.name, group)
+        })
+    }
 }
 
 /// All children of one OutboxSystem.
@@ -614,7 +627,7 @@ pub fn consumer_deployment(
 ) -> Deployment {
     let mut env = common_env(spec, spec.consumers.port);
     env.extend(
-        ConsumerSettings::of(group)
+        ConsumerSettings::of(group, owner.kafka_group_id(&group.name))
             .env()
             .into_iter()
             .map(|(name, value)| plain_env(name, value)),
@@ -676,6 +689,13 @@ pub fn owner_of(system: &OutboxSystem) -> Option<Owner> {
         name: system.metadata.name.clone()?,
         namespace: system.metadata.namespace.clone()?,
         owner_ref: system.controller_owner_ref(&())?,
+        kafka_group_ids: system
+            .spec
+            .consumers
+            .groups
+            .iter()
+            .map(|g| (g.name.clone(), system.kafka_group_id(&g.name)))
+            .collect(),
     })
 }
 
@@ -746,6 +766,7 @@ pub(crate) mod tests {
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             },
+            kafka_group_ids: BTreeMap::new(),
         }
     }
 
@@ -853,12 +874,52 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_consumer_joins_the_kafka_group_its_system_names_and_keeps_the_declared_name() {
+        let mut system = OutboxSystem::new("demo", reference_spec());
+        system.metadata.namespace = Some("ns".into());
+        system.metadata.uid = Some("uid-1".into());
+        // group-a is from before prefixed ids (listed in status without one).
+        system.status = Some(crate::crd::OutboxSystemStatus {
+            groups: vec![crate::crd::GroupStatus {
+                name: "group-a".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let owner = owner_of(&system).expect("named, namespaced, with a uid");
+        let children = build(&owner, &system.spec, &WorkerImage::default());
+        let ids: Vec<_> = children
+            .consumers
+            .iter()
+            .map(|d| {
+                (
+                    env_value(d, "KAFKA_CONSUMER_GROUP").unwrap_or_default(),
+                    env_value(d, "KAFKA_CONSUMER_GROUP_ID").unwrap_or_default(),
+                )
+            })
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            ids,
+            [
+                pair("group-a", "group-a"),
+                pair("group-b", "ns.demo.group-b"),
+                pair("group-c", "ns.demo.group-c"),
+            ]
+        );
+    }
+
+    #[test]
     fn consumer_env_carries_group_and_retry_policy() {
         let children = build(&owner(), &reference_spec(), &WorkerImage::default());
         let b = &children.consumers[1];
         assert_eq!(
             env_value(b, "KAFKA_CONSUMER_GROUP").as_deref(),
             Some("group-b")
+        );
+        assert_eq!(
+            env_value(b, "KAFKA_CONSUMER_GROUP_ID").as_deref(),
+            Some("ns.demo.group-b")
         );
         assert_eq!(env_value(b, "RETRY_MAX_RETRIES").as_deref(), Some("-1"));
         assert_eq!(env_value(b, "HTTP_PORT").as_deref(), Some("8080"));

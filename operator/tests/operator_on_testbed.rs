@@ -56,6 +56,10 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
             env.get("KAFKA_CONSUMER_GROUP").map(String::as_str),
             Some(group)
         );
+        assert_eq!(
+            env.get("KAFKA_CONSUMER_GROUP_ID"),
+            Some(&format!("{ns}.outbox.{group}"))
+        );
         assert_eq!(env.get("RETRY_MAX_RETRIES").map(String::as_str), Some("-1"));
         let owner = d.metadata.owner_references.clone().unwrap_or_default();
         assert_eq!(owner.first().map(|o| o.kind.as_str()), Some("OutboxSystem"));
@@ -895,14 +899,11 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
     let (client, ns) = setup("obs-lag").await;
     let _operator = start_operator(&client, &ns);
     let topic = unique_name("lag-events");
-    // Kafka's consumer groups are cluster-wide: names of this test's own, so that no
-    // other test's consumers (pods on the node) are members of them.
-    let mut system = reference_system(&topic);
-    let suffix = unique_name("lag");
-    for g in &mut system.spec.consumers.groups {
-        g.name = format!("{}-{suffix}", g.name);
-    }
+    // Kafka's consumer groups are cluster-wide; the operator prefixes each with the
+    // namespace and the system's name, and this test's namespace is its own.
+    let system = reference_system(&topic);
     let group_a = system.spec.consumers.groups[0].name.clone();
+    let kafka_group_a = outbox_operator::crd::kafka_group_id(&ns, "outbox", &group_a);
     let systems = create_system(&client, &ns, &system).await;
     eventually("topic created", WAIT, || {
         let topic = topic.clone();
@@ -913,7 +914,7 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
     // Ten messages into partition 0; group-a has committed offset 4 there, the others nothing.
     let config = testbed().kafka_config();
     let t = topic.clone();
-    let group = group_a.clone();
+    let group = kafka_group_a.clone();
     tokio::task::spawn_blocking(move || {
         let producer: ThreadedProducer<DefaultProducerContext> =
             config.create().unwrap_or_else(|e| panic!("{e}"));
@@ -944,14 +945,18 @@ async fn consumer_lag_in_status_follows_the_groups_committed_offsets() {
         let api = systems.clone();
         async move {
             let groups = api.get("outbox").await.ok()?.status?.groups;
-            let lags: Vec<(String, Option<i64>)> =
-                groups.into_iter().map(|g| (g.name, g.lag)).collect();
-            (lags.iter().map(|(_, l)| *l).collect::<Vec<_>>() == [Some(6), Some(10), Some(10)])
+            let lags: Vec<(String, Option<String>, Option<i64>)> = groups
+                .into_iter()
+                .map(|g| (g.name, g.kafka_group_id, g.lag))
+                .collect();
+            (lags.iter().map(|(_, _, l)| *l).collect::<Vec<_>>() == [Some(6), Some(10), Some(10)])
                 .then_some(lags)
         }
     })
     .await;
+    // Shown under its declared name, read by its Kafka group id.
     assert_eq!(lags[0].0, group_a);
+    assert_eq!(lags[0].1.as_deref(), Some(kafka_group_a.as_str()));
     delete_namespace(&client, &ns).await;
 }
 
@@ -2201,5 +2206,114 @@ async fn each_producer_set_and_group_gets_an_owned_budget_that_goes_when_switche
         .ok()
         .flatten()
         .is_some());
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_topic_recorded_on_another_kafka_cluster_is_neither_changed_nor_deleted() {
+    let (client, ns) = setup("obs-cluster").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("cluster-events");
+    let mut system = reference_system(&topic);
+    system.spec.topic.deletion_policy =
+        serde_json::from_value("Delete".into()).unwrap_or_else(|e| panic!("{e}"));
+    let systems = create_system(&client, &ns, &system).await;
+    // Created, and recorded on the testbed's cluster.
+    let cluster = eventually("the topic recorded with its cluster id", WAIT, || {
+        let api = systems.clone();
+        async move {
+            let topic = api.get("outbox").await.ok()?.status?.topic?;
+            (topic.created_by_operator == Some(true) && topic.partitions == Some(6))
+                .then_some(())?;
+            let owner = topic.ownership_cluster_id?;
+            (topic.cluster_id.as_deref() == Some(owner.as_str())).then_some(owner)
+        }
+    })
+    .await;
+    // The testbed has one Kafka: a record of another cluster stands for a system that
+    // was created on one cluster and now reaches another, where the topic exists.
+    let elsewhere =
+        serde_json::json!({"status": {"topic": {"ownershipClusterId": "another-cluster"}}});
+    let left_alone = eventually("TopicReady False with TopicOnOtherCluster", WAIT, || {
+        let api = systems.clone();
+        let patch = elsewhere.clone();
+        async move {
+            let s = api.get("outbox").await.ok()?;
+            let recorded = s
+                .status
+                .as_ref()?
+                .topic
+                .as_ref()?
+                .ownership_cluster_id
+                .clone();
+            if recorded.as_deref() != Some("another-cluster") {
+                // Written again until no status write of the operator's overtakes it.
+                api.patch_status("outbox", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .ok()?;
+                return None;
+            }
+            let (status, reason, message) = condition(&s, "TopicReady")?;
+            (status == "False" && reason == "TopicOnOtherCluster").then_some(message)
+        }
+    })
+    .await;
+    assert!(
+        left_alone.contains(&format!("on Kafka cluster {cluster}"))
+            && left_alone.contains("record is of cluster another-cluster"),
+        "{left_alone}"
+    );
+    // A raise of the partitions is not carried out on that topic.
+    systems
+        .patch(
+            "outbox",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"topic": {"partitions": 8}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_reason(&systems, "outbox", "Degraded", "TopicOnOtherCluster").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        kafka_partitions(&topic).await,
+        Some(6),
+        "the topic was changed"
+    );
+    // Deleting the system keeps the topic, deletionPolicy Delete notwithstanding.
+    systems
+        .delete("outbox", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_gone(&systems, "outbox").await;
+    assert_eq!(
+        kafka_partitions(&topic).await,
+        Some(6),
+        "the topic was deleted"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_second_system_naming_the_same_kafka_cluster_differently_is_refused_its_topic() {
+    let (client, ns) = setup("obs-samecluster").await;
+    let _operator = start_operator(&client, &ns);
+    let topic = unique_name("named-twice");
+    let systems = create_system(&client, &ns, &reference_system(&topic)).await;
+    eventually("the first system's cluster id in status", WAIT, || {
+        let api = systems.clone();
+        async move { api.get("outbox").await.ok()?.status?.topic?.cluster_id }
+    })
+    .await;
+    // The same broker listed twice: another bootstrap string, the same cluster.
+    let bootstrap = &testbed().kafka_bootstrap_servers;
+    let mut second = reference_system(&topic);
+    second.metadata.name = Some("second".into());
+    second.spec.kafka.bootstrap_servers = format!("{bootstrap},{bootstrap}");
+    create_system(&client, &ns, &second).await;
+    let refused = wait_for_reason(&systems, "second", "Degraded", "TopicInUse").await;
+    let (_, _, message) = condition(&refused, "Degraded").unwrap_or_default();
+    assert!(message.contains(&format!("{ns}/outbox")), "{message}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert_no_workloads(&deployments, "second").await;
     delete_namespace(&client, &ns).await;
 }

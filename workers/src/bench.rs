@@ -669,6 +669,7 @@ fn consumer_args(common: CommonArgs, group: &str) -> Result<ConsumerArgs> {
             ..common
         },
         group: group.to_string(),
+        kafka_group_id: None,
         retry_max_retries: -1,
         retry_backoff_ms: 200,
         retry_max_backoff_ms: 10_000,

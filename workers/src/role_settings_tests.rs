@@ -57,6 +57,7 @@ fn producer_settings(args: &ProducerArgs) -> ProducerSettings {
 fn consumer_settings(args: &ConsumerArgs) -> ConsumerSettings {
     ConsumerSettings {
         group: args.group.clone(),
+        kafka_group_id: args.kafka_group_id().to_string(),
         retry_max_retries: i32::try_from(args.retry_max_retries).unwrap_or(i32::MAX),
         retry_backoff_ms: i64::try_from(args.retry_backoff_ms).unwrap_or(i64::MAX),
         retry_max_backoff_ms: i64::try_from(args.retry_max_backoff_ms).unwrap_or(i64::MAX),
@@ -99,7 +100,7 @@ fn every_setting_the_operator_renders_comes_back_from_the_role_it_is_for() {
     assert_eq!(args.common.http_port, 8081);
     assert_eq!(args.common.service_id, "pod-1");
 
-    let consumer = ConsumerSettings::of(&spec.consumers.groups[0]);
+    let consumer = ConsumerSettings::of(&spec.consumers.groups[0], "team-a.orders.g-2".into());
     let mut env = common();
     env.extend(consumer.env());
     let args: ConsumerArgs = read_back(&env);
@@ -119,6 +120,7 @@ fn a_worker_started_without_its_settings_has_the_defaults_an_outbox_system_gets(
     let consumer: ConsumerArgs = read_back(&env);
     assert_eq!(
         consumer_settings(&consumer),
-        ConsumerSettings::of(&defaults.consumers.groups[0])
+        // Without KAFKA_CONSUMER_GROUP_ID, the Kafka group is the declared name.
+        ConsumerSettings::of(&defaults.consumers.groups[0], "g".into())
     );
 }

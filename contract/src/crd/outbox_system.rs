@@ -408,7 +408,9 @@ impl Default for ConsumersSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerGroupSpec {
-    /// Consumer group id (a DNS label: lower case, digits, '-').
+    /// Consumer group name (a DNS label: lower case, digits, '-'), shown in status,
+    /// the ledger and reports; its id in Kafka is `<namespace>.<system>.<name>`
+    /// (`status.groups[].kafkaGroupId`).
     #[schemars(
         length(min = 1, max = 40),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -433,6 +435,44 @@ pub struct ConsumerGroupSpec {
     /// whole when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
+}
+
+/// The Kafka consumer group id of the group declared as `group` in the OutboxSystem
+/// `namespace/system`: `<namespace>.<system>.<group>`. Kafka's group ids are
+/// cluster-wide, so two systems on one cluster that both declare `group-a` must not
+/// both join `group-a` (their rebalances would couple and each would read the other's
+/// offsets). Namespace first, so that a Kafka ACL on the prefix `<namespace>.` grants a
+/// namespace's credentials exactly its groups; dots as separators, which none of the
+/// three names may hold (DNS labels), so that no two systems' ids can meet.
+/// Everything that reads or writes a group's offsets takes its id from
+/// [`OutboxSystem::kafka_group_id`], which calls this.
+pub fn kafka_group_id(namespace: &str, system: &str, group: &str) -> String {
+    format!("{namespace}.{system}.{group}")
+}
+
+impl OutboxSystem {
+    /// The Kafka consumer group id of its declared group `group`: the one recorded in
+    /// `status.groups[].kafkaGroupId`; for a group the status lists without one (a
+    /// system from before group ids were prefixed) the bare group name it has always
+    /// had, so that it keeps its committed offsets; for a group not in the status yet,
+    /// [`kafka_group_id`].
+    pub fn kafka_group_id(&self, group: &str) -> String {
+        let recorded = self
+            .status
+            .as_ref()
+            .and_then(|s| s.groups.iter().find(|g| g.name == group));
+        match recorded {
+            Some(g) => g
+                .kafka_group_id
+                .clone()
+                .unwrap_or_else(|| group.to_string()),
+            None => kafka_group_id(
+                self.metadata.namespace.as_deref().unwrap_or_default(),
+                self.metadata.name.as_deref().unwrap_or_default(),
+                group,
+            ),
+        }
+    }
 }
 
 /// Retry policy of a consumer group.
@@ -522,9 +562,21 @@ pub struct TopicStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_partition_raise: Option<PartitionRaise>,
     /// True when the operator created the topic for this system, false when the topic
-    /// was there before: `deletionPolicy: Delete` deletes only a topic it created.
+    /// was there before, on the Kafka cluster `ownershipClusterId`:
+    /// `deletionPolicy: Delete` deletes only a topic it created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by_operator: Option<bool>,
+    /// The Kafka cluster (its `cluster.id`) `createdByOperator` speaks of, recorded with
+    /// it. The operator changes and deletes the topic only while the Kafka it reaches
+    /// is this cluster: pointed at another one, it creates the topic there when it is
+    /// missing (and records that cluster), and leaves a topic it finds there as it is
+    /// (`TopicReady` False, reason `TopicOnOtherCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership_cluster_id: Option<String>,
+    /// The `cluster.id` of the Kafka the operator reached at its last look; two
+    /// systems on one cluster may not share a topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 /// A raise of the topic's partition count.
@@ -566,8 +618,13 @@ impl ReplicaStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupStatus {
-    /// Consumer group name.
+    /// Consumer group name, as declared in `spec.consumers.groups[].name`.
     pub name: String,
+    /// The group's id in Kafka: `<namespace>.<system>.<name>`, or the bare name for a
+    /// group that existed before ids were prefixed (it keeps its committed offsets).
+    /// Recorded here, the id stays what it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_group_id: Option<String>,
     /// Pods ready.
     pub ready: i32,
     /// Pods wanted.
@@ -599,4 +656,68 @@ pub struct BacklogStatus {
     /// the oldest running transaction, so this one may be what holds delivery back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_transaction: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system(namespace: &str, name: &str, groups: &[&str]) -> OutboxSystem {
+        let spec: OutboxSystemSpec = serde_json::from_value(serde_json::json!({
+            "kafka": {"bootstrapServers": "kafka:9092"},
+            "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+            "topic": {"name": "events", "partitions": 3},
+            "consumers": {"groups": groups.iter()
+                .map(|g| serde_json::json!({"name": g, "replicas": 1}))
+                .collect::<Vec<_>>()}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut system = OutboxSystem::new(name, spec);
+        system.metadata.namespace = Some(namespace.into());
+        system
+    }
+
+    #[test]
+    fn two_systems_declaring_the_same_group_get_different_kafka_group_ids() {
+        let a = system("team-a", "orders", &["group-a"]);
+        let b = system("team-b", "orders", &["group-a"]);
+        let c = system("team-a", "payments", &["group-a"]);
+        let ids = [
+            a.kafka_group_id("group-a"),
+            b.kafka_group_id("group-a"),
+            c.kafka_group_id("group-a"),
+        ];
+        assert_eq!(ids[0], "team-a.orders.group-a");
+        assert_eq!(ids[1], "team-b.orders.group-a");
+        assert_eq!(ids[2], "team-a.payments.group-a");
+        // Once recorded in status, the id is what the status says.
+        let mut recorded = a.clone();
+        recorded.status = Some(OutboxSystemStatus {
+            groups: vec![GroupStatus {
+                name: "group-a".into(),
+                kafka_group_id: Some("team-a.orders.group-a".into()),
+                ..GroupStatus::default()
+            }],
+            ..OutboxSystemStatus::default()
+        });
+        assert_eq!(recorded.kafka_group_id("group-a"), "team-a.orders.group-a");
+    }
+
+    #[test]
+    fn a_group_from_before_prefixed_ids_keeps_its_bare_name_and_a_new_one_is_prefixed() {
+        let mut legacy = system("team-a", "orders", &["group-a", "group-new"]);
+        // Written by an operator that did not record Kafka group ids.
+        legacy.status = Some(OutboxSystemStatus {
+            groups: vec![GroupStatus {
+                name: "group-a".into(),
+                ..GroupStatus::default()
+            }],
+            ..OutboxSystemStatus::default()
+        });
+        assert_eq!(legacy.kafka_group_id("group-a"), "group-a");
+        assert_eq!(
+            legacy.kafka_group_id("group-new"),
+            "team-a.orders.group-new"
+        );
+    }
 }

@@ -38,13 +38,23 @@ mod batch;
 pub struct ConsumerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The consumer group this member joins.
+    /// The consumer group this member belongs to, as declared: the name in the ledger,
+    /// the metrics, the health answer and dead-letter headers.
     #[arg(
         long,
         env = names::KAFKA_CONSUMER_GROUP,
         value_name = "KAFKA_CONSUMER_GROUP"
     )]
     pub group: String,
+    /// The group's id in Kafka, which this member joins (the operator renders
+    /// `<namespace>.<system>.<group>`, or the bare name for a group from before);
+    /// unset, the declared name.
+    #[arg(
+        long,
+        env = names::KAFKA_CONSUMER_GROUP_ID,
+        value_name = "KAFKA_CONSUMER_GROUP_ID"
+    )]
+    pub kafka_group_id: Option<String>,
     /// Tries after the first failure before dead-lettering; -1 retries forever.
     #[arg(long, env = names::RETRY_MAX_RETRIES, default_value_t = i64::from(defaults::RETRY_MAX_RETRIES), allow_negative_numbers = true)]
     pub retry_max_retries: i64,
@@ -68,6 +78,17 @@ pub struct ConsumerArgs {
     /// (messages that queued while the last one was recorded go at once).
     #[arg(long, env = "CONSUMER_TRANSACTION_LINGER_MS", default_value_t = 20)]
     pub transaction_linger_ms: u64,
+}
+
+impl ConsumerArgs {
+    /// The group id this member joins in Kafka: `--kafka-group-id`, else the declared
+    /// name (a worker started by hand).
+    pub fn kafka_group_id(&self) -> &str {
+        self.kafka_group_id
+            .as_deref()
+            .filter(|id| !id.trim().is_empty())
+            .unwrap_or(&self.group)
+    }
 }
 
 /// Messages per ledger transaction unless `CONSUMER_ACKS_PER_TRANSACTION` says.
@@ -101,8 +122,7 @@ pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
             "RETRY_MAX_RETRIES must be -1 (forever) or at least 0".into(),
         ));
     }
-    let span =
-        tracing::info_span!("consumer", service_id = %args.common.service_id, group = %args.group);
+    let span = tracing::info_span!("consumer", service_id = %args.common.service_id, group = %args.group, kafka_group_id = %args.kafka_group_id());
     run_member(args, shutdown).instrument(span).await
 }
 
@@ -179,7 +199,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
 fn create_consumer(args: &ConsumerArgs, base: &rdkafka::ClientConfig) -> Result<StreamConsumer> {
     let mut config = base.clone();
     config
-        .set("group.id", &args.group)
+        .set("group.id", args.kafka_group_id())
         .set("client.id", &args.common.service_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
