@@ -17,6 +17,7 @@ use crate::conditions::{self, Desired};
 use crate::context::{publish_event, Context};
 use crate::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use crate::error::{Error, Result};
+use crate::image_policy::{self, ImageNotAllowed};
 use crate::runner_job::{job_name, runner_job, RunnerParams};
 use crate::server_side_apply::{apply_status, server_side_apply};
 
@@ -166,6 +167,22 @@ fn runner_account_missing(account: RunnerAccount<'_>) -> OperatorStatus {
     }
 }
 
+/// The run's runner image is outside the operator's allowed repositories: no Job is
+/// made and the run fails, naming the image and the list.
+pub fn image_not_allowed(refusal: &ImageNotAllowed) -> OperatorStatus {
+    let message = refusal.message.clone();
+    OperatorStatus {
+        phase: LoadTestPhase::Failed,
+        job_name: None,
+        message: Some(message.clone()),
+        conditions: vec![
+            Desired::no(types::SCHEDULED, image_policy::REASON, message.clone()),
+            Desired::yes(types::COMPLETE, image_policy::REASON, message),
+        ],
+        completed: true,
+    }
+}
+
 /// The Job was made and is gone before the runner reported: the run fails.
 fn job_lost(current: &LoadTestStatus, loadtest: &str) -> OperatorStatus {
     OperatorStatus {
@@ -273,18 +290,30 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         namespace: &namespace,
         found: runner_account_found(&ctx, &namespace, &current, job.is_some()).await?,
     };
-    let due = job_due(&current, job.is_some(), system.is_some(), account.found);
+    // Only a run that never had a Job is checked: one already running keeps its image.
+    let image_refused = system
+        .as_ref()
+        .filter(|_| never_had_a_job(&current, job.is_some()))
+        .and_then(|s| image_policy::runner_image_not_allowed(&ctx.settings.image_policy, &lt, s));
+    let due = image_refused.is_none()
+        && job_due(&current, job.is_some(), system.is_some(), account.found);
     if let (true, Some(system)) = (due, &system) {
         job = Some(create_job(&ctx, &lt, &namespace, system).await?);
     }
-    let update = decide_status(
-        &current,
-        system.is_some(),
-        account,
-        job.as_ref(),
-        &lt.name_any(),
-        &lt.spec.system_ref.name,
-    );
+    let update = match &image_refused {
+        Some(refusal) => {
+            warn!(image = %refusal.image, field = %refusal.field, "runner image not allowed; no Job created");
+            image_not_allowed(refusal)
+        }
+        None => decide_status(
+            &current,
+            system.is_some(),
+            account,
+            job.as_ref(),
+            &lt.name_any(),
+            &lt.spec.system_ref.name,
+        ),
+    };
     for event in announcements(&current, &update, &lt.spec.system_ref.name) {
         publish_event(&ctx, &lt, event.type_, event.reason, event.note).await;
     }
@@ -482,6 +511,17 @@ fn announcements(
             note: format!("OutboxSystem {system} not found; no Job created"),
         });
     }
+    if let Some(refused) = update
+        .conditions
+        .iter()
+        .find(|c| c.reason == image_policy::REASON && c.type_ == types::SCHEDULED)
+    {
+        events.push(Announcement {
+            type_: EventType::Warning,
+            reason: image_policy::REASON,
+            note: refused.message.clone(),
+        });
+    }
     if update.phase == LoadTestPhase::Failed {
         events.push(Announcement {
             type_: EventType::Warning,
@@ -644,6 +684,38 @@ mod tests {
             phase,
             ..LoadTestStatus::default()
         }
+    }
+
+    #[test]
+    fn a_runner_image_outside_the_allowed_repositories_fails_the_run_naming_image_and_list() {
+        let refusal = crate::image_policy::ImagePolicy::from_list("registry.example/team/")
+            .check("spec.image", "evil.example/runner:1")
+            .expect("refused");
+        let s = image_not_allowed(&refusal);
+        assert_eq!(s.phase, LoadTestPhase::Failed);
+        assert!(s.completed);
+        assert_eq!(s.job_name, None);
+        for type_ in [types::SCHEDULED, types::COMPLETE] {
+            let c = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .unwrap_or_else(|| panic!("a {type_} condition"));
+            assert_eq!(c.reason, "ImageNotAllowed");
+            assert!(
+                c.message.contains("evil.example/runner:1")
+                    && c.message.contains("registry.example/team/"),
+                "{}",
+                c.message
+            );
+        }
+        let events = announcements(&status(None), &s, "demo");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason == "ImageNotAllowed" && e.type_ == EventType::Warning),
+            "{events:?}"
+        );
     }
 
     #[test]

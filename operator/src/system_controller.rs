@@ -25,6 +25,7 @@ use crate::crd::{
     DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus, PartitionRaise, TopicStatus,
 };
 use crate::error::{Error, Result};
+use crate::image_policy::{self, ImagePolicy};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin, ObservedTopic, TopicPlan};
 use crate::postgres_tls::{CaSource, TlsDefaults};
 use crate::schema_owner::{self, Claim};
@@ -157,6 +158,12 @@ async fn gate(
         report_refusal(ctx, system, current, refusal, Announce::Always).await?;
         return Err(Error::InvalidSpec(message));
     }
+    if let Some(refusal) = image_not_allowed(&ctx.settings.image_policy, &system.spec) {
+        let message = refusal.message.clone();
+        warn!(%message, "image not allowed; nothing applied");
+        report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
+        return Err(Error::InvalidSpec(message));
+    }
     if let Some(other) = topic_taken_by(ctx, system, namespace).await? {
         let refusal = topic_in_use(&system.spec, &other);
         report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
@@ -190,6 +197,21 @@ fn invalid_spec(name: &str, spec: &OutboxSystemSpec) -> Option<Refusal> {
     (!problems.is_empty()).then(|| Refusal {
         reason: "InvalidSpec",
         message: problems.join("; "),
+        conditions: &[types::READY],
+    })
+}
+
+/// The refusal of a spec naming an image outside the operator's allowed repositories
+/// (pure): nothing of the system is applied.
+fn image_not_allowed(policy: &ImagePolicy, spec: &OutboxSystemSpec) -> Option<Refusal> {
+    let refused = image_policy::system_images_not_allowed(policy, spec);
+    (!refused.is_empty()).then(|| Refusal {
+        reason: image_policy::REASON,
+        message: refused
+            .into_iter()
+            .map(|r| r.message)
+            .collect::<Vec<_>>()
+            .join("; "),
         conditions: &[types::READY],
     })
 }
@@ -1334,6 +1356,30 @@ mod tests {
             "{}",
             refusal.message
         );
+    }
+
+    #[test]
+    fn a_system_naming_an_image_outside_the_allowed_repositories_is_refused_naming_it_and_the_list()
+    {
+        let mut spec = system("team-a", "outbox", 100).spec;
+        let policy = ImagePolicy::from_list("registry.example/team/");
+        assert!(image_not_allowed(&policy, &spec).is_none());
+        spec.producers.image = Some("registry.example/team-evil/worker:1".into());
+        let refusal = image_not_allowed(&policy, &spec).expect("refused");
+        assert_eq!(refusal.reason, "ImageNotAllowed");
+        assert_eq!(refusal.conditions, [types::READY]);
+        for part in [
+            "spec.producers.image",
+            "registry.example/team-evil/worker:1",
+            "registry.example/team/",
+        ] {
+            assert!(
+                refusal.message.contains(part),
+                "{part}: {}",
+                refusal.message
+            );
+        }
+        assert!(image_not_allowed(&ImagePolicy::default(), &spec).is_none());
     }
 
     #[test]

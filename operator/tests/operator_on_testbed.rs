@@ -1312,6 +1312,102 @@ async fn a_loadtest_where_the_runner_account_is_missing_fails_at_once_saying_wha
 }
 
 #[tokio::test]
+async fn images_outside_the_allowed_repositories_are_not_run_and_the_refusal_names_image_and_list()
+{
+    let (client, ns) = setup("image-policy").await;
+    let _operator = start_operator_with(
+        &client,
+        &ns,
+        outbox_operator::Settings {
+            status_refresh: Duration::from_secs(5),
+            image_policy: outbox_operator::image_policy::ImagePolicy::from_list(
+                "registry.example/team/",
+            ),
+            ..outbox_operator::Settings::default()
+        },
+    );
+    let evil = "registry.example/team-evil/worker:1";
+    // A system naming an image beside the allowed prefix: refused, nothing applied.
+    let mut refused = reference_system(&unique_name("evil-events"));
+    refused.metadata.name = Some("evil".into());
+    refused.spec.producers.image = Some(evil.into());
+    let systems = create_system(&client, &ns, &refused).await;
+    let message = wait_for_message(&systems, "evil", "Ready", "ImageNotAllowed").await;
+    assert!(
+        message.contains(evil)
+            && message.contains("spec.producers.image")
+            && message.contains("registry.example/team/"),
+        "{message}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert_no_workloads(&deployments, "evil").await;
+    assert_eq!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("evil-config")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        None,
+        "nothing of a refused system is applied"
+    );
+
+    // A LoadTest naming such a runner image against an admitted system: fails, no Job.
+    let mut admitted = reference_system(&unique_name("good-events"));
+    admitted.spec.image = Some("registry.example/team/worker:1".into());
+    create_system(&client, &ns, &admitted).await;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let mut lt = small_loadtest("evil-runner", "outbox");
+    lt.spec.image = Some(evil.into());
+    loadtests
+        .create(&PostParams::default(), &lt)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = eventually("the LoadTest to fail", WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let status = api.get("evil-runner").await.ok()?.status?;
+            (status.phase == Some(LoadTestPhase::Failed)).then_some(status)
+        }
+    })
+    .await;
+    let scheduled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .unwrap_or_else(|| panic!("no Scheduled condition: {status:?}"));
+    assert_eq!(
+        (scheduled.status.as_str(), scheduled.reason.as_str()),
+        ("False", "ImageNotAllowed"),
+        "{status:?}"
+    );
+    assert!(scheduled.message.contains(evil), "{}", scheduled.message);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .is_empty(),
+        "no Job for a refused runner image"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    eventually("ImageNotAllowed Events", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let about = |kind: &str| {
+                list.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("ImageNotAllowed")
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
+                })
+            };
+            (about("OutboxSystem") && about("LoadTest")).then_some(())
+        }
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_the_ttl() {
     let (client, ns) = setup("lt-ttl").await;
     let _operator = start_operator(&client, &ns);

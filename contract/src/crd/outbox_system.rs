@@ -41,6 +41,10 @@ pub struct OutboxSystemSpec {
     /// worker image: its `--worker-image` flag (env `WORKER_IMAGE`, set from the Helm
     /// chart's `workerImage` values), else `ghcr.io/outbox-dev/outbox-worker:<operator
     /// version>`.
+    /// Runs with this namespace's database URL and Kafka client settings; where the
+    /// operator has allowed image repositories (the chart's
+    /// `imagePolicy.allowedRepositories`), an image outside them is refused
+    /// (`ImageNotAllowed`) and nothing of the system is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Image pull policy for the worker pods (Always, IfNotPresent, Never). Defaults to
@@ -208,6 +212,7 @@ pub struct ProducersSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// Image override for the producers (defaults to `spec.image`).
+    /// Subject to the operator's allowed image repositories, as `spec.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// CPU and memory requests and limits of a producer container.
@@ -348,6 +353,7 @@ fn default_linger_ms() -> i32 {
 #[x_kube(validation = Rule::new("self.groups.all(g, self.groups.exists_one(h, h.name == g.name))").message("spec.consumers.groups: group names must be unique").field_path(".groups"))]
 pub struct ConsumersSpec {
     /// Image override for the consumers (defaults to `spec.image`).
+    /// Subject to the operator's allowed image repositories, as `spec.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// CPU and memory requests and limits of a consumer container.
