@@ -83,7 +83,9 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
             params.name.to_string(),
         ]),
         env: Some(common_env(&system.spec, 8080)),
-        env_from: Some(env_from(&system_name, &system.spec)),
+        // The system's ConfigMap, not its Kafka client settings: the runner reaches the
+        // producers over HTTP and the ledger in PostgreSQL, never Kafka.
+        env_from: Some(env_from(&system_name)),
         security_context: Some(container_security_context()),
         volume_mounts: Some(mounts),
         resources: Some(loadtest.spec.runner.resources_or_default()),
@@ -228,6 +230,41 @@ mod tests {
             ["loadtest", "--namespace", "ns", "--name", "small"]
         );
         assert_eq!(c.image.as_deref(), Some("example/worker:1"));
+    }
+
+    #[test]
+    fn the_runner_gets_no_kafka_client_settings_and_no_whole_secret() {
+        let mut sys = system();
+        sys.spec.kafka.client_settings_secret_ref = Some(SecretRef {
+            name: "kafka-client".into(),
+        });
+        let job = runner_job(&params(), &loadtest(), &sys);
+        let c = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default();
+        assert!(
+            c.env_from.iter().flatten().all(|f| f.secret_ref.is_none()),
+            "{:?}",
+            c.env_from
+        );
+        let secrets: Vec<&str> = c
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                Some(
+                    e.value_from
+                        .as_ref()?
+                        .secret_key_ref
+                        .as_ref()?
+                        .name
+                        .as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(secrets, ["outbox-postgres"], "only the database URL");
     }
 
     #[test]

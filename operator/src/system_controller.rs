@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -87,8 +88,13 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         Gate::Go(database) => database,
         Gate::Stop(action) => return Ok(action),
     };
-    let (producer, consumers) = apply_children(&ctx, &system, &namespace).await?;
-    let (topic, admin) = topic_step(&ctx, &system, &namespace).await;
+    let Some(client_settings) = client_settings(&ctx, &system, &namespace, &current).await? else {
+        // Its workers could not start; those running are left as they are.
+        return Ok(Action::requeue(std::time::Duration::from_secs(15)));
+    };
+    let setting_keys: Vec<String> = client_settings.keys().cloned().collect();
+    let (producer, consumers) = apply_children(&ctx, &system, &namespace, &setting_keys).await?;
+    let (topic, admin) = topic_step(&ctx, &system, &namespace, &client_settings).await;
     let observation = observe(
         &ctx,
         &system.spec,
@@ -278,15 +284,47 @@ async fn record_pause(
     Ok(())
 }
 
+/// The data of the Kafka client-settings Secret (empty without one); `None` while the
+/// Secret is missing, after that is written into status (TopicReady and Ready False,
+/// `KafkaSettingsSecretMissing`) and announced once: nothing is applied then, since the
+/// workers' environment names the Secret's keys.
+async fn client_settings(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    current: &OutboxSystemStatus,
+) -> Result<Option<BTreeMap<String, ByteString>>> {
+    match read_client_settings(ctx, namespace, &system.spec).await {
+        Ok(data) => Ok(Some(data)),
+        Err(error @ Error::Secret { .. }) => {
+            let refusal = Refusal {
+                reason: "KafkaSettingsSecretMissing",
+                message: error.to_string(),
+                conditions: &[types::READY, types::TOPIC_READY],
+            };
+            report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Builds the children (pure) and applies them; returns the Deployments as applied.
+/// `client_setting_keys`: the keys of the Kafka client-settings Secret.
 async fn apply_children(
     ctx: &Context,
     system: &OutboxSystem,
     namespace: &str,
+    client_setting_keys: &[String],
 ) -> Result<(Deployment, Vec<Deployment>)> {
     let spec = &system.spec;
     let owner = workloads::owner_of(system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
-    let children = workloads::build(&owner, spec, &ctx.settings.worker_image);
+    let children = workloads::build(
+        &owner,
+        spec,
+        &ctx.settings.worker_image,
+        client_setting_keys,
+    );
     let client = ctx.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
@@ -316,21 +354,37 @@ async fn topic_step(
     ctx: &Context,
     system: &OutboxSystem,
     namespace: &str,
+    client_settings: &BTreeMap<String, ByteString>,
 ) -> (TopicOutcome, Option<KafkaAdmin>) {
     let spec = &system.spec;
-    let kafka_properties = kafka_client_properties(ctx, namespace, spec).await;
+    let secret = spec
+        .kafka
+        .client_settings_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
+        .unwrap_or_default();
+    let kafka_properties =
+        operator_client_properties(namespace, secret, kafka::client_properties(client_settings));
     match kafka_properties {
         Ok(properties) => reconcile_topic(ctx, system, spec, &properties).await,
         Err(e) => (
             TopicOutcome {
                 name: spec.topic.name.clone(),
-                error_reason: matches!(e, Error::Secret { .. })
-                    .then_some("KafkaSettingsSecretMissing"),
+                error_reason: topic_settings_error_reason(&e),
                 error: Some(e.to_string()),
                 ..TopicOutcome::default()
             },
             None,
         ),
+    }
+}
+
+/// The TopicReady reason of an error reading the Kafka client settings (pure).
+fn topic_settings_error_reason(error: &Error) -> Option<&'static str> {
+    match error {
+        Error::Secret { .. } => Some("KafkaSettingsSecretMissing"),
+        Error::KafkaClientSettingRefused { .. } => Some("KafkaClientSettingRefused"),
+        _ => None,
     }
 }
 
@@ -656,12 +710,30 @@ async fn prune_removed_groups(
     Ok(())
 }
 
-/// librdkafka properties from the Kafka client-settings Secret (empty without one).
+/// The operator's own librdkafka properties from the Kafka client-settings Secret
+/// (empty without one).
 async fn kafka_client_properties(
     ctx: &Context,
     namespace: &str,
     spec: &OutboxSystemSpec,
 ) -> Result<BTreeMap<String, String>> {
+    let data = read_client_settings(ctx, namespace, spec).await?;
+    let secret = spec
+        .kafka
+        .client_settings_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
+        .unwrap_or_default();
+    operator_client_properties(namespace, secret, kafka::client_properties(&data))
+}
+
+/// The data of the Kafka client-settings Secret (empty without one; an error naming it
+/// when it is missing).
+async fn read_client_settings(
+    ctx: &Context,
+    namespace: &str,
+    spec: &OutboxSystemSpec,
+) -> Result<BTreeMap<String, ByteString>> {
     let Some(secret_ref) = &spec.kafka.client_settings_secret_ref else {
         return Ok(BTreeMap::new());
     };
@@ -675,7 +747,33 @@ async fn kafka_client_properties(
             name: secret_ref.name.clone(),
             problem: "not found (spec.kafka.clientSettingsSecretRef)".into(),
         })?;
-    Ok(kafka::client_properties(&secret.data.unwrap_or_default()))
+    Ok(secret.data.unwrap_or_default())
+}
+
+/// The properties of the operator's own Kafka client (pure): the accepted ones, or an
+/// error naming every refused key when there is one (the operator does not connect with
+/// a part of the settings).
+fn operator_client_properties(
+    namespace: &str,
+    secret: &str,
+    properties: kafka::ClientProperties,
+) -> Result<BTreeMap<String, String>> {
+    if properties.refused.is_empty() {
+        return Ok(properties.accepted);
+    }
+    let refused = properties
+        .refused
+        .iter()
+        .map(|r| format!("{} ({})", r.key, r.property))
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(secret, %refused, "Kafka client settings refused for the operator's own client");
+    Err(Error::KafkaClientSettingRefused {
+        namespace: namespace.to_string(),
+        name: secret.to_string(),
+        refused,
+        accepted: kafka::OPERATOR_CLIENT_PROPERTIES.join(", "),
+    })
 }
 
 /// Creates or adjusts the topic as its steps: connect → describe → plan (pure,
@@ -1380,6 +1478,54 @@ mod tests {
             );
         }
         assert!(image_not_allowed(&ImagePolicy::default(), &spec).is_none());
+    }
+
+    #[test]
+    fn a_client_setting_the_operators_client_refuses_stops_it_naming_key_and_property() {
+        let secret = |keys: &[(&str, &str)]| {
+            keys.iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let fine = secret(&[("KAFKA_CLIENT_SECURITY_PROTOCOL", "SSL")]);
+        let accepted =
+            operator_client_properties("ns", "kafka-client", kafka::client_properties(&fine))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(accepted["security.protocol"], "SSL");
+
+        let hostile = secret(&[
+            ("KAFKA_CLIENT_SECURITY_PROTOCOL", "SSL"),
+            (
+                "KAFKA_CLIENT_SSL_CA_LOCATION",
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            ),
+        ]);
+        let error =
+            operator_client_properties("ns", "kafka-client", kafka::client_properties(&hostile))
+                .expect_err("refused");
+        assert_eq!(error.metric_label(), "kafka_client_setting_refused");
+        let message = error.to_string();
+        for part in [
+            "ns/kafka-client",
+            "spec.kafka.clientSettingsSecretRef",
+            "KAFKA_CLIENT_SSL_CA_LOCATION (ssl.ca.location)",
+            "ssl.ca.pem",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        assert!(
+            !message.contains("serviceaccount/token"),
+            "no values in the message: {message}"
+        );
+        assert_eq!(
+            topic_settings_error_reason(&error),
+            Some("KafkaClientSettingRefused")
+        );
     }
 
     #[test]

@@ -1162,7 +1162,8 @@ async fn kafka_client_settings_come_from_the_referenced_secret() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kafka-client"},
-        "stringData": {"KAFKA_CLIENT_SECURITY_PROTOCOL": "PLAINTEXT"}
+        "stringData": {"KAFKA_CLIENT_SECURITY_PROTOCOL": "PLAINTEXT",
+                       "LD_PRELOAD": "/tmp/evil.so"}
     }))
     .unwrap_or_else(|e| panic!("{e}"));
     secrets
@@ -1179,17 +1180,72 @@ async fn kafka_client_settings_come_from_the_referenced_secret() {
         .get("outbox-producer")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let env_from = producer
+    let container = producer
         .spec
         .and_then(|s| s.template.spec)
-        .map(|p| p.containers[0].env_from.clone().unwrap_or_default())
+        .map(|p| p.containers[0].clone())
         .unwrap_or_default();
     assert!(
-        env_from
+        container
+            .env_from
             .iter()
-            .any(|e| e.secret_ref.as_ref().map(|r| r.name.as_str()) == Some("kafka-client")),
-        "{env_from:?}"
+            .flatten()
+            .all(|e| e.secret_ref.is_none()),
+        "no Secret imported whole: {:?}",
+        container.env_from
     );
+    let from_secret: Vec<(String, String)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            (r.name == "kafka-client").then(|| (e.name.clone(), r.key.clone()))
+        })
+        .collect();
+    assert_eq!(
+        from_secret,
+        [(
+            "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string(),
+            "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string()
+        )],
+        "only the KAFKA_CLIENT_* keys, not LD_PRELOAD"
+    );
+
+    // A property that would make the operator's own client load a file: refused, named.
+    secrets
+        .patch(
+            "kafka-client",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "stringData": {"KAFKA_CLIENT_SSL_CA_LOCATION": "/var/run/secrets/kubernetes.io/serviceaccount/token"}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let message = wait_for_message(
+        &systems,
+        "outbox",
+        "TopicReady",
+        "KafkaClientSettingRefused",
+    )
+    .await;
+    assert!(
+        message.contains("KAFKA_CLIENT_SSL_CA_LOCATION (ssl.ca.location)")
+            && !message.contains("serviceaccount/token"),
+        "{message}"
+    );
+    // The workers still get it: the settings are the system's, for its own pods.
+    eventually("the producers get the new key", WAIT, || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("outbox-producer").await.ok()?;
+            env_of(&d)
+                .contains_key("KAFKA_CLIENT_SSL_CA_LOCATION")
+                .then_some(())
+        }
+    })
+    .await;
     delete_namespace(&client, &ns).await;
 }
 

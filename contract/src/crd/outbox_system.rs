@@ -118,8 +118,19 @@ pub struct KafkaSpec {
     pub bootstrap_servers: String,
     /// Optional Secret with librdkafka client settings (SASL, TLS). Every key named
     /// `KAFKA_CLIENT_<PROPERTY>` becomes a client property, e.g.
-    /// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`. Used by the operator's
-    /// admin client and passed to the workers with `envFrom`.
+    /// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`; other keys are ignored.
+    /// Producers and consumers get each `KAFKA_CLIENT_*` key as one environment variable
+    /// (a `secretKeyRef`, not the whole Secret; a key added later reaches them at the
+    /// next reconcile, which rolls them); the load-test runner gets none. The operator's
+    /// own Kafka client takes only connection and authentication properties
+    /// (`security.protocol`, `sasl.mechanism(s)`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`, `ssl.key.password`,
+    /// `ssl.endpoint.identification.algorithm`, timeouts, ...): a key naming a file
+    /// (`*.location`, `sasl.kerberos.keytab`), a library (`plugin.library.paths`), a
+    /// command (`sasl.kerberos.kinit.cmd`), an OAuth endpoint
+    /// (`sasl.oauthbearer.token.endpoint.url`) or any other property makes it refuse the
+    /// settings: TopicReady False, reason `KafkaClientSettingRefused`, naming the key.
+    /// While the Secret is missing nothing is applied (`KafkaSettingsSecretMissing`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_settings_secret_ref: Option<SecretRef>,
 }
