@@ -329,7 +329,8 @@ async fn apply_children(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    server_side_apply(&config_maps, &children.config_map).await?;
+    let applied = server_side_apply(&config_maps, &children.config_map).await?;
+    remove_foreign_config_keys(ctx, system, &config_maps, &applied, &children.config_map).await?;
     let producer = server_side_apply(&deployments, &children.producer).await?;
     server_side_apply(&services, &children.producer_service).await?;
     let mut consumers = Vec::new();
@@ -347,6 +348,90 @@ async fn apply_children(
     prune_unwanted_budgets(ctx, system, namespace, &children.budgets).await?;
 
     Ok((producer, consumers))
+}
+
+/// Keys of the system's ConfigMap as applied that the operator did not set (pure):
+/// `data` keys, then `binaryData` keys, each sorted.
+fn foreign_config_keys(applied: &ConfigMap, desired: &ConfigMap) -> (Vec<String>, Vec<String>) {
+    fn extra<V, W>(
+        applied: &Option<BTreeMap<String, V>>,
+        desired: &Option<BTreeMap<String, W>>,
+    ) -> Vec<String> {
+        applied
+            .iter()
+            .flatten()
+            .map(|(key, _)| key)
+            .filter(|key| !desired.as_ref().is_some_and(|d| d.contains_key(*key)))
+            .cloned()
+            .collect()
+    }
+    (
+        extra(&applied.data, &desired.data),
+        extra(&applied.binary_data, &desired.binary_data),
+    )
+}
+
+/// The JSON merge patch that removes `data` keys `data` and `binaryData` keys `binary`
+/// (pure).
+fn removal_patch(data: &[String], binary: &[String]) -> serde_json::Value {
+    let nulls = |keys: &[String]| {
+        keys.iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let mut patch = serde_json::Map::new();
+    if !data.is_empty() {
+        patch.insert("data".into(), nulls(data).into());
+    }
+    if !binary.is_empty() {
+        patch.insert("binaryData".into(), nulls(binary).into());
+    }
+    patch.into()
+}
+
+/// Removes every key of the system's ConfigMap the operator did not set: the workers
+/// import the whole ConfigMap as their environment, so a key added by anyone who may
+/// patch ConfigMaps (`KAFKA_CLIENT_BOOTSTRAP_SERVERS`) would otherwise reach them at
+/// their next start. Server-side apply alone keeps fields other managers own, hence
+/// this patch after it; logged and announced with a Warning Event naming the keys.
+async fn remove_foreign_config_keys(
+    ctx: &Context,
+    system: &OutboxSystem,
+    config_maps: &Api<ConfigMap>,
+    applied: &ConfigMap,
+    desired: &ConfigMap,
+) -> Result<()> {
+    let (data, binary) = foreign_config_keys(applied, desired);
+    if data.is_empty() && binary.is_empty() {
+        return Ok(());
+    }
+    let name = desired.name_any();
+    let keys = data
+        .iter()
+        .chain(&binary)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(config_map = %name, %keys, "removing keys the operator did not set");
+    let params = PatchParams {
+        field_manager: Some(crate::context::MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    config_maps
+        .patch(&name, &params, &Patch::Merge(removal_patch(&data, &binary)))
+        .await
+        .map_err(Error::kube(format!(
+            "removing keys {keys} from ConfigMap {name}"
+        )))?;
+    publish_event(
+        ctx,
+        system,
+        EventType::Warning,
+        "ConfigKeysRemoved",
+        format!("removed keys the operator did not set from ConfigMap {name}: {keys} (the operator owns every key of it)"),
+    )
+    .await;
+    Ok(())
 }
 
 /// Reconciles the Kafka topic; returns what happened and the admin client, if any.
@@ -1525,6 +1610,43 @@ mod tests {
         assert_eq!(
             topic_settings_error_reason(&error),
             Some("KafkaClientSettingRefused")
+        );
+    }
+
+    #[test]
+    fn keys_someone_else_added_to_the_systems_config_map_are_found_and_removed_by_name() {
+        let desired = ConfigMap {
+            data: Some(BTreeMap::from([
+                (
+                    "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+                    "kafka:9092".to_string(),
+                ),
+                ("KAFKA_TOPICS".to_string(), "events".to_string()),
+            ])),
+            ..ConfigMap::default()
+        };
+        assert_eq!(foreign_config_keys(&desired, &desired), (vec![], vec![]));
+        let mut applied = desired.clone();
+        if let Some(data) = applied.data.as_mut() {
+            data.insert(
+                "KAFKA_CLIENT_BOOTSTRAP_SERVERS".to_string(),
+                "evil:9092".to_string(),
+            );
+            data.insert("LD_PRELOAD".to_string(), "/tmp/x.so".to_string());
+        }
+        applied.binary_data = Some(BTreeMap::from([(
+            "blob".to_string(),
+            k8s_openapi::ByteString(vec![1]),
+        )]));
+        let (data, binary) = foreign_config_keys(&applied, &desired);
+        assert_eq!(data, ["KAFKA_CLIENT_BOOTSTRAP_SERVERS", "LD_PRELOAD"]);
+        assert_eq!(binary, ["blob"]);
+        assert_eq!(
+            removal_patch(&data, &binary),
+            serde_json::json!({
+                "data": {"KAFKA_CLIENT_BOOTSTRAP_SERVERS": null, "LD_PRELOAD": null},
+                "binaryData": {"blob": null}
+            })
         );
     }
 
