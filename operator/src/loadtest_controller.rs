@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -18,7 +19,10 @@ use crate::context::{publish_event, Context};
 use crate::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use crate::error::{Error, Result};
 use crate::image_policy::{self, ImageNotAllowed};
-use crate::runner_job::{job_name, runner_job, RunnerParams};
+use crate::runner_job::{
+    job_name, report_config_map, report_writer_binding, report_writer_role, runner_job,
+    RunnerParams,
+};
 use crate::server_side_apply::{apply_status, server_side_apply};
 
 /// Controller name in metrics.
@@ -409,7 +413,8 @@ fn job_due(
         && account_found
 }
 
-/// Creates the one runner Job (built pure by [`runner_job`]) and announces it.
+/// Creates the one runner Job (built pure by [`runner_job`]), after the report
+/// ConfigMap and the runner's Role on it, and announces it.
 /// Server-side apply with the operator's field manager is idempotent, and the
 /// deterministic name means a second LoadTest run cannot exist.
 async fn create_job(
@@ -429,6 +434,14 @@ async fn create_job(
         service_account: &ctx.settings.loadtest_service_account,
         worker_image: &ctx.settings.worker_image,
     };
+    // What the runner may write, before it runs: its report ConfigMap, empty, and the
+    // Role that lets it get and patch that one ConfigMap.
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    server_side_apply(&config_maps, &report_config_map(&params)).await?;
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), namespace);
+    server_side_apply(&roles, &report_writer_role(&params)).await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    server_side_apply(&bindings, &report_writer_binding(&params)).await?;
     let desired = runner_job(&params, lt, system);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let job = server_side_apply(&jobs, &desired).await?;

@@ -1464,6 +1464,111 @@ async fn images_outside_the_allowed_repositories_are_not_run_and_the_refusal_nam
 }
 
 #[tokio::test]
+async fn a_runner_may_write_only_its_own_report_and_keys_added_to_the_system_config_map_are_removed(
+) {
+    let (client, ns) = setup("shared-rbac").await;
+    let _operator = start_operator(&client, &ns);
+    create_system(&client, &ns, &reference_system(&unique_name("rbac-events"))).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let applied = wait_present(&config_maps, "outbox-config").await;
+    let owned_keys: Vec<String> = applied.data.unwrap_or_default().into_keys().collect();
+
+    // Someone who may patch ConfigMaps sends every worker to another broker...
+    config_maps
+        .patch(
+            "outbox-config",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "data": {"KAFKA_CLIENT_BOOTSTRAP_SERVERS": "evil.example:9092"}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // ... until the next reconcile, which removes the key and says so.
+    eventually("the added key removed", WAIT, || {
+        let config_maps = config_maps.clone();
+        async move {
+            let cm = config_maps.get("outbox-config").await.ok()?;
+            (!cm.data?.contains_key("KAFKA_CLIENT_BOOTSTRAP_SERVERS")).then_some(())
+        }
+    })
+    .await;
+    let data = config_maps
+        .get("outbox-config")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        data.into_keys().collect::<Vec<_>>(),
+        owned_keys,
+        "the operator's own keys stay"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    eventually("a ConfigKeysRemoved Event naming the key", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("ConfigKeysRemoved")
+                        && e.note
+                            .as_deref()
+                            .is_some_and(|n| n.contains("KAFKA_CLIENT_BOOTSTRAP_SERVERS"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A LoadTest: its report ConfigMap exists, empty and owned by it, before its Job,
+    // and its runner may get and patch that one ConfigMap and no other.
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let lt = loadtests
+        .create(&PostParams::default(), &small_loadtest("rbac", "outbox"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_present(&jobs, "rbac-run").await;
+    let report = config_maps
+        .get("rbac-report")
+        .await
+        .unwrap_or_else(|e| panic!("the report ConfigMap before the Job: {e}"));
+    assert_eq!(report.data, None);
+    let owner = report.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owner
+            .iter()
+            .map(|o| (o.kind.as_str(), o.uid.as_str(), o.controller))
+            .collect::<Vec<_>>(),
+        [(
+            "LoadTest",
+            lt.uid().unwrap_or_default().as_str(),
+            Some(true)
+        )]
+    );
+    let runner = "outbox-loadtest";
+    for (verb, name, want) in [
+        ("get", Some("rbac-report"), true),
+        ("patch", Some("rbac-report"), true),
+        ("patch", Some("outbox-config"), false),
+        ("update", Some("outbox-config"), false),
+        ("delete", Some("rbac-report"), false),
+        ("create", None, false),
+        ("list", None, false),
+    ] {
+        assert_eq!(
+            testbed_support::service_account_may(&client, &ns, runner, verb, "configmaps", name)
+                .await,
+            want,
+            "the runner's {verb} on configmaps/{name:?}"
+        );
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_the_ttl() {
     let (client, ns) = setup("lt-ttl").await;
     let _operator = start_operator(&client, &ns);
