@@ -125,6 +125,19 @@ if rendered --set workerImage.repository=registry.example/w --set-string workerI
   check "workerImage.pullPolicy reaches WORKER_IMAGE_PULL_POLICY" "$(env_of WORKER_IMAGE_PULL_POLICY) == \"Always\""
 fi
 
+echo "image policy: the repositories specs may name"
+if rendered; then
+  check "defaults: no ALLOWED_IMAGE_REPOSITORIES (any image)" "$(env_of ALLOWED_IMAGE_REPOSITORIES) == null"
+fi
+if rendered --set 'imagePolicy.allowedRepositories={registry.example/team/,ghcr.io/outbox-dev/}'; then
+  check "imagePolicy.allowedRepositories reaches ALLOWED_IMAGE_REPOSITORIES, comma-separated" \
+    "$(env_of ALLOWED_IMAGE_REPOSITORIES) == \"registry.example/team/,ghcr.io/outbox-dev/\""
+fi
+expect_refused "imagePolicy.allowedRepositories=registry.example/team/ (a string, not a list)" \
+  "imagePolicy(/|\.)allowedRepositories" --set imagePolicy.allowedRepositories=registry.example/team/
+expect_refused "imagePolicy.allowedRepositories with a comma inside an entry" \
+  "imagePolicy(/|\.)allowedRepositories" --set-json 'imagePolicy.allowedRepositories=["a/,b/"]'
+
 echo "the operator pod: security contexts, scheduling, pull secrets"
 if rendered; then
   check "defaults: the pod security context as before (non-root 65532, RuntimeDefault seccomp)" \

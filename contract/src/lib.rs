@@ -8,6 +8,7 @@
 //!   under which name, and how (server-side apply, conditions merged one way);
 //! - [`probes`], [`http`] and [`labels`]: the paths, headers and labels both sides use;
 //! - [`schema_owner`]: the record of which system holds an outbox schema;
+//! - [`loadtest_report`]: the ConfigMap a run leaves its HTML report in;
 //! - [`postgres_tls`]: `sslmode`/`sslrootcert` handling for every PostgreSQL session;
 //! - [`termination`]: how both binaries learn that their pod is going.
 
@@ -16,6 +17,7 @@ pub mod crd;
 pub mod field_managers;
 pub mod http;
 pub mod labels;
+pub mod loadtest_report;
 pub mod postgres_tls;
 pub mod probes;
 pub mod schema_owner;

@@ -21,6 +21,8 @@ pub struct Settings {
     /// The image (and its pull policy) of producers, consumers and load-test runners
     /// whose OutboxSystem or LoadTest names none.
     pub worker_image: crate::workloads::WorkerImage,
+    /// The repositories a spec's images must come from (empty: any).
+    pub image_policy: crate::image_policy::ImagePolicy,
 }
 
 impl Default for Settings {
@@ -31,6 +33,7 @@ impl Default for Settings {
             stall_after: std::time::Duration::from_secs(120),
             topic_deletion_timeout: std::time::Duration::from_secs(300),
             worker_image: crate::workloads::WorkerImage::default(),
+            image_policy: crate::image_policy::ImagePolicy::default(),
         }
     }
 }

@@ -46,6 +46,21 @@ pub enum Error {
         source: tokio::task::JoinError,
     },
 
+    /// The client-settings Secret names librdkafka properties the operator's own Kafka
+    /// client does not take (file paths, plugins, commands, OAuth endpoints, ...).
+    #[error("Secret {namespace}/{name} (spec.kafka.clientSettingsSecretRef): the operator's own Kafka client does not take {refused}, so it does not connect with these settings; it takes only {accepted} (certificates and keys inline as ssl.ca.pem, ssl.certificate.pem, ssl.key.pem). The workers still get every KAFKA_CLIENT_* key")]
+    KafkaClientSettingRefused {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+        /// The refused keys with their properties, e.g. `KAFKA_CLIENT_SSL_CA_LOCATION
+        /// (ssl.ca.location)`.
+        refused: String,
+        /// The properties it takes, comma-separated.
+        accepted: String,
+    },
+
     /// A Secret the spec references is missing or lacks the key.
     #[error("Secret {namespace}/{name}: {problem}")]
     Secret {
@@ -90,6 +105,7 @@ impl Error {
             Error::KafkaTask { .. } => "kafka_task",
             Error::TopicNotReconciled { .. } => "topic",
             Error::Secret { .. } => "secret",
+            Error::KafkaClientSettingRefused { .. } => "kafka_client_setting_refused",
             Error::Finalizer { source } => match source.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),

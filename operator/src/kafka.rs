@@ -22,15 +22,87 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prefix of the keys in the client-settings Secret that become librdkafka properties.
 pub use outbox_contract::worker_env::KAFKA_CLIENT_PREFIX as CLIENT_SETTING_PREFIX;
 
-/// Turns the client-settings Secret's keys into librdkafka properties:
-/// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`. Other keys are ignored.
-pub fn client_properties(data: &BTreeMap<String, ByteString>) -> BTreeMap<String, String> {
-    data.iter()
-        .filter_map(|(key, value)| {
-            let property = outbox_contract::worker_env::kafka_client_property(key)?;
-            Some((property, String::from_utf8_lossy(&value.0).into_owned()))
-        })
-        .collect()
+/// The librdkafka properties the operator's own client takes from the client-settings
+/// Secret: how to reach and authenticate to the brokers, with certificates and keys
+/// given inline (`*.pem`). Nothing that names a file (`ssl.ca.location`,
+/// `ssl.keystore.location`, `sasl.kerberos.keytab`), loads code
+/// (`plugin.library.paths`, `ssl.engine.location`), runs a command
+/// (`sasl.kerberos.kinit.cmd`) or makes the operator fetch a URL
+/// (`sasl.oauthbearer.token.endpoint.url`) reaches the operator's process: an allow
+/// list, so a property a later librdkafka adds is refused until it is added here. The
+/// workers get every `KAFKA_CLIENT_*` key.
+pub const OPERATOR_CLIENT_PROPERTIES: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.pem",
+    "ssl.certificate.pem",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+    "ssl.cipher.suites",
+    "ssl.curves.list",
+    "ssl.sigalgs.list",
+    "client.id",
+    "client.rack",
+    "client.dns.lookup",
+    "broker.address.family",
+    "socket.timeout.ms",
+    "socket.connection.setup.timeout.ms",
+    "socket.keepalive.enable",
+    "connections.max.idle.ms",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "metadata.max.age.ms",
+    "topic.metadata.refresh.interval.ms",
+    "api.version.request",
+    "api.version.fallback.ms",
+    "broker.version.fallback",
+];
+
+/// A key of the client-settings Secret the operator's own client does not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedSetting {
+    /// The Secret's key, e.g. `KAFKA_CLIENT_SSL_CA_LOCATION`.
+    pub key: String,
+    /// The librdkafka property it stands for, e.g. `ssl.ca.location`.
+    pub property: String,
+}
+
+/// What the operator's own client makes of the client-settings Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientProperties {
+    /// Properties it sets.
+    pub accepted: BTreeMap<String, String>,
+    /// Keys it refuses (outside [`OPERATOR_CLIENT_PROPERTIES`]).
+    pub refused: Vec<RefusedSetting>,
+}
+
+/// Turns the client-settings Secret's keys into librdkafka properties for the
+/// operator's own client: `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`,
+/// accepted when it is one of [`OPERATOR_CLIENT_PROPERTIES`], else refused. Keys
+/// without the prefix are ignored.
+pub fn client_properties(data: &BTreeMap<String, ByteString>) -> ClientProperties {
+    let mut properties = ClientProperties::default();
+    for (key, value) in data {
+        let Some(property) = outbox_contract::worker_env::kafka_client_property(key) else {
+            continue;
+        };
+        if OPERATOR_CLIENT_PROPERTIES.contains(&property.as_str()) {
+            properties
+                .accepted
+                .insert(property, String::from_utf8_lossy(&value.0).into_owned());
+        } else {
+            properties.refused.push(RefusedSetting {
+                key: key.clone(),
+                property,
+            });
+        }
+    }
+    properties
 }
 
 /// The librdkafka configuration of the operator's clients.
@@ -489,23 +561,73 @@ mod tests {
         assert_eq!(plan.config_changes["retention.ms"], "3600000");
     }
 
+    fn secret(keys: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+        keys.iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
     #[test]
     fn client_settings_keys_become_properties() {
-        let data = BTreeMap::from([
+        let props = client_properties(&secret(&[
+            ("KAFKA_CLIENT_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_CLIENT_SASL_MECHANISMS", "PLAIN"),
+            ("KAFKA_CLIENT_SSL_CA_PEM", "-----BEGIN CERTIFICATE-----"),
+            ("OTHER", "x"),
+        ]));
+        assert_eq!(props.accepted["security.protocol"], "SASL_SSL");
+        assert_eq!(props.accepted["sasl.mechanisms"], "PLAIN");
+        assert_eq!(props.accepted.len(), 3);
+        assert_eq!(props.refused, vec![]);
+    }
+
+    #[test]
+    fn the_operators_own_client_refuses_file_paths_plugins_commands_and_oauth_endpoints() {
+        let dangerous = [
+            ("KAFKA_CLIENT_SSL_CA_LOCATION", "ssl.ca.location"),
+            ("KAFKA_CLIENT_SSL_KEY_LOCATION", "ssl.key.location"),
             (
-                "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string(),
-                ByteString(b"SASL_SSL".to_vec()),
+                "KAFKA_CLIENT_SSL_KEYSTORE_LOCATION",
+                "ssl.keystore.location",
             ),
+            ("KAFKA_CLIENT_SSL_ENGINE_LOCATION", "ssl.engine.location"),
+            ("KAFKA_CLIENT_PLUGIN_LIBRARY_PATHS", "plugin.library.paths"),
             (
-                "KAFKA_CLIENT_SASL_MECHANISMS".to_string(),
-                ByteString(b"PLAIN".to_vec()),
+                "KAFKA_CLIENT_SASL_KERBEROS_KINIT_CMD",
+                "sasl.kerberos.kinit.cmd",
             ),
-            ("OTHER".to_string(), ByteString(b"x".to_vec())),
-        ]);
-        let props = client_properties(&data);
-        assert_eq!(props["security.protocol"], "SASL_SSL");
-        assert_eq!(props["sasl.mechanisms"], "PLAIN");
-        assert_eq!(props.len(), 2);
+            ("KAFKA_CLIENT_SASL_KERBEROS_KEYTAB", "sasl.kerberos.keytab"),
+            (
+                "KAFKA_CLIENT_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+                "sasl.oauthbearer.token.endpoint.url",
+            ),
+            ("KAFKA_CLIENT_HTTPS_CA_LOCATION", "https.ca.location"),
+            // What the operator sets itself: the spec's brokers, no topic made by a read.
+            ("KAFKA_CLIENT_BOOTSTRAP_SERVERS", "bootstrap.servers"),
+            (
+                "KAFKA_CLIENT_ALLOW_AUTO_CREATE_TOPICS",
+                "allow.auto.create.topics",
+            ),
+        ];
+        let mut keys: Vec<(&str, &str)> = dangerous.iter().map(|(k, _)| (*k, "x")).collect();
+        keys.push(("KAFKA_CLIENT_SASL_USERNAME", "alice"));
+        let props = client_properties(&secret(&keys));
+        assert_eq!(
+            props.accepted,
+            BTreeMap::from([("sasl.username".to_string(), "alice".to_string())])
+        );
+        let mut refused: Vec<(String, String)> = props
+            .refused
+            .into_iter()
+            .map(|r| (r.key, r.property))
+            .collect();
+        refused.sort();
+        let mut expected: Vec<(String, String)> = dangerous
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.to_string()))
+            .collect();
+        expected.sort();
+        assert_eq!(refused, expected);
     }
 
     #[test]

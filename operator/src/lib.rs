@@ -7,6 +7,7 @@
 pub mod backlog;
 pub mod context;
 pub mod error;
+pub mod image_policy;
 pub mod kafka;
 pub mod leader;
 pub mod loadtest_controller;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -17,7 +18,11 @@ use crate::conditions::{self, Desired};
 use crate::context::{publish_event, Context};
 use crate::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use crate::error::{Error, Result};
-use crate::runner_job::{job_name, runner_job, RunnerParams};
+use crate::image_policy::{self, ImageNotAllowed};
+use crate::runner_job::{
+    job_name, report_config_map, report_writer_binding, report_writer_role, runner_job,
+    RunnerParams,
+};
 use crate::server_side_apply::{apply_status, server_side_apply};
 
 /// Controller name in metrics.
@@ -166,6 +171,22 @@ fn runner_account_missing(account: RunnerAccount<'_>) -> OperatorStatus {
     }
 }
 
+/// The run's runner image is outside the operator's allowed repositories: no Job is
+/// made and the run fails, naming the image and the list.
+pub fn image_not_allowed(refusal: &ImageNotAllowed) -> OperatorStatus {
+    let message = refusal.message.clone();
+    OperatorStatus {
+        phase: LoadTestPhase::Failed,
+        job_name: None,
+        message: Some(message.clone()),
+        conditions: vec![
+            Desired::no(types::SCHEDULED, image_policy::REASON, message.clone()),
+            Desired::yes(types::COMPLETE, image_policy::REASON, message),
+        ],
+        completed: true,
+    }
+}
+
 /// The Job was made and is gone before the runner reported: the run fails.
 fn job_lost(current: &LoadTestStatus, loadtest: &str) -> OperatorStatus {
     OperatorStatus {
@@ -273,18 +294,30 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
         namespace: &namespace,
         found: runner_account_found(&ctx, &namespace, &current, job.is_some()).await?,
     };
-    let due = job_due(&current, job.is_some(), system.is_some(), account.found);
+    // Only a run that never had a Job is checked: one already running keeps its image.
+    let image_refused = system
+        .as_ref()
+        .filter(|_| never_had_a_job(&current, job.is_some()))
+        .and_then(|s| image_policy::runner_image_not_allowed(&ctx.settings.image_policy, &lt, s));
+    let due = image_refused.is_none()
+        && job_due(&current, job.is_some(), system.is_some(), account.found);
     if let (true, Some(system)) = (due, &system) {
         job = Some(create_job(&ctx, &lt, &namespace, system).await?);
     }
-    let update = decide_status(
-        &current,
-        system.is_some(),
-        account,
-        job.as_ref(),
-        &lt.name_any(),
-        &lt.spec.system_ref.name,
-    );
+    let update = match &image_refused {
+        Some(refusal) => {
+            warn!(image = %refusal.image, field = %refusal.field, "runner image not allowed; no Job created");
+            image_not_allowed(refusal)
+        }
+        None => decide_status(
+            &current,
+            system.is_some(),
+            account,
+            job.as_ref(),
+            &lt.name_any(),
+            &lt.spec.system_ref.name,
+        ),
+    };
     for event in announcements(&current, &update, &lt.spec.system_ref.name) {
         publish_event(&ctx, &lt, event.type_, event.reason, event.note).await;
     }
@@ -380,7 +413,8 @@ fn job_due(
         && account_found
 }
 
-/// Creates the one runner Job (built pure by [`runner_job`]) and announces it.
+/// Creates the one runner Job (built pure by [`runner_job`]), after the report
+/// ConfigMap and the runner's Role on it, and announces it.
 /// Server-side apply with the operator's field manager is idempotent, and the
 /// deterministic name means a second LoadTest run cannot exist.
 async fn create_job(
@@ -400,6 +434,14 @@ async fn create_job(
         service_account: &ctx.settings.loadtest_service_account,
         worker_image: &ctx.settings.worker_image,
     };
+    // What the runner may write, before it runs: its report ConfigMap, empty, and the
+    // Role that lets it get and patch that one ConfigMap.
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    server_side_apply(&config_maps, &report_config_map(&params)).await?;
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), namespace);
+    server_side_apply(&roles, &report_writer_role(&params)).await?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), namespace);
+    server_side_apply(&bindings, &report_writer_binding(&params)).await?;
     let desired = runner_job(&params, lt, system);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let job = server_side_apply(&jobs, &desired).await?;
@@ -480,6 +522,17 @@ fn announcements(
             type_: EventType::Warning,
             reason: "SystemNotFound",
             note: format!("OutboxSystem {system} not found; no Job created"),
+        });
+    }
+    if let Some(refused) = update
+        .conditions
+        .iter()
+        .find(|c| c.reason == image_policy::REASON && c.type_ == types::SCHEDULED)
+    {
+        events.push(Announcement {
+            type_: EventType::Warning,
+            reason: image_policy::REASON,
+            note: refused.message.clone(),
         });
     }
     if update.phase == LoadTestPhase::Failed {
@@ -644,6 +697,38 @@ mod tests {
             phase,
             ..LoadTestStatus::default()
         }
+    }
+
+    #[test]
+    fn a_runner_image_outside_the_allowed_repositories_fails_the_run_naming_image_and_list() {
+        let refusal = crate::image_policy::ImagePolicy::from_list("registry.example/team/")
+            .check("spec.image", "evil.example/runner:1")
+            .expect("refused");
+        let s = image_not_allowed(&refusal);
+        assert_eq!(s.phase, LoadTestPhase::Failed);
+        assert!(s.completed);
+        assert_eq!(s.job_name, None);
+        for type_ in [types::SCHEDULED, types::COMPLETE] {
+            let c = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .unwrap_or_else(|| panic!("a {type_} condition"));
+            assert_eq!(c.reason, "ImageNotAllowed");
+            assert!(
+                c.message.contains("evil.example/runner:1")
+                    && c.message.contains("registry.example/team/"),
+                "{}",
+                c.message
+            );
+        }
+        let events = announcements(&status(None), &s, "demo");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.reason == "ImageNotAllowed" && e.type_ == EventType::Warning),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::builder::NonEmptyStringValueParser;
 use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
+use outbox_operator::image_policy::ImagePolicy;
 use outbox_operator::leader::{Elector, LeaseSettings};
 use outbox_operator::metrics::Metrics;
 use outbox_operator::workloads::{default_image, WorkerImage};
@@ -55,6 +56,11 @@ struct Args {
         value_parser = ["Always", "IfNotPresent", "Never"]
     )]
     worker_image_pull_policy: Option<String>,
+    /// Comma-separated image repositories (or prefixes of them, on `/` boundaries) that
+    /// an OutboxSystem's or LoadTest's `image` fields must name; empty: any image. An
+    /// image outside the list is not run (condition and Event `ImageNotAllowed`).
+    #[arg(long, env = "ALLOWED_IMAGE_REPOSITORIES", default_value = "")]
+    allowed_image_repositories: String,
     /// Seconds between status refreshes of a healthy OutboxSystem (lag, backlog).
     #[arg(long, env = "STATUS_REFRESH_SECONDS", default_value_t = 30)]
     status_refresh_seconds: u64,
@@ -188,6 +194,7 @@ fn settings(args: &Args) -> Settings {
             image: args.worker_image.clone(),
             pull_policy: args.worker_image_pull_policy.clone(),
         },
+        image_policy: ImagePolicy::from_list(&args.allowed_image_repositories),
     }
 }
 
@@ -259,7 +266,33 @@ mod tests {
         args.identity = Some("replica-a".into());
         args.worker_image = default_image();
         args.worker_image_pull_policy = None;
+        args.allowed_image_repositories = String::new();
         args
+    }
+
+    #[test]
+    fn the_allowed_image_repositories_come_from_a_flag_or_its_env_and_default_to_any() {
+        use clap::CommandFactory;
+        let command = Args::command();
+        let flag = command
+            .get_arguments()
+            .find(|a| a.get_id() == "allowed_image_repositories")
+            .expect("--allowed-image-repositories");
+        assert_eq!(
+            flag.get_env(),
+            Some(std::ffi::OsStr::new("ALLOWED_IMAGE_REPOSITORIES"))
+        );
+        assert_eq!(settings(&args()).image_policy, ImagePolicy::default());
+        let a = Args::try_parse_from([
+            "operator",
+            "--allowed-image-repositories",
+            "registry.example/team/,ghcr.io/outbox-dev/",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            settings(&a).image_policy.allowed_repositories,
+            ["registry.example/team/", "ghcr.io/outbox-dev/"]
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The Job that runs a LoadTest (pure builder).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::crd::{LoadTest, OutboxSystem};
@@ -34,6 +37,77 @@ pub struct RunnerParams<'a> {
     pub service_account: &'a str,
     /// The runner's image when neither the LoadTest nor its OutboxSystem names one.
     pub worker_image: &'a WorkerImage,
+}
+
+/// The metadata of what the operator makes for a run beside its Job: in the LoadTest's
+/// namespace, labelled with it, controlled by it (deleted with it).
+fn run_object_meta(params: &RunnerParams<'_>, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(params.namespace.to_string()),
+        labels: Some(BTreeMap::from([
+            (LOADTEST_LABEL.to_string(), params.name.to_string()),
+            (
+                outbox_contract::labels::MANAGED_BY.to_string(),
+                outbox_contract::labels::OPERATOR.to_string(),
+            ),
+        ])),
+        owner_references: Some(vec![params.owner_ref.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The run's report ConfigMap, empty: made before the Job, so that the runner only ever
+/// patches it, and owned by the LoadTest. The runner fills `report.html`.
+pub fn report_config_map(params: &RunnerParams<'_>) -> ConfigMap {
+    ConfigMap {
+        metadata: run_object_meta(
+            params,
+            outbox_contract::loadtest_report::config_map_name(params.name),
+        ),
+        ..ConfigMap::default()
+    }
+}
+
+/// The Role that lets the runner get and patch (server-side apply) its report ConfigMap
+/// and no other: the runner's ClusterRole has no ConfigMap rule at all, so a runner
+/// image can neither change the system's ConfigMap (its workers' settings) nor create
+/// ConfigMaps. `update` is left out: server-side apply is a patch.
+pub fn report_writer_role(params: &RunnerParams<'_>) -> Role {
+    Role {
+        metadata: run_object_meta(
+            params,
+            outbox_contract::loadtest_report::writer_role_name(params.name),
+        ),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_string()]),
+            resource_names: Some(vec![outbox_contract::loadtest_report::config_map_name(
+                params.name,
+            )]),
+            verbs: vec!["get".to_string(), "patch".to_string()],
+            non_resource_urls: None,
+        }]),
+    }
+}
+
+/// Binds [`report_writer_role`] to the runner's ServiceAccount.
+pub fn report_writer_binding(params: &RunnerParams<'_>) -> RoleBinding {
+    let name = outbox_contract::loadtest_report::writer_role_name(params.name);
+    RoleBinding {
+        metadata: run_object_meta(params, name.clone()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "Role".to_string(),
+            name,
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_string(),
+            name: params.service_account.to_string(),
+            namespace: Some(params.namespace.to_string()),
+            api_group: None,
+        }]),
+    }
 }
 
 /// Seconds a runner Job may run before Kubernetes stops it (`activeDeadlineSeconds`):
@@ -83,7 +157,9 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
             params.name.to_string(),
         ]),
         env: Some(common_env(&system.spec, 8080)),
-        env_from: Some(env_from(&system_name, &system.spec)),
+        // The system's ConfigMap, not its Kafka client settings: the runner reaches the
+        // producers over HTTP and the ledger in PostgreSQL, never Kafka.
+        env_from: Some(env_from(&system_name)),
         security_context: Some(container_security_context()),
         volume_mounts: Some(mounts),
         resources: Some(loadtest.spec.runner.resources_or_default()),
@@ -228,6 +304,102 @@ mod tests {
             ["loadtest", "--namespace", "ns", "--name", "small"]
         );
         assert_eq!(c.image.as_deref(), Some("example/worker:1"));
+    }
+
+    #[test]
+    fn the_runners_role_may_get_and_patch_only_its_own_report_config_map() {
+        let role = report_writer_role(&params());
+        assert_eq!(role.metadata.name.as_deref(), Some("small-report-writer"));
+        assert_eq!(role.metadata.namespace.as_deref(), Some("ns"));
+        let rules = role.rules.unwrap_or_default();
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        let rule = &rules[0];
+        assert_eq!(rule.api_groups.as_deref(), Some(&["".to_string()][..]));
+        assert_eq!(
+            rule.resources.as_deref(),
+            Some(&["configmaps".to_string()][..])
+        );
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["small-report".to_string()][..]),
+            "only its own report, never the system's ConfigMap"
+        );
+        assert_eq!(rule.verbs, ["get", "patch"]);
+        assert!(!rule.verbs.iter().any(|v| v == "create" || v == "*"));
+
+        let binding = report_writer_binding(&params());
+        assert_eq!(
+            binding.metadata.name.as_deref(),
+            Some("small-report-writer")
+        );
+        assert_eq!(
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("Role", "small-report-writer")
+        );
+        let subjects = binding.subjects.unwrap_or_default();
+        assert_eq!(
+            subjects
+                .iter()
+                .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+                .collect::<Vec<_>>(),
+            [("ServiceAccount", "outbox-loadtest", Some("ns"))]
+        );
+        for meta in [&role.metadata, &binding.metadata] {
+            assert_eq!(meta.owner_references, Some(vec![params().owner_ref]));
+        }
+    }
+
+    #[test]
+    fn the_report_config_map_is_made_empty_and_owned_by_the_loadtest() {
+        let cm = report_config_map(&params());
+        assert_eq!(cm.metadata.name.as_deref(), Some("small-report"));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("ns"));
+        assert_eq!(cm.metadata.owner_references, Some(vec![params().owner_ref]));
+        assert_eq!(
+            cm.data, None,
+            "the runner fills it; an apply of the operator never empties it"
+        );
+        assert!(crate::workloads::tests::watched_by_the_operator(
+            &cm.metadata
+        ));
+    }
+
+    #[test]
+    fn the_runner_gets_no_kafka_client_settings_and_no_whole_secret() {
+        let mut sys = system();
+        sys.spec.kafka.client_settings_secret_ref = Some(SecretRef {
+            name: "kafka-client".into(),
+        });
+        let job = runner_job(&params(), &loadtest(), &sys);
+        let c = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default();
+        assert!(
+            c.env_from.iter().flatten().all(|f| f.secret_ref.is_none()),
+            "{:?}",
+            c.env_from
+        );
+        let secrets: Vec<&str> = c
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                Some(
+                    e.value_from
+                        .as_ref()?
+                        .secret_key_ref
+                        .as_ref()?
+                        .name
+                        .as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(secrets, ["outbox-postgres"], "only the database URL");
     }
 
     #[test]

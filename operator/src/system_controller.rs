@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -25,6 +26,7 @@ use crate::crd::{
     DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus, PartitionRaise, TopicStatus,
 };
 use crate::error::{Error, Result};
+use crate::image_policy::{self, ImagePolicy};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin, ObservedTopic, TopicPlan};
 use crate::postgres_tls::{CaSource, TlsDefaults};
 use crate::schema_owner::{self, Claim};
@@ -83,11 +85,17 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let current = system.status.clone().unwrap_or_default();
-    let (database, kafka) = match gate(&ctx, &system, &namespace, &current).await? {
-        Gate::Go { database, kafka } => (database, kafka),
+    let (database, kafka, client_settings) = match gate(&ctx, &system, &namespace, &current).await?
+    {
+        Gate::Go {
+            database,
+            kafka,
+            client_settings,
+        } => (database, kafka, client_settings),
         Gate::Stop(action) => return Ok(action),
     };
-    let (producer, consumers) = apply_children(&ctx, &system, &namespace).await?;
+    let setting_keys: Vec<String> = client_settings.keys().cloned().collect();
+    let (producer, consumers) = apply_children(&ctx, &system, &namespace, &setting_keys).await?;
     let (topic, admin) = topic_step(&ctx, &system, *kafka).await;
     let observation = observe(
         &ctx,
@@ -143,6 +151,8 @@ enum Gate {
     Go {
         database: std::result::Result<DatabaseSession, BacklogUnavailable>,
         kafka: Box<KafkaReach>,
+        /// The Kafka client-settings Secret's data (empty without one).
+        client_settings: BTreeMap<String, ByteString>,
     },
     Stop(Action),
 }
@@ -172,15 +182,30 @@ impl KafkaReach {
     }
 }
 
-/// Connects to the system's Kafka through the client settings its spec names and reads
-/// the cluster's id. Never fails: what went wrong is in the answer.
-async fn connect_kafka(ctx: &Context, namespace: &str, spec: &OutboxSystemSpec) -> KafkaReach {
+/// Connects to the system's Kafka with the operator's own client (the client settings
+/// on its allow list) and reads the cluster's id. Never fails: what went wrong is in
+/// the answer.
+async fn connect_kafka(
+    namespace: &str,
+    spec: &OutboxSystemSpec,
+    client_settings: &BTreeMap<String, ByteString>,
+) -> KafkaReach {
     let not_reached = |admin, e: Error| KafkaReach::NotReached {
         admin,
-        reason: matches!(e, Error::Secret { .. }).then_some("KafkaSettingsSecretMissing"),
+        reason: topic_settings_error_reason(&e),
         message: e.to_string(),
     };
-    let properties = match kafka_client_properties(ctx, namespace, spec).await {
+    let secret = spec
+        .kafka
+        .client_settings_secret_ref
+        .as_ref()
+        .map(|r| r.name.as_str())
+        .unwrap_or_default();
+    let properties = match operator_client_properties(
+        namespace,
+        secret,
+        kafka::client_properties(client_settings),
+    ) {
         Ok(properties) => properties,
         Err(e) => return not_reached(None, e),
     };
@@ -210,7 +235,19 @@ async fn gate(
         report_refusal(ctx, system, current, refusal, Announce::Always).await?;
         return Err(Error::InvalidSpec(message));
     }
-    let kafka = connect_kafka(ctx, namespace, &system.spec).await;
+    if let Some(refusal) = image_not_allowed(&ctx.settings.image_policy, &system.spec) {
+        let message = refusal.message.clone();
+        warn!(%message, "image not allowed; nothing applied");
+        report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
+        return Err(Error::InvalidSpec(message));
+    }
+    let Some(client_settings) = client_settings(ctx, system, namespace, current).await? else {
+        // Its workers could not start; those running are left as they are.
+        return Ok(Gate::Stop(Action::requeue(std::time::Duration::from_secs(
+            15,
+        ))));
+    };
+    let kafka = connect_kafka(namespace, &system.spec, &client_settings).await;
     if let Some(other) = topic_taken_by(ctx, system, namespace, kafka.cluster_id()).await? {
         let refusal = topic_in_use(&system.spec, &other);
         report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
@@ -238,6 +275,7 @@ async fn gate(
     Ok(Gate::Go {
         database,
         kafka: Box::new(kafka),
+        client_settings,
     })
 }
 
@@ -247,6 +285,21 @@ fn invalid_spec(name: &str, spec: &OutboxSystemSpec) -> Option<Refusal> {
     (!problems.is_empty()).then(|| Refusal {
         reason: "InvalidSpec",
         message: problems.join("; "),
+        conditions: &[types::READY],
+    })
+}
+
+/// The refusal of a spec naming an image outside the operator's allowed repositories
+/// (pure): nothing of the system is applied.
+fn image_not_allowed(policy: &ImagePolicy, spec: &OutboxSystemSpec) -> Option<Refusal> {
+    let refused = image_policy::system_images_not_allowed(policy, spec);
+    (!refused.is_empty()).then(|| Refusal {
+        reason: image_policy::REASON,
+        message: refused
+            .into_iter()
+            .map(|r| r.message)
+            .collect::<Vec<_>>()
+            .join("; "),
         conditions: &[types::READY],
     })
 }
@@ -313,20 +366,53 @@ async fn record_pause(
     Ok(())
 }
 
+/// The data of the Kafka client-settings Secret (empty without one); `None` while the
+/// Secret is missing, after that is written into status (TopicReady and Ready False,
+/// `KafkaSettingsSecretMissing`) and announced once: nothing is applied then, since the
+/// workers' environment names the Secret's keys.
+async fn client_settings(
+    ctx: &Context,
+    system: &OutboxSystem,
+    namespace: &str,
+    current: &OutboxSystemStatus,
+) -> Result<Option<BTreeMap<String, ByteString>>> {
+    match read_client_settings(ctx, namespace, &system.spec).await {
+        Ok(data) => Ok(Some(data)),
+        Err(error @ Error::Secret { .. }) => {
+            let refusal = Refusal {
+                reason: "KafkaSettingsSecretMissing",
+                message: error.to_string(),
+                conditions: &[types::READY, types::TOPIC_READY],
+            };
+            report_refusal(ctx, system, current, refusal, Announce::WhenChanged).await?;
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Builds the children (pure) and applies them; returns the Deployments as applied.
+/// `client_setting_keys`: the keys of the Kafka client-settings Secret.
 async fn apply_children(
     ctx: &Context,
     system: &OutboxSystem,
     namespace: &str,
+    client_setting_keys: &[String],
 ) -> Result<(Deployment, Vec<Deployment>)> {
     let spec = &system.spec;
     let owner = workloads::owner_of(system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
-    let children = workloads::build(&owner, spec, &ctx.settings.worker_image);
+    let children = workloads::build(
+        &owner,
+        spec,
+        &ctx.settings.worker_image,
+        client_setting_keys,
+    );
     let client = ctx.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    server_side_apply(&config_maps, &children.config_map).await?;
+    let applied = server_side_apply(&config_maps, &children.config_map).await?;
+    remove_foreign_config_keys(ctx, system, &config_maps, &applied, &children.config_map).await?;
     let producer = server_side_apply(&deployments, &children.producer).await?;
     server_side_apply(&services, &children.producer_service).await?;
     let mut consumers = Vec::new();
@@ -344,6 +430,90 @@ async fn apply_children(
     prune_unwanted_budgets(ctx, system, namespace, &children.budgets).await?;
 
     Ok((producer, consumers))
+}
+
+/// Keys of the system's ConfigMap as applied that the operator did not set (pure):
+/// `data` keys, then `binaryData` keys, each sorted.
+fn foreign_config_keys(applied: &ConfigMap, desired: &ConfigMap) -> (Vec<String>, Vec<String>) {
+    fn extra<V, W>(
+        applied: &Option<BTreeMap<String, V>>,
+        desired: &Option<BTreeMap<String, W>>,
+    ) -> Vec<String> {
+        applied
+            .iter()
+            .flatten()
+            .map(|(key, _)| key)
+            .filter(|key| !desired.as_ref().is_some_and(|d| d.contains_key(*key)))
+            .cloned()
+            .collect()
+    }
+    (
+        extra(&applied.data, &desired.data),
+        extra(&applied.binary_data, &desired.binary_data),
+    )
+}
+
+/// The JSON merge patch that removes `data` keys `data` and `binaryData` keys `binary`
+/// (pure).
+fn removal_patch(data: &[String], binary: &[String]) -> serde_json::Value {
+    let nulls = |keys: &[String]| {
+        keys.iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let mut patch = serde_json::Map::new();
+    if !data.is_empty() {
+        patch.insert("data".into(), nulls(data).into());
+    }
+    if !binary.is_empty() {
+        patch.insert("binaryData".into(), nulls(binary).into());
+    }
+    patch.into()
+}
+
+/// Removes every key of the system's ConfigMap the operator did not set: the workers
+/// import the whole ConfigMap as their environment, so a key added by anyone who may
+/// patch ConfigMaps (`KAFKA_CLIENT_BOOTSTRAP_SERVERS`) would otherwise reach them at
+/// their next start. Server-side apply alone keeps fields other managers own, hence
+/// this patch after it; logged and announced with a Warning Event naming the keys.
+async fn remove_foreign_config_keys(
+    ctx: &Context,
+    system: &OutboxSystem,
+    config_maps: &Api<ConfigMap>,
+    applied: &ConfigMap,
+    desired: &ConfigMap,
+) -> Result<()> {
+    let (data, binary) = foreign_config_keys(applied, desired);
+    if data.is_empty() && binary.is_empty() {
+        return Ok(());
+    }
+    let name = desired.name_any();
+    let keys = data
+        .iter()
+        .chain(&binary)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(config_map = %name, %keys, "removing keys the operator did not set");
+    let params = PatchParams {
+        field_manager: Some(crate::context::MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    config_maps
+        .patch(&name, &params, &Patch::Merge(removal_patch(&data, &binary)))
+        .await
+        .map_err(Error::kube(format!(
+            "removing keys {keys} from ConfigMap {name}"
+        )))?;
+    publish_event(
+        ctx,
+        system,
+        EventType::Warning,
+        "ConfigKeysRemoved",
+        format!("removed keys the operator did not set from ConfigMap {name}: {keys} (the operator owns every key of it)"),
+    )
+    .await;
+    Ok(())
 }
 
 /// Reconciles the Kafka topic on the cluster reached; returns what happened and the
@@ -370,6 +540,15 @@ async fn topic_step(
             },
             admin,
         ),
+    }
+}
+
+/// The TopicReady reason of an error reading the Kafka client settings (pure).
+fn topic_settings_error_reason(error: &Error) -> Option<&'static str> {
+    match error {
+        Error::Secret { .. } => Some("KafkaSettingsSecretMissing"),
+        Error::KafkaClientSettingRefused { .. } => Some("KafkaClientSettingRefused"),
+        _ => None,
     }
 }
 
@@ -709,12 +888,13 @@ async fn prune_removed_groups(
     Ok(())
 }
 
-/// librdkafka properties from the Kafka client-settings Secret (empty without one).
-async fn kafka_client_properties(
+/// The data of the Kafka client-settings Secret (empty without one; an error naming it
+/// when it is missing).
+async fn read_client_settings(
     ctx: &Context,
     namespace: &str,
     spec: &OutboxSystemSpec,
-) -> Result<BTreeMap<String, String>> {
+) -> Result<BTreeMap<String, ByteString>> {
     let Some(secret_ref) = &spec.kafka.client_settings_secret_ref else {
         return Ok(BTreeMap::new());
     };
@@ -728,7 +908,33 @@ async fn kafka_client_properties(
             name: secret_ref.name.clone(),
             problem: "not found (spec.kafka.clientSettingsSecretRef)".into(),
         })?;
-    Ok(kafka::client_properties(&secret.data.unwrap_or_default()))
+    Ok(secret.data.unwrap_or_default())
+}
+
+/// The properties of the operator's own Kafka client (pure): the accepted ones, or an
+/// error naming every refused key when there is one (the operator does not connect with
+/// a part of the settings).
+fn operator_client_properties(
+    namespace: &str,
+    secret: &str,
+    properties: kafka::ClientProperties,
+) -> Result<BTreeMap<String, String>> {
+    if properties.refused.is_empty() {
+        return Ok(properties.accepted);
+    }
+    let refused = properties
+        .refused
+        .iter()
+        .map(|r| format!("{} ({})", r.key, r.property))
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(secret, %refused, "Kafka client settings refused for the operator's own client");
+    Err(Error::KafkaClientSettingRefused {
+        namespace: namespace.to_string(),
+        name: secret.to_string(),
+        refused,
+        accepted: kafka::OPERATOR_CLIENT_PROPERTIES.join(", "),
+    })
 }
 
 /// Creates or adjusts the topic as its steps: describe → may the operator change it
@@ -1218,7 +1424,8 @@ enum Deletion {
 /// the cluster reached is the one the operator created it on
 /// ([`topic_ownership::may_delete`], pure).
 async fn delete_topic(ctx: &Context, namespace: &str, system: &OutboxSystem) -> Result<Deletion> {
-    let (admin, cluster_id) = match connect_kafka(ctx, namespace, &system.spec).await {
+    let client_settings = read_client_settings(ctx, namespace, &system.spec).await?;
+    let (admin, cluster_id) = match connect_kafka(namespace, &system.spec, &client_settings).await {
         KafkaReach::Reached { admin, cluster_id } => (admin, cluster_id),
         KafkaReach::NotReached { message, .. } => {
             return Err(Error::TopicNotReconciled {
@@ -1499,6 +1706,115 @@ mod tests {
                 && refusal.message.contains("deadLetterTopic must differ"),
             "{}",
             refusal.message
+        );
+    }
+
+    #[test]
+    fn a_system_naming_an_image_outside_the_allowed_repositories_is_refused_naming_it_and_the_list()
+    {
+        let mut spec = system("team-a", "outbox", 100).spec;
+        let policy = ImagePolicy::from_list("registry.example/team/");
+        assert!(image_not_allowed(&policy, &spec).is_none());
+        spec.producers.image = Some("registry.example/team-evil/worker:1".into());
+        let refusal = image_not_allowed(&policy, &spec).expect("refused");
+        assert_eq!(refusal.reason, "ImageNotAllowed");
+        assert_eq!(refusal.conditions, [types::READY]);
+        for part in [
+            "spec.producers.image",
+            "registry.example/team-evil/worker:1",
+            "registry.example/team/",
+        ] {
+            assert!(
+                refusal.message.contains(part),
+                "{part}: {}",
+                refusal.message
+            );
+        }
+        assert!(image_not_allowed(&ImagePolicy::default(), &spec).is_none());
+    }
+
+    #[test]
+    fn a_client_setting_the_operators_client_refuses_stops_it_naming_key_and_property() {
+        let secret = |keys: &[(&str, &str)]| {
+            keys.iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let fine = secret(&[("KAFKA_CLIENT_SECURITY_PROTOCOL", "SSL")]);
+        let accepted =
+            operator_client_properties("ns", "kafka-client", kafka::client_properties(&fine))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(accepted["security.protocol"], "SSL");
+
+        let hostile = secret(&[
+            ("KAFKA_CLIENT_SECURITY_PROTOCOL", "SSL"),
+            (
+                "KAFKA_CLIENT_SSL_CA_LOCATION",
+                "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            ),
+        ]);
+        let error =
+            operator_client_properties("ns", "kafka-client", kafka::client_properties(&hostile))
+                .expect_err("refused");
+        assert_eq!(error.metric_label(), "kafka_client_setting_refused");
+        let message = error.to_string();
+        for part in [
+            "ns/kafka-client",
+            "spec.kafka.clientSettingsSecretRef",
+            "KAFKA_CLIENT_SSL_CA_LOCATION (ssl.ca.location)",
+            "ssl.ca.pem",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        assert!(
+            !message.contains("serviceaccount/token"),
+            "no values in the message: {message}"
+        );
+        assert_eq!(
+            topic_settings_error_reason(&error),
+            Some("KafkaClientSettingRefused")
+        );
+    }
+
+    #[test]
+    fn keys_someone_else_added_to_the_systems_config_map_are_found_and_removed_by_name() {
+        let desired = ConfigMap {
+            data: Some(BTreeMap::from([
+                (
+                    "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+                    "kafka:9092".to_string(),
+                ),
+                ("KAFKA_TOPICS".to_string(), "events".to_string()),
+            ])),
+            ..ConfigMap::default()
+        };
+        assert_eq!(foreign_config_keys(&desired, &desired), (vec![], vec![]));
+        let mut applied = desired.clone();
+        if let Some(data) = applied.data.as_mut() {
+            data.insert(
+                "KAFKA_CLIENT_BOOTSTRAP_SERVERS".to_string(),
+                "evil:9092".to_string(),
+            );
+            data.insert("LD_PRELOAD".to_string(), "/tmp/x.so".to_string());
+        }
+        applied.binary_data = Some(BTreeMap::from([(
+            "blob".to_string(),
+            k8s_openapi::ByteString(vec![1]),
+        )]));
+        let (data, binary) = foreign_config_keys(&applied, &desired);
+        assert_eq!(data, ["KAFKA_CLIENT_BOOTSTRAP_SERVERS", "LD_PRELOAD"]);
+        assert_eq!(binary, ["blob"]);
+        assert_eq!(
+            removal_patch(&data, &binary),
+            serde_json::json!({
+                "data": {"KAFKA_CLIENT_BOOTSTRAP_SERVERS": null, "LD_PRELOAD": null},
+                "binaryData": {"blob": null}
+            })
         );
     }
 

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec as BudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -137,12 +137,19 @@ pub struct Children {
     pub budgets: Vec<PodDisruptionBudget>,
 }
 
-/// Builds every child of `system`; workers whose spec names no image get `worker_image`.
-pub fn build(owner: &Owner, spec: &OutboxSystemSpec, worker_image: &WorkerImage) -> Children {
+/// Builds every child of `system`; workers whose spec names no image get `worker_image`;
+/// `client_setting_keys` are the keys of the Kafka client-settings Secret.
+pub fn build(
+    owner: &Owner,
+    spec: &OutboxSystemSpec,
+    worker_image: &WorkerImage,
+    client_setting_keys: &[String],
+) -> Children {
     let config_map = config_map(owner, spec);
     let config_hash = hash_config(&config_map);
+    let kafka_env = client_settings_env(spec, client_setting_keys);
     Children {
-        producer: producer_deployment(owner, spec, worker_image, &config_hash),
+        producer: producer_deployment(owner, spec, worker_image, &config_hash, &kafka_env),
         producer_service: service(
             owner,
             &producer_name(&owner.name),
@@ -154,7 +161,7 @@ pub fn build(owner: &Owner, spec: &OutboxSystemSpec, worker_image: &WorkerImage)
             .consumers
             .groups
             .iter()
-            .map(|g| consumer_deployment(owner, spec, g, worker_image, &config_hash))
+            .map(|g| consumer_deployment(owner, spec, g, worker_image, &config_hash, &kafka_env))
             .collect(),
         consumer_services: spec
             .consumers
@@ -436,25 +443,43 @@ pub fn worker_volumes(spec: &OutboxSystemSpec) -> (Vec<Volume>, Vec<VolumeMount>
     (volumes, mounts)
 }
 
-/// `envFrom`: the ConfigMap, and the Kafka client-settings Secret when there is one.
-pub fn env_from(system: &str, spec: &OutboxSystemSpec) -> Vec<EnvFromSource> {
-    let mut sources = vec![EnvFromSource {
+/// The Kafka client settings of producers and consumers: one variable per
+/// `KAFKA_CLIENT_*` key of the client-settings Secret (`client_setting_keys`), each
+/// through a `secretKeyRef` to its key. Not `envFrom`, which would import every key of
+/// the Secret (`LD_PRELOAD`, `DATABASE_URL`, ...): its `prefix` adds a prefix and does
+/// not filter. The value never leaves the Secret; a key added later reaches the pods
+/// at the operator's next reconcile, which rolls them.
+pub fn client_settings_env(spec: &OutboxSystemSpec, client_setting_keys: &[String]) -> Vec<EnvVar> {
+    let Some(secret) = &spec.kafka.client_settings_secret_ref else {
+        return Vec::new();
+    };
+    client_setting_keys
+        .iter()
+        .filter(|key| outbox_contract::worker_env::kafka_client_property(key).is_some())
+        .map(|key| EnvVar {
+            name: key.clone(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        })
+        .collect()
+}
+
+/// `envFrom`: the system's ConfigMap, whose every key the operator sets.
+pub fn env_from(system: &str) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
         config_map_ref: Some(ConfigMapEnvSource {
             name: config_map_name(system),
             optional: Some(false),
         }),
         ..EnvFromSource::default()
-    }];
-    if let Some(secret) = &spec.kafka.client_settings_secret_ref {
-        sources.push(EnvFromSource {
-            secret_ref: Some(SecretEnvSource {
-                name: secret.name.clone(),
-                optional: Some(false),
-            }),
-            ..EnvFromSource::default()
-        });
-    }
-    sources
+    }]
 }
 
 /// The locked-down container security context every worker runs with.
@@ -530,7 +555,7 @@ fn deployment(
         command: Some(vec![WORKER_BINARY.to_string()]),
         args: Some(params.args),
         env: Some(params.env),
-        env_from: Some(env_from(&owner.name, spec)),
+        env_from: Some(env_from(&owner.name)),
         ports: Some(vec![ContainerPort {
             name: Some("http".to_string()),
             container_port: params.port,
@@ -585,8 +610,10 @@ pub fn producer_deployment(
     spec: &OutboxSystemSpec,
     worker_image: &WorkerImage,
     config_hash: &str,
+    kafka_env: &[EnvVar],
 ) -> Deployment {
     let mut env = common_env(spec, spec.producers.port);
+    env.extend_from_slice(kafka_env);
     env.extend(
         ProducerSettings::of(spec)
             .env()
@@ -624,8 +651,10 @@ pub fn consumer_deployment(
     group: &ConsumerGroupSpec,
     worker_image: &WorkerImage,
     config_hash: &str,
+    kafka_env: &[EnvVar],
 ) -> Deployment {
     let mut env = common_env(spec, spec.consumers.port);
+    env.extend_from_slice(kafka_env);
     env.extend(
         ConsumerSettings::of(group, owner.kafka_group_id(&group.name))
             .env()
@@ -795,7 +824,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_carries_the_label_the_operators_watches_select_by() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let mut metas = vec![
             &children.config_map.metadata,
             &children.producer.metadata,
@@ -821,7 +850,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reference_topology_gives_one_producer_and_three_consumer_deployments() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         assert_eq!(
             children.producer.metadata.name.as_deref(),
             Some("demo-producer")
@@ -854,7 +883,7 @@ pub(crate) mod tests {
     #[test]
     fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
         let mut spec = reference_spec();
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let p = &children.producer;
         assert_eq!(env_value(p, "RETENTION_SECONDS").as_deref(), Some("3600"));
         assert_eq!(
@@ -866,7 +895,7 @@ pub(crate) mod tests {
             Some("20000000")
         );
         spec.retention.relayed_seconds = 0;
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         assert_eq!(
             env_value(&children.producer, "RETENTION_SECONDS").as_deref(),
             Some("0")
@@ -887,7 +916,7 @@ pub(crate) mod tests {
             ..Default::default()
         });
         let owner = owner_of(&system).expect("named, namespaced, with a uid");
-        let children = build(&owner, &system.spec, &WorkerImage::default());
+        let children = build(&owner, &system.spec, &WorkerImage::default(), &[]);
         let ids: Vec<_> = children
             .consumers
             .iter()
@@ -911,7 +940,7 @@ pub(crate) mod tests {
 
     #[test]
     fn consumer_env_carries_group_and_retry_policy() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let b = &children.consumers[1];
         assert_eq!(
             env_value(b, "KAFKA_CONSUMER_GROUP").as_deref(),
@@ -939,7 +968,7 @@ pub(crate) mod tests {
             name: "pg-ca".into(),
             key: "root.pem".into(),
         });
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let deployments = std::iter::once(&children.producer).chain(children.consumers.iter());
         for deployment in deployments {
             let pod = deployment
@@ -975,13 +1004,79 @@ pub(crate) mod tests {
                 Some("/etc/outbox/postgres-ca/ca.crt")
             );
         }
-        let without = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let without = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         assert_eq!(env_value(&without.producer, "PGSSLROOTCERT"), None);
+    }
+
+    /// Each container's env entries that come from Secret `secret`: (name, key).
+    fn env_from_secret(d: &Deployment, secret: &str) -> Vec<(String, String)> {
+        let container = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default();
+        container
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                (r.name == secret && r.optional == Some(false))
+                    .then(|| (e.name.clone(), r.key.clone()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_kafka_client_keys_of_the_settings_secret_reach_the_workers_each_by_its_key() {
+        let keys: Vec<String> = [
+            "KAFKA_CLIENT_SECURITY_PROTOCOL",
+            "KAFKA_CLIENT_SASL_PASSWORD",
+            "LD_PRELOAD",
+            "DATABASE_URL",
+            "RUST_LOG",
+            "KAFKA_CLIENT_",
+            "kafka_client_sasl_username",
+        ]
+        .map(String::from)
+        .to_vec();
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &keys);
+        let expected = vec![
+            (
+                "KAFKA_CLIENT_SASL_PASSWORD".to_string(),
+                "KAFKA_CLIENT_SASL_PASSWORD".to_string(),
+            ),
+            (
+                "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string(),
+                "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string(),
+            ),
+        ];
+        for d in std::iter::once(&children.producer).chain(&children.consumers) {
+            let mut got = env_from_secret(d, "kafka-client");
+            got.sort();
+            assert_eq!(got, expected, "{:?}", d.metadata.name);
+            let from = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers[0].env_from.clone())
+                .unwrap_or_default();
+            assert!(
+                from.iter().all(|f| f.secret_ref.is_none()),
+                "no envFrom of a whole Secret: {from:?}"
+            );
+        }
+        // Without a client-settings Secret in the spec, no such variables.
+        let mut spec = reference_spec();
+        spec.kafka.client_settings_secret_ref = None;
+        let bare = build(&owner(), &spec, &WorkerImage::default(), &keys);
+        assert_eq!(env_from_secret(&bare.producer, "kafka-client"), vec![]);
     }
 
     #[test]
     fn database_url_comes_only_from_the_secret() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let container = &children
             .producer
             .spec
@@ -1009,10 +1104,6 @@ pub(crate) mod tests {
             from[0].config_map_ref.as_ref().map(|c| c.name.as_str()),
             Some("demo-config")
         );
-        assert_eq!(
-            from[1].secret_ref.as_ref().map(|c| c.name.as_str()),
-            Some("kafka-client")
-        );
         let data = children.config_map.data.unwrap_or_default();
         assert_eq!(data["KAFKA_TOPICS"], "shared-events");
         assert!(!data.values().any(|v| v.contains("postgres://")));
@@ -1020,7 +1111,7 @@ pub(crate) mod tests {
 
     #[test]
     fn pods_are_locked_down_and_probed() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let pod = children.producer.spec.and_then(|s| s.template.spec);
         let Some(pod) = pod else {
             panic!("no pod spec")
@@ -1058,7 +1149,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_is_controlled_by_the_system() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let metas = [
             &children.config_map.metadata,
             &children.producer.metadata,
@@ -1078,9 +1169,9 @@ pub(crate) mod tests {
     #[test]
     fn config_change_changes_the_pod_template_hash() {
         let mut spec = reference_spec();
-        let before = build(&owner(), &spec, &WorkerImage::default());
+        let before = build(&owner(), &spec, &WorkerImage::default(), &[]);
         spec.kafka.bootstrap_servers = "other:9092".into();
-        let after = build(&owner(), &spec, &WorkerImage::default());
+        let after = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let hash = |d: &Deployment| {
             d.spec
                 .as_ref()
@@ -1118,7 +1209,7 @@ pub(crate) mod tests {
         let spec = reference_spec();
         assert_eq!(spec.image, None);
         assert_eq!(
-            images(&build(&owner(), &spec, &configured)),
+            images(&build(&owner(), &spec, &configured, &[])),
             both("registry.example/outbox-worker:7", Some("Always"))
         );
         // The spec's own image, with the spec's pull policy (none: Kubernetes decides),
@@ -1126,14 +1217,14 @@ pub(crate) mod tests {
         let mut spec = reference_spec();
         spec.image = Some("example/own:1".into());
         assert_eq!(
-            images(&build(&owner(), &spec, &configured)),
+            images(&build(&owner(), &spec, &configured, &[])),
             both("example/own:1", None)
         );
         // A role's image before the system's; the spec's pull policy before the default's.
         spec.producers.image = Some("example/producer:2".into());
         spec.image = None;
         spec.image_pull_policy = Some("Never".into());
-        let got = images(&build(&owner(), &spec, &configured));
+        let got = images(&build(&owner(), &spec, &configured, &[]));
         assert_eq!(
             got[0],
             (Some("example/producer:2".into()), Some("Never".into()))
@@ -1223,7 +1314,7 @@ pub(crate) mod tests {
     fn every_pod_setting_lands_in_the_producer_pod_template() {
         let mut spec = reference_spec();
         spec.producers.pod = every_pod_setting();
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let own = labels(&owner(), outbox_contract::labels::PRODUCER, None);
         assert_every_pod_setting_in(&pod_template(&children.producer), &own);
         // The config hash annotation is still there beside the user's.
@@ -1244,7 +1335,7 @@ pub(crate) mod tests {
     fn every_consumers_wide_pod_setting_lands_in_each_groups_pod_template() {
         let mut spec = reference_spec();
         spec.consumers.pod = every_pod_setting();
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         for (deployment, group) in children.consumers.iter().zip(&spec.consumers.groups) {
             let own = labels(
                 &owner(),
@@ -1271,7 +1362,7 @@ pub(crate) mod tests {
             "tolerations": [],
             "priorityClassName": "low"
         }));
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let pod = |i: usize| pod_template(&children.consumers[i]);
         let label = |i: usize, key: &str| {
             pod(i)
@@ -1309,8 +1400,8 @@ pub(crate) mod tests {
         spec.consumers.pod.metadata.labels = evil;
         spec.producers.pod.metadata.annotations =
             BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), "stale".to_string())]);
-        let children = build(&owner(), &spec, &WorkerImage::default());
-        let clean = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+        let clean = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let deployments = std::iter::once((&children.producer, &clean.producer))
             .chain(children.consumers.iter().zip(clean.consumers.iter()));
         for (with, without) in deployments {
@@ -1345,7 +1436,7 @@ pub(crate) mod tests {
                 "whenUnsatisfiable": "DoNotSchedule",
                 "labelSelector": {"matchLabels": {"team": "payments"}}}]
         }));
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let spread = pod_template(&children.producer)
             .spec
             .and_then(|p| p.topology_spread_constraints)
@@ -1364,7 +1455,7 @@ pub(crate) mod tests {
 
     #[test]
     fn without_pod_settings_the_pod_template_has_no_scheduling_fields() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let pod = pod_template(&children.producer).spec.unwrap_or_default();
         assert_eq!(pod.node_selector, None);
         assert_eq!(pod.tolerations, None);
@@ -1383,7 +1474,7 @@ pub(crate) mod tests {
 
     #[test]
     fn by_default_the_producers_and_each_group_get_a_budget_of_one_pod_at_a_time() {
-        let children = build(&owner(), &reference_spec(), &WorkerImage::default());
+        let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
         let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
         let one = Some(IntOrString::Int(1));
         assert_eq!(
@@ -1427,7 +1518,7 @@ pub(crate) mod tests {
             enabled: true,
             max_unavailable: 1,
         });
-        let children = build(&owner(), &spec, &WorkerImage::default());
+        let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
         let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
         assert_eq!(
             summary,
@@ -1444,7 +1535,7 @@ pub(crate) mod tests {
         );
         spec.consumers.pod_disruption_budget.enabled = false;
         spec.consumers.groups[2].pod_disruption_budget = None;
-        assert!(build(&owner(), &spec, &WorkerImage::default())
+        assert!(build(&owner(), &spec, &WorkerImage::default(), &[])
             .budgets
             .is_empty());
     }

@@ -1167,7 +1167,8 @@ async fn kafka_client_settings_come_from_the_referenced_secret() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kafka-client"},
-        "stringData": {"KAFKA_CLIENT_SECURITY_PROTOCOL": "PLAINTEXT"}
+        "stringData": {"KAFKA_CLIENT_SECURITY_PROTOCOL": "PLAINTEXT",
+                       "LD_PRELOAD": "/tmp/evil.so"}
     }))
     .unwrap_or_else(|e| panic!("{e}"));
     secrets
@@ -1184,17 +1185,72 @@ async fn kafka_client_settings_come_from_the_referenced_secret() {
         .get("outbox-producer")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let env_from = producer
+    let container = producer
         .spec
         .and_then(|s| s.template.spec)
-        .map(|p| p.containers[0].env_from.clone().unwrap_or_default())
+        .map(|p| p.containers[0].clone())
         .unwrap_or_default();
     assert!(
-        env_from
+        container
+            .env_from
             .iter()
-            .any(|e| e.secret_ref.as_ref().map(|r| r.name.as_str()) == Some("kafka-client")),
-        "{env_from:?}"
+            .flatten()
+            .all(|e| e.secret_ref.is_none()),
+        "no Secret imported whole: {:?}",
+        container.env_from
     );
+    let from_secret: Vec<(String, String)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            (r.name == "kafka-client").then(|| (e.name.clone(), r.key.clone()))
+        })
+        .collect();
+    assert_eq!(
+        from_secret,
+        [(
+            "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string(),
+            "KAFKA_CLIENT_SECURITY_PROTOCOL".to_string()
+        )],
+        "only the KAFKA_CLIENT_* keys, not LD_PRELOAD"
+    );
+
+    // A property that would make the operator's own client load a file: refused, named.
+    secrets
+        .patch(
+            "kafka-client",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "stringData": {"KAFKA_CLIENT_SSL_CA_LOCATION": "/var/run/secrets/kubernetes.io/serviceaccount/token"}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let message = wait_for_message(
+        &systems,
+        "outbox",
+        "TopicReady",
+        "KafkaClientSettingRefused",
+    )
+    .await;
+    assert!(
+        message.contains("KAFKA_CLIENT_SSL_CA_LOCATION (ssl.ca.location)")
+            && !message.contains("serviceaccount/token"),
+        "{message}"
+    );
+    // The workers still get it: the settings are the system's, for its own pods.
+    eventually("the producers get the new key", WAIT, || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("outbox-producer").await.ok()?;
+            env_of(&d)
+                .contains_key("KAFKA_CLIENT_SSL_CA_LOCATION")
+                .then_some(())
+        }
+    })
+    .await;
     delete_namespace(&client, &ns).await;
 }
 
@@ -1313,6 +1369,207 @@ async fn a_loadtest_where_the_runner_account_is_missing_fails_at_once_saying_wha
             .is_empty(),
         "no Job that could never start a pod"
     );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn images_outside_the_allowed_repositories_are_not_run_and_the_refusal_names_image_and_list()
+{
+    let (client, ns) = setup("image-policy").await;
+    let _operator = start_operator_with(
+        &client,
+        &ns,
+        outbox_operator::Settings {
+            status_refresh: Duration::from_secs(5),
+            image_policy: outbox_operator::image_policy::ImagePolicy::from_list(
+                "registry.example/team/",
+            ),
+            ..outbox_operator::Settings::default()
+        },
+    );
+    let evil = "registry.example/team-evil/worker:1";
+    // A system naming an image beside the allowed prefix: refused, nothing applied.
+    let mut refused = reference_system(&unique_name("evil-events"));
+    refused.metadata.name = Some("evil".into());
+    refused.spec.producers.image = Some(evil.into());
+    let systems = create_system(&client, &ns, &refused).await;
+    let message = wait_for_message(&systems, "evil", "Ready", "ImageNotAllowed").await;
+    assert!(
+        message.contains(evil)
+            && message.contains("spec.producers.image")
+            && message.contains("registry.example/team/"),
+        "{message}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    assert_no_workloads(&deployments, "evil").await;
+    assert_eq!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("evil-config")
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        None,
+        "nothing of a refused system is applied"
+    );
+
+    // A LoadTest naming such a runner image against an admitted system: fails, no Job.
+    let mut admitted = reference_system(&unique_name("good-events"));
+    admitted.spec.image = Some("registry.example/team/worker:1".into());
+    create_system(&client, &ns, &admitted).await;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let mut lt = small_loadtest("evil-runner", "outbox");
+    lt.spec.image = Some(evil.into());
+    loadtests
+        .create(&PostParams::default(), &lt)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = eventually("the LoadTest to fail", WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let status = api.get("evil-runner").await.ok()?.status?;
+            (status.phase == Some(LoadTestPhase::Failed)).then_some(status)
+        }
+    })
+    .await;
+    let scheduled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .unwrap_or_else(|| panic!("no Scheduled condition: {status:?}"));
+    assert_eq!(
+        (scheduled.status.as_str(), scheduled.reason.as_str()),
+        ("False", "ImageNotAllowed"),
+        "{status:?}"
+    );
+    assert!(scheduled.message.contains(evil), "{}", scheduled.message);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .is_empty(),
+        "no Job for a refused runner image"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    eventually("ImageNotAllowed Events", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let about = |kind: &str| {
+                list.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("ImageNotAllowed")
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
+                })
+            };
+            (about("OutboxSystem") && about("LoadTest")).then_some(())
+        }
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
+async fn a_runner_may_write_only_its_own_report_and_keys_added_to_the_system_config_map_are_removed(
+) {
+    let (client, ns) = setup("shared-rbac").await;
+    let _operator = start_operator(&client, &ns);
+    create_system(&client, &ns, &reference_system(&unique_name("rbac-events"))).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let applied = wait_present(&config_maps, "outbox-config").await;
+    let owned_keys: Vec<String> = applied.data.unwrap_or_default().into_keys().collect();
+
+    // Someone who may patch ConfigMaps sends every worker to another broker...
+    config_maps
+        .patch(
+            "outbox-config",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "data": {"KAFKA_CLIENT_BOOTSTRAP_SERVERS": "evil.example:9092"}
+            })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // ... until the next reconcile, which removes the key and says so.
+    eventually("the added key removed", WAIT, || {
+        let config_maps = config_maps.clone();
+        async move {
+            let cm = config_maps.get("outbox-config").await.ok()?;
+            (!cm.data?.contains_key("KAFKA_CLIENT_BOOTSTRAP_SERVERS")).then_some(())
+        }
+    })
+    .await;
+    let data = config_maps
+        .get("outbox-config")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        data.into_keys().collect::<Vec<_>>(),
+        owned_keys,
+        "the operator's own keys stay"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    eventually("a ConfigKeysRemoved Event naming the key", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("ConfigKeysRemoved")
+                        && e.note
+                            .as_deref()
+                            .is_some_and(|n| n.contains("KAFKA_CLIENT_BOOTSTRAP_SERVERS"))
+                })
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A LoadTest: its report ConfigMap exists, empty and owned by it, before its Job,
+    // and its runner may get and patch that one ConfigMap and no other.
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let lt = loadtests
+        .create(&PostParams::default(), &small_loadtest("rbac", "outbox"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_present(&jobs, "rbac-run").await;
+    let report = config_maps
+        .get("rbac-report")
+        .await
+        .unwrap_or_else(|e| panic!("the report ConfigMap before the Job: {e}"));
+    assert_eq!(report.data, None);
+    let owner = report.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owner
+            .iter()
+            .map(|o| (o.kind.as_str(), o.uid.as_str(), o.controller))
+            .collect::<Vec<_>>(),
+        [(
+            "LoadTest",
+            lt.uid().unwrap_or_default().as_str(),
+            Some(true)
+        )]
+    );
+    let runner = "outbox-loadtest";
+    for (verb, name, want) in [
+        ("get", Some("rbac-report"), true),
+        ("patch", Some("rbac-report"), true),
+        ("patch", Some("outbox-config"), false),
+        ("update", Some("outbox-config"), false),
+        ("delete", Some("rbac-report"), false),
+        ("create", None, false),
+        ("list", None, false),
+    ] {
+        assert_eq!(
+            testbed_support::service_account_may(&client, &ns, runner, verb, "configmaps", name)
+                .await,
+            want,
+            "the runner's {verb} on configmaps/{name:?}"
+        );
+    }
     delete_namespace(&client, &ns).await;
 }
 

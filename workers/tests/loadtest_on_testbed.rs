@@ -1024,6 +1024,23 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         .await
         .expect("creating the LoadTest");
     let uid = created.uid().expect("a uid");
+    // As the operator does before the Job: the report ConfigMap, empty, owned by the
+    // LoadTest; the runner may only patch it.
+    let report_map: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": outbox_contract::loadtest_report::config_map_name(name),
+                "ownerReferences": [{
+                    "apiVersion": "outbox.dev/v1alpha1", "kind": "LoadTest",
+                    "name": name, "uid": uid, "controller": true
+                }]
+            }
+        }))
+        .expect("a ConfigMap");
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &report_map)
+        .await
+        .expect("creating the report ConfigMap");
 
     let report = system.processes.logs.join("k8s-report.json");
     let mut runner = system.job_runner(&namespace, name, &report);

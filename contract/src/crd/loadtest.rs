@@ -68,6 +68,10 @@ pub struct LoadTestSpec {
     pub ttl_seconds_after_finished: Option<i64>,
     /// Runner image override (defaults to the OutboxSystem's image, then to the
     /// operator's worker image: its `--worker-image`, the Helm chart's `workerImage`).
+    /// The runner gets this namespace's database URL. Where the operator has allowed
+    /// image repositories (the chart's `imagePolicy.allowedRepositories`), a runner
+    /// image (this one, else the system's) outside them fails the run at once, without
+    /// a Job (`ImageNotAllowed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Components outside the OutboxSystem whose CPU time the run accounts for (the

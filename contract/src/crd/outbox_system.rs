@@ -41,6 +41,10 @@ pub struct OutboxSystemSpec {
     /// worker image: its `--worker-image` flag (env `WORKER_IMAGE`, set from the Helm
     /// chart's `workerImage` values), else `ghcr.io/outbox-dev/outbox-worker:<operator
     /// version>`.
+    /// Runs with this namespace's database URL and Kafka client settings; where the
+    /// operator has allowed image repositories (the chart's
+    /// `imagePolicy.allowedRepositories`), an image outside them is refused
+    /// (`ImageNotAllowed`) and nothing of the system is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Image pull policy for the worker pods (Always, IfNotPresent, Never). Defaults to
@@ -114,8 +118,19 @@ pub struct KafkaSpec {
     pub bootstrap_servers: String,
     /// Optional Secret with librdkafka client settings (SASL, TLS). Every key named
     /// `KAFKA_CLIENT_<PROPERTY>` becomes a client property, e.g.
-    /// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`. Used by the operator's
-    /// admin client and passed to the workers with `envFrom`.
+    /// `KAFKA_CLIENT_SECURITY_PROTOCOL` -> `security.protocol`; other keys are ignored.
+    /// Producers and consumers get each `KAFKA_CLIENT_*` key as one environment variable
+    /// (a `secretKeyRef`, not the whole Secret; a key added later reaches them at the
+    /// next reconcile, which rolls them); the load-test runner gets none. The operator's
+    /// own Kafka client takes only connection and authentication properties
+    /// (`security.protocol`, `sasl.mechanism(s)`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem`, `ssl.key.password`,
+    /// `ssl.endpoint.identification.algorithm`, timeouts, ...): a key naming a file
+    /// (`*.location`, `sasl.kerberos.keytab`), a library (`plugin.library.paths`), a
+    /// command (`sasl.kerberos.kinit.cmd`), an OAuth endpoint
+    /// (`sasl.oauthbearer.token.endpoint.url`) or any other property makes it refuse the
+    /// settings: TopicReady False, reason `KafkaClientSettingRefused`, naming the key.
+    /// While the Secret is missing nothing is applied (`KafkaSettingsSecretMissing`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_settings_secret_ref: Option<SecretRef>,
 }
@@ -208,6 +223,7 @@ pub struct ProducersSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// Image override for the producers (defaults to `spec.image`).
+    /// Subject to the operator's allowed image repositories, as `spec.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// CPU and memory requests and limits of a producer container.
@@ -348,6 +364,7 @@ fn default_linger_ms() -> i32 {
 #[x_kube(validation = Rule::new("self.groups.all(g, self.groups.exists_one(h, h.name == g.name))").message("spec.consumers.groups: group names must be unique").field_path(".groups"))]
 pub struct ConsumersSpec {
     /// Image override for the consumers (defaults to `spec.image`).
+    /// Subject to the operator's allowed image repositories, as `spec.image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// CPU and memory requests and limits of a consumer container.

@@ -283,6 +283,50 @@ pub async fn create_namespace(client: &kube::Client, prefix: &str) -> String {
     name
 }
 
+/// Whether ServiceAccount `account` of `namespace` may `verb` the core `resource` named
+/// `name` there, as the API server answers a SubjectAccessReview (what `kubectl auth
+/// can-i <verb> <resource>/<name> --as system:serviceaccount:<namespace>:<account>`
+/// asks).
+pub async fn service_account_may(
+    client: &kube::Client,
+    namespace: &str,
+    account: &str,
+    verb: &str,
+    resource: &str,
+    name: Option<&str>,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    use kube::api::{Api, PostParams};
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{namespace}:{account}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.to_string()),
+                verb: Some(verb.to_string()),
+                group: Some(String::new()),
+                resource: Some(resource.to_string()),
+                name: name.map(str::to_string),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap_or_else(|e| panic!("a SubjectAccessReview: {e}"))
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
 /// Deletes `namespace` and everything in it, without waiting (a test's last step; a
 /// namespace already gone is not an error).
 pub async fn delete_namespace(client: &kube::Client, namespace: &str) {

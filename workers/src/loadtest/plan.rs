@@ -226,7 +226,6 @@ async fn in_cluster(
         report_target: Some(report_store::ReportTarget {
             api: Api::namespaced(client.clone(), namespace),
             loadtest: name.to_string(),
-            uid: lt.metadata.uid.clone().unwrap_or_default(),
         }),
     };
     validate(&plan)?;

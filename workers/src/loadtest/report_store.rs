@@ -1,5 +1,7 @@
-//! Where a run in a Job leaves its HTML report: the ConfigMap `<loadtest>-report`,
-//! owned by the LoadTest (deleted with it), key `report.html`. It outlives the runner's
+//! Where a run in a Job leaves its HTML report: the ConfigMap `<loadtest>-report`
+//! (`outbox_contract::loadtest_report`), key `report.html`. The operator makes it,
+//! empty and owned by the LoadTest (deleted with it), before the runner's Job, and lets
+//! the runner get and patch that one ConfigMap and no other. It outlives the runner's
 //! pod, and one command fetches it:
 //!
 //! ```text
@@ -12,48 +14,40 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::Api;
+use outbox_contract::loadtest_report;
 
 use super::error::{KubeContext, Result};
 use super::series::Series;
 
 /// The key of the HTML in the ConfigMap.
-pub const KEY: &str = "report.html";
+pub const KEY: &str = loadtest_report::KEY;
 /// The most a report may weigh: a ConfigMap's 1 MiB, less room for its metadata.
 pub const MAX_BYTES: usize = 1_000_000;
 
 /// The ConfigMap name for LoadTest `loadtest`.
 pub fn config_map_name(loadtest: &str) -> String {
-    format!("{loadtest}-report")
+    loadtest_report::config_map_name(loadtest)
 }
 
-/// Where the report goes: the namespace's ConfigMaps and the LoadTest that owns it.
+/// Where the report goes: the namespace's ConfigMaps and the LoadTest it is for.
 #[derive(Clone, Debug)]
 pub struct ReportTarget {
     pub api: Api<ConfigMap>,
     pub loadtest: String,
-    pub uid: String,
 }
 
-/// The ConfigMap holding `html` for `loadtest` (uid `uid`), owned by it (pure).
-pub fn config_map(loadtest: &str, uid: &str, html: String) -> ConfigMap {
+/// What the runner applies to the report ConfigMap of `loadtest` (pure): the HTML and
+/// the LoadTest's label. The owner is the operator's part of the object.
+pub fn config_map(loadtest: &str, html: String) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(config_map_name(loadtest)),
             labels: Some(BTreeMap::from([(
-                "outbox.dev/loadtest".to_string(),
+                outbox_contract::labels::LOADTEST_NAME.to_string(),
                 loadtest.to_string(),
             )])),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "outbox.dev/v1alpha1".into(),
-                kind: "LoadTest".into(),
-                name: loadtest.to_string(),
-                uid: uid.to_string(),
-                controller: Some(false),
-                block_owner_deletion: Some(false),
-            }]),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(KEY.to_string(), html)])),
@@ -75,9 +69,10 @@ pub fn fitting(series: &Series, mut render: impl FnMut(&Series) -> String) -> (S
     }
 }
 
-/// Writes the ConfigMap (server-side apply under the runner's field manager).
+/// Writes the report into the ConfigMap the operator made (server-side apply under the
+/// runner's field manager: a patch, all the runner may do to it).
 pub async fn store(target: &ReportTarget, html: String) -> Result<String> {
-    let object = config_map(&target.loadtest, &target.uid, html);
+    let object = config_map(&target.loadtest, html);
     let name = config_map_name(&target.loadtest);
     target
         .api
@@ -97,14 +92,18 @@ mod tests {
     use crate::loadtest::series::Point;
 
     #[test]
-    fn the_report_config_map_is_owned_by_its_load_test_and_named_after_it() {
-        let cm = config_map("reference", "uid-1", "<html></html>".into());
+    fn the_runner_applies_only_the_report_into_the_config_map_the_operator_made() {
+        let cm = config_map("reference", "<html></html>".into());
         assert_eq!(cm.metadata.name.as_deref(), Some("reference-report"));
-        let owner = &cm.metadata.owner_references.as_ref().expect("an owner")[0];
         assert_eq!(
-            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
-            ("LoadTest", "reference", "uid-1")
+            cm.metadata.name,
+            Some(outbox_contract::loadtest_report::config_map_name(
+                "reference"
+            ))
         );
+        // The operator's ConfigMap carries the LoadTest as its controller; the runner,
+        // which may only get and patch that one ConfigMap, leaves the owner alone.
+        assert_eq!(cm.metadata.owner_references, None);
         assert_eq!(
             cm.data
                 .as_ref()
