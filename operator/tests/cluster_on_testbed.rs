@@ -121,6 +121,145 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
     delete_namespace(&client, &ns).await;
 }
 
+/// Requests and rows an attacker or a broken client would send, against a producer pod
+/// at `ip` of a system on `topic` whose database is `db_url`: each request is refused
+/// with a 4xx naming the problem; the poison rows are quarantined; the header-heavy
+/// rows written straight into the table are relayed and acknowledged like any other.
+async fn hostile_sweep(ip: &str, topic: &str, db_url: &str) {
+    let send = "/api/messages/send";
+    let batch = "/api/messages/batch";
+    let letters = |seed: usize, len: usize| -> String {
+        (0..len)
+            .map(|i| char::from(b'a' + ((i * 7919 + seed * 104_729) % 26) as u8))
+            .collect()
+    };
+    let heavy_headers: serde_json::Map<String, serde_json::Value> = (0..9)
+        .map(|h| (format!("h{h}"), letters(h, 110_000).into()))
+        .collect();
+    let many_headers: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|h| (format!("h{h}"), "".into())).collect();
+    let json = |v: serde_json::Value| v.to_string();
+    // Path, request headers, body, the status expected, a word the answer must hold.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (send, vec![], "{\"topic\": ".into(), 400, "malformed JSON"),
+        (
+            send,
+            vec![],
+            json(serde_json::json!({"topic": topic, "message": "", "headers": heavy_headers})),
+            413,
+            "headers",
+        ),
+        (
+            send,
+            vec![],
+            json(serde_json::json!({"topic": topic, "message": "m", "headers": many_headers})),
+            413,
+            "65 headers",
+        ),
+        (
+            send,
+            vec![],
+            json(
+                serde_json::json!({"topic": topic, "message": "m", "headers": {"outbox-id": "1"}}),
+            ),
+            400,
+            "reserved",
+        ),
+        (
+            send,
+            vec![],
+            json(serde_json::json!({"topic": "someone-elses", "message": "m"})),
+            400,
+            "unknown topic",
+        ),
+        (
+            send,
+            vec![],
+            json(serde_json::json!({"topic": topic, "message": "x".repeat(1_500_000)})),
+            413,
+            "bytes",
+        ),
+        (
+            send,
+            vec![("Idempotency-Key", "sweep-key")],
+            json(serde_json::json!({"topic": topic, "message": "another client's"})),
+            422,
+            "sweep-key",
+        ),
+    ];
+    // The key is first used by a valid request: the reuse above must not replay it.
+    let (code, answer) = http_with(
+        ip,
+        8080,
+        "POST",
+        send,
+        &[("Idempotency-Key", "sweep-key")],
+        &json(serde_json::json!({"topic": topic, "message": "the first client's"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    for (path, headers, body, want, needle) in &cases {
+        let (code, answer) = http_with(ip, 8080, "POST", path, headers, body).await;
+        assert_eq!(code, *want, "{path} {body:.100}: {answer}");
+        assert!(
+            answer.contains(needle),
+            "{path} {body:.100}: {answer} should name {needle:?}"
+        );
+    }
+    // Eight concurrent 29 MB batches of valid messages (33 of 900 KB each).
+    let big = json(serde_json::json!({"messages": (0..33)
+        .map(|i| serde_json::json!({"topic": topic, "message": letters(i, 900_000)}))
+        .collect::<Vec<_>>()}));
+    let answers =
+        futures::future::join_all((0..8).map(|_| http(ip, 8080, "POST", batch, &big))).await;
+    for (code, answer) in answers {
+        assert!(
+            matches!(code, 413 | 429),
+            "a 29 MB batch: {code} {answer:.200}"
+        );
+        assert!(
+            answer.contains("MAX_BODY_BYTES") || answer.contains("BODY_MEMORY_KBYTES"),
+            "{answer:.300}"
+        );
+    }
+    // Rows written straight into the table: too large for Kafka, for a topic the
+    // system does not serve, and 60 of 990 KB, nearly all headers.
+    let poison = pg(
+        db_url,
+        &format!(
+            "WITH ins AS (
+               INSERT INTO outbox_messages (id, topic, key, payload)
+               VALUES (nextval('outbox_message_id_seq'), '{topic}', 'sweep', repeat('x', 1500000)),
+                      (nextval('outbox_message_id_seq'), 'not-this-systems-topic', 'sweep', 'm')
+               RETURNING 1)
+             SELECT count(*) FROM ins"
+        ),
+    )
+    .await
+    .expect("inserting the poison rows");
+    assert_eq!(poison.get::<_, i64>(0), 2);
+    let heavy = pg(
+        db_url,
+        &format!(
+            "WITH ins AS (
+               INSERT INTO outbox_messages (id, topic, key, payload, headers)
+               SELECT nextval('outbox_message_id_seq'), '{topic}', 'heavy-' || n, '',
+                      jsonb_build_object('h0', repeat(md5(n::text), 6000),
+                                         'h1', repeat(md5((n + 1)::text), 6000),
+                                         'h2', repeat(md5((n + 2)::text), 6000),
+                                         'h3', repeat(md5((n + 3)::text), 6000),
+                                         'h4', repeat(md5((n + 4)::text), 6000))
+               FROM generate_series(1, 60) AS n
+               RETURNING 1)
+             SELECT count(*) FROM ins"
+        ),
+    )
+    .await
+    .expect("inserting the header-heavy rows");
+    assert_eq!(heavy.get::<_, i64>(0), 60);
+}
+
 async fn group_members(group: &str) -> usize {
     let group = group.to_string();
     tokio::task::spawn_blocking(move || {
@@ -247,7 +386,11 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     eventually(
         "both group-c pods to be members of the Kafka group",
         POD_WAIT,
-        || async { (group_members("group-c").await == 2).then_some(()) },
+        || {
+            // The group's Kafka id is prefixed with its namespace and system.
+            let group = outbox_contract::crd::kafka_group_id(&ns, "outbox", "group-c");
+            async move { (group_members(&group).await == 2).then_some(()) }
+        },
     )
     .await;
 
@@ -465,6 +608,10 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     let mut sent = 0;
     {
         let _paused = KafkaPause::start();
+        // Hostile traffic while Kafka is away, as after any outage: each answer a 4xx
+        // naming the problem, each poison row set aside, and no pod restarted (the
+        // restart counts are compared below).
+        hostile_sweep(&ip, &topic, &db_url).await;
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             let body = serde_json::json!({"topic": topic, "message": format!("during-outage-{sent}"), "key": "outage"});
@@ -483,9 +630,11 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         || {
             let db_url = db_url.clone();
             async move {
+                // Quarantined rows (the sweep's poison) are kept, never delivered.
                 let row = pg(
                     &db_url,
-                    "SELECT (SELECT count(*) FROM outbox_messages)::bigint,
+                    "SELECT (SELECT count(*) FROM outbox_messages
+                             WHERE (txid, id) NOT IN (SELECT txid, id FROM outbox_quarantine))::bigint,
                             (SELECT min(a) FROM (SELECT sum(acked)::bigint AS a FROM outbox_ack_chunks
                                                  GROUP BY group_name) g)::bigint,
                             (SELECT count(DISTINCT group_name) FROM outbox_ack_chunks)::bigint",

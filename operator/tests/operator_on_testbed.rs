@@ -1923,8 +1923,17 @@ async fn a_leader_that_loses_the_lease_mid_reconcile_writes_nothing_more() {
     system.spec.kafka.bootstrap_servers = silent_broker;
     let systems = create_system(&client, &ns, &system).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    // Its children applied, the reconcile goes on to the topic: the silent broker.
-    wait_present(&deployments, "outbox-producer").await;
+    // Its finalizer written, the next reconcile asks the silent broker for its cluster
+    // id (for up to 10 s) before it applies anything.
+    eventually("replica-a writes the topic finalizer", WAIT, || {
+        let systems = systems.clone();
+        let name = system.name_any();
+        async move {
+            let s = systems.get(&name).await.ok()?;
+            (!s.finalizers().is_empty()).then_some(())
+        }
+    })
+    .await;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
     let written_by_a = || async {
         let version = systems
@@ -1973,6 +1982,15 @@ async fn a_leader_that_loses_the_lease_mid_reconcile_writes_nothing_more() {
         written_by_a().await,
         before,
         "replica-a wrote the OutboxSystem or an Event after it lost the Lease (resourceVersion, Events)\n{}",
+        a.log_tail(40)
+    );
+    assert!(
+        deployments
+            .get_opt("outbox-producer")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none(),
+        "replica-a applied the children after it lost the Lease\n{}",
         a.log_tail(40)
     );
     drop(silent);

@@ -124,12 +124,28 @@ pub fn pod_ip(pod: &Pod) -> String {
 /// A minimal HTTP/1.1 request to `ip:port` (the host reaches pods over the node's
 /// bridge); returns the status code and body.
 pub async fn http(ip: &str, port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(ip, port, method, path, &[], body).await
+}
+
+/// [`http`] with extra request headers.
+pub async fn http_with(
+    ip: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect((ip, port))
         .await
         .unwrap_or_else(|e| panic!("connecting to {ip}:{port}: {e}"));
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     );
     stream
