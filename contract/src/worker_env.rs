@@ -31,6 +31,8 @@ pub mod names {
     pub const RELAY_LINGER_MS: &str = "RELAY_LINGER_MS";
     /// Producer: the backlog at which ingest answers 429.
     pub const MAX_BACKLOG_MESSAGES: &str = "MAX_BACKLOG_MESSAGES";
+    /// Producer: the outbox table's size on disk at which ingest answers 429.
+    pub const MAX_BACKLOG_BYTES: &str = "MAX_BACKLOG_BYTES";
     /// Producer: how long relayed rows are kept.
     pub const RETENTION_SECONDS: &str = "RETENTION_SECONDS";
     /// Producer: how long untouched ledger data is kept.
@@ -76,6 +78,8 @@ pub mod defaults {
     pub const RELAY_LINGER_MS: i32 = 5;
     /// Backlog bound of ingest (0 would be none).
     pub const MAX_BACKLOG_MESSAGES: i64 = 20_000_000;
+    /// Outbox table size bound of ingest, bytes (0: none).
+    pub const MAX_BACKLOG_BYTES: i64 = 0;
     /// Relayed rows kept, s.
     pub const RETENTION_SECONDS: i64 = 3600;
     /// Untouched ledger data kept, s.
@@ -94,6 +98,7 @@ pub struct ProducerSettings {
     pub relay_rows_per_kafka_batch: i32,
     pub relay_linger_ms: i32,
     pub max_backlog_messages: i64,
+    pub max_backlog_bytes: i64,
     pub retention_seconds: i64,
     pub ledger_retention_seconds: i64,
 }
@@ -105,6 +110,7 @@ impl ProducerSettings {
             relay_rows_per_kafka_batch: spec.producers.relay.rows_per_kafka_batch,
             relay_linger_ms: spec.producers.relay.linger_ms,
             max_backlog_messages: spec.producers.max_backlog.max(0),
+            max_backlog_bytes: spec.producers.max_backlog_bytes.max(0),
             retention_seconds: spec.retention.relayed_seconds,
             ledger_retention_seconds: spec.retention.ledger_seconds,
         }
@@ -122,6 +128,7 @@ impl ProducerSettings {
                 names::MAX_BACKLOG_MESSAGES,
                 self.max_backlog_messages.to_string(),
             ),
+            (names::MAX_BACKLOG_BYTES, self.max_backlog_bytes.to_string()),
             (names::RETENTION_SECONDS, self.retention_seconds.to_string()),
             (
                 names::LEDGER_RETENTION_SECONDS,
@@ -205,6 +212,7 @@ mod tests {
                 relay_rows_per_kafka_batch: defaults::RELAY_ROWS_PER_KAFKA_BATCH,
                 relay_linger_ms: defaults::RELAY_LINGER_MS,
                 max_backlog_messages: defaults::MAX_BACKLOG_MESSAGES,
+                max_backlog_bytes: defaults::MAX_BACKLOG_BYTES,
                 retention_seconds: defaults::RETENTION_SECONDS,
                 ledger_retention_seconds: defaults::LEDGER_RETENTION_SECONDS,
             }

@@ -499,6 +499,7 @@ fn producer_args(args: &BenchArgs, common: CommonArgs, relay: bool) -> ProducerA
         relay_queue_kbytes: None,
         relay_fetch_kbytes: None,
         max_backlog_messages: 0,
+        max_backlog_bytes: 0,
         // The benchmark drops its schema afterwards; nothing to delete meanwhile.
         retention_seconds: 0,
         ledger_retention_seconds: 0,

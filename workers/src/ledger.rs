@@ -413,15 +413,40 @@ impl AckRecorder {
         Ok(())
     }
 
-    /// Records messages this group gave up on and sent to the dead-letter topic.
-    pub async fn record_dead_letters(&self, client: &Client, acks: &[Ack]) -> Result<()> {
+    /// Records messages this group gave up on: sent to the dead-letter topic
+    /// (`dead_lettered`), or refused by it too (`abandoned`).
+    pub async fn record_given_up(
+        &self,
+        client: &Client,
+        acks: &[Ack],
+        kind: GivenUp,
+    ) -> Result<()> {
         let mut anomalies = Anomalies::default();
         for ack in acks {
-            anomalies.push(ack, "dead_lettered");
+            anomalies.push(ack, kind.kind());
         }
         anomalies
             .insert(client, INSERT_ANOMALIES, &self.group)
             .await
+    }
+}
+
+/// What became of a message a group gave up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenUp {
+    /// Sent to the dead-letter topic.
+    DeadLettered,
+    /// The dead-letter topic refused it too: it is nowhere but in the source topic.
+    Abandoned,
+}
+
+impl GivenUp {
+    /// Its `outbox_ack_anomalies.kind`.
+    fn kind(self) -> &'static str {
+        match self {
+            GivenUp::DeadLettered => "dead_lettered",
+            GivenUp::Abandoned => "abandoned",
+        }
     }
 }
 
@@ -641,6 +666,8 @@ pub struct GroupReport {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub dead_lettered: u64,
+    /// Expected messages it gave up on that the dead-letter topic refused too.
+    pub abandoned: u64,
     /// Up to 20 missing ids, the smallest first, for investigation.
     pub missing_sample: Vec<i64>,
     /// Latency of the first acknowledgements, from the histograms of the 8,192-id
@@ -669,6 +696,7 @@ pub async fn group_report<C: GenericClient>(
         duplicates: 0,
         out_of_order: 0,
         dead_lettered: 0,
+        abandoned: 0,
         missing_sample: Vec::new(),
         latency: None,
     };
@@ -758,6 +786,7 @@ pub async fn group_report<C: GenericClient>(
             "duplicate" => report.duplicates += 1,
             "out_of_order" => report.out_of_order += 1,
             "dead_lettered" => report.dead_lettered += 1,
+            "abandoned" => report.abandoned += 1,
             _ => {}
         }
     }

@@ -127,6 +127,7 @@ pub struct ConsumerMetrics {
     pub retried: Counter,
     pub retrying: Gauge,
     pub dead_lettered: Counter,
+    pub abandoned: Counter,
     pub lag: Gauge,
 }
 
@@ -168,6 +169,11 @@ impl ConsumerMetrics {
             "dead_lettered",
             "Messages sent to the dead-letter topic",
             self.dead_lettered.clone(),
+        );
+        r.register(
+            "abandoned",
+            "Messages given up on that the dead-letter topic refused too (too large, or no such topic): recorded in the ledger as abandoned, then skipped",
+            self.abandoned.clone(),
         );
         r.register(
             "lag",

@@ -97,21 +97,61 @@ impl NewMessage {
     }
 }
 
+/// Ids for messages stored alone, handed out one by one from a sequence block this
+/// process reserved. A message sent alone took a whole block of [`ID_BLOCK`] ids
+/// before, so the backlog estimated from ids (the sequence's last value less the relay
+/// watermark's id, see `backpressure` and the `outbox_backlog` view) counted up to
+/// 128 times the messages waiting, and the 429 bound refused ingest that early. Now
+/// ids stay dense: the estimate is off by at most a block per producer, the rest of
+/// its current block, which is also all that is lost when the process ends.
+#[derive(Debug, Default)]
+pub struct SingleIds {
+    next: std::sync::Mutex<std::ops::Range<i64>>,
+}
+
+impl SingleIds {
+    /// The next id; reserves a new block on `client` when this one is used up.
+    pub async fn next(&self, client: &tokio_postgres::Client) -> Result<i64, StoreError> {
+        if let Some(id) = self.next.lock().ok().and_then(|mut ids| ids.next()) {
+            return Ok(id);
+        }
+        let start: i64 = client
+            .query_one("SELECT nextval('outbox_message_id_seq')", &[])
+            .await
+            .store("reserving message ids", false)?
+            .get(0);
+        // Two requests that both found the block used up each reserve one; the later
+        // replaces the earlier's rest (a few ids lost, never one given twice).
+        if let Ok(mut ids) = self.next.lock() {
+            *ids = start + 1..start + ID_BLOCK;
+        }
+        Ok(start)
+    }
+}
+
 /// Stores one message in a transaction of its own: the immediate path (the caller wakes
 /// the relay once it is committed: `producer::waker`). Returns the message id.
 pub async fn insert_one(
     client: &deadpool_postgres::ClientWrapper,
     message: &NewMessage,
+    ids: &SingleIds,
 ) -> Result<i64, StoreError> {
     let headers = message.headers_json();
     let statement = client
         .prepare_cached(INSERT_ONE)
         .await
         .store("preparing the insert", false)?;
+    let id = ids.next(client).await?;
     let row = client
         .query_one(
             &statement,
-            &[&message.topic, &message.key, &message.payload, &headers],
+            &[
+                &message.topic,
+                &message.key,
+                &message.payload,
+                &headers,
+                &id,
+            ],
         )
         .await
         .store("inserting a message", true)?;
@@ -141,14 +181,14 @@ pub async fn warm_pool(pool: &deadpool_postgres::Pool) -> usize {
 /// planning it for every message was a share of PostgreSQL's work per message sent
 /// alone.
 const INSERT_ONE: &str = "INSERT INTO outbox_messages (id, topic, key, payload, headers)
-     VALUES (nextval('outbox_message_id_seq'), $1, $2, $3, $4)
+     VALUES ($5, $1, $2, $3, $4)
      RETURNING id";
 
 /// One message under its idempotency key (see [`insert_one_once`]), prepared once per
 /// pooled connection.
 const INSERT_ONE_ONCE: &str = "WITH recorded AS (
          INSERT INTO outbox_idempotency (key, id_blocks, id_count, request_digest)
-         VALUES ($1, ARRAY[nextval('outbox_message_id_seq')], 1, $6)
+         VALUES ($1, ARRAY[$7::bigint], 1, $6)
          ON CONFLICT (key) DO NOTHING
          RETURNING id_blocks[1] AS id)
      INSERT INTO outbox_messages (id, topic, key, payload, headers)
@@ -165,6 +205,7 @@ pub async fn insert_one_once(
     client: &deadpool_postgres::ClientWrapper,
     message: &NewMessage,
     key: &str,
+    ids: &SingleIds,
 ) -> Result<Stored, StoreError> {
     let headers = message.headers_json();
     let digest = request_digest(std::slice::from_ref(message));
@@ -172,6 +213,7 @@ pub async fn insert_one_once(
         .prepare_cached(INSERT_ONE_ONCE)
         .await
         .store("preparing the insert", false)?;
+    let id = ids.next(client).await?;
     let row = client
         .query_opt(
             &statement,
@@ -182,6 +224,7 @@ pub async fn insert_one_once(
                 &message.payload,
                 &headers,
                 &digest,
+                &id,
             ],
         )
         .await

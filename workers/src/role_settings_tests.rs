@@ -49,6 +49,7 @@ fn producer_settings(args: &ProducerArgs) -> ProducerSettings {
             .unwrap_or(i32::MAX),
         relay_linger_ms: i32::try_from(args.relay_linger_ms).unwrap_or(i32::MAX),
         max_backlog_messages: int(args.max_backlog_messages),
+        max_backlog_bytes: int(args.max_backlog_bytes),
         retention_seconds: int(args.retention_seconds),
         ledger_retention_seconds: int(args.ledger_retention_seconds),
     }

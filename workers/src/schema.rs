@@ -247,6 +247,18 @@ FROM (SELECT wm_txid, wm_id FROM outbox_relay_state LIMIT 1) AS s,
 ALTER TABLE outbox_idempotency ADD COLUMN request_digest bytea;
 "#,
     ),
+    (
+        12,
+        r#"
+-- A message a group gave up on that its dead-letter topic refused too (too large for
+-- it, or no such topic): recorded, so verification names it, and skipped, so the
+-- group does not stop on it.
+ALTER TABLE outbox_ack_anomalies
+    DROP CONSTRAINT outbox_ack_anomalies_kind_check,
+    ADD CONSTRAINT outbox_ack_anomalies_kind_check
+        CHECK (kind IN ('duplicate', 'out_of_order', 'dead_lettered', 'abandoned'));
+"#,
+    ),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

@@ -953,6 +953,224 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
 }
 
 #[tokio::test]
+async fn a_message_the_dead_letter_topic_cannot_take_is_recorded_as_abandoned_and_the_group_goes_on(
+) {
+    let env = Env::on_testbed("abandon", 1).await;
+    let dead_letters = format!("{}-dlt", env.topic);
+    kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let group = unique_name("g");
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    // Until told otherwise, the ledger refuses every acknowledgement of the group.
+    db.batch_execute(&format!(
+        "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'the test refuses every acknowledgement'; END $$;
+         CREATE TRIGGER refuse_all BEFORE INSERT OR UPDATE ON outbox_ack_chunks
+           FOR EACH ROW WHEN (NEW.group_name = '{group}') EXECUTE FUNCTION refuse_all();"
+    ))
+    .await
+    .expect("install the refusing trigger");
+    // 1.04 MB: the topic takes it (max.message.bytes 1048588), the dead-letter
+    // producer (message.max.bytes 1000000) cannot.
+    let id = 1i64 << 40;
+    let payload = "x".repeat(1_040_000);
+    let raw: rdkafka::producer::FutureProducer = outbox_workers::kafka::client_config(
+        &env.bootstrap,
+        &[("message.max.bytes".to_string(), "1100000".to_string())]
+            .into_iter()
+            .collect(),
+    )
+    .create()
+    .expect("raw producer");
+    let id_text = id.to_string();
+    let now_us = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros())
+    .to_string();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: outbox_workers::headers::MESSAGE_ID,
+            value: Some(&id_text),
+        })
+        .insert(rdkafka::message::Header {
+            key: outbox_workers::headers::TRANSACTION_ID,
+            value: Some("1"),
+        })
+        .insert(rdkafka::message::Header {
+            key: outbox_workers::headers::CREATED_AT_MICROS,
+            value: Some(&now_us),
+        });
+    raw.send(
+        rdkafka::producer::FutureRecord::<str, str>::to(&env.topic)
+            .key("big")
+            .payload(&payload)
+            .headers(headers),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("produce a 1.04 MB outbox message");
+    let mut consumer = Worker::consumer(
+        &env,
+        "c1",
+        &group,
+        &[
+            ("RETRY_MAX_RETRIES", "1"),
+            ("RETRY_BACKOFF_MS", "10"),
+            ("RETRY_MAX_BACKOFF_MS", "50"),
+            ("DEAD_LETTER_TOPIC", &dead_letters),
+        ],
+    );
+    consumer.wait_healthy(CONSUMER_HEALTH).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            consumer.exited().is_none(),
+            "the consumer ended on a message it could not dead-letter:\n{}",
+            consumer.log_text()
+        );
+        let kinds: Vec<String> = db
+            .query(
+                "SELECT kind FROM outbox_ack_anomalies WHERE group_name = $1 AND id = $2",
+                &[&group, &id],
+            )
+            .await
+            .expect("anomalies")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !kinds.is_empty() {
+            assert_eq!(kinds, ["abandoned"]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no anomaly recorded:\n{}",
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let report = outbox_workers::ledger::group_report(&db, &group, &IdSet::from_ids(vec![id]))
+        .await
+        .expect("report");
+    assert_eq!((report.missing, report.abandoned), (1, 1), "{report:?}");
+    // The group goes on past it: the next message is acknowledged, the big one is not
+    // read again.
+    db.batch_execute("DROP TRIGGER refuse_all ON outbox_ack_chunks")
+        .await
+        .expect("drop the trigger");
+    let next = send_one(&producer, &env.topic, "k", "after the abandoned one").await;
+    let report = wait_acknowledged(
+        &env.database_url,
+        &group,
+        &IdSet::from_ids(vec![next]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(report.missing, 0, "{report:?}");
+    assert!(consumer.exited().is_none(), "{}", consumer.log_text());
+    let metrics = consumer.metrics().await;
+    assert!(
+        metrics.contains("outbox_consumer_abandoned_total 1\n"),
+        "{metrics}"
+    );
+    assert!(consumer.terminate(), "{}", consumer.log_text());
+}
+
+#[tokio::test]
+async fn messages_sent_alone_take_dense_ids_so_the_backlog_counts_messages_not_id_blocks() {
+    const MESSAGES: usize = 200;
+    let env = Env::on_testbed("dense-ids", 1).await;
+    let mut producer = Worker::producer(&env, "p1", &[]);
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let mut ids: Vec<i64> = futures::future::join_all((0..8).map(|lane| {
+        let producer = &producer;
+        let topic = env.topic.as_str();
+        async move {
+            let mut ids = Vec::new();
+            for i in (lane..MESSAGES).step_by(8) {
+                ids.push(send_one(producer, topic, &format!("k{}", i % 7), "alone").await);
+            }
+            ids
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), MESSAGES);
+    let block = outbox_workers::schema::ID_BLOCK;
+    let span = ids[MESSAGES - 1] - ids[0] + 1;
+    assert!(
+        span <= MESSAGES as i64 + block,
+        "{MESSAGES} messages sent alone spread over {span} ids"
+    );
+    // What the backlog estimate reads: the sequence's last value.
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let last: i64 = db
+        .query_one("SELECT last_value FROM outbox_message_id_seq", &[])
+        .await
+        .expect("sequence")
+        .get(0);
+    assert!(
+        last - ids[0] < MESSAGES as i64 + block,
+        "the sequence ran {} ids for {MESSAGES} messages",
+        last - ids[0]
+    );
+    assert!(producer.terminate(), "{}", producer.log_text());
+}
+
+#[tokio::test]
+async fn an_outbox_table_at_its_size_bound_is_answered_429_naming_the_bound_and_stores_nothing() {
+    let env = Env::on_testbed("table-bytes", 1).await;
+    // Any outbox table takes more than a byte, indexes alone.
+    let mut producer = Worker::producer(&env, "p1", &[("MAX_BACKLOG_BYTES", "1")]);
+    producer.wait_healthy(PRODUCER_HEALTH).await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"topic": env.topic, "message": "m"});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (status, answer) = loop {
+        let response = client
+            .post(producer.url("/api/messages/send"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("JSON body");
+        // Until the first reading of the table's size (every second) a send may pass.
+        if status != 200 || tokio::time::Instant::now() > deadline {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["status"], "backlogged", "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("on disk, at or over MAX_BACKLOG_BYTES (1)")
+            && error.contains("nothing was stored"),
+        "{error}"
+    );
+    let db = outbox_workers::db::connect(&env.database_url)
+        .await
+        .expect("connect");
+    let stored = support::outbox_rows(&db).await;
+    assert!(
+        stored <= 2,
+        "only what came before the first reading: {stored}"
+    );
+    assert!(producer.terminate(), "{}", producer.log_text());
+}
+
+#[tokio::test]
 async fn every_worker_session_ends_idle_transactions_and_probes_a_silent_peer() {
     let env = Env::on_testbed("session-settings", 1).await;
     let single = outbox_workers::db::connect(&env.database_url)

@@ -34,6 +34,24 @@ async fn try_batch(
             503,
             "a database outage is answered with 503"
         );
+        // A short reason, not the database error chain (host names, server messages).
+        let text = response.text().await.unwrap_or_default();
+        let error = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|b| b["error"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("database unavailable") || error.starts_with("starting"),
+            "{text}"
+        );
+        for internal in [
+            "error connecting",
+            "127.0.0.1",
+            "db error",
+            "Connection refused",
+        ] {
+            assert!(!text.contains(internal), "{internal:?} in {text}");
+        }
         return None;
     }
     let body: Value = response.json().await.ok()?;

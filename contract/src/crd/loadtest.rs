@@ -665,6 +665,10 @@ pub struct GroupVerification {
     /// Expected messages the group gave up on and sent to its dead-letter topic.
     #[serde(default)]
     pub dead_lettered: i64,
+    /// Expected messages the group gave up on that its dead-letter topic refused too
+    /// (too large for it, or no such topic): skipped, never delivered anywhere.
+    #[serde(default)]
+    pub abandoned: i64,
     /// Latency from the outbox write to this group's first acknowledgement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyPercentiles>,

@@ -243,6 +243,14 @@ pub struct ProducersSpec {
     #[serde(default = "default_max_backlog")]
     #[schemars(range(min = 0))]
     pub max_backlog: i64,
+    /// The outbox table's size on disk, in bytes (PostgreSQL's
+    /// `pg_total_relation_size`: rows waiting, relayed rows retention still keeps,
+    /// indexes), at which ingest pushes back like at `maxBacklog`: a bound on the disk
+    /// the outbox may take, whatever the size of the messages. 0: no bound (the
+    /// default; set it below the database's free disk) (`MAX_BACKLOG_BYTES`).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_backlog_bytes: i64,
     /// Scheduling and metadata of the producer pods: node selector, tolerations,
     /// affinity, topology spread, priority class, image pull secrets, labels and
     /// annotations.
@@ -263,6 +271,7 @@ impl Default for ProducersSpec {
             relay: RelaySpec::default(),
             port: default_port(),
             max_backlog: default_max_backlog(),
+            max_backlog_bytes: 0,
             pod: PodSettings::default(),
             pod_disruption_budget: PodDisruptionBudgetSpec::default(),
         }

@@ -25,7 +25,7 @@ use outbox_contract::worker_env::{defaults, names};
 use crate::config::{kafka_client_properties, CommonArgs};
 use crate::error::{Error, KafkaContext, Result};
 use crate::headers;
-use crate::ledger::{Ack, AckRecorder};
+use crate::ledger::{Ack, AckRecorder, GivenUp};
 use crate::metrics::ConsumerMetrics;
 use crate::probes::{self, Started};
 use crate::shutdown::{self, ShutdownSignal};
@@ -192,6 +192,27 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let result = member.consume(&mut shutdown).await;
     stop(&consumer, server, lag, result.is_ok()).await;
     result
+}
+
+/// Whether the dead-letter topic refused a message for what it is or for what the topic
+/// is (too large, invalid, no such topic, no right to write it), which a retry does not
+/// change, rather than for the state of the cluster.
+fn dead_letter_refused_for_good(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::MessageBatchTooLarge
+                | Code::UnknownTopic
+                | Code::UnknownTopicOrPartition
+                | Code::TopicAuthorizationFailed
+                | Code::InvalidTopic
+        )
+    )
 }
 
 /// The group member's Kafka consumer: offsets stored and committed only by the member,
@@ -364,6 +385,7 @@ impl Member<'_> {
                 headers::MESSAGE_ID
             );
             if self.dead_letters.is_some() {
+                // Refused ones have no id to record; `dead_letter` logged them.
                 self.dead_letter(&parsed.foreign, "no valid outbox message id header")
                     .await?;
             }
@@ -412,20 +434,26 @@ impl Member<'_> {
             }
         }
         for (ack, message, error) in &dead {
-            self.dead_letter(
-                &[message],
-                &format!(
-                    "acknowledgement failed {batch_attempts} times with its batch and again alone: {error}"
-                ),
-            )
-            .await?;
+            let refused = self
+                .dead_letter(
+                    &[message],
+                    &format!(
+                        "acknowledgement failed {batch_attempts} times with its batch and again alone: {error}"
+                    ),
+                )
+                .await?;
+            let given_up = if refused.is_empty() {
+                GivenUp::DeadLettered
+            } else {
+                GivenUp::Abandoned
+            };
             if let Some(db) = self.db.as_ref() {
                 if let Err(e) = self
                     .recorder
-                    .record_dead_letters(db, std::slice::from_ref(ack))
+                    .record_given_up(db, std::slice::from_ref(ack), given_up)
                     .await
                 {
-                    tracing::warn!(error = %e, "could not record a dead letter in the ledger");
+                    tracing::warn!(error = %e, ?given_up, id = ack.id, "could not record a message given up on in the ledger");
                 }
             }
         }
@@ -459,9 +487,13 @@ impl Member<'_> {
         Ok(())
     }
 
-    async fn dead_letter(&self, messages: &[&OwnedMessage], reason: &str) -> Result<()> {
+    /// Sends `messages` to the dead-letter topic; returns the indexes of those it refused
+    /// for good (too large for it, no such topic), logged and counted as abandoned:
+    /// stopping on them would stop the group on that partition for ever. Other failures
+    /// (Kafka unreachable) end the batch with an error, to be tried again.
+    async fn dead_letter(&self, messages: &[&OwnedMessage], reason: &str) -> Result<Vec<usize>> {
         let Some((topic, producer)) = &self.dead_letters else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let mut deliveries = Vec::with_capacity(messages.len());
         for m in messages {
@@ -492,14 +524,32 @@ impl Member<'_> {
             }
             deliveries.push(producer.send(record, Duration::from_secs(30)));
         }
-        for delivery in deliveries {
-            delivery
-                .await
-                .map_err(|(e, _)| e)
-                .kafka(format!("dead-lettering to {topic}"))?;
+        let mut refused = Vec::new();
+        for (i, delivery) in deliveries.into_iter().enumerate() {
+            match delivery.await {
+                Ok(_) => {
+                    self.metrics.dead_lettered.inc();
+                }
+                Err((e, _)) if dead_letter_refused_for_good(&e) => {
+                    let m = messages[i];
+                    tracing::error!(
+                        error = %e,
+                        dead_letter_topic = %topic,
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        bytes = batch::message_bytes(m),
+                        "the dead-letter topic refused a message given up on: recorded as abandoned and skipped"
+                    );
+                    self.metrics.abandoned.inc();
+                    refused.push(i);
+                }
+                Err((e, _)) => {
+                    return Err(e).kafka(format!("dead-lettering to {topic}"));
+                }
+            }
         }
-        self.metrics.dead_lettered.inc_by(messages.len() as u64);
-        Ok(())
+        Ok(refused)
     }
 
     fn commit(&self, batch: &[OwnedMessage]) {
@@ -730,7 +780,35 @@ async fn render_metrics(State(state): State<HealthState>) -> Response {
 mod tests {
     use super::*;
 
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
     use rdkafka::Timestamp;
+
+    #[test]
+    fn a_dead_letter_topic_refusing_a_message_for_good_is_told_from_an_outage() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(
+                dead_letter_refused_for_good(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert!(
+                !dead_letter_refused_for_good(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+    }
 
     fn message(headers: &[(&str, &str)]) -> OwnedMessage {
         let mut h = OwnedHeaders::new();

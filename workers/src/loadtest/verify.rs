@@ -113,11 +113,16 @@ pub fn verdict(
         .iter()
         .filter(|r| r.missing > 0)
         .map(|r| {
-            let dead = if r.dead_lettered > 0 {
-                format!(", {} dead-lettered", r.dead_lettered)
-            } else {
-                String::new()
-            };
+            let mut dead = String::new();
+            if r.dead_lettered > 0 {
+                dead += &format!(", {} dead-lettered", r.dead_lettered);
+            }
+            if r.abandoned > 0 {
+                dead += &format!(
+                    ", {} abandoned (the dead-letter topic refused them too)",
+                    r.abandoned
+                );
+            }
             format!("{} missing {} of {}{dead}", r.group, r.missing, r.expected)
         })
         .collect();
@@ -234,6 +239,7 @@ pub fn group_status(report: &GroupReport) -> GroupVerification {
         duplicates: to_i64(report.duplicates),
         out_of_order: to_i64(report.out_of_order),
         dead_lettered: to_i64(report.dead_lettered),
+        abandoned: to_i64(report.abandoned),
         latency: report.latency.as_ref().map(percentiles),
     }
 }
@@ -267,6 +273,7 @@ mod tests {
             duplicates: 2,
             out_of_order,
             dead_lettered: 0,
+            abandoned: 0,
             missing_sample: vec![],
             latency: None,
         }

@@ -54,6 +54,8 @@ pub struct AppState {
     pub health: Arc<probes::CachedCheck>,
     /// The readiness answer: at most one database check per interval.
     pub readiness: Arc<probes::CachedReadiness<DatabaseDown>>,
+    /// Ids for messages sent alone, from one reserved block at a time.
+    pub single_ids: Arc<outbox::SingleIds>,
 }
 
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
@@ -357,14 +359,17 @@ fn unavailable(metrics: &ProducerMetrics, e: crate::Error) -> Response {
     tracing::warn!(error = %crate::error_chain(&e), "refusing a request: database unavailable");
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "unavailable", "error": format!("database unavailable, nothing was stored: {}", crate::error_chain(&e))})),
+        [(header::RETRY_AFTER, "1")],
+        // The error chain (host names, server messages) goes to the log, not to clients.
+        Json(json!({"status": "unavailable", "error": "database unavailable: nothing was stored, retry after 1 s"})),
     )
         .into_response()
 }
 
 /// A permit to handle one more send or batch request, or the answer that refuses it
 /// before its body is read: busy (`MAX_CONCURRENT_REQUESTS` in progress), starting (the
-/// schema not migrated yet) or backlogged (`MAX_BACKLOG_MESSAGES` waiting).
+/// schema not migrated yet) or backlogged (`MAX_BACKLOG_MESSAGES` waiting, or the
+/// outbox table at `MAX_BACKLOG_BYTES`).
 fn admission(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
     let permit = state
         .in_progress
@@ -374,8 +379,8 @@ fn admission(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Refu
     if !state.started.get() {
         return Err(Refusal::Starting);
     }
-    if let Some(pending) = state.backlog.exceeded() {
-        return Err(Refusal::Backlogged(pending));
+    if let Some(exceeded) = state.backlog.exceeded() {
+        return Err(Refusal::Backlogged(exceeded));
     }
     Ok(permit)
 }
@@ -384,7 +389,7 @@ fn admission(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Refu
 enum Refusal {
     Busy,
     Starting,
-    Backlogged(u64),
+    Backlogged(crate::backpressure::Exceeded),
 }
 
 impl Refusal {
@@ -392,7 +397,7 @@ impl Refusal {
         match self {
             Refusal::Busy => busy(state),
             Refusal::Starting => starting(state),
-            Refusal::Backlogged(pending) => backlogged(state, pending),
+            Refusal::Backlogged(exceeded) => backlogged(state, exceeded),
         }
     }
 }
@@ -448,14 +453,13 @@ fn starting(state: &AppState) -> Response {
 }
 
 /// The answer while the backlog is at its bound: come back later, nothing was stored.
-fn backlogged(state: &AppState, pending: u64) -> Response {
+fn backlogged(state: &AppState, exceeded: crate::backpressure::Exceeded) -> Response {
     state.metrics.backlogged.inc();
     (
         StatusCode::TOO_MANY_REQUESTS,
         [(header::RETRY_AFTER, "1")],
         Json(json!({"status": "backlogged", "error": format!(
-            "about {pending} messages wait to be relayed to Kafka, at or over MAX_BACKLOG_MESSAGES ({}): nothing was stored, retry after 1 s",
-            state.backlog.limit()
+            "{exceeded}: nothing was stored, retry after 1 s"
         )})),
     )
         .into_response()
@@ -484,7 +488,7 @@ fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
             tracing::error!(error = %crate::error_chain(&e), "lost PostgreSQL while committing: outcome unknown");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"status": "unknown", "error": e.to_string()})),
+                Json(json!({"status": "unknown", "error": "the outcome is unknown: the connection to PostgreSQL was lost while storing, the message may or may not be stored; send it again with the same Idempotency-Key to find out without storing it twice"})),
             )
                 .into_response()
         }
@@ -526,10 +530,10 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         }
     };
     let stored = match key {
-        None => outbox::insert_one(&client, &message)
+        None => outbox::insert_one(&client, &message, &state.single_ids)
             .await
             .map(|id| Stored::New(vec![id])),
-        Some(key) => outbox::insert_one_once(&client, &message, &key).await,
+        Some(key) => outbox::insert_one_once(&client, &message, &key, &state.single_ids).await,
     };
     match stored {
         Ok(stored) => {

@@ -80,9 +80,10 @@ impl Server {
                 settings.max_concurrent_requests,
             )),
             max_concurrent_requests: settings.max_concurrent_requests,
-            backlog: crate::backpressure::BacklogBound::new(0),
+            backlog: crate::backpressure::BacklogBound::new(0, 0),
             health: Arc::new(crate::probes::CachedCheck::default()),
             readiness: Arc::new(crate::probes::CachedReadiness::default()),
+            single_ids: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -74,6 +74,11 @@ pub struct ProducerArgs {
     /// and stores nothing (0: no bound; the default is the OutboxSystem's).
     #[arg(long, env = names::MAX_BACKLOG_MESSAGES, default_value_t = defaults::MAX_BACKLOG_MESSAGES as u64)]
     pub max_backlog_messages: u64,
+    /// The outbox table's size on disk (bytes) at which ingest answers 429 with
+    /// `Retry-After` and stores nothing (0: no bound; the default is the
+    /// OutboxSystem's).
+    #[arg(long, env = names::MAX_BACKLOG_BYTES, default_value_t = defaults::MAX_BACKLOG_BYTES as u64)]
+    pub max_backlog_bytes: u64,
     /// Bytes of messages the relay's Kafka producer may hold in memory (librdkafka's
     /// `queue.buffering.max.kbytes`, in KiB). Unset: a quarter of the container's
     /// memory limit, between 4 MiB and 64 MiB (64 MiB without a limit).
@@ -245,9 +250,13 @@ fn app_state(
             args.max_concurrent_requests.max(1),
         )),
         max_concurrent_requests: args.max_concurrent_requests.max(1),
-        backlog: crate::backpressure::BacklogBound::new(args.max_backlog_messages),
+        backlog: crate::backpressure::BacklogBound::new(
+            args.max_backlog_messages,
+            args.max_backlog_bytes,
+        ),
         health: Arc::new(crate::probes::CachedCheck::default()),
         readiness: Arc::new(crate::probes::CachedReadiness::default()),
+        single_ids: Arc::default(),
     })
 }
 
