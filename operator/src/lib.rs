@@ -19,6 +19,8 @@ pub mod server_side_apply;
 pub mod service_names;
 pub mod system_controller;
 pub mod system_status;
+#[cfg(test)]
+mod test_fixtures;
 pub mod topic_ownership;
 pub mod validation;
 pub mod workloads;

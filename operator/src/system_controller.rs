@@ -1586,14 +1586,7 @@ mod tests {
     /// The reference system (`manifests/outbox-system.yaml`) as `namespace/name`,
     /// created at second `created`.
     fn system(namespace: &str, name: &str, created: i64) -> OutboxSystem {
-        let mut system: OutboxSystem = serde_yaml::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../manifests/outbox-system.yaml"
-            ))
-            .expect("the reference OutboxSystem"),
-        )
-        .expect("parses");
+        let mut system = crate::test_fixtures::reference_system();
         system.metadata.name = Some(name.into());
         system.metadata.namespace = Some(namespace.into());
         system.metadata.uid = Some(format!("uid-{namespace}-{name}"));

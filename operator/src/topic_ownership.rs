@@ -173,14 +173,7 @@ mod tests {
     /// The reference system at generation 3 with `topic` recorded and, when `found_at`
     /// is Some, a `TopicReady` condition with that reason and generation.
     fn system(topic: Option<TopicStatus>, found_at: Option<(&str, i64)>) -> OutboxSystem {
-        let mut system: OutboxSystem = serde_yaml::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../manifests/outbox-system.yaml"
-            ))
-            .expect("the reference OutboxSystem"),
-        )
-        .expect("parses");
+        let mut system = crate::test_fixtures::reference_system();
         system.metadata.generation = Some(3);
         let conditions = found_at
             .map(|(reason, generation)| {

@@ -1341,14 +1341,7 @@ async fn a_loadtest_where_the_runner_account_is_missing_fails_at_once_saying_wha
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let status = eventually("the LoadTest to fail", WAIT, || {
-        let api = loadtests.clone();
-        async move {
-            let status = api.get("stranded").await.ok()?.status?;
-            (status.phase == Some(LoadTestPhase::Failed)).then_some(status)
-        }
-    })
-    .await;
+    let status = wait_failed(&loadtests, "stranded").await;
     let complete = status
         .conditions
         .iter()
@@ -1422,14 +1415,7 @@ async fn images_outside_the_allowed_repositories_are_not_run_and_the_refusal_nam
         .create(&PostParams::default(), &lt)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let status = eventually("the LoadTest to fail", WAIT, || {
-        let api = loadtests.clone();
-        async move {
-            let status = api.get("evil-runner").await.ok()?.status?;
-            (status.phase == Some(LoadTestPhase::Failed)).then_some(status)
-        }
-    })
-    .await;
+    let status = wait_failed(&loadtests, "evil-runner").await;
     let scheduled = status
         .conditions
         .iter()
@@ -2591,4 +2577,19 @@ async fn a_second_system_naming_the_same_kafka_cluster_differently_is_refused_it
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     assert_no_workloads(&deployments, "second").await;
     delete_namespace(&client, &ns).await;
+}
+
+/// Waits until the LoadTest `name` has failed; returns its status.
+async fn wait_failed(
+    loadtests: &Api<LoadTest>,
+    name: &str,
+) -> outbox_operator::crd::LoadTestStatus {
+    eventually(&format!("the LoadTest {name} to fail"), WAIT, || {
+        let api = loadtests.clone();
+        async move {
+            let status = api.get(name).await.ok()?.status?;
+            (status.phase == Some(LoadTestPhase::Failed)).then_some(status)
+        }
+    })
+    .await
 }

@@ -102,38 +102,45 @@ impl BacklogBound {
                 tokio::time::timeout(Duration::from_secs(5), reading).await
             {
                 let bytes_were = self.bytes.swap(bytes, Ordering::Relaxed);
-                if over(self.limit_bytes, bytes) != over(self.limit_bytes, bytes_were) {
-                    if over(self.limit_bytes, bytes) {
-                        tracing::warn!(bytes, limit = self.limit_bytes, "the outbox table is at its size bound (MAX_BACKLOG_BYTES): refusing new messages with 429 until relayed rows are deleted");
-                    } else {
-                        tracing::info!(
-                            bytes,
-                            limit = self.limit_bytes,
-                            "the outbox table below its size bound again: accepting messages"
-                        );
-                    }
-                }
+                announce_crossing(
+                    "the outbox table's size (MAX_BACKLOG_BYTES)",
+                    bytes_were,
+                    bytes,
+                    self.limit_bytes,
+                );
                 // The reading includes what was accepted before it was taken.
                 self.accepted_since
                     .fetch_sub(accepted_before, Ordering::Relaxed);
                 let was = self.estimate.swap(estimate, Ordering::Relaxed);
-                if over(self.limit, estimate) != over(self.limit, was) {
-                    if over(self.limit, estimate) {
-                        tracing::warn!(backlog = estimate, limit = self.limit, "backlog at its bound: refusing new messages with 429 until the relay catches up");
-                    } else {
-                        tracing::info!(
-                            backlog = estimate,
-                            limit = self.limit,
-                            "backlog below its bound again: accepting messages"
-                        );
-                    }
-                }
+                announce_crossing(
+                    "the backlog (MAX_BACKLOG_MESSAGES)",
+                    was,
+                    estimate,
+                    self.limit,
+                );
             }
             tokio::select! {
                 _ = tokio::time::sleep(INTERVAL) => {}
                 _ = shutdown::wait(&mut shutdown) => return,
             }
         }
+    }
+}
+
+/// Logs when a reading of `what` crosses its bound, either way.
+fn announce_crossing(what: &str, was: u64, now: u64, limit: u64) {
+    match (over(limit, was), over(limit, now)) {
+        (false, true) => tracing::warn!(
+            reading = now,
+            limit,
+            "{what} at its bound: refusing new messages with 429 until it is below again"
+        ),
+        (true, false) => tracing::info!(
+            reading = now,
+            limit,
+            "{what} below its bound again: accepting messages"
+        ),
+        _ => {}
     }
 }
 

@@ -1412,8 +1412,25 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
         .await
         .expect("insert 100 rows of 100 KB");
     }
-    let cgroup = support::MemoryCgroup::new("relay-256mi", LIMIT);
-    let mut producer = Worker::producer_in(&cgroup, &env, "p1", &[]);
+    let peak = relay_within_memory_limit(&env, &db, "relay-256mi", LIMIT, ROWS).await;
+    eprintln!(
+        "relayed {ROWS} × {SIZE} B with a peak of {peak} MiB under a {} MiB limit",
+        LIMIT >> 20
+    );
+}
+
+/// Starts a producer in a memory cgroup of `limit` bytes named `name` and waits until
+/// its relay published `rows` rows, each once, without being OOM-killed; returns its
+/// peak memory in MiB.
+async fn relay_within_memory_limit(
+    env: &Env,
+    db: &tokio_postgres::Client,
+    name: &str,
+    limit: u64,
+    rows: usize,
+) -> u64 {
+    let cgroup = support::MemoryCgroup::new(name, limit);
+    let mut producer = Worker::producer_in(&cgroup, env, "p1", &[]);
     producer.wait_healthy("/readyz").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let published = loop {
@@ -1429,23 +1446,19 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
             .await
             .expect("relay state")
             .get(0);
-        if published >= ROWS as i64 || tokio::time::Instant::now() > deadline {
+        if published >= rows as i64 || tokio::time::Instant::now() > deadline {
             break published;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(published, ROWS as i64);
+    assert_eq!(published, rows as i64);
     assert_eq!(
         kafka::message_count(&env.bootstrap, &env.topic).await,
-        Some(ROWS as i64),
+        Some(rows as i64),
         "every row is in Kafka, once"
     );
     assert_eq!(cgroup.oom_kills(), 0);
-    eprintln!(
-        "relayed {ROWS} × {SIZE} B with a peak of {} MiB under a {} MiB limit",
-        cgroup.peak_bytes() >> 20,
-        LIMIT >> 20
-    );
+    cgroup.peak_bytes() >> 20
 }
 
 #[tokio::test]
@@ -1486,39 +1499,10 @@ async fn header_heavy_rows_relay_within_a_256_mib_memory_limit() {
         .await
         .expect("insert 10 header-heavy rows");
     }
-    let cgroup = support::MemoryCgroup::new("relay-headers-256mi", LIMIT);
-    let mut producer = Worker::producer_in(&cgroup, &env, "p1", &[]);
-    producer.wait_healthy("/readyz").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let published = loop {
-        assert!(
-            producer.exited().is_none(),
-            "the producer died (OOM kills: {}, peak {} MiB); log:\n{}",
-            cgroup.oom_kills(),
-            cgroup.peak_bytes() >> 20,
-            producer.log_text()
-        );
-        let published: i64 = db
-            .query_one("SELECT published FROM outbox_relay_state", &[])
-            .await
-            .expect("relay state")
-            .get(0);
-        if published >= ROWS as i64 || tokio::time::Instant::now() > deadline {
-            break published;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_eq!(published, ROWS as i64);
-    assert_eq!(
-        kafka::message_count(&env.bootstrap, &env.topic).await,
-        Some(ROWS as i64),
-        "every row is in Kafka, once"
-    );
-    assert_eq!(cgroup.oom_kills(), 0);
+    let peak = relay_within_memory_limit(&env, &db, "relay-headers-256mi", LIMIT, ROWS).await;
     eprintln!(
-        "relayed {ROWS} rows of {} KB headers with a peak of {} MiB under a {} MiB limit",
+        "relayed {ROWS} rows of {} KB headers with a peak of {peak} MiB under a {} MiB limit",
         HEADERS * VALUE / 1024,
-        cgroup.peak_bytes() >> 20,
         LIMIT >> 20
     );
 }

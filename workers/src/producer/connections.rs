@@ -191,6 +191,31 @@ mod tests {
             .expect("request");
     }
 
+    /// [`serve`] of a router with only `/livez`, on a loopback port with `places`
+    /// connections at once and `head_timeout`, until `shutdown`.
+    async fn livez_server(
+        places: usize,
+        head_timeout: Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = axum::Router::new().route(
+            crate::probes::LIVENESS_PATH,
+            axum::routing::get(crate::probes::alive),
+        );
+        let server = tokio::spawn(serve(
+            LimitedListener::new(listener, places),
+            app,
+            head_timeout,
+            shutdown,
+        ));
+        (address, server)
+    }
+
     /// Whether an answer starts to arrive within `within`.
     async fn answered(stream: &mut TcpStream, within: Duration) -> bool {
         let mut byte = [0u8; 1];
@@ -232,18 +257,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_does_not_finish_its_request_head_in_time_is_closed() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let app = axum::Router::new().route(
-            crate::probes::LIVENESS_PATH,
-            axum::routing::get(crate::probes::alive),
-        );
-        tokio::spawn(serve(
-            LimitedListener::new(listener, 1),
-            app,
-            Duration::from_millis(300),
-            std::future::pending(),
-        ));
+        let (address, _server) =
+            livez_server(1, Duration::from_millis(300), std::future::pending()).await;
         // The only place is taken by a connection that never finishes its head...
         let mut stalled = TcpStream::connect(address).await.expect("stalled");
         stalled
@@ -265,18 +280,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_kept_alive_connection_is_closed_after_the_head_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let app = axum::Router::new().route(
-            crate::probes::LIVENESS_PATH,
-            axum::routing::get(crate::probes::alive),
-        );
-        tokio::spawn(serve(
-            LimitedListener::new(listener, 4),
-            app,
-            Duration::from_millis(300),
-            std::future::pending(),
-        ));
+        let (address, _server) =
+            livez_server(4, Duration::from_millis(300), std::future::pending()).await;
         let mut idle = TcpStream::connect(address).await.expect("connect");
         get_livez(&mut idle).await;
         assert!(answered(&mut idle, Duration::from_secs(3)).await);
@@ -288,21 +293,11 @@ mod tests {
 
     #[tokio::test]
     async fn on_shutdown_the_server_returns_once_its_connections_are_done() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let app = axum::Router::new().route(
-            crate::probes::LIVENESS_PATH,
-            axum::routing::get(crate::probes::alive),
-        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            LimitedListener::new(listener, 4),
-            app,
-            Duration::from_secs(30),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (address, server) = livez_server(4, Duration::from_secs(30), async move {
+            let _ = stopped.await;
+        })
+        .await;
         let mut kept_alive = TcpStream::connect(address).await.expect("connect");
         get_livez(&mut kept_alive).await;
         assert!(answered(&mut kept_alive, Duration::from_secs(3)).await);

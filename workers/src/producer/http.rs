@@ -151,6 +151,23 @@ struct Input {
     held: body::BodyReservation,
 }
 
+/// A send or batch request let in ([`admission`]) and its [`input`] read; or the
+/// answer, a refused request's body thrown away as it arrives.
+async fn admitted(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Input), Response> {
+    let permit = match admission(state) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            body::discard(body.into_data_stream());
+            return Err(refusal.answer(state));
+        }
+    };
+    Ok((permit, input(state, headers, body).await?))
+}
+
 /// Checks the headers, then reads the body within its limits: a body that is too
 /// large, too slow, or for which no memory is left is refused before it is read whole.
 async fn input(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Input, Response> {
@@ -496,15 +513,8 @@ fn store_failed(metrics: &ProducerMetrics, e: StoreError) -> Response {
 }
 
 async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let _permit = match admission(&state) {
-        Ok(permit) => permit,
-        Err(refusal) => {
-            body::discard(body.into_data_stream());
-            return refusal.answer(&state);
-        }
-    };
-    let Input { key, body, held } = match input(&state, &headers, body).await {
-        Ok(input) => input,
+    let (_permit, Input { key, body, held }) = match admitted(&state, &headers, body).await {
+        Ok(admitted) => admitted,
         Err(answer) => return answer,
     };
     let _held = held;
@@ -549,15 +559,8 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
 }
 
 async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let _permit = match admission(&state) {
-        Ok(permit) => permit,
-        Err(refusal) => {
-            body::discard(body.into_data_stream());
-            return refusal.answer(&state);
-        }
-    };
-    let Input { key, body, held } = match input(&state, &headers, body).await {
-        Ok(input) => input,
+    let (_permit, Input { key, body, held }) = match admitted(&state, &headers, body).await {
+        Ok(admitted) => admitted,
         Err(answer) => return answer,
     };
     let _held = held;
