@@ -573,11 +573,7 @@ async fn delete_system_and_check_topic(policy: &str) -> (Option<usize>, String) 
         async move { (api.list(&ListParams::default()).await.ok()?.items.len() == 4).then_some(()) }
     })
     .await;
-    systems
-        .delete("outbox", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "outbox").await;
+    delete_and_wait(&systems, "outbox").await;
     // The topic per policy (checked before garbage collection, which is the
     // kube-controller-manager's job, not the operator's).
     let partitions = if policy == "Delete" {
@@ -630,11 +626,7 @@ async fn deleting_a_system_whose_topic_never_existed_completes() {
     })
     .await;
     assert_eq!(kafka_partitions(&topic).await, None);
-    systems
-        .delete("outbox", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "outbox").await;
+    delete_and_wait(&systems, "outbox").await;
     delete_namespace(&client, &ns).await;
 }
 
@@ -690,11 +682,7 @@ async fn deleting_a_system_whose_kafka_secret_is_gone_leaves_the_topic_and_finis
         .delete("kafka-client", &DeleteParams::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    systems
-        .delete("outbox", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "outbox").await;
+    delete_and_wait(&systems, "outbox").await;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
     let note = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -2030,11 +2018,7 @@ async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_d
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     assert_no_workloads(&deployments, "second").await;
     // Deleting it leaves the first system's topic.
-    systems
-        .delete("second", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "second").await;
+    delete_and_wait(&systems, "second").await;
     assert_eq!(
         kafka_partitions(&topic).await,
         Some(6),
@@ -2076,11 +2060,7 @@ async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_d
         !third.0,
         "the operator found the topic, it did not create it"
     );
-    systems
-        .delete("third", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "third").await;
+    delete_and_wait(&systems, "third").await;
     assert_eq!(
         kafka_partitions(&existing).await,
         Some(6),
@@ -2088,11 +2068,7 @@ async fn systems_cannot_share_a_topic_and_only_a_topic_the_operator_created_is_d
     );
 
     // The first system created its topic: deleting it deletes the topic.
-    systems
-        .delete("outbox", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "outbox").await;
+    delete_and_wait(&systems, "outbox").await;
     eventually("the first system's topic deleted", WAIT, || {
         let topic = topic.clone();
         async move { kafka_partitions(&topic).await.is_none().then_some(()) }
@@ -2154,11 +2130,7 @@ async fn a_second_system_on_the_same_database_schema_is_refused_until_the_first_
     assert_no_workloads(&deployments, "second").await;
 
     // The first goes: the second takes the schema over and is reconciled.
-    systems
-        .delete("first", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "first").await;
+    delete_and_wait(&systems, "first").await;
     wait_present(&deployments, "second-producer").await;
     assert_eq!(
         schema_owner(&database_url).await,
@@ -2541,11 +2513,7 @@ async fn a_topic_recorded_on_another_kafka_cluster_is_neither_changed_nor_delete
         "the topic was changed"
     );
     // Deleting the system keeps the topic, deletionPolicy Delete notwithstanding.
-    systems
-        .delete("outbox", &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    wait_gone(&systems, "outbox").await;
+    delete_and_wait(&systems, "outbox").await;
     assert_eq!(
         kafka_partitions(&topic).await,
         Some(6),

@@ -431,6 +431,46 @@ async fn producers_starting_at_once_all_migrate_the_same_fresh_schema() {
     assert!(versions_distinct);
 }
 
+/// A system with a dead-letter topic and a producer, a group not started yet, and a
+/// session on a database whose ledger refuses that group's acknowledgements (until the
+/// trigger `refuse_acks` is dropped).
+struct RefusedAcks {
+    env: Env,
+    dead_letters: String,
+    producer: Worker,
+    group: String,
+    db: tokio_postgres::Client,
+}
+
+impl RefusedAcks {
+    async fn start(name: &str, partitions: i32) -> RefusedAcks {
+        let env = Env::on_testbed(name, partitions).await;
+        let dead_letters = format!("{}-dlt", env.topic);
+        kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
+        let mut producer = Worker::producer(&env, "p1", &[]);
+        producer.wait_healthy(PRODUCER_HEALTH).await;
+        let group = unique_name("g");
+        let db = outbox_workers::db::connect(&env.database_url)
+            .await
+            .expect("connect");
+        db.batch_execute(&format!(
+            "CREATE FUNCTION refuse_acks() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'acknowledgements refused by the test'; END $$;
+             CREATE TRIGGER refuse_acks BEFORE INSERT OR UPDATE ON outbox_ack_chunks
+               FOR EACH ROW WHEN (NEW.group_name = '{group}') EXECUTE FUNCTION refuse_acks();"
+        ))
+        .await
+        .expect("install the refusing trigger");
+        RefusedAcks {
+            env,
+            dead_letters,
+            producer,
+            group,
+            db,
+        }
+    }
+}
+
 fn headers_only(messages: Vec<TopicMessage>) -> Vec<std::collections::HashMap<String, String>> {
     messages.into_iter().map(|m| m.headers).collect()
 }
@@ -438,24 +478,14 @@ fn headers_only(messages: Vec<TopicMessage>) -> Vec<std::collections::HashMap<St
 #[tokio::test]
 async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topic_after_the_last_try(
 ) {
-    let env = Env::on_testbed("dead-letter", 2).await;
-    let dead_letters = format!("{}-dlt", env.topic);
-    kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
-    let mut producer = Worker::producer(&env, "p1", &[]);
-    producer.wait_healthy(PRODUCER_HEALTH).await;
-    let group = unique_name("g");
     // The ledger refuses this group's acknowledgements, as a broken database would.
-    let db = outbox_workers::db::connect(&env.database_url)
-        .await
-        .expect("connect");
-    db.batch_execute(&format!(
-        "CREATE FUNCTION refuse_acks() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN RAISE EXCEPTION 'acknowledgements refused by the test'; END $$;
-         CREATE TRIGGER refuse_acks BEFORE INSERT OR UPDATE ON outbox_ack_chunks
-           FOR EACH ROW WHEN (NEW.group_name = '{group}') EXECUTE FUNCTION refuse_acks();"
-    ))
-    .await
-    .expect("install the refusing trigger");
+    let RefusedAcks {
+        env,
+        dead_letters,
+        producer,
+        group,
+        db,
+    } = RefusedAcks::start("dead-letter", 2).await;
     let mut consumer = Worker::consumer(
         &env,
         "c1",
@@ -955,24 +985,14 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
 #[tokio::test]
 async fn a_message_the_dead_letter_topic_cannot_take_is_recorded_as_abandoned_and_the_group_goes_on(
 ) {
-    let env = Env::on_testbed("abandon", 1).await;
-    let dead_letters = format!("{}-dlt", env.topic);
-    kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
-    let mut producer = Worker::producer(&env, "p1", &[]);
-    producer.wait_healthy(PRODUCER_HEALTH).await;
-    let group = unique_name("g");
-    let db = outbox_workers::db::connect(&env.database_url)
-        .await
-        .expect("connect");
     // Until told otherwise, the ledger refuses every acknowledgement of the group.
-    db.batch_execute(&format!(
-        "CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'the test refuses every acknowledgement'; END $$;
-         CREATE TRIGGER refuse_all BEFORE INSERT OR UPDATE ON outbox_ack_chunks
-           FOR EACH ROW WHEN (NEW.group_name = '{group}') EXECUTE FUNCTION refuse_all();"
-    ))
-    .await
-    .expect("install the refusing trigger");
+    let RefusedAcks {
+        env,
+        dead_letters,
+        producer,
+        group,
+        db,
+    } = RefusedAcks::start("abandon", 1).await;
     // 1.04 MB: the topic takes it (max.message.bytes 1048588), the dead-letter
     // producer (message.max.bytes 1000000) cannot.
     let id = 1i64 << 40;
@@ -1059,7 +1079,7 @@ async fn a_message_the_dead_letter_topic_cannot_take_is_recorded_as_abandoned_an
     assert_eq!((report.missing, report.abandoned), (1, 1), "{report:?}");
     // The group goes on past it: the next message is acknowledged, the big one is not
     // read again.
-    db.batch_execute("DROP TRIGGER refuse_all ON outbox_ack_chunks")
+    db.batch_execute("DROP TRIGGER refuse_acks ON outbox_ack_chunks")
         .await
         .expect("drop the trigger");
     let next = send_one(&producer, &env.topic, "k", "after the abandoned one").await;

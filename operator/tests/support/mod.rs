@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::ByteString;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use outbox_operator::crd::{LoadTest, OutboxSystem};
 use outbox_operator::metrics::Metrics;
@@ -449,6 +449,15 @@ where
         },
     )
     .await
+}
+
+/// Deletes the OutboxSystem `name` and waits until it is gone (its finalizer done).
+pub async fn delete_and_wait(systems: &Api<OutboxSystem>, name: &str) {
+    systems
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("deleting OutboxSystem {name}: {e}"));
+    wait_gone(systems, name).await;
 }
 
 /// Waits until `name` no longer exists in `api`.
