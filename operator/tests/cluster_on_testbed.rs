@@ -289,7 +289,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         .as_ref()
         .and_then(|s| s.service_account_name.clone())
         .expect("the operator pod's ServiceAccount");
-    check_permissions_against_the_readme(
+    check_permissions_against_the_security_doc(
         &client,
         &[
             ("operator", &release.namespace, &operator_account),
@@ -822,10 +822,10 @@ impl Drop for KafkaPause {
     }
 }
 
-/// Every verb the API server allows each account on each resource the README's
-/// security table names (and on pods, Secrets and Leases), in each scope, against the
+/// Every verb the API server allows each account on each resource the table of
+/// docs/security.md names (and on pods, Secrets and Leases), in each scope, against the
 /// table: allowed exactly where a row says so.
-async fn check_permissions_against_the_readme(
+async fn check_permissions_against_the_security_doc(
     client: &kube::Client,
     accounts: &[(&str, &str, &str)],
     scopes: &[(&str, &str)],
@@ -834,13 +834,13 @@ async fn check_permissions_against_the_readme(
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
     };
-    let readme = std::fs::read_to_string(testbed_support::repo_root().join("README.md"))
+    let doc = std::fs::read_to_string(testbed_support::repo_root().join("docs/security.md"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let table = readme
+    let table = doc
         .split("<!-- rbac:start -->")
         .nth(1)
         .and_then(|t| t.split("<!-- rbac:end -->").next())
-        .expect("the README's rbac table");
+        .expect("the rbac table of docs/security.md");
     // (account, scope, group, resource) -> verbs
     let mut allowed: BTreeMap<(String, String, String, String), Vec<String>> = BTreeMap::new();
     let mut universe_extra: Vec<(String, String)> = Vec::new();
@@ -957,7 +957,7 @@ async fn check_permissions_against_the_readme(
                     let got = answer.status.map(|s| s.allowed).unwrap_or(false);
                     if got != want {
                         wrong.push(format!(
-                            "{account} {verb} {group}/{resource} in {namespace} ({scope}): allowed={got}, the README says {want}"
+                            "{account} {verb} {group}/{resource} in {namespace} ({scope}): allowed={got}, docs/security.md says {want}"
                         ));
                     }
                 }
@@ -966,8 +966,8 @@ async fn check_permissions_against_the_readme(
     }
     assert!(
         wrong.is_empty(),
-        "permissions differ from the README's table:\n{}",
+        "permissions differ from the table of docs/security.md:\n{}",
         wrong.join("\n")
     );
-    eprintln!("{asked} permission checks match the README's table");
+    eprintln!("{asked} permission checks match the table of docs/security.md");
 }

@@ -21,7 +21,7 @@
 #
 # What they do not carry: the upstream images' other files (a full Debian or Alpine
 # userland, gosu, the initdb.d hook scripts, Kafka's shell scripts and SSL helpers); the
-# locale is C.UTF-8 rather than en_US.utf8. See the README's kind section.
+# locale is C.UTF-8 rather than en_US.utf8. See docs/kind.md.
 #
 # Usage: testbed/node/standin-images.sh OUT_DIR KAFKA_LIB
 # Idempotent like images.sh: a tarball newer than this script and its inputs is kept.

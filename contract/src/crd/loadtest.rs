@@ -124,7 +124,7 @@ impl RunnerSpec {
     }
 
     /// The runner's resources when the LoadTest names none, sized from the reference
-    /// run (10,000,000 + 5,000 messages, `make demo`, README "Where the 2 cores go"):
+    /// run (10,000,000 + 5,000 messages, `make demo`, docs/benchmarks.md "Where the 2 cores go"):
     /// the runner used 5.0–8.6 CPU seconds over runs of 180–232 s, 0.03–0.05 of a core,
     /// which the CPU request (50m) covers without reserving a node's share that the
     /// producers and consumers, whose load it is, need more; no container of the run exceeded 92 MiB. The runner's own memory peak

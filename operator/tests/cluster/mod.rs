@@ -232,7 +232,7 @@ pub fn install_chart(watched: &str) -> Release {
     let chart = chart.display().to_string();
     let namespace = format!("{watched}-op");
     // helm installs the chart's CRDs only where none exist: on a testbed kept from an
-    // earlier run they are brought up to date the way the README says to upgrade.
+    // earlier run they are brought up to date the way docs/upgrading.md says to upgrade.
     run(
         "kubectl",
         &[

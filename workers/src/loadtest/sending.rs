@@ -28,7 +28,7 @@ const DEFAULT_BATCH_CONCURRENCY: usize = 2;
 /// at a time, so that the scenario measures how long a single message takes through
 /// the pipeline. Sixteen per producer measured the queue of the saturated machine
 /// instead: on 2 cores 2.5–3 × the messages per second at 2–4 × the latency
-/// (README, "Where the 2 cores go").
+/// (docs/benchmarks.md, "Where the 2 cores go").
 const DEFAULT_IMMEDIATE_CONCURRENCY: usize = 1;
 
 /// Where an earlier attempt of the same run left off.
