@@ -107,12 +107,21 @@ impl NewMessage {
 #[derive(Debug, Default)]
 pub struct SingleIds {
     next: std::sync::Mutex<std::ops::Range<i64>>,
+    /// Held by the one request that reserves the next block; the others wait for it
+    /// and take from that block instead of each reserving one (a burst of requests
+    /// that found the block used up lost most of the ids of all but one).
+    reserving: tokio::sync::Mutex<()>,
 }
 
 impl SingleIds {
     /// The next id; reserves a new block on `client` when this one is used up.
     pub async fn next(&self, client: &tokio_postgres::Client) -> Result<i64, StoreError> {
-        if let Some(id) = self.next.lock().ok().and_then(|mut ids| ids.next()) {
+        if let Some(id) = self.take() {
+            return Ok(id);
+        }
+        let _reserving = self.reserving.lock().await;
+        // Another request may have reserved one while this one waited.
+        if let Some(id) = self.take() {
             return Ok(id);
         }
         let start: i64 = client
@@ -120,12 +129,14 @@ impl SingleIds {
             .await
             .store("reserving message ids", false)?
             .get(0);
-        // Two requests that both found the block used up each reserve one; the later
-        // replaces the earlier's rest (a few ids lost, never one given twice).
         if let Ok(mut ids) = self.next.lock() {
             *ids = start + 1..start + ID_BLOCK;
         }
         Ok(start)
+    }
+
+    fn take(&self) -> Option<i64> {
+        self.next.lock().ok().and_then(|mut ids| ids.next())
     }
 }
 

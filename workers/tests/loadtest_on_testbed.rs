@@ -521,7 +521,7 @@ async fn a_constant_rate_and_a_ramp_hold_their_rates_and_report_each_stage() {
 scenarios:
 - name: steady
   arrivalRate:
-    connections: 50
+    connections: 100
     stages: [{ratePerSecond: 200, durationSeconds: 8}]
 - name: ramp
   arrivalRate:
