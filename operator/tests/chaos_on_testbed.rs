@@ -97,7 +97,7 @@ fn rows_asked() -> Vec<(String, Phase)> {
             })
             .collect();
     }
-    asked
+    let rows: Vec<(String, Phase)> = asked
         .split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|row| {
@@ -111,7 +111,13 @@ fn rows_asked() -> Vec<(String, Phase)> {
             );
             (fault.to_string(), Phase::parse(phase))
         })
-        .collect()
+        .collect();
+    // A selection of no row would pass having proved nothing.
+    assert!(
+        !rows.is_empty(),
+        "CHAOS_FAULTS={asked:?} selects no row: name fault@phase rows, or `all`"
+    );
+    rows
 }
 
 /// A delay in `0..max`, different on every call (the moment of each fault).

@@ -883,24 +883,6 @@ pub async fn group_reports<C: GenericClient>(
     Ok(reports)
 }
 
-/// The ids of every outbox message whose header `name` equals `value` (e.g. the load
-/// test's run tag). Scans the outbox: a few seconds at 10M rows; prefer collecting the
-/// ids the send endpoints return.
-pub async fn ids_with_header<C: GenericClient>(
-    client: &C,
-    name: &str,
-    value: &str,
-) -> Result<IdSet> {
-    let rows = client
-        .query(
-            "SELECT id FROM outbox_messages WHERE headers ->> $1 = $2",
-            &[&name, &value],
-        )
-        .await
-        .db("finding messages by header")?;
-    Ok(IdSet::from_ids(rows.iter().map(|r| r.get::<_, i64>(0))))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

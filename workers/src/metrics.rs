@@ -21,6 +21,7 @@ pub struct ProducerMetrics {
     pub body_memory_full: Counter,
     pub replayed: Counter,
     pub retention_deleted: Counter,
+    pub retention_rounds: Counter,
     pub published: Counter,
     pub quarantined: Counter,
     pub relay_batches: Counter,
@@ -78,6 +79,11 @@ impl ProducerMetrics {
             "retention_deleted",
             "Relayed outbox rows deleted by retention",
             self.retention_deleted.clone(),
+        );
+        r.register(
+            "retention_rounds",
+            "Retention rounds this replica ran to the end (holding the retention lock)",
+            self.retention_rounds.clone(),
         );
         r.register(
             "relay_quarantined",

@@ -246,17 +246,6 @@ pub async fn insert_one_once(
     }
 }
 
-/// Stores all `messages` or none, with one binary COPY in one transaction (the
-/// batching path). Returns their ids in request order.
-pub async fn insert_batch(
-    client: &mut tokio_postgres::Client,
-    messages: &[NewMessage],
-) -> Result<Vec<i64>, StoreError> {
-    match insert_once(client, messages, None).await? {
-        Stored::New(ids) | Stored::Replayed(ids) => Ok(ids),
-    }
-}
-
 /// What [`insert_once`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {

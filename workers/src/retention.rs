@@ -130,6 +130,9 @@ pub async fn round(
     }
     let result = locked_round(db, settings, metrics, shutdown).await;
     let _ = db.query_one(UNLOCK, &[]).await;
+    if result.is_ok() {
+        metrics.retention_rounds.inc();
+    }
     result
 }
 

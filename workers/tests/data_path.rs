@@ -1393,7 +1393,23 @@ async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() 
         &keyed_messages("waiting", 100, 10),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Two whole rounds after the batch was stored, with nothing relayed.
+    let rounds = |metrics: String| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("outbox_retention_rounds_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let before = rounds(ingest_only.metrics().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while rounds(ingest_only.metrics().await) < before + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retention round ran within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let n = support::outbox_rows(&db).await;
     assert_eq!(n, 100, "unrelayed rows are kept");
     assert!(ingest_only.terminate(), "{}", ingest_only.log_text());

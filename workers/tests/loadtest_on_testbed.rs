@@ -18,8 +18,6 @@ use outbox_contract::crd::{LoadTest, LoadTestSpec, OutboxSystem, Scenario, Syste
 use serde_json::Value;
 use testbed_support::{create_namespace, delete_namespace, free_port, kafka, testbed, unique_name};
 
-mod support;
-
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-worker");
 
 /// One test at a time: each starts many processes.
