@@ -652,7 +652,7 @@ scenarios:
 - name: steady
   withPrevious: true
   arrivalRate:
-    connections: 20
+    connections: 100
     stages: [{ratePerSecond: 100, durationSeconds: 3}]
 - {name: after, messages: 50}
 ",
