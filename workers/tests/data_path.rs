@@ -832,10 +832,7 @@ async fn a_row_for_a_topic_the_relay_does_not_serve_is_quarantined_without_stopp
     let elsewhere = unique_name("unserved-elsewhere");
     kafka::create_topic(&env.bootstrap, &elsewhere, 1, &[]).await;
     let missing = unique_name("unserved-missing");
-    let mut db = outbox_workers::db::connect(&env.database_url)
-        .await
-        .expect("connect");
-    outbox_workers::schema::migrate(&mut db)
+    let db = outbox_workers::ledger::connect_and_migrate(&env.database_url)
         .await
         .expect("migrate");
     for topic in [&elsewhere, &missing] {
@@ -1422,10 +1419,7 @@ async fn ten_thousand_100_kb_messages_relay_within_a_256_mib_memory_limit() {
     const SIZE: usize = 100 * 1024;
     const LIMIT: u64 = 256 * 1024 * 1024;
     let env = Env::on_testbed("bigrows", 3).await;
-    let mut db = outbox_workers::db::connect(&env.database_url)
-        .await
-        .expect("connect");
-    outbox_workers::schema::migrate(&mut db)
+    let db = outbox_workers::ledger::connect_and_migrate(&env.database_url)
         .await
         .expect("migrate");
     // 1 GB behind the watermark before the relay starts: the worst case for its reads.
@@ -1506,10 +1500,7 @@ async fn header_heavy_rows_relay_within_a_256_mib_memory_limit() {
     const VALUE: usize = 100 * 1024;
     const LIMIT: u64 = 256 * 1024 * 1024;
     let env = Env::on_testbed("headerrows", 3).await;
-    let mut db = outbox_workers::db::connect(&env.database_url)
-        .await
-        .expect("connect");
-    outbox_workers::schema::migrate(&mut db)
+    let db = outbox_workers::ledger::connect_and_migrate(&env.database_url)
         .await
         .expect("migrate");
     let block = support::incompressible_letters(2 * VALUE);
@@ -1546,10 +1537,7 @@ async fn header_heavy_rows_relay_within_a_256_mib_memory_limit() {
 #[tokio::test]
 async fn idempotency_keys_are_forgotten_after_a_day_even_when_relayed_rows_are_kept() {
     let env = Env::on_testbed("idem-age", 1).await;
-    let mut db = outbox_workers::db::connect(&env.database_url)
-        .await
-        .expect("connect");
-    outbox_workers::schema::migrate(&mut db)
+    let db = outbox_workers::ledger::connect_and_migrate(&env.database_url)
         .await
         .expect("migrate");
     for (key, age_hours) in [("old", 25), ("recent", 23)] {
