@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Vendors uPlot (MIT) for the HTML load-test report, which inlines it: copies the pinned
 # version's uPlot.iife.min.js, uPlot.min.css and LICENSE from its npm package into
-# workers/assets/uplot/. With --check, copies nothing and fails when a committed file
+# loadtest/assets/uplot/. With --check, copies nothing and fails when a committed file
 # differs from the package's (CI: the vendored copy is exactly the published one).
 #
 #   scripts/vendor-uplot.sh            refresh the vendored files
 #   scripts/vendor-uplot.sh --check    compare them with the package
 #
-# To move to another version, change VERSION here and in workers/assets/uplot/README.md,
+# To move to another version, change VERSION here and in loadtest/assets/uplot/README.md,
 # run this script, and look at a report (the chromium test draws one).
 set -euo pipefail
 
 VERSION=1.6.32
 cd "$(dirname "$0")/.."
-dest=workers/assets/uplot
+dest=loadtest/assets/uplot
 # Package path -> vendored name.
 files=(dist/uPlot.iife.min.js dist/uPlot.min.css LICENSE)
 

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use outbox_workers::{bench, consumer, cpu, loadtest, producer, shutdown};
+use outbox_workers::{bench, consumer, cpu, producer, shutdown};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,7 +25,7 @@ enum Role {
     /// Kafka consumer-group member acknowledging into the ledger.
     Consumer(consumer::ConsumerArgs),
     /// Drives every producer through a LoadTest's scenarios and verifies every group.
-    Loadtest(loadtest::LoadTestArgs),
+    Loadtest(outbox_loadtest::LoadTestArgs),
     /// Times raw COPY, raw Kafka produce/consume and the outbox pipeline side by side.
     Bench(bench::BenchArgs),
 }
@@ -65,7 +65,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     let (sender, signal) = shutdown::channel();
     shutdown::on_signals(sender);
     let result = match cli.role {
-        Role::Loadtest(args) => return loadtest::main(args, signal).await,
+        Role::Loadtest(args) => return outbox_loadtest::main(args, signal).await,
         Role::Producer(args) => producer::run(args, signal).await,
         Role::Consumer(args) => consumer::run(args, signal).await,
         Role::Bench(args) => bench::run(args).await,

@@ -582,8 +582,8 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
 }
 
 /// The acknowledgement of message `id` of key 42, published in order `(txid, id)`.
-fn key_42_ack(id: i64, txid: u64) -> outbox_workers::ledger::Ack {
-    outbox_workers::ledger::Ack {
+fn key_42_ack(id: i64, txid: u64) -> outbox_workers::consumer::ledger::Ack {
+    outbox_workers::consumer::ledger::Ack {
         id,
         partition: 0,
         offset: id,
@@ -1550,14 +1550,14 @@ async fn idempotency_keys_are_forgotten_after_a_day_even_when_relayed_rows_are_k
         .await
         .expect("record a key");
     }
-    let settings = outbox_workers::retention::RetentionSettings {
+    let settings = outbox_workers::producer::retention::RetentionSettings {
         relayed: Duration::ZERO,
         ledger: Duration::ZERO,
         interval: Duration::from_secs(1),
         batch: 1000,
     };
     let (_stop, mut shutdown) = outbox_workers::shutdown::channel();
-    outbox_workers::retention::round(
+    outbox_workers::producer::retention::round(
         &db,
         &settings,
         &outbox_workers::metrics::ProducerMetrics::default(),
@@ -1909,12 +1909,12 @@ async fn a_producer_whose_schema_is_not_migrated_yet_answers_starting_not_a_data
 
 #[tokio::test]
 async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
-    use outbox_workers::ledger::{self, AckRecorder};
+    use outbox_workers::consumer::ledger::{AckRecorder, RecordOutcome};
+    use outbox_workers::ledger;
     let mut db = migrated_schema("keyorder").await;
     let ack = key_42_ack;
-    let out_of_order = |outcome: outbox_workers::Result<ledger::RecordOutcome>| {
-        outcome.expect("recorded").out_of_order
-    };
+    let out_of_order =
+        |outcome: outbox_workers::Result<RecordOutcome>| outcome.expect("recorded").out_of_order;
     let mut a = AckRecorder::new("g");
     let mut b = AckRecorder::new("g");
     // Member a acknowledges the key's later message; then member b, to which a
@@ -1945,7 +1945,8 @@ async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
 #[tokio::test]
 async fn an_acknowledgement_batch_that_fails_at_its_first_or_last_statement_records_nothing_and_the_next_batch_goes_on(
 ) {
-    use outbox_workers::ledger::{self, AckRecorder};
+    use outbox_workers::consumer::ledger::AckRecorder;
+    use outbox_workers::ledger;
     let mut db = migrated_schema("ackatomic").await;
     // A batch's transaction runs in two round trips: the key order is stored in the
     // first, the anomaly rows are written in the last, just before COMMIT. Either is

@@ -21,9 +21,9 @@ use outbox_contract::crd::{
     GroupVerification, LatencyPercentiles, LoadTestPhase, LoadTestStatus, ScenarioResult,
     ThresholdCheck,
 };
-use outbox_workers::loadtest::html_report;
-use outbox_workers::loadtest::report::{Report, ReportSettings};
-use outbox_workers::loadtest::series::{Bucket, IntervalLatency, Point, Series, WorkerPoint};
+use outbox_loadtest::report::html;
+use outbox_loadtest::report::{Report, ReportSettings};
+use outbox_loadtest::series::{Bucket, IntervalLatency, Point, Series, WorkerPoint};
 
 /// The browser window: wide like a laptop, tall enough for the whole page.
 const WINDOW: (u32, u32) = (1280, 2800);
@@ -240,8 +240,8 @@ fn the_html_report_draws_every_chart_in_chromium() {
     let chromium = chromium();
     let dir = scratch_dir();
     let html = dir.join("report.html");
-    let page = html_report::render(&report()).expect("render the report");
-    html_report::write(&html, &page).expect("write the report");
+    let page = html::render(&report()).expect("render the report");
+    html::write(&html, &page).expect("write the report");
     let url = format!("file://{}", html.display());
 
     let dom = run_chromium(
@@ -274,7 +274,7 @@ fn the_html_report_draws_every_chart_in_chromium() {
     // uPlot's root element: class "uplot" and its orientation ("uplot u-hz").
     let uplots = dom.matches("class=\"uplot\"").count() + dom.matches("class=\"uplot ").count();
     assert_eq!(uplots, charts, "one uPlot chart per plot");
-    assert!(!dom.contains(html_report::NO_DATA));
+    assert!(!dom.contains(html::NO_DATA));
     let plots = plots(&dom);
     assert_eq!(plots.len(), charts, "{plots:?}");
     for plot in &plots {

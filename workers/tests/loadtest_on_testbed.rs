@@ -1209,7 +1209,7 @@ async fn producers_are_found_through_every_ready_endpoint_slice() {
             .await
             .expect("creating an EndpointSlice");
     }
-    let found = outbox_workers::loadtest::discover::producers(&client, &namespace, "demo", 1)
+    let found = outbox_loadtest::discover::producers(&client, &namespace, "demo", 1)
         .await
         .expect("producers found");
     let found: Vec<(String, String)> = found.into_iter().map(|p| (p.name, p.base_url)).collect();
@@ -1231,8 +1231,7 @@ async fn producers_are_found_through_every_ready_endpoint_slice() {
         ],
         "every ready replica of demo-producer, across slices, and nothing else"
     );
-    let none =
-        outbox_workers::loadtest::discover::producers(&client, &namespace, "absent", 1).await;
+    let none = outbox_loadtest::discover::producers(&client, &namespace, "absent", 1).await;
     assert!(
         none.as_ref()
             .is_err_and(|e| e.to_string().contains("no ready producer endpoint")),

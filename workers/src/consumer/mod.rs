@@ -25,13 +25,14 @@ use outbox_contract::worker_env::{defaults, names};
 use crate::config::{kafka_client_properties, CommonArgs};
 use crate::error::{Error, KafkaContext, Result};
 use crate::headers;
-use crate::ledger::{Ack, AckRecorder, GivenUp};
 use crate::metrics::ConsumerMetrics;
 use crate::probes::{self, Started};
 use crate::shutdown::{self, ShutdownSignal};
-use batch::{BatchLimits, First, Inbox};
+use ack_transaction::{BatchLimits, First, Inbox};
+use ledger::{Ack, AckRecorder, GivenUp};
 
-mod batch;
+mod ack_transaction;
+pub mod ledger;
 
 /// Consumer settings.
 #[derive(clap::Args, Debug, Clone)]
@@ -341,7 +342,7 @@ impl Member<'_> {
             max_bytes: TRANSACTION_MAX_BYTES,
         };
         loop {
-            let (first, how) = match batch::queued(self.consumer) {
+            let (first, how) = match ack_transaction::queued(self.consumer) {
                 Some(m) => (m, First::Queued),
                 None => tokio::select! {
                     m = self.consumer.next() => (m, First::Waited),
@@ -357,7 +358,7 @@ impl Member<'_> {
                     continue;
                 }
             };
-            let batch = batch::gather(self.consumer, first, how, &limits).await;
+            let batch = ack_transaction::gather(self.consumer, first, how, &limits).await;
             self.metrics.consumed.inc_by(batch.len() as u64);
             match self.process(&batch, shutdown).await? {
                 Outcome::Stopped => return Ok(()),
@@ -538,7 +539,7 @@ impl Member<'_> {
                         topic = m.topic(),
                         partition = m.partition(),
                         offset = m.offset(),
-                        bytes = batch::message_bytes(m),
+                        bytes = ack_transaction::message_bytes(m),
                         "the dead-letter topic refused a message given up on: recorded as abandoned and skipped"
                     );
                     self.metrics.abandoned.inc();

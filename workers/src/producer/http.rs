@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use crate::headers;
 use crate::message_size::{self, TopicLimits};
 use crate::metrics::ProducerMetrics;
-use crate::outbox::{self, NewMessage, StoreError, Stored};
 use crate::probes::{self, Started};
+use crate::producer::outbox::{self, NewMessage, StoreError, Stored};
 
 use super::body;
 
@@ -49,7 +49,7 @@ pub struct AppState {
     pub in_progress: Arc<tokio::sync::Semaphore>,
     pub max_concurrent_requests: usize,
     /// `MAX_BACKLOG_MESSAGES` and the backlog's estimate.
-    pub backlog: Arc<crate::backpressure::BacklogBound>,
+    pub backlog: Arc<crate::producer::backpressure::BacklogBound>,
     /// The health answer, shared by concurrent requests.
     pub health: Arc<probes::CachedCheck>,
     /// The readiness answer: at most one database check per interval.
@@ -406,7 +406,7 @@ fn admission(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Refu
 enum Refusal {
     Busy,
     Starting,
-    Backlogged(crate::backpressure::Exceeded),
+    Backlogged(crate::producer::backpressure::Exceeded),
 }
 
 impl Refusal {
@@ -470,7 +470,7 @@ fn starting(state: &AppState) -> Response {
 }
 
 /// The answer while the backlog is at its bound: come back later, nothing was stored.
-fn backlogged(state: &AppState, exceeded: crate::backpressure::Exceeded) -> Response {
+fn backlogged(state: &AppState, exceeded: crate::producer::backpressure::Exceeded) -> Response {
     state.metrics.backlogged.inc();
     (
         StatusCode::TOO_MANY_REQUESTS,

@@ -80,7 +80,7 @@ impl Server {
                 settings.max_concurrent_requests,
             )),
             max_concurrent_requests: settings.max_concurrent_requests,
-            backlog: crate::backpressure::BacklogBound::new(0, 0),
+            backlog: crate::producer::backpressure::BacklogBound::new(0, 0),
             health: Arc::new(crate::probes::CachedCheck::default()),
             readiness: Arc::new(crate::probes::CachedReadiness::default()),
             single_ids: Arc::default(),

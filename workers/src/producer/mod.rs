@@ -1,8 +1,13 @@
 //! The producer role: HTTP ingest into the outbox, and the relay to Kafka.
 
+pub mod backpressure;
 pub mod body;
 pub mod connections;
 pub mod http;
+pub mod memory;
+pub mod outbox;
+pub mod relay;
+pub mod retention;
 pub mod waker;
 
 use std::collections::HashSet;
@@ -18,8 +23,8 @@ use crate::error::{Error, KafkaContext, Result};
 use crate::message_size::TopicLimits;
 use crate::metrics::ProducerMetrics;
 use crate::probes::Started;
-use crate::relay::{Relay, RelaySettings, RelayTarget};
-use crate::retention::RetentionSettings;
+use crate::producer::relay::{Relay, RelaySettings, RelayTarget};
+use crate::producer::retention::RetentionSettings;
 use crate::shutdown::{self, ShutdownSignal};
 use outbox_contract::worker_env::{defaults, names};
 
@@ -176,7 +181,7 @@ struct KafkaSide {
 impl KafkaSide {
     fn connect(args: &ProducerArgs, shutdown: &ShutdownSignal) -> Result<KafkaSide> {
         let topics = args.common.topics();
-        let memory = RelayMemory::from_args(args, crate::memory::cgroup_limit());
+        let memory = RelayMemory::from_args(args, crate::producer::memory::cgroup_limit());
         tracing::info!(
             limit_bytes = ?memory.limit,
             queue_kbytes = memory.queue_kbytes,
@@ -221,7 +226,7 @@ fn app_state(
     registry.register_collector(Box::new(crate::cpu::ProcessCollector));
     let pool = crate::db::pool(&args.common.database_url, args.db_pool_size)?;
     let wake = Arc::new(Notify::new());
-    let bodies = BodyMemory::from_args(args, crate::memory::cgroup_limit());
+    let bodies = BodyMemory::from_args(args, crate::producer::memory::cgroup_limit());
     tracing::info!(
         max_body_bytes = bodies.max_body_bytes,
         body_memory_bytes = bodies.budget_bytes,
@@ -250,7 +255,7 @@ fn app_state(
             args.max_concurrent_requests.max(1),
         )),
         max_concurrent_requests: args.max_concurrent_requests.max(1),
-        backlog: crate::backpressure::BacklogBound::new(
+        backlog: crate::producer::backpressure::BacklogBound::new(
             args.max_backlog_messages,
             args.max_backlog_bytes,
         ),
@@ -283,7 +288,7 @@ fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &Shutdown
     let pool = parts.pool.clone();
     tokio::spawn(
         async move {
-            let warmed = crate::outbox::warm_pool(&pool).await;
+            let warmed = crate::producer::outbox::warm_pool(&pool).await;
             tracing::info!(
                 warmed,
                 size = pool.status().max_size,
@@ -304,7 +309,7 @@ fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &Shutdown
             .in_current_span(),
     );
     tokio::spawn(
-        crate::retention::run(
+        crate::producer::retention::run(
             args.common.database_url.clone(),
             RetentionSettings {
                 relayed: Duration::from_secs(args.retention_seconds),
@@ -367,7 +372,7 @@ struct RelayMemory {
 
 impl RelayMemory {
     fn from_args(args: &ProducerArgs, limit: Option<u64>) -> RelayMemory {
-        use crate::memory::share_of;
+        use crate::producer::memory::share_of;
         const MIB: u64 = 1 << 20;
         let queue_kbytes = args
             .relay_queue_kbytes
@@ -396,7 +401,7 @@ struct BodyMemory {
 
 impl BodyMemory {
     fn from_args(args: &ProducerArgs, limit: Option<u64>) -> BodyMemory {
-        use crate::memory::share_of;
+        use crate::producer::memory::share_of;
         const MIB: u64 = 1 << 20;
         let max_body_bytes = args
             .max_body_bytes

@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::outbox::NOTIFY_CHANNEL;
+use crate::producer::outbox::NOTIFY_CHANNEL;
 use crate::shutdown::{self, ShutdownSignal};
 
 /// Wakes the relays: this producer's at once, the others' through NOTIFY.

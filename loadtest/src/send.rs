@@ -1,0 +1,704 @@
+//! Sending every scenario: where an earlier attempt left off, the scenarios in the
+//! groups they are sent in, the drain before a one-at-a-time scenario, and the
+//! progress while the senders (`drive`) run.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use outbox_contract::crd::{LoadTestPhase, LoadTestStatus, Scenario};
+
+use super::database::OutboxDb;
+use super::generator::{self, Counters, MessageShape, ScenarioSend};
+use super::progress::Display;
+use super::status::{StatusBook, COMPLETE, VERIFIED};
+use super::{
+    measure, sampler, scenario_latency, series, split, verdict, LoadTestArgs, LoadTestError, Plan,
+    Result,
+};
+use outbox_core::ledger::IdSet;
+use outbox_core::shutdown::{self, ShutdownSignal};
+
+/// Requests in flight per producer for batching scenarios unless told otherwise.
+const DEFAULT_BATCH_CONCURRENCY: usize = 2;
+/// Requests in flight per producer for immediate scenarios unless told otherwise: one
+/// at a time, so that the scenario measures how long a single message takes through
+/// the pipeline. Sixteen per producer measured the queue of the saturated machine
+/// instead: on 2 cores 2.5–3 × the messages per second at 2–4 × the latency
+/// (docs/benchmarks.md, "Where the 2 cores go").
+const DEFAULT_IMMEDIATE_CONCURRENCY: usize = 1;
+
+/// Where an earlier attempt of the same run left off.
+pub(super) struct ResumePoint {
+    /// Whether this is a rerun of a run id.
+    pub(super) resumed: bool,
+    /// The run's messages already in the outbox, by scenario.
+    pub(super) earlier: BTreeMap<String, IdSet>,
+    /// Scenarios the status records as sent.
+    pub(super) finished: Vec<String>,
+}
+
+/// A rerun of the same run id: scenarios recorded in status are done; for the others
+/// the outbox says what was already accepted.
+pub(super) async fn resume_point(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    book: &StatusBook,
+    db: &mut OutboxDb,
+) -> Result<ResumePoint> {
+    let resumed = book.status().run_id.is_some() || args.run_id.is_some();
+    let earlier = if resumed {
+        let found = crate::with_db!(db, |c| verdict::run_ids_by_scenario(c, &plan.run_id).await);
+        let total: u64 = found.values().map(IdSet::len).sum();
+        tracing::info!(
+            messages = total,
+            "resuming run {}: found its earlier messages in the outbox",
+            plan.run_id
+        );
+        found
+    } else {
+        BTreeMap::new()
+    };
+    let finished = book
+        .status()
+        .scenarios
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    Ok(ResumePoint {
+        resumed,
+        earlier,
+        finished,
+    })
+}
+
+/// What sending every scenario produced.
+#[derive(Default)]
+pub(super) struct SentAll {
+    /// Ids of every accepted message of the run (earlier attempts' included).
+    pub(super) expected: IdSet,
+    /// Messages whose fate stayed unknown.
+    pub(super) uncertain: u64,
+    /// Scenarios whose own end-to-end latency is measured after verification: the
+    /// scenario, the ledger before it was sent, and its ids.
+    pub(super) latency_windows: Vec<(String, scenario_latency::Window, IdSet)>,
+    /// Request latency histogram of each scenario sent one message per request.
+    pub(super) histograms: BTreeMap<String, Vec<series::Bucket>>,
+}
+
+/// What sending reads: the settings, the plan, where an earlier attempt left off, the
+/// HTTP client, the progress display and the sampler's view of the live scenario.
+#[derive(Clone, Copy)]
+pub(super) struct Sending<'a> {
+    pub(super) args: &'a LoadTestArgs,
+    pub(super) plan: &'a Plan,
+    pub(super) resume: &'a ResumePoint,
+    pub(super) http: &'a reqwest::Client,
+    pub(super) display: &'a Display,
+    pub(super) live: &'a sampler::Live,
+}
+
+/// Sends every scenario as its steps: mark the run Running → for each group of
+/// scenarios sent together: the ones still to send (pure: `pending`) → the drain
+/// before a one-at-a-time scenario (`latency_window`) → send with progress → the
+/// results into the status (`record_sent`) → the attempt's throughput (pure).
+pub(super) async fn send_all(
+    sending: Sending<'_>,
+    book: &mut StatusBook,
+    db: &mut OutboxDb,
+    shutdown: &mut ShutdownSignal,
+) -> Result<SentAll> {
+    let plan = sending.plan;
+    mark_running(plan, book).await?;
+    let shape = MessageShape {
+        topic: plan.topic.clone(),
+        run_id: plan.run_id.clone(),
+        message_size: plan.message_size,
+        keys: plan.keys,
+    };
+    let mut sent = SentAll::default();
+    let mut attempt = Attempt::default();
+    for group in together(&plan.scenarios) {
+        let todo = pending(sending, &group, &mut sent.expected);
+        if todo.is_empty() {
+            continue;
+        }
+        let window = latency_window(db, plan, book, &todo, &mut sent, shutdown).await?;
+        for send in &todo {
+            tracing::info!(
+                scenario = %send.name,
+                messages = send.messages,
+                already_accepted = send.already_accepted,
+                shares = ?send.shares,
+                batching = send.batching,
+                concurrency = send.concurrency,
+                together = todo.len(),
+                "sending"
+            );
+        }
+        let results = send_with_progress(
+            sending.http,
+            plan,
+            &shape,
+            &todo,
+            book,
+            sending.display,
+            sending.live,
+            shutdown,
+        )
+        .await?;
+        attempt.add(record_sent(
+            book,
+            &todo,
+            results,
+            window.as_ref(),
+            &mut sent,
+        ));
+        book.write_now().await?;
+    }
+    attempt.into_status(book.status_mut());
+    Ok(sent)
+}
+
+/// Marks the run Running (its start time kept from an earlier attempt).
+async fn mark_running(plan: &Plan, book: &mut StatusBook) -> Result<()> {
+    let status = book.status_mut();
+    status.run_id = Some(plan.run_id.clone());
+    if status.start_time.is_none() {
+        status.start_time = Some(Time(Timestamp::now()));
+    }
+    status.message = Some(format!(
+        "sending {} scenario(s) to {} producer(s)",
+        plan.scenarios.len(),
+        plan.producers.len()
+    ));
+    book.advance(LoadTestPhase::Running);
+    book.set_condition(COMPLETE, false, "Running", "sending messages");
+    book.set_condition(
+        VERIFIED,
+        false,
+        "NotYetVerified",
+        "verification starts when every scenario is sent",
+    );
+    book.write_now().await
+}
+
+/// How the scenarios of `group` are sent now (pure): the messages an earlier attempt
+/// left in the outbox join `expected`; a scenario the status records as sent is kept,
+/// not sent again.
+fn pending(sending: Sending<'_>, group: &[&Scenario], expected: &mut IdSet) -> Vec<ScenarioSend> {
+    let mut todo = Vec::with_capacity(group.len());
+    for scenario in group {
+        let before = sending
+            .resume
+            .earlier
+            .get(&scenario.name)
+            .cloned()
+            .unwrap_or_default();
+        *expected = expected.union(&before);
+        if sending.resume.finished.contains(&scenario.name) {
+            tracing::info!(scenario = %scenario.name, "scenario finished in an earlier attempt; keeping its result");
+            continue;
+        }
+        todo.push(scenario_send(
+            sending.args,
+            sending.plan,
+            scenario,
+            before.len(),
+        ));
+    }
+    todo
+}
+
+/// A scenario sent one message per request, alone, measures its own latency: the
+/// backlog drains first, and its window opens. An earlier scenario's latency is read
+/// before anything new lands in its ledger chunks: once every group acknowledged
+/// everything sent so far.
+async fn latency_window(
+    db: &mut OutboxDb,
+    plan: &Plan,
+    book: &mut StatusBook,
+    todo: &[ScenarioSend],
+    sent: &mut SentAll,
+    shutdown: &mut ShutdownSignal,
+) -> Result<Option<scenario_latency::Window>> {
+    let measures_own = measures_own_latency(todo, plan);
+    let window = if measures_own || !sent.latency_windows.is_empty() {
+        let names: Vec<&str> = todo.iter().map(|s| s.name.as_str()).collect();
+        Some(drain_before(db, plan, book, &names.join(" + "), &sent.expected, shutdown).await?)
+    } else {
+        None
+    };
+    record_scenario_latency(db, book, &sent.latency_windows).await?;
+    sent.latency_windows.clear();
+    Ok(window.filter(|_| measures_own))
+}
+
+/// Whether `todo` is one scenario sent one message per request, with groups to
+/// measure its latency in.
+fn measures_own_latency(todo: &[ScenarioSend], plan: &Plan) -> bool {
+    matches!(todo, [send] if !send.batching) && !plan.groups.is_empty()
+}
+
+/// What this attempt sent: its accepted messages over the longest sending time of
+/// each group of scenarios.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Attempt {
+    accepted: u64,
+    seconds: f64,
+}
+
+impl Attempt {
+    fn add(&mut self, group: Attempt) {
+        self.accepted += group.accepted;
+        self.seconds += group.seconds;
+    }
+
+    /// The accepted messages and the attempt's throughput into the status (pure); a
+    /// resumed attempt that sent nothing keeps the earlier throughput.
+    fn into_status(self, status: &mut LoadTestStatus) {
+        status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
+        if self.seconds > 0.0 {
+            status.throughput = Some((self.accepted as f64 / self.seconds * 10.0).round() / 10.0);
+        } else if status.throughput.is_none() {
+            status.throughput = Some(0.0);
+        }
+    }
+}
+
+/// Each sent scenario's result into the status and what verification will expect
+/// into `sent`; returns what the group added to the attempt.
+fn record_sent(
+    book: &mut StatusBook,
+    todo: &[ScenarioSend],
+    results: Vec<generator::Sent>,
+    window: Option<&scenario_latency::Window>,
+    sent: &mut SentAll,
+) -> Attempt {
+    let mut group = Attempt::default();
+    for (send, result) in todo.iter().zip(results) {
+        if !send.batching {
+            sent.histograms
+                .insert(send.name.clone(), result.outcome.tally().latency.buckets());
+        }
+        sent.expected = sent.expected.union(&result.ids);
+        sent.uncertain += result.uncertain;
+        group.accepted += result.outcome.tally().accepted;
+        group.seconds = group.seconds.max(result.outcome.duration.as_secs_f64());
+        let mut scenario = result.outcome.result();
+        if let Some(window) = window {
+            scenario.backlog_drained = Some(window.drained);
+            sent.latency_windows
+                .push((send.name.clone(), window.clone(), result.ids.clone()));
+        }
+        tracing::info!(
+            scenario = %scenario.name,
+            accepted = scenario.accepted,
+            failed = scenario.failed,
+            seconds = scenario.duration_seconds,
+            throughput = scenario.throughput,
+            "scenario sent"
+        );
+        let status = book.status_mut();
+        status.scenarios.retain(|s| s.name != scenario.name);
+        status.scenarios.push(scenario);
+        status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
+    }
+    group
+}
+
+/// The scenarios in the groups they are sent in: each starts a group, unless it is
+/// marked `withPrevious` (then it joins the group before it).
+fn together(scenarios: &[Scenario]) -> Vec<Vec<&Scenario>> {
+    let mut groups: Vec<Vec<&Scenario>> = Vec::new();
+    for s in scenarios {
+        match groups.last_mut() {
+            Some(group) if s.with_previous => group.push(s),
+            _ => groups.push(vec![s]),
+        }
+    }
+    groups
+}
+
+/// Each one-at-a-time scenario's own end-to-end latency per group, into its result:
+/// before the next scenario is sent, or after verification for the last one.
+pub(super) async fn record_scenario_latency(
+    db: &mut OutboxDb,
+    book: &mut StatusBook,
+    windows: &[(String, scenario_latency::Window, IdSet)],
+) -> Result<()> {
+    for (name, window, ids) in windows {
+        let latency = scenario_latency::close(db, window, ids).await?;
+        let scenarios = &mut book.status_mut().scenarios;
+        if let Some(result) = scenarios.iter_mut().find(|s| &s.name == name) {
+            result.end_to_end_latency = latency;
+        }
+    }
+    Ok(())
+}
+
+/// Before `scenario` is sent one message at a time: waits until every group
+/// acknowledged `earlier`, so that the scenario's latency is its own (see
+/// `scenario_latency`).
+async fn drain_before(
+    db: &mut OutboxDb,
+    plan: &Plan,
+    book: &mut StatusBook,
+    scenario: &str,
+    earlier: &IdSet,
+    shutdown: &mut ShutdownSignal,
+) -> Result<scenario_latency::Window> {
+    let message = format!(
+        "waiting until every group acknowledged the {} messages sent so far before sending {scenario}, so that it measures its own latency",
+        earlier.len()
+    );
+    tracing::info!(
+        scenario,
+        messages = earlier.len(),
+        "draining the backlog before the scenario"
+    );
+    book.status_mut().message = Some(message);
+    book.write_progress().await;
+    let started = Instant::now();
+    let window = scenario_latency::open(
+        db,
+        &plan.groups,
+        earlier,
+        plan.verification_timeout,
+        shutdown,
+    )
+    .await?;
+    if window.drained {
+        tracing::info!(
+            scenario,
+            seconds = started.elapsed().as_secs_f64(),
+            "backlog drained"
+        );
+    } else {
+        tracing::warn!(
+            scenario,
+            seconds = started.elapsed().as_secs_f64(),
+            "the backlog did not drain (no acknowledgement for {}s, or the verification timeout ran out); sending the scenario anyway, its latency includes the backlog",
+            scenario_latency::DRAIN_STALL.as_secs()
+        );
+    }
+    Ok(window)
+}
+
+/// How `scenario` is sent now, `already` of its messages being in the outbox.
+fn scenario_send(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    scenario: &Scenario,
+    already: u64,
+) -> ScenarioSend {
+    let messages = u64::try_from(scenario.offered_messages().max(0)).unwrap_or(0);
+    let already = already.min(messages);
+    let producers = plan.producers.len();
+    let (concurrency, stages, shares) = match &scenario.arrival_rate {
+        Some(rate) => {
+            let stages = split::arrival_stages(&rate.stages, already, producers);
+            let shares = (0..producers)
+                .map(|p| stages.iter().map(|s| s.arrivals[p]).sum())
+                .collect();
+            let connections = usize::try_from(rate.connections.max(1)).unwrap_or(1);
+            (connections.div_ceil(producers.max(1)), stages, shares)
+        }
+        None => {
+            let concurrency = scenario
+                .concurrency
+                .and_then(|c| usize::try_from(c).ok())
+                .or(args.concurrency)
+                .unwrap_or(if scenario.batching {
+                    DEFAULT_BATCH_CONCURRENCY
+                } else {
+                    DEFAULT_IMMEDIATE_CONCURRENCY
+                });
+            (
+                concurrency,
+                Vec::new(),
+                split::split(messages - already, producers),
+            )
+        }
+    };
+    ScenarioSend {
+        name: scenario.name.clone(),
+        batching: scenario.batching,
+        messages,
+        already_accepted: already,
+        shares,
+        messages_per_request: args.messages_per_request,
+        concurrency,
+        retry_patience: args.retry_patience,
+        infrastructure_patience: args.infrastructure_patience,
+        fallback_url: plan.producer_fallback.clone(),
+        fallback_after: generator::FALLBACK_AFTER,
+        stages,
+    }
+}
+
+/// Sends one scenario while showing progress and writing it into the status.
+#[allow(clippy::too_many_arguments)]
+async fn send_with_progress(
+    http: &reqwest::Client,
+    plan: &Plan,
+    shape: &MessageShape,
+    sends: &[ScenarioSend],
+    book: &mut StatusBook,
+    display: &Display,
+    live: &sampler::Live,
+    shutdown: &mut ShutdownSignal,
+) -> Result<Vec<generator::Sent>> {
+    let counters: Vec<Arc<Counters>> = sends.iter().map(|_| Arc::default()).collect();
+    live.sending(
+        sends
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(counters.iter().cloned())
+            .collect(),
+    );
+    let mut bars: Vec<_> = sends
+        .iter()
+        .map(|s| display.bar(&s.name, s.messages))
+        .collect();
+    let accepted_before: i64 = book
+        .status()
+        .scenarios
+        .iter()
+        .filter(|s| !sends.iter().any(|send| send.name == s.name))
+        .map(|s| s.accepted)
+        .sum();
+    let board = book.board().clone();
+    let tasks = futures::future::join_all(sends.iter().zip(&counters).map(|(send, c)| {
+        let (http, producers, shape, send, c, board) = (
+            http.clone(),
+            plan.producers.clone(),
+            shape.clone(),
+            send.clone(),
+            c.clone(),
+            board.clone(),
+        );
+        tokio::spawn(async move {
+            generator::send_scenario(&http, &producers, &shape, &send, c, &board).await
+        })
+    }));
+    tokio::pin!(tasks);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let joined = loop {
+        tokio::select! {
+            joined = &mut tasks => break joined,
+            _ = tick.tick() => {
+                let mut parts = Vec::new();
+                let mut accepted_now = 0;
+                for ((send, c), bar) in sends.iter().zip(&counters).zip(&mut bars) {
+                    let accepted = c.accepted.load(Ordering::Relaxed) + send.already_accepted;
+                    let failed = c.failed.load(Ordering::Relaxed);
+                    bar.set(send.already_accepted + c.done(), &format!("accepted {accepted} failed {failed}"));
+                    parts.push(format!(
+                        "{}: {}/{} sent ({accepted} accepted, {failed} failed)",
+                        send.name,
+                        send.already_accepted + c.done(),
+                        send.messages,
+                    ));
+                    accepted_now += accepted;
+                }
+                let outage = book.reflect_outages();
+                let status = book.status_mut();
+                status.message = Some(format!(
+                    "{}{}",
+                    parts.join("; "),
+                    outage.map(|o| format!("; {o}")).unwrap_or_default()
+                ));
+                status.accepted_messages = Some(accepted_before + measure::to_i64(accepted_now));
+                book.write_progress().await;
+            }
+            _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
+        }
+    };
+    live.idle();
+    let mut sent = Vec::with_capacity(sends.len());
+    for ((send, c), (bar, result)) in sends.iter().zip(&counters).zip(bars.iter_mut().zip(joined)) {
+        let result = result.map_err(|e| {
+            LoadTestError::Settings(format!("the sender of scenario {} failed: {e}", send.name))
+        })?;
+        let to_send: u64 = send.shares.iter().sum();
+        bar.finish(
+            send.already_accepted + c.done(),
+            &format!(
+                "accepted {}, failed {} of {to_send} sent",
+                result.outcome.accepted(),
+                result.outcome.tally().failed
+            ),
+        );
+        sent.push(result);
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args;
+
+    fn scenario(name: &str, with_previous: bool) -> Scenario {
+        Scenario {
+            name: name.into(),
+            messages: Some(10),
+            with_previous,
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn scenarios_marked_with_previous_are_sent_together_with_the_one_before() {
+        let scenarios = [
+            scenario("batch", false),
+            scenario("steady", true),
+            scenario("spike", true),
+            scenario("immediate", false),
+            // The first scenario has nothing before it (the API server refuses it).
+            scenario("late", true),
+        ];
+        let names: Vec<Vec<&str>> = together(&scenarios)
+            .iter()
+            .map(|g| g.iter().map(|s| s.name.as_str()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![vec!["batch", "steady", "spike"], vec!["immediate", "late"]]
+        );
+        let first_alone = together(&scenarios[4..]);
+        assert_eq!(first_alone.len(), 1);
+    }
+
+    #[test]
+    fn single_messages_go_one_at_a_time_per_producer_unless_the_scenario_or_flags_say_otherwise() {
+        let concurrency = |flags: &[&str]| -> Vec<usize> {
+            let mut all = vec!["--topic", "t"];
+            all.extend_from_slice(flags);
+            let args = args::from_flags(&all);
+            let producers = vec![drive_producer("http://127.0.0.1:5301")];
+            let plan = super::super::plan::local_plan(&args, producers).expect("a plan");
+            plan.scenarios
+                .iter()
+                .map(|s| scenario_send(&args, &plan, s, 0).concurrency)
+                .collect()
+        };
+        let scenarios = [
+            "--scenario",
+            "batch:1000:batched",
+            "--scenario",
+            "immediate:10:immediate",
+            "--scenario",
+            "wide:10:immediate:8",
+        ];
+        assert_eq!(concurrency(&scenarios), vec![2, 1, 8]);
+        let mut told = scenarios.to_vec();
+        told.extend_from_slice(&["--concurrency", "4"]);
+        assert_eq!(concurrency(&told), vec![4, 4, 8]);
+    }
+
+    #[test]
+    fn a_resumed_attempt_keeps_finished_scenarios_and_sends_only_what_the_outbox_lacks() {
+        let args = args::from_flags(&[
+            "--topic",
+            "t",
+            "--scenario",
+            "batch:1000:batched",
+            "--scenario",
+            "immediate:10:immediate",
+            "--scenario",
+            "late:40:immediate",
+        ]);
+        let producers = vec![
+            drive_producer("http://127.0.0.1:5301"),
+            drive_producer("http://127.0.0.1:5302"),
+        ];
+        let plan = super::super::plan::local_plan(&args, producers).expect("a plan");
+        let resume = ResumePoint {
+            resumed: true,
+            earlier: BTreeMap::from([
+                ("batch".to_string(), IdSet::from_ranges([(1, 1000)])),
+                ("immediate".to_string(), IdSet::from_ranges([(1001, 1004)])),
+            ]),
+            finished: vec!["batch".to_string()],
+        };
+        let display = Display::new(Duration::from_secs(5));
+        let live = sampler::Live::default();
+        let http = reqwest::Client::new();
+        let sending = Sending {
+            args: &args,
+            plan: &plan,
+            resume: &resume,
+            http: &http,
+            display: &display,
+            live: &live,
+        };
+        let mut expected = IdSet::default();
+        let groups = together(&plan.scenarios);
+        let first = pending(sending, &groups[0], &mut expected);
+        assert!(first.is_empty(), "batch finished in the earlier attempt");
+        assert_eq!(expected.len(), 1000, "its messages are still expected");
+        let second = pending(sending, &groups[1], &mut expected);
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].already_accepted, 4);
+        assert_eq!(second[0].shares, vec![3, 3], "the 6 it lacks, split");
+        assert_eq!(expected.len(), 1004);
+        assert!(
+            !measures_own_latency(&second, &plan),
+            "no group to measure in"
+        );
+        let with_groups = Plan {
+            groups: vec!["a".into()],
+            ..plan.clone()
+        };
+        assert!(measures_own_latency(&second, &with_groups));
+        let first_batch = pending(sending, &groups[0][..0], &mut expected);
+        assert!(
+            !measures_own_latency(&first_batch, &with_groups),
+            "nothing to send"
+        );
+    }
+
+    fn drive_producer(url: &str) -> super::super::discover::Producer {
+        super::super::discover::Producer::from_url(url)
+    }
+
+    #[test]
+    fn the_attempt_throughput_is_its_accepted_messages_over_its_sending_time() {
+        let mut status = LoadTestStatus {
+            scenarios: vec![
+                outbox_contract::crd::ScenarioResult {
+                    name: "batch".into(),
+                    accepted: 900,
+                    ..Default::default()
+                },
+                outbox_contract::crd::ScenarioResult {
+                    name: "immediate".into(),
+                    accepted: 100,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut attempt = Attempt::default();
+        attempt.add(Attempt {
+            accepted: 900,
+            seconds: 3.0,
+        });
+        attempt.add(Attempt {
+            accepted: 100,
+            seconds: 1.0,
+        });
+        attempt.into_status(&mut status);
+        assert_eq!(status.accepted_messages, Some(1000));
+        assert_eq!(status.throughput, Some(250.0));
+        // A resumed attempt that had nothing left to send keeps the earlier figure.
+        Attempt::default().into_status(&mut status);
+        assert_eq!(status.throughput, Some(250.0));
+    }
+}

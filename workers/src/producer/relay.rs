@@ -1,0 +1,1078 @@
+//! The relay: publishes outbox rows to Kafka in `(txid, id)` order and advances a
+//! watermark once Kafka confirmed them.
+//!
+//! Ordering and safety:
+//! - One leader at a time: each producer replica runs a relay, but only the one holding
+//!   a session advisory lock (keyed on the schema) publishes; the others wait for it.
+//!   The leader writes the watermark through that same session, so a leader whose
+//!   session died can no longer advance it.
+//! - Never skip a late commit: the relay reads only rows whose writing transaction id is
+//!   below `pg_snapshot_xmin(pg_current_snapshot())`, the oldest transaction still
+//!   running. Those transactions have all ended, and every later one gets a larger id,
+//!   so no row can ever appear behind the `(txid, id)` watermark.
+//! - Per-key order: rows are published in `(txid, id)` order through an idempotent
+//!   producer that never times messages out locally, so a key's messages reach their
+//!   partition in the order they were written (a request that started after another's
+//!   answer has a larger transaction id).
+//! - No loss: the watermark moves only past batches whose every message Kafka
+//!   acknowledged; after a crash the next leader republishes from it (duplicates,
+//!   never gaps).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::ClientConfig;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, Statement};
+use tracing::Instrument;
+
+use crate::error::{DbContext, Error, Result};
+use crate::headers;
+use crate::message_size::{self, TopicLimits};
+use crate::metrics::ProducerMetrics;
+use crate::shutdown::{self, ShutdownSignal};
+
+/// Rows confirmed by Kafka up to here: `(txid, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Watermark {
+    pub txid: u64,
+    pub id: i64,
+}
+
+/// Worker threads of the relay's own runtime: reading PostgreSQL and awaiting
+/// Kafka's acknowledgements overlap, librdkafka's threads do the sending.
+const RELAY_RUNTIME_THREADS: usize = 2;
+
+/// How the relay batches rows into Kafka.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows read and published per batch.
+    pub rows_per_kafka_batch: i64,
+    /// How long an idle relay waits before polling again (a NOTIFY wakes it earlier).
+    pub linger: Duration,
+    /// Batches handed to Kafka but not yet confirmed.
+    pub max_in_flight_batches: usize,
+    /// Memory of the Kafka producer's queue, KiB.
+    pub queue_kbytes: usize,
+    /// Payload and key bytes read from PostgreSQL per batch, at most (a batch ends
+    /// with the row that reaches it): rows of 100 KB are read a few hundred at a time,
+    /// not `rows_per_kafka_batch` at a time.
+    pub fetch_bytes: usize,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            rows_per_kafka_batch: 10_000,
+            linger: Duration::from_millis(50),
+            max_in_flight_batches: 4,
+            queue_kbytes: 65_536,
+            fetch_bytes: 32 << 20,
+        }
+    }
+}
+
+// Output columns are aliased so that ORDER BY names the xid8 column, not its text.
+const FETCH: &str = "SELECT m.id, m.txid::text AS txid_text, m.topic, m.key, m.payload, m.headers,
+        (EXTRACT(EPOCH FROM m.created_at) * 1000000)::bigint AS created_us
+    FROM outbox_messages m
+    WHERE (m.txid, m.id) > ($1::text::xid8, $2::bigint)
+      AND m.txid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY m.txid, m.id
+    LIMIT $3";
+
+const PERSIST: &str = "UPDATE outbox_relay_state
+    SET wm_txid = $1::text::xid8, wm_id = $2, leader = $3,
+        published = published + $4, updated_at = now()";
+
+const QUARANTINE: &str = "INSERT INTO outbox_quarantine
+        (id, txid, topic, key, payload, headers, created_at, error)
+    SELECT id, txid, topic, key, payload, headers, created_at, $3 FROM outbox_messages
+    WHERE txid = $1::text::xid8 AND id = $2
+    ON CONFLICT DO NOTHING";
+
+const TRY_LEAD: &str = "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.outbox-relay'))";
+
+/// Where a relay publishes: the Kafka client settings, the topics it may be asked to
+/// publish to, and their size limits (shared with ingest).
+pub struct RelayTarget {
+    pub kafka: ClientConfig,
+    pub topics: Vec<String>,
+    pub limits: Arc<TopicLimits>,
+}
+
+/// A relay; run one per producer replica, they elect a leader among themselves.
+pub struct Relay {
+    database_url: String,
+    kafka: ClientConfig,
+    topics: Vec<String>,
+    limits: Arc<TopicLimits>,
+    settings: RelaySettings,
+    wake: Arc<Notify>,
+    metrics: ProducerMetrics,
+    service_id: String,
+    /// Rows whose batch Kafka refused for good: published alone next time, and
+    /// quarantined if refused again.
+    suspects: Mutex<HashSet<Watermark>>,
+}
+
+struct InFlight {
+    last: Watermark,
+    count: u64,
+    /// Bytes of its rows (payload, key and headers): librdkafka's queue bound counts
+    /// payloads only, so the relay bounds what it hands over itself.
+    bytes: usize,
+    deliveries: JoinHandle<Result<(), DeliveryFailure>>,
+}
+
+/// A message Kafka did not confirm.
+#[derive(Debug)]
+struct DeliveryFailure {
+    at: Watermark,
+    error: String,
+    /// Kafka refused the message itself (too large, invalid): retrying as it is
+    /// cannot help.
+    for_good: bool,
+}
+
+/// Error codes that refuse a message for what it is, not for the state of the cluster.
+fn refused_for_good(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::MessageBatchTooLarge
+    )
+}
+
+/// Rows of a session's first read, before their size is known.
+const FIRST_FETCH_ROWS: i64 = 1_000;
+
+/// Bytes a fetched row holds: payload, key and headers (columns 4, 3 and 5 of
+/// `FETCH`), the headers as PostgreSQL sent them, unparsed. An empty payload may come
+/// with most of a megabyte of headers.
+fn row_bytes(row: &tokio_postgres::Row) -> usize {
+    let payload = row.try_get::<_, &str>(4).map_or(0, str::len);
+    let key = row
+        .try_get::<_, Option<&str>>(3)
+        .ok()
+        .flatten()
+        .map_or(0, str::len);
+    let headers = row
+        .try_get::<_, Option<RawJson<'_>>>(5)
+        .ok()
+        .flatten()
+        .map_or(0, |h| h.0.len());
+    payload + key + headers
+}
+
+/// A json or jsonb value's bytes as they came over the wire, not parsed.
+struct RawJson<'a>(&'a [u8]);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawJson<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawJson(raw))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(
+            *ty,
+            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
+        )
+    }
+}
+
+/// Rows to ask for next: as many rows of `row_bytes` as `fetch_bytes` holds, at least
+/// one, at most `rows_per_kafka_batch`.
+fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, rows_per_kafka_batch: i64) -> i64 {
+    let fit = fetch_bytes / row_bytes.max(1);
+    i64::try_from(fit)
+        .unwrap_or(i64::MAX)
+        .clamp(1, rows_per_kafka_batch.max(1))
+}
+
+/// Whether more is in flight than the settings allow: more batches than
+/// `max_in_flight_batches`, or more bytes (headers included) than the producer's
+/// queue is given.
+fn over_in_flight_bounds(in_flight: &VecDeque<InFlight>, settings: &RelaySettings) -> bool {
+    in_flight.len() > settings.max_in_flight_batches
+        || in_flight.iter().map(|b| b.bytes).sum::<usize>()
+            > settings.queue_kbytes.saturating_mul(1024)
+}
+
+/// What one outbox row becomes in Kafka.
+struct Row<'a> {
+    at: Watermark,
+    topic: &'a str,
+    key: Option<&'a str>,
+    payload: &'a str,
+    /// Moved into the record when the row is handed to Kafka.
+    headers: Option<OwnedHeaders>,
+    size: usize,
+}
+
+impl<'a> Row<'a> {
+    fn read(row: &'a tokio_postgres::Row) -> Result<Self> {
+        let id: i64 = row.get(0);
+        let txid: &str = row.get(1);
+        let topic: &str = row.get(2);
+        let key: Option<&str> = row.get(3);
+        let payload: &str = row.get(4);
+        let extra: Option<serde_json::Value> = row.get(5);
+        let created_us: i64 = row.get(6);
+        let id_text = id.to_string();
+        let created_text = created_us.to_string();
+        let mut kafka_headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: headers::MESSAGE_ID,
+                value: Some(&id_text),
+            })
+            .insert(Header {
+                key: headers::TRANSACTION_ID,
+                value: Some(txid),
+            })
+            .insert(Header {
+                key: headers::CREATED_AT_MICROS,
+                value: Some(&created_text),
+            });
+        let mut user_headers = Vec::new();
+        if let Some(serde_json::Value::Object(map)) = &extra {
+            for (name, value) in map {
+                // A row written straight into the table may carry anything: never let
+                // it set the headers consumers trust.
+                if headers::is_reserved(name) {
+                    tracing::warn!(id, header = %name, "dropping a reserved header name from an outbox row");
+                    continue;
+                }
+                if let Some(value) = value.as_str() {
+                    kafka_headers = kafka_headers.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                    user_headers.push((name.as_str(), value));
+                }
+            }
+        }
+        let size = message_size::record_size(payload, key, user_headers);
+        Ok(Row {
+            at: Watermark {
+                txid: txid
+                    .parse()
+                    .map_err(|e| Error::Relay(format!("row {id} has txid {txid:?}: {e}")))?,
+                id,
+            },
+            topic,
+            key,
+            payload,
+            headers: Some(kafka_headers),
+            size,
+        })
+    }
+
+    /// The record to hand to Kafka; the row's headers move into it (a row is handed
+    /// once).
+    fn record(&mut self) -> FutureRecord<'a, str, str> {
+        let mut record = FutureRecord::<str, str>::to(self.topic).payload(self.payload);
+        if let Some(headers) = self.headers.take() {
+            record = record.headers(headers);
+        }
+        if let Some(key) = self.key {
+            record = record.key(key);
+        }
+        record
+    }
+}
+
+/// How a single row was handed to Kafka.
+enum Handed {
+    Queued(DeliveryFuture),
+    Refused(String),
+}
+
+impl Relay {
+    /// A relay publishing through `producer`; `wake` is notified by the ingest path.
+    pub fn new(
+        database_url: String,
+        target: RelayTarget,
+        settings: RelaySettings,
+        wake: Arc<Notify>,
+        metrics: ProducerMetrics,
+        service_id: String,
+    ) -> Self {
+        Relay {
+            database_url,
+            kafka: target.kafka,
+            topics: target.topics,
+            limits: target.limits,
+            settings,
+            wake,
+            metrics,
+            service_id,
+            suspects: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Runs [`Relay::run`] on a runtime of its own, whose threads are named
+    /// `outbox-relay` (see `cpu`): the relay's CPU time is then told apart from the
+    /// HTTP ingest's, and a burst of requests cannot starve it of the main runtime's
+    /// threads. The returned task ends when the relay has stopped.
+    pub fn spawn_on_own_runtime(self, shutdown: ShutdownSignal) -> std::io::Result<JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RELAY_RUNTIME_THREADS)
+            .thread_name(crate::cpu::RELAY_THREADS)
+            .enable_all()
+            .build()?;
+        let span = tracing::Span::current();
+        let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(crate::cpu::RELAY_THREADS.into())
+            .spawn(move || {
+                runtime.block_on(self.run(shutdown).instrument(span));
+                // Tasks the relay left behind (a watchdog, a connection) get a moment
+                // to end; none may hold the process open.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+                let _ = stopped.send(());
+            })?;
+        Ok(tokio::spawn(async move {
+            let _ = on_stop.await;
+        }))
+    }
+
+    /// Runs until shutdown: waits for leadership, publishes, and after any error
+    /// reconnects and resumes from the stored watermark.
+    pub async fn run(self, mut shutdown: ShutdownSignal) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.session(&mut shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.metrics.relay_errors.inc();
+                    tracing::warn!(error = %crate::error_chain(&e), "relay stopped; resuming from the stored watermark");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown::wait(&mut shutdown) => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+
+    async fn session(&self, shutdown: &mut ShutdownSignal) -> Result<()> {
+        let client =
+            crate::db::connect_with_notifications(&self.database_url, Some(self.wake.clone()))
+                .await?;
+        client
+            .batch_execute(&format!(
+                "LISTEN {}",
+                crate::producer::outbox::NOTIFY_CHANNEL
+            ))
+            .await
+            .db("listening for new messages")?;
+        loop {
+            let leader: bool = client
+                .query_one(TRY_LEAD, &[])
+                .await
+                .db("trying for relay leadership")?
+                .get(0);
+            if leader {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown::wait(shutdown) => return Ok(()),
+            }
+        }
+        tracing::info!("relay leadership acquired");
+        self.metrics.relay_leader.set(1);
+        let result = self.lead(&client, shutdown).await;
+        self.metrics.relay_leader.set(0);
+        result
+    }
+
+    /// One leadership session as its steps: the topics and their size limits → the
+    /// Kafka producer → the prepared statements → the stored watermark → publish until
+    /// shutdown, an error or a wedged Kafka client → let what is in flight land.
+    async fn lead(&self, client: &Client, shutdown: &mut ShutdownSignal) -> Result<()> {
+        let batch_bytes = self.topic_limits().await?;
+        let mut kafka = self.kafka.clone();
+        kafka.set(
+            "queue.buffering.max.kbytes",
+            self.settings.queue_kbytes.to_string(),
+        );
+        let producer = crate::kafka::relay_producer(&kafka, batch_bytes)?;
+        let fetch = client
+            .prepare(FETCH)
+            .await
+            .db("preparing the relay query")?;
+        let statements = Statements {
+            persist: client
+                .prepare(PERSIST)
+                .await
+                .db("preparing the watermark update")?,
+            quarantine: client
+                .prepare(QUARANTINE)
+                .await
+                .db("preparing the quarantine insert")?,
+        };
+        let start = stored_watermark(client).await?;
+        tracing::info!(
+            txid = start.txid,
+            id = start.id,
+            batch_bytes,
+            "relay resuming after watermark"
+        );
+        let mut in_flight = VecDeque::new();
+        let session = Session {
+            client,
+            producer: &producer,
+            statements: &statements,
+        };
+        // A producer client wedged after a broker restart (see `kafka_watchdog`) would hold
+        // its batches forever: purged, they fail, and the next session republishes them
+        // from the watermark with a new client.
+        let watched = producer.clone();
+        let mut watch = crate::kafka_watchdog::start(
+            move |timeout| watched.client().fetch_metadata(None, timeout).map(|_| ()),
+            kafka.clone(),
+            shutdown.clone(),
+        );
+        let result = tokio::select! {
+            result = self.publish(&session, &fetch, start, &mut in_flight, shutdown) => result,
+            e = watch.wedged() => {
+                tracing::error!(error = %e, batches = in_flight.len(), "the relay's Kafka client is wedged; dropping what it holds and starting again from the watermark");
+                producer.purge(PurgeConfig::default().queue().inflight());
+                Err(e)
+            }
+        };
+        drop(watch);
+        self.land(&session, in_flight, result.is_ok()).await;
+        result
+    }
+
+    /// Waits for Kafka and the topics (the error says which is missing; ingest goes on
+    /// filling the outbox), then reads the topics' size limits afresh: the largest Kafka
+    /// batch the smallest topic takes. Rows larger than their topic takes are
+    /// quarantined.
+    async fn topic_limits(&self) -> Result<usize> {
+        crate::kafka::check_topics_async(&self.kafka, &self.topics, Duration::from_secs(10))
+            .await?;
+        if let Err(e) = self.limits.refresh(&self.kafka, &self.topics).await {
+            tracing::warn!(error = %crate::error_chain(&e), "could not read the topics' max.message.bytes; using the relay's own limit");
+        }
+        Ok(self
+            .limits
+            .smallest_topic_limit()
+            .map_or(message_size::RELAY_MESSAGE_MAX_BYTES, |t| {
+                t.saturating_sub(message_size::RECORD_OVERHEAD)
+            })
+            .clamp(1, message_size::RELAY_MESSAGE_MAX_BYTES))
+    }
+
+    /// Whatever ended the session, lets what is in flight land before a successor (or
+    /// the next session) republishes from the watermark, so a key is never overtaken.
+    /// The watermark moves past what landed, in order, while every write succeeds.
+    async fn land(&self, session: &Session<'_>, mut in_flight: VecDeque<InFlight>, ok: bool) {
+        let mut persist = ok;
+        while !in_flight.is_empty() {
+            if persist {
+                if let Err(e) = self.complete_oldest(session, &mut in_flight).await {
+                    tracing::warn!(error = %e, "while stopping: the watermark stays before what did not land");
+                    persist = false;
+                }
+            } else if let Some(batch) = in_flight.pop_front() {
+                let _ = batch.deliveries.await;
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        session: &Session<'_>,
+        fetch: &Statement,
+        mut cursor: Watermark,
+        in_flight: &mut VecDeque<InFlight>,
+        shutdown: &mut ShutdownSignal,
+    ) -> Result<()> {
+        // Rows asked for per read: a first read of a thousand finds out how large the
+        // rows are, later reads ask for as many as `fetch_bytes` holds.
+        let mut limit = self.settings.rows_per_kafka_batch.min(FIRST_FETCH_ROWS);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            self.complete_finished(session, in_flight).await?;
+            let rows = self.fetch(session, fetch, cursor, &mut limit).await?;
+            if rows.is_empty() {
+                match self.idle(in_flight, shutdown).await {
+                    Idle::Landed(oldest) => self.complete(session, in_flight, vec![oldest]).await?,
+                    Idle::Look => {}
+                    Idle::Stop => return Ok(()),
+                }
+                continue;
+            }
+            cursor = self.send_rows(session, &rows, cursor, in_flight).await?;
+            while over_in_flight_bounds(in_flight, &self.settings) {
+                self.complete_oldest(session, in_flight).await?;
+            }
+        }
+    }
+
+    /// With nothing new to read: waits until the oldest batch in flight lands, new rows
+    /// are announced, or the linger passes, whichever comes first. Waiting for Kafka
+    /// alone would hold messages sent one at a time behind the confirmation of those
+    /// before them: a round trip to the broker each, under load tens of milliseconds.
+    async fn idle(
+        &self,
+        in_flight: &mut VecDeque<InFlight>,
+        shutdown: &mut ShutdownSignal,
+    ) -> Idle {
+        let oldest = async {
+            match in_flight.front_mut() {
+                Some(batch) => (&mut batch.deliveries).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = oldest => outcome,
+            _ = self.wake.notified() => return Idle::Look,
+            _ = tokio::time::sleep(self.settings.linger) => return Idle::Look,
+            _ = shutdown::wait(shutdown) => return Idle::Stop,
+        };
+        match in_flight.pop_front() {
+            Some(batch) => Idle::Landed((batch.last, batch.count, outcome)),
+            None => Idle::Look,
+        }
+    }
+
+    /// Hands `rows` (read after `cursor`) to Kafka as one batch to confirm: rows too
+    /// large for their topic are quarantined, a row refused once is sent alone. Returns
+    /// the cursor after them.
+    async fn send_rows(
+        &self,
+        session: &Session<'_>,
+        rows: &[tokio_postgres::Row],
+        mut cursor: Watermark,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<Watermark> {
+        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut handed_bytes = 0usize;
+        let mut last = cursor;
+        // Read once per batch, not locked per row; empty but after a refusal.
+        let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
+        for row in rows {
+            let mut row = Row::read(row)?;
+            if !self.topics.iter().any(|t| t == row.topic) {
+                // Written straight into the table: Kafka might refuse it forever (no
+                // such topic) or take it into a topic no group of this system reads.
+                let reason = format!(
+                    "topic `{}` is not one this system relays to ({})",
+                    row.topic,
+                    self.topics
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.quarantine(session, row.at, &reason).await?;
+                last = row.at;
+                continue;
+            }
+            let limit = self.limits.limit(row.topic);
+            if row.size > limit.bytes {
+                let reason = format!(
+                    "message too large: {} bytes (payload, key and headers) and topic `{}` takes at most {} bytes ({})",
+                    row.size, row.topic, limit.bytes, limit.reason()
+                );
+                self.quarantine(session, row.at, &reason).await?;
+                last = row.at;
+                continue;
+            }
+            if !suspects.is_empty() && suspects.contains(&row.at) {
+                // Refused for good once with its batch: find out whether it is this
+                // message, without anything else in flight.
+                let handed = std::mem::take(&mut handed_bytes);
+                self.seal(
+                    std::mem::take(&mut deliveries),
+                    handed,
+                    cursor,
+                    last,
+                    in_flight,
+                );
+                while !in_flight.is_empty() {
+                    self.complete_oldest(session, in_flight).await?;
+                }
+                self.publish_alone(session, &mut row).await?;
+                last = row.at;
+                cursor = row.at;
+                continue;
+            }
+            match self.hand(session, &mut row, in_flight).await? {
+                Handed::Queued(delivery) => {
+                    handed_bytes += row.size;
+                    deliveries.push((row.at, delivery));
+                }
+                Handed::Refused(reason) => self.quarantine(session, row.at, &reason).await?,
+            }
+            last = row.at;
+        }
+        self.seal(deliveries, handed_bytes, cursor, last, in_flight);
+        Ok(last)
+    }
+
+    /// Reads up to `limit` rows after `cursor`, stopping early once the rows read hold
+    /// `fetch_bytes` (the rest of the answer is discarded unread), and sets `limit`
+    /// for the next read from the size of these rows.
+    async fn fetch(
+        &self,
+        session: &Session<'_>,
+        fetch: &Statement,
+        cursor: Watermark,
+        limit: &mut i64,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        use futures::TryStreamExt;
+        let txid = cursor.txid.to_string();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&txid, &cursor.id, &*limit];
+        let stream = session
+            .client
+            .query_raw(fetch, params)
+            .await
+            .db("reading outbox rows")?;
+        futures::pin_mut!(stream);
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = stream.try_next().await.db("reading outbox rows")? {
+            bytes += row_bytes(&row);
+            rows.push(row);
+            if bytes >= self.settings.fetch_bytes {
+                break;
+            }
+        }
+        if !rows.is_empty() {
+            *limit = next_fetch_rows(
+                bytes / rows.len(),
+                self.settings.fetch_bytes,
+                self.settings.rows_per_kafka_batch,
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Queues the rows handed to Kafka since `from` as one batch to confirm, up to
+    /// `last` (which also covers quarantined rows).
+    fn seal(
+        &self,
+        deliveries: Vec<(Watermark, DeliveryFuture)>,
+        bytes: usize,
+        from: Watermark,
+        last: Watermark,
+        in_flight: &mut VecDeque<InFlight>,
+    ) {
+        if last == from {
+            return;
+        }
+        in_flight.push_back(InFlight {
+            last,
+            count: deliveries.len() as u64,
+            bytes,
+            deliveries: tokio::spawn(await_deliveries(deliveries)),
+        });
+    }
+
+    /// Hands one row to the producer, waiting for room in its queue.
+    async fn hand(
+        &self,
+        session: &Session<'_>,
+        row: &mut Row<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<Handed> {
+        let mut record = row.record();
+        loop {
+            match session.producer.send_result(record) {
+                Ok(delivery) => return Ok(Handed::Queued(delivery)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // Backpressure: librdkafka's queue is full; let earlier batches land.
+                    record = returned;
+                    if in_flight.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        self.complete_oldest(session, in_flight).await?;
+                    }
+                }
+                Err((e, _)) if e.rdkafka_error_code().is_some_and(refused_for_good) => {
+                    return Ok(Handed::Refused(format!(
+                        "the Kafka producer refused it: {e}"
+                    )))
+                }
+                Err((e, _)) => {
+                    return Err(Error::Kafka {
+                        context: format!("handing message {} to the producer", row.at.id),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Publishes one row with nothing else in flight; quarantines it when Kafka
+    /// refuses it for good.
+    async fn publish_alone(&self, session: &Session<'_>, row: &mut Row<'_>) -> Result<()> {
+        let mut none = VecDeque::new();
+        let outcome = match self.hand(session, row, &mut none).await? {
+            Handed::Refused(reason) => Err(reason),
+            Handed::Queued(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) if e.rdkafka_error_code().is_some_and(refused_for_good) => {
+                    Err(format!("Kafka refused it: {e}"))
+                }
+                Ok(Err((e, _))) => {
+                    return Err(Error::Relay(format!(
+                        "Kafka did not confirm message {}: {e}",
+                        row.at.id
+                    )))
+                }
+                Err(_) => {
+                    return Err(Error::Relay(
+                        "the producer dropped a delivery report".into(),
+                    ))
+                }
+            },
+        };
+        if let Ok(mut suspects) = self.suspects.lock() {
+            suspects.remove(&row.at);
+        }
+        match outcome {
+            Ok(()) => self.persist(session, row.at, 1, 1).await,
+            Err(reason) => {
+                self.quarantine(session, row.at, &reason).await?;
+                self.persist(session, row.at, 0, 1).await
+            }
+        }
+    }
+
+    /// Copies a row the relay cannot publish (Kafka refused it for good, or its topic is
+    /// not one this system relays to) into `outbox_quarantine` with the reason; the
+    /// watermark then moves past it like past a published row.
+    async fn quarantine(&self, session: &Session<'_>, at: Watermark, reason: &str) -> Result<()> {
+        session
+            .client
+            .execute(
+                &session.statements.quarantine,
+                &[&at.txid.to_string(), &at.id, &reason],
+            )
+            .await
+            .db("quarantining a row the relay cannot publish")?;
+        self.metrics.quarantined.inc();
+        tracing::error!(id = at.id, txid = at.txid, %reason, "quarantined an outbox row the relay cannot publish; delivery goes on");
+        Ok(())
+    }
+
+    /// Waits for the oldest batch in flight, then lands it with those after it that
+    /// are in too.
+    async fn complete_oldest(
+        &self,
+        session: &Session<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<()> {
+        let mut finished = Vec::new();
+        if let Some(oldest) = in_flight.pop_front() {
+            finished.push((oldest.last, oldest.count, oldest.deliveries.await));
+        }
+        self.complete(session, in_flight, finished).await
+    }
+
+    /// Lands the batches at the front whose deliveries are all in, without waiting.
+    async fn complete_finished(
+        &self,
+        session: &Session<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<()> {
+        self.complete(session, in_flight, Vec::new()).await
+    }
+
+    /// Lands `finished` and every batch after it whose deliveries are all in, and
+    /// stores the watermark once after the last of them: batches of a few messages
+    /// each (messages sent one at a time) otherwise cost a watermark transaction each.
+    /// A failed batch stops there, with the watermark stored after those before it.
+    async fn complete(
+        &self,
+        session: &Session<'_>,
+        in_flight: &mut VecDeque<InFlight>,
+        mut finished: Vec<(Watermark, u64, Delivered)>,
+    ) -> Result<()> {
+        while in_flight
+            .front()
+            .is_some_and(|b| b.deliveries.is_finished())
+        {
+            if let Some(batch) = in_flight.pop_front() {
+                finished.push((batch.last, batch.count, batch.deliveries.await));
+            }
+        }
+        let (landed, failed) = land_in_order(finished);
+        if let Some(landed) = landed {
+            self.persist(session, landed.last, landed.count, landed.batches)
+                .await?;
+        }
+        match failed {
+            Some(outcome) => self.confirmed(outcome),
+            None => Ok(()),
+        }
+    }
+
+    /// A batch's deliveries as the session's result: a message Kafka refused for good
+    /// becomes a suspect (published alone next, quarantined if refused again).
+    fn confirmed(&self, outcome: Delivered) -> Result<()> {
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failure)) => {
+                if failure.for_good {
+                    if let Ok(mut suspects) = self.suspects.lock() {
+                        suspects.insert(failure.at);
+                    }
+                    return Err(Error::Relay(format!(
+                        "Kafka refused message {} for good ({}); it is published alone next and quarantined if refused again",
+                        failure.at.id, failure.error
+                    )));
+                }
+                Err(Error::Relay(format!(
+                    "Kafka did not confirm message {}: {}",
+                    failure.at.id, failure.error
+                )))
+            }
+            Err(e) => Err(Error::Relay(format!("delivery task failed: {e}"))),
+        }
+    }
+
+    async fn persist(
+        &self,
+        session: &Session<'_>,
+        last: Watermark,
+        count: u64,
+        batches: u64,
+    ) -> Result<()> {
+        let delta = count as i64;
+        session
+            .client
+            .execute(
+                &session.statements.persist,
+                &[&last.txid.to_string(), &last.id, &self.service_id, &delta],
+            )
+            .await
+            .db("advancing the relay watermark")?;
+        self.metrics.published.inc_by(count);
+        self.metrics.relay_batches.inc_by(batches);
+        Ok(())
+    }
+}
+
+/// What ended an idle relay's wait.
+enum Idle {
+    /// The oldest batch in flight finished: land it.
+    Landed((Watermark, u64, Delivered)),
+    /// New rows may be there (announced, or the linger passed).
+    Look,
+    /// Shutdown.
+    Stop,
+}
+
+/// What a leading session publishes with.
+struct Session<'a> {
+    client: &'a Client,
+    producer: &'a FutureProducer,
+    statements: &'a Statements,
+}
+
+struct Statements {
+    persist: Statement,
+    quarantine: Statement,
+}
+
+/// A batch's deliveries as its task ends.
+type Delivered = std::result::Result<Result<(), DeliveryFailure>, tokio::task::JoinError>;
+
+/// Batches landed together: the watermark after the last, their messages and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Landed {
+    last: Watermark,
+    count: u64,
+    batches: u64,
+}
+
+/// Of batches finished in order, those that landed before the first that did not, and
+/// the outcome of that one: the watermark may move past the first group only.
+fn land_in_order(
+    finished: Vec<(Watermark, u64, Delivered)>,
+) -> (Option<Landed>, Option<Delivered>) {
+    let mut landed: Option<Landed> = None;
+    for (last, count, outcome) in finished {
+        if !matches!(outcome, Ok(Ok(()))) {
+            return (landed, Some(outcome));
+        }
+        let before = landed.map_or((0, 0), |l| (l.count, l.batches));
+        landed = Some(Landed {
+            last,
+            count: before.0 + count,
+            batches: before.1 + 1,
+        });
+    }
+    (landed, None)
+}
+
+async fn await_deliveries(
+    deliveries: Vec<(Watermark, DeliveryFuture)>,
+) -> Result<(), DeliveryFailure> {
+    for (at, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(DeliveryFailure {
+                    at,
+                    for_good: e.rdkafka_error_code().is_some_and(refused_for_good),
+                    error: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(DeliveryFailure {
+                    at,
+                    error: "the producer dropped a delivery report".into(),
+                    for_good: false,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The watermark the last session stored.
+async fn stored_watermark(client: &Client) -> Result<Watermark> {
+    let row = client
+        .query_one("SELECT wm_txid::text, wm_id FROM outbox_relay_state", &[])
+        .await
+        .db("reading the relay watermark")?;
+    let txid: String = row.get(0);
+    Ok(Watermark {
+        txid: txid
+            .parse()
+            .map_err(|e| Error::Relay(format!("stored watermark txid {txid:?}: {e}")))?,
+        id: row.get(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        land_in_order, next_fetch_rows, over_in_flight_bounds, Delivered, DeliveryFailure,
+        InFlight, Landed, RelaySettings, Watermark,
+    };
+    use std::collections::VecDeque;
+
+    fn at(id: i64) -> Watermark {
+        Watermark { txid: 7, id }
+    }
+
+    fn refused(id: i64) -> Delivered {
+        Ok(Err(DeliveryFailure {
+            at: at(id),
+            error: "broker down".into(),
+            for_good: false,
+        }))
+    }
+
+    #[test]
+    fn batches_that_landed_together_store_one_watermark_after_the_last() {
+        let (landed, failed) = land_in_order(vec![
+            (at(3), 3, Ok(Ok(()))),
+            (at(5), 2, Ok(Ok(()))),
+            (at(9), 4, Ok(Ok(()))),
+        ]);
+        assert_eq!(
+            landed,
+            Some(Landed {
+                last: at(9),
+                count: 9,
+                batches: 3
+            })
+        );
+        assert!(failed.is_none());
+    }
+
+    #[test]
+    fn the_watermark_stops_before_the_first_batch_that_did_not_land() {
+        let (landed, failed) = land_in_order(vec![
+            (at(3), 3, Ok(Ok(()))),
+            (at(5), 2, refused(4)),
+            (at(9), 4, Ok(Ok(()))),
+        ]);
+        assert_eq!(
+            landed,
+            Some(Landed {
+                last: at(3),
+                count: 3,
+                batches: 1
+            })
+        );
+        assert!(matches!(failed, Some(Ok(Err(f))) if f.at == at(4)));
+        let (landed, failed) = land_in_order(vec![(at(5), 2, refused(5))]);
+        assert_eq!(landed, None);
+        assert!(failed.is_some());
+        assert_eq!(land_in_order(Vec::new()).0, None);
+    }
+
+    #[tokio::test]
+    async fn batches_in_flight_are_bounded_in_bytes_headers_included_as_well_as_in_number() {
+        let settings = RelaySettings {
+            max_in_flight_batches: 4,
+            queue_kbytes: 1024,
+            ..RelaySettings::default()
+        };
+        let batch = |bytes: usize| InFlight {
+            last: at(1),
+            count: 1,
+            bytes,
+            deliveries: tokio::spawn(async { Ok(()) }),
+        };
+        let mut in_flight: VecDeque<InFlight> = (0..4).map(|_| batch(256 * 1024)).collect();
+        assert!(
+            !over_in_flight_bounds(&in_flight, &settings),
+            "4 batches, 1 MiB"
+        );
+        in_flight.push_back(batch(0));
+        assert!(over_in_flight_bounds(&in_flight, &settings), "5 batches");
+        // Two batches of rows that are all headers: few, but more bytes than the queue.
+        let heavy: VecDeque<InFlight> = (0..2).map(|_| batch(600 * 1024)).collect();
+        assert!(
+            over_in_flight_bounds(&heavy, &settings),
+            "1.2 MiB in 2 batches"
+        );
+    }
+
+    #[test]
+    fn large_rows_are_read_as_many_as_the_fetch_bytes_hold() {
+        assert_eq!(next_fetch_rows(100 * 1024, 32 << 20, 10_000), 327);
+    }
+
+    #[test]
+    fn small_rows_are_read_a_whole_batch_at_a_time() {
+        assert_eq!(next_fetch_rows(100, 32 << 20, 10_000), 10_000);
+    }
+
+    #[test]
+    fn a_row_larger_than_the_fetch_bytes_is_still_read() {
+        assert_eq!(next_fetch_rows(64 << 20, 32 << 20, 10_000), 1);
+        assert_eq!(next_fetch_rows(0, 32 << 20, 10_000), 10_000);
+    }
+}
