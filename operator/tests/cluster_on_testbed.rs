@@ -20,32 +20,7 @@ use kube::{Api, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase, OutboxSystem};
 use outbox_operator::workloads::default_image;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
 use testbed_support::{delete_namespace, eventually, kafka, testbed, unique_name};
-
-/// Payloads of every message in `topic`, read from the start by the host.
-fn read_topic(topic: &str, want: usize, timeout: Duration) -> Vec<String> {
-    let consumer: BaseConsumer = testbed()
-        .kafka_config()
-        .set("group.id", unique_name("cluster-tests-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap_or_else(|e| panic!("{e}"));
-    consumer
-        .subscribe(&[topic])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = std::time::Instant::now() + timeout;
-    let mut payloads = Vec::new();
-    while payloads.len() < want && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-            if let Some(Ok(p)) = m.payload_view::<str>() {
-                payloads.push(p.to_string());
-            }
-        }
-    }
-    payloads
-}
 
 #[tokio::test]
 async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_names() {
@@ -110,13 +85,9 @@ async fn a_pod_from_the_local_image_reaches_kafka_and_postgres_by_their_service_
     let (code, answer) = http(&ip, 8080, "POST", "/api/messages/send", &body.to_string()).await;
     assert!((200..300).contains(&code), "send answered {code}: {answer}");
     // The relay in the pod published it to Kafka through outbox-kafka:9092.
-    let topic_for_read = topic.clone();
-    let payloads = tokio::task::spawn_blocking(move || {
-        read_topic(&topic_for_read, 1, Duration::from_secs(60))
-    })
-    .await
-    .unwrap_or_default();
-    assert_eq!(payloads, vec!["relayed-from-a-pod".to_string()]);
+    let bootstrap = &testbed().kafka_bootstrap_servers;
+    let read = kafka::read_topic(bootstrap, &topic, 1, Duration::from_secs(60)).await;
+    assert_eq!(read[0].payload, "relayed-from-a-pod");
 
     delete_namespace(&client, &ns).await;
 }
@@ -305,7 +276,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     .await;
 
     // The reference OutboxSystem as manifests/ has it, on a topic of this test's own.
-    let mut system: OutboxSystem = sample("manifests/outbox-system.yaml");
+    let mut system: OutboxSystem = testbed_support::manifest("manifests/outbox-system.yaml");
     assert_eq!(system.spec.kafka.bootstrap_servers, "outbox-kafka:9092");
     let topic = unique_name("e2e-events");
     system.spec.topic.name = topic.clone();
@@ -397,7 +368,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     // A LoadTest big enough that the faults below land while it runs. A producer pod
     // is deleted while the runner sends to it: its requests go to the producer Service
     // instead, under the same idempotency keys, so every message is still accepted.
-    let mut lt: LoadTest = sample("manifests/loadtest-small.yaml");
+    let mut lt: LoadTest = testbed_support::manifest("manifests/loadtest-small.yaml");
     lt.metadata.name = Some("chaos".into());
     lt.spec.scenarios[0].messages = Some(500_000);
     lt.spec.success_threshold = 100.0;
@@ -658,7 +629,7 @@ async fn evicting_every_group_a_pod_at_once_takes_only_what_the_budget_allows_an
     let client = client().await;
     let (ns, _db_url) = namespace_with_host_services(&client, "evict").await;
     let _release = install_chart(&ns);
-    let mut system: OutboxSystem = sample("manifests/outbox-system.yaml");
+    let mut system: OutboxSystem = testbed_support::manifest("manifests/outbox-system.yaml");
     system.spec.topic.name = unique_name("evict-events");
     // The budget is under test, not throughput: CPU requests small enough that this
     // system and its runner fit on the 2-CPU node beside the reference system of the
@@ -698,7 +669,7 @@ async fn evicting_every_group_a_pod_at_once_takes_only_what_the_budget_allows_an
     .await;
 
     // A small LoadTest; once it runs, every group-a pod is evicted at the same moment.
-    let mut lt: LoadTest = sample("manifests/loadtest-small.yaml");
+    let mut lt: LoadTest = testbed_support::manifest("manifests/loadtest-small.yaml");
     lt.metadata.name = Some("evicted".into());
     lt.spec.scenarios[0].messages = Some(200_000);
     lt.spec.success_threshold = 100.0;

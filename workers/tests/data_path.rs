@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use outbox_workers::ledger::IdSet;
 use serde_json::Value;
-use support::{
-    keyed_messages, read_topic, send_batch, send_one, wait_acknowledged, Env, TopicMessage, Worker,
-};
+use support::{keyed_messages, send_batch, send_one, wait_acknowledged, Env, Worker, READ_TIMEOUT};
+use testbed_support::kafka::{read_topic, TopicMessage};
 use testbed_support::{kafka, unique_name};
 
 const PRODUCER_HEALTH: &str = "/api/messages/health";
@@ -34,13 +33,7 @@ async fn single_and_batch_sends_are_acknowledged_exactly_once() {
     assert_eq!(unique.len(), 305, "every message gets its own id");
 
     let expected = IdSet::from_ids(ids);
-    let report = wait_acknowledged(
-        &env.database_url,
-        &group,
-        &expected,
-        Duration::from_secs(60),
-    )
-    .await;
+    let report = wait_acknowledged(&env, &group, &expected, Duration::from_secs(60)).await;
     assert_eq!(report.acknowledged, 305);
     assert_eq!(report.missing, 0);
     assert_eq!(report.duplicates, 0, "no redelivery in normal operation");
@@ -79,8 +72,7 @@ async fn three_groups_each_acknowledge_every_message() {
     ids.extend(send_batch(&producer, &env.topic, &keyed_messages("b", 400, 10)).await);
     let expected = IdSet::from_ids(ids);
     for group in &groups {
-        let report =
-            wait_acknowledged(&env.database_url, group, &expected, Duration::from_secs(60)).await;
+        let report = wait_acknowledged(&env, group, &expected, Duration::from_secs(60)).await;
         assert_eq!(
             (report.expected, report.acknowledged, report.missing),
             (800, 800, 0),
@@ -157,13 +149,7 @@ async fn per_key_order_holds_with_three_producer_replicas_relaying() {
     }
     assert_eq!(ids.len(), 3 * 10 * 61);
     let expected = IdSet::from_ids(ids);
-    let report = wait_acknowledged(
-        &env.database_url,
-        &group,
-        &expected,
-        Duration::from_secs(90),
-    )
-    .await;
+    let report = wait_acknowledged(&env, &group, &expected, Duration::from_secs(90)).await;
     assert_eq!(report.missing, 0, "{report:?}");
     assert_eq!(report.out_of_order, 0, "{report:?}");
     assert_eq!(
@@ -294,13 +280,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_misses_nothing() {
         &[("CONSUMER_ACKS_PER_TRANSACTION", "100")],
     );
     restarted.wait_healthy(CONSUMER_HEALTH).await;
-    let report = wait_acknowledged(
-        &env.database_url,
-        &group,
-        &expected,
-        Duration::from_secs(90),
-    )
-    .await;
+    let report = wait_acknowledged(&env, &group, &expected, Duration::from_secs(90)).await;
     assert_eq!(
         (report.expected, report.acknowledged, report.missing),
         (5000, 5000, 0),
@@ -358,13 +338,7 @@ async fn a_relay_killed_mid_batch_is_resumed_by_another_replica_without_loss() {
     let mut consumer = Worker::consumer(&env, "c1", &group, &[]);
     consumer.wait_healthy(CONSUMER_HEALTH).await;
     let expected = IdSet::from_ids(ids);
-    let report = wait_acknowledged(
-        &env.database_url,
-        &group,
-        &expected,
-        Duration::from_secs(120),
-    )
-    .await;
+    let report = wait_acknowledged(&env, &group, &expected, Duration::from_secs(120)).await;
     assert_eq!(
         (report.acknowledged, report.missing),
         (10_000, 0),
@@ -515,7 +489,7 @@ async fn messages_whose_acknowledgement_keeps_failing_go_to_the_dead_letter_topi
         .expect("produce a message without an id header");
     }
 
-    let letters = headers_only(read_topic(&env.bootstrap, &dead_letters, 52).await);
+    let letters = headers_only(read_topic(&env.bootstrap, &dead_letters, 52, READ_TIMEOUT).await);
     let reason = |h: &std::collections::HashMap<String, String>| {
         h.get(outbox_workers::headers::DEAD_LETTER_REASON)
             .cloned()
@@ -786,7 +760,7 @@ async fn what_kafka_cannot_take_is_refused_at_ingest_and_a_poison_row_is_quarant
         .get(0);
     let next = send_one(&producer, &small, "same-key", "after the poison").await;
     let report = wait_acknowledged(
-        &env.database_url,
+        &env,
         &group,
         &IdSet::from_ids(vec![next]),
         Duration::from_secs(60),
@@ -851,7 +825,7 @@ async fn a_row_for_a_topic_the_relay_does_not_serve_is_quarantined_without_stopp
     consumer.wait_healthy(CONSUMER_HEALTH).await;
     let next = send_one(&producer, &env.topic, "k", "after the unserved rows").await;
     let report = wait_acknowledged(
-        &env.database_url,
+        &env,
         &group,
         &IdSet::from_ids(vec![next]),
         Duration::from_secs(60),
@@ -946,7 +920,7 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
         .expect("name the poison");
     tx.commit().await.expect("commit");
 
-    let letters = headers_only(read_topic(&env.bootstrap, &dead_letters, 1).await);
+    let letters = headers_only(read_topic(&env.bootstrap, &dead_letters, 1, READ_TIMEOUT).await);
     assert_eq!(
         letters[0]
             .get(outbox_workers::headers::MESSAGE_ID)
@@ -965,7 +939,7 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch()
     );
     let healthy: Vec<i64> = ids.iter().copied().filter(|id| *id != poison).collect();
     let report = wait_acknowledged(
-        &env.database_url,
+        &env,
         &group,
         &IdSet::from_ids(healthy),
         Duration::from_secs(60),
@@ -1081,7 +1055,7 @@ async fn a_message_the_dead_letter_topic_cannot_take_is_recorded_as_abandoned_an
         .expect("drop the trigger");
     let next = send_one(&producer, &env.topic, "k", "after the abandoned one").await;
     let report = wait_acknowledged(
-        &env.database_url,
+        &env,
         &group,
         &IdSet::from_ids(vec![next]),
         Duration::from_secs(60),
@@ -1228,17 +1202,9 @@ async fn every_worker_session_ends_idle_transactions_and_probes_a_silent_peer() 
         .await
         .expect("show")
         .get(0);
+    // What the server then does with a transaction left idle is PostgreSQL's to prove,
+    // not ours: the product's part is that every session carries the setting.
     assert!(!search_path.contains("public"), "{search_path}");
-    // A worker session left idle in a transaction is ended by the server.
-    client
-        .batch_execute("SET idle_in_transaction_session_timeout = 1000; BEGIN; SELECT 1")
-        .await
-        .expect("begin");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        client.query_one("SELECT 1", &[]).await.is_err(),
-        "the idle transaction's session was ended"
-    );
 }
 
 #[tokio::test]
@@ -1345,13 +1311,8 @@ async fn retention_deletes_relayed_rows_so_the_outbox_stays_bounded_over_runs() 
             &keyed_messages(&format!("run{run}"), 2000, 10),
         )
         .await;
-        let report = wait_acknowledged(
-            &env.database_url,
-            &group,
-            &IdSet::from_ids(ids),
-            Duration::from_secs(60),
-        )
-        .await;
+        let report =
+            wait_acknowledged(&env, &group, &IdSet::from_ids(ids), Duration::from_secs(60)).await;
         assert_eq!(report.missing, 0, "{report:?}");
         // Every relayed row goes, a couple of rounds after it was relayed.
         testbed_support::eventually(

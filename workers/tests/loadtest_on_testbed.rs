@@ -6,323 +6,23 @@
 //! The tests take turns (one at a time): each runs about ten processes on a 2-core
 //! machine.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use outbox_contract::crd::{LoadTest, LoadTestSpec, OutboxSystem, Scenario, SystemRef};
 use serde_json::Value;
-use testbed_support::{create_namespace, delete_namespace, free_port, kafka, testbed, unique_name};
-
-const BIN: &str = env!("CARGO_BIN_EXE_outbox-worker");
+use support::report::{condition, f64_of, group, runner_fields, scenario};
+use support::system::System;
+use testbed_support::{
+    apply_crd, create_namespace, delete_namespace, free_port, testbed, unique_name,
+};
 
 /// One test at a time: each starts many processes.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Child processes, killed and reaped on drop, so a failing test leaves none behind.
-struct Processes {
-    children: Vec<(String, Child)>,
-    logs: PathBuf,
-}
-
-impl Processes {
-    fn new(name: &str) -> Self {
-        let logs = std::env::temp_dir().join(unique_name(name));
-        std::fs::create_dir_all(&logs).expect("a log directory");
-        Processes {
-            children: Vec::new(),
-            logs,
-        }
-    }
-
-    fn log_path(&self, label: &str) -> PathBuf {
-        self.logs.join(format!("{label}.log"))
-    }
-
-    fn spawn(&mut self, label: &str, mut command: Command) -> usize {
-        let log = std::fs::File::create(self.log_path(label)).expect("a log file");
-        let err = log.try_clone().expect("a log file");
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err));
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {label}: {e}"));
-        self.children.push((label.to_string(), child));
-        self.children.len() - 1
-    }
-
-    fn kill(&mut self, index: usize) {
-        let (_, child) = &mut self.children[index];
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Waits for process `index` to exit, killing it after `timeout`.
-    async fn wait(&mut self, index: usize, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (label, child) = &mut self.children[index];
-            if let Some(status) = child.try_wait().expect("polling a child") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let label = label.clone();
-                self.kill(index);
-                panic!(
-                    "{label} did not finish within {timeout:?}:\n{}",
-                    self.log_tail(&label)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The exit status of process `label` if it has exited.
-    fn exited(&mut self, label: &str) -> Option<ExitStatus> {
-        let (_, child) = self.children.iter_mut().find(|(l, _)| l == label)?;
-        child.try_wait().ok().flatten()
-    }
-
-    fn log_tail(&self, label: &str) -> String {
-        let text = std::fs::read_to_string(self.log_path(label)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One consumer group: its Kafka group id and the indexes of its member processes.
-struct Group {
-    name: String,
-    members: Vec<usize>,
-    /// Each member's `/metrics`.
-    metrics: Vec<String>,
-}
-
-/// A topic, a schema, and running producers and consumer groups.
-struct System {
-    topic: String,
-    database_url: String,
-    producer_urls: Vec<String>,
-    groups: Vec<Group>,
-    processes: Processes,
-}
-
-impl System {
-    /// Creates the topic and schema, starts `producers` producers and the groups
-    /// `(suffix, replicas)`, and returns once every process answers its health check.
-    async fn start(name: &str, producers: usize, groups: &[(&str, usize)]) -> System {
-        System::start_with(name, producers, groups, &[]).await
-    }
-
-    /// [`System::start`] with `producer_env` set on every producer.
-    async fn start_with(
-        name: &str,
-        producers: usize,
-        groups: &[(&str, usize)],
-        producer_env: &[(&str, &str)],
-    ) -> System {
-        let tb = testbed();
-        let topic = unique_name(name);
-        let database_url = tb.fresh_schema(name).await.expect("a fresh schema");
-        kafka::create_topic(&testbed().kafka_bootstrap_servers, &topic, 3, &[]).await;
-        let mut system = System {
-            topic,
-            database_url,
-            producer_urls: Vec::new(),
-            groups: Vec::new(),
-            processes: Processes::new(name),
-        };
-        let mut health = Vec::new();
-        for i in 0..producers {
-            let port = free_port();
-            let label = format!("producer-{i}");
-            let mut c = system.worker("producer", &label, port);
-            c.env("RELAY_LINGER_MS", "20");
-            c.envs(producer_env.iter().copied());
-            system.processes.spawn(&label, c);
-            let url = format!("http://127.0.0.1:{port}");
-            health.push((label, format!("{url}/api/messages/health")));
-            system.producer_urls.push(url);
-        }
-        // Producers first: they create the schema before the consumers look for it.
-        system.wait_healthy(std::mem::take(&mut health)).await;
-        for (suffix, replicas) in groups {
-            let group = unique_name(&format!("{name}-{suffix}"));
-            let mut members = Vec::new();
-            let mut metrics = Vec::new();
-            for r in 0..*replicas {
-                let port = free_port();
-                let label = format!("consumer-{suffix}-{r}");
-                let mut c = system.worker("consumer", &label, port);
-                c.env("KAFKA_CONSUMER_GROUP", &group);
-                members.push(system.processes.spawn(&label, c));
-                metrics.push(format!("http://127.0.0.1:{port}/metrics"));
-                health.push((
-                    label,
-                    format!("http://127.0.0.1:{port}/api/consumer/health"),
-                ));
-            }
-            system.groups.push(Group {
-                name: group,
-                members,
-                metrics,
-            });
-        }
-        system.wait_healthy(health).await;
-        system
-    }
-
-    /// Waits until every `(label, health URL)` answers 2xx.
-    async fn wait_healthy(&mut self, health: Vec<(String, String)>) {
-        let http = reqwest::Client::new();
-        for (label, url) in health {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let ok = http
-                    .get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    break;
-                }
-                if let Some(status) = self.processes.exited(&label) {
-                    panic!(
-                        "{label} exited ({status}) before becoming healthy:\n{}",
-                        self.processes.log_tail(&label)
-                    );
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{label} did not become healthy at {url}:\n{}",
-                    self.processes.log_tail(&label)
-                );
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-
-    fn worker(&self, role: &str, service_id: &str, port: u16) -> Command {
-        let tb = testbed();
-        let mut c = Command::new(BIN);
-        c.arg(role)
-            .env("SERVICE_ID", service_id)
-            .env("KAFKA_BOOTSTRAP_SERVERS", &tb.kafka_bootstrap_servers)
-            .env("DATABASE_URL", &self.database_url)
-            .env("KAFKA_TOPICS", &self.topic)
-            .env("HTTP_PORT", port.to_string())
-            .env("HTTP_ADDRESS", "127.0.0.1");
-        c
-    }
-
-    fn group_names(&self) -> Vec<String> {
-        self.groups.iter().map(|g| g.name.clone()).collect()
-    }
-
-    /// `outbox-worker loadtest` against this system, with its report at `report`.
-    fn runner(&self, report: &Path, extra: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("loadtest")
-            .arg("--topic")
-            .arg(&self.topic)
-            .arg("--database-url")
-            .arg(&self.database_url)
-            .arg("--report")
-            .arg(report)
-            .arg("--progress-interval")
-            .arg("2s")
-            .env_remove("DATABASE_URL")
-            .env_remove("LOADTEST_NAMESPACE")
-            .env_remove("LOADTEST_NAME");
-        for url in &self.producer_urls {
-            c.arg("--producer-url").arg(url);
-        }
-        for group in &self.groups {
-            c.arg("--group").arg(&group.name);
-            for url in &group.metrics {
-                c.arg("--consumer-metrics")
-                    .arg(format!("{}={url}", group.name));
-            }
-        }
-        c.args(extra);
-        c
-    }
-
-    /// `outbox-worker loadtest --namespace <ns> --name <lt>` as the operator's Job runs
-    /// it: the database URL in the environment, everything else from the API server.
-    fn job_runner(&self, namespace: &str, name: &str, report: &Path) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(["loadtest", "--namespace", namespace, "--name", name])
-            .arg("--report")
-            .arg(report)
-            .args(["--progress-interval", "2s"])
-            .env("DATABASE_URL", &self.database_url)
-            .env(
-                "KAFKA_BOOTSTRAP_SERVERS",
-                &testbed().kafka_bootstrap_servers,
-            )
-            .env("KUBECONFIG", &testbed().kubeconfig)
-            .env_remove("LOADTEST_NAMESPACE")
-            .env_remove("LOADTEST_NAME");
-        c
-    }
-
-    /// Runs the runner to its end; returns its exit status and report.
-    async fn run(&mut self, label: &str, extra: &[&str], timeout: Duration) -> (ExitStatus, Value) {
-        let report = self.processes.logs.join(format!("{label}-report.json"));
-        let runner = self.runner(&report, extra);
-        let index = self.processes.spawn(label, runner);
-        let status = self.processes.wait(index, timeout).await;
-        let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
-            panic!(
-                "{label} wrote no report ({e}); exit {status}:\n{}",
-                self.processes.log_tail(label)
-            )
-        });
-        let report: Value = serde_json::from_str(&text).expect("the report is JSON");
-        (status, report)
-    }
-}
-
-fn group<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["status"]["groups"]
-        .as_array()
-        .and_then(|g| g.iter().find(|g| g["group"] == name))
-        .unwrap_or_else(|| panic!("no group {name} in {:#}", report["status"]["groups"]))
-}
-
-fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["status"]["scenarios"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no scenario {name} in {:#}", report["status"]["scenarios"]))
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no condition {type_} in {:#}", status["conditions"]))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
@@ -482,31 +182,8 @@ async fn scaled_down_reference_run_is_verified_with_nothing_missing() {
         .expect("the immediate scenario's latency histogram");
     let counted: u64 = histogram.iter().filter_map(|b| b["count"].as_u64()).sum();
     assert_eq!(counted, 500, "{histogram:?}");
-    let table = system.processes.log_tail("runner");
+    let table = system.runs.log_tail("runner");
     assert!(table.contains("CPU-µs per message end to end"), "{table}");
-}
-
-/// Writes `yaml` (a LoadTest spec) where the runner of `system` reads it.
-impl System {
-    /// Runs the runner on the LoadTest spec `yaml` (`--spec`) with `extra` flags.
-    async fn run_spec(
-        &mut self,
-        yaml: &str,
-        extra: &[&str],
-        timeout: Duration,
-    ) -> (ExitStatus, Value) {
-        let path = self.processes.logs.join("runner-spec.yaml");
-        std::fs::write(&path, yaml).expect("write the spec");
-        let path = path.display().to_string();
-        let mut args = vec!["--spec", path.as_str()];
-        args.extend_from_slice(extra);
-        self.run("runner", &args, timeout).await
-    }
-}
-
-fn f64_of(v: &Value) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("expected a number, got {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -758,15 +435,16 @@ async fn a_backlog_at_its_bound_pushes_back_with_429_and_the_run_still_ends_veri
     .await;
     // Another client's open transaction holds the relay back (it reads only rows older
     // than the oldest running transaction): the backlog grows to its bound.
-    let (holder, connection) = tokio_postgres::connect(&system.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (holder, connection) =
+        tokio_postgres::connect(&system.env.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
     tokio::spawn(connection);
     holder
         .batch_execute("BEGIN; SELECT pg_current_xact_id();")
         .await
         .expect("an open transaction with an xid");
-    let report = system.processes.logs.join("runner-report.json");
+    let report = system.runs.logs.join("runner-report.json");
     let runner = system.runner(
         &report,
         &[
@@ -778,8 +456,8 @@ async fn a_backlog_at_its_bound_pushes_back_with_429_and_the_run_still_ends_veri
             "120s",
         ],
     );
-    let index = system.processes.spawn("runner", runner);
-    let metrics_url = format!("{}/metrics", system.producer_urls[0]);
+    let index = system.runs.spawn("runner", runner);
+    let metrics_url = format!("{}/metrics", system.producer_urls()[0]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = reqwest::get(&metrics_url)
@@ -799,12 +477,12 @@ async fn a_backlog_at_its_bound_pushes_back_with_429_and_the_run_still_ends_veri
         assert!(
             Instant::now() < deadline,
             "no 429 within 60 s:\n{}",
-            system.processes.log_tail("runner")
+            system.runs.log_tail("runner")
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     holder.batch_execute("ROLLBACK").await.expect("rollback");
-    let exit = system.processes.wait(index, Duration::from_secs(240)).await;
+    let exit = system.runs.wait(index, Duration::from_secs(240)).await;
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
     let status = &report["status"];
@@ -834,8 +512,7 @@ async fn a_stopped_consumer_group_leaves_the_run_unverified_with_its_missing_cou
     let _turn = TURN.lock().await;
     let mut system = System::start("lt-stop", 3, &[("a", 1), ("c", 1)]).await;
     // Group c stops before the run: it acknowledges none of the run's messages.
-    let stopped = system.groups[1].members[0];
-    system.processes.kill(stopped);
+    system.groups[1].members[0].kill9();
     let (exit, report) = system
         .run(
             "runner",
@@ -917,51 +594,13 @@ async fn a_rerun_with_the_same_run_id_sends_nothing_twice() {
     assert_eq!(g["missing"], 0, "{g:#}");
 }
 
-/// Installs (or updates) a CRD generated from the Rust types and waits until it is served.
-async fn install_crd(client: &kube::Client, crd: CustomResourceDefinition) {
-    testbed_support::apply_crd(client, &crd, "loadtest-tests").await;
-}
-
-/// The runner's fields of a status, for comparison.
-fn runner_fields(status: &Value) -> Value {
-    let keep = [
-        "phase",
-        "runId",
-        "acceptedMessages",
-        "throughput",
-        "scenarios",
-        "groups",
-        "endToEndLatency",
-        "message",
-        "startTime",
-        "completionTime",
-    ];
-    let mut out = serde_json::Map::new();
-    for k in keep {
-        if let Some(v) = status.get(k) {
-            out.insert(k.to_string(), v.clone());
-        }
-    }
-    let conditions: Vec<Value> = status["conditions"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter(|c| c["type"] == "Complete" || c["type"] == "Verified")
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    out.insert("conditions".into(), Value::Array(conditions));
-    Value::Object(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_on_the_api_server_and_the_json_report_agree() {
     let _turn = TURN.lock().await;
     let tb = testbed();
     let client = tb.kube_client().await.expect("a client for the testbed");
-    install_crd(&client, OutboxSystem::crd()).await;
-    install_crd(&client, LoadTest::crd()).await;
+    apply_crd(&client, &OutboxSystem::crd(), "loadtest-tests").await;
+    apply_crd(&client, &LoadTest::crd(), "loadtest-tests").await;
     let namespace = create_namespace(&client, "lt-status").await;
     let mut system = System::start("lt-status", 3, &[("a", 1), ("b", 1)]).await;
 
@@ -977,7 +616,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         "spec": {
             "kafka": {"bootstrapServers": tb.kafka_bootstrap_servers},
             "database": {"urlSecretRef": {"name": "outbox-db", "key": "url"}},
-            "topic": {"name": system.topic, "partitions": 3},
+            "topic": {"name": system.env.topic, "partitions": 3},
             "producers": {"replicas": 3},
             "consumers": {"groups": system.group_names().iter()
                 .map(|g| serde_json::json!({"name": g, "replicas": 1}))
@@ -1042,18 +681,14 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         .await
         .expect("creating the report ConfigMap");
 
-    let report = system.processes.logs.join("k8s-report.json");
+    let report = system.runs.logs.join("k8s-report.json");
     let mut runner = system.job_runner(&namespace, name, &report);
-    for url in &system.producer_urls {
+    for url in system.producer_urls() {
         runner.arg("--producer-url").arg(url);
     }
-    let index = system.processes.spawn("k8s-runner", runner);
-    let exit = system.processes.wait(index, Duration::from_secs(240)).await;
-    assert!(
-        exit.success(),
-        "{}",
-        system.processes.log_tail("k8s-runner")
-    );
+    let index = system.runs.spawn("k8s-runner", runner);
+    let exit = system.runs.wait(index, Duration::from_secs(240)).await;
+    assert!(exit.success(), "{}", system.runs.log_tail("k8s-runner"));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("a report")).expect("JSON");
 
@@ -1077,7 +712,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         .map(|p| p["accepted"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(split, vec![1001, 1001, 999]);
-    assert_eq!(report["settings"]["topic"], system.topic.as_str());
+    assert_eq!(report["settings"]["topic"], system.env.topic.as_str());
     let groups: Vec<&str> = server["groups"]
         .as_array()
         .map(|g| g.iter().filter_map(|g| g["group"].as_str()).collect())
@@ -1126,14 +761,14 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
 
     // Started again (a restarted Job pod), the runner finds the run finished and does
     // nothing: the status stays as it was.
-    let again = system.processes.logs.join("k8s-report-2.json");
+    let again = system.runs.logs.join("k8s-report-2.json");
     let mut rerun = system.job_runner(&namespace, name, &again);
-    for url in &system.producer_urls {
+    for url in system.producer_urls() {
         rerun.arg("--producer-url").arg(url);
     }
-    let index = system.processes.spawn("k8s-rerun", rerun);
-    let exit = system.processes.wait(index, Duration::from_secs(60)).await;
-    assert!(exit.success(), "{}", system.processes.log_tail("k8s-rerun"));
+    let index = system.runs.spawn("k8s-rerun", rerun);
+    let exit = system.runs.wait(index, Duration::from_secs(60)).await;
+    assert!(exit.success(), "{}", system.runs.log_tail("k8s-rerun"));
     assert!(!again.exists(), "a finished run is not run again");
     let after = loadtests
         .get_status(name)
@@ -1246,7 +881,7 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
     let _turn = TURN.lock().await;
     let tb = testbed();
     let client = tb.kube_client().await.expect("a client for the testbed");
-    install_crd(&client, LoadTest::crd()).await;
+    apply_crd(&client, &LoadTest::crd(), "loadtest-tests").await;
     let namespace = create_namespace(&client, "lt-resume").await;
     let mut system = System::start("lt-resume", 3, &[("a", 1)]).await;
     let name = "resumed";
@@ -1297,22 +932,18 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
         .await
         .expect("marking the run as started");
 
-    let report = system.processes.logs.join("resumed-report.json");
+    let report = system.runs.logs.join("resumed-report.json");
     let mut runner = system.job_runner(&namespace, name, &report);
-    runner.arg("--topic").arg(&system.topic);
-    for url in &system.producer_urls {
+    runner.arg("--topic").arg(&system.env.topic);
+    for url in system.producer_urls() {
         runner.arg("--producer-url").arg(url);
     }
     for group in system.group_names() {
         runner.arg("--group").arg(group);
     }
-    let index = system.processes.spawn("resumed-runner", runner);
-    let exit = system.processes.wait(index, Duration::from_secs(180)).await;
-    assert!(
-        exit.success(),
-        "{}",
-        system.processes.log_tail("resumed-runner")
-    );
+    let index = system.runs.spawn("resumed-runner", runner);
+    let exit = system.runs.wait(index, Duration::from_secs(180)).await;
+    assert!(exit.success(), "{}", system.runs.log_tail("resumed-runner"));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("a report")).expect("JSON");
     assert_eq!(report["resumed"], true);

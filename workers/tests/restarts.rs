@@ -9,8 +9,9 @@ use outbox_workers::ledger::IdSet;
 use serde_json::{json, Value};
 use support::throwaway::{PacketDrop, ThrowawayKafka, ThrowawayPostgres};
 use support::{
-    keyed_messages, read_topic, wait_acknowledged, wait_acknowledged_supervising, Env, Worker,
+    keyed_messages, wait_acknowledged, wait_acknowledged_supervising, Env, Worker, READ_TIMEOUT,
 };
+use testbed_support::kafka::read_topic;
 use testbed_support::tls::TestCa;
 use testbed_support::{free_port, kafka};
 
@@ -115,7 +116,7 @@ async fn stopping_and_restarting_the_broker_and_the_database_during_a_run_loses_
     assert!(ids.len() >= 20 * 200, "accepted {} messages", ids.len());
     let expected = IdSet::from_ids(ids);
     let (report, started_again) = wait_acknowledged_supervising(
-        &pg.url(),
+        &env,
         "restart-group",
         &expected,
         Duration::from_secs(300),
@@ -220,7 +221,7 @@ async fn a_kafka_outage_from_start_up_on_stops_neither_ingest_nor_a_process_and_
     kafka::create_topic(&kafka.bootstrap(), &env.topic, 3, &[]).await;
     let expected = IdSet::from_ids(ids);
     let (report, started_again) = wait_acknowledged_supervising(
-        &env.database_url,
+        &env,
         "outage-group",
         &expected,
         Duration::from_secs(240),
@@ -267,7 +268,7 @@ async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
         .expect("accepted");
     let expected = IdSet::from_ids(ids.clone());
     wait_acknowledged(
-        &ledger.url(),
+        &consumer_env,
         "ledger-outage-group",
         &expected,
         Duration::from_secs(60),
@@ -296,7 +297,7 @@ async fn a_database_outage_longer_than_the_retry_window_dead_letters_nothing() {
 
     let expected = IdSet::from_ids(ids);
     let report = wait_acknowledged(
-        &ledger.url(),
+        &consumer_env,
         "ledger-outage-group",
         &expected,
         Duration::from_secs(120),
@@ -355,7 +356,7 @@ async fn a_relay_leader_whose_database_connection_is_cut_is_replaced_within_seco
     c1.wait_healthy("/readyz").await;
     let before = support::send_batch(&p2, &topic, &keyed_messages("before", 200, 7)).await;
     let report = wait_acknowledged(
-        &env.database_url,
+        &env,
         "cut-group",
         &IdSet::from_ids(before.iter().copied()),
         Duration::from_secs(60),
@@ -377,7 +378,7 @@ async fn a_relay_leader_whose_database_connection_is_cut_is_replaced_within_seco
     let mut all = before.clone();
     all.extend(&during);
     let report = wait_acknowledged(
-        &env.database_url,
+        &env,
         "cut-group",
         &IdSet::from_ids(all.iter().copied()),
         Duration::from_secs(90),
@@ -611,7 +612,10 @@ async fn workers_reach_a_tls_only_database_with_verify_full_and_refuse_a_wrong_c
     consumer.wait_healthy("/api/consumer/health").await;
     let ids = support::send_batch(&producer, &topic, &keyed_messages("tls", 50, 5)).await;
     let report = wait_acknowledged(
-        &at("127.0.0.1", verify("verify-full", &ca_file)),
+        &Env {
+            database_url: at("127.0.0.1", verify("verify-full", &ca_file)),
+            ..env.clone()
+        },
         "g-tls",
         &IdSet::from_ids(ids),
         Duration::from_secs(60),
@@ -909,7 +913,7 @@ async fn messages_sent_while_kafka_has_not_confirmed_the_last_batch_are_handed_o
     let mut producer = Worker::producer(&env, "p1", &[("RELAY_LINGER_MS", "1000")]);
     producer.wait_healthy("/api/messages/health").await;
     support::send_one(&producer, &topic, "k", "before").await;
-    read_topic(&env.bootstrap, &topic, 1).await;
+    read_topic(&env.bootstrap, &topic, 1, READ_TIMEOUT).await;
 
     let frozen = kafka.freeze();
     // The first is handed to the client and waits for its confirmation; the others
@@ -922,7 +926,7 @@ async fn messages_sent_while_kafka_has_not_confirmed_the_last_batch_are_handed_o
     tokio::time::sleep(HELD).await;
     drop(frozen);
 
-    let messages = read_topic(&env.bootstrap, &topic, 4).await;
+    let messages = read_topic(&env.bootstrap, &topic, 4, READ_TIMEOUT).await;
     let handed_after_ms: Vec<(i64, i64)> = messages
         .iter()
         .filter_map(|m| {

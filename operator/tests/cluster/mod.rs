@@ -313,13 +313,6 @@ pub async fn pg(url: &str, sql: &str) -> Option<tokio_postgres::Row> {
     row
 }
 
-/// A sample from `manifests/` as its type (e.g. the reference OutboxSystem).
-pub fn sample<K: serde::de::DeserializeOwned>(file: &str) -> K {
-    let path = testbed_support::repo_root().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
 /// Waits until every pod of the reference system (3 producers; groups a, b, c with 3,
 /// 2 and 1 replicas) is Ready in the namespace of `pods`.
 pub async fn reference_pods_ready(pods: &Api<Pod>) {

@@ -281,12 +281,11 @@ impl OperatorProcess {
 
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap_or_else(|e| panic!("kill: {e}"));
-        assert!(sent.success(), "kill -{signal} {pid} failed");
+        let pid = self.child.id();
+        assert!(
+            testbed_support::process::signal(signal, pid),
+            "kill -{signal} {pid} failed"
+        );
     }
 
     /// The last `lines` lines of the process's log, for a failure message.
@@ -339,9 +338,7 @@ impl Drop for OperatorProcess {
 /// The reference OutboxSystem from `manifests/`, pointed at the testbed's Kafka with a
 /// topic of its own.
 pub fn reference_system(topic: &str) -> OutboxSystem {
-    let text = std::fs::read_to_string(repo_file("manifests/outbox-system.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut system: OutboxSystem = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let mut system: OutboxSystem = testbed_support::manifest("manifests/outbox-system.yaml");
     system.spec.kafka.bootstrap_servers = testbed().kafka_bootstrap_servers.clone();
     system.spec.topic.name = topic.to_string();
     system
@@ -494,10 +491,8 @@ pub fn is_subset(part: &serde_json::Value, whole: &serde_json::Value) -> bool {
 
 /// Parses a sample into its Rust type, failing if any field of the file would be lost.
 pub fn parse_sample<K: serde::de::DeserializeOwned + serde::Serialize>(file: &str) -> K {
-    let text = std::fs::read_to_string(repo_file(file)).unwrap_or_else(|e| panic!("{e}"));
-    let raw: serde_json::Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let typed: K = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let raw: serde_json::Value = testbed_support::manifest(file);
+    let typed: K = testbed_support::manifest(file);
     let back = serde_json::to_value(&typed).unwrap_or_default();
     assert!(
         is_subset(&raw, &back),
@@ -512,9 +507,7 @@ pub async fn kafka_topic_config(topic: &str, key: &str) -> Option<String> {
 }
 
 pub fn small_loadtest(name: &str, system: &str) -> LoadTest {
-    let text = std::fs::read_to_string(repo_file("manifests/loadtest-small.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut lt: LoadTest = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let mut lt: LoadTest = testbed_support::manifest("manifests/loadtest-small.yaml");
     lt.metadata.name = Some(name.to_string());
     lt.spec.system_ref.name = system.to_string();
     lt

@@ -1,5 +1,5 @@
-//! Kafka as the tests see it: create a topic, read its partitions, a config value and
-//! how many messages it holds. Each takes the bootstrap servers, so the same helpers
+//! Kafka as the tests see it: create a topic, read its partitions, a config value, how
+//! many messages it holds, and its messages from the start. Each takes the bootstrap servers, so the same helpers
 //! serve the shared testbed broker and a test's throwaway one. Test helpers: a failure
 //! to create panics naming the topic; a topic that cannot be read is `None`.
 
@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use std::collections::HashMap;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,6 +88,108 @@ pub async fn message_count(bootstrap: &str, topic: &str) -> Option<i64> {
             total += high - low;
         }
         Some(total)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    /// The payload as text (lossy UTF-8; empty when it has none).
+    pub payload: String,
+    pub headers: HashMap<String, String>,
+    /// Milliseconds since the epoch: when the producer handed it to its client.
+    pub timestamp_ms: i64,
+}
+
+/// Reads `topic` from the start, as a group of its own, until `count` messages arrived;
+/// panics naming the topic and how many came when `timeout` runs out first.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<TopicMessage> {
+    let reader: StreamConsumer = config(bootstrap)
+        .set("group.id", crate::unique_name("topic-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|e| panic!("a Kafka consumer for {bootstrap}: {e}"));
+    reader
+        .subscribe(&[topic])
+        .unwrap_or_else(|e| panic!("subscribing to {topic}: {e}"));
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while seen.len() < count {
+        let next = tokio::time::timeout_at(deadline, reader.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {count} messages on {topic} within {timeout:?}",
+                    seen.len()
+                )
+            })
+            .unwrap_or_else(|e| panic!("reading {topic}: {e}"));
+        let headers = next
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_string(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        seen.push(TopicMessage {
+            payload: next
+                .payload()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            headers,
+            timestamp_ms: next.timestamp().to_millis().unwrap_or_default(),
+        });
+    }
+    seen
+}
+
+/// Whether consumer group `group` has committed, on every partition of `topic`, the
+/// offset past the partition's last message (None: the broker could not be asked).
+/// Once it has, and while nothing new is written, the group has nothing left to read:
+/// no delivery of any message is still to come.
+pub async fn group_caught_up(bootstrap: &str, topic: &str, group: &str) -> Option<bool> {
+    let mut config = config(bootstrap);
+    config.set("group.id", group);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().ok()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+            .ok()?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            partitions.add_partition(&topic, partition.id());
+        }
+        let committed = consumer
+            .committed_offsets(partitions, METADATA_TIMEOUT)
+            .ok()?;
+        for element in committed.elements() {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, element.partition(), METADATA_TIMEOUT)
+                .ok()?;
+            let done = match element.offset() {
+                Offset::Offset(at) => at >= high,
+                // Nothing committed: caught up only where there is nothing to read.
+                _ => high == low,
+            };
+            if !done {
+                return Some(false);
+            }
+        }
+        Some(true)
     })
     .await
     .ok()

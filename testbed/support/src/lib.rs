@@ -6,6 +6,7 @@
 //! saying how to start it when it is not running.
 
 pub mod kafka;
+pub mod process;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -195,6 +196,13 @@ pub fn repo_root() -> PathBuf {
         .find(|dir| dir.join("testbed").join("versions.env").is_file())
         .map(Path::to_path_buf)
         .unwrap_or(start)
+}
+
+/// A YAML file of the repository (`manifests/outbox-system.yaml`, ...) as its type.
+pub fn manifest<K: serde::de::DeserializeOwned>(file: &str) -> K {
+    let path = repo_root().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 /// A loopback port nothing listens on now, and that this process has not handed out

@@ -2,6 +2,8 @@
 //! drop, topics, HTTP sends and ledger checks against the testbed.
 #![allow(dead_code)]
 
+pub mod report;
+pub mod system;
 pub mod throwaway;
 
 use std::path::PathBuf;
@@ -10,7 +12,11 @@ use std::time::Duration;
 
 use outbox_workers::ledger::{self, GroupReport, IdSet};
 use serde_json::{json, Value};
+use testbed_support::process::signal;
 use testbed_support::{free_port, kafka, testbed, unique_name};
+
+/// How long a test waits for messages it reads back from a topic.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Where the brokers and the database of one test are.
 #[derive(Debug, Clone)]
@@ -272,15 +278,6 @@ impl Drop for Worker {
     }
 }
 
-/// Sends signal `name` (`TERM`, `KILL`, `STOP`, …) to `pid`; whether it was delivered.
-pub fn signal(name: &str, pid: u32) -> bool {
-    Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Sends one message; returns its id.
 pub async fn send_one(producer: &Worker, topic: &str, key: &str, message: &str) -> i64 {
     let response = reqwest::Client::new()
@@ -297,51 +294,6 @@ pub async fn send_one(producer: &Worker, topic: &str, key: &str, message: &str) 
     );
     let body: Value = response.json().await.expect("json");
     body["id"].as_i64().expect("id")
-}
-
-/// A message read back from a topic: its headers and its Kafka timestamp.
-#[derive(Debug, Clone)]
-pub struct TopicMessage {
-    pub headers: std::collections::HashMap<String, String>,
-    /// Milliseconds since the epoch: when the producer handed it to its client.
-    pub timestamp_ms: i64,
-}
-
-/// Reads `topic` from the start until `count` messages arrived (at most 90 s).
-pub async fn read_topic(bootstrap: &str, topic: &str, count: usize) -> Vec<TopicMessage> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::{Headers, Message};
-    let mut config = outbox_workers::kafka::client_config(bootstrap, &Default::default());
-    config
-        .set("group.id", unique_name("topic-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false");
-    let reader: StreamConsumer = config.create().expect("topic reader");
-    reader.subscribe(&[topic]).expect("subscribe");
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while seen.len() < count {
-        let next = tokio::time::timeout_at(deadline, reader.recv())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} messages on {topic}", seen.len()))
-            .expect("read the topic");
-        let headers = next
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                        (h.key.to_string(), value.into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        seen.push(TopicMessage {
-            headers,
-            timestamp_ms: next.timestamp().to_millis().unwrap_or_default(),
-        });
-    }
-    seen
 }
 
 /// Sends a batch of `(key, message)`; returns the ids in order.
@@ -376,15 +328,17 @@ pub async fn outbox_rows(db: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Waits until `group` acknowledged every id in `expected`, then returns its report;
-/// on timeout it panics with the last report (how far the group got).
+/// Waits until `group` acknowledged every message of `expected` in the ledger at
+/// `env.database_url`, then until the group has committed its offsets past the end of
+/// `env.topic`: only then is every delivery recorded, so the duplicates the report
+/// counts are all there will be.
 pub async fn wait_acknowledged(
-    database_url: &str,
+    env: &Env,
     group: &str,
     expected: &IdSet,
     timeout: Duration,
 ) -> GroupReport {
-    wait_acknowledged_supervising(database_url, group, expected, timeout, &mut [])
+    wait_acknowledged_supervising(env, group, expected, timeout, &mut [])
         .await
         .0
 }
@@ -393,22 +347,25 @@ pub async fn wait_acknowledged(
 /// their Deployments would (a consumer whose Kafka client stays wedged after a broker
 /// restart exits after a minute: `kafka_watchdog`). Also returns what was started again.
 pub async fn wait_acknowledged_supervising(
-    database_url: &str,
+    env: &Env,
     group: &str,
     expected: &IdSet,
     timeout: Duration,
     workers: &mut [&mut Worker],
 ) -> (GroupReport, Vec<String>) {
-    let client = outbox_workers::db::connect(database_url)
+    let client = outbox_workers::db::connect(&env.database_url)
         .await
         .expect("connect");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = None;
     let mut started_again = Vec::new();
-    loop {
+    let mut supervise = |started_again: &mut Vec<String>| {
         for worker in workers.iter_mut() {
             started_again.extend(worker.start_again_if_exited());
         }
+    };
+    loop {
+        supervise(&mut started_again);
         match ledger::group_report(&client, group, expected).await {
             Ok(report) if report.missing == 0 => break,
             Ok(report) => last = Some(report),
@@ -422,8 +379,18 @@ pub async fn wait_acknowledged_supervising(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Let late redeliveries land before counting duplicates.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Redeliveries land until the group's offsets reach the end of the topic.
+    while kafka::group_caught_up(&env.bootstrap, &env.topic, group).await != Some(true) {
+        supervise(&mut started_again);
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "group {group} acknowledged all {} messages but did not commit its offsets to the end of {} within {timeout:?}; started again: {started_again:?}",
+                expected.len(),
+                env.topic
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let report = ledger::group_report(&client, group, expected)
         .await
         .expect("report");
