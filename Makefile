@@ -52,8 +52,9 @@ chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's
 test-unit: test-scripts ## unit tests only (no testbed needed), the script tests too
 	$(CARGO) test --workspace --lib --bins
 
-test-scripts: ## the testbed scripts' own tests (testbed/tests/*-test.sh: seconds, no root, no testbed)
+test-scripts: ## the scripts' own tests (testbed/tests/*-test.sh, the structure check's self-test: seconds, no root, no testbed)
 	@for t in testbed/tests/*-test.sh; do echo "== $$t"; bash "$$t" || exit 1; done
+	@echo "== scripts/structure-check.py --self-test"; scripts/structure-check.py --self-test
 
 fmt: ## format the Rust code
 	$(CARGO) fmt --all
@@ -75,11 +76,13 @@ chart-values-check: ## what the chart's values render (helm template only, no te
 	@testbed/chart-values-check.sh
 
 SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh testbed/tests/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
-lint: deps ## rustfmt, clippy -D warnings, CRD drift (crds/ and the chart's copy), shellcheck
+lint: deps ## rustfmt, clippy -D warnings, CRD drift, shellcheck, file and function sizes, dependency licenses and sources
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) --no-print-directory crds-check
 	shellcheck -x -P SCRIPTDIR --severity=warning $(SHELL_SCRIPTS)
+	scripts/structure-check.py
+	$(CARGO) deny --log-level error check licenses bans sources
 
 # ------------------------------------------------------------------ images and kind
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)

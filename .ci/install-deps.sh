@@ -52,4 +52,10 @@ command -v cargo >/dev/null || { log "Rust is required (preinstalled on this mac
 components=$(rustup component list --installed 2>/dev/null || true)
 grep -q '^rustfmt' <<<"$components" || rustup component add rustfmt
 grep -q '^clippy' <<<"$components" || rustup component add clippy
+# `make lint` checks the dependencies' licenses and sources (deny.toml). Built from
+# crates.io once, into ~/.cargo/bin; its build output in a cache of its own.
+if ! command -v cargo-deny >/dev/null; then
+  log "cargo install cargo-deny (once, about 10 minutes on 2 cores)"
+  CARGO_TARGET_DIR="$HOME/.cache/outbox-operator/cargo-deny-build" cargo install --quiet --locked cargo-deny@0.20.2
+fi
 log "all build and testbed dependencies present"
