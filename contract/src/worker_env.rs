@@ -26,7 +26,7 @@ pub mod names {
     /// Every role, with `spec.database.caSecretRef`: the CA file.
     pub const PGSSLROOTCERT: &str = "PGSSLROOTCERT";
     /// Producer: outbox rows per Kafka batch of the relay.
-    pub const RELAY_ROWS_PER_KAFKA_BATCH: &str = "RELAY_ROWS_PER_KAFKA_BATCH";
+    pub const RELAY_ROWS_PER_READ: &str = "RELAY_ROWS_PER_READ";
     /// Producer: how long an idle relay waits before looking at the outbox again.
     pub const RELAY_LINGER_MS: &str = "RELAY_LINGER_MS";
     /// Producer: the backlog at which ingest answers 429.
@@ -73,7 +73,7 @@ pub mod defaults {
     /// The HTTP port of every worker.
     pub const HTTP_PORT: u16 = 8080;
     /// Outbox rows per relay batch.
-    pub const RELAY_ROWS_PER_KAFKA_BATCH: i32 = 10_000;
+    pub const RELAY_ROWS_PER_READ: i32 = 10_000;
     /// Idle relay wait, ms.
     pub const RELAY_LINGER_MS: i32 = 5;
     /// Backlog bound of ingest (0 would be none).
@@ -95,7 +95,7 @@ pub mod defaults {
 /// What the operator sets for the producer role (besides what every role gets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerSettings {
-    pub relay_rows_per_kafka_batch: i32,
+    pub relay_rows_per_read: i32,
     pub relay_linger_ms: i32,
     pub max_backlog_messages: i64,
     pub max_backlog_bytes: i64,
@@ -107,7 +107,7 @@ impl ProducerSettings {
     /// The producer settings of `spec`.
     pub fn of(spec: &OutboxSystemSpec) -> ProducerSettings {
         ProducerSettings {
-            relay_rows_per_kafka_batch: spec.producers.relay.rows_per_kafka_batch,
+            relay_rows_per_read: spec.producers.relay.rows_per_read(),
             relay_linger_ms: spec.producers.relay.linger_ms,
             max_backlog_messages: spec.producers.max_backlog.max(0),
             max_backlog_bytes: spec.producers.max_backlog_bytes.max(0),
@@ -120,8 +120,8 @@ impl ProducerSettings {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             (
-                names::RELAY_ROWS_PER_KAFKA_BATCH,
-                self.relay_rows_per_kafka_batch.to_string(),
+                names::RELAY_ROWS_PER_READ,
+                self.relay_rows_per_read.to_string(),
             ),
             (names::RELAY_LINGER_MS, self.relay_linger_ms.to_string()),
             (
@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(
             ProducerSettings::of(&spec),
             ProducerSettings {
-                relay_rows_per_kafka_batch: defaults::RELAY_ROWS_PER_KAFKA_BATCH,
+                relay_rows_per_read: defaults::RELAY_ROWS_PER_READ,
                 relay_linger_ms: defaults::RELAY_LINGER_MS,
                 max_backlog_messages: defaults::MAX_BACKLOG_MESSAGES,
                 max_backlog_bytes: defaults::MAX_BACKLOG_BYTES,

@@ -33,7 +33,7 @@ async fn reference_system_gets_workloads_topic_and_status_and_partitions_only_gr
     assert_eq!(producer.spec.as_ref().and_then(|s| s.replicas), Some(3));
     let env = env_of(&producer);
     assert_eq!(
-        env.get("RELAY_ROWS_PER_KAFKA_BATCH").map(String::as_str),
+        env.get("RELAY_ROWS_PER_READ").map(String::as_str),
         Some("10000")
     );
     assert_eq!(env.get("DATABASE_URL").map(String::as_str), Some("<from>"));
@@ -326,6 +326,23 @@ async fn sample_manifests_are_accepted_by_the_api_server_as_written() {
 }
 
 #[tokio::test]
+async fn a_relay_setting_under_its_old_name_still_reaches_the_producers() {
+    let (client, ns) = setup("obs-old-name").await;
+    let _operator = start_operator(&client, &ns);
+    let mut system = reference_system(&unique_name("old-name"));
+    system.spec.producers.relay.rows_per_read = None;
+    system.spec.producers.relay.rows_per_kafka_batch = Some(777);
+    create_system(&client, &ns, &system).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let producer = wait_present(&deployments, "outbox-producer").await;
+    assert_eq!(
+        env_of(&producer).get("RELAY_ROWS_PER_READ").map(String::as_str),
+        Some("777")
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test]
 async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
     let (client, ns) = setup("obs-invalid").await;
     let api: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
@@ -389,6 +406,16 @@ async fn invalid_specs_are_refused_by_the_api_server_naming_the_field() {
                 v
             },
             "spec.consumers.groups[0].pod.metadata.labels",
+        ),
+        (
+            "a relay read's size under both its name and its old name",
+            {
+                let mut v = base();
+                v["spec"]["producers"]["relay"] =
+                    serde_json::json!({"rowsPerRead": 100, "rowsPerKafkaBatch": 200});
+                v
+            },
+            "rowsPerKafkaBatch is the old name of relay.rowsPerRead",
         ),
         (
             "a budget of 0 unavailable pods (a drain could never finish)",

@@ -333,18 +333,24 @@ fn default_port() -> i32 {
     i32::from(defaults::HTTP_PORT)
 }
 
-/// Relay settings: how many outbox rows go into one Kafka batch, and how long an idle
-/// relay waits.
+/// Relay settings: how many outbox rows the relay reads at once (a relay read), and how
+/// long an idle relay waits.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rowsPerRead) || !has(self.rowsPerKafkaBatch)").message("relay.rowsPerKafkaBatch is the old name of relay.rowsPerRead: set only rowsPerRead"))]
 pub struct RelaySpec {
-    /// Outbox rows the relay reads and publishes to Kafka as one batch
-    /// (`RELAY_ROWS_PER_KAFKA_BATCH`).
-    #[serde(default = "default_rows_per_kafka_batch")]
+    /// Outbox rows the relay reads at once and produces to Kafka together, a relay read
+    /// (`RELAY_ROWS_PER_READ`; 10000 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
-    pub rows_per_kafka_batch: i32,
+    pub rows_per_read: Option<i32>,
+    /// Deprecated: the old name of `rowsPerRead`, still honoured when `rowsPerRead` is
+    /// unset (docs/upgrading.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub rows_per_kafka_batch: Option<i32>,
     /// How long an idle relay waits before looking at the outbox again, in milliseconds
-    /// (`RELAY_LINGER_MS`; a message sent one at a time wakes it at once).
+    /// (`RELAY_LINGER_MS`; a single message wakes it at once).
     #[serde(default = "default_linger_ms")]
     #[schemars(range(min = 0, max = 60000))]
     pub linger_ms: i32,
@@ -353,14 +359,20 @@ pub struct RelaySpec {
 impl Default for RelaySpec {
     fn default() -> Self {
         RelaySpec {
-            rows_per_kafka_batch: default_rows_per_kafka_batch(),
+            rows_per_read: None,
+            rows_per_kafka_batch: None,
             linger_ms: default_linger_ms(),
         }
     }
 }
 
-fn default_rows_per_kafka_batch() -> i32 {
-    defaults::RELAY_ROWS_PER_KAFKA_BATCH
+impl RelaySpec {
+    /// The rows of a relay read: `rowsPerRead`, else its old name, else the default.
+    pub fn rows_per_read(&self) -> i32 {
+        self.rows_per_read
+            .or(self.rows_per_kafka_batch)
+            .unwrap_or(defaults::RELAY_ROWS_PER_READ)
+    }
 }
 
 fn default_linger_ms() -> i32 {
@@ -701,6 +713,17 @@ mod tests {
         let mut system = OutboxSystem::new(name, spec);
         system.metadata.namespace = Some(namespace.into());
         system
+    }
+
+    #[test]
+    fn a_relay_read_takes_rows_per_read_else_its_old_name_else_the_default() {
+        let relay = |json: serde_json::Value| -> RelaySpec {
+            serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(relay(serde_json::json!({"rowsPerRead": 500})).rows_per_read(), 500);
+        assert_eq!(relay(serde_json::json!({"rowsPerKafkaBatch": 700})).rows_per_read(), 700);
+        assert_eq!(relay(serde_json::json!({})).rows_per_read(), 10_000);
+        assert_eq!(RelaySpec::default().linger_ms, defaults::RELAY_LINGER_MS);
     }
 
     #[test]
