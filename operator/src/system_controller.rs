@@ -26,12 +26,12 @@ use crate::crd::{
     DeletionPolicy, OutboxSystem, OutboxSystemSpec, OutboxSystemStatus, PartitionRaise, TopicStatus,
 };
 use crate::error::{Error, Result};
+use crate::host_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::image_policy::{self, ImagePolicy};
 use crate::kafka::{self, client_config, plan_topic, KafkaAdmin, ObservedTopic, TopicPlan};
 use crate::postgres_tls::{CaSource, TlsDefaults};
 use crate::schema_owner::{self, Claim};
 use crate::server_side_apply::{apply_status, server_side_apply};
-use crate::service_names::{qualify_bootstrap_servers, qualify_database_url};
 use crate::system_status::{self, types, GroupObservation, Observation, TopicOutcome};
 use crate::topic_ownership::{self, Ownership, TopicAuthority};
 use crate::validation::validate;
