@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn the_job_carries_the_label_the_operators_watch_selects_by() {
         let job = runner_job(&params(), &loadtest(), &system());
-        assert!(crate::workloads::tests::watched_by_the_operator(
+        assert!(crate::workloads::test_fixtures::watched_by_the_operator(
             &job.metadata
         ));
     }
@@ -362,7 +362,7 @@ mod tests {
             cm.data, None,
             "the runner fills it; an apply of the operator never empties it"
         );
-        assert!(crate::workloads::tests::watched_by_the_operator(
+        assert!(crate::workloads::test_fixtures::watched_by_the_operator(
             &cm.metadata
         ));
     }
@@ -475,11 +475,11 @@ mod tests {
     #[test]
     fn every_pod_setting_of_spec_runner_lands_in_the_runner_pod_template() {
         let mut lt = loadtest();
-        lt.spec.runner.pod = crate::workloads::tests::every_pod_setting();
+        lt.spec.runner.pod = crate::workloads::test_fixtures::every_pod_setting();
         let job = runner_job(&params(), &lt, &system());
         let template = job.spec.clone().map(|s| s.template).unwrap_or_default();
         let own = job.metadata.labels.clone().unwrap_or_default();
-        crate::workloads::tests::assert_every_pod_setting_in(&template, &own);
+        crate::workloads::test_fixtures::assert_every_pod_setting_in(&template, &own);
         // The Job itself carries only the operator's labels.
         assert_eq!(
             job.metadata.labels.and_then(|l| l.get("team").cloned()),
