@@ -506,4 +506,42 @@ mod tests {
             assert_eq!(pod_labels.get(key), Some(value), "{key}");
         }
     }
+
+    #[test]
+    fn the_job_deadline_grows_with_the_messages_and_the_verification_timeout() {
+        let reference: crate::crd::LoadTest = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/loadtest-reference.yaml"
+            ))
+            .expect("the reference LoadTest"),
+        )
+        .expect("parses");
+        // 10,005,000 messages: 10,005 s at 1,000 msg/s, plus start, verification, and
+        // the patience with producers and with the database.
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&reference.spec),
+            600 + 10_005 + reference.spec.verification_timeout_seconds + 300 + 300
+        );
+        let mut empty = reference.spec.clone();
+        empty.scenarios.clear();
+        empty.verification_timeout_seconds = 600;
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&empty),
+            600 + 600 + 300 + 300
+        );
+        // Arrival-rate scenarios take their stages' time, whatever the rate.
+        let rate: crate::crd::LoadTest = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/loadtest-rate.yaml"
+            ))
+            .expect("the rate LoadTest"),
+        )
+        .expect("parses");
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&rate.spec),
+            600 + 60 + 60 + rate.spec.verification_timeout_seconds + 300 + 300
+        );
+    }
 }
