@@ -321,77 +321,95 @@ impl KafkaAdmin {
         plan: &TopicPlan,
     ) -> Result<()> {
         if plan.create {
-            let mut topic = NewTopic::new(
-                &spec.name,
-                spec.partitions,
-                TopicReplication::Fixed(i32::from(spec.replication_factor)),
-            );
-            for (key, value) in &spec.config {
-                topic = topic.set(key, value);
-            }
-            let results = self
-                .admin
-                .create_topics([&topic], &Self::options())
-                .await
-                .map_err(Error::kafka(format!("creating topic {}", spec.name)))?;
-            for result in results {
-                match result {
-                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => {
-                        return Err(Error::Kafka {
-                            action: format!("creating topic {}", spec.name),
-                            source: KafkaError::AdminOp(code),
-                        })
-                    }
-                }
-            }
-            return Ok(());
+            return self.create_topic(spec).await;
         }
         if let Some(count) = plan.raise_partitions_to {
-            let count = usize::try_from(count).unwrap_or(1);
-            let results = self
-                .admin
-                .create_partitions([&NewPartitions::new(&spec.name, count)], &Self::options())
-                .await
-                .map_err(Error::kafka(format!(
-                    "raising partitions of topic {}",
-                    spec.name
-                )))?;
-            for result in results {
-                if let Err((_, code)) = result {
+            self.raise_partitions(spec, count).await?;
+        }
+        if !plan.config_changes.is_empty() {
+            self.set_config(spec, observed).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the topic with the spec's partitions, replication factor and config; a
+    /// topic that exists by now is fine.
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<()> {
+        let mut topic = NewTopic::new(
+            &spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(i32::from(spec.replication_factor)),
+        );
+        for (key, value) in &spec.config {
+            topic = topic.set(key, value);
+        }
+        let results = self
+            .admin
+            .create_topics([&topic], &Self::options())
+            .await
+            .map_err(Error::kafka(format!("creating topic {}", spec.name)))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
                     return Err(Error::Kafka {
-                        action: format!("raising partitions of topic {} to {count}", spec.name),
+                        action: format!("creating topic {}", spec.name),
                         source: KafkaError::AdminOp(code),
-                    });
+                    })
                 }
             }
         }
-        if !plan.config_changes.is_empty() {
-            // AlterConfigs replaces the topic's whole dynamic config: send what is set
-            // now plus the spec's entries so that nothing else is reset.
-            let mut wanted = observed
-                .map(|o| o.dynamic_config.clone())
-                .unwrap_or_default();
-            wanted.extend(spec.config.clone());
-            let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
-            for (key, value) in &wanted {
-                alter = alter.set(key, value);
+        Ok(())
+    }
+
+    /// Raises the topic's partition count to `count`.
+    async fn raise_partitions(&self, spec: &TopicSpec, count: i32) -> Result<()> {
+        let count = usize::try_from(count).unwrap_or(1);
+        let results = self
+            .admin
+            .create_partitions([&NewPartitions::new(&spec.name, count)], &Self::options())
+            .await
+            .map_err(Error::kafka(format!(
+                "raising partitions of topic {}",
+                spec.name
+            )))?;
+        for result in results {
+            if let Err((_, code)) = result {
+                return Err(Error::Kafka {
+                    action: format!("raising partitions of topic {} to {count}", spec.name),
+                    source: KafkaError::AdminOp(code),
+                });
             }
-            let results = self
-                .admin
-                .alter_configs([&alter], &Self::options())
-                .await
-                .map_err(Error::kafka(format!(
-                    "setting the config of topic {}",
-                    spec.name
-                )))?;
-            for result in results {
-                if let Err((_, code)) = result {
-                    return Err(Error::Kafka {
-                        action: format!("setting the config of topic {}", spec.name),
-                        source: KafkaError::AdminOp(code),
-                    });
-                }
+        }
+        Ok(())
+    }
+
+    /// Sets the spec's config entries on the topic, keeping its other dynamic ones.
+    async fn set_config(&self, spec: &TopicSpec, observed: Option<&ObservedTopic>) -> Result<()> {
+        // AlterConfigs replaces the topic's whole dynamic config: send what is set
+        // now plus the spec's entries so that nothing else is reset.
+        let mut wanted = observed
+            .map(|o| o.dynamic_config.clone())
+            .unwrap_or_default();
+        wanted.extend(spec.config.clone());
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
+        for (key, value) in &wanted {
+            alter = alter.set(key, value);
+        }
+        let results = self
+            .admin
+            .alter_configs([&alter], &Self::options())
+            .await
+            .map_err(Error::kafka(format!(
+                "setting the config of topic {}",
+                spec.name
+            )))?;
+        for result in results {
+            if let Err((_, code)) = result {
+                return Err(Error::Kafka {
+                    action: format!("setting the config of topic {}", spec.name),
+                    source: KafkaError::AdminOp(code),
+                });
             }
         }
         Ok(())

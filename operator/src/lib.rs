@@ -7,6 +7,7 @@
 pub mod backlog;
 pub mod context;
 pub mod error;
+pub mod host_names;
 pub mod image_policy;
 pub mod kafka;
 pub mod leader;
@@ -16,7 +17,6 @@ pub mod run;
 pub mod runner_job;
 pub mod server;
 pub mod server_side_apply;
-pub mod service_names;
 pub mod system_controller;
 pub mod system_status;
 #[cfg(test)]

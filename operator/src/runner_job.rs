@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn the_job_carries_the_label_the_operators_watch_selects_by() {
         let job = runner_job(&params(), &loadtest(), &system());
-        assert!(crate::workloads::tests::watched_by_the_operator(
+        assert!(crate::workloads::test_fixtures::watched_by_the_operator(
             &job.metadata
         ));
     }
@@ -362,7 +362,7 @@ mod tests {
             cm.data, None,
             "the runner fills it; an apply of the operator never empties it"
         );
-        assert!(crate::workloads::tests::watched_by_the_operator(
+        assert!(crate::workloads::test_fixtures::watched_by_the_operator(
             &cm.metadata
         ));
     }
@@ -475,11 +475,11 @@ mod tests {
     #[test]
     fn every_pod_setting_of_spec_runner_lands_in_the_runner_pod_template() {
         let mut lt = loadtest();
-        lt.spec.runner.pod = crate::workloads::tests::every_pod_setting();
+        lt.spec.runner.pod = crate::workloads::test_fixtures::every_pod_setting();
         let job = runner_job(&params(), &lt, &system());
         let template = job.spec.clone().map(|s| s.template).unwrap_or_default();
         let own = job.metadata.labels.clone().unwrap_or_default();
-        crate::workloads::tests::assert_every_pod_setting_in(&template, &own);
+        crate::workloads::test_fixtures::assert_every_pod_setting_in(&template, &own);
         // The Job itself carries only the operator's labels.
         assert_eq!(
             job.metadata.labels.and_then(|l| l.get("team").cloned()),
@@ -505,5 +505,43 @@ mod tests {
         for (key, value) in &own {
             assert_eq!(pod_labels.get(key), Some(value), "{key}");
         }
+    }
+
+    #[test]
+    fn the_job_deadline_grows_with_the_messages_and_the_verification_timeout() {
+        let reference: crate::crd::LoadTest = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/loadtest-reference.yaml"
+            ))
+            .expect("the reference LoadTest"),
+        )
+        .expect("parses");
+        // 10,005,000 messages: 10,005 s at 1,000 msg/s, plus start, verification, and
+        // the patience with producers and with the database.
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&reference.spec),
+            600 + 10_005 + reference.spec.verification_timeout_seconds + 300 + 300
+        );
+        let mut empty = reference.spec.clone();
+        empty.scenarios.clear();
+        empty.verification_timeout_seconds = 600;
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&empty),
+            600 + 600 + 300 + 300
+        );
+        // Arrival-rate scenarios take their stages' time, whatever the rate.
+        let rate: crate::crd::LoadTest = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/loadtest-rate.yaml"
+            ))
+            .expect("the rate LoadTest"),
+        )
+        .expect("parses");
+        assert_eq!(
+            crate::runner_job::deadline_seconds(&rate.spec),
+            600 + 60 + 60 + rate.spec.verification_timeout_seconds + 300 + 300
+        );
     }
 }
