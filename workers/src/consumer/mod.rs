@@ -378,31 +378,69 @@ impl Member<'_> {
         shutdown: &mut ShutdownSignal,
     ) -> Result<Outcome> {
         let parsed = parse_batch(batch);
-        if !parsed.foreign.is_empty() {
+        self.set_aside_foreign(&parsed.foreign).await?;
+        let mut retry = Retry::new(self.args);
+        let failure = match self
+            .record_with_retries(&parsed.acks, &mut retry, shutdown)
+            .await
+        {
+            Ok(outcome) => return Ok(outcome),
+            Err(failure) => failure,
+        };
+        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a batch keeps failing: trying each message alone, dead-lettering those that fail on their own");
+        let batch_attempts = retry.attempts;
+        let Some(dead) = self.record_each_alone(&parsed, shutdown).await else {
+            return Ok(Outcome::Stopped);
+        };
+        self.give_up(&dead, batch_attempts).await?;
+        self.metrics.retrying.set(0);
+        Ok(if dead.is_empty() {
+            Outcome::Recorded
+        } else {
+            Outcome::DeadLettered
+        })
+    }
+
+    /// Messages that carry no outbox id: logged, and sent to the dead-letter topic when
+    /// there is one.
+    async fn set_aside_foreign(&self, foreign: &[&OwnedMessage]) -> Result<()> {
+        if !foreign.is_empty() {
             // Not outbox messages (no id): nothing to acknowledge, never retriable.
             tracing::warn!(
-                count = parsed.foreign.len(),
+                count = foreign.len(),
                 "messages without a valid {} header",
                 headers::MESSAGE_ID
             );
             if self.dead_letters.is_some() {
                 // Refused ones have no id to record; `dead_letter` logged them.
-                self.dead_letter(&parsed.foreign, "no valid outbox message id header")
+                self.dead_letter(foreign, "no valid outbox message id header")
                     .await?;
             }
         }
-        let mut retry = Retry::new(self.args);
-        let failure = loop {
-            match self.record(&parsed.acks).await {
+        Ok(())
+    }
+
+    /// Records the batch's acknowledgements in one transaction, retrying as `retry`
+    /// counts. Ok: recorded, or stopped by shutdown; Err: the last failure, once the
+    /// retries are used up and a dead-letter topic can take the messages (without one it
+    /// retries on rather than drop messages).
+    async fn record_with_retries(
+        &mut self,
+        acks: &[Ack],
+        retry: &mut Retry,
+        shutdown: &mut ShutdownSignal,
+    ) -> Result<Outcome> {
+        loop {
+            match self.record(acks).await {
                 Ok(()) => {
                     self.metrics.retrying.set(0);
                     return Ok(Outcome::Recorded);
                 }
                 Err(e) => {
-                    self.metrics.retried.inc_by(parsed.acks.len() as u64);
+                    self.metrics.retried.inc_by(acks.len() as u64);
                     if let Some(e) = retry.exhausted(e) {
                         if self.dead_letters.is_some() {
-                            break e;
+                            return Err(e);
                         }
                         tracing::error!(error = %crate::error_chain(&e), attempt = retry.attempts, "retries exhausted and no DEAD_LETTER_TOPIC: retrying on rather than drop messages");
                     }
@@ -412,9 +450,17 @@ impl Member<'_> {
                     }
                 }
             }
-        };
-        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a batch keeps failing: trying each message alone, dead-lettering those that fail on their own");
-        let batch_attempts = retry.attempts;
+        }
+    }
+
+    /// Records each acknowledgement alone, retrying infrastructure failures for as long
+    /// as they last; returns those that fail on their own, with their message and error
+    /// (None: shutdown came first).
+    async fn record_each_alone<'m>(
+        &mut self,
+        parsed: &Parsed<'m>,
+        shutdown: &mut ShutdownSignal,
+    ) -> Option<Vec<(Ack, &'m OwnedMessage, String)>> {
         let mut dead = Vec::new();
         for (ack, message) in parsed.acks.iter().zip(&parsed.messages) {
             let mut alone = Retry::new(self.args);
@@ -424,7 +470,7 @@ impl Member<'_> {
                     Err(e) if is_infrastructure(&e) => {
                         alone.exhausted(e);
                         if !alone.wait(shutdown).await {
-                            return Ok(Outcome::Stopped);
+                            return None;
                         }
                     }
                     Err(e) => {
@@ -434,7 +480,17 @@ impl Member<'_> {
                 }
             }
         }
-        for (ack, message, error) in &dead {
+        Some(dead)
+    }
+
+    /// Sends the messages that failed on their own to the dead-letter topic and records
+    /// each in the ledger as dead-lettered, or as abandoned when the topic refused it.
+    async fn give_up(
+        &self,
+        dead: &[(Ack, &OwnedMessage, String)],
+        batch_attempts: i64,
+    ) -> Result<()> {
+        for (ack, message, error) in dead {
             let refused = self
                 .dead_letter(
                     &[message],
@@ -458,12 +514,7 @@ impl Member<'_> {
                 }
             }
         }
-        self.metrics.retrying.set(0);
-        Ok(if dead.is_empty() {
-            Outcome::Recorded
-        } else {
-            Outcome::DeadLettered
-        })
+        Ok(())
     }
 
     async fn record(&mut self, acks: &[Ack]) -> Result<()> {
