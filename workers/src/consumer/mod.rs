@@ -6,17 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
-use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
@@ -26,12 +19,13 @@ use crate::config::{kafka_client_properties, CommonArgs};
 use crate::error::{Error, KafkaContext, Result};
 use crate::headers;
 use crate::metrics::ConsumerMetrics;
-use crate::probes::{self, Started};
+use crate::probes::Started;
 use crate::shutdown::{self, ShutdownSignal};
 use ack_transaction::{BatchLimits, First, Inbox};
 use ledger::{Ack, AckRecorder, GivenUp};
 
 mod ack_transaction;
+mod http;
 pub mod ledger;
 
 /// Consumer settings.
@@ -99,17 +93,6 @@ pub const DEFAULT_ACKS_PER_TRANSACTION: usize = 20_000;
 /// ends with the message that reaches it), so large messages cannot fill memory.
 pub const TRANSACTION_MAX_BYTES: usize = 16 << 20;
 
-#[derive(Clone)]
-struct HealthState {
-    database_url: String,
-    group: String,
-    consumer: Arc<StreamConsumer>,
-    metrics: ConsumerMetrics,
-    registry: Arc<Registry>,
-    started: Started,
-    health: Arc<probes::CachedCheck>,
-}
-
 /// Runs a consumer-group member until `shutdown`, finishing its in-flight batch.
 pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
@@ -140,7 +123,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let consumer = Arc::new(create_consumer(&args, &base)?);
     let metrics = ConsumerMetrics::default();
     let started = Started::default();
-    let server = serve(&args, &consumer, &metrics, &started, shutdown.clone()).await?;
+    let server = http::serve(&args, &consumer, &metrics, &started, shutdown.clone()).await?;
     tracing::info!(topics = ?topics, "consumer serving probes; waiting for PostgreSQL");
     let Some(db) = crate::db::wait_and_migrate(
         &args.common.database_url,
@@ -234,41 +217,6 @@ fn create_consumer(args: &ConsumerArgs, base: &rdkafka::ClientConfig) -> Result<
     config.create().kafka("creating the Kafka consumer")
 }
 
-/// Serves health, the probes and the metrics until `shutdown`.
-async fn serve(
-    args: &ConsumerArgs,
-    consumer: &Arc<StreamConsumer>,
-    metrics: &ConsumerMetrics,
-    started: &Started,
-    mut shutdown: ShutdownSignal,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    registry.register_collector(Box::new(crate::cpu::ProcessCollector));
-    let health = HealthState {
-        database_url: args.common.database_url.clone(),
-        group: args.group.clone(),
-        consumer: consumer.clone(),
-        metrics: metrics.clone(),
-        registry: Arc::new(registry),
-        started: started.clone(),
-        health: Arc::new(probes::CachedCheck::default()),
-    };
-    let (listener, address) = args.common.bind_http().await?;
-    let app = Router::new()
-        .route("/api/consumer/health", get(health_check))
-        .route(probes::LIVENESS_PATH, get(probes::alive))
-        .route(probes::READINESS_PATH, get(ready))
-        .route("/metrics", get(render_metrics))
-        .with_state(health);
-    tracing::info!(%address, "consumer listening");
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
-            .await
-    }))
-}
-
 /// Commits the last offsets and stops the side tasks. After a clean stop the HTTP
 /// server drains; a member stopping on its own (a wedged Kafka client) stops it too.
 async fn stop(
@@ -308,13 +256,6 @@ async fn warn_until_topics_exist(
             _ = shutdown::wait(&mut shutdown) => return,
         }
     }
-}
-
-/// Readiness: the member has started (PostgreSQL reached once, subscribed).
-async fn ready(State(state): State<HealthState>) -> Response {
-    probes::readiness(
-        (!state.started.get()).then(|| "waiting for PostgreSQL to migrate the schema".into()),
-    )
 }
 
 struct Member<'a> {
@@ -777,55 +718,6 @@ async fn track_lag(
             metrics.lag.set(lag);
         }
     }
-}
-
-async fn health_check(State(state): State<HealthState>) -> Response {
-    let cache = state.health.clone();
-    cache.answer(|| check_health(state)).await
-}
-
-async fn check_health(state: HealthState) -> (StatusCode, serde_json::Value) {
-    let database = match tokio::time::timeout(
-        Duration::from_secs(3),
-        crate::db::connect(&state.database_url),
-    )
-    .await
-    {
-        Ok(Ok(client)) => match client.simple_query("SELECT 1").await {
-            Ok(_) => "UP".to_string(),
-            Err(e) => format!("DOWN: {e}"),
-        },
-        Ok(Err(e)) => format!("DOWN: {e}"),
-        Err(_) => "DOWN: no answer within 3s".to_string(),
-    };
-    let c = state.consumer.clone();
-    let kafka =
-        match tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(3)))
-            .await
-        {
-            Ok(Ok(_)) => "UP".to_string(),
-            Ok(Err(e)) => format!("DOWN: {e}"),
-            Err(e) => format!("DOWN: {e}"),
-        };
-    let up = database == "UP" && kafka == "UP";
-    let body = json!({
-        "status": if up { "UP" } else { "DOWN" },
-        "group": state.group,
-        "database": database,
-        "kafka": kafka,
-        "retrying": state.metrics.retrying.get() == 1,
-        "lag": state.metrics.lag.get(),
-    });
-    let status = if up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body)
-}
-
-async fn render_metrics(State(state): State<HealthState>) -> Response {
-    crate::metrics::render(&state.registry)
 }
 
 #[cfg(test)]
