@@ -1,10 +1,11 @@
 //! The relay's pure parts, without PostgreSQL or Kafka: which batches land and where the
 //! watermark stops, the bounds on what is in flight, and how many rows to read at once.
 
-use super::{
-    land_in_order, next_fetch_rows, over_in_flight_bounds, Delivered, DeliveryFailure, InFlight,
-    Landed, RelaySettings, Watermark,
+use super::landing::{
+    land_in_order, over_in_flight_bounds, Delivered, DeliveryFailure, InFlight, Landed,
 };
+use super::rows::next_fetch_rows;
+use super::{RelaySettings, Watermark};
 use std::collections::VecDeque;
 
 fn at(id: i64) -> Watermark {
