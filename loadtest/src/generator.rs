@@ -164,6 +164,40 @@ pub async fn send_scenario(
     board: &Board,
 ) -> Sent {
     let started = Instant::now();
+    let tasks = spawn_producer_jobs(http, producers, shape, send, counters, board);
+    let (outcomes, ids, uncertain) = join_producer_jobs(tasks, producers, send, started).await;
+    Sent {
+        outcome: ScenarioOutcome {
+            name: send.name.clone(),
+            batching: send.batching,
+            messages: send.messages,
+            already_accepted: send.already_accepted,
+            producers: outcomes,
+            duration: started.elapsed(),
+            stages: send
+                .stages
+                .iter()
+                .map(|s| StagePlan {
+                    rate_per_second: s.rate_per_second,
+                    duration: s.duration,
+                    remaining: s.remaining,
+                })
+                .collect(),
+        },
+        ids: ids.finish(),
+        uncertain,
+    }
+}
+
+/// A task per producer sending its share of the scenario, in the producers' order.
+fn spawn_producer_jobs(
+    http: &reqwest::Client,
+    producers: &[Producer],
+    shape: &MessageShape,
+    send: &ScenarioSend,
+    counters: Arc<Counters>,
+    board: &Board,
+) -> Vec<tokio::task::JoinHandle<ProducerDone>> {
     let shape = Arc::new(shape.clone());
     let mut tasks = Vec::with_capacity(producers.len());
     // Message indexes continue after the earlier attempt's, producer after producer.
@@ -207,6 +241,17 @@ pub async fn send_scenario(
         first_index += share;
         tasks.push(tokio::spawn(job.run()));
     }
+    tasks
+}
+
+/// Waits for every producer's task: their outcomes, the ids they collected and the
+/// messages of unknown fate. A task that panicked fails its whole share, as uncertain.
+async fn join_producer_jobs(
+    tasks: Vec<tokio::task::JoinHandle<ProducerDone>>,
+    producers: &[Producer],
+    send: &ScenarioSend,
+    started: Instant,
+) -> (Vec<ProducerOutcome>, IdCollector, u64) {
     let mut outcomes = Vec::with_capacity(tasks.len());
     let mut ids = IdCollector::default();
     let mut uncertain = 0;
@@ -233,27 +278,7 @@ pub async fn send_scenario(
             }
         }
     }
-    Sent {
-        outcome: ScenarioOutcome {
-            name: send.name.clone(),
-            batching: send.batching,
-            messages: send.messages,
-            already_accepted: send.already_accepted,
-            producers: outcomes,
-            duration: started.elapsed(),
-            stages: send
-                .stages
-                .iter()
-                .map(|s| StagePlan {
-                    rate_per_second: s.rate_per_second,
-                    duration: s.duration,
-                    remaining: s.remaining,
-                })
-                .collect(),
-        },
-        ids: ids.finish(),
-        uncertain,
-    }
+    (outcomes, ids, uncertain)
 }
 
 struct ProducerJob {
