@@ -421,23 +421,6 @@ impl ProducerJob {
             })
             .collect();
         let mut total = WorkerDone::default();
-        // A stage lasts until its last answer, when that comes after its end.
-        let collect = |joined: Result<(usize, WorkerDone, Duration), tokio::task::JoinError>,
-                       stages: &mut Vec<StageTally>,
-                       total: &mut WorkerDone| {
-            match joined {
-                Ok((stage, done, since_stage_start)) => {
-                    if let Some(s) = stages.get_mut(stage) {
-                        s.tally.merge(&done.tally);
-                        s.lasted = s.lasted.max(since_stage_start);
-                    }
-                    total.merge(done);
-                }
-                Err(e) => {
-                    tracing::error!(producer = %self.producer.name, error = %e, "request task failed")
-                }
-            }
-        };
         let mut offset = 0u64;
         for (stage, &(arrivals, length)) in self.stages.iter().enumerate() {
             let stage_start = tokio::time::Instant::now();
@@ -452,7 +435,7 @@ impl ProducerJob {
                     done.tally.failed(1, PRODUCER_UNREACHABLE, None);
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     stages[stage].sent += 1;
-                    collect(Ok((stage, done, Duration::ZERO)), &mut stages, &mut total);
+                    self.collect_paced(Ok((stage, done, Duration::ZERO)), &mut stages, &mut total);
                     continue;
                 }
                 match connections.clone().try_acquire_owned() {
@@ -472,15 +455,48 @@ impl ProducerJob {
                     }
                 }
                 while let Some(joined) = in_flight.try_join_next() {
-                    collect(joined, &mut stages, &mut total);
+                    self.collect_paced(joined, &mut stages, &mut total);
                 }
             }
             tokio::time::sleep_until(stage_start + length).await;
             stages[stage].lasted = stages[stage].lasted.max(length);
         }
         while let Some(joined) = in_flight.join_next().await {
-            collect(joined, &mut stages, &mut total);
+            self.collect_paced(joined, &mut stages, &mut total);
         }
+        self.paced_done(started, stages, total)
+    }
+
+    /// Counts a finished request of an arrival-rate share into its stage and the total.
+    /// A stage lasts until its last answer, when that comes after its end.
+    fn collect_paced(
+        &self,
+        joined: Result<(usize, WorkerDone, Duration), tokio::task::JoinError>,
+        stages: &mut [StageTally],
+        total: &mut WorkerDone,
+    ) {
+        match joined {
+            Ok((stage, done, since_stage_start)) => {
+                if let Some(s) = stages.get_mut(stage) {
+                    s.tally.merge(&done.tally);
+                    s.lasted = s.lasted.max(since_stage_start);
+                }
+                total.merge(done);
+            }
+            Err(e) => {
+                tracing::error!(producer = %self.producer.name, error = %e, "request task failed")
+            }
+        }
+    }
+
+    /// What an arrival-rate share came to, per stage and in total; requests a crashed
+    /// task never reported count as failed, of unknown fate.
+    fn paced_done(
+        &self,
+        started: Instant,
+        stages: Vec<StageTally>,
+        mut total: WorkerDone,
+    ) -> ProducerDone {
         let missed: u64 = stages.iter().map(|s| s.missed).sum();
         // Requests a crashed task never reported are failures of unknown fate.
         let unreported = self
