@@ -523,67 +523,14 @@ impl ProducerJob {
     /// idempotency key, while nothing or an unknown outcome came back) and counts the
     /// answer.
     async fn request(&self, first: u64, count: u64, done: &mut WorkerDone) {
-        let (path, body) = if self.batching {
-            (
-                "/api/messages/batch",
-                batch_body(&self.shape, &self.scenario, first, count),
-            )
-        } else {
-            (
-                "/api/messages/send",
-                single_body(&self.shape, &self.scenario, first),
-            )
-        };
+        let (path, body) = self.body(first, count);
         let key = idempotency_key(&self.shape.run_id, &self.scenario, first, count);
         // Shared, so a retry does not copy a body of megabytes.
         let body = bytes::Bytes::from(body);
         let mut attempt = 1;
         let first_sent = Instant::now();
         loop {
-            let base = match (
-                &self.fallback_url,
-                self.via_fallback.load(Ordering::Relaxed),
-            ) {
-                (Some(fallback), true) => fallback.as_str(),
-                _ => self.producer.base_url.as_str(),
-            };
-            let sent_at = Instant::now();
-            let answer = self
-                .http
-                .post(format!("{base}{path}"))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(IDEMPOTENCY_KEY, &key)
-                .body(body.clone())
-                .send()
-                .await;
-            let verdict = match answer {
-                Ok(response) => {
-                    let status = response.status();
-                    if status.is_success() {
-                        match response.bytes().await {
-                            Ok(bytes) => Verdict::Accepted(parse_ids(&bytes)),
-                            Err(e) => Verdict::Uncertain(transport_reason(&e)),
-                        }
-                    } else {
-                        let reason = format!("http{}", status.as_u16());
-                        match status.as_u16() {
-                            429 | 503 => Verdict::Retry(reason, retry_after(&response)),
-                            400..=499 => Verdict::Refused(reason),
-                            _ => Verdict::Uncertain(reason),
-                        }
-                    }
-                }
-                Err(e) if e.is_connect() => Verdict::Unreachable(transport_reason(&e)),
-                Err(e) => Verdict::Uncertain(transport_reason(&e)),
-            };
-            let latency = sent_at.elapsed();
-            self.counters.answered_after(latency);
-            if matches!(
-                verdict,
-                Verdict::Accepted(_) | Verdict::Retry(..) | Verdict::Refused(_)
-            ) {
-                self.answered();
-            }
+            let (verdict, latency) = self.try_once(path, &key, &body).await;
             let maybe_stored = matches!(verdict, Verdict::Uncertain(_));
             match verdict {
                 Verdict::Accepted(ids) => {
@@ -635,6 +582,73 @@ impl ProducerJob {
                 }
             }
         }
+    }
+
+    /// The endpoint and body of the request for messages `first..first + count`: the
+    /// batch endpoint, or one message to the send endpoint.
+    fn body(&self, first: u64, count: u64) -> (&'static str, Vec<u8>) {
+        if self.batching {
+            (
+                "/api/messages/batch",
+                batch_body(&self.shape, &self.scenario, first, count),
+            )
+        } else {
+            (
+                "/api/messages/send",
+                single_body(&self.shape, &self.scenario, first),
+            )
+        }
+    }
+
+    /// One try of a request, to the producer or (once it switched) its fallback: what
+    /// the answer says and how long it took. The latency is counted, and an answer
+    /// from the producer ends an outage of it.
+    async fn try_once(&self, path: &str, key: &str, body: &bytes::Bytes) -> (Verdict, Duration) {
+        let base = match (
+            &self.fallback_url,
+            self.via_fallback.load(Ordering::Relaxed),
+        ) {
+            (Some(fallback), true) => fallback.as_str(),
+            _ => self.producer.base_url.as_str(),
+        };
+        let sent_at = Instant::now();
+        let answer = self
+            .http
+            .post(format!("{base}{path}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(IDEMPOTENCY_KEY, key)
+            .body(body.clone())
+            .send()
+            .await;
+        let verdict = match answer {
+            Ok(response) => {
+                let status = response.status();
+                if status.is_success() {
+                    match response.bytes().await {
+                        Ok(bytes) => Verdict::Accepted(parse_ids(&bytes)),
+                        Err(e) => Verdict::Uncertain(transport_reason(&e)),
+                    }
+                } else {
+                    let reason = format!("http{}", status.as_u16());
+                    match status.as_u16() {
+                        429 | 503 => Verdict::Retry(reason, retry_after(&response)),
+                        400..=499 => Verdict::Refused(reason),
+                        _ => Verdict::Uncertain(reason),
+                    }
+                }
+            }
+            Err(e) if e.is_connect() => Verdict::Unreachable(transport_reason(&e)),
+            Err(e) => Verdict::Uncertain(transport_reason(&e)),
+        };
+        let latency = sent_at.elapsed();
+        self.counters.answered_after(latency);
+        if matches!(
+            verdict,
+            Verdict::Accepted(_) | Verdict::Retry(..) | Verdict::Refused(_)
+        ) {
+            self.answered();
+        }
+        (verdict, latency)
     }
 
     /// The producer (or the fallback) answered: an outage of it is over.
