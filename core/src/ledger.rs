@@ -211,6 +211,22 @@ pub async fn group_report<C: GenericClient>(
     let Some((low, high)) = expected.bounds() else {
         return Ok(report);
     };
+    let (chunks, latency) = read_chunks(client, group, expected, low, high).await?;
+    count_acknowledged(&mut report, expected, &chunks);
+    count_anomalies(&mut report, client, group, expected, low, high).await?;
+    report.latency = latency.as_ref().and_then(summary);
+    Ok(report)
+}
+
+/// `group`'s chunk bitmaps for the ids `low..=high`, by chunk, and the merged latency
+/// histogram of the chunks `expected` touches (None when none has one).
+async fn read_chunks<C: GenericClient>(
+    client: &C,
+    group: &str,
+    expected: &IdSet,
+    low: i64,
+    high: i64,
+) -> Result<(HashMap<i64, Vec<u8>>, Option<Histogram<u64>>)> {
     let rows = client
         .query(
             "SELECT chunk, bits, latency FROM outbox_ack_chunks
@@ -242,6 +258,12 @@ pub async fn group_report<C: GenericClient>(
         }
         chunks.insert(chunk, bits);
     }
+    Ok((chunks, latency))
+}
+
+/// Counts each expected id as acknowledged or missing by its bit in `chunks` (an absent
+/// chunk: all its ids missing), keeping the first 20 missing ids as a sample.
+fn count_acknowledged(report: &mut GroupReport, expected: &IdSet, chunks: &HashMap<i64, Vec<u8>>) {
     for &(a, b) in expected.ranges() {
         let mut id = a;
         while id <= b {
@@ -277,6 +299,18 @@ pub async fn group_report<C: GenericClient>(
             id = chunk_end + 1;
         }
     }
+}
+
+/// Counts `group`'s anomalies (duplicates, reorderings, dead letters, abandoned
+/// messages) among the expected ids.
+async fn count_anomalies<C: GenericClient>(
+    report: &mut GroupReport,
+    client: &C,
+    group: &str,
+    expected: &IdSet,
+    low: i64,
+    high: i64,
+) -> Result<()> {
     let anomalies = client
         .query(
             "SELECT id, kind FROM outbox_ack_anomalies
@@ -298,8 +332,7 @@ pub async fn group_report<C: GenericClient>(
             _ => {}
         }
     }
-    report.latency = latency.as_ref().and_then(summary);
-    Ok(report)
+    Ok(())
 }
 
 /// Percentiles of a latency histogram in microseconds (None when it is empty).

@@ -196,17 +196,7 @@ async fn in_cluster(
     )
     .await?;
     let (topic, groups) = topic_and_groups(args, system.as_ref())?;
-    let cpu = if listed {
-        CpuPlan {
-            worker_pods: Some((
-                Api::namespaced(client.clone(), namespace),
-                spec.system_ref.name.clone(),
-            )),
-            ..CpuPlan::new(&[], &spec.cpu_sources, args)?
-        }
-    } else {
-        CpuPlan::new(&producers, &spec.cpu_sources, args)?
-    };
+    let cpu = job_cpu_plan(&client, namespace, &lt, &producers, listed, args)?;
     let plan = Plan {
         run_id,
         load_test: Some(format!("{namespace}/{name}")),
@@ -239,6 +229,31 @@ async fn in_cluster(
         target: Some(target),
         current,
     })))
+}
+
+/// The CPU plan of a run in a Job: the LoadTest's `cpuSources` and the flags' sources,
+/// and either the system's pods, listed afresh at each reading (`listed`: the flags named
+/// no producers and no consumers), or the producers found now.
+fn job_cpu_plan(
+    client: &kube::Client,
+    namespace: &str,
+    lt: &LoadTest,
+    producers: &[Producer],
+    listed: bool,
+    args: &LoadTestArgs,
+) -> Result<CpuPlan> {
+    let spec = &lt.spec;
+    Ok(if listed {
+        CpuPlan {
+            worker_pods: Some((
+                Api::namespaced(client.clone(), namespace),
+                spec.system_ref.name.clone(),
+            )),
+            ..CpuPlan::new(&[], &spec.cpu_sources, args)?
+        }
+    } else {
+        CpuPlan::new(producers, &spec.cpu_sources, args)?
+    })
 }
 
 /// The producers to drive: the flags' when given (no fallback), else the system's

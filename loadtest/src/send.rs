@@ -13,7 +13,8 @@ use outbox_contract::crd::{LoadTestPhase, LoadTestStatus, Scenario};
 
 use super::database::OutboxDb;
 use super::generator::{self, Counters, MessageShape, ScenarioSend};
-use super::progress::Display;
+use super::outage::Board;
+use super::progress::{Bar, Display};
 use super::status::{StatusBook, COMPLETE, VERIFIED};
 use super::{
     measure, sampler, scenario_latency, series, split, verdict, LoadTestArgs, LoadTestError, Plan,
@@ -472,7 +473,32 @@ async fn send_with_progress(
         .map(|s| s.accepted)
         .sum();
     let board = book.board().clone();
-    let tasks = futures::future::join_all(sends.iter().zip(&counters).map(|(send, c)| {
+    let tasks = spawn_senders(http, plan, shape, sends, &counters, &board);
+    tokio::pin!(tasks);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let joined = loop {
+        tokio::select! {
+            joined = &mut tasks => break joined,
+            _ = tick.tick() => show_progress(sends, &counters, &mut bars, book, accepted_before).await,
+            _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
+        }
+    };
+    live.idle();
+    finish_senders(sends, &counters, &mut bars, joined)
+}
+
+/// A task per scenario sending it (`generator::send_scenario`), counting into its
+/// counters; all of them joined.
+fn spawn_senders(
+    http: &reqwest::Client,
+    plan: &Plan,
+    shape: &MessageShape,
+    sends: &[ScenarioSend],
+    counters: &[Arc<Counters>],
+    board: &Board,
+) -> futures::future::JoinAll<tokio::task::JoinHandle<generator::Sent>> {
+    futures::future::join_all(sends.iter().zip(counters).map(|(send, c)| {
         let (http, producers, shape, send, c, board) = (
             http.clone(),
             plan.producers.clone(),
@@ -484,44 +510,56 @@ async fn send_with_progress(
         tokio::spawn(async move {
             generator::send_scenario(&http, &producers, &shape, &send, c, &board).await
         })
-    }));
-    tokio::pin!(tasks);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let joined = loop {
-        tokio::select! {
-            joined = &mut tasks => break joined,
-            _ = tick.tick() => {
-                let mut parts = Vec::new();
-                let mut accepted_now = 0;
-                for ((send, c), bar) in sends.iter().zip(&counters).zip(&mut bars) {
-                    let accepted = c.accepted.load(Ordering::Relaxed) + send.already_accepted;
-                    let failed = c.failed.load(Ordering::Relaxed);
-                    bar.set(send.already_accepted + c.done(), &format!("accepted {accepted} failed {failed}"));
-                    parts.push(format!(
-                        "{}: {}/{} sent ({accepted} accepted, {failed} failed)",
-                        send.name,
-                        send.already_accepted + c.done(),
-                        send.messages,
-                    ));
-                    accepted_now += accepted;
-                }
-                let outage = book.reflect_outages();
-                let status = book.status_mut();
-                status.message = Some(format!(
-                    "{}{}",
-                    parts.join("; "),
-                    outage.map(|o| format!("; {o}")).unwrap_or_default()
-                ));
-                status.accepted_messages = Some(accepted_before + measure::to_i64(accepted_now));
-                book.write_progress().await;
-            }
-            _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
-        }
-    };
-    live.idle();
+    }))
+}
+
+/// Each scenario's progress so far on its bar, and all of them (with any outage) in
+/// the status message, with the accepted messages.
+async fn show_progress(
+    sends: &[ScenarioSend],
+    counters: &[Arc<Counters>],
+    bars: &mut [Bar],
+    book: &mut StatusBook,
+    accepted_before: i64,
+) {
+    let mut parts = Vec::new();
+    let mut accepted_now = 0;
+    for ((send, c), bar) in sends.iter().zip(counters).zip(bars) {
+        let accepted = c.accepted.load(Ordering::Relaxed) + send.already_accepted;
+        let failed = c.failed.load(Ordering::Relaxed);
+        bar.set(
+            send.already_accepted + c.done(),
+            &format!("accepted {accepted} failed {failed}"),
+        );
+        parts.push(format!(
+            "{}: {}/{} sent ({accepted} accepted, {failed} failed)",
+            send.name,
+            send.already_accepted + c.done(),
+            send.messages,
+        ));
+        accepted_now += accepted;
+    }
+    let outage = book.reflect_outages();
+    let status = book.status_mut();
+    status.message = Some(format!(
+        "{}{}",
+        parts.join("; "),
+        outage.map(|o| format!("; {o}")).unwrap_or_default()
+    ));
+    status.accepted_messages = Some(accepted_before + measure::to_i64(accepted_now));
+    book.write_progress().await;
+}
+
+/// Ends each scenario's bar with what its sender reports and returns the reports; a
+/// sender that failed to finish is an error.
+fn finish_senders(
+    sends: &[ScenarioSend],
+    counters: &[Arc<Counters>],
+    bars: &mut [Bar],
+    joined: Vec<std::result::Result<generator::Sent, tokio::task::JoinError>>,
+) -> Result<Vec<generator::Sent>> {
     let mut sent = Vec::with_capacity(sends.len());
-    for ((send, c), (bar, result)) in sends.iter().zip(&counters).zip(bars.iter_mut().zip(joined)) {
+    for ((send, c), (bar, result)) in sends.iter().zip(counters).zip(bars.iter_mut().zip(joined)) {
         let result = result.map_err(|e| {
             LoadTestError::Settings(format!("the sender of scenario {} failed: {e}", send.name))
         })?;

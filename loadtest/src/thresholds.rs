@@ -30,64 +30,98 @@ pub fn check(
     let mut checks = Vec::new();
     for result in results {
         let spec = scenarios.iter().find(|s| s.name == result.name);
-        let one_per_request = spec.is_some_and(|s| !s.batching);
-        let arrival_rate = spec.is_some_and(|s| s.arrival_rate.is_some());
-        let request_limits = t
-            .request_latency_ms
-            .clone()
-            .or_else(|| arrival_rate.then(LatencyLimits::arrival_rate_default));
-        if let (true, Some(limits), Some(latency)) =
-            (one_per_request, &request_limits, &result.latency)
-        {
+        request_latency_checks(&mut checks, t, spec, result);
+        end_to_end_latency_checks(&mut checks, t, result);
+        rate_checks(&mut checks, t, result);
+    }
+    duplicate_checks(&mut checks, t, groups);
+    checks
+}
+
+/// Request latency, for a scenario sent one message per request: the spec's limits,
+/// else the arrival-rate defaults for an arrival-rate scenario.
+fn request_latency_checks(
+    checks: &mut Vec<ThresholdCheck>,
+    t: &Thresholds,
+    spec: Option<&Scenario>,
+    result: &ScenarioResult,
+) {
+    let one_per_request = spec.is_some_and(|s| !s.batching);
+    let arrival_rate = spec.is_some_and(|s| s.arrival_rate.is_some());
+    let request_limits = t
+        .request_latency_ms
+        .clone()
+        .or_else(|| arrival_rate.then(LatencyLimits::arrival_rate_default));
+    if let (true, Some(limits), Some(latency)) = (one_per_request, &request_limits, &result.latency)
+    {
+        latency_checks(
+            checks,
+            "requestLatency",
+            &result.name,
+            None,
+            limits,
+            latency,
+        );
+    }
+}
+
+/// End-to-end latency, per group whose latency the scenario measured.
+fn end_to_end_latency_checks(
+    checks: &mut Vec<ThresholdCheck>,
+    t: &Thresholds,
+    result: &ScenarioResult,
+) {
+    if let Some(limits) = &t.end_to_end_latency_ms {
+        for group in &result.end_to_end_latency {
+            let measured = LatencyPercentiles {
+                p50: group.p50,
+                p95: group.p95,
+                p99: group.p99,
+                max: group.max,
+                ..LatencyPercentiles::default()
+            };
             latency_checks(
-                &mut checks,
-                "requestLatency",
+                checks,
+                "endToEndLatency",
                 &result.name,
-                None,
+                Some(group.group.clone()),
                 limits,
-                latency,
+                &measured,
             );
         }
-        if let Some(limits) = &t.end_to_end_latency_ms {
-            for group in &result.end_to_end_latency {
-                let measured = LatencyPercentiles {
-                    p50: group.p50,
-                    p95: group.p95,
-                    p99: group.p99,
-                    max: group.max,
-                    ..LatencyPercentiles::default()
-                };
-                latency_checks(
-                    &mut checks,
-                    "endToEndLatency",
-                    &result.name,
-                    Some(group.group.clone()),
-                    limits,
-                    &measured,
-                );
-            }
-        }
-        if let Some(limit) = t.min_throughput {
+    }
+}
+
+/// The scenario's throughput, and the achieved ratio of each of its arrival-rate stages.
+fn rate_checks(checks: &mut Vec<ThresholdCheck>, t: &Thresholds, result: &ScenarioResult) {
+    if let Some(limit) = t.min_throughput {
+        checks.push(at_least(
+            "throughput",
+            Some(&result.name),
+            None,
+            limit,
+            result.throughput,
+        ));
+    }
+    if let Some(limit) = t.min_achieved_ratio {
+        for (i, stage) in result.stages.iter().enumerate() {
             checks.push(at_least(
-                "throughput",
+                "achievedRatio",
                 Some(&result.name),
-                None,
+                Some(format!("stage {}", i + 1)),
                 limit,
-                result.throughput,
+                stage.achieved_ratio,
             ));
         }
-        if let Some(limit) = t.min_achieved_ratio {
-            for (i, stage) in result.stages.iter().enumerate() {
-                checks.push(at_least(
-                    "achievedRatio",
-                    Some(&result.name),
-                    Some(format!("stage {}", i + 1)),
-                    limit,
-                    stage.achieved_ratio,
-                ));
-            }
-        }
     }
+}
+
+/// The duplicates each group received.
+fn duplicate_checks(
+    checks: &mut Vec<ThresholdCheck>,
+    t: &Thresholds,
+    groups: &[GroupVerification],
+) {
     if let Some(limit) = t.max_duplicates {
         for group in groups {
             checks.push(at_most(
@@ -99,7 +133,6 @@ pub fn check(
             ));
         }
     }
-    checks
 }
 
 fn latency_checks(

@@ -35,6 +35,14 @@ impl ProducerMetrics {
     /// Registers every metric under `outbox_`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("outbox");
+        self.register_requests(r);
+        self.register_retention(r);
+        self.register_relay(r);
+        self.register_backlog(r);
+    }
+
+    /// The HTTP service's outcomes: messages accepted, requests refused and replayed.
+    fn register_requests(&self, r: &mut Registry) {
         r.register(
             "messages_accepted",
             "Messages stored in the outbox (2xx answered)",
@@ -75,6 +83,10 @@ impl ProducerMetrics {
             "Requests whose Idempotency-Key had already stored their messages (answered with the first ids)",
             self.replayed.clone(),
         );
+    }
+
+    /// The retention of relayed rows: rows deleted, rounds run.
+    fn register_retention(&self, r: &mut Registry) {
         r.register(
             "retention_deleted",
             "Relayed outbox rows deleted by retention",
@@ -85,6 +97,10 @@ impl ProducerMetrics {
             "Retention rounds this replica ran to the end (holding the retention lock)",
             self.retention_rounds.clone(),
         );
+    }
+
+    /// The relay: rows quarantined, messages and batches published, restarts, leadership.
+    fn register_relay(&self, r: &mut Registry) {
         r.register(
             "relay_quarantined",
             "Rows the relay could not publish (refused by Kafka for good, or for a topic it does not relay to), moved to outbox_quarantine and skipped",
@@ -110,6 +126,10 @@ impl ProducerMetrics {
             "1 while this instance holds the relay lock",
             self.relay_leader.clone(),
         );
+    }
+
+    /// The backlog the relay has yet to publish, read every 10 s.
+    fn register_backlog(&self, r: &mut Registry) {
         r.register(
             "backlog_pending",
             "Outbox rows not yet relayed (counted up to 1,000,000), read every 10 s",

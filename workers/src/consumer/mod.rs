@@ -6,17 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
-use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
 use tokio_postgres::Client;
 use tracing::Instrument;
 
@@ -26,12 +19,13 @@ use crate::config::{kafka_client_properties, CommonArgs};
 use crate::error::{Error, KafkaContext, Result};
 use crate::headers;
 use crate::metrics::ConsumerMetrics;
-use crate::probes::{self, Started};
+use crate::probes::Started;
 use crate::shutdown::{self, ShutdownSignal};
 use ack_transaction::{BatchLimits, First, Inbox};
 use ledger::{Ack, AckRecorder, GivenUp};
 
 mod ack_transaction;
+mod http;
 pub mod ledger;
 
 /// Consumer settings.
@@ -99,17 +93,6 @@ pub const DEFAULT_ACKS_PER_TRANSACTION: usize = 20_000;
 /// ends with the message that reaches it), so large messages cannot fill memory.
 pub const TRANSACTION_MAX_BYTES: usize = 16 << 20;
 
-#[derive(Clone)]
-struct HealthState {
-    database_url: String,
-    group: String,
-    consumer: Arc<StreamConsumer>,
-    metrics: ConsumerMetrics,
-    registry: Arc<Registry>,
-    started: Started,
-    health: Arc<probes::CachedCheck>,
-}
-
 /// Runs a consumer-group member until `shutdown`, finishing its in-flight batch.
 pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
@@ -140,7 +123,7 @@ async fn run_member(args: ConsumerArgs, mut shutdown: ShutdownSignal) -> Result<
     let consumer = Arc::new(create_consumer(&args, &base)?);
     let metrics = ConsumerMetrics::default();
     let started = Started::default();
-    let server = serve(&args, &consumer, &metrics, &started, shutdown.clone()).await?;
+    let server = http::serve(&args, &consumer, &metrics, &started, shutdown.clone()).await?;
     tracing::info!(topics = ?topics, "consumer serving probes; waiting for PostgreSQL");
     let Some(db) = crate::db::wait_and_migrate(
         &args.common.database_url,
@@ -234,41 +217,6 @@ fn create_consumer(args: &ConsumerArgs, base: &rdkafka::ClientConfig) -> Result<
     config.create().kafka("creating the Kafka consumer")
 }
 
-/// Serves health, the probes and the metrics until `shutdown`.
-async fn serve(
-    args: &ConsumerArgs,
-    consumer: &Arc<StreamConsumer>,
-    metrics: &ConsumerMetrics,
-    started: &Started,
-    mut shutdown: ShutdownSignal,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    registry.register_collector(Box::new(crate::cpu::ProcessCollector));
-    let health = HealthState {
-        database_url: args.common.database_url.clone(),
-        group: args.group.clone(),
-        consumer: consumer.clone(),
-        metrics: metrics.clone(),
-        registry: Arc::new(registry),
-        started: started.clone(),
-        health: Arc::new(probes::CachedCheck::default()),
-    };
-    let (listener, address) = args.common.bind_http().await?;
-    let app = Router::new()
-        .route("/api/consumer/health", get(health_check))
-        .route(probes::LIVENESS_PATH, get(probes::alive))
-        .route(probes::READINESS_PATH, get(ready))
-        .route("/metrics", get(render_metrics))
-        .with_state(health);
-    tracing::info!(%address, "consumer listening");
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown::wait(&mut shutdown).await })
-            .await
-    }))
-}
-
 /// Commits the last offsets and stops the side tasks. After a clean stop the HTTP
 /// server drains; a member stopping on its own (a wedged Kafka client) stops it too.
 async fn stop(
@@ -308,13 +256,6 @@ async fn warn_until_topics_exist(
             _ = shutdown::wait(&mut shutdown) => return,
         }
     }
-}
-
-/// Readiness: the member has started (PostgreSQL reached once, subscribed).
-async fn ready(State(state): State<HealthState>) -> Response {
-    probes::readiness(
-        (!state.started.get()).then(|| "waiting for PostgreSQL to migrate the schema".into()),
-    )
 }
 
 struct Member<'a> {
@@ -378,31 +319,69 @@ impl Member<'_> {
         shutdown: &mut ShutdownSignal,
     ) -> Result<Outcome> {
         let parsed = parse_batch(batch);
-        if !parsed.foreign.is_empty() {
+        self.set_aside_foreign(&parsed.foreign).await?;
+        let mut retry = Retry::new(self.args);
+        let failure = match self
+            .record_with_retries(&parsed.acks, &mut retry, shutdown)
+            .await
+        {
+            Ok(outcome) => return Ok(outcome),
+            Err(failure) => failure,
+        };
+        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a batch keeps failing: trying each message alone, dead-lettering those that fail on their own");
+        let batch_attempts = retry.attempts;
+        let Some(dead) = self.record_each_alone(&parsed, shutdown).await else {
+            return Ok(Outcome::Stopped);
+        };
+        self.give_up(&dead, batch_attempts).await?;
+        self.metrics.retrying.set(0);
+        Ok(if dead.is_empty() {
+            Outcome::Recorded
+        } else {
+            Outcome::DeadLettered
+        })
+    }
+
+    /// Messages that carry no outbox id: logged, and sent to the dead-letter topic when
+    /// there is one.
+    async fn set_aside_foreign(&self, foreign: &[&OwnedMessage]) -> Result<()> {
+        if !foreign.is_empty() {
             // Not outbox messages (no id): nothing to acknowledge, never retriable.
             tracing::warn!(
-                count = parsed.foreign.len(),
+                count = foreign.len(),
                 "messages without a valid {} header",
                 headers::MESSAGE_ID
             );
             if self.dead_letters.is_some() {
                 // Refused ones have no id to record; `dead_letter` logged them.
-                self.dead_letter(&parsed.foreign, "no valid outbox message id header")
+                self.dead_letter(foreign, "no valid outbox message id header")
                     .await?;
             }
         }
-        let mut retry = Retry::new(self.args);
-        let failure = loop {
-            match self.record(&parsed.acks).await {
+        Ok(())
+    }
+
+    /// Records the batch's acknowledgements in one transaction, retrying as `retry`
+    /// counts. Ok: recorded, or stopped by shutdown; Err: the last failure, once the
+    /// retries are used up and a dead-letter topic can take the messages (without one it
+    /// retries on rather than drop messages).
+    async fn record_with_retries(
+        &mut self,
+        acks: &[Ack],
+        retry: &mut Retry,
+        shutdown: &mut ShutdownSignal,
+    ) -> Result<Outcome> {
+        loop {
+            match self.record(acks).await {
                 Ok(()) => {
                     self.metrics.retrying.set(0);
                     return Ok(Outcome::Recorded);
                 }
                 Err(e) => {
-                    self.metrics.retried.inc_by(parsed.acks.len() as u64);
+                    self.metrics.retried.inc_by(acks.len() as u64);
                     if let Some(e) = retry.exhausted(e) {
                         if self.dead_letters.is_some() {
-                            break e;
+                            return Err(e);
                         }
                         tracing::error!(error = %crate::error_chain(&e), attempt = retry.attempts, "retries exhausted and no DEAD_LETTER_TOPIC: retrying on rather than drop messages");
                     }
@@ -412,9 +391,17 @@ impl Member<'_> {
                     }
                 }
             }
-        };
-        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a batch keeps failing: trying each message alone, dead-lettering those that fail on their own");
-        let batch_attempts = retry.attempts;
+        }
+    }
+
+    /// Records each acknowledgement alone, retrying infrastructure failures for as long
+    /// as they last; returns those that fail on their own, with their message and error
+    /// (None: shutdown came first).
+    async fn record_each_alone<'m>(
+        &mut self,
+        parsed: &Parsed<'m>,
+        shutdown: &mut ShutdownSignal,
+    ) -> Option<Vec<(Ack, &'m OwnedMessage, String)>> {
         let mut dead = Vec::new();
         for (ack, message) in parsed.acks.iter().zip(&parsed.messages) {
             let mut alone = Retry::new(self.args);
@@ -424,7 +411,7 @@ impl Member<'_> {
                     Err(e) if is_infrastructure(&e) => {
                         alone.exhausted(e);
                         if !alone.wait(shutdown).await {
-                            return Ok(Outcome::Stopped);
+                            return None;
                         }
                     }
                     Err(e) => {
@@ -434,7 +421,17 @@ impl Member<'_> {
                 }
             }
         }
-        for (ack, message, error) in &dead {
+        Some(dead)
+    }
+
+    /// Sends the messages that failed on their own to the dead-letter topic and records
+    /// each in the ledger as dead-lettered, or as abandoned when the topic refused it.
+    async fn give_up(
+        &self,
+        dead: &[(Ack, &OwnedMessage, String)],
+        batch_attempts: i64,
+    ) -> Result<()> {
+        for (ack, message, error) in dead {
             let refused = self
                 .dead_letter(
                     &[message],
@@ -458,12 +455,7 @@ impl Member<'_> {
                 }
             }
         }
-        self.metrics.retrying.set(0);
-        Ok(if dead.is_empty() {
-            Outcome::Recorded
-        } else {
-            Outcome::DeadLettered
-        })
+        Ok(())
     }
 
     async fn record(&mut self, acks: &[Ack]) -> Result<()> {
@@ -728,134 +720,5 @@ async fn track_lag(
     }
 }
 
-async fn health_check(State(state): State<HealthState>) -> Response {
-    let cache = state.health.clone();
-    cache.answer(|| check_health(state)).await
-}
-
-async fn check_health(state: HealthState) -> (StatusCode, serde_json::Value) {
-    let database = match tokio::time::timeout(
-        Duration::from_secs(3),
-        crate::db::connect(&state.database_url),
-    )
-    .await
-    {
-        Ok(Ok(client)) => match client.simple_query("SELECT 1").await {
-            Ok(_) => "UP".to_string(),
-            Err(e) => format!("DOWN: {e}"),
-        },
-        Ok(Err(e)) => format!("DOWN: {e}"),
-        Err(_) => "DOWN: no answer within 3s".to_string(),
-    };
-    let c = state.consumer.clone();
-    let kafka =
-        match tokio::task::spawn_blocking(move || c.fetch_metadata(None, Duration::from_secs(3)))
-            .await
-        {
-            Ok(Ok(_)) => "UP".to_string(),
-            Ok(Err(e)) => format!("DOWN: {e}"),
-            Err(e) => format!("DOWN: {e}"),
-        };
-    let up = database == "UP" && kafka == "UP";
-    let body = json!({
-        "status": if up { "UP" } else { "DOWN" },
-        "group": state.group,
-        "database": database,
-        "kafka": kafka,
-        "retrying": state.metrics.retrying.get() == 1,
-        "lag": state.metrics.lag.get(),
-    });
-    let status = if up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, body)
-}
-
-async fn render_metrics(State(state): State<HealthState>) -> Response {
-    crate::metrics::render(&state.registry)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use rdkafka::error::KafkaError;
-    use rdkafka::types::RDKafkaErrorCode;
-    use rdkafka::Timestamp;
-
-    #[test]
-    fn a_dead_letter_topic_refusing_a_message_for_good_is_told_from_an_outage() {
-        for code in [
-            RDKafkaErrorCode::MessageSizeTooLarge,
-            RDKafkaErrorCode::UnknownTopic,
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-            RDKafkaErrorCode::TopicAuthorizationFailed,
-        ] {
-            assert!(
-                dead_letter_refused_for_good(&KafkaError::MessageProduction(code)),
-                "{code:?}"
-            );
-        }
-        for code in [
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::BrokerTransportFailure,
-            RDKafkaErrorCode::AllBrokersDown,
-            RDKafkaErrorCode::NotEnoughReplicas,
-        ] {
-            assert!(
-                !dead_letter_refused_for_good(&KafkaError::MessageProduction(code)),
-                "{code:?}"
-            );
-        }
-    }
-
-    fn message(headers: &[(&str, &str)]) -> OwnedMessage {
-        let mut h = OwnedHeaders::new();
-        for (k, v) in headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
-        OwnedMessage::new(
-            Some(b"p".to_vec()),
-            Some(b"k".to_vec()),
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            42,
-            Some(h),
-        )
-    }
-
-    #[test]
-    fn the_relays_first_headers_win_over_later_copies() {
-        let forged = message(&[
-            (headers::MESSAGE_ID, "100"),
-            (headers::TRANSACTION_ID, "9"),
-            (headers::CREATED_AT_MICROS, "5"),
-            (headers::MESSAGE_ID, "7"),
-            (headers::TRANSACTION_ID, "1"),
-        ]);
-        let batch = [forged];
-        let Parsed { acks, foreign, .. } = parse_batch(&batch);
-        assert!(foreign.is_empty());
-        assert_eq!(acks.len(), 1);
-        assert_eq!(acks[0].id, 100);
-        assert_eq!(acks[0].order, Some((9, 100)));
-        assert_eq!(acks[0].created_at_us, Some(5));
-    }
-
-    #[test]
-    fn an_invalid_first_id_is_not_rescued_by_a_later_one() {
-        let batch = [message(&[
-            (headers::MESSAGE_ID, "x"),
-            (headers::MESSAGE_ID, "7"),
-        ])];
-        let Parsed { acks, foreign, .. } = parse_batch(&batch);
-        assert!(acks.is_empty());
-        assert_eq!(foreign.len(), 1);
-    }
-}
+mod tests;

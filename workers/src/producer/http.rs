@@ -278,15 +278,35 @@ fn validate(
     state: &AppState,
     field_prefix: &str,
 ) -> Result<NewMessage, ApiError> {
-    let topics = &state.topics;
-    if !topics.contains(&request.topic) {
+    refuse_unknown_topic(&request.topic, &state.topics, field_prefix)?;
+    refuse_nul(&request.message, || format!("{field_prefix}message"))?;
+    if let Some(key) = &request.key {
+        refuse_nul(key, || format!("{field_prefix}key"))?;
+    }
+    refuse_bad_headers(request.headers.as_ref(), field_prefix)?;
+    refuse_oversized(&request, &state.limits, field_prefix)?;
+    Ok(NewMessage {
+        topic: request.topic,
+        key: request.key,
+        payload: request.message,
+        headers: request.headers,
+    })
+}
+
+/// 400 naming the topics this producer accepts when `topic` is not one of them.
+fn refuse_unknown_topic(
+    topic: &str,
+    topics: &HashSet<String>,
+    field_prefix: &str,
+) -> Result<(), ApiError> {
+    if !topics.contains(topic) {
         let mut known: Vec<&String> = topics.iter().collect();
         known.sort();
         let field = format!("{field_prefix}topic");
         return Err(ApiError::bad(
             format!(
                 "{field}: unknown topic `{}`: this producer accepts {}",
-                request.topic,
+                topic,
                 known
                     .iter()
                     .map(|t| format!("`{t}`"))
@@ -296,11 +316,16 @@ fn validate(
             Some(field),
         ));
     }
-    refuse_nul(&request.message, || format!("{field_prefix}message"))?;
-    if let Some(key) = &request.key {
-        refuse_nul(key, || format!("{field_prefix}key"))?;
-    }
-    for (name, value) in request.headers.iter().flatten() {
+    Ok(())
+}
+
+/// 400 for a reserved header name or a NUL in a header, 413 when the headers alone are
+/// larger than a message may be.
+fn refuse_bad_headers(
+    headers: Option<&BTreeMap<String, String>>,
+    field_prefix: &str,
+) -> Result<(), ApiError> {
+    for (name, value) in headers.into_iter().flatten() {
         let field = || format!("{field_prefix}headers.{}", name.replace('\0', "\\u0000"));
         if headers::is_reserved(name) {
             let field = field();
@@ -315,7 +340,7 @@ fn validate(
         refuse_nul(name, field)?;
         refuse_nul(value, field)?;
     }
-    if let Some(headers) = &request.headers {
+    if let Some(headers) = headers {
         if let Some(problem) =
             message_size::refuse_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         {
@@ -327,6 +352,15 @@ fn validate(
             });
         }
     }
+    Ok(())
+}
+
+/// 413 when the message (payload, key and headers) is larger than its topic takes.
+fn refuse_oversized(
+    request: &SendRequest,
+    limits: &TopicLimits,
+    field_prefix: &str,
+) -> Result<(), ApiError> {
     let size = message_size::record_size(
         &request.message,
         request.key.as_deref(),
@@ -336,7 +370,7 @@ fn validate(
             .flatten()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    let limit = state.limits.limit(&request.topic);
+    let limit = limits.limit(&request.topic);
     if size > limit.bytes {
         let field = format!("{field_prefix}message");
         return Err(ApiError {
@@ -348,12 +382,7 @@ fn validate(
             field: Some(field),
         });
     }
-    Ok(NewMessage {
-        topic: request.topic,
-        key: request.key,
-        payload: request.message,
-        headers: request.headers,
-    })
+    Ok(())
 }
 
 /// 400 naming the field when `value` holds a NUL; the field name is only written out

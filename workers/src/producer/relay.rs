@@ -23,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer, PurgeConfig};
 use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -32,10 +31,14 @@ use tokio_postgres::{Client, Statement};
 use tracing::Instrument;
 
 use crate::error::{DbContext, Error, Result};
-use crate::headers;
 use crate::message_size::{self, TopicLimits};
 use crate::metrics::ProducerMetrics;
 use crate::shutdown::{self, ShutdownSignal};
+use landing::{await_deliveries, land_in_order, over_in_flight_bounds, Delivered, InFlight};
+use rows::{next_fetch_rows, row_bytes, Row, FETCH, FIRST_FETCH_ROWS};
+
+mod landing;
+mod rows;
 
 /// Rows confirmed by Kafka up to here: `(txid, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,15 +80,6 @@ impl Default for RelaySettings {
     }
 }
 
-// Output columns are aliased so that ORDER BY names the xid8 column, not its text.
-const FETCH: &str = "SELECT m.id, m.txid::text AS txid_text, m.topic, m.key, m.payload, m.headers,
-        (EXTRACT(EPOCH FROM m.created_at) * 1000000)::bigint AS created_us
-    FROM outbox_messages m
-    WHERE (m.txid, m.id) > ($1::text::xid8, $2::bigint)
-      AND m.txid < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY m.txid, m.id
-    LIMIT $3";
-
 const PERSIST: &str = "UPDATE outbox_relay_state
     SET wm_txid = $1::text::xid8, wm_id = $2, leader = $3,
         published = published + $4, updated_at = now()";
@@ -121,25 +115,6 @@ pub struct Relay {
     suspects: Mutex<HashSet<Watermark>>,
 }
 
-struct InFlight {
-    last: Watermark,
-    count: u64,
-    /// Bytes of its rows (payload, key and headers): librdkafka's queue bound counts
-    /// payloads only, so the relay bounds what it hands over itself.
-    bytes: usize,
-    deliveries: JoinHandle<Result<(), DeliveryFailure>>,
-}
-
-/// A message Kafka did not confirm.
-#[derive(Debug)]
-struct DeliveryFailure {
-    at: Watermark,
-    error: String,
-    /// Kafka refused the message itself (too large, invalid): retrying as it is
-    /// cannot help.
-    for_good: bool,
-}
-
 /// Error codes that refuse a message for what it is, not for the state of the cluster.
 fn refused_for_good(code: RDKafkaErrorCode) -> bool {
     matches!(
@@ -150,147 +125,6 @@ fn refused_for_good(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::InvalidRecord
             | RDKafkaErrorCode::MessageBatchTooLarge
     )
-}
-
-/// Rows of a session's first read, before their size is known.
-const FIRST_FETCH_ROWS: i64 = 1_000;
-
-/// Bytes a fetched row holds: payload, key and headers (columns 4, 3 and 5 of
-/// `FETCH`), the headers as PostgreSQL sent them, unparsed. An empty payload may come
-/// with most of a megabyte of headers.
-fn row_bytes(row: &tokio_postgres::Row) -> usize {
-    let payload = row.try_get::<_, &str>(4).map_or(0, str::len);
-    let key = row
-        .try_get::<_, Option<&str>>(3)
-        .ok()
-        .flatten()
-        .map_or(0, str::len);
-    let headers = row
-        .try_get::<_, Option<RawJson<'_>>>(5)
-        .ok()
-        .flatten()
-        .map_or(0, |h| h.0.len());
-    payload + key + headers
-}
-
-/// A json or jsonb value's bytes as they came over the wire, not parsed.
-struct RawJson<'a>(&'a [u8]);
-
-impl<'a> tokio_postgres::types::FromSql<'a> for RawJson<'a> {
-    fn from_sql(
-        _: &tokio_postgres::types::Type,
-        raw: &'a [u8],
-    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(RawJson(raw))
-    }
-
-    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        matches!(
-            *ty,
-            tokio_postgres::types::Type::JSON | tokio_postgres::types::Type::JSONB
-        )
-    }
-}
-
-/// Rows to ask for next: as many rows of `row_bytes` as `fetch_bytes` holds, at least
-/// one, at most `rows_per_kafka_batch`.
-fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, rows_per_kafka_batch: i64) -> i64 {
-    let fit = fetch_bytes / row_bytes.max(1);
-    i64::try_from(fit)
-        .unwrap_or(i64::MAX)
-        .clamp(1, rows_per_kafka_batch.max(1))
-}
-
-/// Whether more is in flight than the settings allow: more batches than
-/// `max_in_flight_batches`, or more bytes (headers included) than the producer's
-/// queue is given.
-fn over_in_flight_bounds(in_flight: &VecDeque<InFlight>, settings: &RelaySettings) -> bool {
-    in_flight.len() > settings.max_in_flight_batches
-        || in_flight.iter().map(|b| b.bytes).sum::<usize>()
-            > settings.queue_kbytes.saturating_mul(1024)
-}
-
-/// What one outbox row becomes in Kafka.
-struct Row<'a> {
-    at: Watermark,
-    topic: &'a str,
-    key: Option<&'a str>,
-    payload: &'a str,
-    /// Moved into the record when the row is handed to Kafka.
-    headers: Option<OwnedHeaders>,
-    size: usize,
-}
-
-impl<'a> Row<'a> {
-    fn read(row: &'a tokio_postgres::Row) -> Result<Self> {
-        let id: i64 = row.get(0);
-        let txid: &str = row.get(1);
-        let topic: &str = row.get(2);
-        let key: Option<&str> = row.get(3);
-        let payload: &str = row.get(4);
-        let extra: Option<serde_json::Value> = row.get(5);
-        let created_us: i64 = row.get(6);
-        let id_text = id.to_string();
-        let created_text = created_us.to_string();
-        let mut kafka_headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: headers::MESSAGE_ID,
-                value: Some(&id_text),
-            })
-            .insert(Header {
-                key: headers::TRANSACTION_ID,
-                value: Some(txid),
-            })
-            .insert(Header {
-                key: headers::CREATED_AT_MICROS,
-                value: Some(&created_text),
-            });
-        let mut user_headers = Vec::new();
-        if let Some(serde_json::Value::Object(map)) = &extra {
-            for (name, value) in map {
-                // A row written straight into the table may carry anything: never let
-                // it set the headers consumers trust.
-                if headers::is_reserved(name) {
-                    tracing::warn!(id, header = %name, "dropping a reserved header name from an outbox row");
-                    continue;
-                }
-                if let Some(value) = value.as_str() {
-                    kafka_headers = kafka_headers.insert(Header {
-                        key: name,
-                        value: Some(value),
-                    });
-                    user_headers.push((name.as_str(), value));
-                }
-            }
-        }
-        let size = message_size::record_size(payload, key, user_headers);
-        Ok(Row {
-            at: Watermark {
-                txid: txid
-                    .parse()
-                    .map_err(|e| Error::Relay(format!("row {id} has txid {txid:?}: {e}")))?,
-                id,
-            },
-            topic,
-            key,
-            payload,
-            headers: Some(kafka_headers),
-            size,
-        })
-    }
-
-    /// The record to hand to Kafka; the row's headers move into it (a row is handed
-    /// once).
-    fn record(&mut self) -> FutureRecord<'a, str, str> {
-        let mut record = FutureRecord::<str, str>::to(self.topic).payload(self.payload);
-        if let Some(headers) = self.headers.take() {
-            record = record.headers(headers);
-        }
-        if let Some(key) = self.key {
-            record = record.key(key);
-        }
-        record
-    }
 }
 
 /// How a single row was handed to Kafka.
@@ -901,62 +735,6 @@ struct Statements {
     quarantine: Statement,
 }
 
-/// A batch's deliveries as its task ends.
-type Delivered = std::result::Result<Result<(), DeliveryFailure>, tokio::task::JoinError>;
-
-/// Batches landed together: the watermark after the last, their messages and number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Landed {
-    last: Watermark,
-    count: u64,
-    batches: u64,
-}
-
-/// Of batches finished in order, those that landed before the first that did not, and
-/// the outcome of that one: the watermark may move past the first group only.
-fn land_in_order(
-    finished: Vec<(Watermark, u64, Delivered)>,
-) -> (Option<Landed>, Option<Delivered>) {
-    let mut landed: Option<Landed> = None;
-    for (last, count, outcome) in finished {
-        if !matches!(outcome, Ok(Ok(()))) {
-            return (landed, Some(outcome));
-        }
-        let before = landed.map_or((0, 0), |l| (l.count, l.batches));
-        landed = Some(Landed {
-            last,
-            count: before.0 + count,
-            batches: before.1 + 1,
-        });
-    }
-    (landed, None)
-}
-
-async fn await_deliveries(
-    deliveries: Vec<(Watermark, DeliveryFuture)>,
-) -> Result<(), DeliveryFailure> {
-    for (at, delivery) in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(DeliveryFailure {
-                    at,
-                    for_good: e.rdkafka_error_code().is_some_and(refused_for_good),
-                    error: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(DeliveryFailure {
-                    at,
-                    error: "the producer dropped a delivery report".into(),
-                    for_good: false,
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The watermark the last session stored.
 async fn stored_watermark(client: &Client) -> Result<Watermark> {
     let row = client
@@ -973,106 +751,5 @@ async fn stored_watermark(client: &Client) -> Result<Watermark> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{
-        land_in_order, next_fetch_rows, over_in_flight_bounds, Delivered, DeliveryFailure,
-        InFlight, Landed, RelaySettings, Watermark,
-    };
-    use std::collections::VecDeque;
-
-    fn at(id: i64) -> Watermark {
-        Watermark { txid: 7, id }
-    }
-
-    fn refused(id: i64) -> Delivered {
-        Ok(Err(DeliveryFailure {
-            at: at(id),
-            error: "broker down".into(),
-            for_good: false,
-        }))
-    }
-
-    #[test]
-    fn batches_that_landed_together_store_one_watermark_after_the_last() {
-        let (landed, failed) = land_in_order(vec![
-            (at(3), 3, Ok(Ok(()))),
-            (at(5), 2, Ok(Ok(()))),
-            (at(9), 4, Ok(Ok(()))),
-        ]);
-        assert_eq!(
-            landed,
-            Some(Landed {
-                last: at(9),
-                count: 9,
-                batches: 3
-            })
-        );
-        assert!(failed.is_none());
-    }
-
-    #[test]
-    fn the_watermark_stops_before_the_first_batch_that_did_not_land() {
-        let (landed, failed) = land_in_order(vec![
-            (at(3), 3, Ok(Ok(()))),
-            (at(5), 2, refused(4)),
-            (at(9), 4, Ok(Ok(()))),
-        ]);
-        assert_eq!(
-            landed,
-            Some(Landed {
-                last: at(3),
-                count: 3,
-                batches: 1
-            })
-        );
-        assert!(matches!(failed, Some(Ok(Err(f))) if f.at == at(4)));
-        let (landed, failed) = land_in_order(vec![(at(5), 2, refused(5))]);
-        assert_eq!(landed, None);
-        assert!(failed.is_some());
-        assert_eq!(land_in_order(Vec::new()).0, None);
-    }
-
-    #[tokio::test]
-    async fn batches_in_flight_are_bounded_in_bytes_headers_included_as_well_as_in_number() {
-        let settings = RelaySettings {
-            max_in_flight_batches: 4,
-            queue_kbytes: 1024,
-            ..RelaySettings::default()
-        };
-        let batch = |bytes: usize| InFlight {
-            last: at(1),
-            count: 1,
-            bytes,
-            deliveries: tokio::spawn(async { Ok(()) }),
-        };
-        let mut in_flight: VecDeque<InFlight> = (0..4).map(|_| batch(256 * 1024)).collect();
-        assert!(
-            !over_in_flight_bounds(&in_flight, &settings),
-            "4 batches, 1 MiB"
-        );
-        in_flight.push_back(batch(0));
-        assert!(over_in_flight_bounds(&in_flight, &settings), "5 batches");
-        // Two batches of rows that are all headers: few, but more bytes than the queue.
-        let heavy: VecDeque<InFlight> = (0..2).map(|_| batch(600 * 1024)).collect();
-        assert!(
-            over_in_flight_bounds(&heavy, &settings),
-            "1.2 MiB in 2 batches"
-        );
-    }
-
-    #[test]
-    fn large_rows_are_read_as_many_as_the_fetch_bytes_hold() {
-        assert_eq!(next_fetch_rows(100 * 1024, 32 << 20, 10_000), 327);
-    }
-
-    #[test]
-    fn small_rows_are_read_a_whole_batch_at_a_time() {
-        assert_eq!(next_fetch_rows(100, 32 << 20, 10_000), 10_000);
-    }
-
-    #[test]
-    fn a_row_larger_than_the_fetch_bytes_is_still_read() {
-        assert_eq!(next_fetch_rows(64 << 20, 32 << 20, 10_000), 1);
-        assert_eq!(next_fetch_rows(0, 32 << 20, 10_000), 10_000);
-    }
-}
+#[path = "relay_tests.rs"]
+mod tests;
