@@ -25,7 +25,7 @@ pub mod names {
     pub const RUST_LOG: &str = "RUST_LOG";
     /// Every role, with `spec.database.caSecretRef`: the CA file.
     pub const PGSSLROOTCERT: &str = "PGSSLROOTCERT";
-    /// Producer: outbox rows per Kafka batch of the relay.
+    /// Producer: outbox rows per relay read.
     pub const RELAY_ROWS_PER_READ: &str = "RELAY_ROWS_PER_READ";
     /// Producer: how long an idle relay waits before looking at the outbox again.
     pub const RELAY_LINGER_MS: &str = "RELAY_LINGER_MS";
@@ -72,7 +72,7 @@ pub fn kafka_client_property(name: &str) -> Option<String> {
 pub mod defaults {
     /// The HTTP port of every worker.
     pub const HTTP_PORT: u16 = 8080;
-    /// Outbox rows per relay batch.
+    /// Outbox rows per relay read.
     pub const RELAY_ROWS_PER_READ: i32 = 10_000;
     /// Idle relay wait, ms.
     pub const RELAY_LINGER_MS: i32 = 5;

@@ -336,7 +336,9 @@ async fn a_relay_setting_under_its_old_name_still_reaches_the_producers() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let producer = wait_present(&deployments, "outbox-producer").await;
     assert_eq!(
-        env_of(&producer).get("RELAY_ROWS_PER_READ").map(String::as_str),
+        env_of(&producer)
+            .get("RELAY_ROWS_PER_READ")
+            .map(String::as_str),
         Some("777")
     );
     delete_namespace(&client, &ns).await;

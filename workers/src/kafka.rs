@@ -23,8 +23,9 @@ pub fn client_config(bootstrap_servers: &str, extra: &BTreeMap<String, String>) 
 
 /// The relay's producer: idempotent, acks from all in-sync replicas, never gives up on a
 /// message locally (a broker outage stalls the relay instead of dropping or reordering),
-/// batches generously but never above `batch_bytes` (the smallest topic limit).
-pub fn relay_producer(base: &ClientConfig, batch_bytes: usize) -> Result<FutureProducer> {
+/// fills record batches generously but never above `record_batch_bytes` (the smallest
+/// topic limit).
+pub fn relay_producer(base: &ClientConfig, record_batch_bytes: usize) -> Result<FutureProducer> {
     let mut config = base.clone();
     config
         .set("enable.idempotence", "true")
@@ -36,7 +37,7 @@ pub fn relay_producer(base: &ClientConfig, batch_bytes: usize) -> Result<FutureP
             "message.max.bytes",
             crate::message_size::RELAY_MESSAGE_MAX_BYTES.to_string(),
         )
-        .set("batch.size", batch_bytes.to_string())
+        .set("batch.size", record_batch_bytes.to_string())
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
         .set("compression.type", "lz4");

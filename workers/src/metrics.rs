@@ -24,7 +24,7 @@ pub struct ProducerMetrics {
     pub retention_rounds: Counter,
     pub published: Counter,
     pub quarantined: Counter,
-    pub relay_batches: Counter,
+    pub relay_reads: Counter,
     pub relay_errors: Counter,
     pub relay_leader: Gauge,
     pub backlog_pending: Gauge,
@@ -112,9 +112,9 @@ impl ProducerMetrics {
             self.published.clone(),
         );
         r.register(
-            "relay_batches",
-            "Relay batches confirmed by Kafka",
-            self.relay_batches.clone(),
+            "relay_reads",
+            "Relay reads whose every row Kafka confirmed",
+            self.relay_reads.clone(),
         );
         r.register(
             "relay_errors",

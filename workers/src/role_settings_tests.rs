@@ -45,8 +45,7 @@ fn read_back<A: Args + FromArgMatches>(env: &[(&'static str, String)]) -> A {
 fn producer_settings(args: &ProducerArgs) -> ProducerSettings {
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     ProducerSettings {
-        relay_rows_per_kafka_batch: i32::try_from(args.relay_rows_per_kafka_batch)
-            .unwrap_or(i32::MAX),
+        relay_rows_per_read: i32::try_from(args.relay_rows_per_read).unwrap_or(i32::MAX),
         relay_linger_ms: i32::try_from(args.relay_linger_ms).unwrap_or(i32::MAX),
         max_backlog_messages: int(args.max_backlog_messages),
         max_backlog_bytes: int(args.max_backlog_bytes),
@@ -84,7 +83,7 @@ fn spec(extra: serde_json::Value) -> OutboxSystemSpec {
 #[test]
 fn every_setting_the_operator_renders_comes_back_from_the_role_it_is_for() {
     let spec = spec(serde_json::json!({
-        "producers": {"relay": {"rowsPerKafkaBatch": 123, "lingerMs": 7}, "maxBacklog": 99},
+        "producers": {"relay": {"rowsPerRead": 123, "lingerMs": 7}, "maxBacklog": 99},
         "retention": {"relayedSeconds": 11, "ledgerSeconds": 22},
         "consumers": {"groups": [{
             "name": "g-2",

@@ -294,7 +294,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_misses_nothing() {
 }
 
 #[tokio::test]
-async fn a_relay_killed_mid_batch_is_resumed_by_another_replica_without_loss() {
+async fn a_relay_killed_mid_read_is_resumed_by_another_replica_without_loss() {
     let env = Env::on_testbed("kill-relay", 3).await;
     // Small relay batches so the kill lands between confirmed batches and mid-batch.
     let mut first = Worker::producer(&env, "p1", &[("RELAY_ROWS_PER_KAFKA_BATCH", "200")]);
@@ -860,7 +860,7 @@ async fn a_row_for_a_topic_the_relay_does_not_serve_is_quarantined_without_stopp
 }
 
 #[tokio::test]
-async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_batch() {
+async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_ack_transaction() {
     let env = Env::on_testbed("isolate", 1).await;
     let dead_letters = format!("{}-dlt", env.topic);
     kafka::create_topic(&env.bootstrap, &dead_letters, 1, &[]).await;
@@ -1515,7 +1515,7 @@ async fn idempotency_keys_are_forgotten_after_a_day_even_when_relayed_rows_are_k
         relayed: Duration::ZERO,
         ledger: Duration::ZERO,
         interval: Duration::from_secs(1),
-        batch: 1000,
+        slice_rows: 1000,
     };
     let (_stop, mut shutdown) = outbox_workers::shutdown::channel();
     outbox_workers::producer::retention::round(
@@ -1904,7 +1904,7 @@ async fn the_order_check_holds_across_the_members_and_restarts_of_a_group() {
 }
 
 #[tokio::test]
-async fn an_acknowledgement_batch_that_fails_at_its_first_or_last_statement_records_nothing_and_the_next_batch_goes_on(
+async fn an_ack_transaction_that_fails_at_its_first_or_last_statement_records_nothing_and_the_next_goes_on(
 ) {
     use outbox_workers::consumer::ledger::AckRecorder;
     use outbox_workers::ledger;
@@ -1935,7 +1935,7 @@ async fn an_acknowledgement_batch_that_fails_at_its_first_or_last_statement_reco
         db.batch_execute(&format!("SET outbox_test.refuse = '{refuse}'"))
             .await
             .expect("the session is usable");
-        // A redelivery of 1 (an anomaly row) with a new message 3 in one batch: neither
+        // A redelivery of 1 (an anomaly row) with a new message 3 in one ack transaction: neither
         // 3's bit nor the key's new order may stay.
         let refused = recorder.record(&mut db, &[ack(1, 5), ack(3, 7)]).await;
         let error = outbox_workers::error_chain(&refused.expect_err("refused"));

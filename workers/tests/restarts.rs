@@ -893,7 +893,7 @@ async fn stored_for_run(db: &tokio_postgres::Client, run_id: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn messages_sent_while_kafka_has_not_confirmed_the_last_batch_are_handed_on_at_once() {
+async fn messages_sent_while_kafka_has_not_confirmed_the_last_relay_read_are_handed_on_at_once() {
     // The broker stays frozen this long after the last message is sent: a message
     // handed on only once the batch before it is confirmed waits at least as long.
     const HELD: Duration = Duration::from_secs(3);

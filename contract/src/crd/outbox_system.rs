@@ -720,8 +720,14 @@ mod tests {
         let relay = |json: serde_json::Value| -> RelaySpec {
             serde_json::from_value(json).unwrap_or_else(|e| panic!("{e}"))
         };
-        assert_eq!(relay(serde_json::json!({"rowsPerRead": 500})).rows_per_read(), 500);
-        assert_eq!(relay(serde_json::json!({"rowsPerKafkaBatch": 700})).rows_per_read(), 700);
+        assert_eq!(
+            relay(serde_json::json!({"rowsPerRead": 500})).rows_per_read(),
+            500
+        );
+        assert_eq!(
+            relay(serde_json::json!({"rowsPerKafkaBatch": 700})).rows_per_read(),
+            700
+        );
         assert_eq!(relay(serde_json::json!({})).rows_per_read(), 10_000);
         assert_eq!(RelaySpec::default().linger_ms, defaults::RELAY_LINGER_MS);
     }

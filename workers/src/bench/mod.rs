@@ -355,9 +355,7 @@ fn producer_common(
 fn producer_args(args: &BenchArgs, common: CommonArgs, relay: bool) -> ProducerArgs {
     ProducerArgs {
         common,
-        relay_rows_per_kafka_batch: i64::from(
-            outbox_contract::worker_env::defaults::RELAY_ROWS_PER_KAFKA_BATCH,
-        ),
+        relay_rows_per_read: i64::from(outbox_contract::worker_env::defaults::RELAY_ROWS_PER_READ),
         relay_linger_ms: 50,
         max_body_bytes: Some(256 * 1024 * 1024),
         // The benchmark's own bodies, however many at once: no memory limit to guard.

@@ -4,7 +4,7 @@
 //! locks the group's ledger chunks. A message that had to be waited for therefore waits
 //! a little longer (the linger) for company. A message that was already queued has
 //! waited already: it arrived while the last transaction was being recorded, so its
-//! batch takes what is queued and goes, rather than add the linger to that wait.
+//! ack transaction takes what is queued and goes, rather than add the linger to that wait.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
-/// Where a batch's messages come from: the Kafka consumer (a queue in tests).
+/// Where an ack transaction's messages come from: the Kafka consumer (a queue in tests).
 pub trait Inbox {
     /// The next message; cancel-safe (dropping the future loses nothing).
     fn next(&self) -> impl Future<Output = KafkaResult<OwnedMessage>> + Send;
@@ -28,13 +28,13 @@ impl Inbox for StreamConsumer {
 
 /// How large one transaction grows and how long it waits for more.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
+pub struct TransactionLimits {
     pub linger: Duration,
     pub max_messages: usize,
     pub max_bytes: usize,
 }
 
-/// How a batch's first message came.
+/// How an ack transaction's first message came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum First {
     /// It was already queued when the consumer asked.
@@ -48,7 +48,7 @@ pub fn queued(inbox: &impl Inbox) -> Option<KafkaResult<OwnedMessage>> {
     inbox.next().now_or_never()
 }
 
-/// Bytes a message holds in a batch: payload, key, and every header name and value
+/// Bytes a message holds in an ack transaction: payload, key, and every header name and value
 /// (a message of empty payload may carry most of a megabyte in headers).
 pub fn message_bytes(m: &OwnedMessage) -> usize {
     let headers = m.headers().map_or(0, |h| {
@@ -59,14 +59,14 @@ pub fn message_bytes(m: &OwnedMessage) -> usize {
     m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len) + headers
 }
 
-/// The batch that starts with `first`: what else is queued, and, when `first` was
+/// The ack transaction that starts with `first`: what else is queued, and, when `first` was
 /// waited for, what arrives within the linger; at most `max_messages`, ending with
-/// the message that reaches `max_bytes`. A consumer error ends the batch early.
+/// the message that reaches `max_bytes`. A consumer error ends the ack transaction early.
 pub async fn gather(
     inbox: &impl Inbox,
     first: OwnedMessage,
     how: First,
-    limits: &BatchLimits,
+    limits: &TransactionLimits,
 ) -> Vec<OwnedMessage> {
     let linger = match how {
         First::Waited => limits.linger,
@@ -74,11 +74,11 @@ pub async fn gather(
     };
     let deadline = tokio::time::Instant::now() + linger;
     let mut bytes = message_bytes(&first);
-    let mut batch = vec![first];
-    while batch.len() < limits.max_messages && bytes < limits.max_bytes {
+    let mut gathered = vec![first];
+    while gathered.len() < limits.max_messages && bytes < limits.max_bytes {
         let next = tokio::select! {
             // Biased: what is queued is taken before the deadline is looked at, so a
-            // batch with no linger still takes everything already there.
+            // ack transaction with no linger still takes everything already there.
             biased;
             m = inbox.next() => m,
             _ = tokio::time::sleep_until(deadline) => break,
@@ -86,7 +86,7 @@ pub async fn gather(
         match next {
             Ok(m) => {
                 bytes += message_bytes(&m);
-                batch.push(m);
+                gathered.push(m);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Kafka consumer error");
@@ -94,7 +94,7 @@ pub async fn gather(
             }
         }
     }
-    batch
+    gathered
 }
 
 #[cfg(test)]
@@ -129,7 +129,7 @@ mod tests {
         )
     }
 
-    const LIMITS: BatchLimits = BatchLimits {
+    const LIMITS: TransactionLimits = TransactionLimits {
         linger: Duration::from_millis(20),
         max_messages: 100,
         max_bytes: 1 << 20,
@@ -176,32 +176,34 @@ mod tests {
         Queue(Mutex::new(rx))
     }
 
-    fn offsets(batch: &[OwnedMessage]) -> Vec<i64> {
-        batch.iter().map(Message::offset).collect()
+    fn offsets(gathered: &[OwnedMessage]) -> Vec<i64> {
+        gathered.iter().map(Message::offset).collect()
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_whose_first_message_was_queued_takes_what_is_queued_without_lingering() {
+    async fn an_ack_transaction_whose_first_message_was_queued_takes_what_is_queued_without_lingering(
+    ) {
         let inbox = queue_with_a_late_fourth();
         let started = Instant::now();
-        let batch = gather(&inbox, message(0, 10), First::Queued, &LIMITS).await;
-        assert_eq!(offsets(&batch), [0, 1, 2, 3]);
+        let gathered = gather(&inbox, message(0, 10), First::Queued, &LIMITS).await;
+        assert_eq!(offsets(&gathered), [0, 1, 2, 3]);
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_whose_first_message_was_waited_for_lingers_for_company() {
+    async fn an_ack_transaction_whose_first_message_was_waited_for_lingers_for_company() {
         let inbox = queue_with_a_late_fourth();
         let started = Instant::now();
-        let batch = gather(&inbox, message(0, 10), First::Waited, &LIMITS).await;
-        assert_eq!(offsets(&batch), [0, 1, 2, 3, 4]);
+        let gathered = gather(&inbox, message(0, 10), First::Waited, &LIMITS).await;
+        assert_eq!(offsets(&gathered), [0, 1, 2, 3, 4]);
         assert_eq!(started.elapsed(), LIMITS.linger);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_ends_at_its_message_limit_or_with_the_message_that_reaches_its_bytes() {
+    async fn an_ack_transaction_ends_at_its_message_limit_or_with_the_message_that_reaches_its_bytes(
+    ) {
         let inbox = queue_with_a_late_fourth();
-        let two = BatchLimits {
+        let two = TransactionLimits {
             max_messages: 2,
             ..LIMITS
         };
@@ -210,7 +212,7 @@ mod tests {
             [0, 1]
         );
         let inbox = queue_with_a_late_fourth();
-        let bytes = BatchLimits {
+        let bytes = TransactionLimits {
             max_bytes: 25,
             ..LIMITS
         };

@@ -11,8 +11,8 @@ use outbox_core::ledger::{
 };
 use tokio_postgres::{Client, GenericClient, Statement, ToStatement};
 
-/// Returns each key's latest acknowledged order before the batch (`$2` keys, sorted)
-/// and stores the batch's latest (`$3`, `$4`) where it is later. All sub-statements
+/// Returns each key's latest acknowledged order before the ack transaction (`$2` keys, sorted)
+/// and stores the ack transaction's latest (`$3`, `$4`) where it is later. All sub-statements
 /// see the same snapshot; the upsert runs after the locking read.
 const KEY_ORDER: &str = "WITH old AS (
         SELECT key_hash, txid, id FROM outbox_ack_key_order
@@ -41,7 +41,7 @@ pub struct Ack {
     pub created_at_us: Option<i64>,
 }
 
-/// What recording one batch found.
+/// What recording one ack transaction found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordOutcome {
     pub acknowledged: u64,
@@ -50,7 +50,7 @@ pub struct RecordOutcome {
 }
 
 /// Records acknowledgements for one consumer group. The per-key order check reads and
-/// writes each key's latest acknowledged order in the ledger, in the batch's
+/// writes each key's latest acknowledged order in the ledger, in the ack transaction's
 /// transaction: it holds across the group's members and restarts.
 #[derive(Debug)]
 pub struct AckRecorder {
@@ -175,10 +175,10 @@ impl AckRecorder {
             .await?;
         let recorded = self.in_transaction(client, statements, acks, &chunks).await;
         if recorded.is_err() {
-            // Nothing of the batch stays, and the session is out of the transaction for
-            // the next batch. Should this fail on a connection still open, the next
-            // batch fails inside the aborted transaction and its ROLLBACK ends it; the
-            // error that matters is the batch's.
+            // Nothing of the ack transaction stays, and the session is out of the transaction for
+            // the next ack transaction. Should this fail on a connection still open, the next
+            // ack transaction fails inside the aborted transaction and its ROLLBACK ends it; the
+            // error that matters is the ack transaction's.
             let _ = client.batch_execute("ROLLBACK").await;
         }
         let outcome = recorded?;
@@ -186,7 +186,7 @@ impl AckRecorder {
         Ok(outcome)
     }
 
-    /// The batch's transaction in two round trips, so the chunks stay locked for one
+    /// The ack transaction in two round trips, so the chunks stay locked for one
     /// (members of a group take turns on them): begin, lock the chunks, and read and
     /// store the keys' order, pipelined → apply the acks (pure) → write the chunks and
     /// the anomalies and commit, pipelined. Every statement is prepared, so each is
@@ -205,7 +205,7 @@ impl AckRecorder {
                 client
                     .batch_execute("BEGIN")
                     .await
-                    .db("starting an acknowledgement batch")
+                    .db("starting an ack transaction")
             },
             self.lock_chunks(client, &statements.lock, chunks),
             self.key_order(client, &statements.key_order, acks),
@@ -222,7 +222,7 @@ impl AckRecorder {
                 client
                     .batch_execute("COMMIT")
                     .await
-                    .db("committing an acknowledgement batch")
+                    .db("committing an ack transaction")
             },
         );
         written?;
@@ -292,7 +292,7 @@ impl AckRecorder {
         Ok(state)
     }
 
-    /// Each key's latest acknowledged order before this batch, with the batch's latest
+    /// Each key's latest acknowledged order before this ack transaction, with the ack transaction's latest
     /// stored in its place, in one statement: the rows are locked (in key order, after
     /// the chunks: one lock order for every member) until commit.
     async fn key_order<C: GenericClient>(
@@ -301,21 +301,25 @@ impl AckRecorder {
         statement: &Statement,
         acks: &[Ack],
     ) -> Result<HashMap<u64, (u64, i64)>> {
-        let mut batch_max: HashMap<i64, (u64, i64)> = HashMap::new();
+        let mut latest_in_transaction: HashMap<i64, (u64, i64)> = HashMap::new();
         for ack in acks {
             if let (Some(key), Some(order)) = (ack.key_hash, ack.order) {
-                let entry = batch_max.entry(key as i64).or_insert(order);
+                let entry = latest_in_transaction.entry(key as i64).or_insert(order);
                 *entry = (*entry).max(order);
             }
         }
-        let mut last_by_key: HashMap<u64, (u64, i64)> = HashMap::with_capacity(batch_max.len());
-        if batch_max.is_empty() {
+        let mut last_by_key: HashMap<u64, (u64, i64)> =
+            HashMap::with_capacity(latest_in_transaction.len());
+        if latest_in_transaction.is_empty() {
             return Ok(last_by_key);
         }
-        let mut keys: Vec<i64> = batch_max.keys().copied().collect();
+        let mut keys: Vec<i64> = latest_in_transaction.keys().copied().collect();
         keys.sort_unstable();
-        let txids: Vec<i64> = keys.iter().map(|k| batch_max[k].0 as i64).collect();
-        let ids: Vec<i64> = keys.iter().map(|k| batch_max[k].1).collect();
+        let txids: Vec<i64> = keys
+            .iter()
+            .map(|k| latest_in_transaction[k].0 as i64)
+            .collect();
+        let ids: Vec<i64> = keys.iter().map(|k| latest_in_transaction[k].1).collect();
         for row in tx
             .query(statement, &[&self.group, &keys, &txids, &ids])
             .await
@@ -417,7 +421,7 @@ fn chunks_of(acks: &[Ack]) -> Vec<i64> {
 /// Applies `acks` (in consumption order) to the locked chunks (pure): a first
 /// acknowledgement sets its bit and records its latency; a second is a duplicate; an
 /// ack whose key was already acknowledged at a later publication order (`last_by_key`,
-/// then this batch) is out of order. An ack whose chunk `group` did not lock is an error.
+/// then this ack transaction) is out of order. An ack whose chunk `group` did not lock is an error.
 fn apply_acks(
     group: &str,
     state: &mut HashMap<i64, ChunkState>,
@@ -557,7 +561,7 @@ mod tests {
     #[test]
     fn a_key_acknowledged_behind_its_latest_order_is_out_of_order() {
         let mut state = locked(&[0]);
-        // Key 7 was acknowledged at (10, 100) before this batch.
+        // Key 7 was acknowledged at (10, 100) before this ack transaction.
         let earlier = HashMap::from([(7u64, (10u64, 100i64))]);
         let acks = [
             ack(1, Some(7), Some((11, 1))),

@@ -1,5 +1,5 @@
 //! The consumer role: a Kafka consumer-group member that acknowledges each message into
-//! the ledger, in batches, and commits offsets only once the acknowledgements are
+//! the ledger, in ack transactions, and commits offsets only once the acknowledgements are
 //! durable.
 
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ use crate::headers;
 use crate::metrics::ConsumerMetrics;
 use crate::probes::Started;
 use crate::shutdown::{self, ShutdownSignal};
-use ack_transaction::{BatchLimits, First, Inbox};
+use ack_transaction::{First, Inbox, TransactionLimits};
 use ledger::{Ack, AckRecorder, GivenUp};
 
 mod ack_transaction;
@@ -89,11 +89,11 @@ impl ConsumerArgs {
 /// Messages per ledger transaction unless `CONSUMER_ACKS_PER_TRANSACTION` says.
 pub const DEFAULT_ACKS_PER_TRANSACTION: usize = 20_000;
 
-/// Payload and key bytes one ledger transaction's messages hold at most (the batch
+/// Payload and key bytes one ledger transaction's messages hold at most (the ack transaction
 /// ends with the message that reaches it), so large messages cannot fill memory.
 pub const TRANSACTION_MAX_BYTES: usize = 16 << 20;
 
-/// Runs a consumer-group member until `shutdown`, finishing its in-flight batch.
+/// Runs a consumer-group member until `shutdown`, finishing its in-flight ack transaction.
 pub async fn run(args: ConsumerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
     if args.group.trim().is_empty() {
@@ -277,7 +277,7 @@ enum Outcome {
 
 impl Member<'_> {
     async fn consume(&mut self, shutdown: &mut ShutdownSignal) -> Result<()> {
-        let limits = BatchLimits {
+        let limits = TransactionLimits {
             linger: Duration::from_millis(self.args.transaction_linger_ms),
             max_messages: self.args.acks_per_transaction,
             max_bytes: TRANSACTION_MAX_BYTES,
@@ -299,26 +299,26 @@ impl Member<'_> {
                     continue;
                 }
             };
-            let batch = ack_transaction::gather(self.consumer, first, how, &limits).await;
-            self.metrics.consumed.inc_by(batch.len() as u64);
-            match self.process(&batch, shutdown).await? {
+            let gathered = ack_transaction::gather(self.consumer, first, how, &limits).await;
+            self.metrics.consumed.inc_by(gathered.len() as u64);
+            match self.process(&gathered, shutdown).await? {
                 Outcome::Stopped => return Ok(()),
-                Outcome::Recorded | Outcome::DeadLettered => self.commit(&batch),
+                Outcome::Recorded | Outcome::DeadLettered => self.commit(&gathered),
             }
         }
     }
 
-    /// Acknowledges a batch. Infrastructure failures (PostgreSQL unreachable, a
+    /// Acknowledges the messages of one ack transaction. Infrastructure failures (PostgreSQL unreachable, a
     /// connection lost, a serialization failure) are retried for as long as they last:
     /// an outage is not the messages' fault. Other failures are retried up to
     /// `RETRY_MAX_RETRIES`; then each message is tried alone, and only those that fail
     /// on their own go to the dead-letter topic.
     async fn process(
         &mut self,
-        batch: &[OwnedMessage],
+        gathered: &[OwnedMessage],
         shutdown: &mut ShutdownSignal,
     ) -> Result<Outcome> {
-        let parsed = parse_batch(batch);
+        let parsed = parse_gathered(gathered);
         self.set_aside_foreign(&parsed.foreign).await?;
         let mut retry = Retry::new(self.args);
         let failure = match self
@@ -328,12 +328,12 @@ impl Member<'_> {
             Ok(outcome) => return Ok(outcome),
             Err(failure) => failure,
         };
-        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a batch keeps failing: trying each message alone, dead-lettering those that fail on their own");
-        let batch_attempts = retry.attempts;
+        tracing::error!(error = %crate::error_chain(&failure), attempts = retry.attempts, messages = parsed.acks.len(), "a gathered keeps failing: trying each message alone, dead-lettering those that fail on their own");
+        let transaction_attempts = retry.attempts;
         let Some(dead) = self.record_each_alone(&parsed, shutdown).await else {
             return Ok(Outcome::Stopped);
         };
-        self.give_up(&dead, batch_attempts).await?;
+        self.give_up(&dead, transaction_attempts).await?;
         self.metrics.retrying.set(0);
         Ok(if dead.is_empty() {
             Outcome::Recorded
@@ -361,7 +361,7 @@ impl Member<'_> {
         Ok(())
     }
 
-    /// Records the batch's acknowledgements in one transaction, retrying as `retry`
+    /// Records the ack transaction's acknowledgements in one transaction, retrying as `retry`
     /// counts. Ok: recorded, or stopped by shutdown; Err: the last failure, once the
     /// retries are used up and a dead-letter topic can take the messages (without one it
     /// retries on rather than drop messages).
@@ -429,14 +429,14 @@ impl Member<'_> {
     async fn give_up(
         &self,
         dead: &[(Ack, &OwnedMessage, String)],
-        batch_attempts: i64,
+        transaction_attempts: i64,
     ) -> Result<()> {
         for (ack, message, error) in dead {
             let refused = self
                 .dead_letter(
                     &[message],
                     &format!(
-                        "acknowledgement failed {batch_attempts} times with its batch and again alone: {error}"
+                        "acknowledgement failed {transaction_attempts} times with its ack transaction and again alone: {error}"
                     ),
                 )
                 .await?;
@@ -483,7 +483,7 @@ impl Member<'_> {
     /// Sends `messages` to the dead-letter topic; returns the indexes of those it refused
     /// for good (too large for it, no such topic), logged and counted as abandoned:
     /// stopping on them would stop the group on that partition for ever. Other failures
-    /// (Kafka unreachable) end the batch with an error, to be tried again.
+    /// (Kafka unreachable) end the ack transaction with an error, to be tried again.
     async fn dead_letter(&self, messages: &[&OwnedMessage], reason: &str) -> Result<Vec<usize>> {
         let Some((topic, producer)) = &self.dead_letters else {
             return Ok(Vec::new());
@@ -545,9 +545,9 @@ impl Member<'_> {
         Ok(refused)
     }
 
-    fn commit(&self, batch: &[OwnedMessage]) {
+    fn commit(&self, gathered: &[OwnedMessage]) {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in batch {
+        for m in gathered {
             let entry = next.entry((m.topic(), m.partition())).or_insert(0);
             *entry = (*entry).max(m.offset() + 1);
         }
@@ -564,7 +564,7 @@ impl Member<'_> {
     }
 }
 
-/// A batch split into acknowledgements (with the message each came from) and messages
+/// An ack transaction split into acknowledgements (with the message each came from) and messages
 /// that carry no outbox id.
 struct Parsed<'a> {
     acks: Vec<Ack>,
@@ -572,11 +572,11 @@ struct Parsed<'a> {
     foreign: Vec<&'a OwnedMessage>,
 }
 
-fn parse_batch(batch: &[OwnedMessage]) -> Parsed<'_> {
-    let mut acks = Vec::with_capacity(batch.len());
-    let mut messages = Vec::with_capacity(batch.len());
+fn parse_gathered(gathered: &[OwnedMessage]) -> Parsed<'_> {
+    let mut acks = Vec::with_capacity(gathered.len());
+    let mut messages = Vec::with_capacity(gathered.len());
     let mut foreign = Vec::new();
-    for m in batch {
+    for m in gathered {
         let mut id = None;
         let mut txid = None;
         let mut created = None;

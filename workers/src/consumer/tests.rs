@@ -61,8 +61,8 @@ fn the_relays_first_headers_win_over_later_copies() {
         (headers::MESSAGE_ID, "7"),
         (headers::TRANSACTION_ID, "1"),
     ]);
-    let batch = [forged];
-    let Parsed { acks, foreign, .. } = parse_batch(&batch);
+    let gathered = [forged];
+    let Parsed { acks, foreign, .. } = parse_gathered(&gathered);
     assert!(foreign.is_empty());
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].id, 100);
@@ -72,11 +72,11 @@ fn the_relays_first_headers_win_over_later_copies() {
 
 #[test]
 fn an_invalid_first_id_is_not_rescued_by_a_later_one() {
-    let batch = [message(&[
+    let gathered = [message(&[
         (headers::MESSAGE_ID, "x"),
         (headers::MESSAGE_ID, "7"),
     ])];
-    let Parsed { acks, foreign, .. } = parse_batch(&batch);
+    let Parsed { acks, foreign, .. } = parse_gathered(&gathered);
     assert!(acks.is_empty());
     assert_eq!(foreign.len(), 1);
 }

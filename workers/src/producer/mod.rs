@@ -33,9 +33,9 @@ use outbox_contract::worker_env::{defaults, names};
 pub struct ProducerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Outbox rows the relay publishes per batch.
-    #[arg(long, env = names::RELAY_ROWS_PER_KAFKA_BATCH, default_value_t = i64::from(defaults::RELAY_ROWS_PER_KAFKA_BATCH))]
-    pub relay_rows_per_kafka_batch: i64,
+    /// Outbox rows per relay read: read and published to Kafka together.
+    #[arg(long, env = names::RELAY_ROWS_PER_READ, default_value_t = i64::from(defaults::RELAY_ROWS_PER_READ))]
+    pub relay_rows_per_read: i64,
     /// How long an idle relay waits before polling the outbox again (the immediate
     /// path wakes it at once).
     #[arg(long, env = names::RELAY_LINGER_MS, default_value_t = defaults::RELAY_LINGER_MS as u64)]
@@ -89,7 +89,7 @@ pub struct ProducerArgs {
     /// memory limit, between 4 MiB and 64 MiB (64 MiB without a limit).
     #[arg(long, env = "RELAY_QUEUE_KBYTES")]
     pub relay_queue_kbytes: Option<usize>,
-    /// Bytes of payload and key the relay reads from PostgreSQL per batch, in KiB.
+    /// Bytes of payload and key the relay reads from PostgreSQL per relay read, in KiB.
     /// Unset: an eighth of the container's memory limit, between 1 MiB and 32 MiB
     /// (32 MiB without a limit).
     #[arg(long, env = "RELAY_FETCH_KBYTES")]
@@ -120,9 +120,9 @@ pub struct ProducerArgs {
 /// the relay waits for them.
 pub async fn run(args: ProducerArgs, shutdown: ShutdownSignal) -> Result<()> {
     args.common.validate()?;
-    if args.relay_rows_per_kafka_batch < 1 {
+    if args.relay_rows_per_read < 1 {
         return Err(Error::Config(
-            "RELAY_ROWS_PER_KAFKA_BATCH must be at least 1".into(),
+            "RELAY_ROWS_PER_READ must be at least 1".into(),
         ));
     }
     let span = tracing::info_span!("producer", service_id = %args.common.service_id);
@@ -315,7 +315,7 @@ fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &Shutdown
                 relayed: Duration::from_secs(args.retention_seconds),
                 ledger: Duration::from_secs(args.ledger_retention_seconds),
                 interval: Duration::from_secs(args.retention_interval_seconds.max(1)),
-                batch: 50_000,
+                slice_rows: 50_000,
             },
             parts.metrics.clone(),
             shutdown.clone(),
@@ -342,7 +342,7 @@ fn start_relay(
             limits: kafka.limits,
         },
         RelaySettings {
-            rows_per_kafka_batch: args.relay_rows_per_kafka_batch,
+            rows_per_read: args.relay_rows_per_read,
             linger: Duration::from_millis(args.relay_linger_ms),
             queue_kbytes: kafka.memory.queue_kbytes,
             fetch_bytes: kafka.memory.fetch_bytes,

@@ -14,7 +14,7 @@
 //!   producer that never times messages out locally, so a key's messages reach their
 //!   partition in the order they were written (a request that started after another's
 //!   answer has a larger transaction id).
-//! - No loss: the watermark moves only past batches whose every message Kafka
+//! - No loss: the watermark moves only past relay reads whose every message Kafka
 //!   acknowledged; after a crash the next leader republishes from it (duplicates,
 //!   never gaps).
 
@@ -51,29 +51,29 @@ pub struct Watermark {
 /// Kafka's acknowledgements overlap, librdkafka's threads do the sending.
 const RELAY_RUNTIME_THREADS: usize = 2;
 
-/// How the relay batches rows into Kafka.
+/// How the relay reads rows and hands them to Kafka.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Rows read and published per batch.
-    pub rows_per_kafka_batch: i64,
+    /// Rows per relay read: read, and published to Kafka, together.
+    pub rows_per_read: i64,
     /// How long an idle relay waits before polling again (a NOTIFY wakes it earlier).
     pub linger: Duration,
-    /// Batches handed to Kafka but not yet confirmed.
-    pub max_in_flight_batches: usize,
+    /// Relay reads handed to Kafka but not yet confirmed, at most.
+    pub max_reads_in_flight: usize,
     /// Memory of the Kafka producer's queue, KiB.
     pub queue_kbytes: usize,
-    /// Payload and key bytes read from PostgreSQL per batch, at most (a batch ends
+    /// Payload and key bytes read from PostgreSQL per read, at most (a read ends
     /// with the row that reaches it): rows of 100 KB are read a few hundred at a time,
-    /// not `rows_per_kafka_batch` at a time.
+    /// not `rows_per_read` at a time.
     pub fetch_bytes: usize,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            rows_per_kafka_batch: 10_000,
+            rows_per_read: 10_000,
             linger: Duration::from_millis(50),
-            max_in_flight_batches: 4,
+            max_reads_in_flight: 4,
             queue_kbytes: 65_536,
             fetch_bytes: 32 << 20,
         }
@@ -110,7 +110,7 @@ pub struct Relay {
     wake: Arc<Notify>,
     metrics: ProducerMetrics,
     service_id: String,
-    /// Rows whose batch Kafka refused for good: published alone next time, and
+    /// Rows whose relay read Kafka refused for good: published alone next time, and
     /// quarantined if refused again.
     suspects: Mutex<HashSet<Watermark>>,
 }
@@ -242,13 +242,13 @@ impl Relay {
     /// Kafka producer → the prepared statements → the stored watermark → publish until
     /// shutdown, an error or a wedged Kafka client → let what is in flight land.
     async fn lead(&self, client: &Client, shutdown: &mut ShutdownSignal) -> Result<()> {
-        let batch_bytes = self.topic_limits().await?;
+        let record_batch_bytes = self.topic_limits().await?;
         let mut kafka = self.kafka.clone();
         kafka.set(
             "queue.buffering.max.kbytes",
             self.settings.queue_kbytes.to_string(),
         );
-        let producer = crate::kafka::relay_producer(&kafka, batch_bytes)?;
+        let producer = crate::kafka::relay_producer(&kafka, record_batch_bytes)?;
         let fetch = client
             .prepare(FETCH)
             .await
@@ -267,7 +267,7 @@ impl Relay {
         tracing::info!(
             txid = start.txid,
             id = start.id,
-            batch_bytes,
+            record_batch_bytes,
             "relay resuming after watermark"
         );
         let mut in_flight = VecDeque::new();
@@ -277,7 +277,7 @@ impl Relay {
             statements: &statements,
         };
         // A producer client wedged after a broker restart (see `kafka_watchdog`) would hold
-        // its batches forever: purged, they fail, and the next session republishes them
+        // its reads forever: purged, they fail, and the next session republishes them
         // from the watermark with a new client.
         let watched = producer.clone();
         let mut watch = crate::kafka_watchdog::start(
@@ -288,7 +288,7 @@ impl Relay {
         let result = tokio::select! {
             result = self.publish(&session, &fetch, start, &mut in_flight, shutdown) => result,
             e = watch.wedged() => {
-                tracing::error!(error = %e, batches = in_flight.len(), "the relay's Kafka client is wedged; dropping what it holds and starting again from the watermark");
+                tracing::error!(error = %e, reads = in_flight.len(), "the relay's Kafka client is wedged; dropping what it holds and starting again from the watermark");
                 producer.purge(PurgeConfig::default().queue().inflight());
                 Err(e)
             }
@@ -300,7 +300,7 @@ impl Relay {
 
     /// Waits for Kafka and the topics (the error says which is missing; ingest goes on
     /// filling the outbox), then reads the topics' size limits afresh: the largest Kafka
-    /// batch the smallest topic takes. Rows larger than their topic takes are
+    /// record batch the smallest topic takes. Rows larger than their topic takes are
     /// quarantined.
     async fn topic_limits(&self) -> Result<usize> {
         crate::kafka::check_topics_async(&self.kafka, &self.topics, Duration::from_secs(10))
@@ -328,8 +328,8 @@ impl Relay {
                     tracing::warn!(error = %e, "while stopping: the watermark stays before what did not land");
                     persist = false;
                 }
-            } else if let Some(batch) = in_flight.pop_front() {
-                let _ = batch.deliveries.await;
+            } else if let Some(read) = in_flight.pop_front() {
+                let _ = read.deliveries.await;
             }
         }
     }
@@ -344,7 +344,7 @@ impl Relay {
     ) -> Result<()> {
         // Rows asked for per read: a first read of a thousand finds out how large the
         // rows are, later reads ask for as many as `fetch_bytes` holds.
-        let mut limit = self.settings.rows_per_kafka_batch.min(FIRST_FETCH_ROWS);
+        let mut limit = self.settings.rows_per_read.min(FIRST_FETCH_ROWS);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -366,7 +366,7 @@ impl Relay {
         }
     }
 
-    /// With nothing new to read: waits until the oldest batch in flight lands, new rows
+    /// With nothing new to read: waits until the oldest read in flight lands, new rows
     /// are announced, or the linger passes, whichever comes first. Waiting for Kafka
     /// alone would hold messages sent one at a time behind the confirmation of those
     /// before them: a round trip to the broker each, under load tens of milliseconds.
@@ -377,7 +377,7 @@ impl Relay {
     ) -> Idle {
         let oldest = async {
             match in_flight.front_mut() {
-                Some(batch) => (&mut batch.deliveries).await,
+                Some(read) => (&mut read.deliveries).await,
                 None => std::future::pending().await,
             }
         };
@@ -388,12 +388,12 @@ impl Relay {
             _ = shutdown::wait(shutdown) => return Idle::Stop,
         };
         match in_flight.pop_front() {
-            Some(batch) => Idle::Landed((batch.last, batch.count, outcome)),
+            Some(read) => Idle::Landed((read.last, read.count, outcome)),
             None => Idle::Look,
         }
     }
 
-    /// Hands `rows` (read after `cursor`) to Kafka as one batch to confirm: rows too
+    /// Hands `rows` (read after `cursor`) to Kafka as one relay read to confirm: rows too
     /// large for their topic are quarantined, a row refused once is sent alone. Returns
     /// the cursor after them.
     async fn send_rows(
@@ -406,7 +406,7 @@ impl Relay {
         let mut deliveries = Vec::with_capacity(rows.len());
         let mut handed_bytes = 0usize;
         let mut last = cursor;
-        // Read once per batch, not locked per row; empty but after a refusal.
+        // Read once per relay read, not locked per row; empty but after a refusal.
         let suspects = self.suspects.lock().map(|s| s.clone()).unwrap_or_default();
         for row in rows {
             let mut row = Row::read(row)?;
@@ -437,7 +437,7 @@ impl Relay {
                 continue;
             }
             if !suspects.is_empty() && suspects.contains(&row.at) {
-                // Refused for good once with its batch: find out whether it is this
+                // Refused for good once with its read: find out whether it is this
                 // message, without anything else in flight.
                 let handed = std::mem::take(&mut handed_bytes);
                 self.seal(
@@ -500,13 +500,13 @@ impl Relay {
             *limit = next_fetch_rows(
                 bytes / rows.len(),
                 self.settings.fetch_bytes,
-                self.settings.rows_per_kafka_batch,
+                self.settings.rows_per_read,
             );
         }
         Ok(rows)
     }
 
-    /// Queues the rows handed to Kafka since `from` as one batch to confirm, up to
+    /// Queues the rows handed to Kafka since `from` as one read to confirm, up to
     /// `last` (which also covers quarantined rows).
     fn seal(
         &self,
@@ -539,7 +539,7 @@ impl Relay {
             match session.producer.send_result(record) {
                 Ok(delivery) => return Ok(Handed::Queued(delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // Backpressure: librdkafka's queue is full; let earlier batches land.
+                    // Backpressure: librdkafka's queue is full; let earlier reads land.
                     record = returned;
                     if in_flight.is_empty() {
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -615,7 +615,7 @@ impl Relay {
         Ok(())
     }
 
-    /// Waits for the oldest batch in flight, then lands it with those after it that
+    /// Waits for the oldest read in flight, then lands it with those after it that
     /// are in too.
     async fn complete_oldest(
         &self,
@@ -629,7 +629,7 @@ impl Relay {
         self.complete(session, in_flight, finished).await
     }
 
-    /// Lands the batches at the front whose deliveries are all in, without waiting.
+    /// Lands the reads at the front whose deliveries are all in, without waiting.
     async fn complete_finished(
         &self,
         session: &Session<'_>,
@@ -638,10 +638,10 @@ impl Relay {
         self.complete(session, in_flight, Vec::new()).await
     }
 
-    /// Lands `finished` and every batch after it whose deliveries are all in, and
-    /// stores the watermark once after the last of them: batches of a few messages
+    /// Lands `finished` and every read after it whose deliveries are all in, and
+    /// stores the watermark once after the last of them: reads of a few messages
     /// each (messages sent one at a time) otherwise cost a watermark transaction each.
-    /// A failed batch stops there, with the watermark stored after those before it.
+    /// A failed read stops there, with the watermark stored after those before it.
     async fn complete(
         &self,
         session: &Session<'_>,
@@ -652,13 +652,13 @@ impl Relay {
             .front()
             .is_some_and(|b| b.deliveries.is_finished())
         {
-            if let Some(batch) = in_flight.pop_front() {
-                finished.push((batch.last, batch.count, batch.deliveries.await));
+            if let Some(read) = in_flight.pop_front() {
+                finished.push((read.last, read.count, read.deliveries.await));
             }
         }
         let (landed, failed) = land_in_order(finished);
         if let Some(landed) = landed {
-            self.persist(session, landed.last, landed.count, landed.batches)
+            self.persist(session, landed.last, landed.count, landed.reads)
                 .await?;
         }
         match failed {
@@ -667,7 +667,7 @@ impl Relay {
         }
     }
 
-    /// A batch's deliveries as the session's result: a message Kafka refused for good
+    /// A read's deliveries as the session's result: a message Kafka refused for good
     /// becomes a suspect (published alone next, quarantined if refused again).
     fn confirmed(&self, outcome: Delivered) -> Result<()> {
         match outcome {
@@ -696,7 +696,7 @@ impl Relay {
         session: &Session<'_>,
         last: Watermark,
         count: u64,
-        batches: u64,
+        reads: u64,
     ) -> Result<()> {
         let delta = count as i64;
         session
@@ -708,14 +708,14 @@ impl Relay {
             .await
             .db("advancing the relay watermark")?;
         self.metrics.published.inc_by(count);
-        self.metrics.relay_batches.inc_by(batches);
+        self.metrics.relay_reads.inc_by(reads);
         Ok(())
     }
 }
 
 /// What ended an idle relay's wait.
 enum Idle {
-    /// The oldest batch in flight finished: land it.
+    /// The oldest read in flight finished: land it.
     Landed((Watermark, u64, Delivered)),
     /// New rows may be there (announced, or the linger passed).
     Look,

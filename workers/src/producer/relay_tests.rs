@@ -1,4 +1,4 @@
-//! The relay's pure parts, without PostgreSQL or Kafka: which batches land and where the
+//! The relay's pure parts, without PostgreSQL or Kafka: which reads land and where the
 //! watermark stops, the bounds on what is in flight, and how many rows to read at once.
 
 use super::landing::{
@@ -32,7 +32,7 @@ fn batches_that_landed_together_store_one_watermark_after_the_last() {
         Some(Landed {
             last: at(9),
             count: 9,
-            batches: 3
+            reads: 3
         })
     );
     assert!(failed.is_none());
@@ -50,7 +50,7 @@ fn the_watermark_stops_before_the_first_batch_that_did_not_land() {
         Some(Landed {
             last: at(3),
             count: 3,
-            batches: 1
+            reads: 1
         })
     );
     assert!(matches!(failed, Some(Ok(Err(f))) if f.at == at(4)));
@@ -63,28 +63,28 @@ fn the_watermark_stops_before_the_first_batch_that_did_not_land() {
 #[tokio::test]
 async fn batches_in_flight_are_bounded_in_bytes_headers_included_as_well_as_in_number() {
     let settings = RelaySettings {
-        max_in_flight_batches: 4,
+        max_reads_in_flight: 4,
         queue_kbytes: 1024,
         ..RelaySettings::default()
     };
-    let batch = |bytes: usize| InFlight {
+    let read = |bytes: usize| InFlight {
         last: at(1),
         count: 1,
         bytes,
         deliveries: tokio::spawn(async { Ok(()) }),
     };
-    let mut in_flight: VecDeque<InFlight> = (0..4).map(|_| batch(256 * 1024)).collect();
+    let mut in_flight: VecDeque<InFlight> = (0..4).map(|_| read(256 * 1024)).collect();
     assert!(
         !over_in_flight_bounds(&in_flight, &settings),
-        "4 batches, 1 MiB"
+        "4 reads, 1 MiB"
     );
-    in_flight.push_back(batch(0));
-    assert!(over_in_flight_bounds(&in_flight, &settings), "5 batches");
-    // Two batches of rows that are all headers: few, but more bytes than the queue.
-    let heavy: VecDeque<InFlight> = (0..2).map(|_| batch(600 * 1024)).collect();
+    in_flight.push_back(read(0));
+    assert!(over_in_flight_bounds(&in_flight, &settings), "5 reads");
+    // Two reads of rows that are all headers: few, but more bytes than the queue.
+    let heavy: VecDeque<InFlight> = (0..2).map(|_| read(600 * 1024)).collect();
     assert!(
         over_in_flight_bounds(&heavy, &settings),
-        "1.2 MiB in 2 batches"
+        "1.2 MiB in 2 reads"
     );
 }
 
@@ -94,7 +94,7 @@ fn large_rows_are_read_as_many_as_the_fetch_bytes_hold() {
 }
 
 #[test]
-fn small_rows_are_read_a_whole_batch_at_a_time() {
+fn small_rows_fill_a_whole_relay_read() {
     assert_eq!(next_fetch_rows(100, 32 << 20, 10_000), 10_000);
 }
 

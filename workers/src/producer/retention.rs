@@ -1,4 +1,4 @@
-//! Retention: relayed outbox rows and old ledger data are deleted, in batches, so the
+//! Retention: relayed outbox rows and old ledger data are deleted a slice at a time, so the
 //! database does not grow by every message ever sent (a reference run adds 10,000,000
 //! rows).
 //!
@@ -25,8 +25,8 @@ pub struct RetentionSettings {
     pub ledger: Duration,
     /// Time between rounds.
     pub interval: Duration,
-    /// Rows deleted per statement.
-    pub batch: i64,
+    /// Rows deleted per statement: a slice.
+    pub slice_rows: i64,
 }
 
 const TRY_LOCK: &str =
@@ -165,12 +165,12 @@ async fn locked_round(
         let id: i64 = mark.get(1);
         loop {
             let n = db
-                .execute(DELETE_RELAYED, &[&txid, &id, &settings.batch])
+                .execute(DELETE_RELAYED, &[&txid, &id, &settings.slice_rows])
                 .await
                 .db("deleting relayed rows")?;
             deleted += n;
             metrics.retention_deleted.inc_by(n);
-            if n < settings.batch as u64 || *shutdown.borrow() {
+            if n < settings.slice_rows as u64 || *shutdown.borrow() {
                 break;
             }
         }

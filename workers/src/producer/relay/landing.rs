@@ -1,5 +1,5 @@
-//! Batches in flight and how they land: each batch's deliveries awaited by a task of its
-//! own, the bounds on what is in flight, and which finished batches the watermark may
+//! Reads in flight and how they land: each read's deliveries awaited by a task of its
+//! own, the bounds on what is in flight, and which finished reads the watermark may
 //! move past (those before the first that did not land).
 
 use std::collections::VecDeque;
@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::{refused_for_good, RelaySettings, Watermark};
 
-/// A batch handed to Kafka whose deliveries are awaited by a task of its own.
+/// A read handed to Kafka whose deliveries are awaited by a task of its own.
 pub(super) struct InFlight {
     pub(super) last: Watermark,
     pub(super) count: u64,
@@ -29,31 +29,31 @@ pub(super) struct DeliveryFailure {
     pub(super) for_good: bool,
 }
 
-/// Whether more is in flight than the settings allow: more batches than
-/// `max_in_flight_batches`, or more bytes (headers included) than the producer's
+/// Whether more is in flight than the settings allow: more reads than
+/// `max_reads_in_flight`, or more bytes (headers included) than the producer's
 /// queue is given.
 pub(super) fn over_in_flight_bounds(
     in_flight: &VecDeque<InFlight>,
     settings: &RelaySettings,
 ) -> bool {
-    in_flight.len() > settings.max_in_flight_batches
+    in_flight.len() > settings.max_reads_in_flight
         || in_flight.iter().map(|b| b.bytes).sum::<usize>()
             > settings.queue_kbytes.saturating_mul(1024)
 }
 
-/// A batch's deliveries as its task ends.
+/// A read's deliveries as its task ends.
 pub(super) type Delivered =
     std::result::Result<Result<(), DeliveryFailure>, tokio::task::JoinError>;
 
-/// Batches landed together: the watermark after the last, their messages and number.
+/// Reads landed together: the watermark after the last, their messages and number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Landed {
     pub(super) last: Watermark,
     pub(super) count: u64,
-    pub(super) batches: u64,
+    pub(super) reads: u64,
 }
 
-/// Of batches finished in order, those that landed before the first that did not, and
+/// Of reads finished in order, those that landed before the first that did not, and
 /// the outcome of that one: the watermark may move past the first group only.
 pub(super) fn land_in_order(
     finished: Vec<(Watermark, u64, Delivered)>,
@@ -63,17 +63,17 @@ pub(super) fn land_in_order(
         if !matches!(outcome, Ok(Ok(()))) {
             return (landed, Some(outcome));
         }
-        let before = landed.map_or((0, 0), |l| (l.count, l.batches));
+        let before = landed.map_or((0, 0), |l| (l.count, l.reads));
         landed = Some(Landed {
             last,
             count: before.0 + count,
-            batches: before.1 + 1,
+            reads: before.1 + 1,
         });
     }
     (landed, None)
 }
 
-/// Awaits a batch's deliveries in order: the first that Kafka did not confirm, if any.
+/// Awaits a read's deliveries in order: the first that Kafka did not confirm, if any.
 pub(super) async fn await_deliveries(
     deliveries: Vec<(Watermark, DeliveryFuture)>,
 ) -> Result<(), DeliveryFailure> {

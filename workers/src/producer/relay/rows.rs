@@ -61,16 +61,12 @@ impl<'a> tokio_postgres::types::FromSql<'a> for RawJson<'a> {
 }
 
 /// Rows to ask for next: as many rows of `row_bytes` as `fetch_bytes` holds, at least
-/// one, at most `rows_per_kafka_batch`.
-pub(super) fn next_fetch_rows(
-    row_bytes: usize,
-    fetch_bytes: usize,
-    rows_per_kafka_batch: i64,
-) -> i64 {
+/// one, at most `rows_per_read`.
+pub(super) fn next_fetch_rows(row_bytes: usize, fetch_bytes: usize, rows_per_read: i64) -> i64 {
     let fit = fetch_bytes / row_bytes.max(1);
     i64::try_from(fit)
         .unwrap_or(i64::MAX)
-        .clamp(1, rows_per_kafka_batch.max(1))
+        .clamp(1, rows_per_read.max(1))
 }
 
 /// What one outbox row becomes in Kafka.
