@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The house rules for product code: no file over MAX_FILE_LINES lines, no function over
-MAX_FN_LINES lines.
+MAX_FN_LINES lines, and arrows only downward (ARCHITECTURE.md, "The house"): each crate
+depends only on the crates below it, and inside `outbox-workers` the producer, the
+consumer and the benchmark are rooms that the shared modules and each other do not use.
 
 Product code is every `.rs` file under a crate's `src/`, except test files: `tests.rs`,
 `*_tests.rs`, `test_fixtures.rs` and anything under a `tests/` folder. A function counts
@@ -20,6 +22,17 @@ MAX_FN_LINES = 80
 CRATES = ["contract", "core", "operator", "workers", "loadtest", "testbed/support"]
 FN = re.compile(r"^\s*(?:pub(?:\([a-z:]+\))?\s+)?(?:const\s+)?(?:async\s+)?(?:unsafe\s+)?"
                 r"(?:extern\s+\"C\"\s+)?fn\s+([A-Za-z_][A-Za-z0-9_]*)")
+# The workspace crates each crate may depend on ([dependencies]; tests may use any).
+ALLOWED_DEPENDENCIES = {
+    "contract": set(),
+    "core": {"outbox-contract"},
+    "loadtest": {"outbox-contract", "outbox-core"},
+    "workers": {"outbox-contract", "outbox-core", "outbox-loadtest"},
+    "operator": {"outbox-contract"},
+}
+# Inside workers/src: the rooms, and what each part may not use.
+ROOMS = ["producer", "consumer", "bench"]
+ROOM_USE = re.compile(r"\b(?:crate|super)::(producer|consumer|bench)\b|use crate::\{[^}]*\b(producer|consumer|bench)\b")
 CFG_TEST_MOD = re.compile(r"^\s*#\[cfg\(test\)\]\s*$")
 MOD_OPEN = re.compile(r"^\s*(?:pub(?:\([a-z:]+\))?\s+)?mod\s+[a-z_0-9]+\s*\{")
 
@@ -126,8 +139,48 @@ def product_files(root):
                     yield rel, path
 
 
-def check(root):
+def dependency_problems(root):
+    """Workspace dependencies of each crate outside what it may use."""
     problems = []
+    for crate, allowed in ALLOWED_DEPENDENCIES.items():
+        path = os.path.join(root, crate, "Cargo.toml")
+        if not os.path.exists(path):
+            continue
+        section = None
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("["):
+                    section = line
+                elif section == "[dependencies]":
+                    m = re.match(r"(outbox-[a-z-]+)\s*=", line)
+                    if m and m.group(1) not in allowed:
+                        problems.append(f"{crate}/Cargo.toml: depends on {m.group(1)}, which is not below it (may use: {', '.join(sorted(allowed)) or 'no workspace crate'})")
+    return problems
+
+
+def room_problems(root):
+    """Uses of a room of outbox-workers from outside it: from another room, or from a
+    shared module (the binary's main.rs dispatches to all of them; tests may use any)."""
+    problems = []
+    src = os.path.join(root, "workers", "src")
+    for rel, path in product_files(root):
+        if not rel.startswith(os.path.join("workers", "src") + os.sep) or rel.endswith("main.rs"):
+            continue
+        inner = os.path.relpath(path, src).split(os.sep)
+        room = inner[0] if len(inner) > 1 and inner[0] in ROOMS else None
+        with open(path, encoding="utf-8") as f:
+            text = code_only(f.read())
+        for n, line in enumerate(text.split("\n"), 1):
+            for m in ROOM_USE.finditer(line):
+                used = m.group(1) or m.group(2)
+                if used != room and not (room == "bench"):
+                    problems.append(f"{rel}:{n}: uses {used}, a room of its own (ARCHITECTURE.md, \"The house\")")
+    return problems
+
+
+def check(root):
+    problems = dependency_problems(root) + room_problems(root)
     for rel, path in product_files(root):
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -159,6 +212,23 @@ def self_test():
         assert len(problems) == 2, problems
         assert problems[0].startswith(f"workers/src/big.rs: {MAX_FILE_LINES + 83} lines"), problems
         assert "fn too_long is 82 lines" in problems[1], problems
+    with tempfile.TemporaryDirectory() as root:
+        os.makedirs(os.path.join(root, "core"))
+        with open(os.path.join(root, "core", "Cargo.toml"), "w") as f:
+            f.write('[dependencies]\noutbox-contract = { workspace = true }\noutbox-workers = { workspace = true }\n\n[dev-dependencies]\noutbox-loadtest = { workspace = true }\n')
+        for room, text in [("producer", "use crate::consumer::ledger;\n"), ("consumer", "// crate::producer in a comment\nfn f() {}\n")]:
+            os.makedirs(os.path.join(root, "workers", "src", room))
+            with open(os.path.join(root, "workers", "src", room, "mod.rs"), "w") as f:
+                f.write(text)
+        with open(os.path.join(root, "workers", "src", "kafka.rs"), "w") as f:
+            f.write("use crate::{config, producer::relay};\n")
+        problems = check(root)
+        assert any("core/Cargo.toml: depends on outbox-workers" in p for p in problems), problems
+        assert not any("outbox-loadtest" in p for p in problems), problems
+        assert any(p.startswith("workers/src/producer/mod.rs:1: uses consumer") for p in problems), problems
+        assert any(p.startswith("workers/src/kafka.rs:1: uses producer") for p in problems), problems
+        assert not any("consumer/mod.rs" in p for p in problems), problems
+        assert len(problems) == 3, problems
     print("structure-check self-test: ok")
 
 
@@ -171,6 +241,6 @@ if __name__ == "__main__":
     for p in problems:
         print(p)
     if problems:
-        print(f"{len(problems)} structure problems (files over {MAX_FILE_LINES} lines, functions over {MAX_FN_LINES})")
+        print(f"{len(problems)} structure problems (files over {MAX_FILE_LINES} lines, functions over {MAX_FN_LINES}, arrows upward)")
         sys.exit(1)
-    print(f"structure: no product file over {MAX_FILE_LINES} lines, no function over {MAX_FN_LINES}")
+    print(f"structure: no product file over {MAX_FILE_LINES} lines, no function over {MAX_FN_LINES}, arrows only downward")
