@@ -70,6 +70,25 @@ pub async fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Option<Str
     resource.get(key)?.value.clone()
 }
 
+/// Each partition of `topic` with its low and high watermarks (None: the topic or one
+/// of its partitions cannot be read).
+fn watermarks(consumer: &BaseConsumer, topic: &str) -> Option<Vec<(i32, i64, i64)>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .ok()?;
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)
+                .ok()?;
+            Some((p.id(), low, high))
+        })
+        .collect()
+}
+
 /// Messages in `topic`: the sum of its partitions' high minus low watermarks (None:
 /// the topic or one of its partitions cannot be read).
 pub async fn message_count(bootstrap: &str, topic: &str) -> Option<i64> {
@@ -77,17 +96,8 @@ pub async fn message_count(bootstrap: &str, topic: &str) -> Option<i64> {
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create().ok()?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-            .ok()?;
-        let mut total = 0;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition.id(), METADATA_TIMEOUT)
-                .ok()?;
-            total += high - low;
-        }
-        Some(total)
+        let partitions = watermarks(&consumer, &topic)?;
+        Some(partitions.iter().map(|(_, low, high)| high - low).sum())
     })
     .await
     .ok()
@@ -166,30 +176,22 @@ pub async fn group_caught_up(bootstrap: &str, topic: &str, group: &str) -> Optio
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create().ok()?;
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
-            .ok()?;
-        let mut partitions = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            partitions.add_partition(&topic, partition.id());
+        let partitions = watermarks(&consumer, &topic)?;
+        let mut list = TopicPartitionList::new();
+        for (partition, _, _) in &partitions {
+            list.add_partition(&topic, *partition);
         }
-        let committed = consumer
-            .committed_offsets(partitions, METADATA_TIMEOUT)
-            .ok()?;
-        for element in committed.elements() {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, element.partition(), METADATA_TIMEOUT)
-                .ok()?;
-            let done = match element.offset() {
-                Offset::Offset(at) => at >= high,
+        let committed = consumer.committed_offsets(list, METADATA_TIMEOUT).ok()?;
+        Some(partitions.iter().all(|&(partition, low, high)| {
+            match committed
+                .find_partition(&topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(at)) => at >= high,
                 // Nothing committed: caught up only where there is nothing to read.
                 _ => high == low,
-            };
-            if !done {
-                return Some(false);
             }
-        }
-        Some(true)
+        }))
     })
     .await
     .ok()
