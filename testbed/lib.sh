@@ -179,12 +179,16 @@ argv_matches() { # argv_matches N PROGRAM [FLAG VALUE]... ARG...: the N words de
   done
 }
 
-argv_equal() { # argv_equal N WORD... ARG...: the N WORDs are exactly the ARGs
+argv_equal() { # argv_equal N WORD... ARG...: the N WORDs are the ARGs (the program by its base name)
   local n=$1 i
   shift
   [ $# = $((2 * n)) ] || return 1
   local -a want=("${@:1:n}") have=("${@:n+1}")
-  for ((i = 0; i < n; i++)); do [[ ${have[i]} == "${want[i]}" ]] || return 1; done
+  # A program started by name may run under its full path: a PATH shim (pyenv's
+  # python3) execs the real one, whose argv[0] is that path. The start time already
+  # tells the process apart; the program's base name must still match.
+  [[ ${have[0]} == "${want[0]}" || ${have[0]##*/} == "${want[0]##*/}" ]] || return 1
+  for ((i = 1; i < n; i++)); do [[ ${have[i]} == "${want[i]}" ]] || return 1; done
 }
 
 # check_recorded_process PIDFILE [PROGRAM [FLAG VALUE]...]: whether the process PIDFILE

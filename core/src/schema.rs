@@ -259,6 +259,9 @@ ALTER TABLE outbox_ack_anomalies
         CHECK (kind IN ('duplicate', 'out_of_order', 'dead_lettered', 'abandoned'));
 "#,
     ),
+    // Enqueue in the application's own transaction: the SQL contract
+    // (docs/enqueue-in-your-transaction.md).
+    (13, include_str!("migrations/13_enqueue.sql")),
 ];
 
 /// Applies pending migrations. Concurrent callers wait on an advisory lock keyed on the

@@ -10,7 +10,10 @@
 #   (c) a pid file naming a pid that does not exist is removed quietly;
 #   (d) a pid file another program wrote (PROGRAM FLAG VALUE expected, as for
 #       PostgreSQL's postmaster.pid and a containerd shim's shim.pid) is signalled only
-#       when the process runs that program with those arguments.
+#       when the process runs that program with those arguments;
+#   (e) a part started by a name that a PATH shim turns into the program's full path
+#       (pyenv's python3 runs the cpu exporter so) is still its recorded process, and
+#       stopped.
 # No root, no testbed, a few seconds: bash testbed/tests/pidfile-test.sh
 # TESTBED_LIB=FILE runs it against another lib.sh (how it was shown to fail before).
 set -uo pipefail
@@ -193,6 +196,21 @@ stop_recorded_process --kill --process "shim" "$tmp/shim.pid" python3 -address "
 check "its program and socket: killed" wait_gone "$shim"
 check "its program and socket: the pid file is removed" test ! -e "$tmp/shim.pid"
 sed 's/^/#   /' "$tmp/d2.log"
+
+echo "# (e) a part whose program a PATH shim ran under its full path is stopped"
+mkdir -p "$tmp/shims"
+real_sleep=$(command -v sleep)
+printf '#!/bin/sh\nexec %s "$@"\n' "$real_sleep" >"$tmp/shims/sleep"
+chmod +x "$tmp/shims/sleep"
+PATH="$tmp/shims:$PATH" start_recorded shimmed sleep 1003
+shimmed=$RECORDED
+wait_exec "$shimmed" sleep
+check "the shim exec'd the program under its full path" \
+  test "$(tr '\0' '\n' <"/proc/$shimmed/cmdline" | head -n1)" = "$real_sleep"
+stop_part shimmed 2>"$tmp/e.log"
+check "stop_part stopped it" wait_gone "$shimmed"
+check "its pid file is removed" test ! -e "$RUN_DIR/shimmed.pid"
+sed 's/^/#   /' "$tmp/e.log"
 
 echo "$SECONDS s, $failures failed"
 [ "$failures" = 0 ]

@@ -123,6 +123,11 @@ impl TopicLimits {
         limit_for(known)
     }
 
+    /// Whether the brokers have told `topic`'s limit.
+    pub fn knows(&self, topic: &str) -> bool {
+        self.topics.read().is_ok_and(|t| t.contains_key(topic))
+    }
+
     /// The smallest topic limit known (the relay's producer batches no larger).
     pub fn smallest_topic_limit(&self) -> Option<usize> {
         self.topics

@@ -904,7 +904,7 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_ack_tra
     ))
     .await
     .expect("install the refusing trigger");
-    // Park the consumer's first batch behind the poison row being known: hold the
+    // Park the consumer's first ack transaction behind the poison row being known: hold the
     // table lock while sending, then name the poison and let go.
     let mut tx_client = outbox_workers::db::connect(&env.database_url)
         .await
@@ -933,7 +933,7 @@ async fn only_the_message_that_fails_on_its_own_is_dead_lettered_not_its_ack_tra
         .cloned()
         .unwrap_or_default();
     assert!(
-        reason.contains("with its batch and again alone")
+        reason.contains("with its ack transaction and again alone")
             && reason.contains(&format!("the test refuses message {poison}")),
         "{reason}"
     );

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod outbox;
 pub mod relay;
 pub mod retention;
+pub mod topic_registry;
 pub mod waker;
 
 use std::collections::HashSet;
@@ -283,7 +284,7 @@ async fn serve(
 }
 
 /// The background work once PostgreSQL answers: the request pool's sessions, the
-/// backlog bound and gauge, and retention.
+/// backlog bound and gauge, the topics for `outbox_enqueue`, and retention.
 fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &ShutdownSignal) {
     let pool = parts.pool.clone();
     tokio::spawn(
@@ -307,6 +308,12 @@ fn housekeeping(args: &ProducerArgs, parts: &http::AppState, shutdown: &Shutdown
     tokio::spawn(
         watch_backlog(parts.pool.clone(), parts.metrics.clone(), shutdown.clone())
             .in_current_span(),
+    );
+    crate::producer::topic_registry::spawn(
+        parts.pool.clone(),
+        parts.limits.clone(),
+        parts.topics.clone(),
+        shutdown.clone(),
     );
     tokio::spawn(
         crate::producer::retention::run(
