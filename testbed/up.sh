@@ -263,8 +263,12 @@ else
   log "postgres: already running"
 fi
 as_pg "$PG_BIN/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<'EOF' || fail_part postgres
-SELECT 'CREATE ROLE outbox LOGIN PASSWORD ''outbox'' CREATEDB'
+SELECT 'CREATE ROLE outbox LOGIN PASSWORD ''outbox'' CREATEDB CREATEROLE'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'outbox') \gexec
+-- CREATEROLE: the migrations create the role that may enqueue in an application's own
+-- transaction, as the kind quick start's PostgreSQL (whose POSTGRES_USER is a
+-- superuser) lets them; the tests of a user without it make one of their own.
+ALTER ROLE outbox CREATEROLE;
 SELECT 'CREATE DATABASE outbox OWNER outbox'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'outbox') \gexec
 EOF
