@@ -26,7 +26,8 @@ use super::measure::{Latencies, ProducerOutcome, ScenarioOutcome, StagePlan, Tal
 use super::outage::{self, Board};
 use outbox_core::ledger::IdSet;
 
-mod body;
+pub(crate) mod body;
+pub mod enqueue;
 mod pacing;
 mod request;
 
@@ -92,6 +93,9 @@ pub struct ScenarioSend {
     /// An arrival-rate scenario's stages still to send (`concurrency` is then each
     /// producer's connections); empty for a scenario sent as fast as it goes.
     pub stages: Vec<StageSend>,
+    /// For a scenario `via: enqueue`: the database whose SQL contract the runner calls
+    /// instead of the producers (`concurrency` is then its sessions).
+    pub enqueue_url: Option<String>,
 }
 
 /// One arrival-rate stage as it is about to be sent.
@@ -159,7 +163,8 @@ pub struct Sent {
     pub uncertain: u64,
 }
 
-/// Sends a scenario; returns when every producer is done with its share.
+/// Sends a scenario; returns when every producer (or, `via: enqueue`, every database
+/// session) is done with its share.
 pub async fn send_scenario(
     http: &reqwest::Client,
     producers: &[Producer],
@@ -168,6 +173,9 @@ pub async fn send_scenario(
     counters: Arc<Counters>,
     board: &Board,
 ) -> Sent {
+    if let Some(url) = &send.enqueue_url {
+        return enqueue::send_scenario(url, shape, send, counters).await;
+    }
     let started = Instant::now();
     let tasks = spawn_producer_jobs(http, producers, shape, send, counters, board);
     let (outcomes, ids, uncertain) = join_producer_jobs(tasks, producers, send, started).await;

@@ -28,6 +28,22 @@ fn batch_bodies_are_valid_json_carrying_run_and_scenario() {
 }
 
 #[test]
+fn the_enqueue_path_stores_the_same_messages_as_the_http_path() {
+    let many: serde_json::Value =
+        serde_json::from_str(&body::messages_json(&shape(), "batch", 7, 3)).expect("valid JSON");
+    let batch: serde_json::Value =
+        serde_json::from_slice(&batch_body(&shape(), "batch", 7, 3)).expect("valid JSON");
+    assert_eq!(many, batch["messages"]);
+    let one = body::single_message(&shape(), "immediate", 12);
+    let single: serde_json::Value =
+        serde_json::from_slice(&single_body(&shape(), "immediate", 12)).expect("valid JSON");
+    assert_eq!(one.key, single["key"]);
+    assert_eq!(one.payload, single["message"]);
+    let headers: serde_json::Value = serde_json::from_str(&one.headers).expect("headers JSON");
+    assert_eq!(headers, single["headers"]);
+}
+
+#[test]
 fn single_bodies_have_the_requested_payload_size() {
     let mut s = shape();
     s.message_size = 5;
@@ -59,6 +75,7 @@ async fn a_producer_unreachable_for_longer_than_the_patience_is_given_up_on_not_
         fallback_url: None,
         fallback_after: FALLBACK_AFTER,
         stages: Vec::new(),
+        enqueue_url: None,
     };
     let board = Board::default();
     let sent = send_scenario(
@@ -143,6 +160,7 @@ fn one_at_a_time(messages: u64, patience: Duration) -> ScenarioSend {
         fallback_url: None,
         fallback_after: FALLBACK_AFTER,
         stages: Vec::new(),
+        enqueue_url: None,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use outbox_contract::crd::{LoadTestPhase, LoadTestStatus, Scenario};
+use outbox_contract::crd::{LoadTestPhase, LoadTestStatus, Scenario, Via};
 
 use super::database::OutboxDb;
 use super::generator::{self, Counters, MessageShape, ScenarioSend};
@@ -438,6 +438,7 @@ fn scenario_send(
         fallback_url: plan.producer_fallback.clone(),
         fallback_after: generator::FALLBACK_AFTER,
         stages,
+        enqueue_url: (scenario.via == Via::Enqueue).then(|| args.database_url.clone()),
     }
 }
 

@@ -521,6 +521,15 @@ async fn invalid_load_tests_are_refused_by_the_api_server_naming_the_rule() {
             "arrivalRate.connections, not concurrency",
         ),
         (
+            "an arrival rate via enqueue",
+            {
+                let mut v = base();
+                v["spec"]["scenarios"][0]["via"] = "enqueue".into();
+                v
+            },
+            "via enqueue sends as fast as its concurrency allows",
+        ),
+        (
             "501 connections",
             {
                 let mut v = base();

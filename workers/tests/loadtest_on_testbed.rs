@@ -374,6 +374,64 @@ scenarios:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_via_enqueue_are_stored_in_the_runners_own_transactions_and_verified_as_exactly_as_http(
+) {
+    let _turn = TURN.lock().await;
+    let mut system = System::start("lt-enqueue", 1, &[("a", 1), ("b", 1)]).await;
+    let (exit, report) = system
+        .run_spec(
+            "systemRef: {name: local}
+scenarios:
+- {name: http-batch, messages: 3000, batching: true}
+- {name: enqueue-batch, messages: 3000, batching: true, via: enqueue, concurrency: 2}
+- {name: enqueue-single, messages: 200, via: enqueue, concurrency: 4}
+",
+            &["--messages-per-request", "500"],
+            Duration::from_secs(240),
+        )
+        .await;
+    let status = &report["status"];
+    assert!(exit.success(), "runner exit {exit}: {status:#}");
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    assert_eq!(
+        condition(status, "Verified")["status"],
+        "True",
+        "{status:#}"
+    );
+    for (name, messages) in [("enqueue-batch", 3000), ("enqueue-single", 200)] {
+        let s = scenario(&report, name);
+        assert_eq!(
+            (s["accepted"].as_i64(), s["failed"].as_i64()),
+            (Some(messages), Some(0)),
+            "{s:#}"
+        );
+        // Stored by the database, not by a producer.
+        assert_eq!(
+            s["perProducer"][0]["producer"], "database (outbox_enqueue)",
+            "{s:#}"
+        );
+    }
+    assert_eq!(status["acceptedMessages"], 6_200, "{status:#}");
+    for g in system.group_names() {
+        let g = group(&report, &g);
+        assert_eq!(
+            (g["acknowledged"].as_i64(), g["missing"].as_i64()),
+            (Some(6_200), Some(0)),
+            "{g:#}"
+        );
+    }
+    // The runner's sessions stored them: the producer's HTTP API accepted only the
+    // first scenario's messages.
+    let metrics = system.producers[0].metrics().await;
+    let over_http: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("outbox_messages_accepted_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(over_http, 3000.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impossible_threshold_fails_the_run_naming_it_and_the_measured_value() {
     let _turn = TURN.lock().await;
     let mut system = System::start("lt-limit", 1, &[("a", 1)]).await;

@@ -254,6 +254,7 @@ pub struct SystemRef {
 #[x_kube(validation = Rule::new("has(self.messages) != has(self.arrivalRate)").message("a scenario sets exactly one of messages (sent as fast as its concurrency allows) and arrivalRate (an open-model rate)"))]
 #[x_kube(validation = Rule::new("!has(self.arrivalRate) || !self.batching").message("an arrivalRate scenario sends one message per request: batching must be false"))]
 #[x_kube(validation = Rule::new("!has(self.arrivalRate) || !has(self.concurrency)").message("an arrivalRate scenario bounds its requests in flight with arrivalRate.connections, not concurrency"))]
+#[x_kube(validation = Rule::new("!has(self.arrivalRate) || !has(self.via) || self.via == 'http'").message("an arrivalRate scenario goes through the producers' HTTP endpoints: via enqueue sends as fast as its concurrency allows"))]
 pub struct Scenario {
     /// Scenario name, e.g. `batch` or `immediate`.
     #[schemars(length(min = 1, max = 63))]
@@ -280,6 +281,32 @@ pub struct Scenario {
     /// only when it is sent alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub with_previous: bool,
+    /// How the runner stores the messages: `http` (the producers' endpoints, the
+    /// default) or `enqueue` (`outbox_enqueue`, or `outbox_enqueue_many` when batching,
+    /// in transactions of the runner's own on the system's database, as an application
+    /// enqueues in its own transaction; `concurrency` is then its sessions).
+    #[serde(default, skip_serializing_if = "Via::is_http")]
+    pub via: Via,
+}
+
+/// How a scenario's messages reach the outbox.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Via {
+    /// The producers' HTTP endpoints.
+    #[default]
+    Http,
+    /// The SQL contract, in the runner's own database transactions.
+    Enqueue,
+}
+
+impl Via {
+    /// The default: left out of the spec.
+    pub fn is_http(&self) -> bool {
+        *self == Via::Http
+    }
 }
 
 impl Scenario {

@@ -52,20 +52,60 @@ fn prebuilt(shape: &MessageShape, scenario: &str) -> Prebuilt {
     }
 }
 
-/// Body of `POST /api/messages/batch` for messages `first..first + count`.
-pub fn batch_body(shape: &MessageShape, scenario: &str, first: u64, count: u64) -> Vec<u8> {
+/// The JSON array of messages `first..first + count` into `out`.
+fn write_messages(out: &mut Vec<u8>, shape: &MessageShape, scenario: &str, first: u64, count: u64) {
     let pre = prebuilt(shape, scenario);
     let per_message = shape.message_size + pre.topic.len() + pre.headers.len() + 64;
-    let mut out = Vec::with_capacity(16 + per_message * count as usize);
-    out.extend_from_slice(b"{\"messages\":[");
+    out.reserve(16 + per_message * count as usize);
+    out.push(b'[');
     for i in 0..count {
         if i > 0 {
             out.push(b',');
         }
-        write_message(&mut out, &pre, first + i, shape);
+        write_message(out, &pre, first + i, shape);
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
+}
+
+/// Body of `POST /api/messages/batch` for messages `first..first + count`.
+pub fn batch_body(shape: &MessageShape, scenario: &str, first: u64, count: u64) -> Vec<u8> {
+    let mut out = b"{\"messages\":".to_vec();
+    write_messages(&mut out, shape, scenario, first, count);
+    out.push(b'}');
     out
+}
+
+/// The messages `first..first + count` as `outbox_enqueue_many` takes them: the same
+/// JSON array as the batch endpoint's `messages`.
+pub fn messages_json(shape: &MessageShape, scenario: &str, first: u64, count: u64) -> String {
+    let mut out = Vec::new();
+    write_messages(&mut out, shape, scenario, first, count);
+    // Built from strings and JSON escapes only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Message `index` as `outbox_enqueue` takes it: key, payload and headers (JSON).
+pub struct SingleMessage {
+    pub key: String,
+    pub payload: String,
+    pub headers: String,
+}
+
+/// Message `index` of `scenario`, as [`single_body`] sends it.
+pub fn single_message(shape: &MessageShape, scenario: &str, index: u64) -> SingleMessage {
+    let mut key = Vec::new();
+    write_key(&mut key, index, shape.keys);
+    let mut payload = Vec::new();
+    write_payload(&mut payload, index, shape.message_size);
+    let unquote = |v: Vec<u8>| {
+        let text = String::from_utf8(v).unwrap_or_default();
+        text.trim_matches('"').to_string()
+    };
+    SingleMessage {
+        key: unquote(key),
+        payload: unquote(payload),
+        headers: prebuilt(shape, scenario).headers,
+    }
 }
 
 /// Body of `POST /api/messages/send` for message `index`.
