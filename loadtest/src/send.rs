@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use outbox_contract::crd::{LoadTestPhase, LoadTestStatus, Scenario, Via};
+use outbox_contract::crd::{CpuAccounting, LoadTestPhase, LoadTestStatus, Scenario, Via};
 
+use super::cpu_accounting;
 use super::database::OutboxDb;
 use super::generator::{self, Counters, MessageShape, ScenarioSend};
 use super::outage::Board;
@@ -140,6 +141,7 @@ pub(super) async fn send_all(
                 "sending"
             );
         }
+        let cpu = SendingCpu::open(plan, sending.http, &todo).await;
         let results = send_with_progress(
             sending.http,
             plan,
@@ -151,10 +153,11 @@ pub(super) async fn send_all(
             shutdown,
         )
         .await?;
+        let sending_cpu = cpu.close(plan, sending.http, &results).await;
         attempt.add(record_sent(
             book,
             &todo,
-            results,
+            (results, sending_cpu),
             window.as_ref(),
             &mut sent,
         ));
@@ -275,7 +278,7 @@ impl Attempt {
 fn record_sent(
     book: &mut StatusBook,
     todo: &[ScenarioSend],
-    results: Vec<generator::Sent>,
+    (results, sending_cpu): (Vec<generator::Sent>, Option<CpuAccounting>),
     window: Option<&scenario_latency::Window>,
     sent: &mut SentAll,
 ) -> Attempt {
@@ -290,6 +293,7 @@ fn record_sent(
         group.accepted += result.outcome.tally().accepted;
         group.seconds = group.seconds.max(result.outcome.duration.as_secs_f64());
         let mut scenario = result.outcome.result();
+        scenario.sending_cpu = sending_cpu.clone();
         if let Some(window) = window {
             scenario.backlog_drained = Some(window.drained);
             sent.latency_windows
@@ -309,6 +313,40 @@ fn record_sent(
         status.accepted_messages = Some(status.scenarios.iter().map(|s| s.accepted).sum());
     }
     group
+}
+
+/// The CPU counters read before a scenario sent alone is sent (scenarios sent together
+/// share the window, so none is theirs alone).
+struct SendingCpu {
+    before: Option<(Instant, cpu_accounting::Reading)>,
+}
+
+impl SendingCpu {
+    async fn open(plan: &Plan, http: &reqwest::Client, todo: &[ScenarioSend]) -> SendingCpu {
+        let before = match todo {
+            [_] => Some((Instant::now(), plan.cpu.read(http).await)),
+            _ => None,
+        };
+        SendingCpu { before }
+    }
+
+    /// Every component's CPU since `open`, per message the scenario stored meanwhile.
+    async fn close(
+        self,
+        plan: &Plan,
+        http: &reqwest::Client,
+        results: &[generator::Sent],
+    ) -> Option<CpuAccounting> {
+        let (started, before) = self.before?;
+        let after = plan.cpu.read(http).await;
+        let stored = results.iter().map(|r| r.outcome.tally().accepted).sum();
+        Some(cpu_accounting::account(
+            &before,
+            &after,
+            started.elapsed(),
+            stored,
+        ))
+    }
 }
 
 /// The scenarios in the groups they are sent in: each starts a group, unless it is

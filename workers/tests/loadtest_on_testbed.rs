@@ -412,6 +412,16 @@ scenarios:
         );
     }
     assert_eq!(status["acceptedMessages"], 6_200, "{status:#}");
+    // What storing cost by each path, side by side: each scenario sent alone has its
+    // CPU while sending, per message it stored.
+    for name in ["http-batch", "enqueue-batch", "enqueue-single"] {
+        let cpu = &scenario(&report, name)["sendingCpu"];
+        let per_message = cpu["microsPerMessage"].as_f64().unwrap_or(0.0);
+        assert!(per_message > 0.0, "{name}: {cpu:#}");
+        eprintln!("{name}: {per_message:.1} CPU-µs per message stored while sending");
+    }
+    let table = system.runs.log_tail("runner");
+    assert!(table.contains("CPU while sending:"), "{table}");
     for g in system.group_names() {
         let g = group(&report, &g);
         assert_eq!(

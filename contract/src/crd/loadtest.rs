@@ -557,6 +557,13 @@ pub struct ScenarioResult {
     /// Each stage of an arrival-rate scenario: offered and achieved rate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageResult>,
+    /// What the system spent while this scenario was sent (a scenario sent alone):
+    /// every component's CPU time over its sending, and `microsPerMessage` over the
+    /// messages it stored then. Beside another scenario's, it compares what storing a
+    /// message costs by each path (`via`: HTTP ingest or enqueue in a transaction).
+    /// The relay and the consumers that run meanwhile are in it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_cpu: Option<CpuAccounting>,
 }
 
 /// One arrival-rate stage as it went.

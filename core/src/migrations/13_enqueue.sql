@@ -151,13 +151,8 @@ CREATE FUNCTION outbox_enqueue_many(messages jsonb)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $body$
 DECLARE
-    message  jsonb;
-    position integer := 0;
-    ids      bigint[] := '{}';
-    topics   text[] := '{}';
-    keys     text[] := '{}';
-    payloads text[] := '{}';
-    stored   jsonb[] := '{}';
+    malformed integer;
+    ids       bigint[];
 BEGIN
     IF messages IS NULL OR jsonb_typeof(messages) <> 'array' OR jsonb_array_length(messages) = 0 THEN
         RAISE EXCEPTION 'messages: a JSON array of at least one message, each {"topic", "key", "message", "headers"}'
@@ -167,24 +162,34 @@ BEGIN
         RAISE EXCEPTION 'messages: % messages; at most 50000 per call are allowed', jsonb_array_length(messages)
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
-    FOR message IN SELECT value FROM jsonb_array_elements(messages) LOOP
-        IF jsonb_typeof(message) <> 'object'
-           OR jsonb_typeof(message -> 'topic') IS DISTINCT FROM 'string'
-           OR jsonb_typeof(message -> 'message') IS DISTINCT FROM 'string'
-           OR COALESCE(jsonb_typeof(message -> 'key'), 'null') NOT IN ('string', 'null') THEN
-            RAISE EXCEPTION 'messages[%]: a message is {"topic": string, "message": string, "key": string or null, "headers": object of strings}', position
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        stored := stored || outbox_checked_headers(format('messages[%s].', position),
-            message ->> 'topic', message ->> 'key', message ->> 'message', message -> 'headers');
-        topics := topics || (message ->> 'topic');
-        keys := keys || (message ->> 'key');
-        payloads := payloads || (message ->> 'message');
-        ids := ids || outbox_next_id();
-        position := position + 1;
-    END LOOP;
-    INSERT INTO outbox_messages (id, topic, key, payload, headers)
-    SELECT * FROM unnest(ids, topics, keys, payloads, stored);
+    SELECT m.position - 1 INTO malformed
+    FROM jsonb_array_elements(messages) WITH ORDINALITY AS m(message, position)
+    WHERE jsonb_typeof(m.message) <> 'object'
+       OR jsonb_typeof(m.message -> 'topic') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(m.message -> 'message') IS DISTINCT FROM 'string'
+       OR COALESCE(jsonb_typeof(m.message -> 'key'), 'null') NOT IN ('string', 'null')
+    ORDER BY m.position LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'messages[%]: a message is {"topic": string, "message": string, "key": string or null, "headers": object of strings}', malformed
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Set-based: each message checked and given the next id in its order, all stored
+    -- by one statement.
+    WITH checked AS MATERIALIZED (
+        SELECT s.position,
+               outbox_checked_headers(format('messages[%s].', s.position - 1),
+                   s.message ->> 'topic', s.message ->> 'key', s.message ->> 'message',
+                   s.message -> 'headers') AS headers,
+               s.message ->> 'topic' AS topic, s.message ->> 'key' AS key,
+               s.message ->> 'message' AS payload,
+               outbox_next_id() AS id
+        FROM (SELECT m.message, m.position
+              FROM jsonb_array_elements(messages) WITH ORDINALITY AS m(message, position)
+              ORDER BY m.position) AS s),
+    stored AS (
+        INSERT INTO outbox_messages (id, topic, key, payload, headers)
+        SELECT c.id, c.topic, c.key, c.payload, c.headers FROM checked c)
+    SELECT array_agg(c.id ORDER BY c.position) INTO ids FROM checked c;
     PERFORM pg_notify('outbox_relay', '');
     RETURN ids;
 END

@@ -251,6 +251,9 @@ fn scenario_details(out: &mut String, s: &ScenarioResult) {
     if let Some(missed) = s.missed_arrivals {
         let _ = writeln!(out, "  arrivals missed (every connection busy): {missed}");
     }
+    if let Some(cpu) = &s.sending_cpu {
+        sending_cpu_line(out, cpu);
+    }
     for (i, stage) in s.stages.iter().enumerate() {
         let p95 = stage
             .latency
@@ -284,6 +287,28 @@ fn scenario_details(out: &mut String, s: &ScenarioResult) {
             );
         }
     }
+}
+
+/// What storing a message cost while the scenario was sent: per message, and the
+/// components that spent the most.
+fn sending_cpu_line(out: &mut String, cpu: &CpuAccounting) {
+    let Some(per_message) = cpu.micros_per_message else {
+        return;
+    };
+    let top: Vec<String> = cpu
+        .components
+        .iter()
+        .take(4)
+        .map(|c| format!("{} {:.1} s", c.component, c.seconds))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  CPU while sending: {per_message:.1} µs per message stored ({:.1} s over {:.1} s: {})",
+        cpu.node_seconds
+            .unwrap_or_else(|| cpu.components.iter().map(|c| c.seconds).sum()),
+        cpu.window_seconds,
+        top.join(", ")
+    );
 }
 
 /// One line per consumer group.
