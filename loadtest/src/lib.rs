@@ -189,7 +189,7 @@ async fn execute(
     send::record_scenario_latency(&mut db, book, &sent.latency_windows).await?;
     let (judgement, checks) = outcome::judge_run(plan, book.status(), &verification);
     book.status_mut().thresholds = checks;
-    outcome::record(book, &judgement, &verification).await?;
+    outcome::record(book, &judgement, &verification);
     let mut series = sampling.finish().await;
     series.request_latency_histograms = std::mem::take(&mut sent.histograms);
     let report = Report {

@@ -12,12 +12,13 @@ use super::report::{self, Report, ReportSettings};
 use super::status::{StatusBook, COMPLETE, THRESHOLDS_MET, VERIFIED};
 use super::{judge, report::html, report::store, thresholds, verdict, LoadTestArgs, Plan, Result};
 
-/// Writes the verdict and the groups' figures into the status.
-pub(super) async fn record(
+/// Sets the verdict and the groups' figures in the status; [`publish_report`] writes it,
+/// once the HTML report is stored, so that a run is never seen finished without it.
+pub(super) fn record(
     book: &mut StatusBook,
     judgement: &judge::Judgement,
     verification: &verdict::Verification,
-) -> Result<()> {
+) {
     let said = |s: &judge::Said| (s.ok, s.reason, s.message.clone());
     let (ok, reason, message) = said(&judgement.verified);
     book.set_condition(VERIFIED, ok, reason, message);
@@ -35,11 +36,11 @@ pub(super) async fn record(
     status.end_to_end_latency = verdict::overall_latency(&verification.reports);
     status.completion_time = Some(Time(Timestamp::now()));
     status.message = Some(judgement.message.clone());
-    book.write_now().await
 }
 
-/// Writes the JSON and HTML reports (where asked; in a Job the HTML one into the
-/// ConfigMap `<loadtest>-report`, named in the status) and shows the summary table.
+/// Writes the HTML report (in a Job into the ConfigMap `<loadtest>-report`, named in the
+/// status), then the status [`record`] set, then the JSON report and the HTML file where
+/// asked, and shows the summary table.
 pub(super) async fn publish_report(
     args: &LoadTestArgs,
     plan: &Plan,
@@ -65,7 +66,6 @@ pub(super) async fn publish_report(
                 Ok(name) => {
                     tracing::info!(config_map = %name, every_nth_sample = every, "wrote the HTML report into a ConfigMap");
                     book.status_mut().report_config_map = Some(name);
-                    book.write_now().await?;
                 }
                 Err(e) => {
                     tracing::warn!(error = %outbox_core::error_chain(&e), "could not write the HTML report ConfigMap; the status holds the results")
@@ -73,6 +73,9 @@ pub(super) async fn publish_report(
             },
         }
     }
+    // The run's end in the status, with the HTML report's ConfigMap named: written once
+    // the report is there.
+    book.write_now().await?;
     // The reports carry the status as it stands now, the ConfigMap's name included.
     let json = Report {
         status: book.status().clone(),

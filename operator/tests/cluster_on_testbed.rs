@@ -371,6 +371,15 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     let mut lt: LoadTest = testbed_support::manifest("manifests/loadtest-small.yaml");
     lt.metadata.name = Some("chaos".into());
     lt.spec.scenarios[0].messages = Some(500_000);
+    // And the runner as an application, enqueueing in its own transactions from its pod
+    // (the sample comparing both paths has such a scenario).
+    let both: LoadTest = testbed_support::manifest("manifests/loadtest-enqueue.yaml");
+    let enqueue = both.spec.scenarios[1].clone();
+    assert_eq!(enqueue.via, outbox_operator::crd::Via::Enqueue);
+    lt.spec.scenarios.push(outbox_operator::crd::Scenario {
+        messages: Some(5_000),
+        ..enqueue
+    });
     lt.spec.success_threshold = 100.0;
     lt.spec.verification_timeout_seconds = 600;
     // Kafka and PostgreSQL are host processes here: the testbed's exporter serves their
@@ -472,7 +481,7 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     assert_eq!(status.phase, Some(LoadTestPhase::Succeeded), "{status:#?}");
     assert_eq!(
         status.accepted_messages,
-        Some(500_000 + lt.spec.scenarios[1].offered_messages()),
+        Some(500_000 + lt.spec.scenarios[1].offered_messages() + 5_000),
         "every message accepted, the deleted producer's share through the Service: {status:#?}"
     );
     let verified = status.conditions.iter().find(|c| c.type_ == "Verified");
@@ -487,7 +496,13 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
         assert_eq!(g.acknowledged, g.expected, "group {}: {status:#?}", g.group);
         assert!(g.expected > 0, "{status:#?}");
     }
-    // The report reached its ConfigMap, which is all of ConfigMaps the runner may write.
+    // The report reached its ConfigMap, which is all of ConfigMaps the runner may write,
+    // before the run was seen finished: the status names it from the first look.
+    assert_eq!(
+        status.report_config_map.as_deref(),
+        Some("chaos-report"),
+        "{status:#?}"
+    );
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), &ns);
     let report = config_maps
@@ -537,6 +552,28 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     };
     for component in ["producer http", "relay", "kafka", "postgresql", "runner"] {
         assert!(seconds(component) > 0.0, "{component}: {cpu:#?}");
+    }
+    // Both ways into the outbox side by side: the batch over HTTP, the enqueue scenario
+    // through the database from the runner's pod, each with its CPU while sending.
+    for (name, stored_by) in [
+        ("batch", None),
+        ("enqueue-batch", Some("database (outbox_enqueue)")),
+    ] {
+        let s = status
+            .scenarios
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no scenario {name}: {status:#?}"));
+        if let Some(stored_by) = stored_by {
+            assert_eq!(s.per_producer[0].producer, stored_by, "{s:#?}");
+            assert_eq!(s.accepted, 5_000, "{s:#?}");
+        }
+        let per_message = s
+            .sending_cpu
+            .as_ref()
+            .and_then(|c| c.micros_per_message)
+            .unwrap_or_else(|| panic!("{name}: no CPU while sending: {s:#?}"));
+        eprintln!("{name}: {per_message:.1} CPU-µs per message stored while sending");
     }
     for g in &system.spec.consumers.groups {
         assert!(seconds(&format!("consumers {}", g.name)) > 0.0, "{cpu:#?}");
