@@ -15,7 +15,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt, ResourceExt};
 use outbox_contract::crd::{LoadTest, LoadTestSpec, OutboxSystem, Scenario, SystemRef};
 use serde_json::Value;
-use support::report::{condition, f64_of, group, runner_fields, scenario};
+use support::report::{condition, f64_of, group, runner_fields, scenario, succeeded};
 use support::system::System;
 use testbed_support::{
     apply_crd, create_namespace, delete_namespace, free_port, testbed, unique_name,
@@ -215,9 +215,7 @@ thresholds:
             Duration::from_secs(300),
         )
         .await;
-    let status = &report["status"];
-    assert!(exit.success(), "runner exit {exit}: {status:#}");
-    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    let status = succeeded(exit, &report);
     assert_eq!(
         condition(status, "ThresholdsMet")["status"],
         "True",
@@ -337,9 +335,7 @@ scenarios:
             Duration::from_secs(240),
         )
         .await;
-    let status = &report["status"];
-    assert!(exit.success(), "runner exit {exit}: {status:#}");
-    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    let status = succeeded(exit, &report);
     // The rate holds while the batch loads the producers: what could not be sent on
     // time is counted as missed, the rest is accepted.
     let steady = scenario(&report, "steady");
@@ -390,9 +386,7 @@ scenarios:
             Duration::from_secs(240),
         )
         .await;
-    let status = &report["status"];
-    assert!(exit.success(), "runner exit {exit}: {status:#}");
-    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    let status = succeeded(exit, &report);
     assert_eq!(
         condition(status, "Verified")["status"],
         "True",

@@ -3,6 +3,14 @@
 
 use serde_json::Value;
 
+/// The status of a run that exited 0 and Succeeded (panics showing it otherwise).
+pub fn succeeded(exit: std::process::ExitStatus, report: &Value) -> &Value {
+    let status = &report["status"];
+    assert!(exit.success(), "runner exit {exit}: {status:#}");
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    status
+}
+
 /// Group `name` of a report.
 pub fn group<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["status"]["groups"]
