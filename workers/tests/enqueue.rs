@@ -270,34 +270,6 @@ fn key_of(payload: &str) -> String {
     format!("key-{}", i % 4)
 }
 
-/// Drops the login role a test created, passed or failed (roles outlive schemas).
-struct DropRole {
-    url: String,
-    role: String,
-}
-
-impl Drop for DropRole {
-    fn drop(&mut self) {
-        let (url, role) = (self.url.clone(), self.role.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                if let Ok(db) = outbox_workers::db::connect(&url).await {
-                    let _ = db
-                        .batch_execute(&format!(
-                            "DROP OWNED BY \"{role}\"; DROP ROLE IF EXISTS \"{role}\""
-                        ))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn the_enqueue_role_may_call_the_functions_and_nothing_else_and_a_refusal_aborts_the_callers_transaction(
 ) {
@@ -311,9 +283,8 @@ async fn the_enqueue_role_may_call_the_functions_and_nothing_else_and_a_refusal_
         .expect("the role's name")
         .get(0);
     let login = unique_name("app").replace('-', "_");
-    let _cleanup = DropRole {
-        url: env.database_url.clone(),
-        role: login.clone(),
+    let _cleanup = testbed_support::DropRoles {
+        names: vec![login.clone()],
     };
     app.batch_execute(&format!(
         "CREATE ROLE \"{login}\" LOGIN PASSWORD 'app-secret' IN ROLE \"{enqueue_role}\""

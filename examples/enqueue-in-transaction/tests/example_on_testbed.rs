@@ -100,38 +100,6 @@ async fn the_psql_snippet_of_the_document_stores_its_messages_on_commit() {
     assert!(headers.is_some_and(|h| h["traceparent"].is_string()));
 }
 
-/// Roles a test created, dropped with what they own when it ends, passed or failed
-/// (roles outlive schemas).
-struct Roles {
-    url: String,
-    names: Vec<String>,
-}
-
-impl Drop for Roles {
-    fn drop(&mut self) {
-        let (url, names) = (self.url.clone(), self.names.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let Ok(db) = outbox_core::db::connect(&url).await else {
-                    return;
-                };
-                for name in names {
-                    let _ = db
-                        .batch_execute(&format!(
-                            "REVOKE ALL ON DATABASE outbox FROM \"{name}\"; DROP OWNED BY \"{name}\" CASCADE; DROP ROLE IF EXISTS \"{name}\""
-                        ))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// A session of `url` as `user`.
 async fn connect_as(url: &str, user: &str) -> tokio_postgres::Client {
     let mut config: tokio_postgres::Config = url.parse().expect("the URL");
@@ -151,9 +119,9 @@ async fn without_createrole_the_migration_goes_on_and_the_documented_grants_let_
     let admin = outbox_core::db::connect(&url).await.expect("connect");
     let suffix = testbed_support::unique_name("r").replace('-', "_");
     let (owner, app) = (format!("owner_{suffix}"), format!("app_{suffix}"));
-    let _roles = Roles {
-        url: url.clone(),
-        names: vec![app.clone(), owner.clone()],
+    // The owner first: its schema goes, and with it what it granted the application.
+    let _roles = testbed_support::DropRoles {
+        names: vec![owner.clone(), app.clone()],
     };
     admin
         .batch_execute(&format!(

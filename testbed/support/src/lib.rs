@@ -398,6 +398,59 @@ fn parse_env_file(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Roles a test created on the testbed's PostgreSQL, dropped with what they own (and
+/// their rights on the database) when the guard goes, passed or failed: roles belong to
+/// the whole cluster and outlive the test's schema.
+pub struct DropRoles {
+    pub names: Vec<String>,
+}
+
+impl Drop for DropRoles {
+    fn drop(&mut self) {
+        let (url, names) = (
+            testbed().database_url.clone(),
+            std::mem::take(&mut self.names),
+        );
+        // A runtime of its own: the guard may go inside or outside one.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok((db, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                let task = tokio::spawn(connection);
+                for name in names {
+                    // DROP OWNED needs membership in the role, which CREATEROLE alone
+                    // does not give; each statement on its own, whatever the last did.
+                    for sql in [
+                        format!("GRANT \"{name}\" TO CURRENT_USER"),
+                        format!("DROP OWNED BY \"{name}\" CASCADE"),
+                        format!("DROP ROLE IF EXISTS \"{name}\""),
+                    ] {
+                        if let Err(e) = db.batch_execute(&sql).await {
+                            let why = e
+                                .as_db_error()
+                                .map(|d| d.message().to_string())
+                                .unwrap_or_else(|| e.to_string());
+                            eprintln!("dropping the test's role {name}: {sql}: {why}");
+                        }
+                    }
+                }
+                drop(db);
+                let _ = task.await;
+            });
+        })
+        .join();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
