@@ -179,27 +179,7 @@ pub async fn send_scenario(
     let started = Instant::now();
     let tasks = spawn_producer_jobs(http, producers, shape, send, counters, board);
     let (outcomes, ids, uncertain) = join_producer_jobs(tasks, producers, send, started).await;
-    Sent {
-        outcome: ScenarioOutcome {
-            name: send.name.clone(),
-            batching: send.batching,
-            messages: send.messages,
-            already_accepted: send.already_accepted,
-            producers: outcomes,
-            duration: started.elapsed(),
-            stages: send
-                .stages
-                .iter()
-                .map(|s| StagePlan {
-                    rate_per_second: s.rate_per_second,
-                    duration: s.duration,
-                    remaining: s.remaining,
-                })
-                .collect(),
-        },
-        ids: ids.finish(),
-        uncertain,
-    }
+    sent(send, outcomes, ids.finish(), uncertain, started)
 }
 
 /// A task per producer sending its share of the scenario, in the producers' order.
@@ -343,6 +323,48 @@ impl WorkerDone {
         self.ids.extend(&other.ids.finish());
         self.uncertain += other.uncertain;
     }
+
+    /// Messages of `share` that no worker reported (one crashed): failures of unknown
+    /// fate.
+    fn fail_unreported(&mut self, share: u64) {
+        let unreported = share.saturating_sub(self.tally.accepted + self.tally.failed);
+        if unreported > 0 {
+            self.tally.failed(unreported, "runnerPanic", None);
+            self.uncertain += unreported;
+        }
+    }
+}
+
+/// What sending `send` produced, from what each of its producers (or the database)
+/// did since `started`.
+fn sent(
+    send: &ScenarioSend,
+    producers: Vec<ProducerOutcome>,
+    ids: IdSet,
+    uncertain: u64,
+    started: Instant,
+) -> Sent {
+    Sent {
+        outcome: ScenarioOutcome {
+            name: send.name.clone(),
+            batching: send.batching,
+            messages: send.messages,
+            already_accepted: send.already_accepted,
+            producers,
+            duration: started.elapsed(),
+            stages: send
+                .stages
+                .iter()
+                .map(|s| StagePlan {
+                    rate_per_second: s.rate_per_second,
+                    duration: s.duration,
+                    remaining: s.remaining,
+                })
+                .collect(),
+        },
+        ids,
+        uncertain,
+    }
 }
 
 impl ProducerJob {
@@ -385,37 +407,26 @@ impl ProducerJob {
                 done
             }));
         }
-        let mut tally = Tally::default();
-        let mut ids = IdCollector::default();
-        let mut uncertain = 0;
+        let mut done = WorkerDone::default();
         for handle in handles {
             match handle.await {
-                Ok(done) => {
-                    tally.merge(&done.tally);
-                    ids.extend(&done.ids.finish());
-                    uncertain += done.uncertain;
-                }
+                Ok(worker) => done.merge(worker),
                 Err(e) => {
                     tracing::error!(producer = %job.producer.name, error = %e, "request worker failed")
                 }
             }
         }
-        // Requests a crashed worker never reported are failures of unknown fate.
-        let unreported = job.share.saturating_sub(tally.accepted + tally.failed);
-        if unreported > 0 {
-            tally.failed(unreported, "runnerPanic", None);
-            uncertain += unreported;
-        }
+        done.fail_unreported(job.share);
         ProducerDone {
             outcome: ProducerOutcome {
                 producer: job.producer.name.clone(),
                 messages: job.share,
-                tally,
+                tally: done.tally,
                 duration: started.elapsed(),
                 stages: Vec::new(),
             },
-            ids: ids.finish(),
-            uncertain,
+            ids: done.ids.finish(),
+            uncertain: done.uncertain,
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio_postgres::Client;
 
 use super::body::{messages_json, single_message};
 use super::{Counters, MessageShape, ScenarioSend, Sent, WorkerDone};
-use crate::measure::{ProducerOutcome, ScenarioOutcome};
+use crate::measure::ProducerOutcome;
 
 /// The name the database takes among a scenario's producers in status and report.
 pub const DATABASE: &str = "database (outbox_enqueue)";
@@ -63,30 +63,21 @@ pub async fn send_scenario(
             Err(e) => tracing::error!(scenario = %send.name, error = %e, "enqueue session failed"),
         }
     }
-    let unreported = total.saturating_sub(done.tally.accepted + done.tally.failed);
-    if unreported > 0 {
-        done.tally.failed(unreported, "runnerPanic", None);
-        done.uncertain += unreported;
-    }
-    Sent {
-        outcome: ScenarioOutcome {
-            name: send.name.clone(),
-            batching: send.batching,
-            messages: send.messages,
-            already_accepted: send.already_accepted,
-            producers: vec![ProducerOutcome {
-                producer: DATABASE.to_string(),
-                messages: total,
-                tally: done.tally,
-                duration: started.elapsed(),
-                stages: Vec::new(),
-            }],
-            duration: started.elapsed(),
-            stages: Vec::new(),
-        },
-        ids: done.ids.finish(),
-        uncertain: done.uncertain,
-    }
+    done.fail_unreported(total);
+    let database = ProducerOutcome {
+        producer: DATABASE.to_string(),
+        messages: total,
+        tally: done.tally,
+        duration: started.elapsed(),
+        stages: Vec::new(),
+    };
+    super::sent(
+        send,
+        vec![database],
+        done.ids.finish(),
+        done.uncertain,
+        started,
+    )
 }
 
 /// What every session of a scenario shares.
