@@ -330,11 +330,15 @@ scenarios:
     connections: 100
     stages: [{ratePerSecond: 100, durationSeconds: 3}]
 - {name: after, messages: 50}
+thresholds:
+  requestLatencyMs: {p99: 60000}
 ",
             &["--messages-per-request", "500"],
             Duration::from_secs(240),
         )
         .await;
+    // Latency is not what this test is about: the arrival-rate defaults (p95 200 ms)
+    // would make it fail on a loaded machine, so the spec sets a limit of its own.
     let status = succeeded(exit, &report);
     // The rate holds while the batch loads the producers: what could not be sent on
     // time is counted as missed, the rest is accepted.
