@@ -1,6 +1,8 @@
 //! CPU time of this process, split by what its threads do, served on `/metrics` as
 //! `outbox_cpu_seconds_total{part}` so that a load test can say where the cores went;
-//! beside it the process's resident memory, `process_resident_memory_bytes`.
+//! beside it the process's resident memory, `process_resident_memory_bytes`, and its
+//! start time, `process_start_time_seconds` (a restarted container shows as a change of
+//! it, which the alert rules use without kube-state-metrics).
 //!
 //! Threads are named for their work: the main runtime's threads `outbox-main` (HTTP
 //! ingest and housekeeping such as retention in a producer, the consume-and-acknowledge
@@ -121,6 +123,34 @@ pub fn this_process() -> Option<BTreeMap<Part, f64>> {
     Some(split(process_ticks, &threads))
 }
 
+/// The start time of a process in seconds since the epoch, from its
+/// `/proc/<pid>/stat` line (field 22, `starttime`, in ticks since boot) and the
+/// `btime` line of `/proc/stat` (boot time in seconds since the epoch).
+pub fn start_time_seconds(stat: &str, proc_stat: &str) -> Option<f64> {
+    let close = stat.rfind(')')?;
+    // After the name: state is field 3, so starttime (22) is the 20th word.
+    let ticks: u64 = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(boot as f64 + ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// This process's start time in seconds since the epoch.
+pub fn this_process_start_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let proc_stat = std::fs::read_to_string("/proc/stat").ok()?;
+    start_time_seconds(&stat, &proc_stat)
+}
+
 /// This process's CPU seconds, all parts together.
 pub fn this_process_total() -> Option<f64> {
     let process = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -128,8 +158,9 @@ pub fn this_process_total() -> Option<f64> {
     Some(ticks as f64 / TICKS_PER_SECOND)
 }
 
-/// Serves [`this_process`] as `outbox_cpu_seconds_total{part}` and the resident memory
-/// as `process_resident_memory_bytes` on every scrape.
+/// Serves [`this_process`] as `outbox_cpu_seconds_total{part}`, the resident memory
+/// as `process_resident_memory_bytes` and the start time as
+/// `process_start_time_seconds` on every scrape.
 #[derive(Debug, Default)]
 pub struct ProcessCollector;
 
@@ -146,6 +177,15 @@ impl Collector for ProcessCollector {
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
             ConstGauge::new(bytes).encode(gauge)?;
+        }
+        if let Some(seconds) = this_process_start_time() {
+            let gauge = encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of this process since the epoch in seconds",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(seconds).encode(gauge)?;
         }
         let Some(parts) = this_process() else {
             return Ok(());
@@ -251,11 +291,24 @@ mod tests {
     }
 
     #[test]
+    fn the_start_time_is_boot_time_plus_the_start_ticks() {
+        // A name with a space and a parenthesis; starttime (field 22) is 12345 ticks.
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 4 0 12345 1000 10 18446744073709551615";
+        let proc_stat = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        assert_eq!(start_time_seconds(stat, proc_stat), Some(1_700_000_123.45));
+        assert_eq!(start_time_seconds(stat, "cpu 1 2 3\n"), None);
+        assert_eq!(start_time_seconds("42 (x) S 1", proc_stat), None);
+    }
+
+    #[test]
     fn the_collector_output_parses_back_by_part() {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(ProcessCollector));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let started = samples(&text, "process_start_time_seconds");
+        assert_eq!(started.len(), 1, "{text}");
+        assert!(started[0].1 > 1.6e9, "a start time after 2020: {text}");
         let resident = samples(&text, "process_resident_memory_bytes");
         assert_eq!(resident.len(), 1, "{text}");
         assert!(

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Producer service and relay metrics.
@@ -29,6 +32,35 @@ pub struct ProducerMetrics {
     pub relay_leader: Gauge,
     pub backlog_pending: Gauge,
     pub backlog_oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub request_durations: RequestDurations,
+}
+
+/// The `route` label of the request latency: `send` or `batch`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+/// The time the ingest endpoints took to answer, by route: from 0.5 ms to 16 s in
+/// doubling buckets, so that one request alone and a full batch under load both land
+/// inside the range.
+#[derive(Debug, Clone)]
+pub struct RequestDurations(Family<RouteLabels, Histogram, fn() -> Histogram>);
+
+impl Default for RequestDurations {
+    fn default() -> Self {
+        fn buckets() -> Histogram {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        }
+        RequestDurations(Family::new_with_constructor(buckets))
+    }
+}
+
+impl RequestDurations {
+    /// The histogram of `route`.
+    pub fn route(&self, route: &'static str) -> Histogram {
+        self.0.get_or_create(&RouteLabels { route }).clone()
+    }
 }
 
 impl ProducerMetrics {
@@ -39,6 +71,11 @@ impl ProducerMetrics {
         self.register_retention(r);
         self.register_relay(r);
         self.register_backlog(r);
+        r.register(
+            "request_duration_seconds",
+            "Time the ingest endpoints took to answer, by route (send, batch), refusals included",
+            self.request_durations.0.clone(),
+        );
     }
 
     /// The HTTP service's outcomes: messages accepted, requests refused and replayed.

@@ -7,9 +7,11 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::{FutureProducer, Producer};
 use serde::Deserialize;
@@ -61,14 +63,34 @@ pub struct AppState {
 /// The router: `POST /api/messages/send`, `POST /api/messages/batch`,
 /// `GET /api/messages/health` (details), `GET /livez`, `GET /readyz`, `GET /metrics`.
 pub fn router(state: AppState) -> Router {
+    let durations = state.metrics.request_durations.clone();
     Router::new()
-        .route("/api/messages/send", post(send))
-        .route("/api/messages/batch", post(batch))
+        .route(
+            "/api/messages/send",
+            post(send).route_layer(from_fn_with_state(durations.route("send"), timed)),
+        )
+        .route(
+            "/api/messages/batch",
+            post(batch).route_layer(from_fn_with_state(durations.route("batch"), timed)),
+        )
         .route("/api/messages/health", get(health))
         .route(probes::LIVENESS_PATH, get(probes::alive))
         .route(probes::READINESS_PATH, get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Observes how long an ingest route took to answer in its histogram of
+/// `outbox_request_duration_seconds{route}` (the layer's state).
+async fn timed(
+    State(histogram): State<Histogram>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    histogram.observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// One message as the API takes it.

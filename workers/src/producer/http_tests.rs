@@ -376,3 +376,35 @@ async fn a_refused_request_is_answered_while_its_body_still_arrives() {
     assert_eq!(answer.status, 429, "{answer:?}");
     assert_eq!(server.state.bodies.held_bytes(), LENGTH as u64);
 }
+
+#[tokio::test]
+async fn every_ingest_answer_is_timed_by_route_refusals_included() {
+    let server = Server::start(Settings {
+        max_concurrent_requests: 0,
+        ..Settings::default()
+    })
+    .await;
+    for path in [
+        "/api/messages/send",
+        "/api/messages/send",
+        "/api/messages/batch",
+    ] {
+        let mut stream = server.post_head(path, Some(10)).await;
+        let answer = answer(&mut stream, Duration::from_secs(3))
+            .await
+            .expect("answered");
+        assert_eq!(answer.status, 503, "{answer:?}");
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    server.state.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    for (route, count) in [("send", 2.0), ("batch", 1.0)] {
+        let counts = crate::cpu::samples(&text, "outbox_request_duration_seconds_count");
+        let label = format!("route=\"{route}\"");
+        assert!(
+            counts.iter().any(|(l, v)| *l == label && *v == count),
+            "{route}: {counts:?}"
+        );
+    }
+}
