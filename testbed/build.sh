@@ -77,6 +77,21 @@ build_prometheus() {
   rm -rf "$PROMETHEUS_BIN" && mv "$PROMETHEUS_BIN.tmp" "$PROMETHEUS_BIN"
 }
 
+# The three monitoring.coreos.com CRDs the chart can create objects of, as the Prometheus
+# Operator publishes them in its module (example/prometheus-operator-crd).
+build_monitoring_crds() {
+  [ -f "$MONITORING_CRDS/.complete" ] && { log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: cached"; return 0; }
+  log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: from its Go module"
+  local dir
+  dir=$(cd "$CACHE_DIR" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$MONITORING_CRDS" && mkdir -p "$MONITORING_CRDS"
+  for kind in podmonitors servicemonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_CRDS/"
+  done
+  touch "$MONITORING_CRDS/.complete"
+}
+
 build_kafka() {
   local dest=$CACHE_DIR/kafka-$KAFKA_VERSION
   [ -f "$dest/.complete" ] && { log "kafka $KAFKA_VERSION: cached"; return 0; }
@@ -96,5 +111,5 @@ build_one() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka etcd helm coredns kubernetes prometheus)
+[ ${#components[@]} -gt 0 ] || components=(kafka etcd helm coredns kubernetes prometheus monitoring_crds)
 for c in "${components[@]}"; do build_one "$c"; done

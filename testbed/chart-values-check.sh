@@ -207,6 +207,45 @@ else
 fi
 if rendered --kube-version "${K8S_VERSION#v}"; then pass "kubeVersion: renders for the pinned $K8S_VERSION"; fi
 
+echo "monitoring: the monitors, rules and dashboards render only when asked, and monitors only where the cluster serves their kinds"
+monitoring_kinds='[.[] | select(.kind == "PodMonitor" or .kind == "ServiceMonitor" or .kind == "PrometheusRule" or (.kind == "ConfigMap" and (.metadata.name | test("-dashboard-"))))]'
+if rendered; then check "defaults: no PodMonitor, ServiceMonitor, PrometheusRule or dashboard" "$monitoring_kinds | length == 0"; fi
+monitoring_api=(--api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/ServiceMonitor
+  --api-versions monitoring.coreos.com/v1/PrometheusRule)
+all_on=(--set metrics.podMonitor.enabled=true --set metrics.serviceMonitor.enabled=true
+  --set metrics.prometheusRule.enabled=true --set metrics.dashboards.enabled=true)
+if rendered "${monitoring_api[@]}" "${all_on[@]}"; then
+  check "all on: one PodMonitor, one ServiceMonitor, one PrometheusRule, two dashboards" \
+    "([.[] | .kind] | map(select(. == \"PodMonitor\")) | length) == 1 and ([.[] | .kind] | map(select(. == \"ServiceMonitor\")) | length) == 1 and ([.[] | .kind] | map(select(. == \"PrometheusRule\")) | length) == 1 and ([.[] | select(.kind == \"ConfigMap\" and (.metadata.labels.grafana_dashboard == \"1\"))] | length) == 2"
+  check "the PodMonitor selects the operator's worker pods (producers and consumers) on their http port, in every namespace" \
+    '.[] | select(.kind == "PodMonitor") | .spec.selector.matchLabels["app.kubernetes.io/managed-by"] == "outbox-operator" and .spec.namespaceSelector.any == true and .spec.podMetricsEndpoints[0].port == "http"'
+  check "every dashboard ConfigMap holds valid JSON with a uid" \
+    '[.[] | select(.kind == "ConfigMap" and .metadata.labels.grafana_dashboard == "1") | .data[] | fromjson | .uid] | all(. != null)'
+  check "the ServiceMonitor keeps the LoadTests' namespace label (honorLabels)" \
+    '.[] | select(.kind == "ServiceMonitor") | .spec.endpoints[0].honorLabels == true'
+fi
+if rendered "${monitoring_api[@]}" --set metrics.podMonitor.enabled=true --set watchNamespace=shop; then
+  check "with watchNamespace the PodMonitor selects that namespace only" \
+    '.[] | select(.kind == "PodMonitor") | .spec.namespaceSelector.matchNames == ["shop"]'
+fi
+if rendered "${monitoring_api[@]}" --set metrics.prometheusRule.enabled=true --set metrics.prometheusRule.deliveryStalled.ageSeconds=42; then
+  check "prometheusRule.deliveryStalled.ageSeconds sets the stalled alert's threshold" \
+    '[.[] | select(.kind == "PrometheusRule") | .spec.groups[].rules[] | select(.alert == "OutboxDeliveryStalled") | .expr] | first | endswith("> 42")'
+fi
+for kind in PodMonitor ServiceMonitor PrometheusRule; do
+  value=metrics.$(tr '[:upper:]' '[:lower:]' <<<"${kind:0:1}")${kind:1}.enabled
+  # (helm lint renders `fail` as a warning, so only template and install refuse it.)
+  render --set "$value=true" >/dev/null
+  if ((rc != 0)) && grep -q "needs the Prometheus Operator's $kind kind" <<<"$out_err"; then
+    pass "$value=true on a cluster without the $kind kind: refused, naming it"
+  else
+    fail "$value=true on a cluster without the $kind kind: rc=$rc: $out_err"
+  fi
+done
+if rendered --set metrics.dashboards.enabled=true; then
+  pass "dashboards need no CRD: they render without monitoring.coreos.com"
+fi
+
 if ((failures)); then
   die "chart values: $failures check(s) failed"
 fi

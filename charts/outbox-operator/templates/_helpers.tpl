@@ -61,3 +61,16 @@ two operators would both reconcile. */ -}}
 {{- define "outbox-operator.workerImage" -}}
 {{- printf "%s:%s" .Values.workerImage.repository (default .Chart.AppVersion .Values.workerImage.tag) -}}
 {{- end -}}
+
+{{- /* Fails rendering when `value` (a chart value that asks for a monitoring.coreos.com/v1
+object of `kind`) is on and the cluster does not serve that kind: the objects would be
+refused one by one at install time otherwise, after the rest of the chart. Call with
+(list . "metrics.podMonitor.enabled" "PodMonitor"). */ -}}
+{{- define "outbox-operator.requireMonitoringApi" -}}
+{{- $ctx := index . 0 -}}
+{{- $value := index . 1 -}}
+{{- $kind := index . 2 -}}
+{{- if not ($ctx.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind)) -}}
+{{- fail (printf "%s=true needs the Prometheus Operator's %s kind (monitoring.coreos.com/v1), which this cluster does not serve. Install the Prometheus Operator (or kube-prometheus-stack) first, or leave %s off and scrape with your own config (docs/monitoring.md). With helm template, pass --api-versions monitoring.coreos.com/v1/%s." $value $kind $value $kind) -}}
+{{- end -}}
+{{- end -}}
