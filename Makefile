@@ -52,9 +52,10 @@ chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's
 test-unit: test-scripts ## unit tests only (no testbed needed), the script tests too
 	$(CARGO) test --workspace --lib --bins
 
-test-scripts: ## the scripts' own tests (testbed/tests/*-test.sh, the structure check's self-test: seconds, no root, no testbed)
+test-scripts: ## the scripts' own tests (testbed/tests/*-test.sh, the structure and dashboard checks' self-tests: seconds, no root, no testbed)
 	@for t in testbed/tests/*-test.sh; do echo "== $$t"; bash "$$t" || exit 1; done
 	@echo "== scripts/structure-check.py --self-test"; scripts/structure-check.py --self-test
+	@echo "== scripts/dashboard-check-test.sh"; bash scripts/dashboard-check-test.sh
 
 fmt: ## format the Rust code
 	$(CARGO) fmt --all
@@ -76,12 +77,13 @@ chart-values-check: ## what the chart's values render (helm template only, no te
 	@testbed/chart-values-check.sh
 
 SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh testbed/tests/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
-lint: deps ## rustfmt, clippy -D warnings, CRD drift, shellcheck, file and function sizes, dependency licenses and sources
+lint: deps ## rustfmt, clippy -D warnings, CRD drift, shellcheck, file and function sizes, the Grafana dashboards, dependency licenses and sources
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) --no-print-directory crds-check
 	shellcheck -x -P SCRIPTDIR --severity=warning $(SHELL_SCRIPTS)
 	scripts/structure-check.py
+	scripts/dashboard-check.py
 	$(CARGO) deny --log-level error check licenses bans sources
 
 # ------------------------------------------------------------------ images and kind
