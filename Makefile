@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/outbox-operator/target
 TESTBED_ENV := .testbed/env
 
-.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit test-scripts lint fmt crds crds-check chart-check chart-values-check demo bench bench-check chaos
+.PHONY: help deps testbed-build testbed-up testbed-down testbed-images test test-unit test-scripts test-rules monitor lint fmt crds crds-check chart-check chart-values-check demo bench bench-check chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ testbed-images: ## build the operator and worker images (PROFILE=debug|release) 
 
 CHAOS_TABLE := $(CARGO_TARGET_DIR)/tmp/chaos-table.md
 
-test: deps test-scripts ## the script tests, then all tests on the real testbed, then the kind quick start on its node (kind-check): brings it up, runs them, takes it down again
+test: deps test-scripts test-rules ## the script tests, the alert rules' tests, then all tests on the real testbed, then the kind quick start on its node (kind-check): brings it up, runs them, takes it down again
 	@rm -f "$(CHAOS_TABLE)"
 	@testbed/with-testbed.sh bash -c 'testbed/chart-check.sh && $(CARGO) build --workspace --bins && \
 	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" || exit 1; \
@@ -76,7 +76,7 @@ chart-check: ## helm lint, and the rendered chart validated by the testbed's v1.
 chart-values-check: ## what the chart's values render (helm template only, no testbed)
 	@testbed/chart-values-check.sh
 
-SHELL_SCRIPTS := testbed/*.sh testbed/node/*.sh testbed/tests/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
+SHELL_SCRIPTS := testbed/*.sh testbed/monitor/*.sh testbed/node/*.sh testbed/tests/*.sh scripts/*.sh .ci/run .ci/install-deps.sh
 lint: deps ## rustfmt, clippy -D warnings, CRD drift, shellcheck, file and function sizes, the Grafana dashboards, dependency licenses and sources
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -135,6 +135,12 @@ bench-check: ## the benchmark, failing when a ratio fell more than the tolerance
 	$(CARGO) build --release -p outbox-workers --bin outbox-worker
 	@testbed/with-testbed.sh bash -c '$(BENCH_RUN) --check && \
 	  cp "$${TESTBED_STATE_DIR}/bench-report.json" bench-report.json'
+
+monitor: deps ## the quick demo with a real Prometheus scraping it and the chart's alerts loaded; leaves it all running (Prometheus' address at the end)
+	MONITOR=1 KEEP=1 LOADTEST=$${LOADTEST:-manifests/loadtest-small.yaml} scripts/demo.sh
+
+test-rules: ## promtool tests of every alert rule of the chart (no cluster)
+	@testbed/monitor/test-rules.sh
 
 demo: deps ## the main job: testbed up, chart installed, reference OutboxSystem + LoadTest run and verified
 	scripts/demo.sh

@@ -8,6 +8,9 @@
 #
 # LOADTEST=manifests/loadtest-small.yaml make demo   runs the quick LoadTest instead of the
 # reference one (10,000,000 batched + 5,000 immediate). KEEP=1 leaves everything running.
+# MONITOR=1 (what `make monitor` sets, with KEEP=1 and the quick LoadTest) starts a real
+# Prometheus first (testbed/monitor.sh), installs the chart with its PodMonitor,
+# ServiceMonitor, alert rules and dashboards on, and ends with what Prometheus saw.
 . "$(dirname "$0")/../testbed/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
@@ -48,13 +51,21 @@ step "testbed: control plane, Kafka, PostgreSQL, node"
 . "$STATE_DIR/env"
 [ "${TESTBED_NODE:-0}" = 1 ] || die "the demo runs in the cluster and needs the testbed's node (TESTBED_NODE=1)"
 
+chart_flags=()
+if [ "${MONITOR:-0}" = 1 ]; then
+  step "Prometheus on the testbed: scraping what the chart's monitors select, the chart's alert rules loaded"
+  MONITOR_NAMESPACE=$RELEASE_NAMESPACE "$TESTBED_DIR/monitor.sh" up
+  chart_flags=(--set metrics.podMonitor.enabled=true --set metrics.serviceMonitor.enabled=true
+    --set metrics.prometheusRule.enabled=true --set metrics.dashboards.enabled=true)
+fi
+
 step "build (release) and load the operator and worker images into the node"
 cargo build --release -p outbox-operator -p outbox-workers --bins
 "$TESTBED_DIR/load-images.sh" "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
 
 step "helm install the chart (CRDs, RBAC, the operator's Deployment)"
 helm upgrade --install outbox-operator charts/outbox-operator --namespace "$RELEASE_NAMESPACE" --create-namespace \
-  --set "loadtest.namespaces={$NAMESPACE}" --set logFormat=text --wait --timeout 3m
+  --set "loadtest.namespaces={$NAMESPACE}" --set logFormat=text "${chart_flags[@]}" --wait --timeout 3m
 kubectl -n "$RELEASE_NAMESPACE" get pods -o wide
 
 step "reference OutboxSystem (manifests/outbox-system.yaml, as written)"
@@ -109,4 +120,8 @@ else
 fi
 echo "LoadTest status as JSON: $REPORT; the runner's log: kubectl logs job/$LT-run"
 echo "send to verified: $elapsed s"
+if [ "${MONITOR:-0}" = 1 ]; then
+  step "what Prometheus saw ($("$TESTBED_DIR/monitor.sh" url))"
+  "$TESTBED_DIR/monitor/show.sh"
+fi
 [ "$phase" = Succeeded ] || die "LoadTest ended $phase"

@@ -30,7 +30,7 @@ fi
 # Reverse start order. Each part runs in its own session (setsid), so its process group
 # id is its pid: the signal reaches every child too. Only while its pid is still the
 # process up.sh started (stop_part checks its start time and command line).
-for name in cpu-exporter kafka kube-controller-manager kube-apiserver etcd; do stop_part "$name" || true; done
+for name in prometheus cpu-exporter kafka kube-controller-manager kube-apiserver etcd; do stop_part "$name" || true; done
 service_cgroups_remove
 
 if ((keep_logs)); then
