@@ -12,6 +12,7 @@ pub mod image_policy;
 pub mod kafka;
 pub mod leader;
 pub mod loadtest_controller;
+pub mod loadtest_metrics;
 pub mod metrics;
 pub mod run;
 pub mod runner_job;

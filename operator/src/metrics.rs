@@ -1,15 +1,19 @@
-//! Prometheus metrics of the operator.
+//! Prometheus metrics of the operator: its reconciles (`outbox_operator_*`) and the last
+//! result of each LoadTest (`outbox_loadtest_*`, [`crate::loadtest_metrics`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use kube::runtime::reflector::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::crd::LoadTest;
 use crate::error::Error;
+use crate::loadtest_metrics::LoadTestCollector;
 
 /// Labels of the per-controller metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +40,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Reconcile durations in seconds.
     pub durations: Family<ControllerLabels, Histogram>,
+    /// The LoadTests' results, once [`Metrics::serve_loadtests`] gave it their store.
+    loadtests: LoadTestCollector,
     registry: Arc<Registry>,
 }
 
@@ -46,22 +52,28 @@ impl Default for Metrics {
         let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(
             new_duration_histogram as fn() -> Histogram,
         );
-        let mut registry = Registry::with_prefix("outbox_operator");
-        registry.register("reconciliations", "Reconciles started", reconciles.clone());
-        registry.register(
+        let mut registry = Registry::default();
+        let operator = registry.sub_registry_with_prefix("outbox_operator");
+        operator.register("reconciliations", "Reconciles started", reconciles.clone());
+        operator.register(
             "reconciliation_errors",
             "Reconciles that failed, by error",
             errors.clone(),
         );
-        registry.register(
+        operator.register(
             "reconcile_duration_seconds",
             "Time a reconcile took",
             durations.clone(),
         );
+        // Named `outbox_loadtest_*`, outside the operator's prefix: they describe the
+        // LoadTests, not the operator.
+        let loadtests = LoadTestCollector::default();
+        registry.register_collector(Box::new(loadtests.clone()));
         Metrics {
             reconciles,
             errors,
             durations,
+            loadtests,
             registry: Arc::new(registry),
         }
     }
@@ -93,6 +105,14 @@ impl Metrics {
                 error: error.metric_label().to_string(),
             })
             .inc();
+    }
+
+    /// Serves the last result of every LoadTest in `store` (the LoadTest controller's
+    /// reflector store) from now on, read at each scrape. The first store given stays.
+    pub fn serve_loadtests(&self, store: Store<LoadTest>) {
+        if !self.loadtests.serve(store) {
+            tracing::warn!("LoadTest metrics already read from another store; keeping that one");
+        }
     }
 
     /// The text exposition of every metric.

@@ -159,7 +159,8 @@ fn outbox_system_controller(
 }
 
 /// The LoadTest controller: reconciles on changes of the LoadTests and their Jobs, and
-/// of the OutboxSystem a LoadTest names.
+/// of the OutboxSystem a LoadTest names. Its store of LoadTests also serves their
+/// results on `/metrics`.
 fn load_test_controller(
     scope: &Scope,
     ctx: Arc<Context>,
@@ -169,6 +170,7 @@ fn load_test_controller(
     let config = watcher::Config::default().any_semantic();
     let controller = Controller::new(scope.api::<LoadTest>(&client), config.clone());
     let loadtest_store = controller.store();
+    ctx.metrics.serve_loadtests(loadtest_store.clone());
     controller
         .owns(scope.api::<Job>(&client), children_watch())
         // A LoadTest waiting for its OutboxSystem starts as soon as the system appears.
