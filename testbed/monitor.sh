@@ -7,6 +7,7 @@
 #   testbed/monitor.sh up [HELM-FLAGS...]   start it (or restart it with a new config)
 #   testbed/monitor.sh down                 stop it (testbed/down.sh does too)
 #   testbed/monitor.sh url                  print its address
+#   testbed/monitor.sh promtool ARGS...     the same release's promtool
 #
 # up also applies the Prometheus Operator's CRDs to the testbed, so that the chart
 # installs with metrics.podMonitor/serviceMonitor/prometheusRule on. The monitors are
@@ -51,5 +52,6 @@ case ${1:-} in
   up) shift; up "$@" ;;
   down) stop_part prometheus ;;
   url) [ -f "$dir/port" ] || die "prometheus has not been started: testbed/monitor.sh up"; url ;;
-  *) die "usage: $0 up [HELM-FLAGS...] | down | url" ;;
+  promtool) shift; exec "$PROMETHEUS_BIN/promtool" "$@" ;;
+  *) die "usage: $0 up [HELM-FLAGS...] | down | url | promtool ARGS..." ;;
 esac

@@ -130,36 +130,6 @@ fn random_delay(max: Duration) -> Duration {
     Duration::from_millis(u64::from(nanos).wrapping_mul(2_654_435_761) % max_ms)
 }
 
-/// `testbed/part.sh ACTION PART`: real stops and starts of a testbed process.
-fn part(action: &str, name: &str) {
-    let script = testbed_support::repo_root().join("testbed/part.sh");
-    let out = Command::new(&script)
-        .args([action, name])
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "testbed/part.sh {action} {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A testbed part stopped by the test; started again on drop (also when the test fails).
-struct PartDown(&'static str);
-
-impl PartDown {
-    fn stop(name: &'static str) -> PartDown {
-        part("stop", name);
-        PartDown(name)
-    }
-}
-
-impl Drop for PartDown {
-    fn drop(&mut self) {
-        part("start", self.0);
-    }
-}
-
 /// A pod's network cut by DROP rules in its own network namespace; removed on drop.
 struct NetworkCut {
     pid: u32,

@@ -228,6 +228,11 @@ impl Drop for Release {
 /// helm installs the chart into a namespace of its own (as users do: `outbox-system`),
 /// watching `watched`, where the OutboxSystem and its LoadTests live.
 pub fn install_chart(watched: &str) -> Release {
+    install_chart_with(watched, &[])
+}
+
+/// [`install_chart`] with more helm flags (e.g. `--set`, `metrics.podMonitor.enabled=true`).
+pub fn install_chart_with(watched: &str, flags: &[&str]) -> Release {
     let chart = testbed_support::repo_root().join("charts/outbox-operator");
     let chart = chart.display().to_string();
     let namespace = format!("{watched}-op");
@@ -243,26 +248,27 @@ pub fn install_chart(watched: &str) -> Release {
             &format!("{chart}/crds/"),
         ],
     );
-    run(
-        "helm",
-        &[
-            "install",
-            watched,
-            &chart,
-            "--namespace",
-            &namespace,
-            "--create-namespace",
-            "--set",
-            &format!("watchNamespace={watched}"),
-            "--set",
-            &format!("loadtest.namespaces={{{watched}}}"),
-            "--set",
-            "logFormat=text",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    let watch = format!("watchNamespace={watched}");
+    let loadtests = format!("loadtest.namespaces={{{watched}}}");
+    let mut args = vec![
+        "install",
+        watched,
+        &chart,
+        "--namespace",
+        &namespace,
+        "--create-namespace",
+        "--set",
+        &watch,
+        "--set",
+        &loadtests,
+        "--set",
+        "logFormat=text",
+        "--wait",
+        "--timeout",
+        "3m",
+    ];
+    args.extend_from_slice(flags);
+    run("helm", &args);
     Release {
         name: watched.to_string(),
         namespace,
@@ -324,4 +330,34 @@ pub async fn reference_pods_ready(pods: &Api<Pod>) {
 
 pub async fn loadtest_phase(loadtests: &Api<LoadTest>, name: &str) -> Option<LoadTestPhase> {
     loadtests.get(name).await.ok()?.status?.phase
+}
+
+/// `testbed/part.sh ACTION PART`: real stops and starts of a testbed process.
+pub fn part(action: &str, name: &str) {
+    let script = testbed_support::repo_root().join("testbed/part.sh");
+    let out = Command::new(&script)
+        .args([action, name])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "testbed/part.sh {action} {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A testbed part stopped by the test; started again on drop (also when the test fails).
+pub struct PartDown(&'static str);
+
+impl PartDown {
+    pub fn stop(name: &'static str) -> PartDown {
+        part("stop", name);
+        PartDown(name)
+    }
+}
+
+impl Drop for PartDown {
+    fn drop(&mut self) {
+        part("start", self.0);
+    }
 }
