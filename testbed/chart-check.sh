@@ -18,9 +18,21 @@ for values in "" "--set watchNamespace=outbox-system" "--set leaderElection.enab
     --include-crds $values | kubectl apply --server-side --force-conflicts --field-manager=chart-check --dry-run=server -f - >/dev/null \
     || die "the API server rejected the chart rendered with: ${values:-defaults}"
 done
+# With the Prometheus Operator's CRDs served (from its Go module), the monitors, the rules
+# and the dashboards render and the API server accepts them.
+"$TESTBED_DIR/build.sh" monitoring_crds
+kubectl apply --server-side --force-conflicts -f "$MONITORING_CRDS/" >/dev/null
+kubectl wait --for condition=Established --timeout 60s crd/podmonitors.monitoring.coreos.com \
+  crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+helm template chart-check "$chart" --namespace outbox-system --kube-version "$K8S_VERSION" \
+  --api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/ServiceMonitor \
+  --api-versions monitoring.coreos.com/v1/PrometheusRule --set metrics.podMonitor.enabled=true \
+  --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true --set metrics.dashboards.enabled=true |
+  kubectl apply --server-side --force-conflicts --field-manager=chart-check --dry-run=server -f - >/dev/null ||
+  die "the API server rejected the chart rendered with its monitors, rules and dashboards on"
 # helm install validates the values against values.schema.json before it renders.
 if out=$(helm install chart-check "$chart" --namespace outbox-system --dry-run=server --set replicaCount=abc 2>&1); then
   die "helm install accepted replicaCount=abc"
 fi
 grep -q "/replicaCount" <<<"$out" || die "helm install refused replicaCount=abc without naming the field: $out"
-log "chart: helm lint clean; rendered objects accepted by kube-apiserver $K8S_VERSION (dry run); helm install refuses a wrong type"
+log "chart: helm lint clean; rendered objects (monitors, rules and dashboards too) accepted by kube-apiserver $K8S_VERSION (dry run); helm install refuses a wrong type"
