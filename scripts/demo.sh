@@ -122,6 +122,11 @@ echo "LoadTest status as JSON: $REPORT; the runner's log: kubectl logs job/$LT-r
 echo "send to verified: $elapsed s"
 if [ "${MONITOR:-0}" = 1 ]; then
   step "what Prometheus saw ($("$TESTBED_DIR/monitor.sh" url))"
+  # The operator's last scrape may predate the run's end: wait for the result to be in.
+  finished="outbox_loadtest_phase{namespace=\"$NAMESPACE\", loadtest=\"$LT\", phase=~\"Succeeded|Failed\"} == 1"
+  wait_for "the LoadTest's end in Prometheus" 60 "$LOG_DIR/prometheus.log" bash -c \
+    "curl -fsS '$("$TESTBED_DIR/monitor.sh" url)/api/v1/query' --data-urlencode 'query=$finished' | jq -e '.data.result | length > 0'" ||
+    log "Prometheus has not scraped the LoadTest's end yet; what follows may predate it"
   "$TESTBED_DIR/monitor/show.sh"
 fi
 [ "$phase" = Succeeded ] || die "LoadTest ended $phase"

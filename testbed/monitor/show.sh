@@ -11,17 +11,19 @@ show() {
   shift 2
   printf '\n%s\n  %s\n' "$title" "$query"
   curl -fsS "$base/api/v1/query" --data-urlencode "query=$query" |
-    jq -r --args '.data.result[] | "    " + ([.metric[$ARGS.positional[]] // "-"] | join("  ")) + "  " + .value[1]' "$@" |
+    jq -r --args 'if (.data.result | length) == 0 then "    (none)" else .data.result[] |
+      "    " + ([.metric[$ARGS.positional[]] // "-"] | join("  ")) + "  " +
+      (.value[1] | tonumber | . * 1000 | round / 1000 | tostring) end' "$@" |
     sort
 }
 
 show "targets up (scraped by the PodMonitor and ServiceMonitor)" 'count by (job) (up == 1)' job
 show "backlog (rows not yet relayed)" 'max by (namespace, system) (outbox_backlog_pending)' namespace system
-show "published to Kafka in the last 10 minutes" 'sum by (namespace, system) (increase(outbox_relay_published_total[10m]))' namespace system
+show "published to Kafka since the producers started" 'sum by (namespace, system) (outbox_relay_published_total)' namespace system
 show "relay leader" 'max by (namespace, system, pod) (outbox_relay_leader) == 1' namespace system pod
 show "lag by consumer group" 'sum by (namespace, system, group) (outbox_consumer_lag)' namespace system group
-show "acknowledged in the last 10 minutes, by group" 'sum by (namespace, system, group) (increase(outbox_consumer_acknowledged_total[10m]))' namespace system group
+show "acknowledged since the consumers started, by group" 'sum by (namespace, system, group) (outbox_consumer_acknowledged_total)' namespace system group
 show "ingest p95 (s) by route, last 10 minutes" 'histogram_quantile(0.95, sum by (route, le) (rate(outbox_request_duration_seconds_bucket[10m])))' route
-show "LoadTests: verified (1) and messages accepted" 'outbox_loadtest_verified' namespace loadtest
-show "" 'outbox_loadtest_messages_accepted' namespace loadtest
+show "LoadTests: verified (1 yes, 0 no)" 'outbox_loadtest_verified' namespace loadtest
+show "LoadTests: messages accepted" 'outbox_loadtest_messages_accepted' namespace loadtest
 show "alerts firing" 'ALERTS{alertstate="firing"}' alertname namespace system
