@@ -99,6 +99,29 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// Waits until `query` returns a series (at most `timeout`).
+    async fn wait_for_series(&self, what: &str, query: &str, timeout: Duration) {
+        eventually(what, timeout, || async move {
+            (!self.query(query).await.is_empty()).then_some(())
+        })
+        .await
+    }
+
+    /// Waits (at most 180 s) until alert `name` of namespace `ns` fires, returning it, or
+    /// with `firing` false until it is gone (neither pending nor firing).
+    async fn wait_for_alert(&self, name: &str, ns: &str, firing: bool) -> Option<Value> {
+        let what = format!("{name} {}", if firing { "firing" } else { "resolved" });
+        eventually(&what, Duration::from_secs(180), || async move {
+            let alerts = self.alerts(name, ns).await;
+            if firing {
+                alerts.into_iter().find(|a| a["state"] == "firing").map(Some)
+            } else {
+                alerts.is_empty().then_some(None)
+            }
+        })
+        .await
+    }
+
     /// The alerts named `name` of namespace `ns`, pending or firing.
     async fn alerts(&self, name: &str, ns: &str) -> Vec<Value> {
         let body = self.get("/api/v1/alerts", &[]).await;
@@ -287,13 +310,11 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
     let consumers = ready_pods(&pods, "app.kubernetes.io/component=consumer", 2).await;
 
     // Every worker pod and the operator are scraped, with the labels the rules use.
-    let up = format!("up{{namespace=\"{ns}\", system=\"outbox\"}} == 1");
-    eventually("Prometheus scraping the 4 worker pods", POD_WAIT, || {
-        let prometheus = &prometheus;
-        let up = up.clone();
-        async move { (prometheus.query(&up).await.len() == 4).then_some(()) }
-    })
-    .await;
+    // (A query that counts them returns one series only once all 4 are up.)
+    let up = format!("count(up{{namespace=\"{ns}\", system=\"outbox\"}} == 1) == 4");
+    prometheus
+        .wait_for_series("Prometheus scraping the 4 worker pods", &up, POD_WAIT)
+        .await;
     let groups = prometheus
         .query(&format!(
             "count by (group) (outbox_consumer_lag{{namespace=\"{ns}\", component=\"consumer\"}})"
@@ -302,12 +323,9 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
     assert_eq!(groups.len(), 2, "a lag series per group: {groups:?}");
     let operator_up =
         format!("up{{namespace=\"{release_ns}\", service=\"{ns}-outbox-operator-metrics\"}} == 1");
-    eventually("Prometheus scraping the operator", POD_WAIT, || {
-        let prometheus = &prometheus;
-        let q = operator_up.clone();
-        async move { (!prometheus.query(&q).await.is_empty()).then_some(()) }
-    })
-    .await;
+    prometheus
+        .wait_for_series("Prometheus scraping the operator", &operator_up, POD_WAIT)
+        .await;
 
     // Every pod's metrics pass promtool's checks.
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), &release_ns);
@@ -339,16 +357,9 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
     // The operator's result series are scraped (the dashboards' load-test panels need them).
     let verified =
         format!("outbox_loadtest_verified{{namespace=\"{ns}\", loadtest=\"small\"}} == 1");
-    eventually(
-        "outbox_loadtest_verified scraped",
-        Duration::from_secs(60),
-        || {
-            let prometheus = &prometheus;
-            let q = verified.clone();
-            async move { (!prometheus.query(&q).await.is_empty()).then_some(()) }
-        },
-    )
-    .await;
+    prometheus
+        .wait_for_series("outbox_loadtest_verified scraped", &verified, Duration::from_secs(60))
+        .await;
 
     // Every query of both dashboards returns data, with the variables set as a user
     // picking this system and this LoadTest would.
@@ -401,22 +412,10 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let stopped = Instant::now();
-    let fired = eventually(
-        "OutboxDeliveryStalled firing",
-        Duration::from_secs(180),
-        || {
-            let prometheus = &prometheus;
-            let ns = ns.clone();
-            async move {
-                prometheus
-                    .alerts("OutboxDeliveryStalled", &ns)
-                    .await
-                    .into_iter()
-                    .find(|a| a["state"] == "firing")
-            }
-        },
-    )
-    .await;
+    let fired = prometheus
+        .wait_for_alert("OutboxDeliveryStalled", &ns, true)
+        .await
+        .unwrap_or_default();
     let fired_after = stopped.elapsed();
     assert_eq!(fired["labels"]["system"], "outbox", "{fired:#}");
     assert_eq!(fired["labels"]["severity"], "critical", "{fired:#}");
@@ -440,22 +439,9 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let back = Instant::now();
-    eventually(
-        "OutboxDeliveryStalled resolved",
-        Duration::from_secs(180),
-        || {
-            let prometheus = &prometheus;
-            let ns = ns.clone();
-            async move {
-                prometheus
-                    .alerts("OutboxDeliveryStalled", &ns)
-                    .await
-                    .is_empty()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    prometheus
+        .wait_for_alert("OutboxDeliveryStalled", &ns, false)
+        .await;
     eprintln!(
         "OutboxDeliveryStalled resolved {:.1?} after Kafka was back",
         back.elapsed()
