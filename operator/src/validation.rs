@@ -195,6 +195,25 @@ mod tests {
     }
 
     #[test]
+    fn the_autoscaling_sample_is_valid_and_autoscales_group_a_from_1_to_6() {
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
+        let path = std::path::Path::new(&dir).join("../manifests/outbox-system-autoscaling.yaml");
+        let yaml =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let system: OutboxSystem = serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        assert!(validate("outbox", &system.spec).is_empty());
+        let autoscaling = system.spec.consumers.groups[0].autoscaling.clone();
+        let Some(a) = autoscaling else {
+            panic!("group-a is not autoscaled")
+        };
+        assert_eq!(
+            (a.mode, a.min_replicas, a.max_replicas),
+            (AutoscalingMode::Keda, 1, 6)
+        );
+        assert_eq!(a.lag_threshold(), 1000);
+    }
+
+    #[test]
     fn name_must_start_with_a_letter() {
         assert!(validate("1demo", &spec(&[]))[0].contains("metadata.name"));
     }
