@@ -235,7 +235,7 @@ fn autoscaling_condition(autoscaling: &AutoscalingObservation) -> Desired {
                 .map(|(name, min)| format!("{name} {min}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let fix = if *reason == crate::workloads::KEDA_NOT_INSTALLED {
+            let fix = if !autoscaling.keda.served() {
                 "install KEDA (https://keda.sh/docs/deploy/) or set autoscaling.mode: external and scale them with an autoscaler of your own"
             } else {
                 "set autoscaling.mode: external and scale them with an autoscaler of your own (e.g. a ScaledObject with a TriggerAuthentication)"

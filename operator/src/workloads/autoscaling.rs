@@ -23,6 +23,13 @@ pub enum Keda {
     },
 }
 
+impl Keda {
+    /// Whether the cluster serves ScaledObjects at all (KEDA installed).
+    pub fn served(&self) -> bool {
+        !matches!(self, Keda::Unusable { reason, .. } if *reason == KEDA_NOT_INSTALLED)
+    }
+}
+
 /// Whether KEDA can scale the groups (pure): `served` whether the API server serves
 /// keda.sh/v1alpha1 ScaledObjects; `security_protocol` the value of the client-settings
 /// key `KAFKA_CLIENT_SECURITY_PROTOCOL`, if any. The operator gives KEDA's Kafka trigger

@@ -137,10 +137,13 @@ fn keda_is_unusable_where_the_cluster_lacks_it_or_kafka_needs_tls_or_sasl() {
     };
     assert_eq!(reason, KEDA_NOT_INSTALLED);
     assert!(problem.contains("keda.sh/v1alpha1"), "{problem}");
+    assert!(!not_installed().served());
     let Keda::Unusable { reason, problem } = keda(true, Some("SASL_SSL")) else {
         panic!("usable with SASL_SSL")
     };
     assert_eq!(reason, KAFKA_SECURITY_NOT_SUPPORTED);
+    // Served all the same: its ScaledObjects are still listed and pruned.
+    assert!(keda(true, Some("SASL_SSL")).served());
     assert!(
         problem.contains("KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL"),
         "{problem}"
