@@ -25,6 +25,9 @@ pub mod outbox_system {
     pub const MESSAGES_QUARANTINED: &str = "MessagesQuarantined";
     /// Reconciliation is paused by `spec.paused`.
     pub const PAUSED: &str = "Paused";
+    /// Groups with `autoscaling.mode: keda` cannot be scaled by KEDA (not installed,
+    /// or Kafka settings its trigger does not take): they run `minReplicas`.
+    pub const AUTOSCALING_UNAVAILABLE: &str = "AutoscalingUnavailable";
 }
 
 /// Conditions of a LoadTest.

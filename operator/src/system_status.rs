@@ -2,7 +2,7 @@
 
 use crate::backlog::BacklogUnavailable;
 use crate::conditions::Desired;
-use crate::crd::{BacklogStatus, GroupStatus, ReplicaStatus, TopicStatus};
+use crate::crd::{AutoscalingMode, BacklogStatus, GroupStatus, ReplicaStatus, TopicStatus};
 use crate::kafka::ObservedTopic;
 use crate::topic_ownership::TOPIC_ON_OTHER_CLUSTER;
 
@@ -47,6 +47,17 @@ pub struct GroupObservation {
     pub desired: i32,
     /// Lag, when Kafka answered.
     pub lag: Option<i64>,
+    /// Who scales it, when it is autoscaled.
+    pub autoscaling: Option<AutoscalingMode>,
+}
+
+/// Whether KEDA scales the groups that ask for it.
+#[derive(Debug, Clone)]
+pub struct AutoscalingObservation {
+    /// The groups with `autoscaling.mode: keda`, as (name, minReplicas), in spec order.
+    pub keda_groups: Vec<(String, i32)>,
+    /// Whether KEDA can scale them.
+    pub keda: crate::workloads::Keda,
 }
 
 /// Everything the status is computed from.
@@ -62,6 +73,8 @@ pub struct Observation {
     pub backlog: Result<BacklogStatus, BacklogUnavailable>,
     /// How long the oldest pending message may wait before delivery counts as stalled.
     pub stall_after: std::time::Duration,
+    /// Whether KEDA scales the groups that ask for it.
+    pub autoscaling: AutoscalingObservation,
 }
 
 /// Status fields other than conditions and observedGeneration.
@@ -102,6 +115,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
             stalled_condition,
             quarantined_condition,
             Desired::no(types::PAUSED, "Reconciling", "spec.paused is false"),
+            autoscaling_condition(&obs.autoscaling),
         ],
         topic: TopicStatus {
             name: obs.topic.name.clone(),
@@ -121,6 +135,7 @@ pub fn compute(obs: &Observation) -> ComputedStatus {
                 kafka_group_id: Some(g.kafka_group_id.clone()),
                 ready: g.ready,
                 desired: g.desired,
+                autoscaling: g.autoscaling,
                 lag: g.lag,
             })
             .collect(),
@@ -186,6 +201,53 @@ fn consumers_condition(groups: &[GroupObservation]) -> Desired {
             "ReplicasNotReady",
             format!("pods ready per group: {}", not_ready.join(", ")),
         )
+    }
+}
+
+/// AutoscalingUnavailable: True while groups with `autoscaling.mode: keda` cannot be
+/// scaled by KEDA, naming them, what is wrong and how to fix it; they run their
+/// `minReplicas` meanwhile. The message names nothing that changes while it lasts.
+fn autoscaling_condition(autoscaling: &AutoscalingObservation) -> Desired {
+    use crate::workloads::Keda;
+    use types::AUTOSCALING_UNAVAILABLE;
+    let groups = &autoscaling.keda_groups;
+    if groups.is_empty() {
+        return Desired::no(
+            AUTOSCALING_UNAVAILABLE,
+            "NoKedaGroups",
+            "no consumer group has autoscaling.mode keda",
+        );
+    }
+    let names = groups
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match &autoscaling.keda {
+        Keda::Usable => Desired::no(
+            AUTOSCALING_UNAVAILABLE,
+            "KedaScaling",
+            format!("KEDA scales consumer groups {names} on their lag"),
+        ),
+        Keda::Unusable { reason, problem } => {
+            let minimums = groups
+                .iter()
+                .map(|(name, min)| format!("{name} {min}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let fix = if !autoscaling.keda.served() {
+                "install KEDA (https://keda.sh/docs/deploy/) or set autoscaling.mode: external and scale them with an autoscaler of your own"
+            } else {
+                "set autoscaling.mode: external and scale them with an autoscaler of your own (e.g. a ScaledObject with a TriggerAuthentication)"
+            };
+            Desired::yes(
+                AUTOSCALING_UNAVAILABLE,
+                *reason,
+                format!(
+                    "consumer groups {names} have autoscaling.mode keda, but {problem}: they run their minReplicas ({minimums}) until then; {fix}"
+                ),
+            )
+        }
     }
 }
 
@@ -347,9 +409,14 @@ mod tests {
                 ready: 3,
                 desired: 3,
                 lag: Some(0),
+                autoscaling: None,
             }],
             backlog: Ok(BacklogStatus::default()),
             stall_after: std::time::Duration::from_secs(120),
+            autoscaling: AutoscalingObservation {
+                keda_groups: Vec::new(),
+                keda: crate::workloads::Keda::Usable,
+            },
         }
     }
 
@@ -433,6 +500,73 @@ mod tests {
         assert_eq!(condition(&s, types::READY).reason, "TopicNotReady");
     }
 
+    fn autoscaling(obs: &Observation) -> Desired {
+        let computed = compute(obs);
+        let found = computed
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == types::AUTOSCALING_UNAVAILABLE);
+        found.unwrap_or_else(|| panic!("no AutoscalingUnavailable"))
+    }
+
+    #[test]
+    fn without_keda_the_keda_groups_are_named_with_their_minimum_and_the_fix() {
+        let mut obs = observation();
+        obs.autoscaling = AutoscalingObservation {
+            keda_groups: vec![("group-a".into(), 1), ("group-b".into(), 2)],
+            keda: crate::workloads::keda(false, None),
+        };
+        let condition = autoscaling(&obs);
+        assert!(condition.status);
+        assert_eq!(condition.reason, crate::workloads::KEDA_NOT_INSTALLED);
+        for part in [
+            "group-a, group-b",
+            "group-a 1, group-b 2",
+            "install KEDA",
+            "autoscaling.mode: external",
+        ] {
+            assert!(condition.message.contains(part), "{part}: {condition:?}");
+        }
+        // It says what is missing; the rest of the system is still Ready.
+        let ready = compute(&obs)
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == types::READY);
+        assert!(ready.is_some_and(|r| r.status));
+    }
+
+    #[test]
+    fn autoscaling_is_available_when_keda_scales_the_groups_or_none_asks_for_it() {
+        let mut obs = observation();
+        let none = autoscaling(&obs);
+        assert_eq!((none.status, none.reason.as_str()), (false, "NoKedaGroups"));
+        obs.autoscaling.keda_groups = vec![("group-a".into(), 1)];
+        let scaling = autoscaling(&obs);
+        assert_eq!(
+            (scaling.status, scaling.reason.as_str()),
+            (false, "KedaScaling")
+        );
+        obs.autoscaling.keda = crate::workloads::keda(true, Some("SSL"));
+        let refused = autoscaling(&obs);
+        assert!(refused.status);
+        assert!(
+            refused
+                .message
+                .contains("KAFKA_CLIENT_SECURITY_PROTOCOL=SSL"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_groups_status_shows_its_autoscaling_mode_and_the_deployments_replicas() {
+        let mut obs = observation();
+        obs.groups[0].autoscaling = Some(AutoscalingMode::Keda);
+        obs.groups[0].desired = 5;
+        let group = &compute(&obs).groups[0];
+        assert_eq!(group.autoscaling, Some(AutoscalingMode::Keda));
+        assert_eq!(group.desired, 5);
+    }
+
     #[test]
     fn gauges_alone_do_not_make_a_significant_change() {
         let mut a = crate::crd::OutboxSystemStatus {
@@ -441,6 +575,7 @@ mod tests {
                 kafka_group_id: None,
                 ready: 1,
                 desired: 1,
+                autoscaling: None,
                 lag: Some(5),
             }],
             backlog: Some(BacklogStatus {

@@ -1,7 +1,7 @@
 //! Checks on an OutboxSystem spec that the API server's schema cannot express
 //! (pure; the schema and CEL rules already refused the rest at admission).
 
-use crate::crd::OutboxSystemSpec;
+use crate::crd::{AutoscalingMode, ConsumerGroupSpec, OutboxSystemSpec};
 use crate::workloads::{config_map_name, consumer_name, producer_name};
 
 /// Longest name a Service may have (DNS-1035 label).
@@ -42,6 +42,36 @@ pub fn validate(name: &str, spec: &OutboxSystemSpec) -> Vec<String> {
                 group.name
             ));
         }
+        problems.extend(autoscaling_problems(group, spec.topic.partitions));
+    }
+    problems
+}
+
+/// The CRD's CEL rules on a group's autoscaling, checked again (an API server that
+/// does not evaluate CEL lets them through): max at least min, at most the partitions,
+/// no lag threshold without KEDA.
+fn autoscaling_problems(group: &ConsumerGroupSpec, partitions: i32) -> Vec<String> {
+    let Some(a) = &group.autoscaling else {
+        return Vec::new();
+    };
+    let field = format!("spec.consumers.groups[{}].autoscaling", group.name);
+    let mut problems = Vec::new();
+    if a.max_replicas < a.min_replicas {
+        problems.push(format!(
+            "{field}.maxReplicas ({}) must be at least minReplicas ({})",
+            a.max_replicas, a.min_replicas
+        ));
+    }
+    if a.max_replicas > partitions {
+        problems.push(format!(
+            "{field}.maxReplicas ({}) may not exceed spec.topic.partitions ({partitions}): a consumer beyond the partition count gets no partition and only waits",
+            a.max_replicas
+        ));
+    }
+    if a.mode == AutoscalingMode::External && a.lag_threshold.is_some() {
+        problems.push(format!(
+            "{field}.lagThreshold applies to mode keda only: with mode external your own autoscaler decides when to scale"
+        ));
     }
     problems
 }
@@ -80,6 +110,7 @@ mod tests {
                         dead_letter_topic: None,
                         pod: PodSettings::default(),
                         pod_disruption_budget: None,
+                        autoscaling: None,
                     })
                     .collect(),
                 ..ConsumersSpec::default()
@@ -119,6 +150,67 @@ mod tests {
             problems[0].contains("metadata.name \"orders.eu\" must not contain '.'"),
             "{problems:?}"
         );
+    }
+
+    fn autoscaled(mode: AutoscalingMode, min: i32, max: i32, lag: Option<i64>) -> OutboxSystemSpec {
+        let mut s = spec(&["group-a"]);
+        s.topic.partitions = 6;
+        s.consumers.groups[0].autoscaling = Some(AutoscalingSpec {
+            mode,
+            min_replicas: min,
+            max_replicas: max,
+            lag_threshold: lag,
+        });
+        s
+    }
+
+    #[test]
+    fn autoscaling_within_the_partitions_is_valid() {
+        assert!(validate("demo", &autoscaled(AutoscalingMode::Keda, 1, 6, Some(1000))).is_empty());
+        assert!(validate("demo", &autoscaled(AutoscalingMode::External, 2, 2, None)).is_empty());
+    }
+
+    #[test]
+    fn autoscaling_beyond_the_partitions_below_its_minimum_or_with_a_useless_threshold_is_refused()
+    {
+        let problems = validate("demo", &autoscaled(AutoscalingMode::Keda, 1, 7, None));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("maxReplicas (7) may not exceed spec.topic.partitions (6)"),
+            "{problems:?}"
+        );
+        let problems = validate("demo", &autoscaled(AutoscalingMode::Keda, 3, 2, None));
+        assert!(
+            problems[0].contains("autoscaling.maxReplicas (2) must be at least minReplicas (3)"),
+            "{problems:?}"
+        );
+        let problems = validate(
+            "demo",
+            &autoscaled(AutoscalingMode::External, 1, 2, Some(10)),
+        );
+        assert!(
+            problems[0].contains("lagThreshold applies to mode keda only"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_autoscaling_sample_is_valid_and_autoscales_group_a_from_1_to_6() {
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into());
+        let path = std::path::Path::new(&dir).join("../manifests/outbox-system-autoscaling.yaml");
+        let yaml =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let system: OutboxSystem = serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        assert!(validate("outbox", &system.spec).is_empty());
+        let autoscaling = system.spec.consumers.groups[0].autoscaling.clone();
+        let Some(a) = autoscaling else {
+            panic!("group-a is not autoscaled")
+        };
+        assert_eq!(
+            (a.mode, a.min_replicas, a.max_replicas),
+            (AutoscalingMode::Keda, 1, 6)
+        );
+        assert_eq!(a.lag_threshold(), 1000);
     }
 
     #[test]

@@ -298,11 +298,16 @@ async fn sample_manifests_are_accepted_by_the_api_server_as_written() {
         ..PostParams::default()
     };
     let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
-    let system: OutboxSystem = parse_sample("manifests/outbox-system.yaml");
-    systems
-        .create(&dry_run, &system)
-        .await
-        .unwrap_or_else(|e| panic!("manifests/outbox-system.yaml refused: {e}"));
+    for file in [
+        "manifests/outbox-system.yaml",
+        "manifests/outbox-system-autoscaling.yaml",
+    ] {
+        let system: OutboxSystem = parse_sample(file);
+        systems
+            .create(&dry_run, &system)
+            .await
+            .unwrap_or_else(|e| panic!("{file} refused: {e}"));
+    }
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     for file in [
         "manifests/loadtest-reference.yaml",

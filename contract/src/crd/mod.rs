@@ -1,9 +1,11 @@
 //! Custom resource types of the `outbox.dev/v1alpha1` API.
 
+mod autoscaling;
 mod loadtest;
 mod outbox_system;
 mod pod_settings;
 
+pub use autoscaling::*;
 pub use loadtest::*;
 pub use outbox_system::*;
 pub use pod_settings::*;

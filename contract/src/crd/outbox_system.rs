@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::PodSettings;
+use super::{AutoscalingMode, AutoscalingSpec, PodSettings};
 use crate::worker_env::defaults;
 
 /// Declares one transactional-outbox messaging system: a Kafka topic, the producer
@@ -32,6 +32,7 @@ use crate::worker_env::defaults;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.consumers) || !has(self.consumers.groups) || self.consumers.groups.all(g, !has(g.autoscaling) || g.autoscaling.maxReplicas <= self.topic.partitions)").message("spec.consumers.groups[].autoscaling.maxReplicas may not exceed spec.topic.partitions: a consumer beyond the partition count gets no partition and only waits").field_path(".consumers.groups"))]
 pub struct OutboxSystemSpec {
     /// Stops reconciliation while true: the operator leaves the topic and the workloads
     /// as they are and reports `Paused` in status. Deletion is still handled.
@@ -454,9 +455,16 @@ pub struct ConsumerGroupSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Number of consumer pods in this group, at least 0.
+    /// Number of consumer pods in this group, at least 0 (default 1). Ignored when
+    /// `autoscaling` is set: the autoscaler sets the replicas then.
+    #[serde(default = "default_group_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
+    /// Replicas that follow the group's lag, between `minReplicas` and `maxReplicas`,
+    /// through KEDA (mode `keda`) or an autoscaler of your own (mode `external`)
+    /// instead of the fixed `replicas`. Unset: `replicas` consumers, always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// What a consumer does when handling a message fails.
     #[serde(default)]
     pub retry: RetrySpec,
@@ -473,6 +481,10 @@ pub struct ConsumerGroupSpec {
     /// whole when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
+}
+
+fn default_group_replicas() -> i32 {
+    1
 }
 
 /// The Kafka consumer group id of the group declared as `group` in the OutboxSystem
@@ -561,7 +573,8 @@ pub struct OutboxSystemStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, TopicReady, ProducersReady, ConsumersReady, Degraded, BacklogObserved, Paused.
+    /// Ready, TopicReady, ProducersReady, ConsumersReady, Degraded, BacklogObserved,
+    /// DeliveryStalled, MessagesQuarantined, Paused, AutoscalingUnavailable.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -665,8 +678,12 @@ pub struct GroupStatus {
     pub kafka_group_id: Option<String>,
     /// Pods ready.
     pub ready: i32,
-    /// Pods wanted.
+    /// Pods wanted: the Deployment's replicas (an autoscaled group's as its
+    /// autoscaler set them).
     pub desired: i32,
+    /// Who scales the group when it is autoscaled: `keda` or `external`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingMode>,
     /// Messages in the topic not yet committed by this group (sum over partitions);
     /// absent when Kafka could not be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]

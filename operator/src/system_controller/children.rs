@@ -1,5 +1,6 @@
 //! The children: built pure (`workloads`), applied server-side, the system's ConfigMap
-//! rid of keys the operator did not set, and the children no longer wanted deleted.
+//! rid of keys the operator did not set, and the children no longer wanted deleted;
+//! the groups' KEDA ScaledObjects through `autoscalers`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,20 +12,33 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
+use super::autoscalers::apply_autoscalers;
 use crate::context::{publish_event, Context};
 use crate::crd::{OutboxSystem, OutboxSystemSpec};
 use crate::error::{Error, Result};
 use crate::server_side_apply::server_side_apply;
-use crate::workloads;
+use crate::workloads::{self, Keda};
+
+/// What `apply_children` applied, for the observation.
+pub(super) struct Applied {
+    /// The producer Deployment as applied.
+    pub producer: Deployment,
+    /// Each group's Deployment as applied, in spec order.
+    pub consumers: Vec<Deployment>,
+    /// Whether KEDA could scale the groups that ask for it.
+    pub keda: Keda,
+}
 
 /// Builds the children (pure) and applies them; returns the Deployments as applied.
-/// `client_setting_keys`: the keys of the Kafka client-settings Secret.
+/// `client_setting_keys`: the keys of the Kafka client-settings Secret; `keda`: whether
+/// KEDA can scale the groups that ask for it (`autoscalers::find_keda`).
 pub(super) async fn apply_children(
     ctx: &Context,
     system: &OutboxSystem,
     namespace: &str,
     client_setting_keys: &[String],
-) -> Result<(Deployment, Vec<Deployment>)> {
+    keda: Keda,
+) -> Result<Applied> {
     let spec = &system.spec;
     let owner = workloads::owner_of(system).ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let children = workloads::build(
@@ -32,6 +46,7 @@ pub(super) async fn apply_children(
         spec,
         &ctx.settings.worker_image,
         client_setting_keys,
+        &keda,
     );
     let client = ctx.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -54,8 +69,12 @@ pub(super) async fn apply_children(
     }
     prune_removed_groups(ctx, system, namespace, spec).await?;
     prune_unwanted_budgets(ctx, system, namespace, &children.budgets).await?;
-
-    Ok((producer, consumers))
+    apply_autoscalers(ctx, system, namespace, &keda, &children.scaled_objects).await?;
+    Ok(Applied {
+        producer,
+        consumers,
+        keda,
+    })
 }
 
 /// Keys of the system's ConfigMap as applied that the operator did not set (pure):
@@ -191,10 +210,10 @@ async fn prune_unwanted_budgets(
 /// Names of the objects in `found` that `system` controls and that are not `wanted`
 /// (pure): what pruning deletes. An object of the same name that another owner
 /// controls, or nobody, is left alone.
-fn unwanted_children<K: kube::Resource>(
+pub(super) fn unwanted_children<K: kube::Resource, W: kube::Resource>(
     system: &OutboxSystem,
     found: &[K],
-    wanted: &[K],
+    wanted: &[W],
 ) -> Vec<String> {
     let wanted: BTreeSet<String> = wanted.iter().map(|k| k.name_any()).collect();
     found

@@ -10,7 +10,8 @@
 //!    status and announced (`refusal`);
 //! 3. `children`: built pure (`crate::workloads`), applied server-side, the keys of the
 //!    system's ConfigMap the operator did not set removed, children no longer wanted
-//!    deleted;
+//!    deleted; the groups' KEDA ScaledObjects with them, once `autoscalers` found out
+//!    whether KEDA can scale this system;
 //! 4. `topic`: created or adjusted where the operator may (`crate::topic_ownership`);
 //! 5. `observe`: pods ready, consumer lag, the backlog (on the gate's database session);
 //! 6. `status`: computed pure (`crate::system_status`), its changed conditions
@@ -19,6 +20,7 @@
 //! On deletion the topic finalizer runs `cleanup`. Each step's decisions are pure
 //! functions, unit-tested in `<step>_tests.rs` beside it.
 
+mod autoscalers;
 mod children;
 mod cleanup;
 mod database;
@@ -41,6 +43,7 @@ use crate::context::Context;
 use crate::crd::OutboxSystem;
 use crate::error::{Error, Result};
 
+use autoscalers::find_keda;
 use children::apply_children;
 use cleanup::cleanup;
 use gate::{gate, Gate};
@@ -109,18 +112,10 @@ async fn apply(cached: Arc<OutboxSystem>, ctx: Arc<Context>) -> Result<Action> {
         Gate::Stop(action) => return Ok(action),
     };
     let setting_keys: Vec<String> = client_settings.keys().cloned().collect();
-    let (producer, consumers) = apply_children(&ctx, &system, &namespace, &setting_keys).await?;
+    let keda = find_keda(&ctx, &client_settings).await?;
+    let applied = apply_children(&ctx, &system, &namespace, &setting_keys, keda).await?;
     let (topic, admin) = topic_step(&ctx, &system, *kafka).await;
-    let observation = observe(
-        &ctx,
-        &system,
-        &topic,
-        admin.as_ref(),
-        &database,
-        &producer,
-        &consumers,
-    )
-    .await;
+    let observation = observe(&ctx, &system, &topic, admin.as_ref(), &database, &applied).await;
     write_status(&ctx, &system, &namespace, &current, &topic, &observation).await?;
     if let Some(error) = topic.error {
         // Status says what is wrong; back off through the error policy.

@@ -49,7 +49,8 @@ pub(super) async fn write_status(
 }
 
 /// The conditions whose change is news, with the type of their Event (pure): a
-/// Warning for a bad state (False, or `Degraded` True), Normal otherwise. A good state
+/// Warning for a bad state (False, or `Degraded` or `AutoscalingUnavailable` True),
+/// Normal otherwise. A good state
 /// seen for the first time is not news, nor is `Paused` seen for the first time.
 fn conditions_to_announce<'a>(
     before: &[Condition],
@@ -58,7 +59,9 @@ fn conditions_to_announce<'a>(
     conditions::changed(before, after)
         .into_iter()
         .filter_map(|changed| {
-            let good = (changed.status == "True") != (changed.type_ == types::DEGRADED);
+            let bad_when_true =
+                [types::DEGRADED, types::AUTOSCALING_UNAVAILABLE].contains(&changed.type_.as_str());
+            let good = (changed.status == "True") != bad_when_true;
             let first = conditions::find(before, &changed.type_).is_none();
             if first && (good || changed.type_ == types::PAUSED) {
                 return None;

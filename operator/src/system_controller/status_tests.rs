@@ -73,6 +73,35 @@ fn changes_are_announced_as_warnings_when_bad_and_normal_when_good_and_sameness_
 }
 
 #[test]
+fn keda_missing_is_a_warning_when_it_starts_and_normal_news_when_keda_arrives() {
+    let none = conditions_of(&[(types::AUTOSCALING_UNAVAILABLE, false, "NoKedaGroups")]);
+    let missing = conditions_of(&[(types::AUTOSCALING_UNAVAILABLE, true, "KedaNotInstalled")]);
+    let scaling = conditions_of(&[(types::AUTOSCALING_UNAVAILABLE, false, "KedaScaling")]);
+    assert!(announced(&[], &none).is_empty());
+    assert_eq!(
+        announced(&none, &missing),
+        [(
+            EventType::Warning,
+            "AutoscalingUnavailable=True KedaNotInstalled".to_string()
+        )]
+    );
+    assert_eq!(
+        announced(&[], &missing),
+        [(
+            EventType::Warning,
+            "AutoscalingUnavailable=True KedaNotInstalled".to_string()
+        )]
+    );
+    assert_eq!(
+        announced(&missing, &scaling),
+        [(
+            EventType::Normal,
+            "AutoscalingUnavailable=False KedaScaling".to_string()
+        )]
+    );
+}
+
+#[test]
 fn the_topic_record_keeps_who_created_it_on_which_cluster_and_the_last_raise() {
     let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
     let computed = TopicStatus {

@@ -13,7 +13,13 @@ fn budget_summary(b: &PodDisruptionBudget) -> (String, Option<IntOrString>) {
 
 #[test]
 fn by_default_the_producers_and_each_group_get_a_budget_of_one_pod_at_a_time() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
     let one = Some(IntOrString::Int(1));
     assert_eq!(
@@ -56,7 +62,7 @@ fn switched_off_budgets_are_not_built_and_a_groups_own_budget_replaces_the_consu
         enabled: true,
         max_unavailable: 1,
     });
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
     assert_eq!(
         summary,
@@ -73,7 +79,9 @@ fn switched_off_budgets_are_not_built_and_a_groups_own_budget_replaces_the_consu
     );
     spec.consumers.pod_disruption_budget.enabled = false;
     spec.consumers.groups[2].pod_disruption_budget = None;
-    assert!(build(&owner(), &spec, &WorkerImage::default(), &[])
-        .budgets
-        .is_empty());
+    assert!(
+        build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable)
+            .budgets
+            .is_empty()
+    );
 }

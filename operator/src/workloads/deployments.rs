@@ -30,7 +30,8 @@ struct PodParams<'a> {
     env: Vec<EnvVar>,
     port: i32,
     resources: Option<ResourceRequirements>,
-    replicas: i32,
+    /// None: left to an autoscaler (not sent, so server-side apply leaves it alone).
+    replicas: Option<i32>,
     name: String,
     pod: PodSettings,
 }
@@ -67,7 +68,7 @@ fn deployment(
     Deployment {
         metadata: meta(owner, &params.name, labels.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(params.replicas),
+            replicas: params.replicas,
             selector: LabelSelector {
                 match_labels: Some(labels.clone()),
                 match_expressions: None,
@@ -131,7 +132,7 @@ pub fn producer_deployment(
             env,
             port: spec.producers.port,
             resources: spec.producers.resources.clone(),
-            replicas: spec.producers.replicas,
+            replicas: Some(spec.producers.replicas),
             name: producer_name(&owner.name),
             pod: spec.producers.pod.clone(),
         },
@@ -139,11 +140,13 @@ pub fn producer_deployment(
     )
 }
 
-/// The Deployment of one consumer group.
+/// The Deployment of one consumer group, with `replicas` (None: without any, for the
+/// group's autoscaler to set; [`super::consumer_replicas`]).
 pub fn consumer_deployment(
     owner: &Owner,
     spec: &OutboxSystemSpec,
     group: &ConsumerGroupSpec,
+    replicas: Option<i32>,
     worker_image: &WorkerImage,
     config_hash: &str,
     kafka_env: &[EnvVar],
@@ -172,7 +175,7 @@ pub fn consumer_deployment(
             env,
             port: spec.consumers.port,
             resources: spec.consumers.resources.clone(),
-            replicas: group.replicas,
+            replicas,
             name: consumer_name(&owner.name, &group.name),
             pod: spec.consumers.pod_of(group),
         },

@@ -6,7 +6,7 @@ use crate::workloads::*;
 #[test]
 fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
     let mut spec = reference_spec();
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let p = &children.producer;
     assert_eq!(env_value(p, "RETENTION_SECONDS").as_deref(), Some("3600"));
     assert_eq!(
@@ -18,7 +18,7 @@ fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
         Some("20000000")
     );
     spec.retention.relayed_seconds = 0;
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     assert_eq!(
         env_value(&children.producer, "RETENTION_SECONDS").as_deref(),
         Some("0")
@@ -27,7 +27,13 @@ fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
 
 #[test]
 fn consumer_env_carries_group_and_retry_policy() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let b = &children.consumers[1];
     assert_eq!(
         env_value(b, "KAFKA_CONSUMER_GROUP").as_deref(),

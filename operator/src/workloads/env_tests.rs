@@ -35,7 +35,13 @@ fn only_the_kafka_client_keys_of_the_settings_secret_reach_the_workers_each_by_i
     ]
     .map(String::from)
     .to_vec();
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &keys);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &keys,
+        &Keda::Usable,
+    );
     let expected = vec![
         (
             "KAFKA_CLIENT_SASL_PASSWORD".to_string(),
@@ -64,13 +70,25 @@ fn only_the_kafka_client_keys_of_the_settings_secret_reach_the_workers_each_by_i
     // Without a client-settings Secret in the spec, no such variables.
     let mut spec = reference_spec();
     spec.kafka.client_settings_secret_ref = None;
-    let bare = build(&owner(), &spec, &WorkerImage::default(), &keys);
+    let bare = build(
+        &owner(),
+        &spec,
+        &WorkerImage::default(),
+        &keys,
+        &Keda::Usable,
+    );
     assert_eq!(env_from_secret(&bare.producer, "kafka-client"), vec![]);
 }
 
 #[test]
 fn database_url_comes_only_from_the_secret() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let container = &children
         .producer
         .spec

@@ -4,14 +4,17 @@
 //! consumer group (`deployments`, their pods from `pod` and `env`, the image from
 //! `worker_image`), their Services (`services`) and PodDisruptionBudgets (`budgets`);
 //! every child carries the metadata of `metadata`. The names of the children and the
-//! `Owner` they are built for are here.
+//! `Owner` they are built for are here. A group with `autoscaling` gets its replicas
+//! from `autoscaling` and, in mode keda, a KEDA ScaledObject (`scaled_object`).
 
+mod autoscaling;
 mod budgets;
 mod config_map;
 mod deployments;
 mod env;
 mod metadata;
 mod pod;
+mod scaled_object;
 mod services;
 mod worker_image;
 
@@ -29,6 +32,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::crd::{OutboxSystem, OutboxSystemSpec};
 
+pub use autoscaling::{
+    consumer_replicas, keda, keda_groups, Keda, KAFKA_SECURITY_NOT_SUPPORTED, KEDA_NOT_INSTALLED,
+};
 pub use budgets::{budgets, pod_disruption_budget};
 pub use config_map::config_map;
 use config_map::hash_config;
@@ -40,6 +46,7 @@ pub use pod::{
     container_security_context, pod_security_context, with_pod_settings, worker_volumes,
     POSTGRES_CA_DIR,
 };
+pub use scaled_object::{scaled_object, ScaleTargetRef, ScaleTrigger, ScaledObject};
 use services::service;
 pub use worker_image::{default_image, WorkerImage};
 
@@ -127,15 +134,21 @@ pub struct Children {
     /// order, each where its `podDisruptionBudget` is enabled. Any other budget of the
     /// system is to be deleted.
     pub budgets: Vec<PodDisruptionBudget>,
+    /// The KEDA ScaledObjects wanted: one per group with `autoscaling.mode: keda`, in
+    /// spec order, while KEDA is usable. Any other ScaledObject of the system is to be
+    /// deleted.
+    pub scaled_objects: Vec<ScaledObject>,
 }
 
 /// Builds every child of `system`; workers whose spec names no image get `worker_image`;
-/// `client_setting_keys` are the keys of the Kafka client-settings Secret.
+/// `client_setting_keys` are the keys of the Kafka client-settings Secret; `keda`
+/// whether KEDA can scale the groups that ask for it.
 pub fn build(
     owner: &Owner,
     spec: &OutboxSystemSpec,
     worker_image: &WorkerImage,
     client_setting_keys: &[String],
+    keda: &Keda,
 ) -> Children {
     let config_map = config_map(owner, spec);
     let config_hash = hash_config(&config_map);
@@ -153,7 +166,18 @@ pub fn build(
             .consumers
             .groups
             .iter()
-            .map(|g| consumer_deployment(owner, spec, g, worker_image, &config_hash, &kafka_env))
+            .map(|g| {
+                let replicas = consumer_replicas(g, keda);
+                consumer_deployment(
+                    owner,
+                    spec,
+                    g,
+                    replicas,
+                    worker_image,
+                    &config_hash,
+                    &kafka_env,
+                )
+            })
             .collect(),
         consumer_services: spec
             .consumers
@@ -170,6 +194,15 @@ pub fn build(
             })
             .collect(),
         budgets: budgets(owner, spec),
+        scaled_objects: match keda {
+            Keda::Usable => spec
+                .consumers
+                .groups
+                .iter()
+                .filter_map(|g| scaled_object(owner, spec, g))
+                .collect(),
+            Keda::Unusable { .. } => Vec::new(),
+        },
         config_map,
     }
 }

@@ -12,7 +12,7 @@ fn the_postgres_ca_secret_is_mounted_read_only_into_every_worker_as_pgsslrootcer
         name: "pg-ca".into(),
         key: "root.pem".into(),
     });
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let deployments = std::iter::once(&children.producer).chain(children.consumers.iter());
     for deployment in deployments {
         let pod = deployment
@@ -48,13 +48,25 @@ fn the_postgres_ca_secret_is_mounted_read_only_into_every_worker_as_pgsslrootcer
             Some("/etc/outbox/postgres-ca/ca.crt")
         );
     }
-    let without = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let without = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     assert_eq!(env_value(&without.producer, "PGSSLROOTCERT"), None);
 }
 
 #[test]
 fn pods_are_locked_down_and_probed() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let pod = children.producer.spec.and_then(|s| s.template.spec);
     let Some(pod) = pod else {
         panic!("no pod spec")
@@ -94,7 +106,7 @@ fn pods_are_locked_down_and_probed() {
 fn every_pod_setting_lands_in_the_producer_pod_template() {
     let mut spec = reference_spec();
     spec.producers.pod = every_pod_setting();
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let own = labels(&owner(), outbox_contract::labels::PRODUCER, None);
     assert_every_pod_setting_in(&pod_template(&children.producer), &own);
     // The config hash annotation is still there beside the user's.
@@ -115,7 +127,7 @@ fn every_pod_setting_lands_in_the_producer_pod_template() {
 fn every_consumers_wide_pod_setting_lands_in_each_groups_pod_template() {
     let mut spec = reference_spec();
     spec.consumers.pod = every_pod_setting();
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     for (deployment, group) in children.consumers.iter().zip(&spec.consumers.groups) {
         let own = labels(
             &owner(),
@@ -142,7 +154,7 @@ fn a_groups_own_pod_settings_override_the_consumers_wide_ones_only_in_its_deploy
         "tolerations": [],
         "priorityClassName": "low"
     }));
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let pod = |i: usize| pod_template(&children.consumers[i]);
     let label = |i: usize, key: &str| {
         pod(i)
@@ -180,8 +192,14 @@ fn a_users_pod_labels_and_annotations_never_replace_the_operators_own() {
     spec.consumers.pod.metadata.labels = evil;
     spec.producers.pod.metadata.annotations =
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), "stale".to_string())]);
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
-    let clean = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
+    let clean = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let deployments = std::iter::once((&children.producer, &clean.producer))
         .chain(children.consumers.iter().zip(clean.consumers.iter()));
     for (with, without) in deployments {
@@ -216,7 +234,7 @@ fn a_topology_spread_constraint_with_its_own_selector_keeps_it() {
             "whenUnsatisfiable": "DoNotSchedule",
             "labelSelector": {"matchLabels": {"team": "payments"}}}]
     }));
-    let children = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let spread = pod_template(&children.producer)
         .spec
         .and_then(|p| p.topology_spread_constraints)
@@ -235,7 +253,13 @@ fn a_topology_spread_constraint_with_its_own_selector_keeps_it() {
 
 #[test]
 fn without_pod_settings_the_pod_template_has_no_scheduling_fields() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let pod = pod_template(&children.producer).spec.unwrap_or_default();
     assert_eq!(pod.node_selector, None);
     assert_eq!(pod.tolerations, None);

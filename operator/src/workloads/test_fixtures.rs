@@ -17,6 +17,7 @@ pub(crate) fn reference_spec() -> OutboxSystemSpec {
         dead_letter_topic: None,
         pod: PodSettings::default(),
         pod_disruption_budget: None,
+        autoscaling: None,
     };
     OutboxSystemSpec {
         paused: false,

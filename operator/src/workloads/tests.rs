@@ -5,7 +5,13 @@ use crate::workloads::test_fixtures::*;
 
 #[test]
 fn every_child_carries_the_label_the_operators_watches_select_by() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let mut metas = vec![
         &children.config_map.metadata,
         &children.producer.metadata,
@@ -31,7 +37,13 @@ fn every_child_carries_the_label_the_operators_watches_select_by() {
 
 #[test]
 fn reference_topology_gives_one_producer_and_three_consumer_deployments() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     assert_eq!(
         children.producer.metadata.name.as_deref(),
         Some("demo-producer")
@@ -75,7 +87,13 @@ fn a_consumer_joins_the_kafka_group_its_system_names_and_keeps_the_declared_name
         ..Default::default()
     });
     let owner = owner_of(&system).expect("named, namespaced, with a uid");
-    let children = build(&owner, &system.spec, &WorkerImage::default(), &[]);
+    let children = build(
+        &owner,
+        &system.spec,
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let ids: Vec<_> = children
         .consumers
         .iter()
@@ -99,7 +117,13 @@ fn a_consumer_joins_the_kafka_group_its_system_names_and_keeps_the_declared_name
 
 #[test]
 fn every_child_is_controlled_by_the_system() {
-    let children = build(&owner(), &reference_spec(), &WorkerImage::default(), &[]);
+    let children = build(
+        &owner(),
+        &reference_spec(),
+        &WorkerImage::default(),
+        &[],
+        &Keda::Usable,
+    );
     let metas = [
         &children.config_map.metadata,
         &children.producer.metadata,
@@ -119,9 +143,9 @@ fn every_child_is_controlled_by_the_system() {
 #[test]
 fn config_change_changes_the_pod_template_hash() {
     let mut spec = reference_spec();
-    let before = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let before = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     spec.kafka.bootstrap_servers = "other:9092".into();
-    let after = build(&owner(), &spec, &WorkerImage::default(), &[]);
+    let after = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
     let hash = |d: &Deployment| {
         d.spec
             .as_ref()

@@ -32,7 +32,7 @@ fn a_spec_without_image_gets_the_operators_worker_image_and_one_with_an_image_ke
     let spec = reference_spec();
     assert_eq!(spec.image, None);
     assert_eq!(
-        images(&build(&owner(), &spec, &configured, &[])),
+        images(&build(&owner(), &spec, &configured, &[], &Keda::Usable)),
         both("registry.example/outbox-worker:7", Some("Always"))
     );
     // The spec's own image, with the spec's pull policy (none: Kubernetes decides),
@@ -40,14 +40,14 @@ fn a_spec_without_image_gets_the_operators_worker_image_and_one_with_an_image_ke
     let mut spec = reference_spec();
     spec.image = Some("example/own:1".into());
     assert_eq!(
-        images(&build(&owner(), &spec, &configured, &[])),
+        images(&build(&owner(), &spec, &configured, &[], &Keda::Usable)),
         both("example/own:1", None)
     );
     // A role's image before the system's; the spec's pull policy before the default's.
     spec.producers.image = Some("example/producer:2".into());
     spec.image = None;
     spec.image_pull_policy = Some("Never".into());
-    let got = images(&build(&owner(), &spec, &configured, &[]));
+    let got = images(&build(&owner(), &spec, &configured, &[], &Keda::Usable));
     assert_eq!(
         got[0],
         (Some("example/producer:2".into()), Some("Never".into()))
