@@ -93,6 +93,18 @@ build_monitoring_crds() {
   touch "$MONITORING_CRDS/.complete"
 }
 
+# KEDA's ScaledObject CRD as KEDA publishes it in its module (config/crd/bases).
+build_keda_crds() {
+  [ -f "$KEDA_CRDS/.complete" ] && { log "KEDA CRDs $KEDA_VERSION: cached"; return 0; }
+  log "KEDA CRDs $KEDA_VERSION: from its Go module"
+  local dir
+  dir=$(cd "$CACHE_DIR" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$KEDA_CRDS" && mkdir -p "$KEDA_CRDS"
+  cp "$dir/config/crd/bases/keda.sh_scaledobjects.yaml" "$KEDA_CRDS/"
+  touch "$KEDA_CRDS/.complete"
+}
+
 build_kafka() {
   local dest=$CACHE_DIR/kafka-$KAFKA_VERSION
   [ -f "$dest/.complete" ] && { log "kafka $KAFKA_VERSION: cached"; return 0; }
@@ -112,5 +124,5 @@ build_one() {
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(kafka etcd helm coredns kubernetes prometheus monitoring_crds)
+[ ${#components[@]} -gt 0 ] || components=(kafka etcd helm coredns kubernetes prometheus monitoring_crds keda_crds)
 for c in "${components[@]}"; do build_one "$c"; done

@@ -114,7 +114,10 @@ impl Prometheus {
         eventually(&what, Duration::from_secs(180), || async move {
             let alerts = self.alerts(name, ns).await;
             if firing {
-                alerts.into_iter().find(|a| a["state"] == "firing").map(Some)
+                alerts
+                    .into_iter()
+                    .find(|a| a["state"] == "firing")
+                    .map(Some)
             } else {
                 alerts.is_empty().then_some(None)
             }
@@ -358,7 +361,11 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
     let verified =
         format!("outbox_loadtest_verified{{namespace=\"{ns}\", loadtest=\"small\"}} == 1");
     prometheus
-        .wait_for_series("outbox_loadtest_verified scraped", &verified, Duration::from_secs(60))
+        .wait_for_series(
+            "outbox_loadtest_verified scraped",
+            &verified,
+            Duration::from_secs(60),
+        )
         .await;
 
     // Every query of both dashboards returns data, with the variables set as a user

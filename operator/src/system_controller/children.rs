@@ -13,6 +13,7 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::autoscalers::apply_autoscalers;
+use super::replica_handover::hand_over_replicas;
 use crate::context::{publish_event, Context};
 use crate::crd::{OutboxSystem, OutboxSystemSpec};
 use crate::error::{Error, Result};
@@ -58,6 +59,10 @@ pub(super) async fn apply_children(
     server_side_apply(&services, &children.producer_service).await?;
     let mut consumers = Vec::new();
     for deployment in &children.consumers {
+        if deployment.spec.as_ref().is_some_and(|s| s.replicas.is_none()) {
+            let name = deployment.metadata.name.as_deref().unwrap_or_default();
+            hand_over_replicas(&deployments, name).await?;
+        }
         consumers.push(server_side_apply(&deployments, deployment).await?);
     }
     for service in &children.consumer_services {

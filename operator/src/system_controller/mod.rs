@@ -28,6 +28,7 @@ mod gate;
 mod kafka_reach;
 mod observe;
 mod refusal;
+mod replica_handover;
 mod status;
 mod topic;
 mod topic_holder;

@@ -1,5 +1,7 @@
 //! Helpers shared by the operator's testbed tests: CRD installation, a namespace per
 //! test, the operator in-process or as a child process, and reads from Kafka.
+//! (Shared by several test binaries, each of which uses some of it.)
+#![allow(dead_code)]
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
