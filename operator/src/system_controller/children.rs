@@ -59,7 +59,11 @@ pub(super) async fn apply_children(
     server_side_apply(&services, &children.producer_service).await?;
     let mut consumers = Vec::new();
     for deployment in &children.consumers {
-        if deployment.spec.as_ref().is_some_and(|s| s.replicas.is_none()) {
+        if deployment
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.replicas.is_none())
+        {
             let name = deployment.metadata.name.as_deref().unwrap_or_default();
             hand_over_replicas(&deployments, name).await?;
         }
