@@ -13,13 +13,7 @@ fn budget_summary(b: &PodDisruptionBudget) -> (String, Option<IntOrString>) {
 
 #[test]
 fn by_default_the_producers_and_each_group_get_a_budget_of_one_pod_at_a_time() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let summary: Vec<_> = children.budgets.iter().map(budget_summary).collect();
     let one = Some(IntOrString::Int(1));
     assert_eq!(

@@ -27,13 +27,7 @@ fn producers_keep_relayed_rows_an_hour_and_ledger_data_a_week_unless_told() {
 
 #[test]
 fn consumer_env_carries_group_and_retry_policy() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let b = &children.consumers[1];
     assert_eq!(
         env_value(b, "KAFKA_CONSUMER_GROUP").as_deref(),

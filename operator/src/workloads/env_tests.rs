@@ -82,13 +82,7 @@ fn only_the_kafka_client_keys_of_the_settings_secret_reach_the_workers_each_by_i
 
 #[test]
 fn database_url_comes_only_from_the_secret() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let container = &children
         .producer
         .spec

@@ -48,25 +48,13 @@ fn the_postgres_ca_secret_is_mounted_read_only_into_every_worker_as_pgsslrootcer
             Some("/etc/outbox/postgres-ca/ca.crt")
         );
     }
-    let without = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let without = reference_children();
     assert_eq!(env_value(&without.producer, "PGSSLROOTCERT"), None);
 }
 
 #[test]
 fn pods_are_locked_down_and_probed() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let pod = children.producer.spec.and_then(|s| s.template.spec);
     let Some(pod) = pod else {
         panic!("no pod spec")
@@ -193,13 +181,7 @@ fn a_users_pod_labels_and_annotations_never_replace_the_operators_own() {
     spec.producers.pod.metadata.annotations =
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), "stale".to_string())]);
     let children = build(&owner(), &spec, &WorkerImage::default(), &[], &Keda::Usable);
-    let clean = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let clean = reference_children();
     let deployments = std::iter::once((&children.producer, &clean.producer))
         .chain(children.consumers.iter().zip(clean.consumers.iter()));
     for (with, without) in deployments {
@@ -253,13 +235,7 @@ fn a_topology_spread_constraint_with_its_own_selector_keeps_it() {
 
 #[test]
 fn without_pod_settings_the_pod_template_has_no_scheduling_fields() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let pod = pod_template(&children.producer).spec.unwrap_or_default();
     assert_eq!(pod.node_selector, None);
     assert_eq!(pod.tolerations, None);

@@ -173,3 +173,15 @@ pub(crate) fn assert_every_pod_setting_in(
         "a constraint without a selector counts this workload's pods"
     );
 }
+
+/// What [`super::build`] makes of the reference spec, with the default worker image, no
+/// client settings and KEDA usable.
+pub(crate) fn reference_children() -> super::Children {
+    super::build(
+        &owner(),
+        &reference_spec(),
+        &super::WorkerImage::default(),
+        &[],
+        &super::Keda::Usable,
+    )
+}

@@ -5,13 +5,7 @@ use crate::workloads::test_fixtures::*;
 
 #[test]
 fn every_child_carries_the_label_the_operators_watches_select_by() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let mut metas = vec![
         &children.config_map.metadata,
         &children.producer.metadata,
@@ -37,13 +31,7 @@ fn every_child_carries_the_label_the_operators_watches_select_by() {
 
 #[test]
 fn reference_topology_gives_one_producer_and_three_consumer_deployments() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     assert_eq!(
         children.producer.metadata.name.as_deref(),
         Some("demo-producer")
@@ -117,13 +105,7 @@ fn a_consumer_joins_the_kafka_group_its_system_names_and_keeps_the_declared_name
 
 #[test]
 fn every_child_is_controlled_by_the_system() {
-    let children = build(
-        &owner(),
-        &reference_spec(),
-        &WorkerImage::default(),
-        &[],
-        &Keda::Usable,
-    );
+    let children = reference_children();
     let metas = [
         &children.config_map.metadata,
         &children.producer.metadata,
