@@ -19,25 +19,11 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, ResourceExt};
 use outbox_operator::crd::OutboxSystem;
 use support::*;
-use testbed_support::{delete_namespace, eventually, testbed, unique_name};
+use testbed_support::{delete_namespace, eventually, run, testbed, unique_name};
 
 /// KEDA's ScaledObject CRD applied to the testbed (from its Go module, cached by
 /// `testbed/build.sh keda_crds`); deleted on drop, so that no other test meets it.
 struct KedaCrd;
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", &testbed().kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 impl KedaCrd {
     fn apply() -> KedaCrd {
@@ -54,15 +40,18 @@ impl KedaCrd {
             String::from_utf8_lossy(&out.stderr)
         );
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        kubectl(&["apply", "--server-side", "-f", &dir]);
-        kubectl(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout",
-            "60s",
-            "crd/scaledobjects.keda.sh",
-        ]);
+        run("kubectl", &["apply", "--server-side", "-f", &dir]);
+        run(
+            "kubectl",
+            &[
+                "wait",
+                "--for",
+                "condition=Established",
+                "--timeout",
+                "60s",
+                "crd/scaledobjects.keda.sh",
+            ],
+        );
         KedaCrd
     }
 }

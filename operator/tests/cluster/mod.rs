@@ -14,21 +14,7 @@ use testbed_support::{create_namespace, eventually, testbed};
 
 pub const POD_WAIT: Duration = Duration::from_secs(180);
 
-/// Runs a command from the testbed's PATH (kubectl, helm); panics with its stderr.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .env("KUBECONFIG", &testbed().kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e} (is the testbed's PATH set?)"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use testbed_support::run;
 
 pub async fn client() -> Client {
     testbed()

@@ -451,6 +451,22 @@ impl Drop for DropRoles {
     }
 }
 
+/// Runs a command from the testbed's PATH (kubectl, helm); panics with its stderr.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", &testbed().kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e} (is the testbed's PATH set?)"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
