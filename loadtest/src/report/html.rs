@@ -325,10 +325,17 @@ fn scenarios_table(page: &mut String, report: &Report) {
         "<h2>Scenarios</h2>\n<table class=\"scenarios\">\n<thead><tr>\
          <th class=\"text\">scenario</th><th>messages</th><th>accepted</th><th>failed</th>\
          <th>seconds</th><th>msg/s</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th>\
+         <th>CPU-µs per message sending</th>\
          <th class=\"text\">failures</th></tr></thead>\n<tbody>\n",
     );
     for s in &report.status.scenarios {
         let [p50, p95, p99] = percentiles(&s.latency);
+        // Measured only for a scenario sent alone (status.scenarios[].sendingCpu).
+        let sending_cpu = s
+            .sending_cpu
+            .as_ref()
+            .and_then(|c| c.micros_per_message)
+            .map_or_else(|| "–".to_string(), |us| format!("{us:.1}"));
         let failures: Vec<String> = s
             .failure_reasons
             .iter()
@@ -339,7 +346,7 @@ fn scenarios_table(page: &mut String, report: &Report) {
             page,
             "<tr><td class=\"text\">{}</td><td>{}</td><td>{}</td><td{class}>{}</td>\
              <td>{:.2}</td><td>{:.1}</td><td>{p50}</td><td>{p95}</td><td>{p99}</td>\
-             <td class=\"text\">{}</td></tr>",
+             <td>{sending_cpu}</td><td class=\"text\">{}</td></tr>",
             escape(&s.name),
             group_digits(s.messages),
             group_digits(s.accepted),
@@ -350,7 +357,7 @@ fn scenarios_table(page: &mut String, report: &Report) {
         );
     }
     if report.status.scenarios.is_empty() {
-        page.push_str("<tr><td class=\"text\" colspan=\"10\">no scenario recorded</td></tr>\n");
+        page.push_str("<tr><td class=\"text\" colspan=\"11\">no scenario recorded</td></tr>\n");
     }
     page.push_str("</tbody>\n</table>\n");
 }

@@ -340,3 +340,28 @@ fn digits_are_grouped_by_thousands() {
     assert_eq!(number(12.4), "12.4");
     assert_eq!(number(1000.0), "1,000");
 }
+
+#[test]
+fn a_scenario_sent_alone_shows_its_cpu_per_message_and_others_a_dash() {
+    let mut report = report(sampled());
+    let mut together = report.status.scenarios[0].clone();
+    together.name = "together".into();
+    report.status.scenarios[0].sending_cpu = Some(outbox_contract::crd::CpuAccounting {
+        micros_per_message: Some(93.84),
+        ..Default::default()
+    });
+    report.status.scenarios.push(together);
+    let page = render(&report).expect("renders");
+    assert!(
+        page.contains("<th>CPU-µs per message sending</th>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<td>30</td><td>93.8</td><td class=\"text\"></td></tr>"),
+        "the alone scenario's cell"
+    );
+    assert!(
+        page.contains("<td>30</td><td>–</td><td class=\"text\"></td></tr>"),
+        "a dash where nothing was measured"
+    );
+}
