@@ -78,14 +78,19 @@ build_prometheus() {
   rm -rf "$PROMETHEUS_BIN" && mv "$PROMETHEUS_BIN.tmp" "$PROMETHEUS_BIN"
 }
 
+# module_dir MODULE@VERSION: the module downloaded through the Go module proxy (read-only,
+# in the module cache); its directory on stdout.
+module_dir() {
+  (cd "$CACHE_DIR" && go mod download -json "$1") | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
+}
+
 # The three monitoring.coreos.com CRDs the chart can create objects of, as the Prometheus
 # Operator publishes them in its module (example/prometheus-operator-crd).
 build_monitoring_crds() {
   [ -f "$MONITORING_CRDS/.complete" ] && { log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: cached"; return 0; }
   log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: from its Go module"
   local dir
-  dir=$(cd "$CACHE_DIR" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
   rm -rf "$MONITORING_CRDS" && mkdir -p "$MONITORING_CRDS"
   for kind in podmonitors servicemonitors prometheusrules; do
     cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_CRDS/"
@@ -98,8 +103,7 @@ build_keda_crds() {
   [ -f "$KEDA_CRDS/.complete" ] && { log "KEDA CRDs $KEDA_VERSION: cached"; return 0; }
   log "KEDA CRDs $KEDA_VERSION: from its Go module"
   local dir
-  dir=$(cd "$CACHE_DIR" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  dir=$(module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION")
   rm -rf "$KEDA_CRDS" && mkdir -p "$KEDA_CRDS"
   cp "$dir/config/crd/bases/keda.sh_scaledobjects.yaml" "$KEDA_CRDS/"
   touch "$KEDA_CRDS/.complete"
@@ -112,8 +116,7 @@ build_keda() {
   [ -x "$KEDA_BIN/keda" ] && [ -x "$KEDA_BIN/keda-adapter" ] && { log "KEDA $KEDA_VERSION: cached"; return 0; }
   log "KEDA $KEDA_VERSION: building its operator and metrics API server from its Go module (cold: about 10 min)"
   local dir work
-  dir=$(cd "$CACHE_DIR" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  dir=$(module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION")
   work=$(mktemp -d)
   cp -r "$dir/." "$work/" && chmod -R u+w "$work"
   mkdir -p "$KEDA_BIN.tmp"

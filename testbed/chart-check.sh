@@ -20,10 +20,7 @@ for values in "" "--set watchNamespace=outbox-system" "--set leaderElection.enab
 done
 # With the Prometheus Operator's CRDs served (from its Go module), the monitors, the rules
 # and the dashboards render and the API server accepts them.
-"$TESTBED_DIR/build.sh" monitoring_crds
-kubectl apply --server-side --force-conflicts -f "$MONITORING_CRDS/" >/dev/null
-kubectl wait --for condition=Established --timeout 60s crd/podmonitors.monitoring.coreos.com \
-  crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+apply_monitoring_crds
 helm template chart-check "$chart" --namespace outbox-system --kube-version "$K8S_VERSION" \
   --api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/ServiceMonitor \
   --api-versions monitoring.coreos.com/v1/PrometheusRule --set metrics.podMonitor.enabled=true \

@@ -136,6 +136,15 @@ wait_for() {
 
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$STATE_DIR/kubeconfig" "$@"; }
 
+# The Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule CRDs (from its Go
+# module, built if missing) applied to the running testbed, and served.
+apply_monitoring_crds() {
+  "$TESTBED_DIR/build.sh" monitoring_crds
+  kubectl_ apply --server-side --force-conflicts -f "$MONITORING_CRDS/" >/dev/null
+  kubectl_ wait --for condition=Established --timeout 60s crd/podmonitors.monitoring.coreos.com \
+    crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
+}
+
 # ---------------------------------------------------------------- recorded processes
 # A pid file alone names whatever process has that pid now: once the recorded process
 # has exited, the kernel may give its pid to an unrelated process, and `kill -0` cannot

@@ -22,12 +22,9 @@ dir=$STATE_DIR/prometheus
 url() { echo "http://127.0.0.1:$(cat "$dir/port")"; }
 
 up() {
-  "$TESTBED_DIR/build.sh" prometheus monitoring_crds
+  "$TESTBED_DIR/build.sh" prometheus
   mkdir -p "$dir/data"
-  kubectl_ apply --server-side --force-conflicts -f "$MONITORING_CRDS/" >/dev/null
-  kubectl_ wait --for condition=Established --timeout 60s \
-    crd/podmonitors.monitoring.coreos.com crd/servicemonitors.monitoring.coreos.com \
-    crd/prometheusrules.monitoring.coreos.com >/dev/null
+  apply_monitoring_crds
   "$HELM_BIN/helm" template "${MONITOR_RELEASE:-outbox-operator}" "$REPO_ROOT/charts/outbox-operator" \
     --namespace "${MONITOR_NAMESPACE:-outbox-system}" \
     --api-versions monitoring.coreos.com/v1/PodMonitor --api-versions monitoring.coreos.com/v1/ServiceMonitor \

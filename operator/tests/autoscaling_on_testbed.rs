@@ -27,19 +27,12 @@ struct KedaCrd;
 
 impl KedaCrd {
     fn apply() -> KedaCrd {
-        let root = testbed_support::repo_root();
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(r#". testbed/lib.sh && testbed/build.sh keda_crds >&2 && echo "$KEDA_CRDS""#)
-            .current_dir(&root)
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let lib = testbed_support::repo_root().join("testbed/lib.sh");
+        let script = format!(
+            r#". "{}" && "$TESTBED_DIR/build.sh" keda_crds >&2 && echo "$KEDA_CRDS""#,
+            lib.display()
         );
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let dir = run("bash", &["-c", &script]).trim().to_string();
         run("kubectl", &["apply", "--server-side", "-f", &dir]);
         run(
             "kubectl",

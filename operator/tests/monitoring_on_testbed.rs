@@ -34,19 +34,15 @@ struct Prometheus {
     http: reqwest::Client,
 }
 
+/// `testbed/monitor.sh ARGS` with the environment `envs`; its output.
 fn monitor_sh(args: &[&str], envs: &[(&str, &str)]) -> String {
     let script = testbed_support::repo_root().join("testbed/monitor.sh");
-    let out = Command::new(&script)
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "testbed/monitor.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let script = script.display().to_string();
+    let envs: Vec<String> = envs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut argv: Vec<&str> = envs.iter().map(String::as_str).collect();
+    argv.push(&script);
+    argv.extend_from_slice(args);
+    run("env", &argv).trim().to_string()
 }
 
 impl Prometheus {
@@ -149,26 +145,21 @@ impl Drop for Prometheus {
 /// Each target query of a dashboard in the chart, as `(panel title, expr)`.
 fn dashboard_queries(file: &str) -> Vec<(String, String)> {
     let root = testbed_support::repo_root();
-    let out = Command::new(root.join("scripts/dashboard-check.py"))
-        .arg("--exprs")
-        .arg(root.join("charts/outbox-operator/dashboards").join(file))
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            (
-                v["panel"].as_str().unwrap_or_default().to_string(),
-                v["expr"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
+    let dashboard = root.join("charts/outbox-operator/dashboards").join(file);
+    let checker = root.join("scripts/dashboard-check.py");
+    run(
+        &checker.display().to_string(),
+        &["--exprs", &dashboard.display().to_string()],
+    )
+    .lines()
+    .map(|line| {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        (
+            v["panel"].as_str().unwrap_or_default().to_string(),
+            v["expr"].as_str().unwrap_or_default().to_string(),
+        )
+    })
+    .collect()
 }
 
 /// An OpenMetrics exposition (what the workers and the operator serve, and Prometheus
