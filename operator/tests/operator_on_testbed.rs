@@ -1599,6 +1599,14 @@ async fn finished_loadtest_keeps_its_phase_and_results_and_loses_its_job_after_t
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     let mut lt = small_loadtest("short", "outbox");
     lt.spec.ttl_seconds_after_finished = Some(3);
+    // No node carries this label, so the runner's pod stays Pending: the report below is
+    // the only one written. A real runner scheduled on the node would write its own
+    // phase over it, and the Job's deadline would then end it Failed, as it should.
+    lt.spec
+        .runner
+        .pod
+        .node_selector
+        .insert("outbox.dev/test-no-such-node".into(), "true".into());
     loadtests
         .create(&PostParams::default(), &lt)
         .await
