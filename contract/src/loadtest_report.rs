@@ -6,6 +6,13 @@
 /// The key of the HTML in the ConfigMap.
 pub const KEY: &str = "report.html";
 
+/// The key under which runner `index` of a LoadTest with `parallelism` above 1 leaves
+/// its segment's results (JSON) for runner 0 to merge; runner 0 removes these keys
+/// when it writes the report.
+pub fn segment_key(index: i32) -> String {
+    format!("segment-{index}.json")
+}
+
 /// The report ConfigMap's name for LoadTest `loadtest`.
 pub fn config_map_name(loadtest: &str) -> String {
     format!("{loadtest}-report")

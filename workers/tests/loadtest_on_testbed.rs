@@ -722,6 +722,7 @@ async fn the_status_on_the_api_server_and_the_json_report_agree() {
         cpu_sources: Vec::new(),
         thresholds: None,
         runner: Default::default(),
+        parallelism: 1,
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests
@@ -971,6 +972,7 @@ async fn a_restarted_runner_resumes_its_run_and_counts_every_message_once() {
         cpu_sources: Vec::new(),
         thresholds: None,
         runner: Default::default(),
+        parallelism: 1,
     };
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &namespace);
     let created = loadtests

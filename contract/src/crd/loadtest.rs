@@ -30,10 +30,12 @@ use super::PodSettings;
     printcolumn = r#"{"name":"Throughput","type":"number","description":"Overall accepted messages per second","jsonPath":".status.throughput"}"#,
     printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.conditions[?(@.type==\"Verified\")].status"}"#,
     printcolumn = r#"{"name":"Thresholds","type":"string","description":"True when every threshold held","jsonPath":".status.conditions[?(@.type==\"ThresholdsMet\")].status"}"#,
+    printcolumn = r#"{"name":"Runners","type":"string","description":"Runner pods ready / parallelism (while the run goes on)","jsonPath":".status.runnersReady","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: create a new LoadTest"))]
+#[x_kube(validation = Rule::new("!has(self.parallelism) || !has(self.keys) || self.parallelism <= self.keys").message("spec.parallelism: every runner sends its own keys, so keys must be at least parallelism"))]
 pub struct LoadTestSpec {
     /// The OutboxSystem (same namespace) to load.
     pub system_ref: SystemRef,
@@ -88,6 +90,23 @@ pub struct LoadTestSpec {
     /// The runner Job's pod: its CPU and memory, scheduling and metadata.
     #[serde(default, skip_serializing_if = "RunnerSpec::is_default")]
     pub runner: RunnerSpec,
+    /// Runner pods that drive the run together (default 1): still one Job, an Indexed
+    /// Job with this many pods. Pod `i` sends its own segment of every scenario (its
+    /// share of the messages, of each arrival rate and of the keys); all start at one
+    /// time the operator sets once every runner pod is ready; runner 0 merges the
+    /// segments into one result (counts summed, request-latency histograms merged)
+    /// and verifies every accepted message once. `status.runners` has a line per pod.
+    #[serde(default = "default_parallelism", skip_serializing_if = "is_one")]
+    #[schemars(range(min = 1, max = 16))]
+    pub parallelism: i32,
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+fn is_one(n: &i32) -> bool {
+    *n == 1
 }
 
 /// The load-test runner's pod.
@@ -457,6 +476,59 @@ pub struct LoadTestStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// With `parallelism` above 1: a line per runner pod, each written by that runner
+    /// (its own field manager, so none overwrites another's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["index".into()]))]
+    pub runners: Vec<RunnerLine>,
+    /// With `parallelism` above 1: runner pods ready over `parallelism`, e.g. `3/3`
+    /// (operator, from the Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runners_ready: Option<String>,
+    /// With `parallelism` above 1: when every runner starts sending, set once by the
+    /// operator when all runner pods are ready, so a slow image pull does not stretch
+    /// the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<Time>,
+}
+
+/// One runner pod of a LoadTest with `parallelism` above 1.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerLine {
+    /// The pod's index in the Indexed Job (its `JOB_COMPLETION_INDEX`).
+    pub index: i32,
+    /// The pod that wrote this line last (a replaced runner's successor resumes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Messages of its segment over all scenarios (arrival-rate ones as offered).
+    pub messages: i64,
+    /// Messages of its segment accepted so far.
+    pub accepted: i64,
+    /// Groups of scenarios (a scenario with those marked `withPrevious` after it) it
+    /// has sent; runners start a group together.
+    pub groups_sent: i32,
+    /// `Waiting` (for the start time or the others), `Sending`, `Sent`, `Failed`.
+    pub state: RunnerState,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where one runner of a parallel run is.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum RunnerState {
+    /// Waiting for the start time or for the other runners.
+    #[default]
+    Waiting,
+    /// Sending its segment.
+    Sending,
+    /// Its segment of every scenario is sent.
+    Sent,
+    /// It could not send its segment.
+    Failed,
 }
 
 /// CPU time over a run, by component.
