@@ -103,6 +103,17 @@ pub struct LoadTestArgs {
     /// worker's memory and CPU) in the reports.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub sample_interval: Duration,
+    /// Runners sharing the run: the LoadTest's `spec.parallelism`, which the operator
+    /// passes to the pods of its Indexed Job (it must agree with the spec).
+    #[arg(long, requires = "name")]
+    pub runners: Option<u32>,
+    /// This runner's index among them: Kubernetes sets `JOB_COMPLETION_INDEX` in the
+    /// pods of an Indexed Job.
+    #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
+    pub runner_index: u32,
+    /// This runner's pod, for its line in `status.runners`.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Seconds between progress updates (log lines, LoadTest status).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub progress_interval: Duration,

@@ -58,8 +58,13 @@ pub struct MessageShape {
     pub run_id: String,
     /// Payload bytes.
     pub message_size: usize,
-    /// Distinct keys: message `i` of a scenario gets key `key-<i mod keys>`.
+    /// Distinct keys: message `i` of a scenario gets key `key-<key_first + i mod keys>`.
     pub keys: u64,
+    /// The first key of this runner's block (0 for a run's only runner).
+    pub key_first: u64,
+    /// Which runner sends, of how many: in a run with several, every message carries
+    /// [`crate::segment::RUNNER_HEADER`] and the idempotency keys the runner's own scope.
+    pub segment: crate::segment::Segment,
 }
 
 /// One scenario as it is about to be sent.

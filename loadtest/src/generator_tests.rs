@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 fn shape() -> MessageShape {
     MessageShape {
+        key_first: 0,
+        segment: crate::segment::Segment::alone(),
         topic: "t\"1".into(),
         run_id: "run-1".into(),
         message_size: 32,

@@ -31,8 +31,10 @@ pub mod progress;
 pub mod report;
 pub mod sampler;
 pub mod scenario_latency;
+pub mod segment;
 mod send;
 pub mod series;
+pub mod shared_run;
 pub mod split;
 pub mod status;
 pub mod thresholds;
@@ -52,10 +54,12 @@ pub use error::{LoadTestError, Result};
 pub use plan::{CpuPlan, Plan};
 
 use database::OutboxDb;
+use outbox_contract::crd::RunnerState;
 use plan::{resolve, Prepared, Resolved};
 use progress::Display;
 use report::Report;
 use send::{Sending, SentAll};
+use shared_run::SharedRun;
 use status::{StatusBook, COMPLETE};
 
 use outbox_core::shutdown::ShutdownSignal;
@@ -67,6 +71,9 @@ pub enum Outcome {
     AlreadyFinished(LoadTestPhase),
     /// The run finished with this phase (Succeeded or Failed).
     Finished(LoadTestPhase),
+    /// This runner of a shared run sent its segment of every scenario; runner 0
+    /// verifies and writes the result.
+    SegmentSent,
 }
 
 /// Entry point of the subcommand: runs, logs, and maps the outcome to an exit code
@@ -112,6 +119,9 @@ async fn run_inner(args: LoadTestArgs, shutdown: ShutdownSignal) -> Result<Outco
             (plan, target, current)
         }
     };
+    let mut shared = shared_run(&args, &plan, target.as_ref());
+    // In a shared run only runner 0 writes the run's status; the others their lines.
+    let target = target.filter(|_| plan.segment.merges());
     let mut book = StatusBook::new(
         target,
         current,
@@ -119,13 +129,23 @@ async fn run_inner(args: LoadTestArgs, shutdown: ShutdownSignal) -> Result<Outco
         outage::Board::default(),
         args.infrastructure_patience,
     );
-    let result = execute(&args, &plan, &mut book, shutdown).await;
+    let result = execute(&args, &plan, &mut book, shutdown, shared.as_mut()).await;
     match result {
         Ok(outcome) => Ok(outcome),
         Err(LoadTestError::Interrupted) => {
             book.status_mut().message = Some("the runner was stopped before the run finished; a rerun of the same run id resumes it".into());
             let _ = book.write_now().await;
             Err(LoadTestError::Interrupted)
+        }
+        Err(e) if !plan.segment.merges() => {
+            // Runner 0 fails the run when it reads this line.
+            if let Some(run) = shared.as_mut() {
+                let message = outbox_core::error_chain(&e);
+                if let Err(write) = run.publish(RunnerState::Failed, 0, 0, Some(message)).await {
+                    tracing::error!(error = %outbox_core::error_chain(&write), "could not record the failure in this runner's line");
+                }
+            }
+            Err(e)
         }
         Err(e) => {
             // The result of the run is this error: record it where users look.
@@ -156,12 +176,32 @@ async fn execute(
     plan: &Plan,
     book: &mut StatusBook,
     mut shutdown: ShutdownSignal,
+    mut shared: Option<&mut SharedRun>,
 ) -> Result<Outcome> {
     let started = Instant::now();
     let display = Display::new(args.progress_interval);
     let http = http_client(args)?;
     let mut db = connect(args, plan, book).await?;
-    let resume = send::resume_point(args, plan, book, &mut db).await?;
+    let resume = send::resume_point(args, plan, book, &mut db, shared.as_deref()).await?;
+    if let Some(run) = shared.as_mut() {
+        run.publish(RunnerState::Waiting, 0, 0, None).await?;
+        run.wait_for_start(&mut shutdown).await?;
+    }
+    if !plan.segment.merges() {
+        let sending = Sending {
+            args,
+            plan,
+            resume: &resume,
+            http: &http,
+            display: &display,
+            live: &sampler::Live::default(),
+        };
+        send::send_all(sending, book, &mut db, &mut shutdown, shared).await?;
+        tracing::info!(
+            "this runner's segment of every scenario is sent; runner 0 verifies the run"
+        );
+        return Ok(Outcome::SegmentSent);
+    }
     let cpu = CpuWindow::open(plan, &http).await;
     let live = std::sync::Arc::new(sampler::Live::default());
     let sampling = sampler::Sampler::start(
@@ -179,7 +219,8 @@ async fn execute(
         display: &display,
         live: &live,
     };
-    let mut sent = send::send_all(sending, book, &mut db, &mut shutdown).await?;
+    let mut sent =
+        send::send_all(sending, book, &mut db, &mut shutdown, shared.as_deref_mut()).await?;
     settle_uncertain(&mut db, plan, &mut sent).await?;
     verify::start_verification(plan, book, &sent.expected).await?;
     let verification =
@@ -205,9 +246,40 @@ async fn execute(
         memory_growth: series.memory_growth(),
         series,
     };
+    if let Some(run) = shared {
+        run.clear().await?;
+    }
     outcome::publish_report(args, plan, book, &display, report).await?;
     tracing::info!(phase = ?book.phase(), verified = judgement.verified.ok, "load test finished");
     Ok(Outcome::Finished(book.phase()))
+}
+
+/// In a shared run (`parallelism` above 1, in a Job): this runner's place in it.
+fn shared_run(
+    args: &LoadTestArgs,
+    plan: &Plan,
+    target: Option<&status::Target>,
+) -> Option<SharedRun> {
+    let (target, report) = (target?, plan.report_target.as_ref()?);
+    plan.segment.is_shared().then(|| {
+        let messages = plan
+            .scenarios
+            .iter()
+            .map(|s| u64::try_from(plan.segment.scenario(s).offered_messages()).unwrap_or(0))
+            .sum();
+        let pod = args
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok());
+        SharedRun::new(
+            target.api.clone(),
+            report.api.clone(),
+            &target.name,
+            plan.segment,
+            pod,
+            messages,
+        )
+    })
 }
 
 /// Connects to the outbox database (waiting out an outage up to the patience).
@@ -238,7 +310,8 @@ async fn settle_uncertain(db: &mut OutboxDb, plan: &Plan, sent: &mut SentAll) ->
         uncertain = sent.uncertain,
         "some requests had an unknown outcome; taking the run's messages from the outbox"
     );
-    let found = crate::with_db!(db, |c| verdict::run_ids_by_scenario(c, &plan.run_id).await);
+    let found = crate::with_db!(db, |c| verdict::run_ids_by_scenario(c, &plan.run_id, None)
+        .await);
     for ids in found.values() {
         sent.expected = sent.expected.union(ids);
     }

@@ -1,11 +1,14 @@
 //! Counting what the producers answered: accepted and failed messages, failure reasons,
-//! request latency (HdrHistogram), per producer and per scenario.
+//! request latency (HdrHistogram), per producer and per scenario. A scenario's outcome
+//! travels as JSON (the histograms in HdrHistogram's own compressed encoding, exact)
+//! from every runner of a shared run to the one that merges them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use outbox_contract::crd::{LatencyPercentiles, ProducerResult, ScenarioResult, StageResult};
+use serde::{Deserialize, Serialize};
 
 use super::series::Bucket;
 
@@ -16,6 +19,39 @@ const MAX_TRACKABLE_MICROS: u64 = 3_600_000_000;
 /// A latency histogram in microseconds with three significant digits.
 #[derive(Debug, Clone)]
 pub struct Latencies(Histogram<u64>);
+
+impl Serialize for Latencies {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        let mut bytes = Vec::new();
+        hdrhistogram::serialization::Serializer::serialize(
+            &mut hdrhistogram::serialization::V2DeflateSerializer::new(),
+            &self.0,
+            &mut bytes,
+        )
+        .map_err(|e| serde::ser::Error::custom(format!("encoding a latency histogram: {e:?}")))?;
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for Latencies {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(deserializer)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("a latency histogram: {e}")))?;
+        let read: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| serde::de::Error::custom(format!("a latency histogram: {e:?}")))?;
+        let mut latencies = Latencies::new();
+        latencies
+            .0
+            .add(&read)
+            .map_err(|e| serde::de::Error::custom(format!("a latency histogram: {e:?}")))?;
+        Ok(latencies)
+    }
+}
 
 impl Default for Latencies {
     fn default() -> Self {
@@ -92,7 +128,7 @@ impl Latencies {
 }
 
 /// What one producer (or a whole scenario, once merged) answered.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tally {
     /// Messages accepted with a 2xx.
     pub accepted: u64,
@@ -165,7 +201,7 @@ pub fn to_i64(n: u64) -> i64 {
 }
 
 /// One producer's share of a scenario: what it was given and what it answered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProducerOutcome {
     /// Producer name (pod or URL).
     pub producer: String,
@@ -180,7 +216,7 @@ pub struct ProducerOutcome {
 }
 
 /// One producer's part of an arrival-rate stage.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageTally {
     /// Arrivals scheduled.
     pub offered: u64,
@@ -195,7 +231,7 @@ pub struct StageTally {
 }
 
 /// An arrival-rate stage as planned.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StagePlan {
     /// Messages per second offered, over all producers.
     pub rate_per_second: i64,
@@ -206,6 +242,25 @@ pub struct StagePlan {
 }
 
 impl ProducerOutcome {
+    /// Adds another runner's share sent to the same producer.
+    fn add(&mut self, other: &ProducerOutcome) {
+        self.messages += other.messages;
+        self.tally.merge(&other.tally);
+        self.duration = self.duration.max(other.duration);
+        for (i, stage) in other.stages.iter().enumerate() {
+            match self.stages.get_mut(i) {
+                Some(mine) => {
+                    mine.offered += stage.offered;
+                    mine.sent += stage.sent;
+                    mine.missed += stage.missed;
+                    mine.tally.merge(&stage.tally);
+                    mine.lasted = mine.lasted.max(stage.lasted);
+                }
+                None => self.stages.push(stage.clone()),
+            }
+        }
+    }
+
     /// The status entry for this producer.
     pub fn result(&self) -> ProducerResult {
         ProducerResult {
@@ -223,7 +278,7 @@ impl ProducerOutcome {
 }
 
 /// A whole scenario: its producers' outcomes and its wall time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioOutcome {
     /// Scenario name.
     pub name: String,
@@ -321,6 +376,35 @@ impl ScenarioOutcome {
             .sum()
     }
 
+    /// One scenario's outcomes from every runner of a shared run as one (pure): counts
+    /// summed, histograms merged (so percentiles are those of every sample), each
+    /// producer's figures over all runners, the longest wall time, stage rates summed.
+    /// `None` without outcomes.
+    pub fn merged(outcomes: &[ScenarioOutcome]) -> Option<ScenarioOutcome> {
+        let (first, rest) = outcomes.split_first()?;
+        let mut all = first.clone();
+        for other in rest {
+            all.messages += other.messages;
+            all.already_accepted += other.already_accepted;
+            all.duration = all.duration.max(other.duration);
+            for (mine, theirs) in all.stages.iter_mut().zip(&other.stages) {
+                mine.rate_per_second += theirs.rate_per_second;
+                mine.remaining = mine.remaining.max(theirs.remaining);
+            }
+            for producer in &other.producers {
+                match all
+                    .producers
+                    .iter_mut()
+                    .find(|p| p.producer == producer.producer)
+                {
+                    Some(mine) => mine.add(producer),
+                    None => all.producers.push(producer.clone()),
+                }
+            }
+        }
+        Some(all)
+    }
+
     /// The status entry for this scenario.
     pub fn result(&self) -> ScenarioResult {
         let tally = self.tally();
@@ -358,6 +442,86 @@ mod tests {
         assert!((p.p90 - 900.0).abs() < 1.0, "{p:?}");
         assert!((p.p99 - 990.0).abs() < 1.0, "{p:?}");
         assert!((p.max - 1000.0).abs() < 1.0, "{p:?}");
+    }
+
+    fn outcome_of(producer_samples: &[(&str, Vec<u64>)], duration_ms: u64) -> ScenarioOutcome {
+        let producers = producer_samples
+            .iter()
+            .map(|(name, samples)| {
+                let mut tally = Tally::default();
+                for micros in samples {
+                    tally.accepted(1, Duration::from_micros(*micros));
+                }
+                ProducerOutcome {
+                    producer: (*name).to_string(),
+                    messages: samples.len() as u64,
+                    tally,
+                    duration: Duration::from_millis(duration_ms),
+                    stages: Vec::new(),
+                }
+            })
+            .collect();
+        ScenarioOutcome {
+            name: "immediate".into(),
+            batching: false,
+            messages: producer_samples.iter().map(|(_, s)| s.len() as u64).sum(),
+            already_accepted: 0,
+            producers,
+            duration: Duration::from_millis(duration_ms),
+            stages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merged_segments_have_the_percentiles_of_all_their_samples_not_an_average() {
+        // Three runners with very different latencies: averaging their p99s would give
+        // about 390 ms; 990 of all 1,000 samples take at most 59 ms, so that is the p99,
+        // and only the p99.9 reaches the slow runner's tail.
+        let fast: Vec<u64> = (1..=900).map(|i| 1_000 + i).collect();
+        let medium: Vec<u64> = (1..=90).map(|i| 50_000 + i * 100).collect();
+        let slow: Vec<u64> = (1..=10).map(|i| 1_000_000 + i * 10_000).collect();
+        let runners = [
+            outcome_of(
+                &[("p-0", fast[..450].to_vec()), ("p-1", fast[450..].to_vec())],
+                2_000,
+            ),
+            outcome_of(&[("p-0", medium.clone())], 3_000),
+            outcome_of(&[("p-1", slow.clone())], 2_500),
+        ];
+        // Through JSON, as runner 0 reads them.
+        let read: Vec<ScenarioOutcome> = runners
+            .iter()
+            .map(|o| {
+                serde_json::from_str(&serde_json::to_string(o).expect("encodes")).expect("decodes")
+            })
+            .collect();
+        let merged = ScenarioOutcome::merged(&read).expect("three outcomes");
+        let all = outcome_of(
+            &[
+                ("p-0", fast.iter().chain(&medium).copied().collect()),
+                ("p-1", slow.clone()),
+            ],
+            3_000,
+        );
+        let (m, a) = (merged.result(), all.result());
+        assert_eq!(m.latency, a.latency, "percentiles of every sample");
+        assert_eq!(m.accepted, 1000);
+        assert_eq!(m.messages, 1000);
+        assert_eq!(m.duration_seconds, 3.0, "the longest runner's wall time");
+        let latency = m.latency.clone().unwrap_or_default();
+        assert!((58.0..60.0).contains(&latency.p99), "{latency:?}");
+        assert!(latency.p999 > 1000.0, "the slow runner's tail: {latency:?}");
+        let per_producer: Vec<(String, i64)> = m
+            .per_producer
+            .iter()
+            .map(|p| (p.producer.clone(), p.accepted))
+            .collect();
+        assert_eq!(
+            per_producer,
+            vec![("p-0".to_string(), 450 + 90), ("p-1".to_string(), 450 + 10)],
+            "each producer over all runners"
+        );
+        assert!(ScenarioOutcome::merged(&[]).is_none());
     }
 
     #[test]

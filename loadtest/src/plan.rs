@@ -8,6 +8,7 @@ use kube::Api;
 use outbox_contract::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem, Scenario};
 
 use super::discover::{self, Producer};
+use super::segment::Segment;
 use super::status::Target;
 use super::{args, cpu_accounting, report::store, LoadTestArgs, LoadTestError, Result};
 
@@ -46,6 +47,8 @@ pub struct Plan {
     pub thresholds: Option<outbox_contract::crd::Thresholds>,
     /// In a Job: where the HTML report goes (the ConfigMap `<loadtest>-report`).
     pub report_target: Option<store::ReportTarget>,
+    /// Which runner this is, of how many (`spec.parallelism`).
+    pub segment: Segment,
 }
 
 /// Where the CPU accounting of a run reads from (see `cpu_accounting`).
@@ -217,6 +220,7 @@ async fn in_cluster(
             api: Api::namespaced(client.clone(), namespace),
             loadtest: name.to_string(),
         }),
+        segment: segment_of(args, spec.parallelism)?,
     };
     validate(&plan)?;
     let target = Target {
@@ -229,6 +233,18 @@ async fn in_cluster(
         target: Some(target),
         current,
     })))
+}
+
+/// Which runner this is: `--runner-index` (`JOB_COMPLETION_INDEX`) of the LoadTest's
+/// `parallelism`, which `--runners`, when given, must repeat.
+fn segment_of(args: &LoadTestArgs, parallelism: i32) -> Result<Segment> {
+    let runners = u32::try_from(parallelism.max(1)).unwrap_or(1);
+    if let Some(told) = args.runners.filter(|told| *told != runners) {
+        return Err(LoadTestError::Settings(format!(
+            "--runners {told} disagrees with the LoadTest's spec.parallelism {runners}"
+        )));
+    }
+    Segment::new(args.runner_index, runners).map_err(LoadTestError::Settings)
 }
 
 /// The CPU plan of a run in a Job: the LoadTest's `cpuSources` and the flags' sources,
@@ -372,6 +388,7 @@ pub(super) fn local_plan(args: &LoadTestArgs, producers: Vec<Producer>) -> Resul
         cpu,
         thresholds: spec.and_then(|s| s.thresholds),
         report_target: None,
+        segment: Segment::alone(),
     };
     validate(&plan)?;
     Ok(plan)

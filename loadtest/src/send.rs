@@ -14,13 +14,16 @@ use outbox_contract::crd::{CpuAccounting, LoadTestPhase, LoadTestStatus, Scenari
 use super::cpu_accounting;
 use super::database::OutboxDb;
 use super::generator::{self, Counters, MessageShape, ScenarioSend};
+use super::measure::ScenarioOutcome;
 use super::outage::Board;
 use super::progress::{Bar, Display};
+use super::shared_run::{SegmentReport, SentSegment, SharedRun};
 use super::status::{StatusBook, COMPLETE, VERIFIED};
 use super::{
     measure, sampler, scenario_latency, series, split, verdict, LoadTestArgs, LoadTestError, Plan,
     Result,
 };
+use outbox_contract::crd::RunnerState;
 use outbox_core::ledger::IdSet;
 use outbox_core::shutdown::{self, ShutdownSignal};
 
@@ -39,8 +42,11 @@ pub(super) struct ResumePoint {
     pub(super) resumed: bool,
     /// The run's messages already in the outbox, by scenario.
     pub(super) earlier: BTreeMap<String, IdSet>,
-    /// Scenarios the status records as sent.
+    /// Scenarios the status records as sent (in a shared run: this runner's segment
+    /// records as sent).
     pub(super) finished: Vec<String>,
+    /// In a shared run: what this runner's segment sent in earlier attempts.
+    pub(super) segment: SegmentReport,
 }
 
 /// A rerun of the same run id: scenarios recorded in status are done; for the others
@@ -50,10 +56,26 @@ pub(super) async fn resume_point(
     plan: &Plan,
     book: &StatusBook,
     db: &mut OutboxDb,
+    shared: Option<&SharedRun>,
 ) -> Result<ResumePoint> {
-    let resumed = book.status().run_id.is_some() || args.run_id.is_some();
+    let segment = match shared {
+        Some(run) => run
+            .segments()
+            .await?
+            .remove(&plan.segment.index)
+            .unwrap_or_default(),
+        None => SegmentReport::default(),
+    };
+    let resumed =
+        book.status().run_id.is_some() || args.run_id.is_some() || !segment.scenarios.is_empty();
+    let runner = plan.segment.is_shared().then_some(plan.segment.index);
     let earlier = if resumed {
-        let found = crate::with_db!(db, |c| verdict::run_ids_by_scenario(c, &plan.run_id).await);
+        let found = crate::with_db!(db, |c| verdict::run_ids_by_scenario(
+            c,
+            &plan.run_id,
+            runner
+        )
+        .await);
         let total: u64 = found.values().map(IdSet::len).sum();
         tracing::info!(
             messages = total,
@@ -64,16 +86,20 @@ pub(super) async fn resume_point(
     } else {
         BTreeMap::new()
     };
-    let finished = book
-        .status()
-        .scenarios
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
+    let finished = if shared.is_some() {
+        segment.scenarios.keys().cloned().collect()
+    } else {
+        book.status()
+            .scenarios
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    };
     Ok(ResumePoint {
         resumed,
         earlier,
         finished,
+        segment,
     })
 }
 
@@ -112,15 +138,24 @@ pub(super) async fn send_all(
     book: &mut StatusBook,
     db: &mut OutboxDb,
     shutdown: &mut ShutdownSignal,
+    shared: Option<&mut SharedRun>,
 ) -> Result<SentAll> {
     let plan = sending.plan;
-    mark_running(plan, book).await?;
+    if plan.segment.merges() {
+        mark_running(plan, book).await?;
+    }
+    let (key_first, keys) = plan.segment.keys(plan.keys);
     let shape = MessageShape {
         topic: plan.topic.clone(),
         run_id: plan.run_id.clone(),
         message_size: plan.message_size,
-        keys: plan.keys,
+        keys,
+        key_first,
+        segment: plan.segment,
     };
+    if let Some(run) = shared {
+        return send_segments(sending, &shape, book, db, shutdown, run).await;
+    }
     let mut sent = SentAll::default();
     let mut attempt = Attempt::default();
     for group in together(&plan.scenarios) {
@@ -165,6 +200,181 @@ pub(super) async fn send_all(
     }
     attempt.into_status(book.status_mut());
     Ok(sent)
+}
+
+/// Sends this runner's segment of every scenario in a shared run, group by group in
+/// step with the others (`shared_run`): wait until every runner sent the groups
+/// before (runner 0: drain the backlog first, as alone) → send the segment → leave it
+/// for runner 0 → runner 0: wait for every segment of the group, merge them and
+/// record one result per scenario, as a run alone records its own.
+async fn send_segments(
+    sending: Sending<'_>,
+    shape: &MessageShape,
+    book: &mut StatusBook,
+    db: &mut OutboxDb,
+    shutdown: &mut ShutdownSignal,
+    run: &mut SharedRun,
+) -> Result<SentAll> {
+    let plan = sending.plan;
+    let merges = plan.segment.merges();
+    let mut own = sending.resume.segment.clone();
+    let mut sent = SentAll::default();
+    let mut attempt = Attempt::default();
+    let groups = together(&plan.scenarios);
+    for (g, group) in groups.iter().enumerate() {
+        let todo = pending(sending, group, &mut sent.expected);
+        if merges && recorded(book.status(), group) {
+            // An earlier attempt of runner 0 merged and recorded this group: its
+            // results (their latency included) stay; its ids are still expected.
+            let found =
+                crate::with_db!(db, |c| verdict::run_ids_by_scenario(c, &plan.run_id, None)
+                    .await);
+            for scenario in group {
+                if let Some(ids) = found.get(&scenario.name) {
+                    sent.expected = sent.expected.union(ids);
+                }
+            }
+            run.publish(RunnerState::Waiting, g + 1, accepted_in(&own), None)
+                .await?;
+            continue;
+        }
+        let whole: Vec<ScenarioSend> = group
+            .iter()
+            .map(|s| scenario_send(sending.args, plan, s, 0))
+            .collect();
+        let window = if merges {
+            latency_window(db, plan, book, &whole, &mut sent, shutdown).await?
+        } else {
+            run.wait_for_group(g, true, shutdown).await?;
+            None
+        };
+        let cpu = if merges {
+            SendingCpu::open(plan, sending.http, &whole).await
+        } else {
+            SendingCpu { before: None }
+        };
+        run.publish(RunnerState::Sending, g, accepted_in(&own), None)
+            .await?;
+        if !todo.is_empty() {
+            let results = send_with_progress(
+                sending.http,
+                plan,
+                shape,
+                &todo,
+                book,
+                sending.display,
+                sending.live,
+                shutdown,
+            )
+            .await?;
+            for (send, result) in todo.iter().zip(results) {
+                own.scenarios.insert(
+                    send.name.clone(),
+                    SentSegment {
+                        outcome: result.outcome,
+                        uncertain: result.uncertain,
+                    },
+                );
+            }
+            run.store(&own).await?;
+        }
+        let last = g + 1 == groups.len();
+        let state = if last && !merges {
+            RunnerState::Sent
+        } else {
+            RunnerState::Waiting
+        };
+        run.publish(state, g + 1, accepted_in(&own), None).await?;
+        if merges {
+            run.wait_for_group(g + 1, false, shutdown).await?;
+            let merged = merge_group(run, db, plan, group).await?;
+            let sending_cpu = cpu.close(plan, sending.http, &merged).await;
+            attempt.add(record_sent(
+                book,
+                &whole,
+                (merged, sending_cpu),
+                window.as_ref(),
+                &mut sent,
+            ));
+            book.write_now().await?;
+        }
+    }
+    if merges {
+        run.publish(RunnerState::Sent, groups.len(), accepted_in(&own), None)
+            .await?;
+    }
+    attempt.into_status(book.status_mut());
+    Ok(sent)
+}
+
+/// Whether the status records a result for every scenario of `group`.
+fn recorded(status: &LoadTestStatus, group: &[&Scenario]) -> bool {
+    group
+        .iter()
+        .all(|s| status.scenarios.iter().any(|r| r.name == s.name))
+}
+
+/// Messages a segment got accepted over its scenarios.
+fn accepted_in(segment: &SegmentReport) -> u64 {
+    segment
+        .scenarios
+        .values()
+        .map(|s| s.outcome.accepted())
+        .sum()
+}
+
+/// One result per scenario of `group` from every runner's segment (runner 0): the
+/// outcomes merged (`measure`), the ids every runner's accepted messages got, read from
+/// the outbox. Fewer ids there than the runners had accepted means relayed rows were
+/// deleted before they were read: the run cannot be verified exactly, and says why.
+async fn merge_group(
+    run: &SharedRun,
+    db: &mut OutboxDb,
+    plan: &Plan,
+    group: &[&Scenario],
+) -> Result<Vec<generator::Sent>> {
+    let segments = run.segments().await?;
+    let found = crate::with_db!(db, |c| verdict::run_ids_by_scenario(c, &plan.run_id, None)
+        .await);
+    let mut merged = Vec::with_capacity(group.len());
+    for scenario in group {
+        let parts: Vec<&SentSegment> = segments
+            .values()
+            .filter_map(|s| s.scenarios.get(&scenario.name))
+            .collect();
+        let missing: Vec<u32> = (0..plan.segment.runners)
+            .filter(|i| {
+                !segments
+                    .get(i)
+                    .is_some_and(|s| s.scenarios.contains_key(&scenario.name))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadTestError::Settings(format!(
+                "scenario {}: runner(s) {missing:?} said they sent their segment but left none in the report ConfigMap",
+                scenario.name
+            )));
+        }
+        let outcomes: Vec<_> = parts.iter().map(|p| p.outcome.clone()).collect();
+        let Some(outcome) = ScenarioOutcome::merged(&outcomes) else {
+            continue;
+        };
+        let ids = found.get(&scenario.name).cloned().unwrap_or_default();
+        if ids.len() < outcome.accepted() {
+            return Err(LoadTestError::Settings(format!(
+                "scenario {}: the outbox holds {} of the {} messages the runners had accepted; relayed rows were deleted before runner 0 read them (spec.retention.relayedSeconds of the OutboxSystem must outlast a group of scenarios)",
+                scenario.name,
+                ids.len(),
+                outcome.accepted()
+            )));
+        }
+        merged.push(generator::Sent {
+            outcome,
+            ids,
+            uncertain: parts.iter().map(|p| p.uncertain).sum(),
+        });
+    }
+    Ok(merged)
 }
 
 /// Marks the run Running (its start time kept from an earlier attempt).
@@ -434,6 +644,7 @@ fn scenario_send(
     scenario: &Scenario,
     already: u64,
 ) -> ScenarioSend {
+    let scenario = &plan.segment.scenario(scenario);
     let messages = u64::try_from(scenario.offered_messages().max(0)).unwrap_or(0);
     let already = already.min(messages);
     let producers = plan.producers.len();
@@ -703,6 +914,7 @@ mod tests {
                 ("immediate".to_string(), IdSet::from_ranges([(1001, 1004)])),
             ]),
             finished: vec!["batch".to_string()],
+            segment: SegmentReport::default(),
         };
         let display = Display::new(Duration::from_secs(5));
         let live = sampler::Live::default();

@@ -22,8 +22,12 @@ use super::measure::to_i64;
 use outbox_core::ledger::{self, GroupReport, IdSet, LatencySummary};
 
 /// The ids of the run's messages in the outbox, by scenario (scans the outbox; see the
-/// module documentation).
-pub async fn run_ids_by_scenario(client: &Client, run_id: &str) -> Result<BTreeMap<String, IdSet>> {
+/// module documentation); with `runner`, only those that runner of a shared run sent.
+pub async fn run_ids_by_scenario(
+    client: &Client,
+    run_id: &str,
+    runner: Option<u32>,
+) -> Result<BTreeMap<String, IdSet>> {
     let exists: bool = client
         .query_one("SELECT to_regclass('outbox_messages') IS NOT NULL", &[])
         .await
@@ -32,11 +36,19 @@ pub async fn run_ids_by_scenario(client: &Client, run_id: &str) -> Result<BTreeM
     if !exists {
         return Ok(BTreeMap::new());
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&SCENARIO_HEADER, &RUN_HEADER, &run_id];
+    let runner_header = crate::segment::RUNNER_HEADER;
+    let runner = runner.map(|r| r.to_string());
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        &SCENARIO_HEADER,
+        &RUN_HEADER,
+        &run_id,
+        &runner_header,
+        &runner,
+    ];
     let rows = client
         .query_raw(
-            "SELECT COALESCE(headers ->> $1, ''), id FROM outbox_messages WHERE headers ->> $2 = $3",
+            "SELECT COALESCE(headers ->> $1, ''), id FROM outbox_messages \
+             WHERE headers ->> $2 = $3 AND ($5::text IS NULL OR headers ->> $4 = $5)",
             params,
         )
         .await

@@ -1,13 +1,18 @@
 //! Request bodies, the JSON built by hand: 10,000,000 messages must not cost an
-//! allocation each. Message `i` of a scenario has key `key-<i mod keys>` and a payload
-//! `m<i>` padded to the message size, with the run and scenario headers.
+//! allocation each. Message `i` of a scenario has key `key-<first + i mod keys>` (`first`
+//! is 0 unless several runners share the run) and a payload `m<i>` padded to the
+//! message size, with the run and scenario headers (and the runner's, when shared).
 
 use super::{MessageShape, RUN_HEADER, SCENARIO_HEADER};
 
 /// The key of message `index`.
-fn write_key(out: &mut Vec<u8>, index: u64, keys: u64) {
+fn write_key(out: &mut Vec<u8>, index: u64, shape: &MessageShape) {
     use std::io::Write;
-    let _ = write!(out, "\"key-{}\"", index % keys.max(1));
+    let _ = write!(
+        out,
+        "\"key-{}\"",
+        shape.key_first + index % shape.keys.max(1)
+    );
 }
 
 /// The payload of message `index`: `m<index>` padded with `x` to `size` bytes.
@@ -31,7 +36,7 @@ fn write_message(out: &mut Vec<u8>, pre: &Prebuilt, index: u64, shape: &MessageS
     out.extend_from_slice(b"{\"topic\":");
     out.extend_from_slice(pre.topic.as_bytes());
     out.extend_from_slice(b",\"key\":");
-    write_key(out, index, shape.keys);
+    write_key(out, index, shape);
     out.extend_from_slice(b",\"message\":");
     write_payload(out, index, shape.message_size);
     out.extend_from_slice(b",\"headers\":");
@@ -45,7 +50,10 @@ struct Prebuilt {
 }
 
 fn prebuilt(shape: &MessageShape, scenario: &str) -> Prebuilt {
-    let headers = serde_json::json!({ RUN_HEADER: shape.run_id, SCENARIO_HEADER: scenario });
+    let mut headers = serde_json::json!({ RUN_HEADER: shape.run_id, SCENARIO_HEADER: scenario });
+    if shape.segment.is_shared() {
+        headers[crate::segment::RUNNER_HEADER] = shape.segment.index.to_string().into();
+    }
     Prebuilt {
         topic: serde_json::Value::String(shape.topic.clone()).to_string(),
         headers: headers.to_string(),
@@ -94,7 +102,7 @@ pub struct SingleMessage {
 /// Message `index` of `scenario`, as [`single_body`] sends it.
 pub fn single_message(shape: &MessageShape, scenario: &str, index: u64) -> SingleMessage {
     let mut key = Vec::new();
-    write_key(&mut key, index, shape.keys);
+    write_key(&mut key, index, shape);
     let mut payload = Vec::new();
     write_payload(&mut payload, index, shape.message_size);
     let unquote = |v: Vec<u8>| {

@@ -17,7 +17,12 @@ impl ProducerJob {
     /// answer.
     pub(super) async fn request(&self, first: u64, count: u64, done: &mut WorkerDone) {
         let (path, body) = self.body(first, count);
-        let key = idempotency_key(&self.shape.run_id, &self.scenario, first, count);
+        let key = idempotency_key(
+            &self.shape.segment.idempotency_scope(&self.shape.run_id),
+            &self.scenario,
+            first,
+            count,
+        );
         // Shared, so a retry does not copy a body of megabytes.
         let body = bytes::Bytes::from(body);
         let mut attempt = 1;
