@@ -803,6 +803,181 @@ async fn evicting_every_group_a_pod_at_once_takes_only_what_the_budget_allows_an
     ready_pods(&pods, "outbox.dev/group=group-a", 3).await;
 }
 
+#[tokio::test]
+async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_survives_a_killed_runner(
+) {
+    let client = client().await;
+    let (ns, _db_url) = namespace_with_host_services(&client, "shared").await;
+    let _release = install_chart(&ns);
+    let mut system: OutboxSystem = testbed_support::manifest("manifests/outbox-system.yaml");
+    system.spec.topic.name = unique_name("shared-events");
+    // Small CPU requests, so that this system and four runners fit on the 2-CPU node
+    // beside the other tests' systems.
+    let small = serde_json::from_value::<k8s_openapi::api::core::v1::ResourceRequirements>(
+        serde_json::json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    system.spec.producers.resources = Some(small.clone());
+    system.spec.consumers.resources = Some(small.clone());
+    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
+    systems
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    reference_pods_ready(&pods).await;
+    let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
+    let loadtest = |name: &str, parallelism: i32| {
+        let mut lt: LoadTest = testbed_support::manifest("manifests/loadtest-small.yaml");
+        lt.metadata.name = Some(name.into());
+        lt.spec.scenarios[0].messages = Some(150_000);
+        lt.spec.success_threshold = 100.0;
+        lt.spec.parallelism = parallelism;
+        lt.spec.runner.resources = Some(small.clone());
+        lt
+    };
+    let finished = |name: &'static str| {
+        let loadtests = loadtests.clone();
+        eventually(name, Duration::from_secs(600), move || {
+            let loadtests = loadtests.clone();
+            async move {
+                let lt = loadtests.get(name).await.ok()?;
+                lt.status.as_ref()?.phase?.is_finished().then_some(lt)
+            }
+        })
+    };
+
+    // One runner: the figures to compare with.
+    loadtests
+        .create(&PostParams::default(), &loadtest("alone", 1))
+        .await
+        .unwrap_or_else(|e| panic!("creating the LoadTest: {e}"));
+    let alone = finished("alone").await.status.unwrap_or_default();
+    assert_eq!(alone.phase, Some(LoadTestPhase::Succeeded), "{alone:#?}");
+    assert!(
+        alone.runners.is_empty(),
+        "one runner writes no runner lines"
+    );
+
+    // Three runners; runner 1 is killed while it sends its segment of the batch.
+    loadtests
+        .create(&PostParams::default(), &loadtest("shared", 3))
+        .await
+        .unwrap_or_else(|e| panic!("creating the LoadTest: {e}"));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = eventually("the shared run's Job", POD_WAIT, || {
+        let jobs = jobs.clone();
+        async move { jobs.get("shared-run").await.ok() }
+    })
+    .await;
+    let spec = job.spec.unwrap_or_default();
+    assert_eq!(
+        (
+            spec.completion_mode.as_deref(),
+            spec.completions,
+            spec.parallelism
+        ),
+        (Some("Indexed"), Some(3), Some(3)),
+        "one Indexed Job with a pod per runner"
+    );
+    let victim = eventually("runner 1 to send its segment", POD_WAIT, || {
+        let (loadtests, pods) = (loadtests.clone(), pods.clone());
+        async move {
+            let lt = loadtests.get("shared").await.ok()?;
+            let status = lt.status?;
+            assert!(
+                !status.phase.is_some_and(|p| p.is_finished()),
+                "the run ended before runner 1 was killed: raise its size ({status:#?})"
+            );
+            let line = status.runners.iter().find(|l| l.index == 1)?;
+            let sending =
+                line.state == outbox_operator::crd::RunnerState::Sending && line.groups_sent == 0;
+            if !sending {
+                return None;
+            }
+            let selector = "batch.kubernetes.io/job-completion-index=1,outbox.dev/loadtest=shared";
+            let found = pods
+                .list(&ListParams::default().labels(selector))
+                .await
+                .ok()?;
+            found
+                .items
+                .into_iter()
+                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        }
+    })
+    .await;
+    let killed = victim.name_any();
+    pods.delete(
+        &killed,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("killing runner 1 ({killed}): {e}"));
+    eprintln!("killed runner 1 ({killed}) while it sent its segment of the batch");
+
+    let shared = finished("shared").await.status.unwrap_or_default();
+    assert_eq!(shared.phase, Some(LoadTestPhase::Succeeded), "{shared:#?}");
+    let verified = shared.conditions.iter().find(|c| c.type_ == "Verified");
+    assert_eq!(
+        verified.map(|c| c.status.as_str()),
+        Some("True"),
+        "{shared:#?}"
+    );
+    assert!(shared.start_at.is_some(), "the operator set one start time");
+    let by_scenario = |s: &outbox_operator::crd::LoadTestStatus| {
+        s.scenarios
+            .iter()
+            .map(|r| (r.name.clone(), r.messages, r.accepted))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by_scenario(&shared),
+        by_scenario(&alone),
+        "the same totals as one runner"
+    );
+    assert_eq!(shared.accepted_messages, alone.accepted_messages);
+    let groups = |s: &outbox_operator::crd::LoadTestStatus| {
+        s.groups
+            .iter()
+            .map(|g| (g.group.clone(), g.acknowledged, g.missing, g.out_of_order))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(groups(&shared), groups(&alone), "the same verification");
+    for g in &shared.groups {
+        assert_eq!((g.missing, g.out_of_order), (0, 0), "{shared:#?}");
+    }
+    let lines: Vec<(i32, outbox_operator::crd::RunnerState)> =
+        shared.runners.iter().map(|l| (l.index, l.state)).collect();
+    use outbox_operator::crd::RunnerState::Sent;
+    assert_eq!(lines, vec![(0, Sent), (1, Sent), (2, Sent)], "{shared:#?}");
+    let replaced = shared.runners.iter().find(|l| l.index == 1);
+    assert_ne!(
+        replaced.and_then(|l| l.pod.as_deref()),
+        Some(killed.as_str()),
+        "runner 1's line comes from the pod that replaced the killed one"
+    );
+    let segment_messages: i64 = shared.runners.iter().map(|l| l.messages).sum();
+    assert_eq!(
+        Some(segment_messages),
+        alone.accepted_messages,
+        "the segments add up"
+    );
+    // The request-latency histograms of the three segments were merged: the immediate
+    // scenario has percentiles over all its requests.
+    let immediate = shared
+        .scenarios
+        .iter()
+        .find(|s| !s.per_producer.is_empty() && s.name == "immediate");
+    assert!(
+        immediate.and_then(|s| s.latency.as_ref()).is_some(),
+        "{shared:#?}"
+    );
+}
+
 /// The testbed's Kafka broker stopped (SIGSTOP to its process group: connections stay
 /// open, nothing answers) until dropped.
 struct KafkaPause {
