@@ -314,6 +314,7 @@ async fn sample_manifests_are_accepted_by_the_api_server_as_written() {
         "manifests/loadtest-small.yaml",
         "manifests/loadtest-rate.yaml",
         "manifests/loadtest-enqueue.yaml",
+        "manifests/loadtest-parallel.yaml",
     ] {
         let lt: LoadTest = parse_sample(file);
         let created = loadtests
