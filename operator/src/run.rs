@@ -160,7 +160,10 @@ fn outbox_system_controller(
 
 /// The LoadTest controller: reconciles on changes of the LoadTests and their Jobs, and
 /// of the OutboxSystem a LoadTest names. Its store of LoadTests also serves their
-/// results on `/metrics`.
+/// results on `/metrics`. The Jobs' watch is of metadata only, yet the API server sends
+/// it every change of a Job, of its status too (each moves `resourceVersion`), and no
+/// predicate filters them out: so a Job's `status.ready` changing wakes its LoadTest,
+/// whose `runnersReady` and `startAt` follow it.
 fn load_test_controller(
     scope: &Scope,
     ctx: Arc<Context>,

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -18,6 +20,10 @@ pub const LOADTEST_LABEL: &str = outbox_contract::labels::LOADTEST_NAME;
 
 /// New runner pods the Job may start after one died before the run ended.
 pub const RUNNER_RETRIES: i32 = 3;
+
+/// The runner pod's own name, from the downward API (`metadata.name`): a runner of a
+/// parallel run signs its line of `status.runners` with it.
+pub const POD_NAME_ENV: &str = "POD_NAME";
 
 /// The deterministic Job name of a LoadTest: one LoadTest, one Job, ever.
 pub fn job_name(loadtest: &str) -> String {
@@ -132,9 +138,61 @@ pub fn deadline_seconds(spec: &crate::crd::LoadTestSpec) -> i64 {
     600 + sending + spec.verification_timeout_seconds.max(0) + 300 + 300
 }
 
+/// The runner's arguments: `loadtest --namespace <ns> --name <loadtest>`, and
+/// `--runners <parallelism>` when more than one runner drives the run (each reads its
+/// own index from `JOB_COMPLETION_INDEX`, which Kubernetes sets in an Indexed Job).
+fn runner_args(params: &RunnerParams<'_>, parallelism: i32) -> Vec<String> {
+    let mut args = vec![
+        "loadtest".to_string(),
+        "--namespace".to_string(),
+        params.namespace.to_string(),
+        "--name".to_string(),
+        params.name.to_string(),
+    ];
+    if parallelism > 1 {
+        args.extend(["--runners".to_string(), parallelism.to_string()]);
+    }
+    args
+}
+
+/// The runner's environment: what every worker gets, and its pod's name as
+/// [`POD_NAME_ENV`].
+fn runner_env(system: &OutboxSystem) -> Vec<EnvVar> {
+    let mut env = common_env(&system.spec, 8080);
+    env.push(EnvVar {
+        name: POD_NAME_ENV.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    });
+    env
+}
+
+/// Makes `spec` an Indexed Job of `parallelism` pods when that is more than 1, one
+/// completion per index; the retries grow with the pods, since a replaced pod of any
+/// index resumes its segment. With 1 the Job stays a plain Job of one pod.
+fn with_parallelism(spec: JobSpec, parallelism: i32) -> JobSpec {
+    if parallelism <= 1 {
+        return spec;
+    }
+    JobSpec {
+        completion_mode: Some("Indexed".to_string()),
+        completions: Some(parallelism),
+        parallelism: Some(parallelism),
+        backoff_limit: Some(RUNNER_RETRIES.saturating_mul(parallelism)),
+        ..spec
+    }
+}
+
 /// The runner Job: `outbox-worker loadtest --namespace <ns> --name <loadtest>`, with the
 /// system's settings in its environment, `spec.runner`'s resources (or the defaults)
-/// and pod settings; a runner that dies is replaced and resumes.
+/// and pod settings; a runner that dies is replaced and resumes. With `parallelism`
+/// above 1 an Indexed Job of that many runner pods (`with_parallelism`).
 pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &OutboxSystem) -> Job {
     let system_name = system.metadata.name.clone().unwrap_or_default();
     let mut labels = worker_labels(&system_name, outbox_contract::labels::LOADTEST);
@@ -149,14 +207,8 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
         image: Some(image),
         image_pull_policy,
         command: Some(vec![WORKER_BINARY.to_string()]),
-        args: Some(vec![
-            "loadtest".to_string(),
-            "--namespace".to_string(),
-            params.namespace.to_string(),
-            "--name".to_string(),
-            params.name.to_string(),
-        ]),
-        env: Some(common_env(&system.spec, 8080)),
+        args: Some(runner_args(params, loadtest.spec.parallelism)),
+        env: Some(runner_env(system)),
         // The system's ConfigMap, not its Kafka client settings: the runner reaches the
         // producers over HTTP and the ledger in PostgreSQL, never Kafka.
         env_from: Some(env_from(&system_name)),
@@ -165,7 +217,7 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
         resources: Some(loadtest.spec.runner.resources_or_default()),
         ..Container::default()
     };
-    Job {
+    let job = Job {
         metadata: ObjectMeta {
             name: Some(job_name(params.name)),
             namespace: Some(params.namespace.to_string()),
@@ -205,6 +257,12 @@ pub fn runner_job(params: &RunnerParams<'_>, loadtest: &LoadTest, system: &Outbo
             ..JobSpec::default()
         }),
         status: None,
+    };
+    Job {
+        spec: job
+            .spec
+            .map(|spec| with_parallelism(spec, loadtest.spec.parallelism)),
+        ..job
     }
 }
 
@@ -304,6 +362,83 @@ mod tests {
             ["loadtest", "--namespace", "ns", "--name", "small"]
         );
         assert_eq!(c.image.as_deref(), Some("example/worker:1"));
+    }
+
+    /// The runner container of `job`.
+    fn runner_container(job: &Job) -> Container {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn parallelism_3_makes_an_indexed_job_of_3_pods_each_told_there_are_3_runners() {
+        let mut lt = loadtest();
+        lt.spec.parallelism = 3;
+        let job = runner_job(&params(), &lt, &system());
+        assert_eq!(
+            job.metadata.name.as_deref(),
+            Some("small-run"),
+            "still one Job"
+        );
+        let spec = job.spec.clone().unwrap_or_default();
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(spec.completions, Some(3));
+        assert_eq!(spec.parallelism, Some(3));
+        assert_eq!(
+            spec.backoff_limit,
+            Some(RUNNER_RETRIES * 3),
+            "a replaced pod of any index resumes its segment"
+        );
+        let pod = spec.template.spec.unwrap_or_default();
+        assert_eq!(pod.containers.len(), 1);
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            runner_container(&job).args.unwrap_or_default(),
+            [
+                "loadtest",
+                "--namespace",
+                "ns",
+                "--name",
+                "small",
+                "--runners",
+                "3"
+            ]
+        );
+    }
+
+    #[test]
+    fn parallelism_1_keeps_the_plain_job_of_one_pod_without_runners_flag() {
+        let job = runner_job(&params(), &loadtest(), &system());
+        let spec = job.spec.clone().unwrap_or_default();
+        assert_eq!(spec.completion_mode, None);
+        assert_eq!(spec.completions, None);
+        assert_eq!(spec.parallelism, None);
+        assert_eq!(spec.backoff_limit, Some(RUNNER_RETRIES));
+        let args = runner_container(&job).args.unwrap_or_default();
+        assert!(!args.iter().any(|a| a == "--runners"), "{args:?}");
+    }
+
+    #[test]
+    fn every_runner_pod_gets_its_own_name_as_pod_name_from_the_downward_api() {
+        for parallelism in [1, 4] {
+            let mut lt = loadtest();
+            lt.spec.parallelism = parallelism;
+            let env = runner_container(&runner_job(&params(), &lt, &system()))
+                .env
+                .unwrap_or_default();
+            let pod_name: Vec<_> = env.iter().filter(|e| e.name == "POD_NAME").collect();
+            assert_eq!(pod_name.len(), 1, "{env:?}");
+            let field = pod_name[0]
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str());
+            assert_eq!(field, Some("metadata.name"));
+            assert_eq!(pod_name[0].value, None);
+        }
     }
 
     #[test]

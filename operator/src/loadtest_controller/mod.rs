@@ -2,16 +2,19 @@
 //! only moves forward; Kubernetes deletes the Job after its TTL. `reconcile` reads as
 //! its steps, each a module of this folder: read the run and what it depends on
 //! (`read`) → create the Job when due (`job`) → decide the status and its Events
-//! (`decision`, pure, unit-tested in `decision_tests.rs`) → write it (`status`).
+//! (`decision`, pure, unit-tested in `decision_tests.rs`; a parallel run's ready
+//! runners and start time: `runners`, pure, `runners_tests.rs`) → write it (`status`).
 
 mod decision;
 mod job;
 mod read;
+mod runners;
 mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use tracing::{instrument, warn};
@@ -28,6 +31,7 @@ pub use decision::{
 };
 use job::create_job;
 use read::{read_fresh, read_system, runner_account_found, Fresh};
+pub use runners::{runners_status, RunnersStatus};
 use status::write_status;
 
 /// Controller name in metrics.
@@ -40,7 +44,8 @@ pub use outbox_contract::conditions::loadtest as types;
 /// is left as it is (Kubernetes deletes its Job after the TTL) → read what the run depends on
 /// (the OutboxSystem, the runner's ServiceAccount) → create the one Job (built pure)
 /// when due (`job_due`, pure) → decide the status from the Job's state
-/// (`decide_status`, pure) → announce it (`announcements`, pure) → write it →
+/// (`decide_status`, pure) and, with `parallelism` above 1, the runners ready and their
+/// start time (`runners_status`, pure) → announce it (`announcements`, pure) → write it →
 /// look again later (`look_again`, pure) unless the run ended.
 ///
 /// The controller in `run` calls it only while this replica may act
@@ -97,10 +102,20 @@ pub async fn reconcile(cached: Arc<LoadTest>, ctx: Arc<Context>) -> Result<Actio
             &lt.spec.system_ref.name,
         ),
     };
-    for event in announcements(&current, &update, &lt.spec.system_ref.name) {
+    let runners = runners_status(
+        lt.spec.parallelism,
+        &current,
+        job.as_ref(),
+        update.phase.is_finished(),
+        Timestamp::now(),
+    );
+    let events = announcements(&current, &update, &lt.spec.system_ref.name)
+        .into_iter()
+        .chain(runners::announcement(&current, &runners));
+    for event in events {
         publish_event(&ctx, &lt, event.type_, event.reason, event.note).await;
     }
-    write_status(&ctx, &namespace, &lt, &current, &update).await?;
+    write_status(&ctx, &namespace, &lt, &current, &update, &runners).await?;
     if update.phase.is_finished() {
         return Ok(Action::await_change());
     }
