@@ -920,6 +920,18 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
     eprintln!("killed runner 1 ({killed}) while it sent its segment of the batch");
 
     let shared = finished("shared").await.status.unwrap_or_default();
+    eprintln!(
+        "one runner: {:?} accepted, {:?} msg/s; three runners: {:?} accepted, {:?} msg/s; lines {:?}",
+        alone.accepted_messages,
+        alone.throughput,
+        shared.accepted_messages,
+        shared.throughput,
+        shared
+            .runners
+            .iter()
+            .map(|l| (l.index, l.pod.clone(), l.messages, l.accepted))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(shared.phase, Some(LoadTestPhase::Succeeded), "{shared:#?}");
     let verified = shared.conditions.iter().find(|c| c.type_ == "Verified");
     assert_eq!(

@@ -30,7 +30,7 @@ use super::PodSettings;
     printcolumn = r#"{"name":"Throughput","type":"number","description":"Overall accepted messages per second","jsonPath":".status.throughput"}"#,
     printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.conditions[?(@.type==\"Verified\")].status"}"#,
     printcolumn = r#"{"name":"Thresholds","type":"string","description":"True when every threshold held","jsonPath":".status.conditions[?(@.type==\"ThresholdsMet\")].status"}"#,
-    printcolumn = r#"{"name":"Runners","type":"string","description":"Runner pods ready / parallelism (while the run goes on)","jsonPath":".status.runnersReady","priority":1}"#,
+    printcolumn = r#"{"name":"Runners","type":"string","description":"Runner pods ready / parallelism (while the run goes on)","jsonPath":".status.runnersReady"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
