@@ -226,7 +226,14 @@ async fn execute(
     let verification =
         verify::verify_with_progress(&mut db, plan, &sent.expected, book, &display, &mut shutdown)
             .await?;
-    book.status_mut().cpu = Some(cpu.close(plan, &http, &verification, &sent).await);
+    let other_runners = match shared.as_deref() {
+        Some(run) => run.other_runners_cpu().await?,
+        None => Vec::new(),
+    };
+    book.status_mut().cpu = Some(
+        cpu.close(plan, &http, &verification, &sent, &other_runners)
+            .await,
+    );
     send::record_scenario_latency(&mut db, book, &sent.latency_windows).await?;
     let (judgement, checks) = outcome::judge_run(plan, book.status(), &verification);
     book.status_mut().thresholds = checks;
@@ -333,15 +340,23 @@ impl CpuWindow {
     }
 
     /// Reads the counters again: the CPU each component spent since, and per message
-    /// acknowledged by every group.
+    /// acknowledged by every group. In a shared run the other runners' processes count
+    /// as `runner` too (each whole: they started with the run).
     async fn close(
         self,
         plan: &Plan,
         http: &reqwest::Client,
         verification: &verdict::Verification,
         sent: &SentAll,
+        other_runners: &[(String, f64)],
     ) -> outbox_contract::crd::CpuAccounting {
-        let after = plan.cpu.read(http).await;
+        let mut after = plan.cpu.read(http).await;
+        for (instance, seconds) in other_runners {
+            after.counters.insert(
+                (cpu_accounting::RUNNER.to_string(), instance.clone()),
+                *seconds,
+            );
+        }
         let acknowledged_by_all = verification
             .reports
             .iter()

@@ -21,6 +21,11 @@ impl Display {
         Display { multi, log_every }
     }
 
+    /// The progress interval.
+    pub fn interval(&self) -> Duration {
+        self.log_every
+    }
+
     /// True when drawing bars.
     pub fn is_terminal(&self) -> bool {
         self.multi.is_some()

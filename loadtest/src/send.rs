@@ -186,6 +186,7 @@ pub(super) async fn send_all(
             sending.display,
             sending.live,
             shutdown,
+            None,
         )
         .await?;
         let sending_cpu = cpu.close(plan, sending.http, &results).await;
@@ -256,6 +257,17 @@ async fn send_segments(
         run.publish(RunnerState::Sending, g, accepted_in(&own), None)
             .await?;
         if !todo.is_empty() {
+            let own_before = own
+                .scenarios
+                .iter()
+                .filter(|(name, _)| !todo.iter().any(|t| &t.name == *name))
+                .map(|(_, s)| s.outcome.accepted())
+                .sum();
+            let together = Together {
+                run: &mut *run,
+                group: g,
+                own_before,
+            };
             let results = send_with_progress(
                 sending.http,
                 plan,
@@ -265,6 +277,7 @@ async fn send_segments(
                 sending.display,
                 sending.live,
                 shutdown,
+                Some(together),
             )
             .await?;
             for (send, result) in todo.iter().zip(results) {
@@ -276,6 +289,7 @@ async fn send_segments(
                     },
                 );
             }
+            own.cpu_seconds = outbox_core::cpu::this_process_total();
             run.store(&own).await?;
         }
         let last = g + 1 == groups.len();
@@ -702,6 +716,7 @@ async fn send_with_progress(
     display: &Display,
     live: &sampler::Live,
     shutdown: &mut ShutdownSignal,
+    mut together: Option<Together<'_>>,
 ) -> Result<Vec<generator::Sent>> {
     let counters: Vec<Arc<Counters>> = sends.iter().map(|_| Arc::default()).collect();
     live.sending(
@@ -730,12 +745,36 @@ async fn send_with_progress(
     let joined = loop {
         tokio::select! {
             joined = &mut tasks => break joined,
-            _ = tick.tick() => show_progress(sends, &counters, &mut bars, book, accepted_before).await,
+            _ = tick.tick() => {
+                // In a shared run: this runner's line, and the others' accepted
+                // messages in runner 0's total.
+                let base = together.as_ref().map_or(accepted_before, Together::base);
+                let now = show_progress(sends, &counters, &mut bars, book, base).await;
+                if let Some(t) = together.as_mut() {
+                    t.run.progress(t.group, t.own_before + now, display.interval()).await;
+                }
+            }
             _ = shutdown::wait(shutdown) => return Err(LoadTestError::Interrupted),
         }
     };
     live.idle();
     finish_senders(sends, &counters, &mut bars, joined)
+}
+
+/// A group sent in a shared run: this runner's place, the group, and what its segment
+/// got accepted in the groups before.
+struct Together<'a> {
+    run: &'a mut SharedRun,
+    group: usize,
+    own_before: u64,
+}
+
+impl Together<'_> {
+    /// The run's accepted messages apart from this group's own sending: this runner's
+    /// earlier groups and every other runner's line.
+    fn base(&self) -> i64 {
+        measure::to_i64(self.own_before + self.run.others_accepted())
+    }
 }
 
 /// A task per scenario sending it (`generator::send_scenario`), counting into its
@@ -771,7 +810,7 @@ async fn show_progress(
     bars: &mut [Bar],
     book: &mut StatusBook,
     accepted_before: i64,
-) {
+) -> u64 {
     let mut parts = Vec::new();
     let mut accepted_now = 0;
     for ((send, c), bar) in sends.iter().zip(counters).zip(bars) {
@@ -798,6 +837,7 @@ async fn show_progress(
     ));
     status.accepted_messages = Some(accepted_before + measure::to_i64(accepted_now));
     book.write_progress().await;
+    accepted_now
 }
 
 /// Ends each scenario's bar with what its sender reports and returns the reports; a

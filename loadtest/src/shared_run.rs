@@ -38,6 +38,10 @@ const SAY_EVERY: Duration = Duration::from_secs(30);
 pub struct SegmentReport {
     /// By scenario: its outcome in this runner's segment.
     pub scenarios: BTreeMap<String, SentSegment>,
+    /// The CPU seconds this runner's process had used when it left the segment, for
+    /// the run's CPU accounting (component `runner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// One scenario of one segment.
@@ -56,6 +60,8 @@ pub struct SharedRun {
     name: String,
     segment: Segment,
     line: RunnerLine,
+    last_progress: Option<Instant>,
+    others_accepted: u64,
 }
 
 /// Where every runner's line stands, as read from the LoadTest (pure to judge).
@@ -112,7 +118,42 @@ impl SharedRun {
                 messages: i64::try_from(messages).unwrap_or(i64::MAX),
                 ..RunnerLine::default()
             },
+            last_progress: None,
+            others_accepted: 0,
         }
+    }
+
+    /// While a group is sent, at most every `every`: this runner's line with what its
+    /// segment got accepted so far and, for runner 0, the other runners' lines read
+    /// (their sum is [`SharedRun::others_accepted`]). A write or read that fails is
+    /// logged and tried again at the next progress.
+    pub async fn progress(&mut self, group: usize, accepted: u64, every: Duration) {
+        if self.last_progress.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        if let Err(e) = self
+            .publish(RunnerState::Sending, group, accepted, None)
+            .await
+        {
+            tracing::warn!(error = %outbox_core::error_chain(&e), "could not write this runner's progress; going on");
+        }
+        if self.segment.merges() {
+            match self.read().await {
+                Ok(lt) => {
+                    let lines = lt.status.unwrap_or_default().runners;
+                    self.others_accepted = others_accepted(&lines);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %outbox_core::error_chain(&e), "could not read the other runners' progress; going on")
+                }
+            }
+        }
+    }
+
+    /// The other runners' accepted messages at the last progress (runner 0).
+    pub fn others_accepted(&self) -> u64 {
+        self.others_accepted
     }
 
     /// This runner's segment.
@@ -279,6 +320,18 @@ impl SharedRun {
         Ok(segments)
     }
 
+    /// The CPU seconds each other runner's process reported with its segment, as
+    /// counters of the `runner` component (runner 0's own is read from its process).
+    pub async fn other_runners_cpu(&self) -> Result<Vec<(String, f64)>> {
+        Ok(self
+            .segments()
+            .await?
+            .into_iter()
+            .filter(|(index, _)| *index != self.segment.index)
+            .filter_map(|(index, s)| Some((format!("runner-{index}"), s.cpu_seconds?)))
+            .collect())
+    }
+
     /// Removes every runner's segment from the report ConfigMap (runner 0, once the
     /// result is written): the report needs the room.
     pub async fn clear(&self) -> Result<()> {
@@ -308,6 +361,15 @@ impl SharedRun {
             .await
             .kube(|| format!("reading LoadTest {}", self.name))
     }
+}
+
+/// What the runners other than runner 0 report accepted (pure).
+fn others_accepted(lines: &[RunnerLine]) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l.index != 0)
+        .map(|l| u64::try_from(l.accepted).unwrap_or(0))
+        .sum()
 }
 
 /// Sleeps `wait`, or ends early with [`LoadTestError::Interrupted`] on shutdown.
@@ -351,6 +413,19 @@ mod tests {
     }
 
     #[test]
+    fn runner_0_counts_the_other_runners_lines_not_its_own() {
+        let mut lines = vec![
+            line(0, 1, RunnerState::Sending),
+            line(1, 1, RunnerState::Sending),
+            line(2, 1, RunnerState::Sending),
+        ];
+        for (l, accepted) in lines.iter_mut().zip([500, 300, 200]) {
+            l.accepted = accepted;
+        }
+        assert_eq!(others_accepted(&lines), 500);
+    }
+
+    #[test]
     fn a_failed_runner_is_found_with_its_message() {
         let mut failed = line(1, 0, RunnerState::Failed);
         failed.message = Some("producer unreachable".into());
@@ -391,11 +466,13 @@ mod tests {
                     uncertain: 1,
                 },
             )]),
+            cpu_seconds: Some(0.25),
         };
         let json = serde_json::to_string(&report).expect("encodes");
         let back: SegmentReport = serde_json::from_str(&json).expect("decodes");
         let again = &back.scenarios["immediate"];
         assert_eq!(again.uncertain, 1);
+        assert_eq!(back.cpu_seconds, Some(0.25));
         assert_eq!(again.outcome.result(), outcome.result());
         assert!(
             serde_json::from_str::<Latencies>("\"bm90IGEgaGlzdG9ncmFt\"").is_err(),

@@ -880,7 +880,7 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
         (Some("Indexed"), Some(3), Some(3)),
         "one Indexed Job with a pod per runner"
     );
-    let victim = eventually("runner 1 to send its segment", POD_WAIT, || {
+    let (victim, ready) = eventually("runner 1 to send its segment", POD_WAIT, || {
         let (loadtests, pods) = (loadtests.clone(), pods.clone());
         async move {
             let lt = loadtests.get("shared").await.ok()?;
@@ -900,13 +900,19 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
                 .list(&ListParams::default().labels(selector))
                 .await
                 .ok()?;
-            found
+            let pod = found
                 .items
                 .into_iter()
-                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))?;
+            Some((pod, status.runners_ready))
         }
     })
     .await;
+    assert_eq!(
+        ready.as_deref(),
+        Some("3/3"),
+        "the RUNNERS column while every runner sends"
+    );
     let killed = victim.name_any();
     pods.delete(
         &killed,
@@ -962,8 +968,9 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
     for g in &shared.groups {
         assert_eq!((g.missing, g.out_of_order), (0, 0), "{shared:#?}");
     }
-    let lines: Vec<(i32, outbox_operator::crd::RunnerState)> =
+    let mut lines: Vec<(i32, outbox_operator::crd::RunnerState)> =
         shared.runners.iter().map(|l| (l.index, l.state)).collect();
+    lines.sort_by_key(|(index, _)| *index);
     use outbox_operator::crd::RunnerState::Sent;
     assert_eq!(lines, vec![(0, Sent), (1, Sent), (2, Sent)], "{shared:#?}");
     let replaced = shared.runners.iter().find(|l| l.index == 1);
