@@ -25,8 +25,9 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
 use testbed_support::{eventually, unique_name};
@@ -47,10 +48,18 @@ const FAULTS: &[&str] = &[
     "relay-leader-killed",
     "runner-killed",
     "producer-network-cut-30s",
+    "rolling-update",
+    "group-scaled-down",
+    "group-scaled-up",
 ];
 
-/// The rows `make test` runs: a process of each kind the data path depends on.
-const SAMPLE: &str = "relay-leader-killed@sending,runner-killed@sending,postgres-restart@verifying";
+/// The reference system's groups and their replicas, restored before every row.
+const REFERENCE_GROUPS: [(&str, i32); 3] = [("group-a", 3), ("group-b", 2), ("group-c", 1)];
+
+/// The rows `make test` runs: a process of each kind the data path depends on, and the
+/// change users make most to a running system.
+const SAMPLE: &str =
+    "relay-leader-killed@sending,runner-killed@sending,postgres-restart@verifying,rolling-update@sending";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -211,11 +220,20 @@ impl Bench {
         }
     }
 
-    /// Every pod of the system (and the operator) Ready again, between rows.
+    /// Every pod of the system (and the operator) Ready again, between rows, the
+    /// groups at their reference replicas (a row may have scaled one).
     async fn settle(&self) {
+        for (group, replicas) in REFERENCE_GROUPS {
+            self.set_replicas(group, replicas).await;
+        }
         ready_pods(&self.pods, "app.kubernetes.io/component=producer", 3).await;
-        for (group, replicas) in [("group-a", 3), ("group-b", 2), ("group-c", 1)] {
-            ready_pods(&self.pods, &format!("outbox.dev/group={group}"), replicas).await;
+        for (group, replicas) in REFERENCE_GROUPS {
+            ready_pods(
+                &self.pods,
+                &format!("outbox.dev/group={group}"),
+                usize::try_from(replicas).unwrap_or(0),
+            )
+            .await;
         }
         let operator: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_namespace);
         ready_pods(&operator, "app.kubernetes.io/name=outbox-operator", 1).await;
@@ -262,6 +280,9 @@ impl Bench {
                 let selector = format!("job-name={}", outbox_operator::runner_job::job_name(name));
                 kill9(&self.running_pod(&selector, &ns).await)
             }
+            "rolling-update" => self.roll_every_worker().await,
+            "group-scaled-down" => self.scale_group("group-a", 1).await,
+            "group-scaled-up" => self.scale_group("group-a", 5).await,
             "producer-network-cut-30s" => {
                 let pod = self.relay_leader().await;
                 let cut = NetworkCut::start(container_pid(&pod));
@@ -271,6 +292,110 @@ impl Bench {
             }
             other => panic!("no injection for fault {other}"),
         }
+    }
+
+    fn systems(&self) -> Api<OutboxSystem> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Sets a group's replicas in the OutboxSystem (as a user edits it); returns the
+    /// replicas it had.
+    async fn set_replicas(&self, group: &str, replicas: i32) -> i32 {
+        let systems = self.systems();
+        let mut system = systems
+            .get("outbox")
+            .await
+            .unwrap_or_else(|e| panic!("reading the OutboxSystem: {e}"));
+        let spec = system
+            .spec
+            .consumers
+            .groups
+            .iter_mut()
+            .find(|g| g.name == group)
+            .unwrap_or_else(|| panic!("no group {group} in the reference system"));
+        let before = spec.replicas;
+        if before != replicas {
+            spec.replicas = replicas;
+            systems
+                .replace("outbox", &PostParams::default(), &system)
+                .await
+                .unwrap_or_else(|e| panic!("setting {group} to {replicas} replicas: {e}"));
+        }
+        before
+    }
+
+    /// A group's replicas changed mid-run as a user changes them; over when exactly
+    /// that many of its pods are Ready and none other is left.
+    async fn scale_group(&self, group: &str, replicas: i32) -> String {
+        let started = Instant::now();
+        let before = self.set_replicas(group, replicas).await;
+        let selector = format!("outbox.dev/group={group}");
+        let count = usize::try_from(replicas).unwrap_or(0);
+        pods_where(
+            &self.pods,
+            &selector,
+            &format!("exactly {count} pods"),
+            |list| {
+                let ready = list.iter().filter(|p| pod_is_ready(p)).count();
+                (ready == count && list.len() == count).then_some(())
+            },
+        )
+        .await;
+        format!(
+            "{group} {before} → {replicas} replicas in the OutboxSystem, {:.0} s until its pods were exactly those",
+            started.elapsed().as_secs_f64()
+        )
+    }
+
+    /// A change to every worker's pod template (an annotation in the producers' and
+    /// the consumers' `pod` settings, which rolls them as a change of resources or an
+    /// environment setting does); over when every Deployment has rolled out.
+    async fn roll_every_worker(&self) -> String {
+        let started = Instant::now();
+        let stamp = unique_name("roll");
+        let annotation = "chaos.outbox.dev/rolled";
+        let pod = serde_json::json!({"metadata": {"annotations": {annotation: stamp}}});
+        self.systems()
+            .patch(
+                "outbox",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"producers": {"pod": pod}, "consumers": {"pod": pod}}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("changing the workers' pod template: {e}"));
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let rolled = eventually(
+            "every worker Deployment rolled out",
+            Duration::from_secs(600),
+            || {
+                let deployments = deployments.clone();
+                let stamp = stamp.clone();
+                async move {
+                    let list = deployments.list(&ListParams::default()).await.ok()?;
+                    let done = list.items.iter().all(|d| {
+                        let spec = d.spec.as_ref();
+                        let wanted = spec.and_then(|s| s.replicas).unwrap_or(1);
+                        let carries = spec
+                            .and_then(|s| s.template.metadata.as_ref())
+                            .and_then(|m| m.annotations.as_ref())
+                            .and_then(|a| a.get(annotation))
+                            == Some(&stamp);
+                        let status = d.status.clone().unwrap_or_default();
+                        carries
+                            && status.observed_generation >= d.metadata.generation
+                            && status.updated_replicas == Some(wanted)
+                            && status.ready_replicas == Some(wanted)
+                            && status.replicas == Some(wanted)
+                    });
+                    (done && list.items.len() == 4).then_some(list.items.len())
+                }
+            },
+        )
+        .await;
+        format!(
+            "rolled {rolled} Deployments (3 producers, 6 consumers) in {:.0} s",
+            started.elapsed().as_secs_f64()
+        )
     }
 
     /// The producer pod that leads the relay.
