@@ -42,7 +42,7 @@ test: deps test-scripts test-rules ## the script tests, the alert rules' tests, 
 
 CHAOS_FAULTS ?= all
 CHAOS_MESSAGES ?= 200000
-chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's node, one table (CHAOS_FAULTS=all: about 20 min)
+chaos: deps ## the fault matrix: a LoadTest per fault and phase on the testbed's node, one table (CHAOS_FAULTS=all: about 27 min)
 	@rm -f "$(CHAOS_TABLE)"
 	@testbed/with-testbed.sh bash -c '$(CARGO) build --workspace --bins && \
 	  testbed/load-images.sh "$(CARGO_TARGET_DIR)/debug" && \

@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use outbox_operator::crd::{LoadTest, LoadTestPhase, LoadTestStatus, OutboxSystem};
-use testbed_support::{eventually, unique_name};
+use testbed_support::{eventually, run, testbed, unique_name};
 
 use cluster::*;
 
@@ -51,6 +51,7 @@ const FAULTS: &[&str] = &[
     "rolling-update",
     "group-scaled-down",
     "group-scaled-up",
+    "operator-upgraded",
 ];
 
 /// The reference system's groups and their replicas, restored before every row.
@@ -182,6 +183,7 @@ struct Bench {
     client: Client,
     namespace: String,
     operator_namespace: String,
+    release_name: String,
     db_url: String,
     pods: Api<Pod>,
     loadtests: Api<LoadTest>,
@@ -212,6 +214,7 @@ impl Bench {
         Bench {
             loadtests: Api::namespaced(client.clone(), &namespace),
             operator_namespace: release.namespace.clone(),
+            release_name: release.name.clone(),
             client,
             namespace,
             db_url,
@@ -283,6 +286,7 @@ impl Bench {
             "rolling-update" => self.roll_every_worker().await,
             "group-scaled-down" => self.scale_group("group-a", 1).await,
             "group-scaled-up" => self.scale_group("group-a", 5).await,
+            "operator-upgraded" => self.upgrade_operator().await,
             "producer-network-cut-30s" => {
                 let pod = self.relay_leader().await;
                 let cut = NetworkCut::start(container_pid(&pod));
@@ -395,6 +399,112 @@ impl Bench {
         format!(
             "rolled {rolled} Deployments (3 producers, 6 consumers) in {:.0} s",
             started.elapsed().as_secs_f64()
+        )
+    }
+
+    /// `helm upgrade` of the operator to a build under another image tag (the node's
+    /// image tagged anew, as a release would publish it), as users upgrade; over when
+    /// helm's `--wait` saw every operator pod of the new tag Ready. The system's
+    /// Deployments must not change: an upgrade of the operator alone rolls no worker.
+    async fn upgrade_operator(&self) -> String {
+        let started = Instant::now();
+        let operator: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_namespace);
+        let pod = self
+            .running_pod(
+                "app.kubernetes.io/name=outbox-operator",
+                &self.operator_namespace,
+            )
+            .await;
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_else(|| panic!("operator pod {} has no image", pod.name_any()));
+        let (repository, tag) = image
+            .rsplit_once(':')
+            .unwrap_or_else(|| panic!("operator image {image} has no tag"));
+        let new_tag = format!(
+            "{}-{}",
+            tag.split('-').next().unwrap_or(tag),
+            unique_name("upgrade")
+        );
+        let address = testbed().node().containerd_address.display().to_string();
+        run(
+            "ctr",
+            &[
+                "--address",
+                &address,
+                "-n",
+                "k8s.io",
+                "images",
+                "tag",
+                "--force",
+                &image,
+                &format!("{repository}:{new_tag}"),
+            ],
+        );
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let generations = || async {
+            let list = deployments
+                .list(&ListParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("listing the system's Deployments: {e}"));
+            list.items
+                .iter()
+                .map(|d| (d.name_any(), d.metadata.generation))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let before = generations().await;
+        let chart = testbed_support::repo_root().join("charts/outbox-operator");
+        let set_tag = format!("image.tag={new_tag}");
+        run(
+            "helm",
+            &[
+                "upgrade",
+                &self.release_name,
+                &chart.display().to_string(),
+                "--namespace",
+                &self.operator_namespace,
+                "--reuse-values",
+                "--set",
+                &set_tag,
+                "--wait",
+                "--timeout",
+                "3m",
+            ],
+        );
+        let wanted = format!("{repository}:{new_tag}");
+        let pods = pods_where(
+            &operator,
+            "app.kubernetes.io/name=outbox-operator",
+            "every operator pod on the new tag",
+            |list| {
+                let all_new = !list.is_empty()
+                    && list.iter().all(|p| {
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.containers.first())
+                            .and_then(|c| c.image.as_deref())
+                            == Some(wanted.as_str())
+                            && pod_is_ready(p)
+                    });
+                all_new.then_some(list.len())
+            },
+        )
+        .await;
+        // The new operator has reconciled the system by now or soon; it must leave
+        // the workers' Deployments as they were.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after = generations().await;
+        assert_eq!(
+            before, after,
+            "upgrading the operator changed the system's Deployments"
+        );
+        format!(
+            "helm upgrade to {new_tag}: {pods} operator pod(s) replaced in {:.0} s; the system's {} Deployments unchanged",
+            started.elapsed().as_secs_f64(),
+            after.len()
         )
     }
 
