@@ -184,8 +184,7 @@ async fn execute(
     let mut db = connect(args, plan, book).await?;
     let resume = send::resume_point(args, plan, book, &mut db, shared.as_deref()).await?;
     if let Some(run) = shared.as_mut() {
-        run.publish(RunnerState::Waiting, 0, 0, None).await?;
-        run.wait_for_start(&mut shutdown).await?;
+        run.join(&mut shutdown).await?;
     }
     if !plan.segment.merges() {
         let sending = Sending {
@@ -196,11 +195,7 @@ async fn execute(
             display: &display,
             live: &sampler::Live::default(),
         };
-        send::send_all(sending, book, &mut db, &mut shutdown, shared).await?;
-        tracing::info!(
-            "this runner's segment of every scenario is sent; runner 0 verifies the run"
-        );
-        return Ok(Outcome::SegmentSent);
+        return send_segment_only(sending, book, &mut db, &mut shutdown, shared).await;
     }
     let cpu = CpuWindow::open(plan, &http).await;
     let live = std::sync::Arc::new(sampler::Live::default());
@@ -226,13 +221,9 @@ async fn execute(
     let verification =
         verify::verify_with_progress(&mut db, plan, &sent.expected, book, &display, &mut shutdown)
             .await?;
-    let other_runners = match shared.as_deref() {
-        Some(run) => run.other_runners_cpu().await?,
-        None => Vec::new(),
-    };
     book.status_mut().cpu = Some(
-        cpu.close(plan, &http, &verification, &sent, &other_runners)
-            .await,
+        cpu.close(plan, &http, &verification, &sent, shared.as_deref())
+            .await?,
     );
     send::record_scenario_latency(&mut db, book, &sent.latency_windows).await?;
     let (judgement, checks) = outcome::judge_run(plan, book.status(), &verification);
@@ -259,6 +250,20 @@ async fn execute(
     outcome::publish_report(args, plan, book, &display, report).await?;
     tracing::info!(phase = ?book.phase(), verified = judgement.verified.ok, "load test finished");
     Ok(Outcome::Finished(book.phase()))
+}
+
+/// A runner other than 0 of a shared run: sends its segment of every scenario and
+/// stops; runner 0 verifies the run and writes its result.
+async fn send_segment_only(
+    sending: Sending<'_>,
+    book: &mut StatusBook,
+    db: &mut OutboxDb,
+    shutdown: &mut ShutdownSignal,
+    shared: Option<&mut SharedRun>,
+) -> Result<Outcome> {
+    send::send_all(sending, book, db, shutdown, shared).await?;
+    tracing::info!("this runner's segment of every scenario is sent; runner 0 verifies the run");
+    Ok(Outcome::SegmentSent)
 }
 
 /// In a shared run (`parallelism` above 1, in a Job): this runner's place in it.
@@ -348,14 +353,17 @@ impl CpuWindow {
         http: &reqwest::Client,
         verification: &verdict::Verification,
         sent: &SentAll,
-        other_runners: &[(String, f64)],
-    ) -> outbox_contract::crd::CpuAccounting {
+        shared: Option<&SharedRun>,
+    ) -> Result<outbox_contract::crd::CpuAccounting> {
         let mut after = plan.cpu.read(http).await;
+        let other_runners = match shared {
+            Some(run) => run.other_runners_cpu().await?,
+            None => Vec::new(),
+        };
         for (instance, seconds) in other_runners {
-            after.counters.insert(
-                (cpu_accounting::RUNNER.to_string(), instance.clone()),
-                *seconds,
-            );
+            after
+                .counters
+                .insert((cpu_accounting::RUNNER.to_string(), instance), seconds);
         }
         let acknowledged_by_all = verification
             .reports
@@ -363,12 +371,12 @@ impl CpuWindow {
             .map(|r| r.acknowledged)
             .min()
             .unwrap_or(sent.expected.len());
-        cpu_accounting::account(
+        Ok(cpu_accounting::account(
             &self.before,
             &after,
             self.started.elapsed(),
             acknowledged_by_all,
-        )
+        ))
     }
 }
 

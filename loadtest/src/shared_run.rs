@@ -195,6 +195,13 @@ impl SharedRun {
         Ok(())
     }
 
+    /// Writes this runner's line (`Waiting`, nothing sent) and waits for the shared
+    /// start time.
+    pub async fn join(&mut self, shutdown: &mut ShutdownSignal) -> Result<()> {
+        self.publish(RunnerState::Waiting, 0, 0, None).await?;
+        self.wait_for_start(shutdown).await
+    }
+
     /// Waits for the start time the operator sets once every runner pod is ready,
     /// then until that time.
     pub async fn wait_for_start(&self, shutdown: &mut ShutdownSignal) -> Result<()> {
