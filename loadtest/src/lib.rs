@@ -186,26 +186,7 @@ async fn execute(
     if let Some(run) = shared.as_mut() {
         run.join(&mut shutdown).await?;
     }
-    if !plan.segment.merges() {
-        let sending = Sending {
-            args,
-            plan,
-            resume: &resume,
-            http: &http,
-            display: &display,
-            live: &sampler::Live::default(),
-        };
-        return send_segment_only(sending, book, &mut db, &mut shutdown, shared).await;
-    }
-    let cpu = CpuWindow::open(plan, &http).await;
     let live = std::sync::Arc::new(sampler::Live::default());
-    let sampling = sampler::Sampler::start(
-        http.clone(),
-        plan.cpu.clone(),
-        args.database_url.clone(),
-        args.sample_interval,
-        live.clone(),
-    );
     let sending = Sending {
         args,
         plan,
@@ -214,6 +195,17 @@ async fn execute(
         display: &display,
         live: &live,
     };
+    if !plan.segment.merges() {
+        return send_segment_only(sending, book, &mut db, &mut shutdown, shared).await;
+    }
+    let cpu = CpuWindow::open(plan, &http).await;
+    let sampling = sampler::Sampler::start(
+        http.clone(),
+        plan.cpu.clone(),
+        args.database_url.clone(),
+        args.sample_interval,
+        live.clone(),
+    );
     let mut sent =
         send::send_all(sending, book, &mut db, &mut shutdown, shared.as_deref_mut()).await?;
     settle_uncertain(&mut db, plan, &mut sent).await?;

@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -159,17 +157,7 @@ fn runner_args(params: &RunnerParams<'_>, parallelism: i32) -> Vec<String> {
 /// [`POD_NAME_ENV`].
 fn runner_env(system: &OutboxSystem) -> Vec<EnvVar> {
     let mut env = common_env(&system.spec, 8080);
-    env.push(EnvVar {
-        name: POD_NAME_ENV.to_string(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "metadata.name".to_string(),
-                api_version: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-    });
+    env.push(crate::workloads::pod_name_env(POD_NAME_ENV));
     env
 }
 

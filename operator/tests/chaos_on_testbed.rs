@@ -202,11 +202,7 @@ impl Bench {
         let mut system: OutboxSystem =
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         system.spec.topic.name = unique_name("chaos-events");
-        Api::<OutboxSystem>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &system)
-            .await
-            .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let pods = create_system(&client, &namespace, &system).await;
         ready_pods(&pods, "app.kubernetes.io/component=producer", 3).await;
         for (group, replicas) in [("group-a", 3), ("group-b", 2), ("group-c", 1)] {
             ready_pods(&pods, &format!("outbox.dev/group={group}"), replicas).await;

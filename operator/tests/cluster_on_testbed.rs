@@ -280,11 +280,8 @@ async fn the_chart_runs_the_reference_system_in_pods_and_a_loadtest_job_ends_ver
     assert_eq!(system.spec.kafka.bootstrap_servers, "outbox-kafka:9092");
     let topic = unique_name("e2e-events");
     system.spec.topic.name = topic.clone();
+    create_system(&client, &ns, &system).await;
     let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
-    systems
-        .create(&PostParams::default(), &system)
-        .await
-        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
 
     // Every pod Running and Ready; status counts them and says Ready.
     reference_pods_ready(&pods).await;
@@ -668,22 +665,10 @@ async fn evicting_every_group_a_pod_at_once_takes_only_what_the_budget_allows_an
     let _release = install_chart(&ns);
     let mut system: OutboxSystem = testbed_support::manifest("manifests/outbox-system.yaml");
     system.spec.topic.name = unique_name("evict-events");
-    // The budget is under test, not throughput: CPU requests small enough that this
-    // system and its runner fit on the 2-CPU node beside the reference system of the
-    // test running in parallel (9 pods of 100m each; with both at 100m the runner
-    // waited Pending for a share of CPU past the test's patience).
-    let small = serde_json::from_value::<k8s_openapi::api::core::v1::ResourceRequirements>(
-        serde_json::json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    system.spec.producers.resources = Some(small.clone());
-    system.spec.consumers.resources = Some(small);
-    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
-    systems
-        .create(&PostParams::default(), &system)
-        .await
-        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // The budget is under test, not throughput.
+    system.spec.producers.resources = Some(small_requests());
+    system.spec.consumers.resources = Some(small_requests());
+    let pods = create_system(&client, &ns, &system).await;
     reference_pods_ready(&pods).await;
 
     // group-a's budget as the disruption controller sees it: 3 healthy, 1 may go.
@@ -811,20 +796,10 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
     let _release = install_chart(&ns);
     let mut system: OutboxSystem = testbed_support::manifest("manifests/outbox-system.yaml");
     system.spec.topic.name = unique_name("shared-events");
-    // Small CPU requests, so that this system and four runners fit on the 2-CPU node
-    // beside the other tests' systems.
-    let small = serde_json::from_value::<k8s_openapi::api::core::v1::ResourceRequirements>(
-        serde_json::json!({"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    system.spec.producers.resources = Some(small.clone());
-    system.spec.consumers.resources = Some(small.clone());
-    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
-    systems
-        .create(&PostParams::default(), &system)
-        .await
-        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // Small requests, so that this system and its runners fit beside the others'.
+    system.spec.producers.resources = Some(small_requests());
+    system.spec.consumers.resources = Some(small_requests());
+    let pods = create_system(&client, &ns, &system).await;
     reference_pods_ready(&pods).await;
     let loadtests: Api<LoadTest> = Api::namespaced(client.clone(), &ns);
     let loadtest = |name: &str, parallelism: i32| {
@@ -833,7 +808,7 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
         lt.spec.scenarios[0].messages = Some(150_000);
         lt.spec.success_threshold = 100.0;
         lt.spec.parallelism = parallelism;
-        lt.spec.runner.resources = Some(small.clone());
+        lt.spec.runner.resources = Some(small_requests());
         lt
     };
     let finished = |name: &'static str| {

@@ -294,12 +294,7 @@ async fn prometheus_scrapes_every_pod_each_dashboard_query_returns_data_and_stal
     for group in &mut system.spec.consumers.groups {
         group.replicas = 1;
     }
-    let systems: Api<OutboxSystem> = Api::namespaced(client.clone(), &ns);
-    systems
-        .create(&PostParams::default(), &system)
-        .await
-        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = create_system(&client, &ns, &system).await;
     let producers = ready_pods(&pods, "app.kubernetes.io/component=producer", 2).await;
     let consumers = ready_pods(&pods, "app.kubernetes.io/component=consumer", 2).await;
 

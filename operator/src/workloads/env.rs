@@ -18,21 +18,26 @@ pub(super) fn plain_env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// Environment variable `name` holding the pod's own name (the downward API).
+pub fn pod_name_env(name: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// Environment shared by every role: pod name as SERVICE_ID, the database URL from the
 /// referenced Secret key, the HTTP port, and the mounted PostgreSQL CA when there is one.
 pub fn common_env(spec: &OutboxSystemSpec, port: i32) -> Vec<EnvVar> {
     let mut env = vec![
-        EnvVar {
-            name: names::SERVICE_ID.to_string(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".to_string(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        pod_name_env(names::SERVICE_ID),
         EnvVar {
             name: names::DATABASE_URL.to_string(),
             value: None,

@@ -39,7 +39,7 @@ pub use budgets::{budgets, pod_disruption_budget};
 pub use config_map::config_map;
 use config_map::hash_config;
 pub use deployments::{consumer_deployment, producer_deployment};
-pub use env::{client_settings_env, common_env, env_from};
+pub use env::{client_settings_env, common_env, env_from, pod_name_env};
 pub use metadata::{labels, worker_labels};
 pub use outbox_contract::probes::{LIVENESS_PATH, READINESS_PATH};
 pub use pod::{

@@ -14,6 +14,31 @@ use testbed_support::{create_namespace, eventually, testbed};
 
 pub const POD_WAIT: Duration = Duration::from_secs(180);
 
+/// Creates `system` in `namespace` as a user applies it; returns the namespace's pods.
+pub async fn create_system(
+    client: &Client,
+    namespace: &str,
+    system: &outbox_operator::crd::OutboxSystem,
+) -> Api<Pod> {
+    Api::<outbox_operator::crd::OutboxSystem>::namespaced(client.clone(), namespace)
+        .create(&kube::api::PostParams::default(), system)
+        .await
+        .unwrap_or_else(|e| panic!("creating the OutboxSystem: {e}"));
+    Api::namespaced(client.clone(), namespace)
+}
+
+/// Requests small enough that a second system (and its runners) fits on the 2-CPU
+/// node beside the reference system of a test running in parallel: 10m CPU and 64Mi,
+/// a 256Mi memory limit (9 pods of 100m each left a runner Pending past a test's
+/// patience).
+pub fn small_requests() -> k8s_openapi::api::core::v1::ResourceRequirements {
+    serde_json::from_value(serde_json::json!({
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"memory": "256Mi"}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub use testbed_support::run;
 
 pub async fn client() -> Client {
