@@ -69,6 +69,21 @@ pub enum LoadTestError {
     /// SIGTERM or Ctrl-C arrived before the run finished.
     #[error("interrupted before the run finished")]
     Interrupted,
+    /// Another runner of a shared run wrote `Failed` in its line.
+    #[error("runner {index} ({pod}) failed: {message}")]
+    RunnerFailed {
+        index: i32,
+        pod: String,
+        message: String,
+    },
+    /// The runners' segments do not make one result (one missing, or fewer of their
+    /// messages in the outbox than they had accepted).
+    #[error("{0}")]
+    Segments(String),
+    /// A runner of a shared run found the run ended (runner 0 wrote its result, or the
+    /// operator failed it) while it waited: nothing left for it to do.
+    #[error("the run ended ({0:?}) while this runner waited")]
+    RunEnded(outbox_contract::crd::LoadTestPhase),
     /// Serialising the report or a status patch failed.
     #[error("serialising {context}: {source}")]
     Json {
@@ -92,6 +107,9 @@ impl LoadTestError {
             LoadTestError::ApiServerUnavailable { .. } => "ApiServerUnavailable",
             LoadTestError::Report { .. } | LoadTestError::Json { .. } => "ReportError",
             LoadTestError::Interrupted => "Interrupted",
+            LoadTestError::RunnerFailed { .. } => "RunnerFailed",
+            LoadTestError::Segments(_) => "SegmentsIncomplete",
+            LoadTestError::RunEnded(_) => "RunEnded",
         }
     }
 }

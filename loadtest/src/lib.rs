@@ -85,6 +85,13 @@ pub async fn main(args: LoadTestArgs, shutdown: ShutdownSignal) -> ExitCode {
     match run(args, shutdown).await {
         Ok(Outcome::Finished(LoadTestPhase::Failed)) if !with_status => ExitCode::from(2),
         Ok(_) => ExitCode::SUCCESS,
+        Err(LoadTestError::RunEnded(phase)) => {
+            tracing::info!(
+                ?phase,
+                "the run ended while this runner waited; nothing left to do"
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!(
                 reason = e.reason(),
@@ -137,6 +144,7 @@ async fn run_inner(args: LoadTestArgs, shutdown: ShutdownSignal) -> Result<Outco
             let _ = book.write_now().await;
             Err(LoadTestError::Interrupted)
         }
+        Err(e @ LoadTestError::RunEnded(_)) => Err(e),
         Err(e) if !plan.segment.merges() => {
             // Runner 0 fails the run when it reads this line.
             if let Some(run) = shared.as_mut() {

@@ -210,6 +210,9 @@ impl SharedRun {
         loop {
             let lt = self.read().await?;
             let status = lt.status.unwrap_or_default();
+            if let Some(phase) = status.phase.filter(|p| p.is_finished()) {
+                return Err(LoadTestError::RunEnded(phase));
+            }
             if let Some(at) = status.start_at {
                 let wait =
                     at.0.duration_since(Timestamp::now())
@@ -245,14 +248,20 @@ impl SharedRun {
         let groups = i32::try_from(groups).unwrap_or(i32::MAX);
         let mut said = Instant::now();
         loop {
-            let lines = Lines(self.read().await?.status.unwrap_or_default().runners);
+            let status = self.read().await?.status.unwrap_or_default();
+            if let Some(phase) = status.phase.filter(|p| p.is_finished()) {
+                return Err(LoadTestError::RunEnded(phase));
+            }
+            let lines = Lines(status.runners);
             if let Some(failed) = lines.failed() {
-                return Err(LoadTestError::Settings(format!(
-                    "runner {} ({}) failed: {}",
-                    failed.index,
-                    failed.pod.as_deref().unwrap_or("its pod"),
-                    failed.message.as_deref().unwrap_or("no reason given")
-                )));
+                return Err(LoadTestError::RunnerFailed {
+                    index: failed.index,
+                    pod: failed.pod.clone().unwrap_or_else(|| "its pod".into()),
+                    message: failed
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".into()),
+                });
             }
             let behind = lines.behind(self.segment.runners, groups);
             let merger = !merger_started || lines.merger_started(groups);
@@ -275,11 +284,9 @@ impl SharedRun {
     /// Leaves this runner's segment for runner 0 under its own key of the report
     /// ConfigMap.
     pub async fn store(&self, report: &SegmentReport) -> Result<()> {
-        let json = serde_json::to_string(report).map_err(|e| {
-            LoadTestError::Settings(format!(
-                "encoding runner {}'s segment: {e}",
-                self.line.index
-            ))
+        let json = serde_json::to_string(report).map_err(|source| LoadTestError::Json {
+            context: "this runner's segment",
+            source,
         })?;
         let config_map = loadtest_report::config_map_name(&self.name);
         let patch = serde_json::json!({
@@ -317,7 +324,7 @@ impl SharedRun {
             let key = loadtest_report::segment_key(i32::try_from(index).unwrap_or(i32::MAX));
             if let Some(json) = data.get(&key) {
                 let report = serde_json::from_str(json).map_err(|e| {
-                    LoadTestError::Settings(format!(
+                    LoadTestError::Segments(format!(
                         "runner {index}'s segment in ConfigMap {config_map} ({key}) is not readable: {e}"
                     ))
                 })?;

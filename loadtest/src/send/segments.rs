@@ -194,7 +194,7 @@ async fn merge_group(
             })
             .collect();
         if !missing.is_empty() {
-            return Err(LoadTestError::Settings(format!(
+            return Err(LoadTestError::Segments(format!(
                 "scenario {}: runner(s) {missing:?} said they sent their segment but left none in the report ConfigMap",
                 scenario.name
             )));
@@ -205,7 +205,7 @@ async fn merge_group(
         };
         let ids = found.get(&scenario.name).cloned().unwrap_or_default();
         if ids.len() < outcome.accepted() {
-            return Err(LoadTestError::Settings(format!(
+            return Err(LoadTestError::Segments(format!(
                 "scenario {}: the outbox holds {} of the {} messages the runners had accepted; relayed rows were deleted before runner 0 read them (spec.retention.relayedSeconds of the OutboxSystem must outlast a group of scenarios)",
                 scenario.name,
                 ids.len(),
