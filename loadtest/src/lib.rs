@@ -231,7 +231,7 @@ async fn execute(
     outcome::record(book, &judgement, &verification);
     let mut series = sampling.finish().await;
     series.request_latency_histograms = std::mem::take(&mut sent.histograms);
-    let report = Report {
+    let mut report = Report {
         run_id: plan.run_id.clone(),
         load_test: plan.load_test.clone(),
         settings: outcome::settings(args, plan),
@@ -245,6 +245,7 @@ async fn execute(
         series,
     };
     if let Some(run) = shared {
+        report.status.runners = run.lines().await?;
         run.clear().await?;
     }
     outcome::publish_report(args, plan, book, &display, report).await?;

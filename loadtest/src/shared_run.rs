@@ -369,6 +369,13 @@ impl SharedRun {
         Ok(())
     }
 
+    /// Every runner's line as the LoadTest has them now, by index (for the report).
+    pub async fn lines(&self) -> Result<Vec<RunnerLine>> {
+        let mut lines = self.read().await?.status.unwrap_or_default().runners;
+        lines.sort_by_key(|l| l.index);
+        Ok(lines)
+    }
+
     async fn read(&self) -> Result<LoadTest> {
         self.loadtests
             .get(&self.name)

@@ -185,6 +185,7 @@ pub fn render(report: &Report) -> Result<String> {
     scenarios_table(&mut page, report);
     stages_table(&mut page, report);
     groups_table(&mut page, report);
+    runners_table(&mut page, report);
     cpu_table(&mut page, report);
     conditions_table(&mut page, report);
     page.push_str("<h2>Over time</h2>\n<div class=\"charts\">\n");
@@ -474,6 +475,42 @@ fn groups_table(page: &mut String, report: &Report) {
     }
     if report.status.groups.is_empty() {
         page.push_str("<tr><td class=\"text\" colspan=\"11\">no group verified</td></tr>\n");
+    }
+    page.push_str("</tbody>\n</table>\n");
+}
+
+/// A shared run's runner pods, one row each (nothing for a run of one runner).
+fn runners_table(page: &mut String, report: &Report) {
+    if report.status.runners.is_empty() {
+        return;
+    }
+    page.push_str(
+        "<h2>Runner pods</h2>\n<table class=\"runners\">\n<thead><tr>\
+         <th>runner</th><th class=\"text\">pod</th><th>messages</th><th>accepted</th>\
+         <th>groups sent</th><th class=\"text\">state</th></tr></thead>\n<tbody>\n",
+    );
+    for line in &report.status.runners {
+        let state = format!("{:?}", line.state);
+        let class = if line.state == outbox_contract::crd::RunnerState::Failed {
+            "fail"
+        } else {
+            "pass"
+        };
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"text {class}\">{}</td></tr>",
+            line.index,
+            escape(line.pod.as_deref().unwrap_or("-")),
+            group_digits(line.messages),
+            group_digits(line.accepted),
+            line.groups_sent,
+            escape(
+                [state, line.message.clone().unwrap_or_default()]
+                    .join(" ")
+                    .trim()
+            ),
+        );
     }
     page.push_str("</tbody>\n</table>\n");
 }

@@ -365,3 +365,32 @@ fn a_scenario_sent_alone_shows_its_cpu_per_message_and_others_a_dash() {
         "a dash where nothing was measured"
     );
 }
+
+#[test]
+fn a_shared_run_lists_its_runner_pods_and_a_run_alone_has_no_such_table() {
+    use outbox_contract::crd::{RunnerLine, RunnerState};
+    let alone = render(&report(sampled())).expect("renders");
+    assert!(!alone.contains("Runner pods"));
+    let mut shared = report(sampled());
+    shared.status.runners = (0..3)
+        .map(|i| RunnerLine {
+            index: i,
+            pod: Some(format!("small-run-{i}-x<y")),
+            messages: 10_000 + i64::from(i),
+            accepted: 10_000 + i64::from(i),
+            groups_sent: 2,
+            state: RunnerState::Sent,
+            message: None,
+        })
+        .collect();
+    let page = render(&shared).expect("renders");
+    assert!(page.contains("<h2>Runner pods</h2>"));
+    for i in 0..3 {
+        assert!(
+            page.contains(&format!("small-run-{i}-x&lt;y")),
+            "runner {i}"
+        );
+    }
+    assert!(page.contains("10,002"), "digits grouped");
+    assert_eq!(page.matches("<td class=\"text pass\">Sent</td>").count(), 3);
+}
