@@ -962,6 +962,22 @@ async fn a_loadtest_shared_by_three_runner_pods_gives_the_result_of_one_and_surv
     );
     // The request-latency histograms of the three segments were merged: the immediate
     // scenario has percentiles over all its requests.
+    // The report ConfigMap holds the page, with a row per runner pod, and no segment
+    // is left behind in it.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &ns);
+    let report = config_maps
+        .get("shared-report")
+        .await
+        .unwrap_or_else(|e| panic!("the report ConfigMap: {e}"))
+        .data
+        .unwrap_or_default();
+    let keys: Vec<&String> = report.keys().collect();
+    assert_eq!(keys, vec!["report.html"], "only the report is left");
+    assert!(
+        report["report.html"].contains("<h2>Runner pods</h2>"),
+        "the report lists the runner pods"
+    );
     let immediate = shared
         .scenarios
         .iter()
