@@ -84,29 +84,34 @@ module_dir() {
   (cd "$CACHE_DIR" && go mod download -json "$1") | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
 }
 
+# CRD files as a project publishes them in its Go module, copied once into DEST (marked
+# complete, so a cached copy is used): LABEL DEST MODULE@VERSION FILE... (paths in it).
+crds_from_module() {
+  local label=$1 dest=$2 module=$3 dir file
+  shift 3
+  [ -f "$dest/.complete" ] && { log "$label: cached"; return 0; }
+  log "$label: from its Go module"
+  dir=$(module_dir "$module")
+  rm -rf "$dest" && mkdir -p "$dest"
+  for file in "$@"; do cp "$dir/$file" "$dest/"; done
+  touch "$dest/.complete"
+}
+
 # The three monitoring.coreos.com CRDs the chart can create objects of, as the Prometheus
 # Operator publishes them in its module (example/prometheus-operator-crd).
 build_monitoring_crds() {
-  [ -f "$MONITORING_CRDS/.complete" ] && { log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: cached"; return 0; }
-  log "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: from its Go module"
-  local dir
-  dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
-  rm -rf "$MONITORING_CRDS" && mkdir -p "$MONITORING_CRDS"
+  local kind files=()
   for kind in podmonitors servicemonitors prometheusrules; do
-    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$MONITORING_CRDS/"
+    files+=("example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml")
   done
-  touch "$MONITORING_CRDS/.complete"
+  crds_from_module "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION" "$MONITORING_CRDS" \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" "${files[@]}"
 }
 
 # KEDA's ScaledObject CRD as KEDA publishes it in its module (config/crd/bases).
 build_keda_crds() {
-  [ -f "$KEDA_CRDS/.complete" ] && { log "KEDA CRDs $KEDA_VERSION: cached"; return 0; }
-  log "KEDA CRDs $KEDA_VERSION: from its Go module"
-  local dir
-  dir=$(module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION")
-  rm -rf "$KEDA_CRDS" && mkdir -p "$KEDA_CRDS"
-  cp "$dir/config/crd/bases/keda.sh_scaledobjects.yaml" "$KEDA_CRDS/"
-  touch "$KEDA_CRDS/.complete"
+  crds_from_module "KEDA CRDs $KEDA_VERSION" "$KEDA_CRDS" "github.com/kedacore/keda/v2@$KEDA_VERSION" \
+    config/crd/bases/keda.sh_scaledobjects.yaml
 }
 
 # KEDA's operator and metrics API server (not built by default: nothing runs them yet).

@@ -156,11 +156,6 @@ impl SharedRun {
         self.others_accepted
     }
 
-    /// This runner's segment.
-    pub fn segment(&self) -> Segment {
-        self.segment
-    }
-
     /// Writes this runner's line: `state`, groups sent, accepted so far.
     pub async fn publish(
         &mut self,
